@@ -1,0 +1,26 @@
+//! `labctl down`: remove a lab and everything it made.
+
+use labctl::engine;
+
+use super::{Result, Vars, lab_name};
+
+/// Remove a lab: every namespace it made, even after an interrupted `up`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Topology file or lab name.
+    lab: String,
+    #[command(flatten)]
+    vars: Vars,
+    /// Print nothing but errors.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+pub fn run(args: Args) -> Result {
+    let lab = lab_name(&args.lab, &args.vars)?;
+    let n = engine::down(&lab)?;
+    if !args.quiet {
+        println!("lab `{lab}` is down: {n} namespaces removed");
+    }
+    Ok(())
+}

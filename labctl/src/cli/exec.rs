@@ -1,0 +1,54 @@
+//! `labctl exec`: run a command inside a node, pod, client or the VPC.
+
+use std::os::unix::process::CommandExt;
+
+use labctl::{state, sys};
+
+use super::{Exit, Failure, Result};
+
+/// Run a command inside a namespace of a lab, like `ip netns exec`. The
+/// command is run directly (argv), never through a shell.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Lab name.
+    lab: String,
+    /// Node, pod or client name (or `vpc`).
+    name: String,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+pub fn run(args: Args) -> Result {
+    let record = state::load(&args.lab)
+        .map_err(|e| Failure::new(Exit::Failed, e))?
+        .ok_or_else(|| {
+            Failure::new(
+                Exit::State,
+                format!("lab `{}` is not up (`labctl status` lists the labs that are)", args.lab),
+            )
+        })?;
+    let Some(ns) = record.netns_of(&args.name) else {
+        let known: Vec<&str> = record.namespaces.iter().map(|n| n.entity.as_str()).collect();
+        return Err(Failure::new(
+            Exit::Usage,
+            format!(
+                "lab `{}` has no node, pod or client `{}`; it has: {}",
+                args.lab,
+                args.name,
+                known.join(", ")
+            ),
+        ));
+    };
+    sys::enter_netns_for_exec(&ns.name).map_err(|e| {
+        let code = if sys::is_root() { Exit::Failed } else { Exit::Environment };
+        Failure::new(code, format!("cannot enter namespace {}: {e} (labctl exec needs root)", ns.name))
+    })?;
+    let err = std::process::Command::new(&args.command[0])
+        .args(&args.command[1..])
+        .exec();
+    Err(Failure::new(
+        Exit::Failed,
+        format!("cannot run `{}`: {err}", args.command[0]),
+    ))
+}

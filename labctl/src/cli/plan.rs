@@ -1,0 +1,47 @@
+//! `labctl plan`: what `up` would do, without doing it.
+
+use std::path::PathBuf;
+
+use super::{Result, Vars, load};
+
+/// Print the kernel actions `up` would run, as iproute2 commands.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Topology file (YAML).
+    file: PathBuf,
+    #[command(flatten)]
+    vars: Vars,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value = "text")]
+    output: Format,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy)]
+enum Format {
+    /// One iproute2 command per action, grouped by phase.
+    Text,
+    /// A runnable bash script doing the same with `ip` (the benchmark baseline).
+    Script,
+    Json,
+}
+
+pub fn run(args: Args) -> Result {
+    let lab = load(&args.file, &args.vars)?;
+    let plan = labctl::plan::plan(&lab);
+    match args.output {
+        Format::Text => {
+            for ns in &plan.namespaces {
+                println!("ip netns add {}", ns.name);
+            }
+            for step in &plan.steps {
+                println!("{step}");
+            }
+        }
+        Format::Script => print!("{}", plan.to_script()),
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&plan).expect("plan is JSON")
+        ),
+    }
+    Ok(())
+}

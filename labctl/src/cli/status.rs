@@ -1,0 +1,114 @@
+//! `labctl status`: the labs that are up, and what the kernel has for them.
+
+use comfy_table::{Table, presets::NOTHING};
+use labctl::observe::{self, NsStatus};
+use labctl::state::{self, LabState};
+use serde::Serialize;
+
+use super::{Exit, Failure, Result};
+
+/// Show the labs that are up, or one lab's namespaces and interfaces.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Lab name; without it, every lab.
+    lab: Option<String>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value = "table")]
+    output: Format,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq)]
+enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Serialize)]
+struct LabView {
+    lab: String,
+    file: Option<std::path::PathBuf>,
+    runtime: String,
+    complete: bool,
+    namespaces: Vec<NsStatus>,
+}
+
+fn view(record: &LabState) -> Result<LabView> {
+    Ok(LabView {
+        lab: record.lab.clone(),
+        file: record.file.clone(),
+        runtime: record.runtime.clone(),
+        complete: record.complete,
+        namespaces: observe::lab_status(record)?,
+    })
+}
+
+pub fn run(args: Args) -> Result {
+    let records = match &args.lab {
+        Some(lab) => vec![
+            state::load(lab)
+                .map_err(|e| Failure::new(Exit::Failed, e))?
+                .ok_or_else(|| Failure::new(Exit::State, format!("lab `{lab}` is not up")))?,
+        ],
+        None => state::list().map_err(|e| Failure::new(Exit::Failed, e))?,
+    };
+    if args.output == Format::Json {
+        let views = records.iter().map(view).collect::<Result<Vec<_>>>()?;
+        let json = if args.lab.is_some() {
+            serde_json::to_string_pretty(&views[0])
+        } else {
+            serde_json::to_string_pretty(&views)
+        };
+        println!("{}", json.expect("status is JSON"));
+        return Ok(());
+    }
+    if args.lab.is_none() {
+        if records.is_empty() {
+            println!("no labs are up");
+            return Ok(());
+        }
+        let mut t = Table::new();
+        t.load_style(NOTHING)
+            .set_header(["LAB", "NAMESPACES", "STATE", "RUNTIME", "FILE"]);
+        for r in &records {
+            t.add_row([
+                r.lab.clone(),
+                r.namespaces.len().to_string(),
+                if r.complete { "up" } else { "incomplete (run down)" }.to_string(),
+                r.runtime.clone(),
+                r.file.as_ref().map(|f| f.display().to_string()).unwrap_or_default(),
+            ]);
+        }
+        println!("{t}");
+        return Ok(());
+    }
+    let v = view(&records[0])?;
+    let mut t = Table::new();
+    t.load_style(NOTHING)
+        .set_header(["NAMESPACE", "ROLE", "INTERFACE", "KIND", "MAC", "ADDRESSES", "MASTER"]);
+    for ns in &v.namespaces {
+        let role = format!("{:?}", ns.role).to_lowercase();
+        if !ns.present {
+            t.add_row([ns.name.clone(), role, "(missing)".into()]);
+            continue;
+        }
+        for (i, itf) in ns.interfaces.iter().enumerate() {
+            let (name, role) = if i == 0 {
+                (ns.name.clone(), role.clone())
+            } else {
+                (String::new(), String::new())
+            };
+            t.add_row([
+                name,
+                role,
+                format!("{}{}", itf.name, if itf.up { "" } else { " (down)" }),
+                itf.kind.clone(),
+                itf.mac.clone().unwrap_or_default(),
+                itf.addresses.join(" "),
+                itf.master.clone().unwrap_or_default(),
+            ]);
+        }
+    }
+    println!("lab `{}` ({}){}", v.lab, v.runtime, if v.complete { "" } else { ": incomplete, run `labctl down`" });
+    println!("{t}");
+    Ok(())
+}

@@ -1,0 +1,66 @@
+//! `labctl up`: build a lab from a topology file.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use labctl::engine::{self, Progress};
+
+use super::{Result, Vars, load};
+
+/// Build the lab described by a topology file from real kernel objects.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Topology file (YAML).
+    file: PathBuf,
+    #[command(flatten)]
+    vars: Vars,
+    /// Print nothing but errors.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+/// A progress bar on stderr, shown only on a terminal.
+struct Bar(ProgressBar);
+
+impl Progress for Bar {
+    fn stage(&self, what: &str, total: usize) {
+        self.0.set_message(what.to_string());
+        self.0.set_length(total as u64);
+        self.0.set_position(0);
+    }
+    fn advance(&self, n: usize) {
+        self.0.inc(n as u64);
+    }
+}
+
+pub fn run(args: Args) -> Result {
+    let lab = load(&args.file, &args.vars)?;
+    let bar = if !args.quiet && std::io::stderr().is_terminal() {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {msg:>10} [{bar:30}] {pos}/{len}")
+                .expect("static template")
+                .progress_chars("=> "),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let report = engine::up(&lab, Some(&args.file), &Bar(bar.clone()));
+    bar.finish_and_clear();
+    let report = report?;
+    if !args.quiet {
+        println!(
+            "lab `{}` is up: {} namespaces, {} kernel actions in {:.2?}",
+            lab.name, report.namespaces, report.actions, report.elapsed
+        );
+        if let Some(pod) = lab.pods.first() {
+            println!(
+                "  try: labctl exec {} {} -- ip addr     then: labctl down {}",
+                lab.name, pod.name, lab.name
+            );
+        }
+    }
+    Ok(())
+}

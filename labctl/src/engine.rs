@@ -1,0 +1,219 @@
+//! Bringing a lab up and down: lock, record, create, configure; and the
+//! reverse. The executor runs a [`Plan`] phase by phase against any
+//! [`Kernel`], so its ordering and error handling are tested with the
+//! recording fake.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use labctl_topology::Lab;
+
+use crate::kernel::{Kernel, KernelError, Netlink};
+use crate::plan::{Phase, Plan, plan};
+use crate::state::{self, LabState, StateError};
+use crate::sys;
+
+/// How many kernel requests are in flight at once.
+const IN_FLIGHT: usize = 512;
+
+/// Why `up` or `down` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    State(#[from] StateError),
+    #[error(
+        "lab `{lab}` is already up{partly}; run `labctl down {lab}` first (or pick another `name:`)"
+    )]
+    AlreadyUp { lab: String, partly: &'static str },
+    #[error("lab `{0}` is not up (`labctl status` lists the labs that are)")]
+    NotUp(String),
+    #[error(
+        "network namespace `{0}` already exists and was not made by this lab; remove it (`ip netns delete {0}`) or rename the lab"
+    )]
+    Conflict(String),
+    #[error("labctl needs root to create network namespaces; run it with sudo")]
+    NotRoot,
+    #[error("prepare {dir}: {source}")]
+    RunDir {
+        dir: &'static str,
+        source: std::io::Error,
+    },
+    #[error("start the netlink runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("{} kernel action(s) failed (the lab was removed again):\n  {}", .0.len(), join(.0))]
+    Apply(Vec<KernelError>),
+    #[error("removing the lab left {} error(s):\n  {}", .0.len(), join(.0))]
+    Teardown(Vec<KernelError>),
+}
+
+fn join(errors: &[KernelError]) -> String {
+    errors
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("\n  ")
+}
+
+/// Progress reporting for `up`; the CLI draws it, tests ignore it.
+pub trait Progress {
+    fn stage(&self, _what: &str, _total: usize) {}
+    fn advance(&self, _n: usize) {}
+}
+
+/// No progress display.
+pub struct Quiet;
+impl Progress for Quiet {}
+
+/// Timings of one `up`.
+#[derive(Debug, Clone, Default)]
+pub struct UpReport {
+    pub namespaces: usize,
+    pub actions: usize,
+    pub elapsed: Duration,
+}
+
+/// Bring a lab up on the host kernel.
+pub fn up(lab: &Lab, file: Option<&Path>, progress: &dyn Progress) -> Result<UpReport, EngineError> {
+    if !sys::is_root() {
+        return Err(EngineError::NotRoot);
+    }
+    let start = Instant::now();
+    let plan = plan(lab);
+    let _lock = state::lock(&lab.name)?;
+    if let Some(existing) = state::load(&lab.name)? {
+        return Err(EngineError::AlreadyUp {
+            lab: lab.name.clone(),
+            partly: if existing.complete {
+                ""
+            } else {
+                " (partly: an earlier `up` did not finish)"
+            },
+        });
+    }
+    if let Some(ns) = plan
+        .namespaces
+        .iter()
+        .find(|ns| sys::netns_path(&ns.name).exists())
+    {
+        return Err(EngineError::Conflict(ns.name.clone()));
+    }
+    sys::prepare_run_dir().map_err(|source| EngineError::RunDir {
+        dir: sys::NETNS_RUN_DIR,
+        source,
+    })?;
+    sys::raise_nofile_limit();
+
+    // Record first: from here on, whatever exists is listed for `down`.
+    let mut record = LabState::new(&lab.name, file, plan.namespaces.clone());
+    state::save(&record)?;
+    fault_point("recorded");
+
+    let result = runtime()?.block_on(async {
+        let mut kernel = Netlink::new();
+        execute(&plan, &mut kernel, progress).await
+    });
+    if let Err(errors) = result {
+        let _ = teardown(&record);
+        let _ = state::remove(&lab.name);
+        return Err(EngineError::Apply(errors));
+    }
+    fault_point("configured");
+    record.complete = true;
+    state::save(&record)?;
+    Ok(UpReport {
+        namespaces: plan.namespaces.len(),
+        actions: plan.steps.len(),
+        elapsed: start.elapsed(),
+    })
+}
+
+/// Run a plan: namespaces first, then each phase with its steps concurrent.
+/// Stops after the first phase with failures and returns all of them.
+pub async fn execute<K: Kernel>(
+    plan: &Plan,
+    kernel: &mut K,
+    progress: &dyn Progress,
+) -> Result<(), Vec<KernelError>> {
+    progress.stage("namespaces", plan.namespaces.len());
+    kernel.create_namespaces(&plan.namespaces)?;
+    progress.advance(plan.namespaces.len());
+    fault_point("namespaces");
+    let kernel = &*kernel;
+    for phase in Phase::ALL {
+        let steps: Vec<_> = plan.phase(phase).collect();
+        progress.stage(phase_name(phase), steps.len());
+        let errors: Vec<KernelError> = futures::stream::iter(steps)
+            .map(|step| kernel.run(step))
+            .buffer_unordered(IN_FLIGHT)
+            .filter_map(|r| async move {
+                progress.advance(1);
+                r.err()
+            })
+            .collect()
+            .await;
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        fault_point(phase_name(phase));
+    }
+    Ok(())
+}
+
+fn phase_name(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Devices => "devices",
+        Phase::Links => "links",
+        Phase::Addresses => "addresses",
+        Phase::Routes => "routes",
+        Phase::Sysctls => "sysctls",
+    }
+}
+
+/// Remove a lab: every namespace its state lists, then the state itself.
+pub fn down(lab: &str) -> Result<usize, EngineError> {
+    if !sys::is_root() {
+        return Err(EngineError::NotRoot);
+    }
+    let _lock = state::lock(lab)?;
+    let record = state::load(lab)?.ok_or_else(|| EngineError::NotUp(lab.to_string()))?;
+    teardown(&record).map_err(EngineError::Teardown)?;
+    state::remove(lab)?;
+    Ok(record.namespaces.len())
+}
+
+/// Delete the namespaces in reverse creation order, going on past failures
+/// and reporting all of them. Deleting a namespace takes every interface,
+/// address and route in it along; veth pairs die with either end.
+fn teardown(record: &LabState) -> Result<(), Vec<KernelError>> {
+    let errors: Vec<KernelError> = record
+        .namespaces
+        .iter()
+        .rev()
+        .filter_map(|ns| {
+            sys::delete_netns(&ns.name)
+                .err()
+                .map(|e| KernelError::new(format!("ip netns delete {}", ns.name), e))
+        })
+        .collect();
+    if errors.is_empty() { Ok(()) } else { Err(errors) }
+}
+
+/// A single-threaded runtime: every netlink socket lives on it, and the
+/// namespace work happens on threads of our own.
+pub fn runtime() -> Result<tokio::runtime::Runtime, EngineError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(EngineError::Runtime)
+}
+
+/// Test hook for the crash-safety tests: when `LABCTL_KILL_AT` names this
+/// point, the process sends itself SIGKILL, exactly as a user's `kill -9`
+/// at that moment would.
+pub(crate) fn fault_point(point: &str) {
+    if std::env::var("LABCTL_KILL_AT").is_ok_and(|p| p == point) {
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+}

@@ -1,0 +1,248 @@
+//! The one interface through which `up` touches the kernel, with the real
+//! implementation (rtnetlink sockets opened inside each lab namespace) and a
+//! recording fake for tests without root.
+//!
+//! Nothing here opens a socket in, or changes, the host's own namespace: the
+//! only sockets are those [`crate::sys::create_netns`] opens inside the
+//! namespaces it has just made.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth};
+use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+use crate::plan::{Action, NsSpec, Step};
+use crate::sys;
+
+/// A kernel action that failed, with its iproute2 equivalent.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {message}")]
+pub struct KernelError {
+    /// What was being done, as the iproute2 command that does the same.
+    pub what: String,
+    pub message: String,
+}
+
+impl KernelError {
+    pub fn new(what: impl Into<String>, err: impl std::fmt::Display) -> Self {
+        KernelError {
+            what: what.into(),
+            message: err.to_string(),
+        }
+    }
+}
+
+/// What the executor needs from the kernel.
+pub trait Kernel {
+    /// Create the lab's namespaces (all of them, or report every failure).
+    fn create_namespaces(&mut self, specs: &[NsSpec]) -> Result<(), Vec<KernelError>>;
+    /// Run one planned step.
+    fn run(&self, step: &Step) -> impl Future<Output = Result<(), KernelError>>;
+}
+
+/// The real kernel, through rtnetlink.
+#[derive(Default)]
+pub struct Netlink {
+    handles: HashMap<String, Handle>,
+    fds: HashMap<String, OwnedFd>,
+    /// Threads used to create namespaces.
+    pub threads: usize,
+}
+
+impl Netlink {
+    pub fn new() -> Self {
+        Netlink {
+            threads: 4,
+            ..Default::default()
+        }
+    }
+
+    fn handle(&self, netns: &str) -> Result<&Handle, KernelError> {
+        self.handles
+            .get(netns)
+            .ok_or_else(|| KernelError::new(netns, "namespace was not created by this run"))
+    }
+}
+
+/// Makes `netlink_sys::Socket` movable between threads for the hand-over
+/// from the creating threads to the runtime.
+struct Created(sys::NewNetns);
+
+impl Kernel for Netlink {
+    /// Namespaces are created on a few threads at once (each unshare +
+    /// bind-mount costs the kernel a little); sockets are opened inside them
+    /// and handed to tokio here, on the runtime's thread.
+    fn create_namespaces(&mut self, specs: &[NsSpec]) -> Result<(), Vec<KernelError>> {
+        let threads = self.threads.clamp(1, 16).min(specs.len().max(1));
+        let chunk = specs.len().div_ceil(threads).max(1);
+        let results: Vec<Vec<Result<Created, KernelError>>> = std::thread::scope(|s| {
+            let workers: Vec<_> = specs
+                .chunks(chunk)
+                .map(|part| {
+                    s.spawn(move || {
+                        part.iter()
+                            .enumerate()
+                            .map(|(i, ns)| {
+                                if i == part.len() / 2 {
+                                    crate::engine::fault_point("half-namespaces");
+                                }
+                                sys::create_netns(&ns.name).map(Created).map_err(|e| {
+                                    KernelError::new(format!("ip netns add {}", ns.name), e)
+                                })
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().expect("namespace worker panicked"))
+                .collect()
+        });
+        let mut errors = Vec::new();
+        for r in results.into_iter().flatten() {
+            match r {
+                Ok(Created(ns)) => {
+                    let (conn, handle, _) = rtnetlink::from_socket(sys::tokio_socket(ns.socket));
+                    tokio::spawn(conn);
+                    self.handles.insert(ns.name.clone(), handle);
+                    self.fds.insert(ns.name, ns.fd);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        if errors.is_empty() { Ok(()) } else { Err(errors) }
+    }
+
+    async fn run(&self, step: &Step) -> Result<(), KernelError> {
+        let fail = |e: rtnetlink::Error| KernelError::new(step.to_string(), netlink_message(e));
+        match &step.action {
+            Action::LoopbackUp => {
+                let msg = LinkUnspec::new_with_index(1).up().build();
+                self.handle(&step.netns)?.link().set(msg).execute().await.map_err(fail)
+            }
+            Action::AddBridge { name, ifindex, mac } => {
+                let mut b = LinkBridge::new(name).index(*ifindex).up();
+                if let Some(mac) = mac {
+                    b = b.address(mac.to_vec());
+                }
+                self.handle(&step.netns)?.link().add(b.build()).execute().await.map_err(fail)
+            }
+            Action::AddVeth {
+                name,
+                ifindex,
+                mac,
+                controller,
+                peer_name,
+                peer_netns,
+                peer_ifindex,
+                peer_mac,
+            } => {
+                let peer_fd = self
+                    .fds
+                    .get(peer_netns)
+                    .ok_or_else(|| KernelError::new(step.to_string(), "peer namespace missing"))?;
+                let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
+                    .name(peer_name.clone())
+                    .index(*peer_ifindex)
+                    .setns_by_fd(peer_fd.as_raw_fd());
+                if let Some(mac) = peer_mac {
+                    peer = peer.address(mac.to_vec());
+                }
+                let mut b = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+                    .name(name.clone())
+                    .index(*ifindex)
+                    .up()
+                    .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())));
+                if let Some(mac) = mac {
+                    b = b.address(mac.to_vec());
+                }
+                if let Some(c) = controller {
+                    b = b.controller(c.ifindex);
+                }
+                self.handle(&step.netns)?.link().add(b.build()).execute().await.map_err(fail)
+            }
+            Action::LinkUp { ifindex, .. } => {
+                let msg = LinkUnspec::new_with_index(*ifindex).up().build();
+                self.handle(&step.netns)?.link().set(msg).execute().await.map_err(fail)
+            }
+            Action::AddAddress {
+                ifindex, address, ..
+            } => self
+                .handle(&step.netns)?
+                .address()
+                .add(*ifindex, IpAddr::V4(address.addr()), address.prefix_len())
+                .execute()
+                .await
+                .map_err(fail),
+            Action::AddRoute {
+                destination,
+                via,
+                ifindex,
+                ..
+            } => {
+                let msg = RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+                    .destination_prefix(destination.addr(), destination.prefix_len())
+                    .gateway(*via)
+                    .output_interface(*ifindex)
+                    .build();
+                self.handle(&step.netns)?.route().add(msg).execute().await.map_err(fail)
+            }
+            Action::Sysctl { key, value } => {
+                let fd = self
+                    .fds
+                    .get(&step.netns)
+                    .ok_or_else(|| KernelError::new(step.to_string(), "namespace missing"))?;
+                // Entering a namespace is for a thread of our own, never a
+                // runtime thread.
+                let fd = fd.try_clone().map_err(|e| KernelError::new(step.to_string(), e))?;
+                let (key, value) = (key.clone(), value.clone());
+                tokio::task::spawn_blocking(move || sys::write_sysctl_in(fd, &key, &value))
+                    .await
+                    .map_err(|e| KernelError::new(step.to_string(), e))?
+                    .map_err(|e| KernelError::new(step.to_string(), e))
+            }
+        }
+    }
+}
+
+/// The kernel's answer in words (`File exists (os error 17)`), not the
+/// netlink message dump rtnetlink's Display gives.
+fn netlink_message(e: rtnetlink::Error) -> String {
+    match e {
+        rtnetlink::Error::NetlinkError(msg) => match msg.code {
+            Some(code) => std::io::Error::from_raw_os_error(-code.get()).to_string(),
+            None => "unexpected acknowledgement".to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+/// Records what would have been done, in order: plans and executors are
+/// tested with it without root.
+#[derive(Default)]
+pub struct Recorder {
+    pub log: RefCell<Vec<String>>,
+    /// Make the step whose iproute2 text contains this fail.
+    pub fail_on: Option<String>,
+}
+
+impl Kernel for Recorder {
+    fn create_namespaces(&mut self, specs: &[NsSpec]) -> Result<(), Vec<KernelError>> {
+        let mut log = self.log.borrow_mut();
+        log.extend(specs.iter().map(|s| format!("ip netns add {}", s.name)));
+        Ok(())
+    }
+
+    async fn run(&self, step: &Step) -> Result<(), KernelError> {
+        let text = step.to_string();
+        if self.fail_on.as_ref().is_some_and(|f| text.contains(f.as_str())) {
+            return Err(KernelError::new(text, "File exists (os error 17)"));
+        }
+        self.log.borrow_mut().push(text);
+        Ok(())
+    }
+}

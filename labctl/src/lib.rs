@@ -1,0 +1,16 @@
+//! labctl: rebuild container-network data paths from real kernel objects.
+//!
+//! The program runs parse -> resolve -> plan -> apply -> observe: the
+//! `labctl-topology` crate turns a YAML file into a validated [`Lab`]
+//! model, [`plan`] turns the model into kernel actions, [`engine`] applies
+//! them through the [`kernel::Kernel`] interface, [`observe`] reads the lab
+//! back. [`state`] remembers what was made so `down` can always remove it.
+
+pub use labctl_topology::Lab;
+
+pub mod engine;
+pub mod kernel;
+pub mod observe;
+pub mod plan;
+pub mod state;
+pub mod sys;

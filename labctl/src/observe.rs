@@ -1,0 +1,154 @@
+//! Reading a live lab back from the kernel: every namespace it made, with its
+//! interfaces, their kinds, MACs, addresses and bridge masters, as
+//! `ip -d addr` would show them. What `labctl status` prints.
+
+use std::collections::HashMap;
+
+use futures::TryStreamExt;
+use labctl_topology::{Role, format_mac};
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkInfo};
+use serde::Serialize;
+
+use crate::engine::{EngineError, runtime};
+use crate::state::LabState;
+use crate::sys;
+
+/// One namespace of a lab as the kernel has it now.
+#[derive(Debug, Clone, Serialize)]
+pub struct NsStatus {
+    pub name: String,
+    pub entity: String,
+    pub role: Role,
+    /// False when the namespace is missing (e.g. `up` was interrupted).
+    pub present: bool,
+    pub interfaces: Vec<IfStatus>,
+}
+
+/// One interface.
+#[derive(Debug, Clone, Serialize)]
+pub struct IfStatus {
+    pub index: u32,
+    pub name: String,
+    /// `veth`, `bridge`, `loopback`, ... (the link's `IFLA_INFO_KIND`).
+    pub kind: String,
+    pub mac: Option<String>,
+    pub up: bool,
+    /// The bridge this interface is a port of.
+    pub master: Option<String>,
+    pub addresses: Vec<String>,
+}
+
+/// Read every namespace of a lab. Namespaces are entered on threads of our
+/// own (to open a netlink socket in each); the dumps run on one runtime.
+pub fn lab_status(record: &LabState) -> Result<Vec<NsStatus>, EngineError> {
+    let names: Vec<&str> = record.namespaces.iter().map(|n| n.name.as_str()).collect();
+    let sockets = open_sockets(&names);
+    let rt = runtime()?;
+    let mut out = Vec::new();
+    rt.block_on(async {
+        for (spec, socket) in record.namespaces.iter().zip(sockets) {
+            let interfaces = match socket {
+                Some(socket) => dump(socket).await.ok(),
+                None => None,
+            };
+            out.push(NsStatus {
+                name: spec.name.clone(),
+                entity: spec.entity.clone(),
+                role: spec.role,
+                present: interfaces.is_some(),
+                interfaces: interfaces.unwrap_or_default(),
+            });
+        }
+    });
+    Ok(out)
+}
+
+fn open_sockets(names: &[&str]) -> Vec<Option<netlink_sys::Socket>> {
+    let chunk = names.len().div_ceil(4).max(1);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = names
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|n| sys::netlink_socket_in(n).ok())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("status worker panicked"))
+            .collect()
+    })
+}
+
+async fn dump(socket: netlink_sys::Socket) -> Result<Vec<IfStatus>, rtnetlink::Error> {
+    let (conn, handle, _) = rtnetlink::from_socket(sys::tokio_socket(socket));
+    let task = tokio::spawn(conn);
+    let links: Vec<_> = handle.link().get().execute().try_collect().await?;
+    let addrs: Vec<_> = handle.address().get().execute().try_collect().await?;
+    task.abort();
+
+    let mut by_index: HashMap<u32, Vec<String>> = HashMap::new();
+    for a in addrs {
+        let ip = a.attributes.iter().find_map(|attr| match attr {
+            AddressAttribute::Address(ip) => Some(*ip),
+            _ => None,
+        });
+        if let Some(ip) = ip {
+            by_index
+                .entry(a.header.index)
+                .or_default()
+                .push(format!("{ip}/{}", a.header.prefix_len));
+        }
+    }
+    let names: HashMap<u32, String> = links
+        .iter()
+        .filter_map(|l| {
+            l.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some((l.header.index, n.clone())),
+                _ => None,
+            })
+        })
+        .collect();
+    let mut out: Vec<IfStatus> = links
+        .iter()
+        .map(|l| {
+            let mut s = IfStatus {
+                index: l.header.index,
+                name: names.get(&l.header.index).cloned().unwrap_or_default(),
+                kind: if l.header.flags.contains(LinkFlags::Loopback) {
+                    "loopback".into()
+                } else {
+                    "device".into()
+                },
+                mac: None,
+                up: l.header.flags.contains(LinkFlags::Up),
+                master: None,
+                addresses: by_index.remove(&l.header.index).unwrap_or_default(),
+            };
+            for attr in &l.attributes {
+                match attr {
+                    LinkAttribute::Address(mac) if mac.len() == 6 && s.kind != "loopback" => {
+                        let mac: [u8; 6] = mac.as_slice().try_into().expect("length checked");
+                        s.mac = Some(format_mac(&mac));
+                    }
+                    LinkAttribute::Controller(i) => s.master = names.get(i).cloned(),
+                    LinkAttribute::LinkInfo(infos) => {
+                        for info in infos {
+                            if let LinkInfo::Kind(kind) = info {
+                                s.kind = kind.to_string();
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            s
+        })
+        .collect();
+    out.sort_by_key(|i| i.index);
+    Ok(out)
+}

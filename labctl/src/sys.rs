@@ -1,0 +1,212 @@
+//! Namespaces and the few raw system calls labctl needs. All `unsafe` in the
+//! crate lives here.
+//!
+//! Namespaces are made the way iproute2's `ip netns add` makes them, so that
+//! `ip netns list`, `ip netns exec` and tcpdump see them: a thread unshares
+//! its network namespace and bind-mounts `/proc/thread-self/ns/net` onto
+//! `/run/netns/NAME`. Only the calling thread ever changes namespace, never
+//! the process, and [`NetnsGuard`] puts it back on every path out.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::fd::{AsFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, setns, unshare};
+
+/// Where iproute2 keeps named network namespaces.
+pub const NETNS_RUN_DIR: &str = "/run/netns";
+
+/// The bind mount that names a namespace.
+pub fn netns_path(name: &str) -> PathBuf {
+    Path::new(NETNS_RUN_DIR).join(name)
+}
+
+/// Open a named namespace (`/run/netns/NAME`).
+pub fn open_netns(name: &str) -> io::Result<OwnedFd> {
+    Ok(File::open(netns_path(name))?.into())
+}
+
+/// Moves the current thread into a network namespace and back on drop.
+///
+/// `!Send`: the namespace belongs to this thread, so the guard must not move
+/// to another one.
+pub struct NetnsGuard {
+    original: OwnedFd,
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl NetnsGuard {
+    /// Remember the thread's current namespace, without changing it.
+    pub fn save() -> io::Result<Self> {
+        let original = File::open("/proc/thread-self/ns/net")?.into();
+        Ok(NetnsGuard {
+            original,
+            _not_send: std::marker::PhantomData,
+        })
+    }
+
+    /// Enter `ns`; the guard returns the thread to where it was.
+    pub fn enter(ns: impl AsFd) -> io::Result<Self> {
+        let guard = Self::save()?;
+        setns(ns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+        Ok(guard)
+    }
+}
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        if let Err(e) = setns(&self.original, CloneFlags::CLONE_NEWNET) {
+            // A thread stranded in a lab namespace would do the rest of its
+            // work in the wrong place; stopping is the only safe answer.
+            eprintln!("labctl: cannot return a thread to its network namespace: {e}");
+            std::process::abort();
+        }
+    }
+}
+
+/// Make `/run/netns` a shared mount point, as `ip netns add` does, so
+/// namespaces mounted there are visible from other mount namespaces.
+pub fn prepare_run_dir() -> io::Result<()> {
+    fs::create_dir_all(NETNS_RUN_DIR)?;
+    let shared = |flags| mount(None::<&str>, NETNS_RUN_DIR, None::<&str>, flags, None::<&str>);
+    match shared(MsFlags::MS_SHARED | MsFlags::MS_REC) {
+        Ok(()) => Ok(()),
+        // Not a mount point yet: bind it onto itself first.
+        Err(nix::errno::Errno::EINVAL) => {
+            mount(
+                Some(NETNS_RUN_DIR),
+                NETNS_RUN_DIR,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )?;
+            shared(MsFlags::MS_SHARED | MsFlags::MS_REC).map_err(io::Error::from)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A namespace just created, with what the executor keeps of it.
+pub struct NewNetns {
+    pub name: String,
+    /// Handle on the namespace (for moving veth peers into it).
+    pub fd: OwnedFd,
+    /// A NETLINK_ROUTE socket bound inside the namespace.
+    pub socket: netlink_sys::Socket,
+}
+
+/// Create `/run/netns/NAME` like `ip netns add NAME` and open a netlink
+/// socket inside it. Runs on the calling thread, which ends where it began.
+pub fn create_netns(name: &str) -> io::Result<NewNetns> {
+    let path = netns_path(name);
+    // O_EXCL: never adopt a namespace someone else made.
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o444)
+        .open(&path)?;
+    crate::engine::fault_point("netns-file");
+    let _back = NetnsGuard::save()?;
+    unshare(CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+    mount(
+        Some("/proc/thread-self/ns/net"),
+        &path,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )?;
+    let fd: OwnedFd = File::open("/proc/thread-self/ns/net")?.into();
+    let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    // Many requests are in flight per namespace; room for their answers.
+    socket.set_rx_buf_sz(4 << 20)?;
+    Ok(NewNetns {
+        name: name.to_string(),
+        fd,
+        socket,
+    })
+}
+
+/// Open a NETLINK_ROUTE socket inside an existing named namespace.
+pub fn netlink_socket_in(name: &str) -> io::Result<netlink_sys::Socket> {
+    let ns = open_netns(name)?;
+    let _back = NetnsGuard::enter(&ns)?;
+    let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    Ok(socket)
+}
+
+/// Remove a named namespace like `ip netns delete NAME`. A missing name is
+/// not an error (teardown after a crash finds things half made).
+pub fn delete_netns(name: &str) -> io::Result<()> {
+    let path = netns_path(name);
+    match umount2(&path, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+        Err(e) => return Err(e.into()),
+    }
+    match fs::remove_file(&path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Write a sysctl (`net.ipv4.ip_forward`) inside a namespace, like
+/// `ip netns exec NS sysctl -w KEY=VALUE`.
+pub fn write_sysctl_in(ns: impl AsFd, key: &str, value: &str) -> io::Result<()> {
+    let _back = NetnsGuard::enter(ns)?;
+    let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+    fs::write(&path, value)
+}
+
+/// Wrap a netlink socket for tokio. Must run inside a tokio runtime.
+pub fn tokio_socket(socket: netlink_sys::Socket) -> netlink_sys::TokioSocket {
+    let fd = socket.into_raw_fd();
+    // SAFETY: `fd` was just released by `into_raw_fd`, so it is an open
+    // netlink socket that nothing else owns.
+    unsafe { netlink_sys::TokioSocket::from_raw_fd(fd) }
+}
+
+/// Raise the open-file limit to its hard maximum: a big lab keeps a namespace
+/// handle and a netlink socket per namespace open.
+pub fn raise_nofile_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+/// Whether the process runs as root (namespaces need CAP_SYS_ADMIN).
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Turn the current process into one living in namespace `name`, like
+/// `ip netns exec` does before it runs the command: the network namespace,
+/// plus a private mount namespace with /sys remounted so that tools reading
+/// /sys/class/net see the namespace's own interfaces.
+pub fn enter_netns_for_exec(name: &str) -> io::Result<()> {
+    let ns = open_netns(name)?;
+    setns(&ns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+    unshare(CloneFlags::CLONE_NEWNS).map_err(io::Error::from)?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        None::<&str>,
+    )?;
+    // Best effort, as iproute2: without a fresh /sys only sysfs readers suffer.
+    if umount2("/sys", MntFlags::MNT_DETACH).is_ok() {
+        let _ = mount(
+            Some(name),
+            "/sys",
+            Some("sysfs"),
+            MsFlags::empty(),
+            None::<&str>,
+        );
+    }
+    Ok(())
+}

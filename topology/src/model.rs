@@ -1,0 +1,202 @@
+//! The resolved lab model: what a topology file means once templating,
+//! parsing, defaults and validation are done. Everything the planner needs is
+//! here, already checked; nothing here refers back to YAML.
+//!
+//! Names of kernel objects that the user did not give (pod host-side veths,
+//! VPC ports) are derived deterministically here, so that two runs of the same
+//! file build the same kernel objects and golden files stay stable.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::Serialize;
+
+/// The kernel's limit on interface names (IFNAMSIZ - 1).
+pub const IFNAME_MAX: usize = 15;
+
+/// A validated lab.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Lab {
+    /// Lab name; prefix of every network namespace the lab creates.
+    pub name: String,
+    pub vpc: Vpc,
+    pub nodes: Vec<Node>,
+    pub pods: Vec<Pod>,
+    pub clients: Vec<Client>,
+}
+
+/// The cloud VPC: one network namespace routing between its vSwitches
+/// (bridges), the nodes plugged into them and the clients outside.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Vpc {
+    pub cidr: Option<Ipv4Net>,
+    pub subnets: Vec<Subnet>,
+    pub routes: Vec<VpcRoute>,
+}
+
+/// A vSwitch: a bridge in the VPC namespace named like the subnet, holding
+/// the gateway address.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Subnet {
+    /// Also the bridge's interface name in the VPC namespace.
+    pub name: String,
+    pub cidr: Ipv4Net,
+    pub gateway: Ipv4Addr,
+}
+
+/// A custom route entry of the VPC route table.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VpcRoute {
+    pub destination: Ipv4Net,
+    /// The node (ECS instance) the route points at.
+    pub next_hop_node: String,
+    /// The address of that node's interface used as gateway.
+    pub via: Ipv4Addr,
+}
+
+/// An ECS instance.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Node {
+    pub name: String,
+    pub interfaces: Vec<NodeInterface>,
+    /// Pod CIDR (Flannel). When set, the node has a bridge holding `pod_gateway`.
+    pub pod_cidr: Option<Ipv4Net>,
+    /// Name of the pod bridge (default `cni0`).
+    pub bridge: String,
+    /// First host address of `pod_cidr`, held by the bridge.
+    pub pod_gateway: Option<Ipv4Addr>,
+    /// Default route of the node: the gateway of its first interface's subnet.
+    pub default_gateway: Ipv4Addr,
+    /// Sysctls written in the node's namespace after its links exist,
+    /// e.g. `net.ipv4.ip_forward = 1` (always set for nodes).
+    pub sysctls: BTreeMap<String, String>,
+}
+
+/// An ENI of a node, plugged into a vSwitch of the VPC.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeInterface {
+    /// Name inside the node (`eth0`).
+    pub name: String,
+    pub subnet: String,
+    /// Address with the subnet's prefix length.
+    pub address: Ipv4Net,
+    pub mac: Option<[u8; 6]>,
+    /// Name of the peer port in the VPC namespace (`<node>-<if>` when that
+    /// fits in 15 characters, else `p` + 8 hex digits of a hash).
+    pub vpc_port: String,
+}
+
+/// How a pod is attached to its node. Later kinds (ipvlan ...) add variants.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Attachment {
+    /// Flannel: veth pair, pod side `eth0`, node side `host_ifname` enslaved
+    /// to the node's pod bridge.
+    Bridge { host_ifname: String },
+}
+
+/// A pod: its own network namespace.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Pod {
+    pub name: String,
+    pub node: String,
+    pub attachment: Attachment,
+    /// Pod side interface name (always `eth0` for now).
+    pub ifname: String,
+    /// Address with the prefix length of the node's pod CIDR.
+    pub address: Ipv4Net,
+    pub mac: Option<[u8; 6]>,
+    /// Routes inside the pod; by default only `default via <pod gateway>`.
+    pub routes: Vec<Route>,
+    /// Ports the pod serves (as nginx does in the articles).
+    pub ports: Vec<Port>,
+}
+
+/// A route: destination via a gateway, out of the namespace's main interface.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Route {
+    pub destination: Ipv4Net,
+    pub via: Ipv4Addr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Port {
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+/// A host outside the VPC, linked to the VPC router by a veth pair.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Client {
+    pub name: String,
+    /// Client side `eth0` address with prefix.
+    pub address: Ipv4Net,
+    /// Address of the VPC side of the link, the client's default gateway
+    /// (default: first host of the client's network).
+    pub gateway: Ipv4Addr,
+    /// Name of the peer port in the VPC namespace (as for node interfaces).
+    pub vpc_port: String,
+}
+
+/// What an entity of the lab is; one network namespace each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Vpc,
+    Node,
+    Pod,
+    Client,
+}
+
+impl Lab {
+    /// The network namespace name of an entity (`<lab>-<entity>`), as
+    /// `ip netns list` shows it.
+    pub fn netns(&self, entity: &str) -> String {
+        netns_name(&self.name, entity)
+    }
+
+    /// Every entity with its role, VPC first, in creation order.
+    pub fn entities(&self) -> Vec<(String, Role)> {
+        let mut out = vec![("vpc".to_string(), Role::Vpc)];
+        out.extend(self.nodes.iter().map(|n| (n.name.clone(), Role::Node)));
+        out.extend(self.pods.iter().map(|p| (p.name.clone(), Role::Pod)));
+        out.extend(self.clients.iter().map(|c| (c.name.clone(), Role::Client)));
+        out
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+}
+
+/// `<lab>-<entity>`: the namespace name of an entity of a lab.
+pub fn netns_name(lab: &str, entity: &str) -> String {
+    format!("{lab}-{entity}")
+}
+
+/// A stable short name for a generated interface: `prefix` + 8 hex digits of
+/// an FNV-1a hash of `key` (like Flannel's `vethXXXXXXXX`, but deterministic).
+pub fn hashed_ifname(prefix: &str, key: &str) -> String {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in key.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    format!("{prefix}{h:08x}")
+}
+
+/// Format a MAC address as `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
