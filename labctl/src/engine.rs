@@ -74,7 +74,11 @@ pub struct UpReport {
 }
 
 /// Bring a lab up on the host kernel.
-pub fn up(lab: &Lab, file: Option<&Path>, progress: &dyn Progress) -> Result<UpReport, EngineError> {
+pub fn up(
+    lab: &Lab,
+    file: Option<&Path>,
+    progress: &dyn Progress,
+) -> Result<UpReport, EngineError> {
     if !sys::is_root() {
         return Err(EngineError::NotRoot);
     }
@@ -196,7 +200,11 @@ fn teardown(record: &LabState) -> Result<(), Vec<KernelError>> {
                 .map(|e| KernelError::new(format!("ip netns delete {}", ns.name), e))
         })
         .collect();
-    if errors.is_empty() { Ok(()) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
 }
 
 /// A single-threaded runtime: every netlink socket lives on it, and the

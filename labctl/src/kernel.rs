@@ -12,7 +12,9 @@ use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth};
-use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+};
 
 use crate::plan::{Action, NsSpec, Step};
 use crate::sys;
@@ -114,7 +116,11 @@ impl Kernel for Netlink {
                 Err(e) => errors.push(e),
             }
         }
-        if errors.is_empty() { Ok(()) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
     }
 
     async fn run(&self, step: &Step) -> Result<(), KernelError> {
@@ -122,14 +128,24 @@ impl Kernel for Netlink {
         match &step.action {
             Action::LoopbackUp => {
                 let msg = LinkUnspec::new_with_index(1).up().build();
-                self.handle(&step.netns)?.link().set(msg).execute().await.map_err(fail)
+                self.handle(&step.netns)?
+                    .link()
+                    .set(msg)
+                    .execute()
+                    .await
+                    .map_err(fail)
             }
             Action::AddBridge { name, ifindex, mac } => {
                 let mut b = LinkBridge::new(name).index(*ifindex).up();
                 if let Some(mac) = mac {
                     b = b.address(mac.to_vec());
                 }
-                self.handle(&step.netns)?.link().add(b.build()).execute().await.map_err(fail)
+                self.handle(&step.netns)?
+                    .link()
+                    .add(b.build())
+                    .execute()
+                    .await
+                    .map_err(fail)
             }
             Action::AddVeth {
                 name,
@@ -163,11 +179,21 @@ impl Kernel for Netlink {
                 if let Some(c) = controller {
                     b = b.controller(c.ifindex);
                 }
-                self.handle(&step.netns)?.link().add(b.build()).execute().await.map_err(fail)
+                self.handle(&step.netns)?
+                    .link()
+                    .add(b.build())
+                    .execute()
+                    .await
+                    .map_err(fail)
             }
             Action::LinkUp { ifindex, .. } => {
                 let msg = LinkUnspec::new_with_index(*ifindex).up().build();
-                self.handle(&step.netns)?.link().set(msg).execute().await.map_err(fail)
+                self.handle(&step.netns)?
+                    .link()
+                    .set(msg)
+                    .execute()
+                    .await
+                    .map_err(fail)
             }
             Action::AddAddress {
                 ifindex, address, ..
@@ -189,7 +215,12 @@ impl Kernel for Netlink {
                     .gateway(*via)
                     .output_interface(*ifindex)
                     .build();
-                self.handle(&step.netns)?.route().add(msg).execute().await.map_err(fail)
+                self.handle(&step.netns)?
+                    .route()
+                    .add(msg)
+                    .execute()
+                    .await
+                    .map_err(fail)
             }
             Action::Sysctl { key, value } => {
                 let fd = self
@@ -198,7 +229,9 @@ impl Kernel for Netlink {
                     .ok_or_else(|| KernelError::new(step.to_string(), "namespace missing"))?;
                 // Entering a namespace is for a thread of our own, never a
                 // runtime thread.
-                let fd = fd.try_clone().map_err(|e| KernelError::new(step.to_string(), e))?;
+                let fd = fd
+                    .try_clone()
+                    .map_err(|e| KernelError::new(step.to_string(), e))?;
                 let (key, value) = (key.clone(), value.clone());
                 tokio::task::spawn_blocking(move || sys::write_sysctl_in(fd, &key, &value))
                     .await
@@ -239,7 +272,11 @@ impl Kernel for Recorder {
 
     async fn run(&self, step: &Step) -> Result<(), KernelError> {
         let text = step.to_string();
-        if self.fail_on.as_ref().is_some_and(|f| text.contains(f.as_str())) {
+        if self
+            .fail_on
+            .as_ref()
+            .is_some_and(|f| text.contains(f.as_str()))
+        {
             return Err(KernelError::new(text, "File exists (os error 17)"));
         }
         self.log.borrow_mut().push(text);

@@ -136,10 +136,10 @@ pub fn list() -> Result<Vec<LabState>, StateError> {
     let mut labs = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(lab) = name.strip_suffix(".json").filter(|n| !n.starts_with('.')) {
-            if let Some(state) = load(lab)? {
-                labs.push(state);
-            }
+        if let Some(lab) = name.strip_suffix(".json").filter(|n| !n.starts_with('.'))
+            && let Some(state) = load(lab)?
+        {
+            labs.push(state);
         }
     }
     labs.sort_by(|a, b| a.lab.cmp(&b.lab));

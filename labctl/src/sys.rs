@@ -71,7 +71,15 @@ impl Drop for NetnsGuard {
 /// namespaces mounted there are visible from other mount namespaces.
 pub fn prepare_run_dir() -> io::Result<()> {
     fs::create_dir_all(NETNS_RUN_DIR)?;
-    let shared = |flags| mount(None::<&str>, NETNS_RUN_DIR, None::<&str>, flags, None::<&str>);
+    let shared = |flags| {
+        mount(
+            None::<&str>,
+            NETNS_RUN_DIR,
+            None::<&str>,
+            flags,
+            None::<&str>,
+        )
+    };
     match shared(MsFlags::MS_SHARED | MsFlags::MS_REC) {
         Ok(()) => Ok(()),
         // Not a mount point yet: bind it onto itself first.
@@ -118,6 +126,12 @@ pub fn create_netns(name: &str) -> io::Result<NewNetns> {
         MsFlags::MS_BIND,
         None::<&str>,
     )?;
+    // No IPv6 in labs (the articles have none): without it no link-local
+    // addresses, router solicitations or MLD reports appear in captures.
+    // Set before any device exists, so `default` covers them all.
+    for conf in ["all", "default"] {
+        let _ = fs::write(format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6"), "1");
+    }
     let fd: OwnedFd = File::open("/proc/thread-self/ns/net")?.into();
     let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
     socket.bind_auto()?;
@@ -209,4 +223,28 @@ pub fn enter_netns_for_exec(name: &str) -> io::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The `sockaddr_ll` that binds an AF_PACKET socket to one interface and
+/// protocol (host order; `ETH_P_ALL` for everything), as libpcap does for
+/// `tcpdump -i IFNAME`. nix has no safe constructor for [`LinkAddr`].
+///
+/// [`LinkAddr`]: nix::sys::socket::LinkAddr
+pub fn packet_bind_addr(ifindex: u32, protocol: u16) -> nix::sys::socket::LinkAddr {
+    use nix::libc;
+    use nix::sys::socket::{LinkAddr, SockaddrLike};
+    let sll = libc::sockaddr_ll {
+        sll_family: libc::AF_PACKET as u16,
+        sll_protocol: protocol.to_be(),
+        sll_ifindex: ifindex as i32,
+        sll_hatype: 0,
+        sll_pkttype: 0,
+        sll_halen: 0,
+        sll_addr: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+    // SAFETY: `sll` is a fully initialised `sockaddr_ll` on the stack, the
+    // pointer is valid for `len` bytes and `from_raw` copies it out.
+    unsafe { LinkAddr::from_raw((&raw const sll).cast::<libc::sockaddr>(), Some(len)) }
+        .expect("a sockaddr_ll with family AF_PACKET is a LinkAddr")
 }

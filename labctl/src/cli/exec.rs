@@ -25,11 +25,18 @@ pub fn run(args: Args) -> Result {
         .ok_or_else(|| {
             Failure::new(
                 Exit::State,
-                format!("lab `{}` is not up (`labctl status` lists the labs that are)", args.lab),
+                format!(
+                    "lab `{}` is not up (`labctl status` lists the labs that are)",
+                    args.lab
+                ),
             )
         })?;
     let Some(ns) = record.netns_of(&args.name) else {
-        let known: Vec<&str> = record.namespaces.iter().map(|n| n.entity.as_str()).collect();
+        let known: Vec<&str> = record
+            .namespaces
+            .iter()
+            .map(|n| n.entity.as_str())
+            .collect();
         return Err(Failure::new(
             Exit::Usage,
             format!(
@@ -41,8 +48,18 @@ pub fn run(args: Args) -> Result {
         ));
     };
     sys::enter_netns_for_exec(&ns.name).map_err(|e| {
-        let code = if sys::is_root() { Exit::Failed } else { Exit::Environment };
-        Failure::new(code, format!("cannot enter namespace {}: {e} (labctl exec needs root)", ns.name))
+        let code = if sys::is_root() {
+            Exit::Failed
+        } else {
+            Exit::Environment
+        };
+        Failure::new(
+            code,
+            format!(
+                "cannot enter namespace {}: {e} (labctl exec needs root)",
+                ns.name
+            ),
+        )
     })?;
     let err = std::process::Command::new(&args.command[0])
         .args(&args.command[1..])

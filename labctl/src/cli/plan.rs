@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use super::{Result, Vars, load};
+use super::{Exit, Failure, Result, Vars, load};
 
 /// Print the kernel actions `up` would run, as iproute2 commands.
 #[derive(clap::Args)]
@@ -11,6 +11,9 @@ pub struct Args {
     file: PathBuf,
     #[command(flatten)]
     vars: Vars,
+    /// Plan the lab under another name (as `labctl up --name`).
+    #[arg(long, value_name = "LAB")]
+    name: Option<String>,
     /// Output format.
     #[arg(short, long, value_enum, default_value = "text")]
     output: Format,
@@ -26,7 +29,12 @@ enum Format {
 }
 
 pub fn run(args: Args) -> Result {
-    let lab = load(&args.file, &args.vars)?;
+    let mut lab = load(&args.file, &args.vars)?;
+    if let Some(name) = args.name {
+        labctl_topology::check_lab_name(&name)
+            .map_err(|e| Failure::new(Exit::Usage, format!("--name: {e}")))?;
+        lab.name = name;
+    }
     let plan = labctl::plan::plan(&lab);
     match args.output {
         Format::Text => {

@@ -73,9 +73,17 @@ pub fn run(args: Args) -> Result {
             t.add_row([
                 r.lab.clone(),
                 r.namespaces.len().to_string(),
-                if r.complete { "up" } else { "incomplete (run down)" }.to_string(),
+                if r.complete {
+                    "up"
+                } else {
+                    "incomplete (run down)"
+                }
+                .to_string(),
                 r.runtime.clone(),
-                r.file.as_ref().map(|f| f.display().to_string()).unwrap_or_default(),
+                r.file
+                    .as_ref()
+                    .map(|f| f.display().to_string())
+                    .unwrap_or_default(),
             ]);
         }
         println!("{t}");
@@ -83,8 +91,15 @@ pub fn run(args: Args) -> Result {
     }
     let v = view(&records[0])?;
     let mut t = Table::new();
-    t.load_style(NOTHING)
-        .set_header(["NAMESPACE", "ROLE", "INTERFACE", "KIND", "MAC", "ADDRESSES", "MASTER"]);
+    t.load_style(NOTHING).set_header([
+        "NAMESPACE",
+        "ROLE",
+        "INTERFACE",
+        "KIND",
+        "MAC",
+        "ADDRESSES",
+        "MASTER",
+    ]);
     for ns in &v.namespaces {
         let role = format!("{:?}", ns.role).to_lowercase();
         if !ns.present {
@@ -108,7 +123,16 @@ pub fn run(args: Args) -> Result {
             ]);
         }
     }
-    println!("lab `{}` ({}){}", v.lab, v.runtime, if v.complete { "" } else { ": incomplete, run `labctl down`" });
+    println!(
+        "lab `{}` ({}){}",
+        v.lab,
+        v.runtime,
+        if v.complete {
+            ""
+        } else {
+            ": incomplete, run `labctl down`"
+        }
+    );
     println!("{t}");
     Ok(())
 }

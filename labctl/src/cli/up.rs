@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use indicatif::{ProgressBar, ProgressStyle};
 use labctl::engine::{self, Progress};
 
-use super::{Result, Vars, load};
+use super::{Exit, Failure, Result, Vars, load};
 
 /// Build the lab described by a topology file from real kernel objects.
 #[derive(clap::Args)]
@@ -15,6 +15,10 @@ pub struct Args {
     file: PathBuf,
     #[command(flatten)]
     vars: Vars,
+    /// Run the lab under another name than the file's `name:`, so the same
+    /// topology can be up twice at once.
+    #[arg(long, value_name = "LAB")]
+    name: Option<String>,
     /// Print nothing but errors.
     #[arg(short, long)]
     quiet: bool,
@@ -35,7 +39,12 @@ impl Progress for Bar {
 }
 
 pub fn run(args: Args) -> Result {
-    let lab = load(&args.file, &args.vars)?;
+    let mut lab = load(&args.file, &args.vars)?;
+    if let Some(name) = args.name {
+        labctl_topology::check_lab_name(&name)
+            .map_err(|e| Failure::new(Exit::Usage, format!("--name: {e}")))?;
+        lab.name = name;
+    }
     let bar = if !args.quiet && std::io::stderr().is_terminal() {
         let bar = ProgressBar::new(0);
         bar.set_style(

@@ -1,0 +1,382 @@
+//! The raw topology language: serde types that mirror the YAML exactly, as
+//! the user wrote it. Values that need checking (names, addresses, CIDRs,
+//! MACs, references) are kept as located text (`Spanned<String>`) so that
+//! `resolve` can report every problem with its line and column instead of
+//! stopping at the first one. Every struct denies unknown fields, and the few
+//! values with two shapes (ports, sysctl values) have their own small
+//! `Deserialize` impls rather than `#[serde(untagged)]`, whose errors say
+//! nothing useful. The JSON schema of the language is derived from these
+//! types (`schemars`).
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde_saphyr::Spanned;
+
+/// A labctl topology: a cloud VPC with its vSwitches, the nodes (ECS
+/// instances) plugged into them, the pods on the nodes and the clients outside.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Topology", title = "labctl topology")]
+pub struct RawTopology {
+    /// Lab name: lowercase letters, digits and '-', starting with a letter, at
+    /// most 20 characters. Every network namespace of the lab is named
+    /// `<name>-<entity>`.
+    #[schemars(with = "LabName")]
+    pub name: Spanned<String>,
+    pub vpc: RawVpc,
+    /// ECS instances.
+    pub nodes: Vec<RawNode>,
+    /// Pods, each in its own network namespace on a node.
+    #[serde(default)]
+    pub pods: Vec<RawPod>,
+    /// Hosts outside the VPC, linked to the VPC router.
+    #[serde(default)]
+    pub clients: Vec<RawClient>,
+}
+
+/// The VPC: one router namespace with a bridge per vSwitch.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Vpc")]
+pub struct RawVpc {
+    /// The VPC's CIDR; when given, every subnet must lie inside it.
+    #[serde(default)]
+    #[schemars(with = "Option<CidrText>")]
+    pub cidr: Option<Spanned<String>>,
+    /// vSwitches.
+    pub subnets: Vec<RawSubnet>,
+    /// Custom route entries of the VPC route table.
+    #[serde(default)]
+    pub routes: Vec<RawVpcRoute>,
+}
+
+/// A vSwitch: a bridge named like the subnet, holding the gateway address.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Subnet")]
+pub struct RawSubnet {
+    /// Also the bridge's interface name (at most 15 characters).
+    #[schemars(with = "IfName")]
+    pub name: Spanned<String>,
+    #[schemars(with = "CidrText")]
+    pub cidr: Spanned<String>,
+    /// Address of the vSwitch in the subnet, the nodes' default gateway.
+    #[schemars(with = "Ipv4Text")]
+    pub gateway: Spanned<String>,
+}
+
+/// A route entry of the VPC: destination -> a node.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "VpcRoute")]
+pub struct RawVpcRoute {
+    #[schemars(with = "CidrText")]
+    pub destination: Spanned<String>,
+    /// Name of the node the route points at (via its first interface).
+    #[schemars(with = "String")]
+    pub next_hop: Spanned<String>,
+}
+
+/// An ECS instance.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Node")]
+pub struct RawNode {
+    #[schemars(with = "EntityName")]
+    pub name: Spanned<String>,
+    /// ENIs; the first one carries the node's default route.
+    pub interfaces: Vec<RawInterface>,
+    /// Pod CIDR (Flannel); its first address goes on the pod bridge.
+    #[serde(default)]
+    #[schemars(with = "Option<CidrText>")]
+    pub pod_cidr: Option<Spanned<String>>,
+    /// Name of the pod bridge (default `cni0`).
+    #[serde(default)]
+    #[schemars(with = "Option<IfName>")]
+    pub bridge: Option<Spanned<String>>,
+    /// Sysctls of the node's namespace (`net.ipv4.ip_forward` is 1 unless
+    /// set here).
+    #[serde(default)]
+    #[schemars(with = "Option<BTreeMap<String, SysctlValue>>")]
+    pub sysctls: Option<Spanned<BTreeMap<String, SysctlValue>>>,
+}
+
+/// An ENI of a node, plugged into a vSwitch.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Interface")]
+pub struct RawInterface {
+    /// Interface name inside the node (`eth0`).
+    #[schemars(with = "IfName")]
+    pub name: Spanned<String>,
+    /// Name of the subnet (vSwitch).
+    #[schemars(with = "String")]
+    pub subnet: Spanned<String>,
+    /// Plain IPv4 address; the prefix length is the subnet's.
+    #[schemars(with = "Ipv4Text")]
+    pub address: Spanned<String>,
+    #[serde(default)]
+    #[schemars(with = "Option<MacText>")]
+    pub mac: Option<Spanned<String>>,
+}
+
+/// A host outside the VPC.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Client")]
+pub struct RawClient {
+    #[schemars(with = "EntityName")]
+    pub name: Spanned<String>,
+    /// The client's address with its prefix length, e.g. 198.51.100.10/24.
+    #[schemars(with = "CidrText")]
+    pub address: Spanned<String>,
+    /// The VPC side of the link (default: first host of the network).
+    #[serde(default)]
+    #[schemars(with = "Option<Ipv4Text>")]
+    pub gateway: Option<Spanned<String>>,
+}
+
+/// How a pod is attached to its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[schemars(rename = "Attachment")]
+pub enum RawAttachment {
+    /// Flannel: a veth pair, the host side enslaved to the node's pod bridge.
+    Bridge,
+}
+
+/// A pod.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Pod")]
+pub struct RawPod {
+    #[schemars(with = "EntityName")]
+    pub name: Spanned<String>,
+    /// Name of the node the pod runs on.
+    #[schemars(with = "String")]
+    pub node: Spanned<String>,
+    /// Default `bridge`.
+    #[serde(default)]
+    #[schemars(with = "Option<RawAttachment>")]
+    pub attachment: Option<Spanned<RawAttachment>>,
+    /// Plain IPv4 address inside the node's pod CIDR (whose prefix it takes).
+    #[schemars(with = "Ipv4Text")]
+    pub address: Spanned<String>,
+    #[serde(default)]
+    #[schemars(with = "Option<MacText>")]
+    pub mac: Option<Spanned<String>>,
+    /// Routes in the pod; default: `default via` the node's pod gateway.
+    #[serde(default)]
+    pub routes: Option<Vec<RawRoute>>,
+    /// Ports the pod serves: `80` (tcp) or `{port: 53, protocol: udp}`.
+    #[serde(default)]
+    #[schemars(with = "Vec<RawPort>")]
+    pub ports: Vec<Spanned<RawPort>>,
+}
+
+/// A route inside a pod.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Route")]
+pub struct RawRoute {
+    /// A CIDR or `default`.
+    #[schemars(with = "RouteDestination")]
+    pub destination: Spanned<String>,
+    #[schemars(with = "Ipv4Text")]
+    pub via: Spanned<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[schemars(rename = "Protocol")]
+pub enum RawProtocol {
+    Tcp,
+    Udp,
+}
+
+/// A served port: a bare number (tcp) or `{port, protocol}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawPort {
+    pub port: u16,
+    pub protocol: RawProtocol,
+}
+
+/// The mapping form of a port.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct PortMapping {
+    #[schemars(range(min = 1, max = 65535))]
+    port: u16,
+    /// Default `tcp`.
+    #[serde(default)]
+    protocol: Option<RawProtocol>,
+}
+
+impl<'de> Deserialize<'de> for RawPort {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PortVisitor;
+
+        impl<'de> Visitor<'de> for PortVisitor {
+            type Value = RawPort;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a port number or a mapping {port, protocol}")
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawPort, E> {
+                let port = u16::try_from(v).map_err(|_| {
+                    E::invalid_value(de::Unexpected::Unsigned(v), &"a port from 1 to 65535")
+                })?;
+                Ok(RawPort {
+                    port,
+                    protocol: RawProtocol::Tcp,
+                })
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawPort, E> {
+                match u64::try_from(v) {
+                    Ok(v) => self.visit_u64(v),
+                    Err(_) => Err(E::invalid_value(
+                        de::Unexpected::Signed(v),
+                        &"a port from 1 to 65535",
+                    )),
+                }
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawPort, A::Error> {
+                let m = PortMapping::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawPort {
+                    port: m.port,
+                    protocol: m.protocol.unwrap_or(RawProtocol::Tcp),
+                })
+            }
+        }
+
+        deserializer.deserialize_any(PortVisitor)
+    }
+}
+
+impl JsonSchema for RawPort {
+    fn schema_name() -> Cow<'static, str> {
+        "Port".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let mapping = generator.subschema_for::<PortMapping>();
+        json_schema!({
+            "description": "A served port: a bare number (tcp) or `{port, protocol}`.",
+            "oneOf": [
+                { "type": "integer", "minimum": 1, "maximum": 65535 },
+                mapping,
+            ]
+        })
+    }
+}
+
+/// A sysctl value: YAML strings and numbers are both accepted and written
+/// as text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SysctlValue(pub String);
+
+impl<'de> Deserialize<'de> for SysctlValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ValueVisitor;
+
+        impl Visitor<'_> for ValueVisitor {
+            type Value = SysctlValue;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or a number")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<SysctlValue, E> {
+                Ok(SysctlValue(v.to_string()))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<SysctlValue, E> {
+                Ok(SysctlValue(v.to_string()))
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<SysctlValue, E> {
+                Ok(SysctlValue(v.to_string()))
+            }
+
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<SysctlValue, E> {
+                Ok(SysctlValue(v.to_string()))
+            }
+        }
+
+        deserializer.deserialize_any(ValueVisitor)
+    }
+}
+
+impl JsonSchema for SysctlValue {
+    fn schema_name() -> Cow<'static, str> {
+        "SysctlValue".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A sysctl value, written as text.",
+            "type": ["string", "number"]
+        })
+    }
+}
+
+/// Schema-only types: string formats the resolver checks.
+macro_rules! text_schema {
+    ($ty:ident, $name:literal, $schema:tt) => {
+        pub(crate) struct $ty;
+
+        impl JsonSchema for $ty {
+            fn schema_name() -> Cow<'static, str> {
+                $name.into()
+            }
+
+            fn json_schema(_: &mut SchemaGenerator) -> Schema {
+                json_schema!($schema)
+            }
+        }
+    };
+}
+
+text_schema!(LabName, "LabName", {
+    "description": "Lowercase letters, digits and '-', starting with a letter, at most 20 characters.",
+    "type": "string",
+    "pattern": "^[a-z][a-z0-9-]{0,19}$"
+});
+text_schema!(EntityName, "EntityName", {
+    "description": "Name of a node, pod or client: lowercase letters, digits, '-' and '.', at most 63 characters; `vpc` is reserved.",
+    "type": "string",
+    "pattern": "^[a-z0-9.-]{1,63}$"
+});
+text_schema!(IfName, "IfName", {
+    "description": "A kernel interface name: at most 15 characters, no '/', ':' or whitespace.",
+    "type": "string",
+    "pattern": "^[^/:\\s]{1,15}$"
+});
+text_schema!(Ipv4Text, "Ipv4", {
+    "description": "A plain IPv4 address, e.g. 10.0.0.180.",
+    "type": "string",
+    "format": "ipv4"
+});
+text_schema!(CidrText, "Cidr", {
+    "description": "An IPv4 network, e.g. 10.0.0.0/24.",
+    "type": "string",
+    "pattern": "^[0-9]{1,3}(\\.[0-9]{1,3}){3}/[0-9]{1,2}$"
+});
+text_schema!(MacText, "Mac", {
+    "description": "A MAC address, e.g. 02:42:ac:11:00:02.",
+    "type": "string",
+    "pattern": "^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$"
+});
+text_schema!(RouteDestination, "RouteDestination", {
+    "description": "An IPv4 network (e.g. 10.0.0.0/8) or `default`.",
+    "type": "string",
+    "pattern": "^(default|[0-9]{1,3}(\\.[0-9]{1,3}){3}/[0-9]{1,2})$"
+});

@@ -1,0 +1,1193 @@
+//! Resolution: raw topology -> validated `Lab`. Parses the located text of
+//! the raw types (addresses, CIDRs, MACs), checks references, names,
+//! overlaps and duplicates, and applies the defaults documented in `model`.
+//! It never stops at the first problem: every problem is collected with its
+//! location and the caller reports them together, sorted by position.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde_saphyr::{Location, Spanned};
+
+use crate::error::{Problem, Problems, Source, unknown_hint};
+use crate::model::*;
+use crate::raw::*;
+
+/// The limit on lab names: they prefix every namespace and generated name.
+pub const LAB_NAME_MAX: usize = 20;
+/// The limit on node, pod and client names (a DNS label).
+pub const ENTITY_NAME_MAX: usize = 63;
+/// The pod bridge when the node does not name one.
+pub const DEFAULT_BRIDGE: &str = "cni0";
+
+/// Located text from the YAML.
+type Text = Spanned<String>;
+
+/// Something that claimed a name, address or network first.
+#[derive(Clone)]
+struct Owner {
+    what: String,
+    loc: Location,
+}
+
+/// What resolving a node yields for the pods on it.
+struct NodeInfo {
+    name_loc: Location,
+    pod_cidr: Option<Ipv4Net>,
+    pod_cidr_declared: bool,
+    pod_gateway: Option<Ipv4Addr>,
+    first_address: Option<Ipv4Addr>,
+    pods: Vec<String>,
+}
+
+struct Resolver<'a> {
+    src: &'a Source,
+    lab: String,
+    problems: Vec<Problem>,
+    entities: HashMap<String, Owner>,
+    addresses: HashMap<Ipv4Addr, Owner>,
+    macs: HashMap<[u8; 6], Owner>,
+    networks: Vec<(Ipv4Net, Owner)>,
+    /// Interface names in the VPC namespace: bridges and ports.
+    vpc_ifnames: HashMap<String, Owner>,
+}
+
+/// Resolve a parsed topology; `Err` holds every problem, in source order.
+pub(crate) fn resolve(src: &Source, raw: RawTopology) -> Result<Lab, Problems> {
+    let mut r = Resolver {
+        src,
+        lab: raw.name.value.clone(),
+        problems: Vec::new(),
+        entities: HashMap::new(),
+        addresses: HashMap::new(),
+        macs: HashMap::new(),
+        networks: Vec::new(),
+        vpc_ifnames: HashMap::new(),
+    };
+    r.lab_name(&raw.name);
+    let vpc_cidr = raw.vpc.cidr.as_ref().and_then(|c| r.network(c, "vpc cidr"));
+    let subnets = r.subnets(&raw.vpc.subnets, vpc_cidr);
+
+    // Names first, so references resolve whatever order things come in.
+    r.entities.insert(
+        "vpc".to_string(),
+        Owner {
+            what: "the vpc".to_string(),
+            loc: Location::UNKNOWN,
+        },
+    );
+    for n in &raw.nodes {
+        r.entity(&n.name, "node");
+    }
+    for p in &raw.pods {
+        r.entity(&p.name, "pod");
+    }
+    for c in &raw.clients {
+        r.entity(&c.name, "client");
+    }
+
+    let declared_subnets: Vec<&str> = raw
+        .vpc
+        .subnets
+        .iter()
+        .map(|s| s.name.value.as_str())
+        .collect();
+    let mut infos: BTreeMap<String, NodeInfo> = BTreeMap::new();
+    let mut nodes = Vec::new();
+    for raw_node in &raw.nodes {
+        let (node, info) = r.node(raw_node, &subnets, &declared_subnets);
+        infos.entry(raw_node.name.value.clone()).or_insert(info);
+        nodes.extend(node);
+    }
+    let node_names: Vec<&str> = raw.nodes.iter().map(|n| n.name.value.as_str()).collect();
+
+    let mut routes = Vec::new();
+    let mut destinations: HashMap<Ipv4Net, Location> = HashMap::new();
+    for route in &raw.vpc.routes {
+        let destination = r.network(&route.destination, "route destination");
+        if let Some(d) = destination {
+            r.unique_destination(&mut destinations, d, &route.destination);
+        }
+        let Some(info) = r.node_ref(&route.next_hop, &infos, &node_names) else {
+            continue;
+        };
+        if let (Some(destination), Some(via)) = (destination, info.first_address) {
+            routes.push(VpcRoute {
+                destination,
+                next_hop_node: route.next_hop.value.clone(),
+                via,
+            });
+        }
+    }
+
+    let mut pods = Vec::with_capacity(raw.pods.len());
+    for raw_pod in &raw.pods {
+        pods.extend(r.pod(raw_pod, &mut infos, &node_names));
+    }
+
+    let mut clients = Vec::new();
+    for raw_client in &raw.clients {
+        clients.extend(r.client(raw_client));
+    }
+
+    for (name, info) in &infos {
+        if !info.pods.is_empty() && !info.pod_cidr_declared {
+            let shown: Vec<&str> = info.pods.iter().take(5).map(String::as_str).collect();
+            let more = if info.pods.len() > 5 { ", ..." } else { "" };
+            r.err(
+                &info.name_loc,
+                format!("node {name} has pods but no pod_cidr"),
+                "no pod_cidr",
+                Some(format!(
+                    "add `pod_cidr: <cidr>` to node {name}; its pods: {}{more}",
+                    shown.join(", ")
+                )),
+            );
+        }
+    }
+
+    let mut problems = r.problems;
+    problems.sort_by_key(|p| (p.span.offset(), p.line, p.column));
+    if let Some(problems) = Problems::new(problems) {
+        return Err(problems);
+    }
+    Ok(Lab {
+        name: raw.name.value,
+        vpc: Vpc {
+            cidr: vpc_cidr,
+            subnets,
+            routes,
+        },
+        nodes,
+        pods,
+        clients,
+    })
+}
+
+impl Resolver<'_> {
+    fn err(&mut self, loc: &Location, message: String, label: &str, help: Option<String>) {
+        let p = self.src.at(loc, message, label, help);
+        self.problems.push(p);
+    }
+
+    /// A problem about something defined twice: also points at the first.
+    fn err_again(
+        &mut self,
+        loc: &Location,
+        first: &Location,
+        message: String,
+        label: &str,
+        help: Option<String>,
+    ) {
+        let mut p = self.src.at(loc, message, label, help);
+        if *first != Location::UNKNOWN {
+            p = p.also(self.src.span(first), "first here");
+        }
+        self.problems.push(p);
+    }
+
+    fn first_at(&self, owner: &Owner) -> String {
+        if owner.loc == Location::UNKNOWN {
+            String::new()
+        } else {
+            format!(" at line {}", owner.loc.line())
+        }
+    }
+
+    // ---- names -------------------------------------------------------
+
+    fn lab_name(&mut self, name: &Text) {
+        if let Err((message, label)) = lab_name_problem(&name.value) {
+            self.err(
+                &name.referenced,
+                message,
+                label,
+                Some(LAB_NAME_HELP.to_string()),
+            );
+        }
+    }
+
+    /// Check a node, pod or client name and claim it in the entity namespace.
+    fn entity(&mut self, name: &Text, kind: &str) {
+        let n = &name.value;
+        let help = || {
+            Some(format!(
+                "{kind} names are lowercase letters, digits, '-' and '.', at most \
+                 {ENTITY_NAME_MAX} characters: each is a network namespace `<lab>-<name>`"
+            ))
+        };
+        if n.is_empty() {
+            self.err(
+                &name.referenced,
+                format!("{kind} name is empty"),
+                "empty name",
+                help(),
+            );
+        } else if let Some(c) = n
+            .chars()
+            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-' || *c == '.'))
+        {
+            self.err(
+                &name.referenced,
+                format!("{kind} name `{n}` contains {c:?}; only a-z, 0-9, '-' and '.' are allowed"),
+                "invalid name",
+                help(),
+            );
+        } else if n.len() > ENTITY_NAME_MAX {
+            self.err(
+                &name.referenced,
+                format!(
+                    "{kind} name `{n}` is {} characters long, the limit is {ENTITY_NAME_MAX}",
+                    n.len()
+                ),
+                "too long",
+                help(),
+            );
+        }
+        match self.entities.get(n).cloned() {
+            Some(first) if first.loc == Location::UNKNOWN => self.err(
+                &name.referenced,
+                format!("name `{n}` is reserved for the vpc namespace"),
+                "reserved name",
+                Some(format!("rename this {kind}")),
+            ),
+            Some(first) => {
+                let at = self.first_at(&first);
+                self.err_again(
+                    &name.referenced,
+                    &first.loc,
+                    format!("name `{n}` is already used by {}{at}", first.what),
+                    "duplicate name",
+                    Some(
+                        "node, pod and client names share one namespace: each becomes a network \
+                         namespace `<lab>-<name>`"
+                            .to_string(),
+                    ),
+                )
+            }
+            None => {
+                self.entities.insert(
+                    n.clone(),
+                    Owner {
+                        what: format!("{kind} {n}"),
+                        loc: name.referenced,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Check a name that becomes a kernel interface name; `what` is e.g.
+    /// "subnet name", `why` a help sentence.
+    fn ifname(&mut self, name: &Text, what: &str, why: &str) -> bool {
+        let n = &name.value;
+        let len = n.chars().count();
+        let problem = if n.is_empty() {
+            Some((format!("{what} is empty"), "empty name"))
+        } else if len > IFNAME_MAX {
+            Some((
+                format!("{what} `{n}` is {len} characters long, the kernel allows {IFNAME_MAX}"),
+                "too long",
+            ))
+        } else if let Some(c) = n
+            .chars()
+            .find(|c| *c == '/' || *c == ':' || c.is_whitespace())
+        {
+            Some((
+                format!("{what} `{n}` contains {c:?}, which interface names cannot contain"),
+                "invalid interface name",
+            ))
+        } else if n == "." || n == ".." {
+            Some((
+                format!("{what} `{n}` is not a valid interface name"),
+                "invalid interface name",
+            ))
+        } else {
+            None
+        };
+        match problem {
+            Some((message, label)) => {
+                self.err(&name.referenced, message, label, Some(why.to_string()));
+                false
+            }
+            None => true,
+        }
+    }
+
+    /// Claim an interface name of the VPC namespace.
+    fn vpc_ifname(&mut self, name: &str, what: String, loc: &Location) {
+        if let Some(first) = self.vpc_ifnames.get(name).cloned() {
+            let at = self.first_at(&first);
+            self.err_again(
+                loc,
+                &first.loc,
+                format!(
+                    "{what} needs interface `{name}` in the vpc namespace, already used by {}{at}",
+                    first.what
+                ),
+                "interface name clash",
+                Some("rename one of them".to_string()),
+            );
+        } else {
+            self.vpc_ifnames
+                .insert(name.to_string(), Owner { what, loc: *loc });
+        }
+    }
+
+    // ---- text -> values ----------------------------------------------
+
+    fn ipv4(&mut self, text: &Text, what: &str) -> Option<Ipv4Addr> {
+        let t = text.value.trim();
+        if let Ok(a) = t.parse() {
+            return Some(a);
+        }
+        if t.contains('/') {
+            self.err(
+                &text.referenced,
+                format!("{what} `{t}` must be a plain ipv4 address, not a cidr"),
+                "expected a plain address",
+                Some("the prefix length comes from the network the address is in".to_string()),
+            );
+        } else {
+            self.err(
+                &text.referenced,
+                format!("invalid {what} `{t}`"),
+                "not an ipv4 address",
+                Some("write an ipv4 address like 10.0.0.180".to_string()),
+            );
+        }
+        None
+    }
+
+    /// A CIDR with any host part (`198.51.100.10/24`).
+    fn cidr(&mut self, text: &Text, what: &str) -> Option<Ipv4Net> {
+        let t = text.value.trim();
+        if let Ok(n) = t.parse() {
+            return Some(n);
+        }
+        let help = if !t.contains('/') && t.parse::<Ipv4Addr>().is_ok() {
+            format!("add a prefix length, e.g. `{t}/24`")
+        } else {
+            "write a cidr like 10.0.0.0/24".to_string()
+        };
+        self.err(
+            &text.referenced,
+            format!("invalid {what} `{t}`"),
+            "not an ipv4 cidr",
+            Some(help),
+        );
+        None
+    }
+
+    /// A network CIDR: no host bits.
+    fn network(&mut self, text: &Text, what: &str) -> Option<Ipv4Net> {
+        let net = self.cidr(text, what)?;
+        if net.addr() != net.network() {
+            self.err(
+                &text.referenced,
+                format!("{what} `{net}` has host bits set"),
+                "not a network address",
+                Some(format!("did you mean `{}`?", net.trunc())),
+            );
+            return None;
+        }
+        Some(net)
+    }
+
+    fn mac(&mut self, text: &Text) -> Option<[u8; 6]> {
+        let t = text.value.trim();
+        let parts: Vec<&str> = t.split(':').collect();
+        let mut mac = [0u8; 6];
+        let ok = parts.len() == 6
+            && parts
+                .iter()
+                .zip(mac.iter_mut())
+                .all(|(p, b)| p.len() == 2 && u8::from_str_radix(p, 16).map(|v| *b = v).is_ok());
+        if !ok {
+            self.err(
+                &text.referenced,
+                format!("invalid mac address `{t}`"),
+                "not a mac address",
+                Some("write a mac address like 02:00:0a:00:00:b4".to_string()),
+            );
+            return None;
+        }
+        if mac[0] & 1 == 1 || mac == [0; 6] {
+            self.err(
+                &text.referenced,
+                format!("mac address `{t}` is not a unicast address"),
+                "not unicast",
+                Some(
+                    "the lowest bit of the first octet must be 0; locally administered addresses \
+                     start with 02"
+                        .to_string(),
+                ),
+            );
+            return None;
+        }
+        Some(mac)
+    }
+
+    // ---- claims ------------------------------------------------------
+
+    fn claim_address(&mut self, addr: Ipv4Addr, what: String, loc: &Location) {
+        if let Some(first) = self.addresses.get(&addr).cloned() {
+            let at = self.first_at(&first);
+            self.err_again(
+                loc,
+                &first.loc,
+                format!("address {addr} is already used by {}{at}", first.what),
+                "duplicate address",
+                Some("every address of the lab must be unique".to_string()),
+            );
+        } else {
+            self.addresses.insert(addr, Owner { what, loc: *loc });
+        }
+    }
+
+    fn claim_mac(&mut self, mac: [u8; 6], what: String, loc: &Location) {
+        if let Some(first) = self.macs.get(&mac).cloned() {
+            let at = self.first_at(&first);
+            self.err_again(
+                loc,
+                &first.loc,
+                format!(
+                    "mac address {} is already used by {}{at}",
+                    format_mac(&mac),
+                    first.what
+                ),
+                "duplicate mac address",
+                Some("leave `mac` out to let the kernel pick one".to_string()),
+            );
+        } else {
+            self.macs.insert(mac, Owner { what, loc: *loc });
+        }
+    }
+
+    /// Claim a network; false if it overlaps one claimed before.
+    fn claim_network(&mut self, net: Ipv4Net, what: String, loc: &Location) -> bool {
+        let clash = self
+            .networks
+            .iter()
+            .find(|(other, _)| other.contains(&net.network()) || net.contains(&other.network()))
+            .cloned();
+        if let Some((other, first)) = clash {
+            let at = self.first_at(&first);
+            self.err_again(
+                loc,
+                &first.loc,
+                format!("{what} ({net}) overlaps {} ({other}){at}", first.what),
+                "overlapping network",
+                Some(
+                    "subnets, pod cidrs and client networks must not overlap: the vpc routes \
+                     between them"
+                        .to_string(),
+                ),
+            );
+            false
+        } else {
+            self.networks.push((net, Owner { what, loc: *loc }));
+            true
+        }
+    }
+
+    fn unique_destination(
+        &mut self,
+        seen: &mut HashMap<Ipv4Net, Location>,
+        destination: Ipv4Net,
+        text: &Text,
+    ) {
+        if let Some(first) = seen.get(&destination).copied() {
+            let line = first.line();
+            self.err_again(
+                &text.referenced,
+                &first,
+                format!("duplicate route to {destination}, first at line {line}"),
+                "duplicate route",
+                Some("a route table holds one route per destination".to_string()),
+            );
+        } else {
+            seen.insert(destination, text.referenced);
+        }
+    }
+
+    /// `addr` must be a usable host address of `net`.
+    fn inside(
+        &mut self,
+        addr: Ipv4Addr,
+        net: Ipv4Net,
+        loc: &Location,
+        message: impl FnOnce() -> String,
+        help: String,
+    ) -> bool {
+        if !net.contains(&addr) {
+            self.err(loc, message(), &format!("outside {net}"), Some(help));
+            return false;
+        }
+        if net.prefix_len() < 31 && (addr == net.network() || addr == net.broadcast()) {
+            let which = if addr == net.network() {
+                "network"
+            } else {
+                "broadcast"
+            };
+            self.err(
+                loc,
+                format!("address {addr} is the {which} address of {net}"),
+                &format!("{which} address"),
+                Some(help),
+            );
+            return false;
+        }
+        true
+    }
+
+    fn node_ref<'i>(
+        &mut self,
+        name: &Text,
+        infos: &'i BTreeMap<String, NodeInfo>,
+        known: &[&str],
+    ) -> Option<&'i NodeInfo> {
+        let info = infos.get(&name.value);
+        if info.is_none() {
+            self.err(
+                &name.referenced,
+                format!("unknown node `{}`", name.value),
+                "unknown node",
+                Some(unknown_hint("node", &name.value, known)),
+            );
+        }
+        info
+    }
+
+    // ---- entities ----------------------------------------------------
+
+    fn subnets(&mut self, raw: &[RawSubnet], vpc_cidr: Option<Ipv4Net>) -> Vec<Subnet> {
+        let mut out = Vec::new();
+        let mut names: HashMap<&str, Location> = HashMap::new();
+        for s in raw {
+            let name = &s.name.value;
+            if let Some(first) = names.get(name.as_str()).copied() {
+                let line = first.line();
+                self.err_again(
+                    &s.name.referenced,
+                    &first,
+                    format!("duplicate subnet name `{name}`, first at line {line}"),
+                    "duplicate subnet",
+                    Some("subnet names are bridge names in the vpc namespace".to_string()),
+                );
+            } else {
+                names.insert(name, s.name.referenced);
+                if self.ifname(
+                    &s.name,
+                    "subnet name",
+                    "a subnet's name is also its bridge's interface name in the vpc namespace",
+                ) {
+                    self.vpc_ifname(name, format!("subnet {name}"), &s.name.referenced);
+                }
+            }
+            let cidr = self.network(&s.cidr, "subnet cidr");
+            let gateway = self.ipv4(&s.gateway, "gateway");
+            if let Some(cidr) = cidr {
+                if let Some(vpc) = vpc_cidr
+                    && !(vpc.contains(&cidr))
+                {
+                    self.err(
+                        &s.cidr.referenced,
+                        format!("subnet {name} ({cidr}) is outside the vpc cidr {vpc}"),
+                        &format!("outside {vpc}"),
+                        Some(format!("vpc subnets must lie inside {vpc}")),
+                    );
+                }
+                if !self.claim_network(cidr, format!("subnet {name}"), &s.cidr.referenced) {
+                    // Its addresses would only repeat the overlap.
+                    continue;
+                }
+            }
+            let (Some(cidr), Some(gateway)) = (cidr, gateway) else {
+                continue;
+            };
+            if self.inside(
+                gateway,
+                cidr,
+                &s.gateway.referenced,
+                || format!("gateway {gateway} is outside subnet {name} ({cidr})"),
+                format!("the gateway is an address of subnet {name} ({cidr})"),
+            ) {
+                self.claim_address(
+                    gateway,
+                    format!("subnet {name} gateway"),
+                    &s.gateway.referenced,
+                );
+            }
+            out.push(Subnet {
+                name: name.clone(),
+                cidr,
+                gateway,
+            });
+        }
+        out
+    }
+
+    fn node(
+        &mut self,
+        raw: &RawNode,
+        subnets: &[Subnet],
+        declared_subnets: &[&str],
+    ) -> (Option<Node>, NodeInfo) {
+        let name = &raw.name.value;
+        let mut info = NodeInfo {
+            name_loc: raw.name.referenced,
+            pod_cidr: None,
+            pod_cidr_declared: raw.pod_cidr.is_some(),
+            pod_gateway: None,
+            first_address: None,
+            pods: Vec::new(),
+        };
+        let mut ok = true;
+        if raw.interfaces.is_empty() {
+            self.err(
+                &raw.name.referenced,
+                format!("node {name} has no interfaces"),
+                "no interfaces",
+                Some(
+                    "a node needs an interface: its first interface's subnet gateway is the \
+                     node's default route"
+                        .to_string(),
+                ),
+            );
+            ok = false;
+        }
+
+        let mut interfaces = Vec::new();
+        let mut ifnames: HashMap<&str, Location> = HashMap::new();
+        for (i, raw_if) in raw.interfaces.iter().enumerate() {
+            let ifname = &raw_if.name.value;
+            let duplicate = ifnames.get(ifname.as_str()).copied();
+            if let Some(first) = duplicate {
+                let line = first.line();
+                self.err_again(
+                    &raw_if.name.referenced,
+                    &first,
+                    format!(
+                        "node {name} has two interfaces named `{ifname}`, first at line {line}"
+                    ),
+                    "duplicate interface",
+                    Some("interface names are unique within a node".to_string()),
+                );
+                ok = false;
+            } else {
+                ifnames.insert(ifname, raw_if.name.referenced);
+            }
+            self.ifname(
+                &raw_if.name,
+                "interface name",
+                "node interfaces are kernel interfaces",
+            );
+            let subnet = subnets.iter().find(|s| s.name == raw_if.subnet.value);
+            // A declared subnet that did not resolve was reported where it is
+            // defined.
+            if subnet.is_none() && !declared_subnets.contains(&raw_if.subnet.value.as_str()) {
+                self.err(
+                    &raw_if.subnet.referenced,
+                    format!("unknown subnet `{}`", raw_if.subnet.value),
+                    "unknown subnet",
+                    Some(unknown_hint(
+                        "subnet",
+                        &raw_if.subnet.value,
+                        declared_subnets,
+                    )),
+                );
+            }
+            let address = self.ipv4(&raw_if.address, "address");
+            let mac = raw_if.mac.as_ref().and_then(|m| {
+                let mac = self.mac(m)?;
+                self.claim_mac(mac, format!("{name} {ifname}"), &m.referenced);
+                Some(mac)
+            });
+            if raw_if.mac.is_some() && mac.is_none() {
+                ok = false;
+            }
+            let (Some(subnet), Some(address)) = (subnet, address) else {
+                ok = false;
+                continue;
+            };
+            let inside = self.inside(
+                address,
+                subnet.cidr,
+                &raw_if.address.referenced,
+                || {
+                    format!(
+                        "address {address} is outside subnet {} ({})",
+                        subnet.name, subnet.cidr
+                    )
+                },
+                format!(
+                    "subnet {} is {}: use an address from {} to {}",
+                    subnet.name,
+                    subnet.cidr,
+                    first_host(subnet.cidr),
+                    last_host(subnet.cidr)
+                ),
+            );
+            if !inside {
+                ok = false;
+                continue;
+            }
+            self.claim_address(
+                address,
+                format!("{name} {ifname}"),
+                &raw_if.address.referenced,
+            );
+            if i == 0 {
+                info.first_address = Some(address);
+            }
+            let short = format!("{name}-{ifname}");
+            let vpc_port = if short.len() <= IFNAME_MAX {
+                short
+            } else {
+                hashed_ifname("p", &format!("{}/{name}/{ifname}", self.lab))
+            };
+            if duplicate.is_none() {
+                self.vpc_ifname(
+                    &vpc_port,
+                    format!("the vpc port of {name} {ifname}"),
+                    &raw_if.name.referenced,
+                );
+            }
+            interfaces.push(NodeInterface {
+                name: ifname.clone(),
+                subnet: subnet.name.clone(),
+                address: with_prefix(address, subnet.cidr),
+                mac,
+                vpc_port,
+            });
+        }
+
+        let bridge = match &raw.bridge {
+            Some(b) => {
+                if self.ifname(
+                    b,
+                    "bridge name",
+                    "the pod bridge is a kernel interface of the node",
+                ) {
+                    if let Some(first) = ifnames.get(b.value.as_str()).copied() {
+                        let line = first.line();
+                        self.err_again(
+                            &b.referenced,
+                            &first,
+                            format!(
+                                "bridge name `{}` clashes with the interface of node {name} at line {line}",
+                                b.value
+                            ),
+                            "interface name clash",
+                            Some("the bridge and the interfaces share the node's namespace".to_string()),
+                        );
+                    }
+                } else {
+                    ok = false;
+                }
+                b.value.clone()
+            }
+            None => {
+                if let Some(first) = ifnames.get(DEFAULT_BRIDGE) {
+                    self.err(
+                        first,
+                        format!("interface name `{DEFAULT_BRIDGE}` clashes with the default pod bridge of node {name}"),
+                        "interface name clash",
+                        Some("rename the interface or set `bridge:` on the node".to_string()),
+                    );
+                }
+                DEFAULT_BRIDGE.to_string()
+            }
+        };
+
+        if let Some(text) = &raw.pod_cidr {
+            match self.network(text, "pod cidr") {
+                Some(cidr) if cidr.prefix_len() > 30 => {
+                    self.err(
+                        &text.referenced,
+                        format!("pod cidr {cidr} of node {name} is too small"),
+                        "too small",
+                        Some(
+                            "a pod cidr needs room for the bridge and pods: at most /30"
+                                .to_string(),
+                        ),
+                    );
+                    ok = false;
+                }
+                Some(cidr) => {
+                    let gateway = first_host(cidr);
+                    if self.claim_network(cidr, format!("pod cidr of {name}"), &text.referenced) {
+                        self.claim_address(
+                            gateway,
+                            format!("the pod gateway of {name} ({bridge})"),
+                            &text.referenced,
+                        );
+                    }
+                    info.pod_cidr = Some(cidr);
+                    info.pod_gateway = Some(gateway);
+                }
+                None => ok = false,
+            }
+        }
+
+        let mut sysctls = BTreeMap::from([("net.ipv4.ip_forward".to_string(), "1".to_string())]);
+        if let Some(map) = &raw.sysctls {
+            for (key, value) in &map.value {
+                if !valid_sysctl(key) {
+                    self.err(
+                        &map.referenced,
+                        format!("invalid sysctl name `{key}`"),
+                        "invalid sysctl",
+                        Some(
+                            "sysctl names are dotted paths under /proc/sys, like \
+                             net.ipv4.ip_forward"
+                                .to_string(),
+                        ),
+                    );
+                    ok = false;
+                }
+                sysctls.insert(key.clone(), value.0.clone());
+            }
+        }
+
+        let default_gateway = raw
+            .interfaces
+            .first()
+            .and_then(|i| subnets.iter().find(|s| s.name == i.subnet.value))
+            .map(|s| s.gateway);
+        let node = match (ok, default_gateway) {
+            (true, Some(default_gateway)) => Some(Node {
+                name: name.clone(),
+                interfaces,
+                pod_cidr: info.pod_cidr,
+                bridge,
+                pod_gateway: info.pod_gateway,
+                default_gateway,
+                sysctls,
+            }),
+            _ => None,
+        };
+        (node, info)
+    }
+
+    fn pod(
+        &mut self,
+        raw: &RawPod,
+        infos: &mut BTreeMap<String, NodeInfo>,
+        node_names: &[&str],
+    ) -> Option<Pod> {
+        let name = &raw.name.value;
+        let address = self.ipv4(&raw.address, "address");
+        let mac = raw.mac.as_ref().and_then(|m| {
+            let mac = self.mac(m)?;
+            self.claim_mac(mac, format!("pod {name}"), &m.referenced);
+            Some(mac)
+        });
+        let mut ok = raw.mac.is_none() || mac.is_some();
+        let ports = self.ports(raw);
+        let info = self.node_ref(&raw.node, infos, node_names);
+        let (pod_cidr, pod_gateway) = match info {
+            Some(info) => (info.pod_cidr, info.pod_gateway),
+            None => (None, None),
+        };
+        if let Some(info) = infos.get_mut(&raw.node.value) {
+            info.pods.push(name.clone());
+        }
+        let node = &raw.node.value;
+
+        let address = match (address, pod_cidr) {
+            (Some(address), Some(cidr)) => {
+                let help = format!(
+                    "pod cidr of {node} is {cidr}: use an address from {} to {}",
+                    second_host(cidr),
+                    last_host(cidr)
+                );
+                if self.inside(
+                    address,
+                    cidr,
+                    &raw.address.referenced,
+                    || format!("address {address} is outside the pod cidr of {node} ({cidr})"),
+                    help,
+                ) {
+                    self.claim_address(address, format!("pod {name}"), &raw.address.referenced);
+                    Some(with_prefix(address, cidr))
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        };
+
+        let routes = match &raw.routes {
+            None => pod_gateway
+                .map(|via| {
+                    vec![Route {
+                        destination: Ipv4Net::default(),
+                        via,
+                    }]
+                })
+                .unwrap_or_default(),
+            Some(raw_routes) => {
+                let mut routes = Vec::new();
+                let mut seen = HashMap::new();
+                for route in raw_routes {
+                    let destination = if route.destination.value.trim() == "default" {
+                        Some(Ipv4Net::default())
+                    } else {
+                        self.network(&route.destination, "route destination")
+                    };
+                    if let Some(d) = destination {
+                        self.unique_destination(&mut seen, d, &route.destination);
+                    }
+                    let via = self.ipv4(&route.via, "route gateway");
+                    if let (Some(via), Some(cidr)) = (via, pod_cidr)
+                        && !cidr.contains(&via)
+                    {
+                        self.err(
+                            &route.via.referenced,
+                            format!(
+                                "route gateway {via} is not on the network of pod {name} ({cidr})"
+                            ),
+                            "unreachable gateway",
+                            Some(format!(
+                                "the pod reaches only {cidr} directly; its default gateway is {}",
+                                first_host(cidr)
+                            )),
+                        );
+                        ok = false;
+                    }
+                    match (destination, via) {
+                        (Some(destination), Some(via)) => routes.push(Route { destination, via }),
+                        _ => ok = false,
+                    }
+                }
+                routes
+            }
+        };
+
+        let attachment = match raw.attachment.as_ref().map(|a| a.value) {
+            None | Some(RawAttachment::Bridge) => Attachment::Bridge {
+                host_ifname: hashed_ifname("veth", &format!("{}/{name}", self.lab)),
+            },
+        };
+        if !ok {
+            return None;
+        }
+        Some(Pod {
+            name: name.clone(),
+            node: node.clone(),
+            attachment,
+            ifname: "eth0".to_string(),
+            address: address?,
+            mac,
+            routes,
+            ports: ports?,
+        })
+    }
+
+    fn ports(&mut self, raw: &RawPod) -> Option<Vec<Port>> {
+        let mut ports = Vec::new();
+        let mut ok = true;
+        for p in &raw.ports {
+            let protocol = match p.value.protocol {
+                RawProtocol::Tcp => Protocol::Tcp,
+                RawProtocol::Udp => Protocol::Udp,
+            };
+            let port = Port {
+                port: p.value.port,
+                protocol,
+            };
+            let proto = if protocol == Protocol::Tcp {
+                "tcp"
+            } else {
+                "udp"
+            };
+            if port.port == 0 {
+                self.err(
+                    &p.referenced,
+                    "port 0 is not a valid port".to_string(),
+                    "invalid port",
+                    Some("ports range from 1 to 65535".to_string()),
+                );
+                ok = false;
+            } else if ports.contains(&port) {
+                self.err(
+                    &p.referenced,
+                    format!(
+                        "pod {} lists port {}/{proto} twice",
+                        raw.name.value, port.port
+                    ),
+                    "duplicate port",
+                    None,
+                );
+                ok = false;
+            } else {
+                ports.push(port);
+            }
+        }
+        ok.then_some(ports)
+    }
+
+    fn client(&mut self, raw: &RawClient) -> Option<Client> {
+        let name = &raw.name.value;
+        let address = self.cidr(&raw.address, "client address")?;
+        let net = address.trunc();
+        let addr = address.addr();
+        let help = format!(
+            "the client's network is {net}: use an address from {} to {}",
+            first_host(net),
+            last_host(net)
+        );
+        let mut ok = self.inside(
+            addr,
+            net,
+            &raw.address.referenced,
+            String::new,
+            help.clone(),
+        );
+        let own_network = self.claim_network(
+            net,
+            format!("the network of client {name}"),
+            &raw.address.referenced,
+        );
+        if !own_network {
+            return None;
+        }
+        if ok {
+            self.claim_address(addr, format!("client {name}"), &raw.address.referenced);
+        }
+        let gateway = match &raw.gateway {
+            Some(text) => {
+                let gateway = self.ipv4(text, "gateway")?;
+                if !self.inside(
+                    gateway,
+                    net,
+                    &text.referenced,
+                    || format!("gateway {gateway} is outside the network of client {name} ({net})"),
+                    help,
+                ) {
+                    return None;
+                }
+                self.claim_address(
+                    gateway,
+                    format!("the gateway of client {name}"),
+                    &text.referenced,
+                );
+                gateway
+            }
+            None => {
+                let gateway = first_host(net);
+                if gateway == addr {
+                    self.err(
+                        &raw.address.referenced,
+                        format!("address {addr} is the default gateway of {net}"),
+                        "taken by the gateway",
+                        Some(format!(
+                            "the client's gateway defaults to the first host of its network; \
+                             set `gateway:` or use another address of {net}"
+                        )),
+                    );
+                    ok = false;
+                } else {
+                    self.claim_address(
+                        gateway,
+                        format!("the gateway of client {name}"),
+                        &raw.address.referenced,
+                    );
+                }
+                gateway
+            }
+        };
+        let vpc_port = if name.len() <= IFNAME_MAX {
+            name.clone()
+        } else {
+            hashed_ifname("p", &format!("{}/{name}", self.lab))
+        };
+        self.vpc_ifname(&vpc_port, format!("client {name}"), &raw.name.referenced);
+        ok.then(|| Client {
+            name: name.clone(),
+            address,
+            gateway,
+            vpc_port,
+        })
+    }
+}
+
+/// The first host address of a network (the network address for /31, /32).
+fn first_host(net: Ipv4Net) -> Ipv4Addr {
+    if net.prefix_len() >= 31 {
+        net.network()
+    } else {
+        Ipv4Addr::from(u32::from(net.network()) + 1)
+    }
+}
+
+/// The first address left for pods once the bridge took the first one.
+fn second_host(net: Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(first_host(net)).saturating_add(1)).min(last_host(net))
+}
+
+/// The last host address of a network (the broadcast address for /31, /32).
+fn last_host(net: Ipv4Net) -> Ipv4Addr {
+    if net.prefix_len() >= 31 {
+        net.broadcast()
+    } else {
+        Ipv4Addr::from(u32::from(net.broadcast()) - 1)
+    }
+}
+
+/// `addr` with the prefix length of `net`.
+fn with_prefix(addr: Ipv4Addr, net: Ipv4Net) -> Ipv4Net {
+    Ipv4Net::new(addr, net.prefix_len()).unwrap_or(net)
+}
+
+/// Sysctl names are paths under /proc/sys: no empty, `.` or `..` parts.
+fn valid_sysctl(key: &str) -> bool {
+    !key.is_empty()
+        && key.split(['.', '/']).all(|part| {
+            !part.is_empty()
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        })
+}
+
+const LAB_NAME_HELP: &str = "lab names are lowercase letters, digits and '-', start with a \
+                             letter and have at most 20 characters: they prefix every network \
+                             namespace";
+
+/// Check a lab name given outside a file (`labctl up --name`): the same rules
+/// as the `name:` key. The error reads well after "invalid lab name: ".
+pub fn check_lab_name(n: &str) -> Result<(), String> {
+    lab_name_problem(n).map_err(|(message, _)| format!("{message} ({LAB_NAME_HELP})"))
+}
+
+/// The problem with a lab name, as (message, label).
+fn lab_name_problem(n: &str) -> Result<(), (String, &'static str)> {
+    if !n.starts_with(|c: char| c.is_ascii_lowercase()) {
+        Err((
+            format!("lab name `{n}` must start with a lowercase letter"),
+            "invalid lab name",
+        ))
+    } else if let Some(c) = n
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    {
+        Err((
+            format!("lab name `{n}` contains {c:?}; only a-z, 0-9 and '-' are allowed"),
+            "invalid lab name",
+        ))
+    } else if n.chars().count() > LAB_NAME_MAX {
+        Err((
+            format!(
+                "lab name `{n}` is {} characters long, the limit is {LAB_NAME_MAX}",
+                n.chars().count()
+            ),
+            "too long",
+        ))
+    } else {
+        Ok(())
+    }
+}

@@ -1,0 +1,943 @@
+//! Unit tests of the topology language: the shipped flannel example, every
+//! validation error with its location (`file:line:column`), templating and
+//! the published JSON schema. No root needed.
+
+use std::time::Instant;
+
+use super::*;
+
+fn vars() -> BTreeMap<String, String> {
+    BTreeMap::new()
+}
+
+/// A small valid topology; tests replace one piece of it.
+const BASE: &str = "\
+name: lab
+vpc:
+  cidr: 10.0.0.0/8
+  subnets:
+    - { name: vsw-a, cidr: 10.0.0.0/24, gateway: 10.0.0.253 }
+    - { name: vsw-b, cidr: 10.0.1.0/24, gateway: 10.0.1.253 }
+  routes:
+    - { destination: 172.23.96.0/26, next_hop: node-1 }
+nodes:
+  - name: node-1
+    interfaces:
+      - { name: eth0, subnet: vsw-a, address: 10.0.0.10 }
+    pod_cidr: 172.23.96.0/26
+  - name: node-2
+    interfaces:
+      - { name: eth0, subnet: vsw-b, address: 10.0.1.10 }
+    pod_cidr: 172.23.96.64/26
+pods:
+  - { name: pod-a, node: node-1, address: 172.23.96.10 }
+  - { name: pod-b, node: node-2, address: 172.23.96.70, ports: [80, { port: 53, protocol: udp }] }
+clients:
+  - { name: client, address: 198.51.100.10/24 }
+";
+
+fn load_base(source: &str) -> Result<Lab, TopologyError> {
+    load_str("t.yaml", source, &vars())
+}
+
+/// Every problem of BASE with `from` replaced by `to` (once), one line each.
+fn with(from: &str, to: &str) -> Vec<String> {
+    let source = BASE.replacen(from, to, 1);
+    assert_ne!(source, BASE, "`{from}` is not in BASE");
+    match load_base(&source) {
+        Ok(_) => Vec::new(),
+        Err(e) => {
+            let problems = e.problems();
+            assert!(!problems.is_empty(), "no located problem in {e}");
+            problems.iter().map(|p| p.to_string()).collect()
+        }
+    }
+}
+
+/// The single problem of BASE with a replacement, and its help.
+fn one(from: &str, to: &str) -> (String, String) {
+    let source = BASE.replacen(from, to, 1);
+    assert_ne!(source, BASE, "`{from}` is not in BASE");
+    let e = load_base(&source).expect_err("should fail");
+    let problems = e.problems();
+    assert_eq!(problems.len(), 1, "expected one problem: {problems:#?}");
+    (e.to_string(), problems[0].help.clone().unwrap_or_default())
+}
+
+fn flannel_path() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/flannel.yaml")
+}
+
+// ---- the shipped example ---------------------------------------------
+
+#[test]
+fn base_is_valid() {
+    let lab = load_base(BASE).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(lab.pods[1].ports.len(), 2);
+    assert_eq!(lab.pods[1].ports[1].protocol, Protocol::Udp);
+    assert_eq!(lab.clients[0].gateway.to_string(), "198.51.100.1");
+    assert_eq!(lab.clients[0].vpc_port, "client");
+}
+
+#[test]
+fn flannel_resolves() {
+    let lab = load(&flannel_path(), &vars()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(lab.name, "flannel");
+    assert_eq!(lab.nodes.len(), 3);
+    assert_eq!(lab.pods.len(), 5);
+    let gateways: Vec<String> = lab
+        .nodes
+        .iter()
+        .map(|n| {
+            assert_eq!(n.bridge, "cni0");
+            assert_eq!(n.sysctls["net.ipv4.ip_forward"], "1");
+            n.pod_gateway.map(|g| g.to_string()).unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(gateways, ["172.23.96.1", "172.23.96.129", "172.23.96.65"]);
+    let node180 = lab.node("node-180").unwrap();
+    assert_eq!(node180.default_gateway.to_string(), "10.0.0.253");
+    assert_eq!(node180.interfaces[0].address.to_string(), "10.0.0.180/24");
+    assert_eq!(node180.interfaces[0].vpc_port, "node-180-eth0");
+    for pod in &lab.pods {
+        let Attachment::Bridge { host_ifname } = &pod.attachment;
+        assert!(host_ifname.starts_with("veth"), "{host_ifname}");
+        assert_eq!(host_ifname.len(), 12);
+        assert_eq!(pod.ifname, "eth0");
+        let node = lab.node(&pod.node).unwrap();
+        assert_eq!(pod.address.prefix_len(), 26);
+        assert_eq!(
+            pod.routes,
+            [Route {
+                destination: "0.0.0.0/0".parse().unwrap(),
+                via: node.pod_gateway.unwrap(),
+            }]
+        );
+    }
+    let nginx = lab.pods.iter().find(|p| p.name == "nginx").unwrap();
+    assert_eq!(
+        nginx.ports,
+        [Port {
+            port: 80,
+            protocol: Protocol::Tcp
+        }]
+    );
+    // VPC routes: pod CIDR -> the node's address.
+    let routes: Vec<(String, String, String)> = lab
+        .vpc
+        .routes
+        .iter()
+        .map(|r| {
+            (
+                r.destination.to_string(),
+                r.next_hop_node.clone(),
+                r.via.to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        routes,
+        [
+            (
+                "172.23.96.0/26".into(),
+                "node-180".into(),
+                "10.0.0.180".into()
+            ),
+            (
+                "172.23.96.64/26".into(),
+                "node-216".into(),
+                "10.0.1.216".into()
+            ),
+            (
+                "172.23.96.128/26".into(),
+                "node-206".into(),
+                "10.0.1.206".into()
+            ),
+        ]
+    );
+    assert_eq!(lab.clients[0].gateway.to_string(), "198.51.100.1");
+    insta::assert_yaml_snapshot!("flannel", lab);
+}
+
+#[test]
+fn flannel_renders_to_itself() {
+    let source = std::fs::read_to_string(flannel_path()).unwrap();
+    assert_eq!(render(&flannel_path(), &vars()).unwrap(), source);
+}
+
+// ---- parse errors ----------------------------------------------------
+
+#[test]
+fn unknown_key_lists_valid_keys() {
+    let (e, help) = one("pod_cidr: 172.23.96.0/26", "pod_cidrr: 172.23.96.0/26");
+    assert_eq!(
+        e,
+        "t.yaml:13:5: unknown key `pod_cidrr`, expected one of: name, interfaces, pod_cidr, \
+         bridge, sysctls"
+    );
+    assert!(help.starts_with("did you mean `pod_cidr`?"), "{help}");
+}
+
+#[test]
+fn unknown_top_level_key() {
+    let (e, _) = one("name: lab\n", "name: lab\nservices: []\n");
+    assert_eq!(
+        e,
+        "t.yaml:2:1: unknown key `services`, expected one of: name, vpc, nodes, pods, clients"
+    );
+}
+
+#[test]
+fn wrong_type() {
+    let (e, _) = one(
+        "    interfaces:\n      - { name: eth0, subnet: vsw-b, address: 10.0.1.10 }",
+        "    interfaces: eth0",
+    );
+    assert_eq!(e, "t.yaml:15:17: expected sequence start, found `eth0`");
+}
+
+#[test]
+fn missing_field() {
+    let (e, help) = one(
+        "  - { name: pod-a, node: node-1, address: 172.23.96.10 }",
+        "  - { name: pod-a, node: node-1 }",
+    );
+    assert_eq!(e, "t.yaml:19:20: missing field `address`");
+    assert_eq!(help, "add `address` here");
+}
+
+#[test]
+fn duplicate_key() {
+    let (e, _) = one("name: lab\n", "name: lab\nname: lab2\n");
+    assert_eq!(e, "t.yaml:2:1: duplicate mapping key: name");
+}
+
+#[test]
+fn yaml_syntax_error() {
+    let (e, _) = one("vpc:\n", "vpc: [\n");
+    assert_eq!(e, "t.yaml:2:6: expected mapping start, found `[`");
+}
+
+#[test]
+fn port_out_of_range() {
+    let (e, _) = one("ports: [80", "ports: [70000");
+    assert_eq!(
+        e,
+        "t.yaml:20:65: invalid value: integer `70000`, expected a port from 1 to 65535"
+    );
+}
+
+#[test]
+fn port_zero_and_duplicate_port() {
+    assert_eq!(
+        with("ports: [80", "ports: [0, 80, 80"),
+        [
+            "t.yaml:20:65: port 0 is not a valid port",
+            "t.yaml:20:72: pod pod-b lists port 80/tcp twice",
+        ]
+    );
+}
+
+#[test]
+fn unknown_protocol_and_attachment() {
+    let (e, _) = one("protocol: udp", "protocol: sctp");
+    assert_eq!(
+        e,
+        "t.yaml:20:91: unknown variant `sctp`, expected one of tcp, udp"
+    );
+    let (e, _) = one(
+        "address: 172.23.96.10 }",
+        "address: 172.23.96.10, attachment: ipvlan }",
+    );
+    assert_eq!(
+        e,
+        "t.yaml:19:69: unknown variant `ipvlan`, expected one of bridge"
+    );
+}
+
+#[test]
+fn sysctl_value_of_wrong_type() {
+    let (e, _) = one(
+        "    pod_cidr: 172.23.96.0/26\n",
+        "    pod_cidr: 172.23.96.0/26\n    sysctls: { net.ipv4.ip_forward: [1] }\n",
+    );
+    assert_eq!(
+        e,
+        "t.yaml:14:16: invalid type: sequence, expected a string or a number"
+    );
+}
+
+// ---- bad text ----------------------------------------------------------
+
+#[test]
+fn bad_ipv4() {
+    let (e, help) = one("10.0.0.10 }", "10.0.0.300 }");
+    assert_eq!(e, "t.yaml:12:47: invalid address `10.0.0.300`");
+    assert_eq!(help, "write an ipv4 address like 10.0.0.180");
+    let (e, _) = one("10.0.0.10 }", "10.0.0.10/24 }");
+    assert_eq!(
+        e,
+        "t.yaml:12:47: address `10.0.0.10/24` must be a plain ipv4 address, not a cidr"
+    );
+}
+
+#[test]
+fn bad_cidr() {
+    let (e, _) = one("cidr: 10.0.0.0/24", "cidr: 10.0.0.0/33");
+    assert_eq!(e, "t.yaml:5:28: invalid subnet cidr `10.0.0.0/33`");
+    let (e, help) = one("cidr: 10.0.0.0/24", "cidr: 10.0.0.0");
+    assert_eq!(e, "t.yaml:5:28: invalid subnet cidr `10.0.0.0`");
+    assert_eq!(help, "add a prefix length, e.g. `10.0.0.0/24`");
+    let (e, help) = one("cidr: 10.0.0.0/24", "cidr: 10.0.0.5/24");
+    assert_eq!(
+        e,
+        "t.yaml:5:28: subnet cidr `10.0.0.5/24` has host bits set"
+    );
+    assert_eq!(help, "did you mean `10.0.0.0/24`?");
+}
+
+#[test]
+fn bad_mac() {
+    let (e, _) = one(
+        "address: 10.0.0.10 }",
+        "address: 10.0.0.10, mac: \"02:00:00:00:00:zz\" }",
+    );
+    assert_eq!(e, "t.yaml:12:63: invalid mac address `02:00:00:00:00:zz`");
+    let (e, _) = one(
+        "address: 10.0.0.10 }",
+        "address: 10.0.0.10, mac: \"01:00:00:00:00:01\" }",
+    );
+    assert_eq!(
+        e,
+        "t.yaml:12:63: mac address `01:00:00:00:00:01` is not a unicast address"
+    );
+}
+
+#[test]
+fn bad_sysctl_name() {
+    let (e, _) = one(
+        "    pod_cidr: 172.23.96.0/26\n",
+        "    pod_cidr: 172.23.96.0/26\n    sysctls: { \"../x\": 1 }\n",
+    );
+    assert_eq!(e, "t.yaml:14:14: invalid sysctl name `../x`");
+}
+
+// ---- references ----------------------------------------------------------
+
+#[test]
+fn unknown_pod_node() {
+    let (e, help) = one("node: node-1,", "node: node-11,");
+    assert_eq!(e, "t.yaml:19:26: unknown node `node-11`");
+    assert_eq!(help, "did you mean `node-1`? known nodes: node-1, node-2");
+}
+
+#[test]
+fn unknown_next_hop() {
+    let (e, help) = one("next_hop: node-1", "next_hop: nod-1");
+    assert_eq!(e, "t.yaml:8:48: unknown node `nod-1`");
+    assert!(help.starts_with("did you mean `node-1`?"), "{help}");
+}
+
+#[test]
+fn unknown_subnet() {
+    let (e, help) = one("subnet: vsw-a", "subnet: vsw-c");
+    assert_eq!(e, "t.yaml:12:31: unknown subnet `vsw-c`");
+    assert_eq!(help, "did you mean `vsw-a`? known subnets: vsw-a, vsw-b");
+}
+
+// ---- addresses and networks ------------------------------------------
+
+#[test]
+fn address_outside_subnet() {
+    let (e, help) = one("10.0.0.10 }", "10.0.2.5 }");
+    assert_eq!(
+        e,
+        "t.yaml:12:47: address 10.0.2.5 is outside subnet vsw-a (10.0.0.0/24)"
+    );
+    assert_eq!(
+        help,
+        "subnet vsw-a is 10.0.0.0/24: use an address from 10.0.0.1 to 10.0.0.254"
+    );
+}
+
+#[test]
+fn network_and_broadcast_addresses() {
+    let (e, _) = one("10.0.0.10 }", "10.0.0.255 }");
+    assert_eq!(
+        e,
+        "t.yaml:12:47: address 10.0.0.255 is the broadcast address of 10.0.0.0/24"
+    );
+    let (e, _) = one("198.51.100.10/24 }", "198.51.100.0/24 }");
+    assert_eq!(
+        e,
+        "t.yaml:22:30: address 198.51.100.0 is the network address of 198.51.100.0/24"
+    );
+}
+
+#[test]
+fn pod_address_outside_pod_cidr() {
+    let (e, help) = one("address: 172.23.96.10", "address: 172.23.97.10");
+    assert_eq!(
+        e,
+        "t.yaml:19:43: address 172.23.97.10 is outside the pod cidr of node-1 (172.23.96.0/26)"
+    );
+    assert_eq!(
+        help,
+        "pod cidr of node-1 is 172.23.96.0/26: use an address from 172.23.96.2 to 172.23.96.62"
+    );
+}
+
+#[test]
+fn gateway_outside_subnet() {
+    let (e, _) = one("gateway: 10.0.0.253", "gateway: 10.0.2.253");
+    assert_eq!(
+        e,
+        "t.yaml:5:50: gateway 10.0.2.253 is outside subnet vsw-a (10.0.0.0/24)"
+    );
+}
+
+#[test]
+fn client_gateway() {
+    let (e, _) = one(
+        "198.51.100.10/24 }",
+        "198.51.100.10/24, gateway: 198.51.101.1 }",
+    );
+    assert_eq!(
+        e,
+        "t.yaml:22:57: gateway 198.51.101.1 is outside the network of client client \
+         (198.51.100.0/24)"
+    );
+    let (e, _) = one("198.51.100.10/24 }", "198.51.100.1/24 }");
+    assert_eq!(
+        e,
+        "t.yaml:22:30: address 198.51.100.1 is the default gateway of 198.51.100.0/24"
+    );
+    let lab = load_base(&BASE.replacen(
+        "198.51.100.10/24 }",
+        "198.51.100.1/24, gateway: 198.51.100.254 }",
+        1,
+    ))
+    .unwrap();
+    assert_eq!(lab.clients[0].gateway.to_string(), "198.51.100.254");
+}
+
+#[test]
+fn subnet_outside_vpc() {
+    let errors = with("cidr: 10.0.1.0/24", "cidr: 192.168.1.0/24");
+    assert_eq!(
+        errors[0],
+        "t.yaml:6:28: subnet vsw-b (192.168.1.0/24) is outside the vpc cidr 10.0.0.0/8"
+    );
+}
+
+#[test]
+fn pods_without_pod_cidr() {
+    let (e, help) = one("    pod_cidr: 172.23.96.0/26\n", "");
+    assert_eq!(e, "t.yaml:10:11: node node-1 has pods but no pod_cidr");
+    assert_eq!(
+        help,
+        "add `pod_cidr: <cidr>` to node node-1; its pods: pod-a"
+    );
+}
+
+#[test]
+fn pod_route_gateway_off_network() {
+    let (e, _) = one(
+        "address: 172.23.96.10 }",
+        "address: 172.23.96.10, routes: [{ destination: default, via: 172.23.96.1 }, \
+         { destination: 10.0.0.0/8, via: 10.0.0.1 }] }",
+    );
+    assert_eq!(
+        e,
+        "t.yaml:19:142: route gateway 10.0.0.1 is not on the network of pod pod-a \
+         (172.23.96.0/26)"
+    );
+}
+
+#[test]
+fn overlapping_subnets() {
+    let (e, _) = one("cidr: 10.0.1.0/24", "cidr: 10.0.0.0/23");
+    assert_eq!(
+        e,
+        "t.yaml:6:28: subnet vsw-b (10.0.0.0/23) overlaps subnet vsw-a (10.0.0.0/24) at line 5"
+    );
+}
+
+#[test]
+fn overlapping_pod_cidrs() {
+    let (e, _) = one("pod_cidr: 172.23.96.64/26", "pod_cidr: 172.23.96.0/25");
+    assert_eq!(
+        e,
+        "t.yaml:17:15: pod cidr of node-2 (172.23.96.0/25) overlaps pod cidr of node-1 \
+         (172.23.96.0/26) at line 13"
+    );
+}
+
+#[test]
+fn pod_cidr_overlapping_subnet() {
+    let errors = with("pod_cidr: 172.23.96.64/26", "pod_cidr: 10.0.1.128/26");
+    assert_eq!(
+        errors[0],
+        "t.yaml:17:15: pod cidr of node-2 (10.0.1.128/26) overlaps subnet vsw-b (10.0.1.0/24) \
+         at line 6"
+    );
+}
+
+#[test]
+fn client_network_overlapping_subnet() {
+    let (e, _) = one("198.51.100.10/24", "10.0.1.10/16");
+    assert_eq!(
+        e,
+        "t.yaml:22:30: the network of client client (10.0.0.0/16) overlaps subnet vsw-a \
+         (10.0.0.0/24) at line 5"
+    );
+}
+
+#[test]
+fn duplicate_route() {
+    let (e, _) = one(
+        "next_hop: node-1 }",
+        "next_hop: node-1 }\n    - { destination: 172.23.96.0/26, next_hop: node-2 }",
+    );
+    assert_eq!(
+        e,
+        "t.yaml:9:22: duplicate route to 172.23.96.0/26, first at line 8"
+    );
+}
+
+// ---- duplicates ----------------------------------------------------------
+
+#[test]
+fn duplicate_entity_name() {
+    let (e, _) = one("name: pod-b", "name: node-1");
+    assert_eq!(
+        e,
+        "t.yaml:20:13: name `node-1` is already used by node node-1 at line 10"
+    );
+}
+
+#[test]
+fn reserved_name_vpc() {
+    let (e, _) = one("name: pod-b", "name: vpc");
+    assert_eq!(
+        e,
+        "t.yaml:20:13: name `vpc` is reserved for the vpc namespace"
+    );
+}
+
+#[test]
+fn duplicate_subnet_name() {
+    let errors = with("name: vsw-b", "name: vsw-a");
+    assert_eq!(
+        errors[0],
+        "t.yaml:6:15: duplicate subnet name `vsw-a`, first at line 5"
+    );
+}
+
+#[test]
+fn duplicate_interface_name() {
+    let (e, _) = one(
+        "{ name: eth0, subnet: vsw-a, address: 10.0.0.10 }",
+        "{ name: eth0, subnet: vsw-a, address: 10.0.0.10 }\n      \
+         - { name: eth0, subnet: vsw-a, address: 10.0.0.11 }",
+    );
+    assert_eq!(
+        e,
+        "t.yaml:13:17: node node-1 has two interfaces named `eth0`, first at line 12"
+    );
+}
+
+#[test]
+fn duplicate_addresses() {
+    let (e, _) = one("address: 10.0.1.10", "address: 10.0.1.253");
+    assert_eq!(
+        e,
+        "t.yaml:16:47: address 10.0.1.253 is already used by subnet vsw-b gateway at line 6"
+    );
+    let (e, _) = one("address: 172.23.96.70", "address: 172.23.96.65");
+    assert_eq!(
+        e,
+        "t.yaml:20:43: address 172.23.96.65 is already used by the pod gateway of node-2 (cni0) \
+         at line 17"
+    );
+    let (e, _) = one(
+        "  - { name: pod-a, node: node-1, address: 172.23.96.10 }",
+        "  - { name: pod-a, node: node-1, address: 172.23.96.10 }\n  \
+         - { name: pod-c, node: node-1, address: 172.23.96.10 }",
+    );
+    assert_eq!(
+        e,
+        "t.yaml:20:43: address 172.23.96.10 is already used by pod pod-a at line 19"
+    );
+}
+
+#[test]
+fn duplicate_mac() {
+    let source = BASE
+        .replacen(
+            "address: 10.0.0.10 }",
+            "address: 10.0.0.10, mac: \"02:00:00:00:00:01\" }",
+            1,
+        )
+        .replacen(
+            "address: 10.0.1.10 }",
+            "address: 10.0.1.10, mac: \"02:00:00:00:00:01\" }",
+            1,
+        );
+    let e = load_base(&source).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "t.yaml:16:63: mac address 02:00:00:00:00:01 is already used by node-1 eth0 at line 12"
+    );
+}
+
+#[test]
+fn vpc_interface_clash() {
+    let (e, _) = one("name: client", "name: vsw-a");
+    assert_eq!(
+        e,
+        "t.yaml:22:13: client vsw-a needs interface `vsw-a` in the vpc namespace, already used \
+         by subnet vsw-a at line 5"
+    );
+}
+
+// ---- names ---------------------------------------------------------------
+
+#[test]
+fn interface_names() {
+    let errors = with("name: vsw-a", "name: vsw-a-very-long-name");
+    assert_eq!(
+        errors[0],
+        "t.yaml:5:15: subnet name `vsw-a-very-long-name` is 20 characters long, the kernel \
+         allows 15"
+    );
+    let (e, _) = one(
+        "name: eth0, subnet: vsw-a",
+        "name: \"eth 0\", subnet: vsw-a",
+    );
+    assert_eq!(
+        e,
+        "t.yaml:12:17: interface name `eth 0` contains ' ', which interface names cannot contain"
+    );
+    let (e, _) = one("name: eth0, subnet: vsw-a", "name: eth0/1, subnet: vsw-a");
+    assert_eq!(
+        e,
+        "t.yaml:12:17: interface name `eth0/1` contains '/', which interface names cannot contain"
+    );
+    let (e, _) = one(
+        "    pod_cidr: 172.23.96.0/26\n",
+        "    pod_cidr: 172.23.96.0/26\n    bridge: br-with-a-long-name\n",
+    );
+    assert_eq!(
+        e,
+        "t.yaml:14:13: bridge name `br-with-a-long-name` is 19 characters long, the kernel allows 15"
+    );
+    let (e, _) = one(
+        "    pod_cidr: 172.23.96.0/26\n",
+        "    pod_cidr: 172.23.96.0/26\n    bridge: eth0\n",
+    );
+    assert_eq!(
+        e,
+        "t.yaml:14:13: bridge name `eth0` clashes with the interface of node node-1 at line 12"
+    );
+}
+
+#[test]
+fn entity_names() {
+    let (e, _) = one("name: pod-a", "name: Pod_A");
+    assert_eq!(
+        e,
+        "t.yaml:19:13: pod name `Pod_A` contains 'P'; only a-z, 0-9, '-' and '.' are allowed"
+    );
+    let long = "p".repeat(64);
+    let (e, _) = one("name: pod-a", &format!("name: {long}"));
+    assert_eq!(
+        e,
+        format!("t.yaml:19:13: pod name `{long}` is 64 characters long, the limit is 63")
+    );
+}
+
+#[test]
+fn lab_names() {
+    let (e, _) = one("name: lab", "name: Lab");
+    assert_eq!(
+        e,
+        "t.yaml:1:7: lab name `Lab` must start with a lowercase letter"
+    );
+    let (e, _) = one("name: lab", "name: 1lab");
+    assert_eq!(
+        e,
+        "t.yaml:1:7: lab name `1lab` must start with a lowercase letter"
+    );
+    let (e, _) = one("name: lab", "name: lab_1");
+    assert_eq!(
+        e,
+        "t.yaml:1:7: lab name `lab_1` contains '_'; only a-z, 0-9 and '-' are allowed"
+    );
+    let (e, _) = one("name: lab", "name: lab-with-a-very-long-name");
+    assert_eq!(
+        e,
+        "t.yaml:1:7: lab name `lab-with-a-very-long-name` is 25 characters long, the limit is 20"
+    );
+}
+
+// ---- defaults ------------------------------------------------------------
+
+#[test]
+fn generated_names_and_defaults() {
+    let source = BASE
+        .replacen("name: node-2", "name: node-2.example", 1)
+        .replacen("node: node-2,", "node: node-2.example,", 1)
+        .replacen("name: client", "name: client-with-a-long-name", 1)
+        .replacen(
+            "    pod_cidr: 172.23.96.0/26\n",
+            "    pod_cidr: 172.23.96.0/26\n    bridge: cbr0\n    \
+             sysctls: { net.ipv4.ip_forward: 0, net.ipv4.conf.all.rp_filter: \"2\" }\n",
+            1,
+        );
+    let lab = load_base(&source).unwrap_or_else(|e| panic!("{e}"));
+    let node1 = lab.node("node-1").unwrap();
+    assert_eq!(node1.bridge, "cbr0");
+    assert_eq!(node1.sysctls["net.ipv4.ip_forward"], "0");
+    assert_eq!(node1.sysctls["net.ipv4.conf.all.rp_filter"], "2");
+    let node2 = lab.node("node-2.example").unwrap();
+    assert_eq!(
+        node2.interfaces[0].vpc_port,
+        hashed_ifname("p", "lab/node-2.example/eth0")
+    );
+    assert_eq!(node2.interfaces[0].vpc_port.len(), 9);
+    assert_eq!(
+        lab.clients[0].vpc_port,
+        hashed_ifname("p", "lab/client-with-a-long-name")
+    );
+    assert_eq!(
+        lab.pods[0].attachment,
+        Attachment::Bridge {
+            host_ifname: hashed_ifname("veth", "lab/pod-a")
+        }
+    );
+}
+
+#[test]
+fn pod_routes() {
+    let lab = load_base(&BASE.replacen(
+        "address: 172.23.96.10 }",
+        "address: 172.23.96.10, routes: [{ destination: 10.0.0.0/8, via: 172.23.96.1 }] }",
+        1,
+    ))
+    .unwrap();
+    assert_eq!(lab.pods[0].routes.len(), 1);
+    assert_eq!(lab.pods[0].routes[0].destination.to_string(), "10.0.0.0/8");
+}
+
+// ---- several errors --------------------------------------------------------
+
+#[test]
+fn all_errors_are_collected_in_order() {
+    let source = BASE
+        .replacen("10.0.0.10 }", "10.0.2.5 }", 1)
+        .replacen("name: pod-b", "name: node-1", 1)
+        .replacen("node: node-1,", "node: node-11,", 1)
+        .replacen("name: lab", "name: Lab", 1);
+    let e = load_base(&source).unwrap_err();
+    let lines: Vec<String> = e.problems().iter().map(|p| p.to_string()).collect();
+    assert_eq!(
+        lines,
+        [
+            "t.yaml:1:7: lab name `Lab` must start with a lowercase letter",
+            "t.yaml:12:47: address 10.0.2.5 is outside subnet vsw-a (10.0.0.0/24)",
+            "t.yaml:19:26: unknown node `node-11`",
+            "t.yaml:20:13: name `node-1` is already used by node node-1 at line 10",
+        ]
+    );
+    assert_eq!(
+        e.to_string(),
+        "t.yaml:1:7: lab name `Lab` must start with a lowercase letter (and 3 more errors)"
+    );
+    // The fancy report shows every problem with its source.
+    let mut out = String::new();
+    miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
+        .render_report(&mut out, &e)
+        .unwrap();
+    assert!(out.contains("did you mean `node-1`?"), "{out}");
+    assert!(out.contains("first here"), "{out}");
+}
+
+#[test]
+fn errors_never_panic_on_odd_input() {
+    for source in [
+        "",
+        "~",
+        "[]",
+        "name: x",
+        "name: x\nvpc: {subnets: []}\nnodes: []\n",
+        "name: x\nvpc: {subnets: []}\nnodes: [{name: n, interfaces: []}]\npods: [{name: p, node: n, address: 1.2.3.4}]\n",
+        "name: x\nvpc: {subnets: [{name: s, cidr: 1.0.0.0/32, gateway: 1.0.0.0}]}\nnodes: [{name: n, interfaces: [{name: e, subnet: s, address: 1.0.0.0}], pod_cidr: 2.0.0.0/31}]\n",
+        "name: é\u{301}\nvpc: {subnets: []}\nnodes: []\nclients: [{name: c, address: 0.0.0.0/0}]\n",
+        "\t\u{0}",
+    ] {
+        let _ = load_str("odd.yaml", source, &vars()).map_err(|e| e.to_string());
+    }
+}
+
+// ---- files and templates -------------------------------------------------
+
+#[test]
+fn missing_file_names_the_file() {
+    let e = load(Path::new("/nonexistent/lab.yaml"), &vars()).unwrap_err();
+    let message = e.to_string();
+    assert!(
+        message.starts_with("/nonexistent/lab.yaml: cannot read topology file: "),
+        "{message}"
+    );
+    assert!(e.problems().is_empty());
+}
+
+#[test]
+fn undefined_template_variable() {
+    let e = load_str("t.yaml", "name: {{ n }}\n", &vars()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "t.yaml:1:10: undefined value in template: `n` is undefined"
+    );
+    assert!(matches!(e, TopologyError::Template(_)));
+}
+
+#[test]
+fn template_syntax_error() {
+    let e = load_str("t.yaml", "name: x\n{% for %}\n", &vars()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "t.yaml:2:8: syntax error in template: unexpected end of block, expected in"
+    );
+}
+
+#[test]
+fn templated_locations_refer_to_rendered_text() {
+    let source = "{% for i in range(2) %}\nname: x{{ i }}\n{% endfor %}\n";
+    let e = load_str("t.yaml", source, &vars()).unwrap_err();
+    assert_eq!(e.to_string(), "t.yaml:4:1: duplicate mapping key: name");
+    let help = e.problems()[0].help.clone().unwrap();
+    assert!(help.contains("see `labctl render t.yaml`"), "{help}");
+    // Untemplated files get no such note.
+    let (_, help) = one("10.0.0.10 }", "10.0.2.5 }");
+    assert!(!help.contains("labctl render"));
+}
+
+#[test]
+fn integer_vars_are_integers() {
+    let source = BASE.replacen(
+        "pods:\n",
+        "pods:\n{% for i in range(n) %}\n  - { name: x-{{ i }}{{ suffix }}, node: node-1, address: 172.23.96.{{ i + 30 }} }\n{% endfor %}\n",
+        1,
+    );
+    let vars = BTreeMap::from([
+        ("n".to_string(), "3".to_string()),
+        ("suffix".to_string(), "07".to_string()),
+    ]);
+    let lab = load_str("t.yaml", &source, &vars).unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<&str> = lab.pods.iter().take(3).map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["x-007", "x-107", "x-207"]);
+}
+
+const SCALE: &str = "\
+name: scale
+vpc:
+  cidr: 10.0.0.0/16
+  subnets:
+    - { name: vsw, cidr: 10.0.0.0/24, gateway: 10.0.0.254 }
+  routes:
+{% for n in range(nodes) %}
+    - { destination: 10.{{ 100 + n }}.0.0/24, next_hop: node-{{ n }} }
+{% endfor %}
+nodes:
+{% for n in range(nodes) %}
+  - name: node-{{ n }}
+    interfaces:
+      - { name: eth0, subnet: vsw, address: 10.0.0.{{ n + 10 }} }
+    pod_cidr: 10.{{ 100 + n }}.0.0/24
+{% endfor %}
+pods:
+{% for n in range(nodes) %}{% for p in range(pods) %}
+  - { name: pod-{{ n }}-{{ p }}, node: node-{{ n }}, address: 10.{{ 100 + n }}.0.{{ p + 2 }}, ports: [80] }
+{% endfor %}{% endfor %}
+";
+
+#[test]
+fn thousand_pods_from_a_loop() {
+    let vars = BTreeMap::from([
+        ("nodes".to_string(), "10".to_string()),
+        ("pods".to_string(), "100".to_string()),
+    ]);
+    let start = Instant::now();
+    let lab = load_str("scale.yaml", SCALE, &vars).unwrap_or_else(|e| panic!("{e}"));
+    println!("10 nodes x 100 pods resolved in {:?}", start.elapsed());
+    assert_eq!(lab.nodes.len(), 10);
+    assert_eq!(lab.pods.len(), 1000);
+    assert_eq!(lab.vpc.routes.len(), 10);
+    assert_eq!(lab.pods[999].name, "pod-9-99");
+    assert_eq!(lab.pods[999].address.to_string(), "10.109.0.101/24");
+    let mut veths: Vec<&str> = lab
+        .pods
+        .iter()
+        .map(|p| match &p.attachment {
+            Attachment::Bridge { host_ifname } => host_ifname.as_str(),
+        })
+        .collect();
+    veths.sort_unstable();
+    veths.dedup();
+    assert_eq!(veths.len(), 1000, "host veth names collide");
+}
+
+// ---- schema ----------------------------------------------------------------
+
+#[test]
+fn published_schema_is_current() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schema/topology.schema.json");
+    let expected = serde_json::to_string_pretty(&schema()).unwrap() + "\n";
+    if std::env::var_os("LABCTL_BLESS").is_some_and(|v| v == "1") {
+        std::fs::write(&path, &expected).unwrap();
+        return;
+    }
+    let published = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        published == expected,
+        "{} is out of date; regenerate it with \
+         `cargo run -p labctl -- schema > schema/topology.schema.json` \
+         (or `LABCTL_BLESS=1 cargo test -p labctl-topology published_schema_is_current`)",
+        path.display()
+    );
+}
+
+#[test]
+fn schema_describes_the_language() {
+    let schema = schema();
+    assert_eq!(schema["title"], "labctl topology");
+    assert_eq!(schema["additionalProperties"], false);
+    let required = schema["required"].as_array().unwrap();
+    assert_eq!(required.len(), 3);
+    assert!(schema["$defs"]["Pod"]["properties"]["ports"].is_object());
+    assert_eq!(schema["$defs"]["Node"]["additionalProperties"], false);
+}
+
+#[test]
+fn every_shipped_topology_loads() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies");
+    let mut count = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let start = Instant::now();
+            let lab = load(&path, &vars()).unwrap_or_else(|e| panic!("{e}"));
+            println!(
+                "{}: {} nodes, {} pods in {:?}",
+                path.display(),
+                lab.nodes.len(),
+                lab.pods.len(),
+                start.elapsed()
+            );
+            count += 1;
+        }
+    }
+    assert!(count >= 1);
+}
