@@ -1,0 +1,131 @@
+//! Plans and the executor, without root: the Flannel plan as a snapshot, its
+//! invariants, and the executor's ordering and failure handling against the
+//! recording fake kernel.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+
+use labctl::engine::{Quiet, execute};
+use labctl::kernel::Recorder;
+use labctl::plan::{Action, Phase, Plan, plan};
+
+fn flannel() -> labctl::Lab {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../topologies/flannel.yaml");
+    labctl_topology::load(&path, &BTreeMap::new()).expect("flannel.yaml loads")
+}
+
+fn block_on<F: Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+#[test]
+fn flannel_plan_snapshot() {
+    let p = plan(&flannel());
+    insta::assert_snapshot!("flannel_plan", p.to_script());
+}
+
+#[test]
+fn ifindexes_are_unique_and_controllers_exist_first() {
+    let p = plan(&flannel());
+    let mut seen: HashMap<&str, HashSet<u32>> = HashMap::new();
+    let mut bridges: HashMap<(&str, u32), Phase> = HashMap::new();
+    for s in &p.steps {
+        match &s.action {
+            Action::AddBridge { ifindex, .. } => {
+                assert!(seen.entry(&s.netns).or_default().insert(*ifindex), "{s}");
+                bridges.insert((&s.netns, *ifindex), s.phase);
+            }
+            Action::AddVeth {
+                ifindex,
+                peer_netns,
+                peer_ifindex,
+                controller,
+                ..
+            } => {
+                assert!(seen.entry(&s.netns).or_default().insert(*ifindex), "{s}");
+                assert!(
+                    seen.entry(peer_netns).or_default().insert(*peer_ifindex),
+                    "{s}"
+                );
+                if let Some(c) = controller {
+                    let phase = bridges
+                        .get(&(s.netns.as_str(), c.ifindex))
+                        .unwrap_or_else(|| panic!("{s}: controller not created in its namespace"));
+                    assert!(
+                        *phase < s.phase,
+                        "{s}: controller created in the same phase"
+                    );
+                }
+            }
+            _ => {}
+        }
+        assert!(
+            p.namespaces.iter().any(|n| n.name == s.netns),
+            "{s}: namespace not in the plan"
+        );
+    }
+    // 1 is lo everywhere.
+    assert!(seen.values().all(|s| !s.contains(&1)));
+}
+
+#[test]
+fn phases_are_in_order() {
+    let p = plan(&flannel());
+    let phases: Vec<Phase> = p.steps.iter().map(|s| s.phase).collect();
+    let mut sorted = phases.clone();
+    sorted.sort();
+    assert_eq!(phases, sorted);
+}
+
+fn run(p: &Plan, fail_on: Option<&str>) -> (Result<(), usize>, Vec<String>) {
+    let mut k = Recorder {
+        fail_on: fail_on.map(String::from),
+        ..Default::default()
+    };
+    let r = block_on(execute(p, &mut k, &Quiet)).map_err(|e| e.len());
+    (r, k.log.into_inner())
+}
+
+#[test]
+fn executor_runs_every_step_namespaces_first() {
+    let p = plan(&flannel());
+    let (r, log) = run(&p, None);
+    assert_eq!(r, Ok(()));
+    assert_eq!(log.len(), p.namespaces.len() + p.steps.len());
+    assert!(
+        log[..p.namespaces.len()]
+            .iter()
+            .all(|l| l.starts_with("ip netns add"))
+    );
+    // Every route comes after every address.
+    let last_addr = log.iter().rposition(|l| l.contains(" addr add ")).unwrap();
+    let first_route = log.iter().position(|l| l.contains(" route add ")).unwrap();
+    assert!(last_addr < first_route);
+}
+
+#[test]
+fn executor_stops_after_a_failing_phase_and_reports_it() {
+    let p = plan(&flannel());
+    let (r, log) = run(&p, Some("addr add 172.23.96.23/26"));
+    assert_eq!(r, Err(1), "one failure reported");
+    assert!(
+        !log.iter().any(|l| l.contains(" route add ")),
+        "no route may be added after a failed address phase"
+    );
+    // The rest of the failing phase still ran: errors are reported together.
+    assert!(log.iter().any(|l| l.contains("addr add 172.23.96.24/26")));
+}
+
+#[test]
+fn script_creates_every_namespace() {
+    let p = plan(&flannel());
+    let script = p.to_script();
+    for ns in &p.namespaces {
+        assert!(script.contains(&format!("ip netns add {}\n", ns.name)));
+    }
+    assert_eq!(p.namespaces.len(), 10);
+    assert!(p.namespaces.iter().all(|n| n.name.starts_with("flannel-")));
+}

@@ -1,0 +1,319 @@
+//! Privileged end-to-end tests of the `labctl` binary: they build real labs
+//! in fresh namespaces, each under its own lab name, and check that the host
+//! is left exactly as it was.
+//!
+//! Without root every trial is reported as ignored with the reason. With
+//! `LABCTL_REQUIRE_ALL=1` (set by CI) an ignored trial is a failure instead.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
+
+fn labctl() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_labctl"))
+}
+
+fn flannel() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../topologies/flannel.yaml")
+}
+
+/// A lab name no other trial or run uses.
+fn unique(tag: &str) -> String {
+    format!("t{}-{tag}", std::process::id() % 100_000)
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("spawn")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn ok(cmd: &mut Command) -> Result<Output, Failed> {
+    let o = run(cmd);
+    if o.status.success() {
+        Ok(o)
+    } else {
+        Err(format!("{cmd:?} failed: {}", text(&o)).into())
+    }
+}
+
+fn ensure(cond: bool, msg: impl Into<String>) -> Result<(), Failed> {
+    if cond { Ok(()) } else { Err(msg.into().into()) }
+}
+
+/// What the host's own namespace looks like: links, addresses, routes,
+/// rules, the IPv4 sysctls labs could be tempted to touch, and the list of
+/// named namespaces.
+fn host_snapshot() -> String {
+    let mut out = String::new();
+    for args in [
+        &["-o", "link", "show"][..],
+        &["-o", "addr", "show"],
+        &["route", "show", "table", "all"],
+        &["rule", "show"],
+        &["netns", "list"],
+    ] {
+        let o = run(Command::new("ip").args(args));
+        // Lifetimes change by themselves; other trials' labs come and go.
+        let others = format!("t{}-", std::process::id() % 100_000);
+        let s = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| !l.starts_with(&others))
+            .map(|l| l.split(" valid_lft").next().unwrap_or(l).to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
+        out.push_str(&s);
+        out.push('\n');
+    }
+    let o = run(Command::new("sysctl").args(["net.ipv4.ip_forward", "net.ipv4.conf"]));
+    out.push_str(&String::from_utf8_lossy(&o.stdout));
+    out
+}
+
+fn netns_of(lab: &str) -> Vec<String> {
+    let o = run(Command::new("ip").args(["netns", "list"]));
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(&format!("{lab}-")))
+        .map(String::from)
+        .collect()
+}
+
+/// Removes the lab however the trial ends.
+struct Down(String);
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = labctl().args(["down", "-q", &self.0]).output();
+    }
+}
+
+fn up(lab: &str) -> Result<Down, Failed> {
+    ok(labctl().args(["up", "-q", "--name", lab]).arg(flannel()))?;
+    Ok(Down(lab.to_string()))
+}
+
+fn ping(lab: &str, from: &str, to: &str) -> Result<(), Failed> {
+    ok(labctl().args(["exec", lab, from, "--", "ping", "-c1", "-W2", to])).map(|_| ())
+}
+
+/// The README tour: up, ping same node and across nodes (through `labctl
+/// exec` and plain `ip netns exec`), status, down; the host is untouched.
+fn flannel_up_ping_down() -> Result<(), Failed> {
+    let before = host_snapshot();
+    let lab = unique("tour");
+    let guard = up(&lab)?;
+    // Same node: centos -> nginx on node-180 (F1's path).
+    ping(&lab, "centos", "172.23.96.24")?;
+    // Different nodes: node-180 -> node-206 through the VPC route table (F2).
+    ping(&lab, "centos", "172.23.96.163")?;
+    ok(Command::new("ip").args([
+        "netns",
+        "exec",
+        &format!("{lab}-centos"),
+        "ping",
+        "-c1",
+        "-W2",
+        "172.23.96.82",
+    ]))?;
+    // The external client reaches a pod through the VPC.
+    ping(&lab, "client", "172.23.96.82")?;
+
+    let o = ok(labctl().args(["status", &lab, "-o", "json"]))?;
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+    let names: Vec<&str> = v["namespaces"]
+        .as_array()
+        .ok_or("no namespaces")?
+        .iter()
+        .filter_map(|n| n["name"].as_str())
+        .collect();
+    ensure(
+        names.len() == 10,
+        format!("expected 10 namespaces, got {names:?}"),
+    )?;
+    let centos = v["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["entity"] == "centos")
+        .ok_or("centos missing")?;
+    let eth0 = centos["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "eth0")
+        .ok_or("centos has no eth0")?;
+    ensure(
+        eth0["kind"] == "veth",
+        format!("eth0 kind {}", eth0["kind"]),
+    )?;
+    ensure(
+        eth0["addresses"][0] == "172.23.96.23/26",
+        format!("eth0 addresses {}", eth0["addresses"]),
+    )?;
+    let node = v["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["entity"] == "node-180")
+        .ok_or("node-180 missing")?;
+    let ports = node["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["master"] == "cni0" && i["name"].as_str().unwrap_or("").starts_with("veth"))
+        .count();
+    ensure(ports == 2, format!("node-180 cni0 has {ports} veth ports"))?;
+
+    // A second `up` of the same lab says so.
+    let again = run(labctl().args(["up", "--name", &lab]).arg(flannel()));
+    ensure(
+        again.status.code() == Some(3)
+            && String::from_utf8_lossy(&again.stderr).contains("already up"),
+        format!("second up: {}", text(&again)),
+    )?;
+
+    drop(guard);
+    ensure(
+        netns_of(&lab).is_empty(),
+        format!("left: {:?}", netns_of(&lab)),
+    )?;
+    let after = host_snapshot();
+    ensure(
+        before == after,
+        format!("host changed:\n--- before\n{before}\n--- after\n{after}"),
+    )
+}
+
+/// SIGKILL `up` at one point, then `down` must remove everything.
+fn killed_up_then_down(n: usize, point: &'static str) -> Result<(), Failed> {
+    let lab = unique(&format!("kill{n}"));
+    let o = run(labctl()
+        .args(["up", "-q", "--name", &lab])
+        .arg(flannel())
+        .env("LABCTL_KILL_AT", point));
+    use std::os::unix::process::ExitStatusExt;
+    ensure(
+        o.status.signal() == Some(9),
+        format!("up was not killed at {point}: {}", text(&o)),
+    )?;
+    // The lab is known, and a new `up` refuses rather than half-building.
+    let st = ok(labctl().args(["status"]))?;
+    ensure(
+        String::from_utf8_lossy(&st.stdout).contains(&lab),
+        format!("status does not list {lab}: {}", text(&st)),
+    )?;
+    ok(labctl().args(["down", &lab]))?;
+    let left = netns_of(&lab);
+    ensure(
+        left.is_empty(),
+        format!("killed at {point}, down left {left:?}"),
+    )?;
+    let files: Vec<_> = std::fs::read_dir("/run/netns")?
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{lab}-"))
+        })
+        .collect();
+    ensure(
+        files.is_empty(),
+        format!("left files in /run/netns: {files:?}"),
+    )
+}
+
+/// Two labs from the same file, under different names, at the same time.
+fn two_labs_at_once() -> Result<(), Failed> {
+    let (a, b) = (unique("two-a"), unique("two-b"));
+    let _ga = up(&a)?;
+    let _gb = up(&b)?;
+    ping(&a, "centos", "172.23.96.163")?;
+    ping(&b, "centos", "172.23.96.163")?;
+    Ok(())
+}
+
+/// A namespace that is not the lab's is never adopted or deleted.
+fn foreign_namespace_conflict() -> Result<(), Failed> {
+    let lab = unique("conflict");
+    let foreign = format!("{lab}-vpc");
+    ok(Command::new("ip").args(["netns", "add", &foreign]))?;
+    let o = run(labctl().args(["up", "--name", &lab]).arg(flannel()));
+    let still = netns_of(&lab);
+    let _ = Command::new("ip")
+        .args(["netns", "delete", &foreign])
+        .output();
+    ensure(
+        o.status.code() == Some(3) && String::from_utf8_lossy(&o.stderr).contains("already exists"),
+        format!("up over a foreign namespace: {}", text(&o)),
+    )?;
+    ensure(
+        still == vec![foreign],
+        format!("namespaces after refusal: {still:?}"),
+    )
+}
+
+/// `up` without root fails with one clear message and exit code 4.
+fn not_root() -> Result<(), Failed> {
+    let o = run(Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_labctl"))
+        .arg("up")
+        .arg(flannel()));
+    ensure(
+        o.status.code() == Some(4) && String::from_utf8_lossy(&o.stderr).contains("needs root"),
+        format!("up as nobody: {}", text(&o)),
+    )
+}
+
+/// Run a privileged trial, or report it ignored with the reason.
+fn gate(f: impl FnOnce() -> Result<(), Failed>) -> Result<Completion, Failed> {
+    if !nix::unistd::geteuid().is_root() {
+        if std::env::var("LABCTL_REQUIRE_ALL").is_ok_and(|v| v == "1") {
+            return Err("needs root, and LABCTL_REQUIRE_ALL=1 forbids ignoring it".into());
+        }
+        return Ok(Completion::ignored_with(
+            "needs root: creates network namespaces",
+        ));
+    }
+    f().map(|()| Completion::Completed)
+}
+
+const KILL_POINTS: [&str; 9] = [
+    "recorded",
+    "netns-file",
+    "half-namespaces",
+    "namespaces",
+    "devices",
+    "links",
+    "addresses",
+    "routes",
+    "configured",
+];
+
+fn main() {
+    let args = Arguments::from_args();
+    let mut trials = vec![
+        Trial::ignorable_test("flannel_up_ping_down", || gate(flannel_up_ping_down)),
+        Trial::ignorable_test("two_labs_at_once", || gate(two_labs_at_once)),
+        Trial::ignorable_test("foreign_namespace_conflict", || {
+            gate(foreign_namespace_conflict)
+        }),
+        Trial::ignorable_test("not_root", || gate(not_root)),
+    ];
+    for (n, point) in KILL_POINTS.into_iter().enumerate() {
+        trials.push(Trial::ignorable_test(
+            format!("sigkill_at_{point}"),
+            move || gate(|| killed_up_then_down(n, point)),
+        ));
+    }
+    libtest_mimic::run(&args, trials).exit();
+}
