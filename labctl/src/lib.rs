@@ -8,9 +8,11 @@
 
 pub use labctl_topology::Lab;
 
+pub mod capture;
 pub mod engine;
 pub mod kernel;
 pub mod observe;
 pub mod plan;
 pub mod state;
 pub mod sys;
+pub mod traffic;

@@ -8,7 +8,10 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use common::gate;
+use libtest_mimic::{Arguments, Failed, Trial};
+
+mod common;
 
 fn labctl() -> Command {
     Command::new(env!("CARGO_BIN_EXE_labctl"))
@@ -272,19 +275,6 @@ fn not_root() -> Result<(), Failed> {
         o.status.code() == Some(4) && String::from_utf8_lossy(&o.stderr).contains("needs root"),
         format!("up as nobody: {}", text(&o)),
     )
-}
-
-/// Run a privileged trial, or report it ignored with the reason.
-fn gate(f: impl FnOnce() -> Result<(), Failed>) -> Result<Completion, Failed> {
-    if !nix::unistd::geteuid().is_root() {
-        if std::env::var("LABCTL_REQUIRE_ALL").is_ok_and(|v| v == "1") {
-            return Err("needs root, and LABCTL_REQUIRE_ALL=1 forbids ignoring it".into());
-        }
-        return Ok(Completion::ignored_with(
-            "needs root: creates network namespaces",
-        ));
-    }
-    f().map(|()| Completion::Completed)
 }
 
 const KILL_POINTS: [&str; 9] = [

@@ -1,0 +1,747 @@
+//! Packet capture inside lab namespaces: what `tcpdump -i IFNAME` would see on
+//! each interface, with the kernel's receive timestamp so that packets from
+//! different interfaces and namespaces can be put in one order. Scenarios use
+//! it to prove, packet by packet, which headers each hop saw (the masqueraded
+//! source on the uplink, the VXLAN outer header on the underlay).
+//!
+//! Written by hand on nix (~200 lines, see CRATES.md): the `afpacket` and
+//! `pnet` crates are stale or do not give kernel timestamps. Each tap is an
+//! AF_PACKET `SOCK_RAW` socket bound to one interface with `ETH_P_ALL`, as
+//! libpcap opens them; `SO_TIMESTAMPNS` puts the kernel's timestamp in a
+//! control message; `sll_pkttype == PACKET_OUTGOING` marks what the
+//! interface sent. Frames are decoded with etherparse and written as classic
+//! pcap with pcap-file, so Wireshark and `tcpdump -r` open them.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, BufWriter, IoSliceMut};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+use nix::errno::Errno;
+use nix::libc;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::socket::{
+    AddressFamily, ControlMessageOwned, LinkAddr, MsgFlags, SockFlag, SockType, bind, recvmsg,
+    setsockopt, socket, sockopt,
+};
+use nix::sys::time::TimeSpec;
+use serde::Serialize;
+
+use crate::sys::{self, NetnsGuard};
+
+/// `ARPHRD_ETHER`: frames start with an Ethernet header.
+pub const ARPHRD_ETHER: u16 = libc::ARPHRD_ETHER;
+/// `ARPHRD_LOOPBACK`: `lo`; the kernel still prepends an (all-zero) Ethernet
+/// header.
+pub const ARPHRD_LOOPBACK: u16 = libc::ARPHRD_LOOPBACK;
+/// `ARPHRD_NONE`: tun and similar L3 devices; frames start with the IP header.
+pub const ARPHRD_NONE: u16 = libc::ARPHRD_NONE;
+
+/// UDP port the kernel's vxlan driver uses by default (IANA).
+pub const VXLAN_PORT: u16 = 4789;
+
+/// Bytes read per packet. Veth passes GSO packets of up to 64 KiB; a longer
+/// one is cut here and keeps its real length in [`Packet::orig_len`].
+const SNAPLEN: usize = 256 * 1024;
+/// How long the capture thread sleeps in `poll` before it looks at the stop
+/// flag again.
+const POLL_MS: u16 = 50;
+
+/// Which way a packet crossed the interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Direction {
+    /// Received by the interface (any `sll_pkttype` but outgoing).
+    In,
+    /// Sent by the interface (`PACKET_OUTGOING`).
+    Out,
+}
+
+/// One packet seen on one interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Packet {
+    pub netns: String,
+    pub ifname: String,
+    pub ifindex: u32,
+    pub direction: Direction,
+    /// `sll_pkttype`: `PACKET_HOST` (0), `BROADCAST` (1), `MULTICAST` (2),
+    /// `OTHERHOST` (3), `OUTGOING` (4).
+    pub pkt_type: u8,
+    /// `ARPHRD_*` of the interface ([`ARPHRD_ETHER`], [`ARPHRD_LOOPBACK`] ...).
+    pub link_type: u16,
+    /// Kernel receive timestamp, since the Unix epoch.
+    pub ts: Duration,
+    /// Length on the wire; more than `data.len()` if the frame was cut.
+    pub orig_len: u32,
+    pub data: Vec<u8>,
+}
+
+/// A capture on the interfaces of one namespace; see [`Capture::start`].
+pub struct Capture {
+    inner: Running,
+}
+
+impl Capture {
+    /// Start capturing in `netns` on the named interfaces, or on every
+    /// interface (loopback included) when `ifnames` is `None`; like
+    /// `ip netns exec NETNS tcpdump -i IFNAME` once per interface. The
+    /// sockets are bound before this returns, so traffic sent afterwards is
+    /// seen. Interfaces made after the start are not captured.
+    pub fn start(netns_name: &str, ifnames: Option<&[String]>) -> io::Result<Capture> {
+        let spec = TapSpec {
+            netns: netns_name.to_string(),
+            ifnames: ifnames.map(<[String]>::to_vec),
+        };
+        Ok(Capture {
+            inner: Running::spawn(vec![spec])?,
+        })
+    }
+
+    /// Stop and return every packet seen, in timestamp order.
+    pub fn stop(self) -> Vec<Packet> {
+        self.inner.stop()
+    }
+}
+
+/// Captures on every interface of many namespaces, run by one thread.
+pub struct MultiCapture {
+    inner: Running,
+}
+
+impl MultiCapture {
+    /// Stop all captures together and return their packets in timestamp
+    /// order.
+    pub fn stop(self) -> Vec<Packet> {
+        self.inner.stop()
+    }
+}
+
+/// Start capturing on every interface of each namespace at once; one thread
+/// enters the namespaces in turn to open the sockets (a socket stays in the
+/// namespace it was made in), then polls them all.
+pub fn capture_many(netns_names: &[String]) -> io::Result<MultiCapture> {
+    let specs = netns_names
+        .iter()
+        .map(|name| TapSpec {
+            netns: name.clone(),
+            ifnames: None,
+        })
+        .collect();
+    Ok(MultiCapture {
+        inner: Running::spawn(specs)?,
+    })
+}
+
+/// What to capture in one namespace.
+struct TapSpec {
+    netns: String,
+    ifnames: Option<Vec<String>>,
+}
+
+/// One bound AF_PACKET socket.
+struct Tap {
+    netns: String,
+    ifname: String,
+    ifindex: u32,
+    fd: OwnedFd,
+}
+
+/// The capture thread and how to stop it.
+struct Running {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Vec<Packet>>,
+}
+
+impl Running {
+    fn spawn(specs: Vec<TapSpec>) -> io::Result<Running> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("labctl-capture".into())
+            .spawn(move || {
+                let taps = match open_all(&specs) {
+                    Ok(taps) => taps,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return Vec::new();
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                run(taps, &flag)
+            })?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Running { stop, thread }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => Err(io::Error::other(
+                "capture thread died while opening sockets",
+            )),
+        }
+    }
+
+    fn stop(self) -> Vec<Packet> {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut packets = self.thread.join().unwrap_or_default();
+        // Stable: packets with equal timestamps keep their per-socket order.
+        packets.sort_by_key(|p| p.ts);
+        packets
+    }
+}
+
+fn open_all(specs: &[TapSpec]) -> io::Result<Vec<Tap>> {
+    let mut taps = Vec::new();
+    for spec in specs {
+        taps.extend(open_in(spec).map_err(|e| {
+            io::Error::new(e.kind(), format!("capture in netns {}: {e}", spec.netns))
+        })?);
+    }
+    Ok(taps)
+}
+
+/// Enter the namespace, list its interfaces and bind a tap to each wanted
+/// one. The thread returns to its namespace when the guard drops.
+fn open_in(spec: &TapSpec) -> io::Result<Vec<Tap>> {
+    let ns = sys::open_netns(&spec.netns)?;
+    let _inside = NetnsGuard::enter(&ns)?;
+    // if_nameindex asks netlink, in the thread's current namespace.
+    let interfaces = nix::net::if_::if_nameindex()?;
+    let present: Vec<(String, u32)> = interfaces
+        .iter()
+        .map(|i| (i.name().to_string_lossy().into_owned(), i.index()))
+        .collect();
+    if let Some(wanted) = &spec.ifnames
+        && let Some(missing) = wanted
+            .iter()
+            .find(|w| !present.iter().any(|(n, _)| n == *w))
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no interface {missing}"),
+        ));
+    }
+    let mut taps = Vec::new();
+    for (ifname, ifindex) in present {
+        if spec.ifnames.as_ref().is_some_and(|w| !w.contains(&ifname)) {
+            continue;
+        }
+        taps.push(Tap {
+            netns: spec.netns.clone(),
+            fd: open_tap(ifindex)
+                .map_err(|e| io::Error::new(e.kind(), format!("{ifname}: {e}")))?,
+            ifname,
+            ifindex,
+        });
+    }
+    Ok(taps)
+}
+
+/// An AF_PACKET socket that sees every frame `ifindex` sends or receives.
+fn open_tap(ifindex: u32) -> io::Result<OwnedFd> {
+    // Protocol 0 receives nothing until bind, so no frame of another
+    // interface slips in first.
+    let fd = socket(
+        AddressFamily::Packet,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    setsockopt(&fd, sockopt::ReceiveTimestampns, &true)?;
+    // Room for bursts while the thread sleeps; FORCE works past rmem_max as
+    // root, the plain option is the fallback.
+    if setsockopt(&fd, sockopt::RcvBufForce, &(4 << 20)).is_err() {
+        let _ = setsockopt(&fd, sockopt::RcvBuf, &(4 << 20));
+    }
+    bind(
+        fd.as_raw_fd(),
+        &sys::packet_bind_addr(ifindex, libc::ETH_P_ALL as u16),
+    )?;
+    Ok(fd)
+}
+
+/// Poll the taps until the stop flag is set, then drain them once more so
+/// that everything the kernel queued before `stop()` is returned.
+fn run(mut taps: Vec<Tap>, stop: &AtomicBool) -> Vec<Packet> {
+    let mut packets = Vec::new();
+    let mut buf = vec![0u8; SNAPLEN];
+    let mut cmsg = nix::cmsg_space!(TimeSpec);
+    loop {
+        let stopping = stop.load(Ordering::SeqCst);
+        if !stopping {
+            let mut fds: Vec<PollFd> = taps
+                .iter()
+                .map(|t| PollFd::new(t.fd.as_fd(), PollFlags::POLLIN))
+                .collect();
+            match poll(&mut fds, PollTimeout::from(POLL_MS)) {
+                Ok(_) | Err(Errno::EINTR) => {}
+                // Cannot happen with valid fds; do not spin.
+                Err(_) => std::thread::sleep(Duration::from_millis(POLL_MS.into())),
+            }
+        }
+        // Read every socket until it is empty: cheap, and nothing is missed
+        // between the poll and the drain.
+        taps.retain(|tap| drain(tap, &mut buf, &mut cmsg, &mut packets));
+        if stopping || taps.is_empty() {
+            return packets;
+        }
+    }
+}
+
+/// Read all queued frames of one tap. False when the socket is broken and
+/// should be dropped.
+fn drain(tap: &Tap, buf: &mut [u8], cmsg: &mut [u8], out: &mut Vec<Packet>) -> bool {
+    loop {
+        let (len, addr, ts) = {
+            let mut iov = [IoSliceMut::new(buf)];
+            match recvmsg::<LinkAddr>(
+                tap.fd.as_raw_fd(),
+                &mut iov,
+                Some(cmsg),
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC,
+            ) {
+                Ok(msg) => {
+                    let ts = msg.cmsgs().ok().and_then(|mut c| {
+                        c.find_map(|m| match m {
+                            ControlMessageOwned::ScmTimestampns(t) => Some(Duration::from(t)),
+                            _ => None,
+                        })
+                    });
+                    (msg.bytes, msg.address, ts)
+                }
+                Err(Errno::EAGAIN) => return true,
+                Err(Errno::EINTR) => continue,
+                // Reported once when the interface goes down; the kernel
+                // re-arms the tap when it comes back up.
+                Err(Errno::ENETDOWN) => continue,
+                Err(_) => return false,
+            }
+        };
+        let Some(addr) = addr else { continue };
+        let kept = len.min(buf.len());
+        let ts = ts.unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+        });
+        out.push(Packet {
+            netns: tap.netns.clone(),
+            ifname: tap.ifname.clone(),
+            ifindex: tap.ifindex,
+            direction: if addr.pkttype() == libc::PACKET_OUTGOING {
+                Direction::Out
+            } else {
+                Direction::In
+            },
+            pkt_type: addr.pkttype(),
+            link_type: addr.hatype(),
+            ts,
+            orig_len: u32::try_from(len).unwrap_or(u32::MAX),
+            data: buf[..kept].to_vec(),
+        });
+    }
+}
+
+/// TCP flags in tcpdump's notation (`S`, `S.`, `R.`, `P.`, `F.` ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TcpFlags(pub u8);
+
+impl TcpFlags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+    pub const URG: u8 = 0x20;
+    pub const ECE: u8 = 0x40;
+    pub const CWR: u8 = 0x80;
+
+    pub fn has(self, flag: u8) -> bool {
+        self.0 & flag != 0
+    }
+}
+
+impl fmt::Display for TcpFlags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // tcpdump's print order; `.` is ACK.
+        for (bit, c) in [
+            (Self::FIN, 'F'),
+            (Self::SYN, 'S'),
+            (Self::RST, 'R'),
+            (Self::PSH, 'P'),
+            (Self::URG, 'U'),
+            (Self::ECE, 'E'),
+            (Self::CWR, 'W'),
+            (Self::ACK, '.'),
+        ] {
+            if self.has(bit) {
+                write!(f, "{c}")?;
+            }
+        }
+        if self.0 == 0 {
+            write!(f, "none")?;
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for TcpFlags {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// What a packet carries above IP.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Proto {
+    Icmp {
+        #[serde(rename = "type")]
+        type_: u8,
+        code: u8,
+    },
+    Icmpv6 {
+        #[serde(rename = "type")]
+        type_: u8,
+        code: u8,
+    },
+    Tcp {
+        flags: TcpFlags,
+    },
+    Udp,
+    /// ARP; the flow's addresses are the sender's and the target's.
+    Arp {
+        /// 1 request, 2 reply.
+        op: u16,
+    },
+    /// Another IP protocol (by number), or a later IPv4 fragment.
+    Other(u8),
+}
+
+/// The headers of one packet, as tcpdump's one-line summary would give them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct Flow {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub protocol: Proto,
+    pub src_port: Option<u16>,
+    pub dst_port: Option<u16>,
+    /// The encapsulated packet, for VXLAN (UDP to port 4789).
+    pub inner: Option<Box<Flow>>,
+}
+
+impl Flow {
+    /// The innermost flow (the packet itself when not encapsulated).
+    pub fn innermost(&self) -> &Flow {
+        match &self.inner {
+            Some(inner) => inner.innermost(),
+            None => self,
+        }
+    }
+
+    /// ICMP echo request (type 8) or ICMPv6 echo request (128).
+    pub fn is_echo_request(&self) -> bool {
+        matches!(
+            self.protocol,
+            Proto::Icmp { type_: 8, .. } | Proto::Icmpv6 { type_: 128, .. }
+        )
+    }
+
+    /// ICMP echo reply (type 0) or ICMPv6 echo reply (129).
+    pub fn is_echo_reply(&self) -> bool {
+        matches!(
+            self.protocol,
+            Proto::Icmp { type_: 0, .. } | Proto::Icmpv6 { type_: 129, .. }
+        )
+    }
+}
+
+impl fmt::Display for Flow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ep = |ip: &IpAddr, port: Option<u16>| match port {
+            Some(p) => format!("{ip}.{p}"),
+            None => ip.to_string(),
+        };
+        let (src, dst) = (ep(&self.src, self.src_port), ep(&self.dst, self.dst_port));
+        match &self.protocol {
+            Proto::Arp { op: 1 } => {
+                write!(f, "ARP, Request who-has {} tell {}", self.dst, self.src)?
+            }
+            Proto::Arp { op: 2 } => write!(f, "ARP, Reply {} is-at ? (to {})", self.src, self.dst)?,
+            Proto::Arp { op } => write!(f, "ARP, op {op} {} > {}", self.src, self.dst)?,
+            Proto::Icmp { type_, code } => {
+                write!(f, "IP {src} > {dst}: ICMP {}", icmp_name(*type_, *code))?
+            }
+            Proto::Icmpv6 { type_, code } => {
+                write!(f, "IP6 {src} > {dst}: ICMP6 type {type_} code {code}")?
+            }
+            Proto::Tcp { flags } => write!(f, "IP {src} > {dst}: Flags [{flags}]")?,
+            Proto::Udp => write!(f, "IP {src} > {dst}: UDP")?,
+            Proto::Other(n) => write!(f, "IP {src} > {dst}: ip-proto-{n}")?,
+        }
+        if let Some(inner) = &self.inner {
+            write!(f, " | {inner}")?;
+        }
+        Ok(())
+    }
+}
+
+/// tcpdump's words for the ICMP types labs meet.
+pub fn icmp_name(type_: u8, code: u8) -> String {
+    match (type_, code) {
+        (0, _) => "echo reply".into(),
+        (8, _) => "echo request".into(),
+        (3, 0) => "net unreachable".into(),
+        (3, 1) => "host unreachable".into(),
+        (3, 3) => "port unreachable".into(),
+        (3, 4) => "need to frag".into(),
+        (3, 13) => "administratively prohibited".into(),
+        (3, c) => format!("unreachable code {c}"),
+        (11, _) => "time exceeded in-transit".into(),
+        (t, c) => format!("type {t} code {c}"),
+    }
+}
+
+/// Decode a captured packet: IPv4/IPv6 with ICMP, TCP, UDP, or ARP; VXLAN
+/// payloads are decoded too (`inner`). `None` for other frames (LLDP, ...)
+/// or ones too short to parse.
+pub fn summarize(p: &Packet) -> Option<Flow> {
+    match p.link_type {
+        ARPHRD_NONE => summarize_ip(&p.data),
+        _ => summarize_ethernet(&p.data),
+    }
+}
+
+/// Decode a frame that starts with an Ethernet header.
+pub fn summarize_ethernet(frame: &[u8]) -> Option<Flow> {
+    flow_of(&SlicedPacket::from_ethernet(frame).ok()?)
+}
+
+/// Decode a packet that starts with the IP header.
+pub fn summarize_ip(packet: &[u8]) -> Option<Flow> {
+    flow_of(&SlicedPacket::from_ip(packet).ok()?)
+}
+
+fn flow_of(s: &SlicedPacket<'_>) -> Option<Flow> {
+    let (src, dst, ip_number): (IpAddr, IpAddr, u8) = match s.net.as_ref()? {
+        NetSlice::Ipv4(ip) => (
+            ip.header().source_addr().into(),
+            ip.header().destination_addr().into(),
+            ip.payload_ip_number().0,
+        ),
+        NetSlice::Ipv6(ip) => (
+            ip.header().source_addr().into(),
+            ip.header().destination_addr().into(),
+            ip.payload().ip_number.0,
+        ),
+        NetSlice::Arp(arp) => {
+            let ip = |b: &[u8]| -> Option<IpAddr> {
+                match b.len() {
+                    4 => Some(Ipv4Addr::from(<[u8; 4]>::try_from(b).ok()?).into()),
+                    16 => Some(Ipv6Addr::from(<[u8; 16]>::try_from(b).ok()?).into()),
+                    _ => None,
+                }
+            };
+            return Some(Flow {
+                src: ip(arp.sender_protocol_addr())?,
+                dst: ip(arp.target_protocol_addr())?,
+                protocol: Proto::Arp {
+                    op: arp.operation().0,
+                },
+                src_port: None,
+                dst_port: None,
+                inner: None,
+            });
+        }
+    };
+    let mut flow = Flow {
+        src,
+        dst,
+        protocol: Proto::Other(ip_number),
+        src_port: None,
+        dst_port: None,
+        inner: None,
+    };
+    match &s.transport {
+        Some(TransportSlice::Icmpv4(icmp)) => {
+            flow.protocol = Proto::Icmp {
+                type_: icmp.type_u8(),
+                code: icmp.code_u8(),
+            }
+        }
+        Some(TransportSlice::Icmpv6(icmp)) => {
+            flow.protocol = Proto::Icmpv6 {
+                type_: icmp.type_u8(),
+                code: icmp.code_u8(),
+            }
+        }
+        Some(TransportSlice::Tcp(tcp)) => {
+            // Byte 13 of the TCP header holds the flags.
+            flow.protocol = Proto::Tcp {
+                flags: TcpFlags(tcp.slice().get(13).copied().unwrap_or(0)),
+            };
+            flow.src_port = Some(tcp.source_port());
+            flow.dst_port = Some(tcp.destination_port());
+        }
+        Some(TransportSlice::Udp(udp)) => {
+            flow.protocol = Proto::Udp;
+            flow.src_port = Some(udp.source_port());
+            flow.dst_port = Some(udp.destination_port());
+            if udp.destination_port() == VXLAN_PORT {
+                // RFC 7348: 8-byte VXLAN header, then the inner Ethernet frame.
+                flow.inner = udp
+                    .payload()
+                    .get(8..)
+                    .and_then(summarize_ethernet)
+                    .map(Box::new);
+            }
+        }
+        Some(TransportSlice::Igmp(_)) | None => {}
+    }
+    Some(flow)
+}
+
+/// Write packets of one interface to a classic pcap file (nanosecond
+/// timestamps), like `tcpdump -i IFNAME -w PATH`. Loopback frames carry an
+/// Ethernet header too, so they are written as LINKTYPE_ETHERNET; L3 devices
+/// (`ARPHRD_NONE`) as LINKTYPE_RAW.
+pub fn write_pcap(path: impl AsRef<Path>, packets: &[Packet]) -> io::Result<()> {
+    use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
+    use pcap_file::{DataLink, Endianness, TsResolution};
+
+    if let Some(first) = packets.first()
+        && let Some(other) = packets
+            .iter()
+            .find(|p| p.netns != first.netns || p.ifindex != first.ifindex)
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "a pcap holds one interface; got {}/{} and {}/{}",
+                first.netns, first.ifname, other.netns, other.ifname
+            ),
+        ));
+    }
+    let datalink = match packets.first().map(|p| p.link_type) {
+        Some(ARPHRD_NONE) => DataLink::RAW,
+        _ => DataLink::ETHERNET,
+    };
+    let header = PcapHeader {
+        datalink,
+        snaplen: SNAPLEN as u32,
+        ts_resolution: TsResolution::NanoSecond,
+        endianness: if cfg!(target_endian = "big") {
+            Endianness::Big
+        } else {
+            Endianness::Little
+        },
+        ..PcapHeader::default()
+    };
+    let to_io = |e: pcap_file::PcapError| match e {
+        pcap_file::PcapError::IoError(e) => e,
+        e => io::Error::other(e.to_string()),
+    };
+    let file = BufWriter::new(File::create(path)?);
+    let mut writer = PcapWriter::with_header(file, header).map_err(to_io)?;
+    for p in packets {
+        let orig_len = p.orig_len.max(p.data.len() as u32);
+        writer
+            .write_packet(&PcapPacket::new(p.ts, orig_len, &p.data))
+            .map_err(to_io)?;
+    }
+    let mut file = writer.into_writer();
+    io::Write::flush(&mut file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::PacketBuilder;
+
+    fn icmp_echo(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+        let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4(src, dst, 64)
+            .icmpv4_echo_request(7, 1);
+        let mut out = Vec::new();
+        b.write(&mut out, b"hello").unwrap();
+        out
+    }
+
+    fn packet(data: Vec<u8>) -> Packet {
+        Packet {
+            netns: "ns".into(),
+            ifname: "eth0".into(),
+            ifindex: 2,
+            direction: Direction::Out,
+            pkt_type: 4,
+            link_type: ARPHRD_ETHER,
+            ts: Duration::from_secs(1),
+            orig_len: data.len() as u32,
+            data,
+        }
+    }
+
+    #[test]
+    fn icmp_echo_request_is_summarized() {
+        let flow = summarize(&packet(icmp_echo([10, 0, 0, 1], [10, 0, 0, 2]))).unwrap();
+        assert_eq!(flow.src, IpAddr::from([10, 0, 0, 1]));
+        assert_eq!(flow.dst, IpAddr::from([10, 0, 0, 2]));
+        assert_eq!(flow.protocol, Proto::Icmp { type_: 8, code: 0 });
+        assert!(flow.is_echo_request());
+        assert_eq!(
+            flow.to_string(),
+            "IP 10.0.0.1 > 10.0.0.2: ICMP echo request"
+        );
+    }
+
+    #[test]
+    fn vxlan_inner_frame_is_summarized() {
+        let inner = icmp_echo([10, 42, 0, 1], [10, 42, 0, 2]);
+        let mut payload = vec![0x08, 0, 0, 0, 0, 0, 42, 0];
+        payload.extend_from_slice(&inner);
+        let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4([10, 2, 0, 1], [10, 2, 0, 2], 64)
+            .udp(54321, VXLAN_PORT);
+        let mut outer = Vec::new();
+        b.write(&mut outer, &payload).unwrap();
+        let flow = summarize(&packet(outer)).unwrap();
+        assert_eq!(flow.protocol, Proto::Udp);
+        assert_eq!(flow.dst_port, Some(VXLAN_PORT));
+        let inner = flow.inner.as_deref().unwrap();
+        assert_eq!(inner.src, IpAddr::from([10, 42, 0, 1]));
+        assert!(inner.is_echo_request());
+        assert_eq!(flow.innermost(), inner);
+    }
+
+    #[test]
+    fn tcp_flags_print_like_tcpdump() {
+        assert_eq!(TcpFlags(TcpFlags::SYN).to_string(), "S");
+        assert_eq!(TcpFlags(TcpFlags::SYN | TcpFlags::ACK).to_string(), "S.");
+        assert_eq!(TcpFlags(TcpFlags::RST | TcpFlags::ACK).to_string(), "R.");
+    }
+
+    #[test]
+    fn missing_namespace_is_an_error() {
+        let err = Capture::start("labctl-no-such-netns", None).err().unwrap();
+        assert!(err.to_string().contains("labctl-no-such-netns"), "{err}");
+    }
+
+    #[test]
+    fn pcap_refuses_two_interfaces() {
+        let a = packet(icmp_echo([10, 0, 0, 1], [10, 0, 0, 2]));
+        let mut b = a.clone();
+        b.ifindex = 3;
+        let path = std::env::temp_dir().join(format!("labctl-{}-mixed.pcap", std::process::id()));
+        assert!(write_pcap(&path, &[a, b]).is_err());
+        let _ = std::fs::remove_file(&path);
+    }
+}
