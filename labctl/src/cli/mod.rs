@@ -57,6 +57,8 @@ pub enum Exit {
 pub struct Failure {
     code: Exit,
     report: miette::Report,
+    /// Text for logs and pipes, when it says more than the report's first line.
+    plain: Option<String>,
 }
 
 impl Failure {
@@ -64,6 +66,7 @@ impl Failure {
         Failure {
             code,
             report: miette::miette!("{msg}"),
+            plain: None,
         }
     }
 }
@@ -84,9 +87,26 @@ impl From<EngineError> for Failure {
 
 impl From<labctl_topology::TopologyError> for Failure {
     fn from(e: labctl_topology::TopologyError) -> Self {
+        // Every problem, one per line with its hint, like a compiler's
+        // non-terminal output.
+        let problems = e.problems();
+        let plain = (!problems.is_empty()).then(|| {
+            problems
+                .iter()
+                .map(|p| match &p.help {
+                    Some(h) => format!(
+                        "error: {p}
+  help: {h}"
+                    ),
+                    None => format!("error: {p}"),
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        });
         Failure {
             code: Exit::Usage,
             report: miette::Report::new(e),
+            plain,
         }
     }
 }
@@ -116,6 +136,8 @@ pub fn main() -> ExitCode {
         Err(f) => {
             if std::io::stderr().is_terminal() {
                 eprintln!("{:?}", f.report);
+            } else if let Some(plain) = &f.plain {
+                eprintln!("{plain}");
             } else {
                 eprintln!("error: {}", f.report);
             }

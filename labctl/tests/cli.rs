@@ -1,0 +1,77 @@
+//! The command line without root: validation messages, exit codes, render
+//! and plan output.
+
+use std::process::Command;
+
+fn labctl() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_labctl"))
+}
+
+fn topo(name: &str) -> String {
+    format!("{}/../topologies/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn validate_reports_every_problem_with_its_location() {
+    let dir = std::env::temp_dir().join(format!("labctl-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.yaml");
+    std::fs::write(
+        &file,
+        "name: bad\nvpc:\n  subnets:\n    - { name: vsw-a, cidr: 10.0.0.0/24, gateway: 10.0.0.253 }\n  \
+         routes:\n    - { destination: 172.23.96.0/26, next_hop: node-18 }\nnodes:\n  - name: node-180\n    \
+         interfaces:\n      - { name: eth0, subnet: vsw-a, address: 10.0.2.180 }\n    pod_cidr: 172.23.96.0/26\n",
+    )
+    .unwrap();
+    let o = labctl().arg("validate").arg(&file).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    let f = file.display();
+    assert!(
+        err.contains(&format!("error: {f}:6:48: unknown node `node-18`")),
+        "{err}"
+    );
+    assert!(err.contains("help: did you mean `node-180`?"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "error: {f}:10:47: address 10.0.2.180 is outside subnet vsw-a"
+        )),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn shipped_topologies_validate() {
+    for t in ["flannel.yaml", "scale.yaml"] {
+        let o = labctl().arg("validate").arg(topo(t)).output().unwrap();
+        assert!(
+            o.status.success(),
+            "{t}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}
+
+#[test]
+fn render_expands_templates_with_vars() {
+    let o = labctl()
+        .args(["render", "--var", "nodes=2", "--var", "pods=3"])
+        .arg(topo("scale.yaml"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success());
+    assert_eq!(out.matches("- { name: pod").count(), 6, "{out}");
+}
+
+#[test]
+fn bad_lab_name_override_is_a_usage_error() {
+    let o = labctl()
+        .args(["plan", "--name", "Bad"])
+        .arg(topo("flannel.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("must start with a lowercase letter"));
+}
