@@ -136,7 +136,10 @@ impl Kernel for Netlink {
                     .map_err(fail)
             }
             Action::AddBridge { name, ifindex, mac } => {
-                let mut b = LinkBridge::new(name).index(*ifindex).up();
+                let mut b = LinkBridge::new(name)
+                    .index(*ifindex)
+                    .mcast_snooping(false)
+                    .up();
                 if let Some(mac) = mac {
                     b = b.address(mac.to_vec());
                 }

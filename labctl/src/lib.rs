@@ -10,9 +10,11 @@ pub use labctl_topology::Lab;
 
 pub mod capture;
 pub mod engine;
+pub mod golden;
 pub mod kernel;
 pub mod observe;
 pub mod plan;
+pub mod scenario;
 pub mod state;
 pub mod sys;
 pub mod traffic;

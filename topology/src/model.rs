@@ -24,6 +24,7 @@ pub struct Lab {
     pub nodes: Vec<Node>,
     pub pods: Vec<Pod>,
     pub clients: Vec<Client>,
+    pub scenarios: Vec<Scenario>,
 }
 
 /// The cloud VPC: one network namespace routing between its vSwitches
@@ -146,6 +147,61 @@ pub struct Client {
     pub vpc_port: String,
 }
 
+/// Traffic from one entity to an address, with what it must show.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Scenario {
+    pub name: String,
+    pub description: Option<String>,
+    /// The sending node, pod or client.
+    pub from: String,
+    pub target: Ipv4Addr,
+    /// Absent for ICMP.
+    pub port: Option<u16>,
+    pub traffic: Traffic,
+    pub attempts: u32,
+    pub timeout_ms: u64,
+    pub expect: Expect,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Traffic {
+    Icmp,
+    Tcp,
+    Http,
+    Udp,
+}
+
+/// How traffic ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResultKind {
+    Connected,
+    Refused,
+    Timeout,
+    Reset,
+    Unreachable,
+}
+
+/// A scenario's expectations. Interfaces are canonical hop names:
+/// `ENTITY/IFNAME`, or `vpc` for the VPC as a whole.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Expect {
+    pub result: ResultKind,
+    pub path: Option<Vec<String>>,
+    pub stacks: Option<u32>,
+    pub seen_on: Vec<Sighting>,
+    pub not_seen_on: Vec<Sighting>,
+    pub server_saw_client: Option<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Sighting {
+    pub address: Ipv4Addr,
+    pub interfaces: Vec<String>,
+    pub only: bool,
+}
+
 /// What an entity of the lab is; one network namespace each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -174,6 +230,75 @@ impl Lab {
 
     pub fn node(&self, name: &str) -> Option<&Node> {
         self.nodes.iter().find(|n| n.name == name)
+    }
+
+    pub fn pod(&self, name: &str) -> Option<&Pod> {
+        self.pods.iter().find(|p| p.name == name)
+    }
+
+    /// The interfaces labctl creates in an entity's namespace (loopback
+    /// aside), by name; `None` for an unknown entity.
+    pub fn interfaces_of(&self, entity: &str) -> Option<Vec<String>> {
+        if entity == "vpc" {
+            let mut v: Vec<String> = self.vpc.subnets.iter().map(|s| s.name.clone()).collect();
+            for n in &self.nodes {
+                v.extend(n.interfaces.iter().map(|i| i.vpc_port.clone()));
+            }
+            v.extend(self.clients.iter().map(|c| c.vpc_port.clone()));
+            return Some(v);
+        }
+        if let Some(n) = self.node(entity) {
+            let mut v: Vec<String> = n.interfaces.iter().map(|i| i.name.clone()).collect();
+            if n.pod_cidr.is_some() {
+                v.push(n.bridge.clone());
+            }
+            for p in self.pods.iter().filter(|p| p.node == n.name) {
+                let Attachment::Bridge { host_ifname } = &p.attachment;
+                v.push(host_ifname.clone());
+            }
+            return Some(v);
+        }
+        if let Some(p) = self.pod(entity) {
+            return Some(vec![p.ifname.clone()]);
+        }
+        self.clients
+            .iter()
+            .any(|c| c.name == entity)
+            .then(|| vec!["eth0".to_string()])
+    }
+
+    /// Turn an interface reference as users write it into its canonical hop
+    /// name: `ENTITY/IFNAME` stays, `POD/host` becomes the pod's veth on its
+    /// node (`node-180/vethbda42240`), `vpc` stays. The error says why not.
+    pub fn canonical_hop(&self, text: &str) -> Result<String, String> {
+        if text == "vpc" {
+            return Ok("vpc".into());
+        }
+        let Some((entity, ifname)) = text.split_once('/') else {
+            return Err(format!(
+                "`{text}` is not an interface: write ENTITY/IFNAME, POD/host or vpc"
+            ));
+        };
+        if ifname == "host" {
+            let Some(pod) = self.pod(entity) else {
+                return Err(format!(
+                    "`{entity}/host` names the host veth of a pod, and `{entity}` is not a pod"
+                ));
+            };
+            let Attachment::Bridge { host_ifname } = &pod.attachment;
+            return Ok(format!("{}/{host_ifname}", pod.node));
+        }
+        let Some(ifs) = self.interfaces_of(entity) else {
+            return Err(format!("unknown node, pod or client `{entity}`"));
+        };
+        if ifs.iter().any(|i| i == ifname) {
+            Ok(text.to_string())
+        } else {
+            Err(format!(
+                "`{entity}` has no interface `{ifname}`; it has: {}",
+                ifs.join(", ")
+            ))
+        }
     }
 }
 

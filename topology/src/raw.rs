@@ -37,6 +37,9 @@ pub struct RawTopology {
     /// Hosts outside the VPC, linked to the VPC router.
     #[serde(default)]
     pub clients: Vec<RawClient>,
+    /// Traffic scenarios (from the articles) and what they must show.
+    #[serde(default)]
+    pub scenarios: Vec<RawScenario>,
 }
 
 /// The VPC: one router namespace with a bridge per vSwitch.
@@ -380,3 +383,103 @@ text_schema!(RouteDestination, "RouteDestination", {
     "type": "string",
     "pattern": "^(default|[0-9]{1,3}(\\.[0-9]{1,3}){3}/[0-9]{1,2})$"
 });
+
+/// A scenario: traffic from one node, pod or client to an address, and what
+/// the kernel must show for it.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Scenario")]
+pub struct RawScenario {
+    /// Lowercase letters, digits, '-' and '.', e.g. `f1-pod-ip-same-node`.
+    #[schemars(with = "EntityName")]
+    pub name: Spanned<String>,
+    /// One line for the report, e.g. the article's wording.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The node, pod or client that sends.
+    #[schemars(with = "String")]
+    pub from: Spanned<String>,
+    /// `ADDRESS` (icmp) or `ADDRESS:PORT`.
+    #[schemars(with = "String")]
+    pub to: Spanned<String>,
+    pub protocol: RawTraffic,
+    /// Tries before the scenario counts as failed (default 1).
+    #[serde(default)]
+    pub attempts: Option<u32>,
+    /// Per attempt, in milliseconds (default 1000).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub expect: RawExpect,
+}
+
+/// The traffic a scenario sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[schemars(rename = "Traffic")]
+pub enum RawTraffic {
+    /// ICMP echo (ping).
+    Icmp,
+    /// A TCP connect.
+    Tcp,
+    /// An HTTP GET; the built-in server answers with the client address it saw.
+    Http,
+    /// A UDP datagram, echoed back.
+    Udp,
+}
+
+/// How a scenario's traffic ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[schemars(rename = "Result")]
+pub enum RawResult {
+    Connected,
+    Refused,
+    Timeout,
+    Reset,
+    Unreachable,
+}
+
+/// What a scenario must show.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Expect")]
+pub struct RawExpect {
+    /// Default `connected`.
+    #[serde(default)]
+    pub result: Option<RawResult>,
+    /// The interfaces the request crosses, in order: `ENTITY/IFNAME`,
+    /// `POD/host` (the pod's veth on its node) or `vpc`.
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<String>>")]
+    pub path: Option<Vec<Spanned<String>>>,
+    /// How many kernel network stacks (namespaces other than the VPC) the
+    /// request crosses, as the articles count them.
+    #[serde(default)]
+    pub stacks: Option<u32>,
+    /// Interfaces that must see packets to or from an address.
+    #[serde(default)]
+    pub seen_on: Vec<RawSighting>,
+    /// Interfaces that must not.
+    #[serde(default)]
+    pub not_seen_on: Vec<RawSighting>,
+    /// The client address the server saw (after any NAT).
+    #[serde(default)]
+    #[schemars(with = "Option<Ipv4Text>")]
+    pub server_saw_client: Option<Spanned<String>>,
+}
+
+/// An address and interfaces, for `seen_on` / `not_seen_on`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Sighting")]
+pub struct RawSighting {
+    #[schemars(with = "Ipv4Text")]
+    pub address: Spanned<String>,
+    /// `ENTITY/IFNAME`, `POD/host` or `vpc` (any VPC interface).
+    #[schemars(with = "Vec<String>")]
+    pub interfaces: Vec<Spanned<String>>,
+    /// In `seen_on`: no other interface may see the address.
+    #[serde(default)]
+    pub only: bool,
+}

@@ -43,7 +43,6 @@ struct NodeInfo {
 
 struct Resolver<'a> {
     src: &'a Source,
-    lab: String,
     problems: Vec<Problem>,
     entities: HashMap<String, Owner>,
     addresses: HashMap<Ipv4Addr, Owner>,
@@ -57,7 +56,6 @@ struct Resolver<'a> {
 pub(crate) fn resolve(src: &Source, raw: RawTopology) -> Result<Lab, Problems> {
     let mut r = Resolver {
         src,
-        lab: raw.name.value.clone(),
         problems: Vec::new(),
         entities: HashMap::new(),
         addresses: HashMap::new(),
@@ -147,13 +145,8 @@ pub(crate) fn resolve(src: &Source, raw: RawTopology) -> Result<Lab, Problems> {
         }
     }
 
-    let mut problems = r.problems;
-    problems.sort_by_key(|p| (p.span.offset(), p.line, p.column));
-    if let Some(problems) = Problems::new(problems) {
-        return Err(problems);
-    }
-    Ok(Lab {
-        name: raw.name.value,
+    let mut lab = Lab {
+        name: raw.name.value.clone(),
         vpc: Vpc {
             cidr: vpc_cidr,
             subnets,
@@ -162,7 +155,24 @@ pub(crate) fn resolve(src: &Source, raw: RawTopology) -> Result<Lab, Problems> {
         nodes,
         pods,
         clients,
-    })
+        scenarios: Vec::new(),
+    };
+    // Scenarios refer to interfaces, so they resolve against the built lab.
+    if r.problems.is_empty() {
+        let mut names: HashMap<String, Location> = HashMap::new();
+        for raw_scenario in &raw.scenarios {
+            if let Some(sc) = r.scenario(raw_scenario, &lab, &mut names) {
+                lab.scenarios.push(sc);
+            }
+        }
+    }
+
+    let mut problems = r.problems;
+    problems.sort_by_key(|p| (p.span.offset(), p.line, p.column));
+    if let Some(problems) = Problems::new(problems) {
+        return Err(problems);
+    }
+    Ok(lab)
 }
 
 impl Resolver<'_> {
@@ -746,7 +756,7 @@ impl Resolver<'_> {
             let vpc_port = if short.len() <= IFNAME_MAX {
                 short
             } else {
-                hashed_ifname("p", &format!("{}/{name}/{ifname}", self.lab))
+                hashed_ifname("p", &format!("{name}/{ifname}"))
             };
             if duplicate.is_none() {
                 self.vpc_ifname(
@@ -969,7 +979,7 @@ impl Resolver<'_> {
 
         let attachment = match raw.attachment.as_ref().map(|a| a.value) {
             None | Some(RawAttachment::Bridge) => Attachment::Bridge {
-                host_ifname: hashed_ifname("veth", &format!("{}/{name}", self.lab)),
+                host_ifname: hashed_ifname("veth", name),
             },
         };
         if !ok {
@@ -1103,7 +1113,7 @@ impl Resolver<'_> {
         let vpc_port = if name.len() <= IFNAME_MAX {
             name.clone()
         } else {
-            hashed_ifname("p", &format!("{}/{name}", self.lab))
+            hashed_ifname("p", name)
         };
         self.vpc_ifname(&vpc_port, format!("client {name}"), &raw.name.referenced);
         ok.then(|| Client {
@@ -1189,5 +1199,163 @@ fn lab_name_problem(n: &str) -> Result<(), (String, &'static str)> {
         ))
     } else {
         Ok(())
+    }
+}
+
+impl Resolver<'_> {
+    fn scenario(
+        &mut self,
+        raw: &RawScenario,
+        lab: &Lab,
+        names: &mut HashMap<String, Location>,
+    ) -> Option<Scenario> {
+        let before = self.problems.len();
+        let name = &raw.name.value;
+        if name.is_empty()
+            || name.len() > ENTITY_NAME_MAX
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        {
+            self.err(
+                &raw.name.referenced,
+                format!("invalid scenario name `{name}`"),
+                "invalid name",
+                Some(format!(
+                    "scenario names are lowercase letters, digits, '-' and '.', at most \
+                     {ENTITY_NAME_MAX} characters: they name golden files and test trials"
+                )),
+            );
+        } else if let Some(first) = names.get(name) {
+            let first = first.line();
+            self.err(
+                &raw.name.referenced,
+                format!("duplicate scenario name `{name}`, first at line {first}"),
+                "duplicate",
+                None,
+            );
+        } else {
+            names.insert(name.clone(), raw.name.referenced);
+        }
+
+        let from = &raw.from.value;
+        if from == "vpc" || lab.interfaces_of(from).is_none() {
+            let mut known: Vec<&str> = lab.nodes.iter().map(|n| n.name.as_str()).collect();
+            known.extend(lab.pods.iter().map(|p| p.name.as_str()));
+            known.extend(lab.clients.iter().map(|c| c.name.as_str()));
+            self.err(
+                &raw.from.referenced,
+                format!("unknown node, pod or client `{from}`"),
+                "unknown sender",
+                Some(unknown_hint("sender", from, &known)),
+            );
+        }
+
+        let traffic = match raw.protocol {
+            RawTraffic::Icmp => Traffic::Icmp,
+            RawTraffic::Tcp => Traffic::Tcp,
+            RawTraffic::Http => Traffic::Http,
+            RawTraffic::Udp => Traffic::Udp,
+        };
+        let to = raw.to.value.trim();
+        let (addr_text, port_text) = match to.rsplit_once(':') {
+            Some((a, p)) => (a, Some(p)),
+            None => (to, None),
+        };
+        let target = addr_text.parse::<Ipv4Addr>().ok();
+        let port = port_text
+            .and_then(|p| p.parse::<u16>().ok())
+            .filter(|p| *p > 0);
+        if target.is_none() || (port_text.is_some() && port.is_none()) {
+            self.err(
+                &raw.to.referenced,
+                format!("invalid target `{to}`"),
+                "expected ADDRESS or ADDRESS:PORT",
+                Some("write an ipv4 address, with `:PORT` for tcp, http and udp".into()),
+            );
+        } else if traffic == Traffic::Icmp && port.is_some() {
+            self.err(
+                &raw.to.referenced,
+                format!("icmp has no ports: `{to}`"),
+                "no port for icmp",
+                Some(format!("write `to: {addr_text}`")),
+            );
+        } else if traffic != Traffic::Icmp && port.is_none() {
+            self.err(
+                &raw.to.referenced,
+                format!("target `{to}` needs a port for {:?} traffic", traffic).to_lowercase(),
+                "missing :PORT",
+                Some(format!("write `to: {addr_text}:80`, say")),
+            );
+        }
+
+        let hops = |r: &mut Self, list: &[Text]| -> Vec<String> {
+            list.iter()
+                .filter_map(|h| match lab.canonical_hop(h.value.trim()) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        r.err(
+                            &h.referenced,
+                            e,
+                            "unknown interface",
+                            Some(
+                                "interfaces are ENTITY/IFNAME (see `labctl plan FILE`), \
+                                 POD/host for a pod's veth on its node, or vpc"
+                                    .into(),
+                            ),
+                        );
+                        None
+                    }
+                })
+                .collect()
+        };
+        let path = raw.expect.path.as_ref().map(|p| hops(self, p));
+        let sightings = |r: &mut Self, list: &[RawSighting]| -> Vec<Sighting> {
+            list.iter()
+                .filter_map(|s| {
+                    let address = r.ipv4(&s.address, "address");
+                    let interfaces = hops(r, &s.interfaces);
+                    address.map(|address| Sighting {
+                        address,
+                        interfaces,
+                        only: s.only,
+                    })
+                })
+                .collect()
+        };
+        let seen_on = sightings(self, &raw.expect.seen_on);
+        let not_seen_on = sightings(self, &raw.expect.not_seen_on);
+        let server_saw_client = raw
+            .expect
+            .server_saw_client
+            .as_ref()
+            .and_then(|t| self.ipv4(t, "address"));
+        if self.problems.len() > before {
+            return None;
+        }
+        Some(Scenario {
+            name: name.clone(),
+            description: raw.description.clone(),
+            from: from.clone(),
+            target: target?,
+            port,
+            traffic,
+            attempts: raw.attempts.unwrap_or(1).max(1),
+            timeout_ms: raw.timeout_ms.unwrap_or(1000),
+            expect: Expect {
+                result: match raw.expect.result.unwrap_or(RawResult::Connected) {
+                    RawResult::Connected => ResultKind::Connected,
+                    RawResult::Refused => ResultKind::Refused,
+                    RawResult::Timeout => ResultKind::Timeout,
+                    RawResult::Reset => ResultKind::Reset,
+                    RawResult::Unreachable => ResultKind::Unreachable,
+                },
+                path,
+                stacks: raw.expect.stacks,
+                seen_on,
+                not_seen_on,
+                server_saw_client,
+            },
+        })
     }
 }

@@ -183,7 +183,8 @@ fn unknown_top_level_key() {
     let (e, _) = one("name: lab\n", "name: lab\nservices: []\n");
     assert_eq!(
         e,
-        "t.yaml:2:1: unknown key `services`, expected one of: name, vpc, nodes, pods, clients"
+        "t.yaml:2:1: unknown key `services`, expected one of: name, vpc, nodes, pods, clients, \
+         scenarios"
     );
 }
 
@@ -703,17 +704,17 @@ fn generated_names_and_defaults() {
     let node2 = lab.node("node-2.example").unwrap();
     assert_eq!(
         node2.interfaces[0].vpc_port,
-        hashed_ifname("p", "lab/node-2.example/eth0")
+        hashed_ifname("p", "node-2.example/eth0")
     );
     assert_eq!(node2.interfaces[0].vpc_port.len(), 9);
     assert_eq!(
         lab.clients[0].vpc_port,
-        hashed_ifname("p", "lab/client-with-a-long-name")
+        hashed_ifname("p", "client-with-a-long-name")
     );
     assert_eq!(
         lab.pods[0].attachment,
         Attachment::Bridge {
-            host_ifname: hashed_ifname("veth", "lab/pod-a")
+            host_ifname: hashed_ifname("veth", "pod-a")
         }
     );
 }

@@ -13,6 +13,7 @@ mod down;
 mod exec;
 mod plan;
 mod render;
+mod run;
 mod status;
 mod up;
 mod validate;
@@ -35,6 +36,7 @@ enum Command {
     Validate(validate::Args),
     Render(render::Args),
     Plan(plan::Args),
+    Run(run::Args),
     /// Print the JSON schema of topology files.
     Schema,
 }
@@ -123,6 +125,7 @@ pub fn main() -> ExitCode {
         Command::Validate(a) => validate::run(a),
         Command::Render(a) => render::run(a),
         Command::Plan(a) => plan::run(a),
+        Command::Run(a) => run::run(a),
         Command::Schema => {
             println!(
                 "{}",

@@ -1,0 +1,179 @@
+//! `labctl run`: run a topology's scenarios and check what the kernel did.
+
+use std::path::PathBuf;
+
+use labctl::scenario::{self, Report, RunOptions};
+use labctl::{engine, golden, state};
+use serde::Serialize;
+
+use super::{Exit, Failure, Result, Vars, load};
+
+/// Run scenarios of a topology file on its lab (bringing it up first if it
+/// is not up) and check every expectation and golden file. Exits 1 if any
+/// fails.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Topology file (YAML).
+    file: PathBuf,
+    /// Scenarios to run (default: all of the file's).
+    scenarios: Vec<String>,
+    #[command(flatten)]
+    vars: Vars,
+    /// Use the lab under this name (as `labctl up --name`).
+    #[arg(long, value_name = "LAB")]
+    name: Option<String>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value = "text")]
+    output: Format,
+    /// Write one pcap file per interface under DIR/<scenario>/.
+    #[arg(long, value_name = "DIR")]
+    pcap: Option<PathBuf>,
+    /// Golden directory (default: golden/<file stem> beside topologies/).
+    #[arg(long, value_name = "DIR")]
+    golden: Option<PathBuf>,
+    /// Leave a lab that `run` brought up running afterwards.
+    #[arg(long)]
+    keep: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq)]
+enum Format {
+    Text,
+    Json,
+}
+
+/// A report with its golden comparison.
+#[derive(Serialize)]
+struct Outcome {
+    #[serde(flatten)]
+    report: Report,
+    /// `match`, `differs` or `missing`.
+    golden: &'static str,
+    golden_diff: Option<String>,
+}
+
+pub fn run(args: Args) -> Result {
+    let mut lab = load(&args.file, &args.vars)?;
+    if let Some(name) = &args.name {
+        labctl_topology::check_lab_name(name)
+            .map_err(|e| Failure::new(Exit::Usage, format!("--name: {e}")))?;
+        lab.name = name.clone();
+    }
+    let selected: Vec<_> = if args.scenarios.is_empty() {
+        lab.scenarios.iter().collect()
+    } else {
+        let mut v = Vec::new();
+        for want in &args.scenarios {
+            let Some(sc) = lab.scenarios.iter().find(|s| &s.name == want) else {
+                let known: Vec<&str> = lab.scenarios.iter().map(|s| s.name.as_str()).collect();
+                return Err(Failure::new(
+                    Exit::Usage,
+                    format!(
+                        "{} has no scenario `{want}`; it has: {}",
+                        args.file.display(),
+                        known.join(", ")
+                    ),
+                ));
+            };
+            v.push(sc);
+        }
+        v
+    };
+    if selected.is_empty() {
+        return Err(Failure::new(
+            Exit::Usage,
+            format!("{} has no scenarios", args.file.display()),
+        ));
+    }
+
+    let brought_up = if state::load(&lab.name)
+        .map_err(|e| Failure::new(Exit::Failed, e))?
+        .is_none()
+    {
+        engine::up(&lab, Some(&args.file), &engine::Quiet)?;
+        true
+    } else {
+        false
+    };
+    let result = run_all(&args, &lab, &selected);
+    if brought_up && !args.keep {
+        engine::down(&lab.name)?;
+    }
+    let outcomes = result?;
+    let failed = outcomes
+        .iter()
+        .filter(|o| !o.report.passed || o.golden == "differs")
+        .count();
+    if args.output == Format::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&outcomes).expect("reports are JSON")
+        );
+    } else {
+        println!(
+            "{} scenario(s): {} passed, {failed} failed",
+            outcomes.len(),
+            outcomes.len() - failed
+        );
+    }
+    if failed > 0 {
+        return Err(Failure::new(
+            Exit::Failed,
+            format!("{failed} scenario(s) failed"),
+        ));
+    }
+    Ok(())
+}
+
+fn run_all(
+    args: &Args,
+    lab: &labctl::Lab,
+    selected: &[&labctl_topology::Scenario],
+) -> Result<Vec<Outcome>> {
+    let record = state::load(&lab.name)
+        .map_err(|e| Failure::new(Exit::Failed, e))?
+        .ok_or_else(|| Failure::new(Exit::State, format!("lab `{}` is not up", lab.name)))?;
+    let golden_dir = args
+        .golden
+        .clone()
+        .unwrap_or_else(|| golden::dir_for(&args.file));
+    let opts = RunOptions {
+        pcap: args.pcap.as_deref(),
+    };
+    let mut out = Vec::new();
+    for sc in selected {
+        let report =
+            scenario::run(&record, sc, &opts).map_err(|e| Failure::new(Exit::Failed, e))?;
+        let file = golden::file_for(&golden_dir, &sc.name);
+        let actual = report.golden();
+        let (state, diff) = match golden::read(&file) {
+            None => ("missing", None),
+            Some(g) if g == actual => ("match", None),
+            Some(g) => ("differs", Some(golden::diff(&g, &actual))),
+        };
+        if args.output == Format::Text {
+            print!("{}", report.render());
+            match (state, &diff) {
+                ("match", _) => println!("  [ok] golden {}", file.display()),
+                ("missing", _) => println!("  [--] no golden file {}", file.display()),
+                (_, Some(d)) => {
+                    println!("  [FAILED] golden {} differs:", file.display());
+                    for line in d.lines() {
+                        println!("    {line}");
+                    }
+                    println!(
+                        "    (if the change is right: `./lab test`, then `cargo insta review` to accept it)"
+                    );
+                }
+                _ => {}
+            }
+            println!();
+        }
+        out.push(Outcome {
+            report,
+            golden: state,
+            golden_diff: diff,
+        });
+    }
+    Ok(out)
+}

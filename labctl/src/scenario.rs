@@ -1,0 +1,684 @@
+//! Running a scenario on a live lab: tap every interface of every namespace,
+//! send the traffic from inside the client's namespace, and turn what the
+//! kernel did into a report: the outcome, the data path, the sighting table
+//! and every expectation checked against them.
+//!
+//! Nothing here decides an outcome: "connected" is what the client's socket
+//! got, a path is the order in which the taps saw the request, "seen on" is
+//! what a tap recorded. Two things come from the topology instead of a
+//! capture: a bridge between two of its ports (a frame switched from port to
+//! port never shows on the bridge device itself, yet the articles name it in
+//! the path), and the VPC shown as one hop, as the articles draw it.
+//!
+//! The golden text ([`Report::golden`]) keeps what is stable from run to run:
+//! ports from the kernel's ephemeral range (32768-60999) become `*`, and the
+//! packet counts of established TCP traffic (which depend on delayed ACKs)
+//! become `n`. ARP is left out of the table: neighbour resolution is not the
+//! data path, and its timing varies.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use labctl_topology::{ResultKind, Role, Scenario, Traffic};
+use serde::Serialize;
+
+use crate::capture::{self, Direction, Flow, Packet, Proto};
+use crate::engine::EngineError;
+use crate::observe;
+use crate::state::LabState;
+use crate::traffic::{self, Failure, Kind, Request};
+
+/// How long the taps keep running after the client is done, so replies and
+/// connection teardown in flight are recorded too.
+const SETTLE: Duration = Duration::from_millis(300);
+
+/// Why a scenario could not be run at all (as opposed to failing).
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("start captures in lab `{lab}`: {source}")]
+    Capture { lab: String, source: std::io::Error },
+    #[error("{0}")]
+    Engine(#[from] EngineError),
+    #[error("scenario `{0}`: sender is not a namespace of the lab")]
+    NoSender(String),
+    #[error("write pcap files to {path}: {source}")]
+    Pcap {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// One row of the sighting table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    /// `ENTITY/IFNAME`.
+    pub interface: String,
+    pub direction: &'static str,
+    /// tcpdump-like, ephemeral ports as `*`: `172.23.96.23:* > 172.23.96.24:80 tcp S`.
+    pub flow: String,
+    pub packets: u32,
+    /// Whether `packets` is stable run to run (it is not for established
+    /// TCP traffic).
+    pub count_stable: bool,
+}
+
+/// One expectation and whether the kernel met it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub what: String,
+    pub ok: bool,
+    /// What was observed, when it differs.
+    pub detail: Option<String>,
+}
+
+/// Everything one run of a scenario showed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub scenario: String,
+    pub description: Option<String>,
+    pub from: String,
+    pub to: String,
+    pub traffic: Traffic,
+    /// The outcome as the client's socket saw it; `None` for a local error.
+    pub result: Option<ResultKind>,
+    /// The outcome in words (`connected in 0.41 ms`, `connection refused`).
+    pub detail: String,
+    /// The entity whose built-in server answered (HTTP).
+    pub served_by: Option<String>,
+    /// The client address the server saw.
+    pub server_saw_client: Option<Ipv4Addr>,
+    /// Where the request went, in order; `vpc` for the VPC.
+    pub path: Vec<String>,
+    /// Network stacks crossed (namespaces other than the VPC).
+    pub stacks: u32,
+    pub table: Vec<Row>,
+    pub checks: Vec<Check>,
+    pub passed: bool,
+}
+
+/// Options of one run.
+#[derive(Debug, Default, Clone)]
+pub struct RunOptions<'a> {
+    /// Write a pcap file per interface that saw packets under this
+    /// directory (`DIR/<scenario>/<entity>_<ifname>.pcap`).
+    pub pcap: Option<&'a Path>,
+}
+
+/// Run one scenario on a lab that is up.
+pub fn run(record: &LabState, sc: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
+    let entity_of: HashMap<&str, (&str, Role)> = record
+        .namespaces
+        .iter()
+        .map(|n| (n.name.as_str(), (n.entity.as_str(), n.role)))
+        .collect();
+    let sender = record
+        .netns_of(&sc.from)
+        .ok_or_else(|| ScenarioError::NoSender(sc.name.clone()))?;
+    // Bridge membership, read back from the kernel: `entity/port` -> bridge.
+    let masters: HashMap<String, String> = observe::lab_status(record)?
+        .into_iter()
+        .flat_map(|ns| {
+            let entity = ns.entity;
+            ns.interfaces.into_iter().filter_map(move |i| {
+                i.master
+                    .map(|m| (format!("{entity}/{}", i.name), format!("{entity}/{m}")))
+            })
+        })
+        .collect();
+
+    let names: Vec<String> = record.namespaces.iter().map(|n| n.name.clone()).collect();
+    let taps = capture::capture_many(&names).map_err(|source| ScenarioError::Capture {
+        lab: record.lab.clone(),
+        source,
+    })?;
+    let outcome = traffic::run_client(&sender.name, &request(sc));
+    std::thread::sleep(SETTLE);
+    let packets = taps.stop();
+
+    if let Some(dir) = opts.pcap {
+        write_pcaps(&dir.join(&sc.name), &packets, &entity_of)?;
+    }
+
+    let hop = |p: &Packet| -> String {
+        let entity = entity_of.get(p.netns.as_str()).map_or("?", |e| e.0);
+        format!("{entity}/{}", p.ifname)
+    };
+    let in_vpc = |p: &Packet| {
+        entity_of
+            .get(p.netns.as_str())
+            .is_some_and(|e| e.1 == Role::Vpc)
+    };
+
+    // Decode once; ARP and non-IPv4 are not part of the data path.
+    let seen: Vec<(&Packet, Flow)> = packets
+        .iter()
+        .filter(|p| p.ifname != "lo")
+        .filter_map(|p| capture::summarize(p).map(|f| (p, f)))
+        .filter(|(_, f)| !matches!(f.protocol, Proto::Arp { .. }) && f.src.is_ipv4())
+        .collect();
+
+    let path = derive_path(&seen, sc, &hop, &in_vpc, &masters);
+    let stacks = {
+        let mut entities: Vec<&str> = path
+            .iter()
+            .filter(|h| *h != "vpc")
+            .filter_map(|h| h.split('/').next())
+            .collect();
+        entities.dedup();
+        let mut unique = entities.clone();
+        unique.sort();
+        unique.dedup();
+        unique.len() as u32
+    };
+    let table = sighting_table(&seen, &path, &hop, &masters);
+
+    let (result, detail, served_by, mut saw) = match &outcome.result {
+        Ok(ok) => {
+            let served_by = ok.served_by.as_ref().map(|ns| {
+                entity_of
+                    .get(ns.as_str())
+                    .map_or(ns.clone(), |e| e.0.to_string())
+            });
+            let saw = ok.client_seen.and_then(|a| match a.ip() {
+                IpAddr::V4(v4) => Some(v4),
+                IpAddr::V6(_) => None,
+            });
+            (
+                Some(ResultKind::Connected),
+                format!("connected in {:.2} ms", ok.rtt.as_secs_f64() * 1000.0),
+                served_by,
+                saw,
+            )
+        }
+        Err(f) => (
+            match f {
+                Failure::Refused => Some(ResultKind::Refused),
+                Failure::Timeout => Some(ResultKind::Timeout),
+                Failure::Reset => Some(ResultKind::Reset),
+                Failure::Unreachable(_) => Some(ResultKind::Unreachable),
+                Failure::Other(_) => None,
+            },
+            f.to_string(),
+            None,
+            None,
+        ),
+    };
+    // Without an HTTP answer, the server's view is the source of the request
+    // as it arrived at the last hop.
+    if saw.is_none() && result == Some(ResultKind::Connected) {
+        saw = last_request_source(&seen, sc, &hop, path.last());
+    }
+
+    let mut report = Report {
+        scenario: sc.name.clone(),
+        description: sc.description.clone(),
+        from: sc.from.clone(),
+        to: target_text(sc),
+        traffic: sc.traffic,
+        result,
+        detail,
+        served_by,
+        server_saw_client: saw,
+        path,
+        stacks,
+        table,
+        checks: Vec::new(),
+        passed: false,
+    };
+    report.checks = check(sc, &report, &seen, &hop, &in_vpc);
+    report.passed = report.checks.iter().all(|c| c.ok);
+    Ok(report)
+}
+
+fn request(sc: &Scenario) -> Request {
+    let target = SocketAddr::new(IpAddr::V4(sc.target), sc.port.unwrap_or(0));
+    let kind = match sc.traffic {
+        Traffic::Icmp => Kind::Ping,
+        Traffic::Tcp => Kind::TcpConnect,
+        Traffic::Http => Kind::HttpGet,
+        Traffic::Udp => Kind::Udp,
+    };
+    Request::new(kind, target)
+        .with_timeout(Duration::from_millis(sc.timeout_ms))
+        .with_attempts(sc.attempts)
+}
+
+fn target_text(sc: &Scenario) -> String {
+    match sc.port {
+        Some(p) => format!("{}:{p}", sc.target),
+        None => sc.target.to_string(),
+    }
+}
+
+/// Is this packet the scenario's request (not a reply)? ICMP echo requests,
+/// TCP SYNs, UDP datagrams from an ephemeral port. Looks through VXLAN.
+fn is_request(f: &Flow, sc: &Scenario) -> bool {
+    let f = f.innermost();
+    match (sc.traffic, &f.protocol) {
+        (Traffic::Icmp, _) => f.is_echo_request(),
+        (Traffic::Tcp | Traffic::Http, Proto::Tcp { flags }) => {
+            flags.has(capture::TcpFlags::SYN) && !flags.has(capture::TcpFlags::ACK)
+        }
+        (Traffic::Udp, Proto::Udp) => f.src_port.is_some_and(is_ephemeral),
+        _ => false,
+    }
+}
+
+/// The kernel's default ephemeral port range (`net.ipv4.ip_local_port_range`).
+fn is_ephemeral(port: u16) -> bool {
+    (32768..=60999).contains(&port)
+}
+
+/// The request's route: the interfaces that saw it, ordered by the time
+/// they first did, VPC interfaces folded into one `vpc` hop, and a bridge
+/// put between two of its ports when the request went from one to the
+/// other.
+fn derive_path(
+    seen: &[(&Packet, Flow)],
+    sc: &Scenario,
+    hop: &dyn Fn(&Packet) -> String,
+    in_vpc: &dyn Fn(&Packet) -> bool,
+    masters: &HashMap<String, String>,
+) -> Vec<String> {
+    let mut first: Vec<((Duration, u8), String)> = Vec::new();
+    for (p, _) in seen.iter().filter(|(_, f)| is_request(f, sc)) {
+        let full = hop(p);
+        let key = when(p, &full, masters);
+        let h = if in_vpc(p) { "vpc".to_string() } else { full };
+        match first.iter_mut().find(|(_, x)| *x == h) {
+            Some(entry) => entry.0 = entry.0.min(key),
+            None => first.push((key, h)),
+        }
+    }
+    first.sort_by_key(|(key, _)| *key);
+    let mut path: Vec<String> = Vec::new();
+    for (_, h) in first {
+        if let (Some(prev), Some(bridge)) = (path.last(), masters.get(&h))
+            && masters.get(prev) == Some(bridge)
+            && !path.contains(bridge)
+        {
+            path.push(bridge.clone());
+        }
+        path.push(h);
+    }
+    path
+}
+
+/// When a tap saw a packet, for ordering. Within one namespace the kernel
+/// stamps a packet once and every tap there sees the same time; such ties
+/// are ordered the way the stack moves a packet: in on a bridge port, in on
+/// the bridge, out of the bridge, out of a port (or any other interface).
+fn when(p: &Packet, hop: &str, masters: &HashMap<String, String>) -> (Duration, u8) {
+    let is_bridge = masters.values().any(|b| b == hop);
+    let rank = match (p.direction, is_bridge) {
+        (Direction::In, false) => 0,
+        (Direction::In, true) => 1,
+        (Direction::Out, true) => 2,
+        (Direction::Out, false) => 3,
+    };
+    (p.ts, rank)
+}
+
+/// Where the request came from when it reached the last hop.
+fn last_request_source(
+    seen: &[(&Packet, Flow)],
+    sc: &Scenario,
+    hop: &dyn Fn(&Packet) -> String,
+    last: Option<&String>,
+) -> Option<Ipv4Addr> {
+    let last = last?;
+    seen.iter()
+        .filter(|(p, f)| is_request(f, sc) && hop(p) == *last)
+        .find_map(|(_, f)| match f.innermost().src {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        })
+}
+
+/// A port as the golden text shows it.
+fn port_text(port: Option<u16>) -> String {
+    match port {
+        Some(p) if is_ephemeral(p) => ":*".into(),
+        Some(p) => format!(":{p}"),
+        None => String::new(),
+    }
+}
+
+/// One flow as a table cell, and whether its count is stable.
+fn flow_text(f: &Flow) -> (String, bool) {
+    let (proto, stable) = match &f.protocol {
+        Proto::Icmp { type_, code } => {
+            (format!("icmp {}", capture::icmp_name(*type_, *code)), true)
+        }
+        Proto::Tcp { flags } => {
+            let syn = flags.has(capture::TcpFlags::SYN);
+            let rst = flags.has(capture::TcpFlags::RST);
+            match (syn, rst) {
+                (true, _) | (_, true) => (format!("tcp {flags}"), true),
+                _ => ("tcp established".into(), false),
+            }
+        }
+        Proto::Udp => ("udp".into(), true),
+        Proto::Icmpv6 { type_, .. } => (format!("icmp6 type {type_}"), true),
+        Proto::Arp { op } => (format!("arp op {op}"), true),
+        Proto::Other(n) => (format!("ip-proto-{n}"), true),
+    };
+    let mut text = format!(
+        "{}{} > {}{} {proto}",
+        f.src,
+        port_text(f.src_port),
+        f.dst,
+        port_text(f.dst_port)
+    );
+    let mut stable = stable;
+    if let Some(inner) = &f.inner {
+        let (i, s) = flow_text(inner);
+        text = format!("{text} | {i}");
+        stable &= s;
+    }
+    (text, stable)
+}
+
+/// Per interface and direction, the flows seen with their counts. Rows come
+/// in path order, then by first sighting.
+fn sighting_table(
+    seen: &[(&Packet, Flow)],
+    path: &[String],
+    hop: &dyn Fn(&Packet) -> String,
+    masters: &HashMap<String, String>,
+) -> Vec<Row> {
+    let mut rows: Vec<((Duration, u8), Row)> = Vec::new();
+    let mut index: HashMap<(String, Direction, String), usize> = HashMap::new();
+    for (p, f) in seen {
+        let (flow, stable) = flow_text(f);
+        let key = (hop(p), p.direction, flow.clone());
+        match index.get(&key) {
+            Some(&i) => rows[i].1.packets += 1,
+            None => {
+                index.insert(key.clone(), rows.len());
+                rows.push((
+                    when(p, &key.0, masters),
+                    Row {
+                        interface: key.0,
+                        direction: match p.direction {
+                            Direction::In => "in",
+                            Direction::Out => "out",
+                        },
+                        flow,
+                        packets: 1,
+                        count_stable: stable,
+                    },
+                ));
+            }
+        }
+    }
+    let rank = |iface: &str| {
+        let fold = if iface.starts_with("vpc/") {
+            "vpc"
+        } else {
+            iface
+        };
+        path.iter().position(|h| h == fold).unwrap_or(usize::MAX)
+    };
+    // Interfaces in path order (others after, by first sighting); rows of
+    // one interface by first sighting.
+    let mut first_of: BTreeMap<String, (Duration, u8)> = BTreeMap::new();
+    for (ts, r) in &rows {
+        first_of
+            .entry(r.interface.clone())
+            .and_modify(|t| *t = (*t).min(*ts))
+            .or_insert(*ts);
+    }
+    rows.sort_by_key(|(ts, r)| (rank(&r.interface), first_of[&r.interface], *ts));
+    rows.into_iter().map(|(_, r)| r).collect()
+}
+
+/// Does any packet on this hop (`vpc` = any VPC interface) carry `addr`?
+fn hop_sees(
+    seen: &[(&Packet, Flow)],
+    hop: &dyn Fn(&Packet) -> String,
+    in_vpc: &dyn Fn(&Packet) -> bool,
+    want: &str,
+    addr: Ipv4Addr,
+) -> bool {
+    seen.iter().any(|(p, f)| {
+        let here = if want == "vpc" {
+            in_vpc(p)
+        } else {
+            hop(p) == want
+        };
+        here && carries(f, addr)
+    })
+}
+
+fn carries(f: &Flow, addr: Ipv4Addr) -> bool {
+    let a = IpAddr::V4(addr);
+    f.src == a || f.dst == a || f.inner.as_ref().is_some_and(|i| carries(i, addr))
+}
+
+fn check(
+    sc: &Scenario,
+    r: &Report,
+    seen: &[(&Packet, Flow)],
+    hop: &dyn Fn(&Packet) -> String,
+    in_vpc: &dyn Fn(&Packet) -> bool,
+) -> Vec<Check> {
+    let mut out = Vec::new();
+    let mut push = |what: String, ok: bool, detail: Option<String>| {
+        out.push(Check {
+            what,
+            ok,
+            detail: if ok { None } else { detail },
+        })
+    };
+    let want = sc.expect.result;
+    push(
+        format!("result is {}", word(want)),
+        r.result == Some(want),
+        Some(format!("got: {}", r.detail)),
+    );
+    if let Some(path) = &sc.expect.path {
+        push(
+            format!("path is {}", path.join(" -> ")),
+            &r.path == path,
+            Some(format!("got: {}", r.path.join(" -> "))),
+        );
+    }
+    if let Some(n) = sc.expect.stacks {
+        push(
+            format!("crosses {n} network stacks"),
+            r.stacks == n,
+            Some(format!("got: {}", r.stacks)),
+        );
+    }
+    for s in &sc.expect.seen_on {
+        let missing: Vec<&str> = s
+            .interfaces
+            .iter()
+            .filter(|i| !hop_sees(seen, hop, in_vpc, i, s.address))
+            .map(String::as_str)
+            .collect();
+        let only = if s.only { " only" } else { "" };
+        let mut detail = Vec::new();
+        if !missing.is_empty() {
+            detail.push(format!("not seen on {}", missing.join(", ")));
+        }
+        if s.only {
+            let mut extra: Vec<String> = seen
+                .iter()
+                .filter(|(_, f)| carries(f, s.address))
+                .map(|(p, _)| if in_vpc(p) { "vpc".to_string() } else { hop(p) })
+                .filter(|h| !s.interfaces.contains(h))
+                .collect();
+            extra.sort();
+            extra.dedup();
+            if !extra.is_empty() {
+                detail.push(format!("also seen on {}", extra.join(", ")));
+            }
+        }
+        push(
+            format!("{} seen{only} on {}", s.address, s.interfaces.join(", ")),
+            detail.is_empty(),
+            Some(detail.join("; ")),
+        );
+    }
+    for s in &sc.expect.not_seen_on {
+        let hits: Vec<&str> = s
+            .interfaces
+            .iter()
+            .filter(|i| hop_sees(seen, hop, in_vpc, i, s.address))
+            .map(String::as_str)
+            .collect();
+        push(
+            format!("{} not seen on {}", s.address, s.interfaces.join(", ")),
+            hits.is_empty(),
+            Some(format!("seen on {}", hits.join(", "))),
+        );
+    }
+    if let Some(addr) = sc.expect.server_saw_client {
+        push(
+            format!("server saw client {addr}"),
+            r.server_saw_client == Some(addr),
+            Some(format!(
+                "got: {}",
+                r.server_saw_client
+                    .map_or("nothing".to_string(), |a| a.to_string())
+            )),
+        );
+    }
+    out
+}
+
+fn word(r: ResultKind) -> &'static str {
+    match r {
+        ResultKind::Connected => "connected",
+        ResultKind::Refused => "refused",
+        ResultKind::Timeout => "timeout",
+        ResultKind::Reset => "reset",
+        ResultKind::Unreachable => "unreachable",
+    }
+}
+
+fn write_pcaps(
+    dir: &Path,
+    packets: &[Packet],
+    entity_of: &HashMap<&str, (&str, Role)>,
+) -> Result<(), ScenarioError> {
+    let err = |source| ScenarioError::Pcap {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let mut by_if: BTreeMap<(String, String), Vec<Packet>> = BTreeMap::new();
+    for p in packets {
+        let entity = entity_of.get(p.netns.as_str()).map_or("?", |e| e.0);
+        by_if
+            .entry((entity.to_string(), p.ifname.clone()))
+            .or_default()
+            .push(p.clone());
+    }
+    for ((entity, ifname), list) in by_if {
+        capture::write_pcap(dir.join(format!("{entity}_{ifname}.pcap")), &list).map_err(err)?;
+    }
+    Ok(())
+}
+
+impl Report {
+    /// The golden text: what a golden file holds for this scenario.
+    pub fn golden(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "scenario: {}", self.scenario);
+        let _ = writeln!(s, "from: {}", self.from);
+        let _ = writeln!(
+            s,
+            "to: {} ({})",
+            self.to,
+            format!("{:?}", self.traffic).to_lowercase()
+        );
+        let _ = writeln!(s, "result: {}", self.result.map_or("error", word));
+        if let Some(by) = &self.served_by {
+            let _ = writeln!(s, "served by: {by}");
+        }
+        if let Some(c) = self.server_saw_client {
+            let _ = writeln!(s, "server saw client: {c}");
+        }
+        let _ = writeln!(s, "path: {}", self.path.join(" -> "));
+        let _ = writeln!(s, "stacks: {}", self.stacks);
+        let _ = writeln!(s, "sightings:");
+        let width = self
+            .table
+            .iter()
+            .map(|r| r.interface.len())
+            .max()
+            .unwrap_or(0);
+        for r in &self.table {
+            let count = if r.count_stable {
+                r.packets.to_string()
+            } else {
+                "n".into()
+            };
+            let _ = writeln!(
+                s,
+                "  {:width$}  {:<3}  {}  x{count}",
+                r.interface, r.direction, r.flow
+            );
+        }
+        s
+    }
+
+    /// The human report: outcome, path, table, checks.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let mark = if self.passed { "PASS" } else { "FAIL" };
+        let _ = writeln!(s, "{mark} {}", self.scenario);
+        if let Some(d) = &self.description {
+            let _ = writeln!(s, "  {d}");
+        }
+        let _ = writeln!(
+            s,
+            "  {} -> {} ({}): {}",
+            self.from,
+            self.to,
+            format!("{:?}", self.traffic).to_lowercase(),
+            self.detail
+        );
+        if let Some(by) = &self.served_by {
+            let _ = writeln!(s, "  served by {by}");
+        }
+        if let Some(c) = self.server_saw_client {
+            let _ = writeln!(s, "  server saw client {c}");
+        }
+        let _ = writeln!(
+            s,
+            "  path ({} stacks): {}",
+            self.stacks,
+            self.path.join(" -> ")
+        );
+        let width = self
+            .table
+            .iter()
+            .map(|r| r.interface.len())
+            .max()
+            .unwrap_or(0);
+        for r in &self.table {
+            let _ = writeln!(
+                s,
+                "    {:width$}  {:<3}  {}  x{}",
+                r.interface, r.direction, r.flow, r.packets
+            );
+        }
+        for c in &self.checks {
+            let _ = write!(s, "  [{}] {}", if c.ok { "ok" } else { "FAILED" }, c.what);
+            match &c.detail {
+                Some(d) => {
+                    let _ = writeln!(s, " ({d})");
+                }
+                None => s.push('\n'),
+            }
+        }
+        s
+    }
+}

@@ -1,0 +1,219 @@
+//! The scenario suite: one trial per scenario of every file in
+//! `topologies/`, each on its own lab (its own name, so trials run in
+//! parallel), checked against the scenario's expectations and its golden
+//! file in `golden/<topology>/<scenario>.snap` (insta: `cargo insta review`
+//! accepts a changed one). Plus trials that prove the checks can fail and
+//! that labctl's taps agree with tcpdump.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::gate;
+use labctl::scenario::{self, RunOptions};
+use labctl::state;
+use libtest_mimic::{Arguments, Failed, Trial};
+
+mod common;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn labctl() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_labctl"))
+}
+
+/// A lab name of its own for each trial.
+fn unique() -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "s{}-{}",
+        std::process::id() % 100_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A lab that is brought up for one trial and removed however it ends.
+struct LabUp {
+    name: String,
+}
+
+impl LabUp {
+    fn new(file: &Path) -> Result<LabUp, Failed> {
+        let name = unique();
+        let o = labctl()
+            .args(["up", "-q", "--name", &name])
+            .arg(file)
+            .output()?;
+        if !o.status.success() {
+            return Err(format!("up failed: {}", String::from_utf8_lossy(&o.stderr)).into());
+        }
+        Ok(LabUp { name })
+    }
+}
+
+impl Drop for LabUp {
+    fn drop(&mut self) {
+        let _ = labctl().args(["down", "-q", &self.name]).output();
+    }
+}
+
+fn load(file: &Path) -> labctl::Lab {
+    labctl_topology::load(file, &BTreeMap::new())
+        .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+}
+
+/// Run one scenario of a topology file on a fresh lab.
+fn run_scenario(file: &Path, name: &str) -> Result<(), Failed> {
+    let lab = load(file);
+    let sc = lab
+        .scenarios
+        .iter()
+        .find(|s| s.name == name)
+        .expect("scenario listed from this file");
+    let up = LabUp::new(file)?;
+    let record = state::load(&up.name)?.ok_or("lab state missing")?;
+    let report = scenario::run(&record, sc, &RunOptions::default())?;
+    if !report.passed {
+        return Err(report.render().into());
+    }
+    let stem = file.file_stem().unwrap().to_string_lossy().into_owned();
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path(root().join("golden").join(&stem));
+    settings.set_prepend_module_to_snapshot(false);
+    settings.set_input_file(file);
+    settings.set_omit_expression(true);
+    settings.bind(|| insta::assert_snapshot!(name.to_string(), report.golden()));
+    Ok(())
+}
+
+/// Break the lab on purpose: without the VPC route to node-206's pod CIDR,
+/// F2 must fail, and the golden diff must show the path ending in the VPC.
+fn broken_vpc_route_fails_f2() -> Result<(), Failed> {
+    let file = root().join("topologies/flannel.yaml");
+    let up = LabUp::new(&file)?;
+    let o = Command::new("ip")
+        .args([
+            "-n",
+            &format!("{}-vpc", up.name),
+            "route",
+            "del",
+            "172.23.96.128/26",
+        ])
+        .output()?;
+    if !o.status.success() {
+        return Err(format!("route del: {}", String::from_utf8_lossy(&o.stderr)).into());
+    }
+    let o = labctl()
+        .args(["run", "--name", &up.name])
+        .arg(&file)
+        .arg("f2-pod-ip-other-node-ping")
+        .output()?;
+    let out = String::from_utf8_lossy(&o.stdout);
+    let expect = [
+        "FAIL f2-pod-ip-other-node-ping",
+        "[FAILED] result is connected (got: unreachable",
+        "path (2 stacks): centos/eth0 -> node-180/vethee728869 -> node-180/cni0 -> node-180/eth0 -> vpc\n",
+        "[FAILED] golden",
+        "-path: centos/eth0 -> node-180/vethee728869 -> node-180/cni0 -> node-180/eth0 -> vpc -> node-206/eth0",
+        "+path: centos/eth0 -> node-180/vethee728869 -> node-180/cni0 -> node-180/eth0 -> vpc\n",
+    ];
+    for e in expect {
+        if !out.contains(e) {
+            return Err(format!("report lacks {e:?}:\n{out}").into());
+        }
+    }
+    if o.status.code() != Some(1) {
+        return Err(format!("exit {:?}, want 1", o.status.code()).into());
+    }
+    Ok(())
+}
+
+/// What labctl's taps saw on node-180's eth0 during F2 (ICMP) agrees with
+/// tcpdump on the same interface at the same time.
+fn capture_agrees_with_tcpdump() -> Result<(), Failed> {
+    let file = root().join("topologies/flannel.yaml");
+    let lab = load(&file);
+    let sc = lab
+        .scenarios
+        .iter()
+        .find(|s| s.name == "f2-pod-ip-other-node-ping")
+        .ok_or("f2 ping scenario missing")?;
+    let up = LabUp::new(&file)?;
+    let mut tcpdump = Command::new("ip")
+        .args(["netns", "exec", &format!("{}-node-180", up.name)])
+        .args(["tcpdump", "-i", "eth0", "-nn", "-l", "-Q", "inout", "icmp"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // tcpdump says "listening on" once its socket is open.
+    let mut err = BufReader::new(tcpdump.stderr.take().unwrap());
+    let mut line = String::new();
+    while err.read_line(&mut line)? > 0 && !line.contains("listening on") {
+        line.clear();
+    }
+    let record = state::load(&up.name)?.ok_or("lab state missing")?;
+    let report = scenario::run(&record, sc, &RunOptions::default())?;
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(tcpdump.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    );
+    let out = tcpdump.wait_with_output()?;
+    // "12:00:00.000 IP 172.23.96.23 > 172.23.96.163: ICMP echo request, id ..."
+    let mut theirs: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let rest = &l[l.find(" IP ")? + 4..];
+            let (addrs, what) = rest.split_once(": ICMP ")?;
+            let what = what.split(',').next()?;
+            Some(format!("{addrs} icmp {what}"))
+        })
+        .collect();
+    let mut ours: Vec<String> = report
+        .table
+        .iter()
+        .filter(|r| r.interface == "node-180/eth0")
+        .flat_map(|r| std::iter::repeat_n(r.flow.clone(), r.packets as usize))
+        .collect();
+    theirs.sort();
+    ours.sort();
+    if theirs.is_empty() || theirs != ours {
+        return Err(format!("tcpdump saw {theirs:?}\nlabctl saw {ours:?}").into());
+    }
+    Ok(())
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let mut trials = Vec::new();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("topologies"))
+        .expect("topologies/")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    for file in files {
+        let lab = load(&file);
+        let stem = file.file_stem().unwrap().to_string_lossy().into_owned();
+        for sc in &lab.scenarios {
+            let (file, name) = (file.clone(), sc.name.clone());
+            trials.push(Trial::ignorable_test(
+                format!("{stem}::{name}"),
+                move || gate(|| run_scenario(&file, &name)),
+            ));
+        }
+    }
+    trials.push(Trial::ignorable_test("broken_vpc_route_fails_f2", || {
+        gate(broken_vpc_route_fails_f2)
+    }));
+    trials.push(Trial::ignorable_test("capture_agrees_with_tcpdump", || {
+        gate(capture_agrees_with_tcpdump)
+    }));
+    libtest_mimic::run(&args, trials).exit();
+}
