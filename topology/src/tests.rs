@@ -942,3 +942,99 @@ fn every_shipped_topology_loads() {
     }
     assert!(count >= 1);
 }
+
+// ---- scenarios -------------------------------------------------------
+
+/// BASE with one scenario appended (`- name: s1` is line 24).
+fn scenario(body: &str) -> String {
+    format!("{BASE}scenarios:\n  - name: s1\n{body}")
+}
+
+#[test]
+fn scenario_resolves_hops_and_aliases() {
+    let src = scenario(
+        "    from: pod-a\n    to: 172.23.96.70:80\n    protocol: http\n    expect:\n      \
+         path: [pod-a/eth0, pod-a/host, node-1/cni0, node-1/eth0, vpc, node-2/eth0]\n      \
+         server_saw_client: 172.23.96.10\n",
+    );
+    let lab = load_base(&src).unwrap_or_else(|e| panic!("{e}"));
+    let sc = &lab.scenarios[0];
+    assert_eq!(sc.port, Some(80));
+    assert_eq!(sc.traffic, Traffic::Http);
+    assert_eq!(sc.expect.result, ResultKind::Connected);
+    let path = sc.expect.path.as_ref().unwrap();
+    assert_eq!(
+        path[1],
+        format!("node-1/{}", hashed_ifname("veth", "pod-a"))
+    );
+    assert_eq!(path[4], "vpc");
+}
+
+fn scenario_problem(body: &str) -> String {
+    let e = load_base(&scenario(body)).expect_err("should fail");
+    let p = e.problems();
+    assert_eq!(p.len(), 1, "{p:#?}");
+    p[0].to_string()
+}
+
+#[test]
+fn scenario_unknown_sender() {
+    assert_eq!(
+        scenario_problem("    from: pod-z\n    to: 172.23.96.70\n    protocol: icmp\n"),
+        "t.yaml:25:11: unknown node, pod or client `pod-z`"
+    );
+}
+
+#[test]
+fn scenario_unknown_interface() {
+    assert_eq!(
+        scenario_problem(
+            "    from: pod-a\n    to: 172.23.96.70\n    protocol: icmp\n    expect:\n      \
+             path: [pod-a/eth9]\n"
+        ),
+        "t.yaml:29:14: `pod-a` has no interface `eth9`; it has: eth0"
+    );
+}
+
+#[test]
+fn scenario_needs_a_port_for_tcp() {
+    assert_eq!(
+        scenario_problem("    from: pod-a\n    to: 172.23.96.70\n    protocol: tcp\n"),
+        "t.yaml:26:9: target `172.23.96.70` needs a port for tcp traffic"
+    );
+}
+
+#[test]
+fn scenario_icmp_has_no_port() {
+    assert_eq!(
+        scenario_problem("    from: pod-a\n    to: 172.23.96.70:80\n    protocol: icmp\n"),
+        "t.yaml:26:9: icmp has no ports: `172.23.96.70:80`"
+    );
+}
+
+#[test]
+fn scenario_bad_protocol_lists_valid_ones() {
+    let e = load_base(&scenario(
+        "    from: pod-a\n    to: 172.23.96.70\n    protocol: sctp\n",
+    ))
+    .expect_err("should fail");
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with("t.yaml:27:15: unknown variant `sctp`"),
+        "{msg}"
+    );
+    assert!(msg.contains("icmp, tcp, http, udp"), "{msg}");
+}
+
+#[test]
+fn scenario_duplicate_names() {
+    let src = format!(
+        "{}  - name: s1\n    from: pod-a\n    to: 172.23.96.70\n    protocol: icmp\n",
+        scenario("    from: pod-a\n    to: 172.23.96.70\n    protocol: icmp\n")
+    );
+    let e = load_base(&src).expect_err("should fail");
+    assert_eq!(
+        e.to_string(),
+        "t.yaml:28:11: duplicate scenario name `s1`, first at line 24"
+    );
+}
