@@ -11,11 +11,14 @@ use labctl_topology::Lab;
 
 use crate::kernel::{Kernel, KernelError, Netlink};
 use crate::plan::{Phase, Plan, plan};
-use crate::state::{self, LabState, StateError};
+use crate::serve::{self, ServeError};
+use crate::state::{self, LabState, ServeState, StateError};
 use crate::sys;
 
 /// How many kernel requests are in flight at once.
 const IN_FLIGHT: usize = 512;
+/// How long `down` waits for killed processes to leave the lab's namespaces.
+const KILL_WAIT: Duration = Duration::from_secs(5);
 
 /// Why `up` or `down` failed.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +46,8 @@ pub enum EngineError {
     Runtime(std::io::Error),
     #[error("{} kernel action(s) failed (the lab was removed again):\n  {}", .0.len(), join(.0))]
     Apply(Vec<KernelError>),
+    #[error("{0} (the lab was removed again)")]
+    Serve(ServeError),
     #[error("removing the lab left {} error(s):\n  {}", .0.len(), join(.0))]
     Teardown(Vec<KernelError>),
 }
@@ -123,6 +128,21 @@ pub fn up(
         return Err(EngineError::Apply(errors));
     }
     fault_point("configured");
+    let served = serve::specs(lab, &plan.namespaces);
+    if !served.is_empty() {
+        let pid = match serve::spawn(&lab.name, &served) {
+            Ok(pid) => pid,
+            Err(e) => {
+                let _ = teardown(&record);
+                let _ = state::remove(&lab.name);
+                return Err(EngineError::Serve(e));
+            }
+        };
+        // Killed here, the servers run unrecorded; `down` still finds them
+        // in the lab's namespaces.
+        fault_point("serving");
+        record.serve = Some(ServeState { pid, served });
+    }
     record.complete = true;
     state::save(&record)?;
     Ok(UpReport {
@@ -174,7 +194,8 @@ fn phase_name(phase: Phase) -> &'static str {
     }
 }
 
-/// Remove a lab: every namespace its state lists, then the state itself.
+/// Remove a lab: every process inside it and every namespace its state
+/// lists, then the state itself.
 pub fn down(lab: &str) -> Result<usize, EngineError> {
     if !sys::is_root() {
         return Err(EngineError::NotRoot);
@@ -182,28 +203,59 @@ pub fn down(lab: &str) -> Result<usize, EngineError> {
     let _lock = state::lock(lab)?;
     let record = state::load(lab)?.ok_or_else(|| EngineError::NotUp(lab.to_string()))?;
     teardown(&record).map_err(EngineError::Teardown)?;
+    let _ = std::fs::remove_file(serve::log_path(lab));
     state::remove(lab)?;
     Ok(record.namespaces.len())
 }
 
-/// Delete the namespaces in reverse creation order, going on past failures
-/// and reporting all of them. Deleting a namespace takes every interface,
-/// address and route in it along; veth pairs die with either end.
+/// Kill every process in the lab's namespaces (the built-in servers, a
+/// forgotten `labctl exec` shell), then delete the namespaces in reverse
+/// creation order, going on past failures and reporting all of them.
+/// Deleting a namespace takes every interface, address and route in it
+/// along; veth pairs die with either end. A process left inside would keep
+/// the namespace alive, unnamed, after `ip netns delete`.
 fn teardown(record: &LabState) -> Result<(), Vec<KernelError>> {
-    let errors: Vec<KernelError> = record
-        .namespaces
-        .iter()
-        .rev()
-        .filter_map(|ns| {
-            sys::delete_netns(&ns.name)
-                .err()
-                .map(|e| KernelError::new(format!("ip netns delete {}", ns.name), e))
-        })
-        .collect();
+    let mut errors = kill_processes(record);
+    errors.extend(record.namespaces.iter().rev().filter_map(|ns| {
+        sys::delete_netns(&ns.name)
+            .err()
+            .map(|e| KernelError::new(format!("ip netns delete {}", ns.name), e))
+    }));
     if errors.is_empty() {
         Ok(())
     } else {
         Err(errors)
+    }
+}
+
+/// SIGKILL every process with a thread in one of the lab's namespaces and
+/// wait until none is left; again for any that appeared meanwhile (a shell
+/// forking). Reports those still there after [`KILL_WAIT`].
+fn kill_processes(record: &LabState) -> Vec<KernelError> {
+    let names: Vec<&str> = record.namespaces.iter().map(|n| n.name.as_str()).collect();
+    let deadline = Instant::now() + KILL_WAIT;
+    loop {
+        let pids = sys::pids_in_netns(&names);
+        if pids.is_empty() {
+            return Vec::new();
+        }
+        if Instant::now() >= deadline {
+            return pids
+                .into_iter()
+                .map(|pid| {
+                    KernelError::new(
+                        format!("kill -9 {pid}"),
+                        format!("still inside the lab after {KILL_WAIT:?}"),
+                    )
+                })
+                .collect();
+        }
+        for pid in pids {
+            // Gone meanwhile is fine; any other failure shows up as the
+            // process still being there at the deadline.
+            let _ = sys::kill_process(pid);
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

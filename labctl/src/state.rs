@@ -16,6 +16,7 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::plan::NsSpec;
+use crate::serve::Served;
 
 /// Errors reading or writing lab state.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +49,17 @@ pub struct LabState {
     pub runtime: String,
     /// Every namespace the lab creates, in creation order.
     pub namespaces: Vec<NsSpec>,
+    /// The built-in servers, once they listen (absent in older records and
+    /// for labs whose pods declare no ports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serve: Option<ServeState>,
+}
+
+/// The lab's `labctl __serve` process and what it serves.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServeState {
+    pub pid: u32,
+    pub served: Vec<Served>,
 }
 
 impl LabState {
@@ -63,6 +75,7 @@ impl LabState {
             complete: false,
             runtime: "host".into(),
             namespaces,
+            serve: None,
         }
     }
 

@@ -167,6 +167,71 @@ pub fn delete_netns(name: &str) -> io::Result<()> {
     }
 }
 
+/// The identity of a namespace file: nsfs device and inode, which
+/// `/run/netns/NAME` and every `/proc/TID/ns/net` of a thread inside share.
+fn ns_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Processes with at least one thread in one of the named namespaces, like
+/// `ip netns pids NAME` but looking at every thread, not only the main one:
+/// `labctl __serve` keeps its main thread in the host's namespace and its
+/// servers in the lab's. Never lists this process, nor anything in our own
+/// namespace; a name that is not a mounted namespace matches nothing.
+pub fn pids_in_netns(names: &[&str]) -> Vec<u32> {
+    let mut wanted: std::collections::HashSet<(u64, u64)> =
+        names.iter().filter_map(|n| ns_id(&netns_path(n))).collect();
+    if let Some(own) = ns_id(Path::new("/proc/self/ns/net")) {
+        wanted.remove(&own);
+    }
+    let me = std::process::id();
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut pids: Vec<u32> = procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me && !wanted.is_empty())
+        .filter(|pid| {
+            // Threads come and go while we look; a vanished one is skipped.
+            fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|tasks| {
+                tasks
+                    .flatten()
+                    .any(|t| ns_id(&t.path().join("ns/net")).is_some_and(|id| wanted.contains(&id)))
+            })
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// Send SIGKILL to a process, like `kill -9 PID`, and reap it if it is our
+/// child. A process that is already gone is not an error.
+pub fn kill_process(pid: u32) -> io::Result<()> {
+    use nix::sys::signal::{Signal, kill};
+    use nix::sys::wait::{WaitPidFlag, waitpid};
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    match kill(pid, Signal::SIGKILL) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+        Err(e) => return Err(e.into()),
+    }
+    // ECHILD for anyone else's process: nothing to reap.
+    let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
+    Ok(())
+}
+
+/// Whether a process exists and has not exited (a zombie has).
+pub fn process_alive(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // The state follows the command name, which is in parentheses and
+        // may itself hold spaces or parentheses.
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}
+
 /// Write a sysctl (`net.ipv4.ip_forward`) inside a namespace, like
 /// `ip netns exec NS sysctl -w KEY=VALUE`.
 pub fn write_sysctl_in(ns: impl AsFd, key: &str, value: &str) -> io::Result<()> {

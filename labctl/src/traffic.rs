@@ -142,22 +142,6 @@ impl Drop for Servers {
     }
 }
 
-/// Run servers in `netns` until the process is killed; what the hidden
-/// `labctl __serve` subcommand runs for a lab's long-lived servers. Prints one
-/// line to stderr once the ports are bound.
-pub fn serve_forever(netns: &str, ports: &[(u16, Proto)]) -> io::Result<()> {
-    let servers = Servers::start(netns, ports)?;
-    let list: Vec<String> = servers
-        .ports()
-        .iter()
-        .map(|(p, proto)| format!("{proto}/{p}"))
-        .collect();
-    eprintln!("labctl: serving in {netns} on {}", list.join(" "));
-    loop {
-        std::thread::park();
-    }
-}
-
 enum Bound {
     Tcp(TcpListener),
     Udp(UdpSocket),

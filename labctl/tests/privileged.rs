@@ -196,6 +196,88 @@ fn flannel_up_ping_down() -> Result<(), Failed> {
     )
 }
 
+/// Live `labctl __serve` processes of a lab, found by their command line.
+fn serve_pids(lab: &str) -> Vec<u32> {
+    let want = format!("__serve\0{lab}\0");
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&want))
+                && labctl::sys::process_alive(pid)
+        })
+        .collect()
+}
+
+/// Pods with `ports:` are served from `up` to `down`: the external client
+/// gets the HTTP answer of the pod it asked, which saw the client's own
+/// address; `down` kills the servers and a shell left in a pod.
+fn served_ports_up_to_down() -> Result<(), Failed> {
+    use labctl::traffic::{Kind, Request, run_client};
+    let lab = unique("serve");
+    let guard = up(&lab)?;
+    let o = ok(labctl().args(["status", &lab, "-o", "json"]))?;
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+    let pid = v["serve"]["pid"]
+        .as_u64()
+        .ok_or("status shows no serve pid")? as u32;
+    ensure(
+        v["serve"]["running"] == true && v["serve"]["served"].as_array().map(Vec::len) == Some(4),
+        format!("status serve: {}", v["serve"]),
+    )?;
+    ensure(
+        serve_pids(&lab) == vec![pid],
+        format!("serve pid {pid}, running {:?}", serve_pids(&lab)),
+    )?;
+
+    let target = "172.23.96.82:80".parse()?;
+    let out = run_client(
+        &format!("{lab}-client"),
+        &Request::new(Kind::HttpGet, target).with_attempts(3),
+    );
+    let got = out.result.map_err(|e| format!("GET {target}: {e}"))?;
+    ensure(got.status == Some(200), format!("status {:?}", got.status))?;
+    let body = got.body.unwrap_or_default();
+    ensure(
+        got.served_by.as_deref() == Some(&format!("{lab}-nginx1-s6z79")[..])
+            && got.client_seen.map(|c| c.ip()) == Some("198.51.100.10".parse()?),
+        format!("body {body:?}"),
+    )?;
+
+    // A process left in a pod (what a forgotten `labctl exec` shell is).
+    let mut left = labctl()
+        .args(["exec", &lab, "centos", "--", "sleep", "300"])
+        .spawn()?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !execd_sleep(left.id()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+
+    drop(guard);
+    ensure(
+        !labctl::sys::process_alive(pid) && serve_pids(&lab).is_empty(),
+        format!("serve process {pid} survived down"),
+    )?;
+    use std::os::unix::process::ExitStatusExt;
+    let status = left.wait()?;
+    ensure(
+        status.signal() == Some(9),
+        format!("exec'd sleep ended with {status:?}"),
+    )?;
+    ensure(
+        netns_of(&lab).is_empty(),
+        format!("left: {:?}", netns_of(&lab)),
+    )
+}
+
+/// Whether `pid` has exec'd `sleep` (so `labctl exec` has put it in the lab).
+fn execd_sleep(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+}
+
 /// SIGKILL `up` at one point, then `down` must remove everything.
 fn killed_up_then_down(n: usize, point: &'static str) -> Result<(), Failed> {
     let lab = unique(&format!("kill{n}"));
@@ -215,6 +297,10 @@ fn killed_up_then_down(n: usize, point: &'static str) -> Result<(), Failed> {
         format!("status does not list {lab}: {}", text(&st)),
     )?;
     ok(labctl().args(["down", &lab]))?;
+    ensure(
+        serve_pids(&lab).is_empty(),
+        format!("killed at {point}, servers left: {:?}", serve_pids(&lab)),
+    )?;
     let left = netns_of(&lab);
     ensure(
         left.is_empty(),
@@ -277,7 +363,28 @@ fn not_root() -> Result<(), Failed> {
     )
 }
 
-const KILL_POINTS: [&str; 9] = [
+/// The kernel is asked, in a scratch namespace, for each feature: this
+/// machine's kernel and every CI kernel have veth and bridge; whatever is
+/// absent comes with the kernel's reason. The host is untouched.
+fn feature_probe() -> Result<(), Failed> {
+    use labctl::features::{Feature, probe};
+    let before = host_snapshot();
+    let all = Feature::ALL.into_iter().collect();
+    let probes = probe(&all)?;
+    ensure(probes.len() == Feature::ALL.len(), format!("{probes:?}"))?;
+    for p in &probes {
+        match p.feature {
+            Feature::Veth | Feature::Bridge => {
+                ensure(p.present, format!("{} missing: {:?}", p.feature, p.reason))?
+            }
+            _ => ensure(p.present || p.reason.is_some(), format!("{p:?}"))?,
+        }
+    }
+    eprintln!("kernel {}: {probes:?}", labctl::features::kernel_release());
+    ensure(before == host_snapshot(), "probing changed the host")
+}
+
+const KILL_POINTS: [&str; 10] = [
     "recorded",
     "netns-file",
     "half-namespaces",
@@ -287,17 +394,20 @@ const KILL_POINTS: [&str; 9] = [
     "addresses",
     "routes",
     "configured",
+    "serving",
 ];
 
 fn main() {
     let args = Arguments::from_args();
     let mut trials = vec![
         Trial::ignorable_test("flannel_up_ping_down", || gate(flannel_up_ping_down)),
+        Trial::ignorable_test("served_ports_up_to_down", || gate(served_ports_up_to_down)),
         Trial::ignorable_test("two_labs_at_once", || gate(two_labs_at_once)),
         Trial::ignorable_test("foreign_namespace_conflict", || {
             gate(foreign_namespace_conflict)
         }),
         Trial::ignorable_test("not_root", || gate(not_root)),
+        Trial::ignorable_test("feature_probe", || gate(feature_probe)),
     ];
     for (n, point) in KILL_POINTS.into_iter().enumerate() {
         trials.push(Trial::ignorable_test(

@@ -14,6 +14,7 @@ mod exec;
 mod plan;
 mod render;
 mod run;
+mod serve;
 mod status;
 mod up;
 mod validate;
@@ -39,6 +40,8 @@ enum Command {
     Run(run::Args),
     /// Print the JSON schema of topology files.
     Schema,
+    #[command(name = "__serve", hide = true)]
+    Serve(serve::Args),
 }
 
 /// Exit codes.
@@ -126,6 +129,7 @@ pub fn main() -> ExitCode {
         Command::Render(a) => render::run(a),
         Command::Plan(a) => plan::run(a),
         Command::Run(a) => run::run(a),
+        Command::Serve(a) => serve::run(a),
         Command::Schema => {
             println!(
                 "{}",

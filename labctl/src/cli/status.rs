@@ -30,6 +30,23 @@ struct LabView {
     runtime: String,
     complete: bool,
     namespaces: Vec<NsStatus>,
+    /// The built-in servers (`labctl __serve`), when pods declare ports.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    serve: Option<ServeView>,
+}
+
+#[derive(Serialize)]
+struct ServeView {
+    pid: u32,
+    running: bool,
+    served: Vec<ServedView>,
+}
+
+#[derive(Serialize)]
+struct ServedView {
+    netns: String,
+    /// `80/tcp`, `53/udp` ...
+    ports: Vec<String>,
 }
 
 fn view(record: &LabState) -> Result<LabView> {
@@ -39,6 +56,18 @@ fn view(record: &LabState) -> Result<LabView> {
         runtime: record.runtime.clone(),
         complete: record.complete,
         namespaces: observe::lab_status(record)?,
+        serve: record.serve.as_ref().map(|s| ServeView {
+            pid: s.pid,
+            running: labctl::sys::process_alive(s.pid),
+            served: s
+                .served
+                .iter()
+                .map(|x| ServedView {
+                    netns: x.netns.clone(),
+                    ports: x.ports_text(),
+                })
+                .collect(),
+        }),
     })
 }
 
@@ -134,5 +163,14 @@ pub fn run(args: Args) -> Result {
         }
     );
     println!("{t}");
+    if let Some(serve) = &v.serve {
+        let running = if serve.running { "" } else { ", not running" };
+        println!("built-in servers (pid {}{running}):", serve.pid);
+        let width = serve.served.iter().map(|s| s.netns.len()).max();
+        let width = width.unwrap_or(0);
+        for s in &serve.served {
+            println!("  {:<width$}  {}", s.netns, s.ports.join(" "));
+        }
+    }
     Ok(())
 }
