@@ -10,11 +10,14 @@ pub use labctl_topology::Lab;
 
 pub mod capture;
 pub mod engine;
+pub mod features;
 pub mod golden;
 pub mod kernel;
 pub mod observe;
 pub mod plan;
 pub mod scenario;
+pub mod serve;
 pub mod state;
 pub mod sys;
 pub mod traffic;
+pub mod vm;

@@ -1,0 +1,450 @@
+//! The VM runtime: labs that need kernel features the host lacks run inside
+//! a QEMU virtual machine booted from a distro kernel (Debian's, say) with
+//! virtme-ng, which shares the host's root filesystem read-only so the same
+//! `labctl` binary runs inside.
+//!
+//! The VM stays up in the background for as long as the lab is up. Inside
+//! it `labctl __agent DIR` waits for requests in DIR, a host directory the
+//! VM may write (virtme-ng's `--rwdir`): the host drops `ID.req` (a JSON
+//! argv), the agent runs `labctl ARGV...` inside the VM and leaves `ID.out`,
+//! `ID.err` and finally `ID.rc`. A file protocol needs nothing from the host
+//! kernel (no vsock), survives either side restarting, and is easy to look
+//! at when something goes wrong. Commands are not interactive: stdin is
+//! not forwarded.
+//!
+//! Kernels are Debian packages unpacked the way virtme-ng finds them:
+//! `/boot/vmlinuz-RELEASE` and `/lib/modules/RELEASE`.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// Why the VM runtime could not do something.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("no VM kernel is installed; install one with `labctl kernel install debian`")]
+    NoKernel,
+    #[error("no installed kernel matches `{0}`; `labctl kernel list` shows them")]
+    UnknownKernel(String),
+    #[error("the VM runtime needs `{tool}` ({package}); `./lab` installs it, or: {install}")]
+    MissingTool {
+        tool: &'static str,
+        package: &'static str,
+        install: &'static str,
+    },
+    #[error("{what}: {source}")]
+    Io { what: String, source: io::Error },
+    #[error("{what} failed: {detail}")]
+    Command { what: String, detail: String },
+    #[error("the VM did not come up within {secs} s; its console is in {log}")]
+    BootTimeout { secs: u64, log: PathBuf },
+    #[error("the VM stopped (console: {log})")]
+    Gone { log: PathBuf },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> VmError {
+    let what = what.into();
+    move |source| VmError::Io { what, source }
+}
+
+/// An installed VM kernel.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Kernel {
+    pub release: String,
+    pub vmlinuz: PathBuf,
+    pub modules: PathBuf,
+}
+
+/// Where labctl keeps VM working directories and downloaded packages.
+pub fn lib_dir() -> PathBuf {
+    std::env::var_os("LABCTL_LIB_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/labctl"))
+}
+
+/// Installed kernels: `/boot/vmlinuz-R` with `/lib/modules/R/modules.dep`,
+/// the host's own running kernel excluded (a VM with it would add nothing).
+pub fn kernels() -> Vec<Kernel> {
+    let running = crate::features::kernel_release();
+    let mut out: Vec<Kernel> = fs::read_dir("/boot")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let release = name.strip_prefix("vmlinuz-")?.to_string();
+            let modules = Path::new("/lib/modules").join(&release);
+            (release != running && modules.join("modules.dep").exists()).then(|| Kernel {
+                vmlinuz: e.path(),
+                modules,
+                release,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| b.release.cmp(&a.release));
+    out
+}
+
+/// Pick a kernel: by release (or a unique prefix of one), else the newest.
+pub fn choose(want: Option<&str>) -> Result<Kernel, VmError> {
+    let all = kernels();
+    match want {
+        None => all.into_iter().next().ok_or(VmError::NoKernel),
+        Some(w) => {
+            let w = w.strip_prefix("/boot/vmlinuz-").unwrap_or(w);
+            all.into_iter()
+                .find(|k| k.release == w || k.release.starts_with(w))
+                .ok_or_else(|| VmError::UnknownKernel(w.to_string()))
+        }
+    }
+}
+
+fn run(what: &str, cmd: &mut Command) -> Result<String, VmError> {
+    let o = cmd.output().map_err(io_err(what))?;
+    if !o.status.success() {
+        return Err(VmError::Command {
+            what: what.to_string(),
+            detail: String::from_utf8_lossy(&o.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// Fetch Debian's current kernel through apt (the package that
+/// `linux-image-amd64` depends on) and unpack it where virtme-ng looks.
+/// Does nothing when that release is already installed.
+pub fn install_debian(progress: &dyn Fn(&str)) -> Result<Kernel, VmError> {
+    let deps = run(
+        "apt-cache depends linux-image-amd64",
+        Command::new("apt-cache").args(["depends", "linux-image-amd64"]),
+    )?;
+    let package = deps
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .find(|p| p.starts_with("linux-image-"))
+        .ok_or_else(|| VmError::Command {
+            what: "apt-cache depends linux-image-amd64".into(),
+            detail: "no linux-image-* dependency (is Debian's main archive configured?)".into(),
+        })?
+        .to_string();
+    let release = package.trim_start_matches("linux-image-").to_string();
+    if let Ok(k) = choose(Some(&release))
+        && k.release == release
+    {
+        progress(&format!("kernel {release} is already installed"));
+        return Ok(k);
+    }
+    let cache = lib_dir().join("packages");
+    fs::create_dir_all(&cache).map_err(io_err(format!("create {}", cache.display())))?;
+    progress(&format!("downloading {package}"));
+    run(
+        &format!("apt-get download {package}"),
+        Command::new("apt-get")
+            .args(["download", "-q", &package])
+            .current_dir(&cache),
+    )?;
+    let deb = fs::read_dir(&cache)
+        .map_err(io_err("read package cache"))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{package}_")))
+        })
+        .ok_or_else(|| VmError::Command {
+            what: format!("apt-get download {package}"),
+            detail: "no .deb appeared".into(),
+        })?;
+    let unpack = lib_dir().join("kernels").join(&release);
+    let _ = fs::remove_dir_all(&unpack);
+    progress(&format!("unpacking {}", deb.display()));
+    run(
+        "dpkg-deb -x",
+        Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpack),
+    )?;
+    let vmlinuz = Path::new("/boot").join(format!("vmlinuz-{release}"));
+    fs::copy(
+        unpack.join("boot").join(format!("vmlinuz-{release}")),
+        &vmlinuz,
+    )
+    .map_err(io_err(format!("install {}", vmlinuz.display())))?;
+    let modules = Path::new("/lib/modules").join(&release);
+    let _ = fs::remove_dir_all(&modules);
+    fs::create_dir_all("/lib/modules").map_err(io_err("create /lib/modules"))?;
+    run(
+        "copy modules",
+        Command::new("cp")
+            .arg("-a")
+            .arg(unpack.join("lib/modules").join(&release))
+            .arg(&modules),
+    )?;
+    progress("running depmod");
+    run("depmod", Command::new("depmod").args(["-a", &release]))?;
+    choose(Some(&release))
+}
+
+/// The host programs the VM runtime needs, with how to get them.
+pub fn check_tools() -> Result<(), VmError> {
+    let tools: [(&str, &str, &str); 5] = [
+        (
+            "qemu-system-x86_64",
+            "qemu-system-x86",
+            "apt-get install qemu-system-x86",
+        ),
+        ("vng", "virtme-ng", "pip install virtme-ng"),
+        (
+            "busybox",
+            "busybox-static",
+            "apt-get install busybox-static",
+        ),
+        ("depmod", "kmod", "apt-get install kmod"),
+        ("udevadm", "udev", "apt-get install udev"),
+    ];
+    for (tool, package, install) in tools {
+        if !in_path(tool) {
+            return Err(VmError::MissingTool {
+                tool,
+                package,
+                install,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn in_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        || Path::new("/usr/sbin").join(tool).is_file()
+}
+
+/// Whether QEMU can use KVM here (it cannot on this project's build
+/// machines: TCG software emulation is used then).
+pub fn kvm_usable() -> bool {
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+        && std::env::var("LABCTL_NO_KVM").is_err()
+}
+
+/// A running VM with its agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Vm {
+    /// The shared request directory.
+    pub dir: PathBuf,
+    /// Process id of `vng` (its QEMU is its child).
+    pub pid: u32,
+    pub kernel: Kernel,
+}
+
+/// Boot a VM for `name` and wait for its agent. The caller records `pid`
+/// (`on_spawn`) before the wait, so an interrupted boot is still cleaned up.
+pub fn start(
+    name: &str,
+    kernel: &Kernel,
+    on_spawn: &mut dyn FnMut(&Vm) -> Result<(), VmError>,
+) -> Result<Vm, VmError> {
+    check_tools()?;
+    let dir = lib_dir().join("vm").join(name);
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+    let exe = std::env::current_exe().map_err(io_err("find the labctl binary"))?;
+    let log = dir.join("console.log");
+    let console = fs::File::create(&log).map_err(io_err("create the console log"))?;
+    let mut cmd = Command::new("vng");
+    cmd.args(["--run", &kernel.release, "--force-9p", "--memory", "1G"])
+        .args(["--cpus", "2"])
+        .arg(format!("--rwdir={}", dir.display()))
+        .arg("--exec")
+        .arg(format!("{} __agent {}", exe.display(), dir.display()));
+    if !kvm_usable() {
+        cmd.arg("--disable-kvm");
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(console.try_clone().map_err(io_err("console log"))?)
+        .stderr(console);
+    // A session of its own: the VM outlives the `labctl up` that started it
+    // and takes no signals from its terminal.
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0);
+    let child = cmd.spawn().map_err(io_err("start vng"))?;
+    let vm = Vm {
+        dir,
+        pid: child.id(),
+        kernel: kernel.clone(),
+    };
+    // The child is reaped by whoever waits for the pid later (`stop`).
+    std::mem::forget(child);
+    on_spawn(&vm)?;
+    let ready = vm.dir.join("ready");
+    let limit = Duration::from_secs(180);
+    let t = Instant::now();
+    while !ready.exists() {
+        if !alive(vm.pid) {
+            return Err(VmError::Gone { log });
+        }
+        if t.elapsed() > limit {
+            return Err(VmError::BootTimeout {
+                secs: limit.as_secs(),
+                log,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(vm)
+}
+
+fn alive(pid: u32) -> bool {
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    // Reap it if it ended (it is our child when we started it).
+    let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+    nix::sys::signal::kill(pid, None).is_ok()
+        && !fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.split(") ").nth(1).is_some_and(|r| r.starts_with('Z')))
+}
+
+/// One command's result inside the VM.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Request {
+    argv: Vec<String>,
+}
+
+impl Vm {
+    /// Run `labctl ARGV...` inside the VM and wait for it.
+    pub fn call(&self, argv: &[String]) -> Result<Reply, VmError> {
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let id = format!(
+            "{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let tmp = self.dir.join(format!(".{id}.tmp"));
+        let req = serde_json::to_vec(&Request {
+            argv: argv.to_vec(),
+        })
+        .expect("request is JSON");
+        fs::write(&tmp, req).map_err(io_err("write a VM request"))?;
+        fs::rename(&tmp, self.dir.join(format!("{id}.req")))
+            .map_err(io_err("post a VM request"))?;
+        let rc = self.dir.join(format!("{id}.rc"));
+        while !rc.exists() {
+            if !alive(self.pid) {
+                return Err(VmError::Gone {
+                    log: self.dir.join("console.log"),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let read = |ext: &str| fs::read(self.dir.join(format!("{id}.{ext}"))).unwrap_or_default();
+        let code = String::from_utf8_lossy(&read("rc"))
+            .trim()
+            .parse()
+            .unwrap_or(1);
+        let reply = Reply {
+            code,
+            stdout: read("out"),
+            stderr: read("err"),
+        };
+        for ext in ["out", "err", "rc"] {
+            let _ = fs::remove_file(self.dir.join(format!("{id}.{ext}")));
+        }
+        Ok(reply)
+    }
+
+    /// The kernel release the agent reported.
+    pub fn release(&self) -> String {
+        fs::read_to_string(self.dir.join("ready"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| self.kernel.release.clone())
+    }
+
+    /// Ask the agent to end (the VM powers off when it does), then make
+    /// sure: SIGKILL the whole process group after a grace period.
+    pub fn stop(&self) {
+        let _ = fs::write(self.dir.join("shutdown"), "");
+        let t = Instant::now();
+        while alive(self.pid) && t.elapsed() < Duration::from_secs(15) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        kill_group(self.pid);
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// SIGKILL vng and its QEMU (they share the process group `start` made).
+pub fn kill_group(pid: u32) {
+    let pgid = nix::unistd::Pid::from_raw(pid as i32);
+    let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::wait::waitpid(pgid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+}
+
+/// The agent inside the VM: serve requests in `dir` until `dir/shutdown`
+/// appears. Each request runs as its own `labctl` process, so requests run
+/// side by side.
+pub fn agent(dir: &Path) -> io::Result<()> {
+    let exe = std::env::current_exe()?;
+    fs::write(dir.join("ready"), crate::features::kernel_release())?;
+    loop {
+        if dir.join("shutdown").exists() {
+            return Ok(());
+        }
+        for entry in fs::read_dir(dir)?.flatten() {
+            let path = entry.path();
+            let Some(id) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".req"))
+                .map(String::from)
+            else {
+                continue;
+            };
+            let taken = dir.join(format!("{id}.taken"));
+            if fs::rename(&path, &taken).is_err() {
+                continue;
+            }
+            let (exe, dir) = (exe.clone(), dir.to_path_buf());
+            std::thread::spawn(move || serve_one(&exe, &dir, &id, &taken));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn serve_one(exe: &Path, dir: &Path, id: &str, taken: &Path) {
+    let code = (|| -> io::Result<i32> {
+        let req: Request = serde_json::from_slice(&fs::read(taken)?)?;
+        let out = fs::File::create(dir.join(format!("{id}.out")))?;
+        let err = fs::File::create(dir.join(format!("{id}.err")))?;
+        let status = Command::new(exe)
+            .args(&req.argv)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .status()?;
+        Ok(status.code().unwrap_or(128 + 9))
+    })()
+    .unwrap_or_else(|e| {
+        let _ = fs::write(
+            dir.join(format!("{id}.err")),
+            format!("labctl agent: {e}\n"),
+        );
+        1
+    });
+    let _ = fs::remove_file(taken);
+    let tmp = dir.join(format!(".{id}.rc.tmp"));
+    if fs::write(&tmp, code.to_string()).is_ok() {
+        let _ = fs::rename(&tmp, dir.join(format!("{id}.rc")));
+    }
+}
