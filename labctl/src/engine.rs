@@ -42,6 +42,8 @@ pub enum EngineError {
         dir: &'static str,
         source: std::io::Error,
     },
+    #[error("VM runtime: {0}")]
+    Vm(String),
     #[error("start the netlink runtime: {0}")]
     Runtime(std::io::Error),
     #[error("{} kernel action(s) failed (the lab was removed again):\n  {}", .0.len(), join(.0))]
@@ -202,6 +204,14 @@ pub fn down(lab: &str) -> Result<usize, EngineError> {
     }
     let _lock = state::lock(lab)?;
     let record = state::load(lab)?.ok_or_else(|| EngineError::NotUp(lab.to_string()))?;
+    if let Some(vm) = &record.vm {
+        // The lab lives in the VM: take it down there (best effort, the VM
+        // may be half booted), then stop the VM, which takes everything.
+        let _ = vm.call(&["down".into(), "-q".into(), lab.into()]);
+        vm.stop();
+        state::remove(lab)?;
+        return Ok(0);
+    }
     teardown(&record).map_err(EngineError::Teardown)?;
     let _ = std::fs::remove_file(serve::log_path(lab));
     state::remove(lab)?;
@@ -257,6 +267,66 @@ fn kill_processes(record: &LabState) -> Vec<KernelError> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Bring a lab up inside a VM booted from `kernel`: record the lab, boot
+/// the VM (its pid recorded at once, so `down` can always stop it), then run
+/// `labctl up` inside with the same file and options. `args` are the `up`
+/// arguments after `up` (the file path absolute: the VM sees the host's
+/// root filesystem).
+pub fn up_in_vm(
+    lab: &str,
+    file: &Path,
+    args: &[String],
+    kernel: &crate::vm::Kernel,
+) -> Result<crate::vm::Vm, EngineError> {
+    if !sys::is_root() {
+        return Err(EngineError::NotRoot);
+    }
+    let _lock = state::lock(lab)?;
+    if let Some(existing) = state::load(lab)? {
+        return Err(EngineError::AlreadyUp {
+            lab: lab.to_string(),
+            partly: if existing.complete {
+                ""
+            } else {
+                " (partly: an earlier `up` did not finish)"
+            },
+        });
+    }
+    let mut record = LabState::new(lab, Some(file), Vec::new());
+    record.runtime = "vm".into();
+    state::save(&record)?;
+    let vm = crate::vm::start(lab, kernel, &mut |vm| {
+        record.vm = Some(vm.clone());
+        state::save(&record).map_err(|e| crate::vm::VmError::Command {
+            what: "record the VM".into(),
+            detail: e.to_string(),
+        })
+    });
+    let fail = |record: &LabState, e: String| {
+        if let Some(vm) = &record.vm {
+            vm.stop();
+        }
+        let _ = state::remove(lab);
+        EngineError::Vm(e)
+    };
+    let vm = match vm {
+        Ok(vm) => vm,
+        Err(e) => return Err(fail(&record, e.to_string())),
+    };
+    fault_point("vm-booted");
+    let reply = match vm.call(args) {
+        Ok(r) => r,
+        Err(e) => return Err(fail(&record, e.to_string())),
+    };
+    if reply.code != 0 {
+        let msg = String::from_utf8_lossy(&reply.stderr).trim().to_string();
+        return Err(fail(&record, format!("inside the VM: {msg}")));
+    }
+    record.complete = true;
+    state::save(&record)?;
+    Ok(vm)
 }
 
 /// A single-threaded runtime: every netlink socket lives on it, and the

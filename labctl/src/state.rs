@@ -45,8 +45,12 @@ pub struct LabState {
     /// False until `up` has finished; a false here after `up` exited means it
     /// was interrupted.
     pub complete: bool,
-    /// Where the lab runs: `host` for now (the VM runtime adds more).
+    /// Where the lab runs: `host`, or `vm` (then [`LabState::vm`] says which).
     pub runtime: String,
+    /// The VM the lab runs in, for `runtime: vm`; its namespaces are inside
+    /// it, so `namespaces` is empty on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<crate::vm::Vm>,
     /// Every namespace the lab creates, in creation order.
     pub namespaces: Vec<NsSpec>,
     /// The built-in servers, once they listen (absent in older records and
@@ -74,6 +78,7 @@ impl LabState {
             pid: std::process::id(),
             complete: false,
             runtime: "host".into(),
+            vm: None,
             namespaces,
             serve: None,
         }

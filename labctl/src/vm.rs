@@ -222,15 +222,17 @@ fn in_path(tool: &str) -> bool {
         || Path::new("/usr/sbin").join(tool).is_file()
 }
 
-/// Whether QEMU can use KVM here (it cannot on this project's build
-/// machines: TCG software emulation is used then).
+/// Whether to ask QEMU for KVM: only with `LABCTL_KVM=1` and a /dev/kvm
+/// that opens. Some hosts (this project's build machines among them) offer
+/// a /dev/kvm that opens and then fails inside QEMU, so software emulation
+/// (TCG, about 15 s to boot) is the safe default.
 pub fn kvm_usable() -> bool {
-    fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok()
-        && std::env::var("LABCTL_NO_KVM").is_err()
+    std::env::var("LABCTL_KVM").is_ok_and(|v| v == "1")
+        && fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok()
 }
 
 /// A running VM with its agent.
@@ -254,7 +256,14 @@ pub fn start(
     let dir = lib_dir().join("vm").join(name);
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
-    let exe = std::env::current_exe().map_err(io_err("find the labctl binary"))?;
+    // The VM runs its own copy of labctl: a rebuild on the host replaces
+    // the file under the VM's 9p mount and would crash what runs inside.
+    let exe = dir.join("labctl");
+    fs::copy(
+        std::env::current_exe().map_err(io_err("find the labctl binary"))?,
+        &exe,
+    )
+    .map_err(io_err("copy labctl for the VM"))?;
     let log = dir.join("console.log");
     let console = fs::File::create(&log).map_err(io_err("create the console log"))?;
     let mut cmd = Command::new("vng");
@@ -380,6 +389,14 @@ impl Vm {
             std::thread::sleep(Duration::from_millis(50));
         }
         kill_group(self.pid);
+        // Keep the last console beside the directory, for post-mortems.
+        if let Some(parent) = self.dir.parent() {
+            let name = self.dir.file_name().unwrap_or_default().to_string_lossy();
+            let _ = fs::rename(
+                self.dir.join("console.log"),
+                parent.join(format!("{name}.console.log")),
+            );
+        }
         let _ = fs::remove_dir_all(&self.dir);
     }
 }

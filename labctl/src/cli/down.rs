@@ -18,9 +18,16 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result {
     let lab = lab_name(&args.lab, &args.vars)?;
+    let in_vm = labctl::state::load(&lab)
+        .ok()
+        .flatten()
+        .and_then(|r| r.vm.map(|vm| vm.kernel.release));
     let n = engine::down(&lab)?;
     if !args.quiet {
-        println!("lab `{lab}` is down: {n} namespaces removed");
+        match in_vm {
+            Some(release) => println!("lab `{lab}` is down: its VM (kernel {release}) stopped"),
+            None => println!("lab `{lab}` is down: {n} namespaces removed"),
+        }
     }
     Ok(())
 }

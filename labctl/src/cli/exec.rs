@@ -31,6 +31,16 @@ pub fn run(args: Args) -> Result {
                 ),
             )
         })?;
+    if let Some(vm) = &record.vm {
+        let mut argv = vec![
+            "exec".into(),
+            args.lab.clone(),
+            args.name.clone(),
+            "--".into(),
+        ];
+        argv.extend(args.command.iter().cloned());
+        return super::forward(vm, argv);
+    }
     let Some(ns) = record.netns_of(&args.name) else {
         let known: Vec<&str> = record
             .namespaces

@@ -11,6 +11,7 @@ use labctl_topology::Lab;
 
 mod down;
 mod exec;
+mod kernel;
 mod plan;
 mod render;
 mod run;
@@ -38,8 +39,14 @@ enum Command {
     Render(render::Args),
     Plan(plan::Args),
     Run(run::Args),
+    Kernel(kernel::Args),
     /// Print the JSON schema of topology files.
     Schema,
+    /// Inside a VM: serve requests from the host in DIR.
+    #[command(name = "__agent", hide = true)]
+    Agent {
+        dir: PathBuf,
+    },
     #[command(name = "__serve", hide = true)]
     Serve(serve::Args),
 }
@@ -129,6 +136,10 @@ pub fn main() -> ExitCode {
         Command::Render(a) => render::run(a),
         Command::Plan(a) => plan::run(a),
         Command::Run(a) => run::run(a),
+        Command::Kernel(a) => kernel::run(a),
+        Command::Agent { dir } => {
+            labctl::vm::agent(&dir).map_err(|e| Failure::new(Exit::Failed, format!("agent: {e}")))
+        }
         Command::Serve(a) => serve::run(a),
         Command::Schema => {
             println!(
@@ -187,4 +198,88 @@ pub fn lab_name(file_or_lab: &str, vars: &Vars) -> Result<String> {
     } else {
         Ok(file_or_lab.to_string())
     }
+}
+
+/// Run `labctl ARGV` inside a lab's VM and pass its output and exit code
+/// through: the VM lab behaves like a host lab from the user's side.
+pub fn forward(vm: &labctl::vm::Vm, argv: Vec<String>) -> Result {
+    let code = forward_code(vm, argv)?;
+    if code != 0 {
+        std::process::exit(code);
+    }
+    Ok(())
+}
+
+/// [`forward`], returning the exit code instead of exiting with it.
+pub fn forward_code(vm: &labctl::vm::Vm, argv: Vec<String>) -> Result<i32> {
+    use std::io::Write;
+    let reply = vm.call(&argv).map_err(|e| Failure::new(Exit::Failed, e))?;
+    let _ = std::io::stdout().write_all(&reply.stdout);
+    let _ = std::io::stderr().write_all(&reply.stderr);
+    let _ = std::io::stdout().flush();
+    Ok(reply.code)
+}
+
+/// Options choosing where a lab runs.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct Where {
+    /// Run the lab in a VM booted from an installed distro kernel
+    /// (`labctl kernel list`), even when the host kernel could run it.
+    #[arg(long)]
+    vm: bool,
+    /// The VM kernel, by release (implies --vm; default: the newest
+    /// installed; env LABCTL_KERNEL).
+    #[arg(long, value_name = "RELEASE", env = "LABCTL_KERNEL")]
+    kernel: Option<String>,
+}
+
+impl Where {
+    /// The VM kernel to use, or `None` for the host. Without --vm/--kernel
+    /// the host is used when its kernel has every feature the lab needs;
+    /// otherwise an installed VM kernel is, and the user is told so.
+    pub fn decide(&self, lab: &Lab) -> Result<Option<labctl::vm::Kernel>> {
+        use labctl::{features, vm};
+        if self.vm || self.kernel.is_some() {
+            return vm::choose(self.kernel.as_deref())
+                .map(Some)
+                .map_err(|e| Failure::new(Exit::Environment, e));
+        }
+        let need = features::required(lab);
+        let probes = features::probe(&need)
+            .map_err(|e| Failure::new(Exit::Environment, format!("probe kernel features: {e}")))?;
+        let missing: Vec<&features::Probe> = probes.iter().filter(|p| !p.present).collect();
+        if missing.is_empty() {
+            return Ok(None);
+        }
+        match vm::choose(None) {
+            Ok(k) => {
+                let names: Vec<String> = missing.iter().map(|p| p.feature.to_string()).collect();
+                eprintln!(
+                    "labctl: the host kernel {} lacks {}; running lab `{}` in a VM with kernel {}",
+                    features::kernel_release(),
+                    names.join(", "),
+                    lab.name,
+                    k.release
+                );
+                Ok(Some(k))
+            }
+            Err(_) => Err(Failure::new(
+                Exit::Environment,
+                features::missing_message(&missing),
+            )),
+        }
+    }
+}
+
+/// The argv to repeat a topology command inside a VM: the file made
+/// absolute (the VM sees the host's root filesystem), vars and name kept.
+pub fn vm_argv(cmd: &str, file: &Path, vars: &Vars, name: &str) -> Vec<String> {
+    let abs = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+    let mut argv = vec![cmd.to_string(), "--name".into(), name.to_string()];
+    for (k, v) in &vars.vars {
+        argv.push("--var".into());
+        argv.push(format!("{k}={v}"));
+    }
+    argv.push(abs.display().to_string());
+    argv
 }

@@ -6,7 +6,7 @@ use labctl::scenario::{self, Report, RunOptions};
 use labctl::{engine, golden, state};
 use serde::Serialize;
 
-use super::{Exit, Failure, Result, Vars, load};
+use super::{Exit, Failure, Result, Vars, Where, forward_code, load, vm_argv};
 
 /// Run scenarios of a topology file on its lab (bringing it up first if it
 /// is not up) and check every expectation and golden file. Exits 1 if any
@@ -34,6 +34,8 @@ pub struct Args {
     /// Leave a lab that `run` brought up running afterwards.
     #[arg(long)]
     keep: bool,
+    #[command(flatten)]
+    place: Where,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, PartialEq)]
@@ -47,6 +49,8 @@ enum Format {
 struct Outcome {
     #[serde(flatten)]
     report: Report,
+    /// The text a golden file holds for this run.
+    golden_text: String,
     /// `match`, `differs` or `missing`.
     golden: &'static str,
     golden_diff: Option<String>,
@@ -86,10 +90,57 @@ pub fn run(args: Args) -> Result {
         ));
     }
 
-    let brought_up = if state::load(&lab.name)
-        .map_err(|e| Failure::new(Exit::Failed, e))?
-        .is_none()
-    {
+    let existing = state::load(&lab.name).map_err(|e| Failure::new(Exit::Failed, e))?;
+    // A lab in a VM runs its scenarios there: the same command, inside.
+    let in_vm = |vm: &labctl::vm::Vm| {
+        if args.pcap.is_some() {
+            return Err(Failure::new(
+                Exit::Usage,
+                "--pcap is not available for labs in a VM yet (the VM sees the host read-only)",
+            ));
+        }
+        let mut argv = vm_argv("run", &args.file, &args.vars, &lab.name);
+        argv.extend(["--keep".into(), "-o".into()]);
+        argv.push(
+            if args.output == Format::Json {
+                "json"
+            } else {
+                "text"
+            }
+            .into(),
+        );
+        if let Some(g) = &args.golden {
+            argv.push("--golden".into());
+            argv.push(
+                std::fs::canonicalize(g)
+                    .unwrap_or(g.clone())
+                    .display()
+                    .to_string(),
+            );
+        }
+        argv.extend(args.scenarios.iter().cloned());
+        forward_code(vm, argv)
+    };
+    let exit = |code: i32| {
+        if code != 0 {
+            std::process::exit(code);
+        }
+        Ok(())
+    };
+    if let Some(vm) = existing.as_ref().and_then(|r| r.vm.as_ref()) {
+        return exit(in_vm(vm)?);
+    }
+    let brought_up = if existing.is_none() {
+        if let Some(kernel) = args.place.decide(&lab)? {
+            let mut argv = vm_argv("up", &args.file, &args.vars, &lab.name);
+            argv.insert(1, "-q".into());
+            let vm = engine::up_in_vm(&lab.name, &args.file, &argv, &kernel)?;
+            let result = in_vm(&vm);
+            if !args.keep {
+                engine::down(&lab.name)?;
+            }
+            return exit(result?);
+        }
         engine::up(&lab, Some(&args.file), &engine::Quiet)?;
         true
     } else {
@@ -170,6 +221,7 @@ fn run_all(
             println!();
         }
         out.push(Outcome {
+            golden_text: actual,
             report,
             golden: state,
             golden_diff: diff,

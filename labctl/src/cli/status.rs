@@ -53,7 +53,10 @@ fn view(record: &LabState) -> Result<LabView> {
     Ok(LabView {
         lab: record.lab.clone(),
         file: record.file.clone(),
-        runtime: record.runtime.clone(),
+        runtime: match &record.vm {
+            Some(vm) => format!("vm {}", vm.kernel.release),
+            None => record.runtime.clone(),
+        },
         complete: record.complete,
         namespaces: observe::lab_status(record)?,
         serve: record.serve.as_ref().map(|s| ServeView {
@@ -80,6 +83,15 @@ pub fn run(args: Args) -> Result {
         ],
         None => state::list().map_err(|e| Failure::new(Exit::Failed, e))?,
     };
+    if let (Some(lab), Some(vm)) = (&args.lab, records.first().and_then(|r| r.vm.as_ref())) {
+        let mut argv = vec!["status".to_string(), lab.clone()];
+        if args.output == Format::Json {
+            argv.extend(["-o".into(), "json".into()]);
+        } else {
+            println!("lab `{lab}` runs in a VM, kernel {}:", vm.release());
+        }
+        return super::forward(vm, argv);
+    }
     if args.output == Format::Json {
         let views = records.iter().map(view).collect::<Result<Vec<_>>>()?;
         let json = if args.lab.is_some() {
@@ -108,7 +120,10 @@ pub fn run(args: Args) -> Result {
                     "incomplete (run down)"
                 }
                 .to_string(),
-                r.runtime.clone(),
+                match &r.vm {
+                    Some(vm) => format!("vm {}", vm.kernel.release),
+                    None => r.runtime.clone(),
+                },
                 r.file
                     .as_ref()
                     .map(|f| f.display().to_string())

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use indicatif::{ProgressBar, ProgressStyle};
 use labctl::engine::{self, Progress};
 
-use super::{Exit, Failure, Result, Vars, load};
+use super::{Exit, Failure, Result, Vars, Where, load, vm_argv};
 
 /// Build the lab described by a topology file from real kernel objects.
 #[derive(clap::Args)]
@@ -22,6 +22,8 @@ pub struct Args {
     /// Print nothing but errors.
     #[arg(short, long)]
     quiet: bool,
+    #[command(flatten)]
+    place: Where,
 }
 
 /// A progress bar on stderr, shown only on a terminal.
@@ -44,6 +46,21 @@ pub fn run(args: Args) -> Result {
         labctl_topology::check_lab_name(&name)
             .map_err(|e| Failure::new(Exit::Usage, format!("--name: {e}")))?;
         lab.name = name;
+    }
+    if let Some(kernel) = args.place.decide(&lab)? {
+        let t = std::time::Instant::now();
+        let mut argv = vm_argv("up", &args.file, &args.vars, &lab.name);
+        argv.insert(1, "-q".into());
+        let vm = engine::up_in_vm(&lab.name, &args.file, &argv, &kernel)?;
+        if !args.quiet {
+            println!(
+                "lab `{}` is up in a VM (kernel {}) in {:.1?}; status, exec, run and down reach into it",
+                lab.name,
+                vm.release(),
+                t.elapsed()
+            );
+        }
+        return Ok(());
     }
     let bar = if !args.quiet && std::io::stderr().is_terminal() {
         let bar = ProgressBar::new(0);
