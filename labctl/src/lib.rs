@@ -12,6 +12,7 @@ pub mod capture;
 pub mod engine;
 pub mod features;
 pub mod golden;
+pub mod ipvs;
 pub mod kernel;
 pub mod observe;
 pub mod plan;

@@ -4,6 +4,13 @@
 //! file in `golden/<topology>/<scenario>.snap` (insta: `cargo insta review`
 //! accepts a changed one). Plus trials that prove the checks can fail and
 //! that labctl's taps agree with tcpdump.
+//!
+//! Where a trial runs is decided per topology and shown as the trial's
+//! kind, `[host RELEASE]` or `[vm RELEASE]`: on the host kernel when it has
+//! every feature the topology needs, else in the VM runtime on the newest
+//! installed VM kernel. `LABCTL_KERNEL=RELEASE` runs every scenario in a VM
+//! with that kernel: the kernel matrix. Either way the golden files are the
+//! same.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -27,6 +34,14 @@ fn labctl() -> Command {
     Command::new(env!("CARGO_BIN_EXE_labctl"))
 }
 
+/// labctl on the host kernel, whatever `LABCTL_KERNEL` says: for the trials
+/// that reach into the lab's namespaces from the host.
+fn labctl_on_host() -> Command {
+    let mut c = labctl();
+    c.env_remove("LABCTL_KERNEL");
+    c
+}
+
 /// A lab name of its own for each trial.
 fn unique() -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
@@ -45,7 +60,7 @@ struct LabUp {
 impl LabUp {
     fn new(file: &Path) -> Result<LabUp, Failed> {
         let name = unique();
-        let o = labctl()
+        let o = labctl_on_host()
             .args(["up", "-q", "--name", &name])
             .arg(file)
             .output()?;
@@ -67,6 +82,82 @@ fn load(file: &Path) -> labctl::Lab {
         .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
 }
 
+/// Where a topology's scenarios run.
+#[derive(Clone)]
+enum Place {
+    Host,
+    Vm(String),
+    /// Cannot run here; the reason.
+    Nowhere(String),
+}
+
+fn place_for(lab: &labctl::Lab) -> Place {
+    use labctl::{features, vm};
+    if let Ok(k) = std::env::var("LABCTL_KERNEL") {
+        return match vm::choose(Some(&k)) {
+            Ok(k) => Place::Vm(k.release),
+            Err(e) => Place::Nowhere(e.to_string()),
+        };
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return Place::Host; // the root gate reports the trial ignored
+    }
+    let need = features::required(lab);
+    let missing: Vec<String> = match features::probe(&need) {
+        Ok(p) => p
+            .into_iter()
+            .filter(|p| !p.present)
+            .map(|p| p.feature.to_string())
+            .collect(),
+        Err(e) => return Place::Nowhere(format!("probe kernel features: {e}")),
+    };
+    if missing.is_empty() {
+        return Place::Host;
+    }
+    match vm::choose(None) {
+        Ok(k) => Place::Vm(k.release),
+        Err(_) => Place::Nowhere(format!(
+            "host kernel lacks {} and no VM kernel is installed (`labctl kernel install debian`)",
+            missing.join(", ")
+        )),
+    }
+}
+
+/// Run one scenario in a VM with `kernel`: `labctl run` boots it, runs
+/// the scenario inside and stops it; the JSON report carries the golden text.
+fn run_scenario_in_vm(file: &Path, name: &str, kernel: &str) -> Result<(), Failed> {
+    let lab = unique();
+    let o = labctl()
+        .args(["run", "--kernel", kernel, "--name", &lab, "-o", "json"])
+        .arg(file)
+        .arg(name)
+        .output()?;
+    let reports: serde_json::Value = serde_json::from_slice(&o.stdout).map_err(|e| {
+        format!(
+            "no JSON report from the VM ({e}): {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    })?;
+    let report = &reports[0];
+    if report["passed"] != true {
+        return Err(format!("in the VM ({kernel}):\n{report:#}").into());
+    }
+    let text = report["golden_text"].as_str().ok_or("no golden text")?;
+    assert_golden(file, name, text);
+    Ok(())
+}
+
+fn assert_golden(file: &Path, name: &str, text: &str) {
+    let stem = file.file_stem().unwrap().to_string_lossy().into_owned();
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path(root().join("golden").join(&stem));
+    settings.set_prepend_module_to_snapshot(false);
+    settings.set_input_file(file);
+    settings.set_omit_expression(true);
+    settings.bind(|| insta::assert_snapshot!(name.to_string(), text));
+}
+
 /// Run one scenario of a topology file on a fresh lab.
 fn run_scenario(file: &Path, name: &str) -> Result<(), Failed> {
     let lab = load(file);
@@ -81,13 +172,7 @@ fn run_scenario(file: &Path, name: &str) -> Result<(), Failed> {
     if !report.passed {
         return Err(report.render().into());
     }
-    let stem = file.file_stem().unwrap().to_string_lossy().into_owned();
-    let mut settings = insta::Settings::clone_current();
-    settings.set_snapshot_path(root().join("golden").join(&stem));
-    settings.set_prepend_module_to_snapshot(false);
-    settings.set_input_file(file);
-    settings.set_omit_expression(true);
-    settings.bind(|| insta::assert_snapshot!(name.to_string(), report.golden()));
+    assert_golden(file, name, &report.golden());
     Ok(())
 }
 
@@ -108,7 +193,7 @@ fn broken_vpc_route_fails_f2() -> Result<(), Failed> {
     if !o.status.success() {
         return Err(format!("route del: {}", String::from_utf8_lossy(&o.stderr)).into());
     }
-    let o = labctl()
+    let o = labctl_on_host()
         .args(["run", "--name", &up.name])
         .arg(&file)
         .arg("f2-pod-ip-other-node-ping")
@@ -198,22 +283,42 @@ fn main() {
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .collect();
     files.sort();
+    let host = format!("host {}", labctl::features::kernel_release());
     for file in files {
         let lab = load(&file);
+        if lab.scenarios.is_empty() {
+            continue;
+        }
         let stem = file.file_stem().unwrap().to_string_lossy().into_owned();
+        let place = place_for(&lab);
         for sc in &lab.scenarios {
-            let (file, name) = (file.clone(), sc.name.clone());
-            trials.push(Trial::ignorable_test(
-                format!("{stem}::{name}"),
-                move || gate(|| run_scenario(&file, &name)),
-            ));
+            let (file, name, place) = (file.clone(), sc.name.clone(), place.clone());
+            let kind = match &place {
+                Place::Host => host.clone(),
+                Place::Vm(k) => format!("vm {k}"),
+                Place::Nowhere(_) => "nowhere".to_string(),
+            };
+            trials.push(
+                Trial::ignorable_test(format!("{stem}::{name}"), move || match place {
+                    Place::Host => gate(|| run_scenario(&file, &name)),
+                    Place::Vm(k) => gate(|| run_scenario_in_vm(&file, &name, &k)),
+                    Place::Nowhere(why) => gate(|| Err(why.into())),
+                })
+                .with_kind(kind),
+            );
         }
     }
-    trials.push(Trial::ignorable_test("broken_vpc_route_fails_f2", || {
-        gate(broken_vpc_route_fails_f2)
-    }));
-    trials.push(Trial::ignorable_test("capture_agrees_with_tcpdump", || {
-        gate(capture_agrees_with_tcpdump)
-    }));
+    trials.push(
+        Trial::ignorable_test("broken_vpc_route_fails_f2", || {
+            gate(broken_vpc_route_fails_f2)
+        })
+        .with_kind(host.clone()),
+    );
+    trials.push(
+        Trial::ignorable_test("capture_agrees_with_tcpdump", || {
+            gate(capture_agrees_with_tcpdump)
+        })
+        .with_kind(host),
+    );
     libtest_mimic::run(&args, trials).exit();
 }

@@ -1,0 +1,109 @@
+//! The IPVS client against a real kernel, each test in a fresh network
+//! namespace. This machine's kernel has no IPVS, so the kernel test is
+//! ignored here and run in the VM, where `ip_vs` loads:
+//!
+//! ```sh
+//! cargo test -p labctl --test ipvs_vm --no-run   # prints the binary path
+//! vng --run 6.1.0-48-amd64 --disable-kvm --force-9p \
+//!     --exec 'modprobe ip_vs && target/debug/deps/ipvs_vm-HASH --include-ignored'
+//! ```
+
+use std::net::Ipv4Addr;
+
+use labctl::ipvs::{Dest, DestInfo, Forward, Ipvs, IpvsError, Protocol, Service, format_table};
+
+/// Move this test's thread into a namespace of its own. Tests run on
+/// threads libtest made for them, so the rest of the process is untouched.
+fn fresh_netns() {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+        .expect("unshare(CLONE_NEWNET) needs root");
+}
+
+#[test]
+#[ignore = "needs a kernel with IPVS: runs in the VM runtime"]
+fn services_and_dests_round_trip_through_the_kernel() {
+    fresh_netns();
+    let mut ipvs = Ipvs::open().expect("open IPVS");
+    assert!(
+        ipvs.services().unwrap().is_empty(),
+        "fresh namespace has no services"
+    );
+
+    let vip = Service::new(Protocol::Tcp, Ipv4Addr::new(192, 168, 13, 23), 80);
+    let a = Dest::new(Ipv4Addr::new(10, 0, 0, 2), 8080);
+    let b = Dest {
+        weight: 3,
+        forward: Forward::Tunnel,
+        ..Dest::new(Ipv4Addr::new(10, 0, 0, 3), 8080)
+    };
+    ipvs.add_service(&vip).unwrap();
+    let err = ipvs.add_service(&vip).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "service 192.168.13.23:80/tcp already exists (File exists)"
+    );
+    ipvs.add_dest(&vip, &b).unwrap();
+    ipvs.add_dest(&vip, &a).unwrap();
+    let dns = Service {
+        scheduler: "wrr".into(),
+        ..Service::new(Protocol::Udp, Ipv4Addr::new(10, 96, 0, 10), 53)
+    };
+    ipvs.add_service(&dns).unwrap();
+
+    let dump = ipvs.services().unwrap();
+    print!("{}", format_table(&dump));
+    let idle = |dest: &Dest| DestInfo {
+        dest: dest.clone(),
+        active: 0,
+        inactive: 0,
+    };
+    assert_eq!(
+        dump,
+        vec![
+            (dns.clone(), vec![]),
+            (vip.clone(), vec![idle(&a), idle(&b)])
+        ]
+    );
+
+    ipvs.del_dest(&vip, &a).unwrap();
+    let err = ipvs.del_dest(&vip, &a).unwrap_err();
+    assert_eq!(err.errno(), Some(nix::libc::ENOENT), "{err}");
+    assert_eq!(
+        ipvs.services().unwrap(),
+        vec![(dns.clone(), vec![]), (vip.clone(), vec![idle(&b)])]
+    );
+
+    let mut bad = vip.clone();
+    bad.port = 81;
+    bad.scheduler = "no-such-scheduler".into();
+    let err = ipvs.add_service(&bad).unwrap_err();
+    println!("{err}");
+    assert!(err.to_string().contains("is not available"), "{err}");
+
+    ipvs.del_service(&dns).unwrap();
+    let err = ipvs.del_service(&dns).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "service 10.96.0.10:53/udp does not exist (No such process)"
+    );
+    ipvs.flush().unwrap();
+    assert!(ipvs.services().unwrap().is_empty());
+}
+
+/// Runs everywhere: the family resolves, or the error says what is missing.
+#[test]
+fn open_resolves_ipvs_or_says_which_module_is_missing() {
+    match Ipvs::open() {
+        Ok(mut ipvs) => {
+            ipvs.services().expect("dump");
+        }
+        Err(e @ IpvsError::NoIpvs) => {
+            assert!(
+                e.to_string()
+                    .starts_with("kernel has no IPVS (module ip_vs)"),
+                "{e}"
+            );
+        }
+        Err(e) => panic!("unexpected: {e}"),
+    }
+}
