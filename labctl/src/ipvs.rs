@@ -53,6 +53,8 @@ mod uapi {
     pub const IPVS_SVC_ATTR_ADDR: u16 = 3;
     pub const IPVS_SVC_ATTR_PORT: u16 = 4;
     pub const IPVS_SVC_ATTR_SCHED_NAME: u16 = 6;
+    /// IP_VS_SCHEDNAME_MAXLEN (16) less the NUL.
+    pub const SCHED_NAME_MAX: usize = 15;
     pub const IPVS_SVC_ATTR_FLAGS: u16 = 7;
     pub const IPVS_SVC_ATTR_TIMEOUT: u16 = 8;
     pub const IPVS_SVC_ATTR_NETMASK: u16 = 9;
@@ -285,6 +287,12 @@ pub enum IpvsError {
     },
     #[error("{op}: unexpected kernel reply: {reason}")]
     Reply { op: Op, reason: String },
+    #[error(
+        "scheduler name \"{name}\" of service {service} is longer than the kernel's \
+         {} bytes",
+        SCHED_NAME_MAX
+    )]
+    SchedulerName { service: String, name: String },
 }
 
 impl IpvsError {
@@ -319,6 +327,14 @@ fn kernel_error(op: Op, svc: Option<&Service>, dest: Option<&Dest>, errno: i32) 
         (_, Errno::EPERM) => (
             Some(format!("{op}{}", prefixed(subject))),
             "is not permitted (needs CAP_NET_ADMIN)",
+        ),
+        // ip_vs_new_dest() wants inet_addr_type() to say local or unicast;
+        // with no IPv4 address in the namespace there is no local table
+        // and every address is "broadcast".
+        (Op::AddDest, Errno::EINVAL) => (
+            Some(format!("{op}{}", prefixed(subject))),
+            "was rejected (IPVS rejects every destination in a namespace \
+             without an IPv4 address, e.g. with lo down)",
         ),
         (_, Errno::EINVAL) => (Some(format!("{op}{}", prefixed(subject))), "was rejected"),
         _ => (Some(format!("{op}{}", prefixed(subject))), "failed"),
@@ -786,6 +802,13 @@ impl Ipvs {
 
     /// Add a virtual service, like `ipvsadm -A -t ADDR:PORT -s SCHED`.
     pub fn add_service(&mut self, s: &Service) -> Result<(), IpvsError> {
+        // The kernel would say only EINVAL (its policy caps the string).
+        if s.scheduler.len() > SCHED_NAME_MAX {
+            return Err(IpvsError::SchedulerName {
+                service: s.to_string(),
+                name: s.scheduler.clone(),
+            });
+        }
         let attrs = vec![Attr::Nested(IPVS_CMD_ATTR_SERVICE, service_full(s))];
         self.command(IPVS_CMD_NEW_SERVICE, attrs)
             .map_err(|f| self.fail(f, Op::AddService, Some(s), None))
@@ -1289,6 +1312,10 @@ mod tests {
             "destination 10.0.0.9:8080 of service 192.168.13.23:80/tcp does not exist \
              (No such file or directory)"
         );
+
+        s.scheduler = "no-such-scheduler".into();
+        let err = ipvs.add_service(&s).unwrap_err();
+        assert!(matches!(err, IpvsError::SchedulerName { .. }), "{err}");
 
         let (mut ipvs, _) = fake(|req| vec![ack(seq_of(req), nix::errno::Errno::EPERM as i32)]);
         let err = ipvs.flush().unwrap_err();

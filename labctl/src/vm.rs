@@ -310,12 +310,12 @@ pub fn start(
 }
 
 fn alive(pid: u32) -> bool {
-    let pid = nix::unistd::Pid::from_raw(pid as i32);
     // Reap it if it ended (it is our child when we started it).
-    let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
-    nix::sys::signal::kill(pid, None).is_ok()
-        && !fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|s| s.split(") ").nth(1).is_some_and(|r| r.starts_with('Z')))
+    let _ = nix::sys::wait::waitpid(
+        nix::unistd::Pid::from_raw(pid as i32),
+        Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+    );
+    crate::sys::process_alive(pid)
 }
 
 /// One command's result inside the VM.

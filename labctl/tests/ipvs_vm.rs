@@ -12,11 +12,23 @@ use std::net::Ipv4Addr;
 
 use labctl::ipvs::{Dest, DestInfo, Forward, Ipvs, IpvsError, Protocol, Service, format_table};
 
-/// Move this test's thread into a namespace of its own. Tests run on
-/// threads libtest made for them, so the rest of the process is untouched.
+/// Move this test's thread into a namespace of its own, with `lo` up.
+/// Tests run on threads libtest made for them, so the rest of the process
+/// is untouched.
+///
+/// `lo` matters: IPVS refuses a destination with EINVAL unless
+/// `inet_addr_type()` calls its address local or unicast, and a namespace
+/// without a single IPv4 address has no local routing table, so every
+/// address counts as broadcast there.
 fn fresh_netns() {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
         .expect("unshare(CLONE_NEWNET) needs root");
+    // A child starts in the namespace of the thread that spawns it.
+    let status = std::process::Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .expect("run ip");
+    assert!(status.success(), "ip link set lo up: {status}");
 }
 
 #[test]
@@ -52,6 +64,7 @@ fn services_and_dests_round_trip_through_the_kernel() {
 
     let dump = ipvs.services().unwrap();
     print!("{}", format_table(&dump));
+    cross_check_with_ipvsadm(&format_table(&dump));
     let idle = |dest: &Dest| DestInfo {
         dest: dest.clone(),
         active: 0,
@@ -75,10 +88,14 @@ fn services_and_dests_round_trip_through_the_kernel() {
 
     let mut bad = vip.clone();
     bad.port = 81;
-    bad.scheduler = "no-such-scheduler".into();
+    bad.scheduler = "nosuch".into();
     let err = ipvs.add_service(&bad).unwrap_err();
     println!("{err}");
-    assert!(err.to_string().contains("is not available"), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "scheduler \"nosuch\" of service 192.168.13.23:81/tcp is not available \
+         (No such file or directory)"
+    );
 
     ipvs.del_service(&dns).unwrap();
     let err = ipvs.del_service(&dns).unwrap_err();
@@ -88,6 +105,33 @@ fn services_and_dests_round_trip_through_the_kernel() {
     );
     ipvs.flush().unwrap();
     assert!(ipvs.services().unwrap().is_empty());
+}
+
+/// Where `ipvsadm` is installed, its `-Ln` must list the same lines as
+/// [`format_table`] (ipvsadm pads the last column and may order services
+/// differently, so lines are compared trimmed and sorted).
+fn cross_check_with_ipvsadm(ours: &str) {
+    let out = match std::process::Command::new("ipvsadm").arg("-Ln").output() {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            println!("ipvsadm not installed: cross-check skipped");
+            return;
+        }
+        Err(e) => panic!("run ipvsadm: {e}"),
+    };
+    assert!(out.status.success(), "ipvsadm -Ln: {}", out.status);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines = |t: &str| {
+        let mut v: Vec<String> = t
+            .lines()
+            .filter(|l| !l.starts_with("IP Virtual Server version"))
+            .map(|l| l.trim_end().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(lines(&text), lines(ours), "ipvsadm -Ln said:\n{text}");
+    println!("ipvsadm -Ln agrees");
 }
 
 /// Runs everywhere: the family resolves, or the error says what is missing.

@@ -384,6 +384,82 @@ fn feature_probe() -> Result<(), Failed> {
     ensure(before == host_snapshot(), "probing changed the host")
 }
 
+/// A VM kernel to run the VM trials on, or why there is none.
+fn vm_kernel() -> Result<String, Failed> {
+    labctl::vm::choose(std::env::var("LABCTL_KERNEL").ok().as_deref())
+        .map(|k| k.release)
+        .map_err(|e| format!("VM trials need a VM kernel: {e}").into())
+}
+
+/// The issue's tour in the VM runtime: `up --vm`, status and exec reach
+/// into it, `down` stops the VM and leaves nothing on the host.
+fn vm_lab_up_exec_down() -> Result<(), Failed> {
+    let kernel = vm_kernel()?;
+    let before = host_snapshot();
+    let lab = unique("vm");
+    let guard = Down(lab.clone());
+    ok(labctl()
+        .args(["up", "-q", "--kernel", &kernel, "--name", &lab])
+        .arg(flannel()))?;
+    let st = ok(labctl().arg("status"))?;
+    let listing = String::from_utf8_lossy(&st.stdout).to_string();
+    ensure(
+        listing.contains(&format!("vm {kernel}")),
+        format!("status does not show the VM: {listing}"),
+    )?;
+    let o = ok(labctl().args(["exec", &lab, "centos", "--", "uname", "-r"]))?;
+    ensure(
+        String::from_utf8_lossy(&o.stdout).trim() == kernel,
+        format!("exec ran on {}", String::from_utf8_lossy(&o.stdout)),
+    )?;
+    ping(&lab, "centos", "172.23.96.163")?;
+    // A failing command's exit code comes back through the VM.
+    let o = run(labctl().args([
+        "exec",
+        &lab,
+        "centos",
+        "--",
+        "ping",
+        "-c1",
+        "-W1",
+        "192.0.2.1",
+    ]));
+    ensure(
+        o.status.code() == Some(1),
+        format!("exit code through the VM: {}", text(&o)),
+    )?;
+    let record = labctl::state::load(&lab)?.ok_or("no state")?;
+    let pid = record.vm.ok_or("no VM in the state")?.pid;
+    drop(guard);
+    ensure(
+        !labctl::sys::process_alive(pid),
+        format!("the VM (pid {pid}) still runs after down"),
+    )?;
+    ensure(before == host_snapshot(), "the VM lab changed the host")
+}
+
+/// SIGKILL `up --vm` once the VM has booted: `down` still stops the VM.
+fn vm_killed_up_then_down() -> Result<(), Failed> {
+    let kernel = vm_kernel()?;
+    let lab = unique("vmkill");
+    let o = run(labctl()
+        .args(["up", "-q", "--kernel", &kernel, "--name", &lab])
+        .arg(flannel())
+        .env("LABCTL_KILL_AT", "vm-booted"));
+    use std::os::unix::process::ExitStatusExt;
+    ensure(
+        o.status.signal() == Some(9),
+        format!("not killed: {}", text(&o)),
+    )?;
+    let record = labctl::state::load(&lab)?.ok_or("no state after the kill")?;
+    let pid = record.vm.ok_or("VM not recorded before the kill")?.pid;
+    ok(labctl().args(["down", &lab]))?;
+    ensure(
+        !labctl::sys::process_alive(pid),
+        format!("the VM (pid {pid}) survived down"),
+    )
+}
+
 const KILL_POINTS: [&str; 10] = [
     "recorded",
     "netns-file",
@@ -408,6 +484,8 @@ fn main() {
         }),
         Trial::ignorable_test("not_root", || gate(not_root)),
         Trial::ignorable_test("feature_probe", || gate(feature_probe)),
+        Trial::ignorable_test("vm_lab_up_exec_down", || gate(vm_lab_up_exec_down)),
+        Trial::ignorable_test("vm_killed_up_then_down", || gate(vm_killed_up_then_down)),
     ];
     for (n, point) in KILL_POINTS.into_iter().enumerate() {
         trials.push(Trial::ignorable_test(
