@@ -193,6 +193,7 @@ fn phase_name(phase: Phase) -> &'static str {
         Phase::Addresses => "addresses",
         Phase::Routes => "routes",
         Phase::Sysctls => "sysctls",
+        Phase::Services => "services",
     }
 }
 

@@ -14,7 +14,7 @@ use std::io;
 
 use labctl_topology::{Attachment, Lab};
 use netlink_packet_route::link::IpVlanMode;
-use rtnetlink::{LinkBridge, LinkIpVlan, LinkVeth, LinkVxlan};
+use rtnetlink::{LinkBridge, LinkDummy, LinkIpVlan, LinkVeth, LinkVxlan};
 use serde::Serialize;
 
 use crate::sys;
@@ -31,16 +31,19 @@ pub enum Feature {
     Vxlan,
     /// ipvlan devices (CONFIG_IPVLAN).
     Ipvlan,
+    /// dummy devices (CONFIG_DUMMY), for kube-ipvs0.
+    Dummy,
     /// IPVS, the kernel's layer-4 load balancer (CONFIG_IP_VS).
     Ipvs,
 }
 
 impl Feature {
-    pub const ALL: [Feature; 5] = [
+    pub const ALL: [Feature; 6] = [
         Feature::Veth,
         Feature::Bridge,
         Feature::Vxlan,
         Feature::Ipvlan,
+        Feature::Dummy,
         Feature::Ipvs,
     ];
 
@@ -51,6 +54,7 @@ impl Feature {
             Feature::Bridge => ("CONFIG_BRIDGE", "bridge"),
             Feature::Vxlan => ("CONFIG_VXLAN", "vxlan"),
             Feature::Ipvlan => ("CONFIG_IPVLAN", "ipvlan"),
+            Feature::Dummy => ("CONFIG_DUMMY", "dummy"),
             Feature::Ipvs => ("CONFIG_IP_VS", "ip_vs"),
         }
     }
@@ -63,6 +67,7 @@ impl fmt::Display for Feature {
             Feature::Bridge => "bridge",
             Feature::Vxlan => "vxlan",
             Feature::Ipvlan => "ipvlan",
+            Feature::Dummy => "dummy",
             Feature::Ipvs => "ipvs",
         })
     }
@@ -72,11 +77,13 @@ impl fmt::Display for Feature {
 pub fn required(lab: &Lab) -> BTreeSet<Feature> {
     let mut need = BTreeSet::from([Feature::Veth, Feature::Bridge]);
     for pod in &lab.pods {
-        match pod.attachment {
-            Attachment::Bridge { .. } => {
-                need.insert(Feature::Veth);
-            }
+        if let Attachment::Ipvlan { .. } = pod.attachment {
+            need.insert(Feature::Ipvlan);
         }
+    }
+    if !lab.services.is_empty() {
+        need.insert(Feature::Dummy);
+        need.insert(Feature::Ipvs);
     }
     need
 }
@@ -128,6 +135,7 @@ fn probe_on_this_thread(list: &[Feature]) -> io::Result<Vec<Probe>> {
                 Feature::Veth => Some(LinkVeth::new(&name, &format!("{name}p")).build()),
                 Feature::Bridge => Some(LinkBridge::new(&name).build()),
                 Feature::Vxlan => Some(LinkVxlan::new(&name, 42).port(4789).build()),
+                Feature::Dummy => Some(LinkDummy::new(&name).build()),
                 // ipvlan needs a parent: index 1 is the scratch namespace's lo,
                 // which ipvlan refuses with EINVAL; a veth end is accepted.
                 Feature::Ipvlan => {

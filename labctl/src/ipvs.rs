@@ -309,56 +309,43 @@ impl IpvsError {
 /// by it for that command.
 fn kernel_error(op: Op, svc: Option<&Service>, dest: Option<&Dest>, errno: i32) -> IpvsError {
     use nix::errno::Errno;
-    let svc_text = svc.map(|s| format!("service {s}"));
-    let dest_text = match (svc, dest) {
-        (Some(s), Some(d)) => Some(format!("destination {d} of service {s}")),
-        _ => None,
+    // "10.0.0.2:8080 of service 192.168.13.23:80/tcp", or the service alone.
+    let object = match (svc, dest) {
+        (Some(s), Some(d)) => format!(" {d} of service {s}"),
+        (Some(s), None) => format!(" {s}"),
+        _ => String::new(),
     };
-    let subject = dest_text.clone().or(svc_text.clone());
-    let (what, problem) = match (op, Errno::from_raw(errno)) {
+    let named = |noun: &str| format!("{noun}{object}");
+    let (what, problem) = match (op, Errno::from_raw(errno), svc) {
         // Everything but NEW_SERVICE looks the service up first.
-        (_, Errno::ESRCH) if svc.is_some() => (svc_text, "does not exist"),
-        (_, Errno::EEXIST) => (subject, "already exists"),
-        (Op::AddService, Errno::ENOENT) => (
-            svc.map(|s| format!("scheduler \"{}\" of service {s}", s.scheduler)),
+        (_, Errno::ESRCH, Some(s)) => (format!("service {s}"), "does not exist"),
+        (_, Errno::EEXIST, Some(_)) if dest.is_some() => (named("destination"), "already exists"),
+        (_, Errno::EEXIST, Some(_)) => (named("service"), "already exists"),
+        (Op::AddService, Errno::ENOENT, Some(s)) => (
+            format!("scheduler \"{}\" of service {s}", s.scheduler),
             "is not available",
         ),
-        (Op::DelDest, Errno::ENOENT) => (dest_text, "does not exist"),
-        (_, Errno::EPERM) => (
-            Some(format!("{op}{}", prefixed(subject))),
+        (Op::DelDest, Errno::ENOENT, _) => (named("destination"), "does not exist"),
+        (_, Errno::EPERM, _) => (
+            format!("{op}{object}"),
             "is not permitted (needs CAP_NET_ADMIN)",
         ),
         // ip_vs_new_dest() wants inet_addr_type() to say local or unicast;
         // with no IPv4 address in the namespace there is no local table
         // and every address is "broadcast".
-        (Op::AddDest, Errno::EINVAL) => (
-            Some(format!("{op}{}", prefixed(subject))),
+        (Op::AddDest, Errno::EINVAL, _) => (
+            format!("{op}{object}"),
             "was rejected (IPVS rejects every destination in a namespace \
              without an IPv4 address, e.g. with lo down)",
         ),
-        (_, Errno::EINVAL) => (Some(format!("{op}{}", prefixed(subject))), "was rejected"),
-        _ => (Some(format!("{op}{}", prefixed(subject))), "failed"),
+        (_, Errno::EINVAL, _) => (format!("{op}{object}"), "was rejected"),
+        _ => (format!("{op}{object}"), "failed"),
     };
     IpvsError::Kernel {
         op,
-        what: what.unwrap_or_else(|| op.to_string()),
+        what,
         problem,
         errno,
-    }
-}
-
-/// `" service 1.2.3.4:80/tcp"` -> `" 1.2.3.4:80/tcp"` after an op that
-/// already names the object.
-fn prefixed(subject: Option<String>) -> String {
-    match subject {
-        Some(s) => {
-            let bare = s
-                .strip_prefix("service ")
-                .or_else(|| s.strip_prefix("destination "))
-                .unwrap_or(&s);
-            format!(" {bare}")
-        }
-        None => String::new(),
     }
 }
 
@@ -658,6 +645,9 @@ fn encode(family: u16, seq: u32, flags: u16, request: Request) -> Vec<u8> {
 }
 
 /// A client for the IPVS tables of one network namespace.
+///
+/// The namespace needs an IPv4 address (at least `lo` up) before real
+/// servers can be added: the kernel rejects them with EINVAL otherwise.
 pub struct Ipvs {
     wire: Box<dyn Wire>,
     family: u16,
@@ -718,7 +708,9 @@ impl Ipvs {
         };
         let replies = match self.exchange(GENL_ID_CTRL, NLM_F_REQUEST | NLM_F_ACK, request) {
             Ok(r) => r,
-            Err(Failure::Errno(e)) if e == libc_enoent() => return Err(IpvsError::NoIpvs),
+            Err(Failure::Errno(e)) if e == nix::errno::Errno::ENOENT as i32 => {
+                return Err(IpvsError::NoIpvs);
+            }
             Err(f) => return Err(self.fail(f, Op::Open, None, None)),
         };
         let reply = |reason: String| IpvsError::Reply {
@@ -889,10 +881,6 @@ impl Ipvs {
         self.command(IPVS_CMD_FLUSH, Vec::new())
             .map_err(|f| self.fail(f, Op::Flush, None, None))
     }
-}
-
-fn libc_enoent() -> i32 {
-    nix::errno::Errno::ENOENT as i32
 }
 
 /// `ipvsadm -Ln` style text of a dump (without its version line), sorted,
@@ -1264,7 +1252,7 @@ mod tests {
         let wire = Fake {
             sent,
             queue: VecDeque::new(),
-            answer: Box::new(|req| vec![ack(seq_of(req), libc_enoent())]),
+            answer: Box::new(|req| vec![ack(seq_of(req), nix::errno::Errno::ENOENT as i32)]),
         };
         let err = Ipvs::over(Box::new(wire)).err().unwrap();
         assert!(matches!(err, IpvsError::NoIpvs));

@@ -11,9 +11,10 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth};
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, IpVlanMode};
 use rtnetlink::{
-    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    Handle, LinkBridge, LinkDummy, LinkIpVlan, LinkMessageBuilder, LinkUnspec, LinkVeth,
+    RouteMessageBuilder,
 };
 
 use crate::plan::{Action, NsSpec, Step};
@@ -189,6 +190,85 @@ impl Kernel for Netlink {
                     .await
                     .map_err(fail)
             }
+            Action::AddDummy { name, ifindex } => {
+                let msg = LinkDummy::new(name).index(*ifindex).up().build();
+                self.handle(&step.netns)?
+                    .link()
+                    .add(msg)
+                    .execute()
+                    .await
+                    .map_err(fail)
+            }
+            Action::AddIpvlan {
+                name,
+                ifindex,
+                parent,
+                netns,
+            } => {
+                let mut b = LinkIpVlan::new(name, parent.ifindex, IpVlanMode::L2).index(*ifindex);
+                b = match netns {
+                    // Made here, off the node's ENI, living in the pod.
+                    Some(target) => {
+                        let fd = self.fds.get(target).ok_or_else(|| {
+                            KernelError::new(step.to_string(), "pod namespace missing")
+                        })?;
+                        b.setns_by_fd(fd.as_raw_fd())
+                    }
+                    None => b.up(),
+                };
+                self.handle(&step.netns)?
+                    .link()
+                    .add(b.build())
+                    .execute()
+                    .await
+                    .map_err(fail)
+            }
+            Action::IpvsService {
+                address,
+                port,
+                protocol,
+                dests,
+            } => {
+                use crate::ipvs;
+                let service = ipvs::Service::new(
+                    match protocol {
+                        labctl_topology::Protocol::Tcp => ipvs::Protocol::Tcp,
+                        labctl_topology::Protocol::Udp => ipvs::Protocol::Udp,
+                    },
+                    *address,
+                    *port,
+                );
+                let dests: Vec<ipvs::Dest> =
+                    dests.iter().map(|(a, p)| ipvs::Dest::new(*a, *p)).collect();
+                let netns = step.netns.clone();
+                // IPVS is generic netlink on a socket of its own, opened
+                // inside the namespace by a thread of our own.
+                tokio::task::spawn_blocking(move || -> Result<(), ipvs::IpvsError> {
+                    let mut ipvs = ipvs::Ipvs::open_in(&netns)?;
+                    ipvs.add_service(&service)?;
+                    for d in &dests {
+                        ipvs.add_dest(&service, d)?;
+                    }
+                    Ok(())
+                })
+                .await
+                .map_err(|e| KernelError::new(step.to_string(), e))?
+                .map_err(|e| KernelError::new(step.to_string(), e))
+            }
+            Action::RenameUp {
+                ifname, ifindex, ..
+            } => {
+                let msg = LinkUnspec::new_with_index(*ifindex)
+                    .name(ifname.clone())
+                    .up()
+                    .build();
+                self.handle(&step.netns)?
+                    .link()
+                    .set(msg)
+                    .execute()
+                    .await
+                    .map_err(fail)
+            }
             Action::LinkUp { ifindex, .. } => {
                 let msg = LinkUnspec::new_with_index(*ifindex).up().build();
                 self.handle(&step.netns)?
@@ -213,11 +293,13 @@ impl Kernel for Netlink {
                 ifindex,
                 ..
             } => {
-                let msg = RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+                let mut b = RouteMessageBuilder::<std::net::Ipv4Addr>::new()
                     .destination_prefix(destination.addr(), destination.prefix_len())
-                    .gateway(*via)
-                    .output_interface(*ifindex)
-                    .build();
+                    .output_interface(*ifindex);
+                if let Some(via) = via {
+                    b = b.gateway(*via);
+                }
+                let msg = b.build();
                 self.handle(&step.netns)?
                     .route()
                     .add(msg)

@@ -40,15 +40,18 @@ pub enum Phase {
     Addresses,
     Routes,
     Sysctls,
+    /// IPVS virtual services (kube-proxy's IPVS mode).
+    Services,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 5] = [
+    pub const ALL: [Phase; 6] = [
         Phase::Devices,
         Phase::Links,
         Phase::Addresses,
         Phase::Routes,
         Phase::Sysctls,
+        Phase::Services,
     ];
 }
 
@@ -84,18 +87,45 @@ pub enum Action {
         peer_ifindex: u32,
         peer_mac: Option<[u8; 6]>,
     },
+    /// `ip link add NAME index N type dummy && ip link set NAME up`
+    AddDummy { name: String, ifindex: u32 },
+    /// `ip link add link PARENT name NAME [netns NS] index N type ipvlan mode
+    /// l2`: created here off `parent`, living in `netns` when given (a pod),
+    /// up at once when it stays here (the node's own slave).
+    AddIpvlan {
+        name: String,
+        ifindex: u32,
+        parent: IfRef,
+        netns: Option<String>,
+    },
+    /// `ipvsadm -A -t VIP:PORT -s rr` and `ipvsadm -a -t VIP:PORT -r
+    /// RIP:RPORT -m` for each real server: kube-proxy's IPVS mode.
+    IpvsService {
+        address: Ipv4Addr,
+        port: u16,
+        protocol: labctl_topology::Protocol,
+        dests: Vec<(Ipv4Addr, u16)>,
+    },
     /// `ip link set IF up`
     LinkUp { ifname: String, ifindex: u32 },
+    /// `ip link set FROM name IF up`: a pod's ipvlan is made under a
+    /// temporary name, because the kernel looks a new link's name up in the
+    /// namespace that asks (the node, which has an `eth0` of its own).
+    RenameUp {
+        from: String,
+        ifname: String,
+        ifindex: u32,
+    },
     /// `ip addr add ADDR dev IF`
     AddAddress {
         ifname: String,
         ifindex: u32,
         address: Ipv4Net,
     },
-    /// `ip route add DST via GW dev IF`
+    /// `ip route add DST [via GW] dev IF`
     AddRoute {
         destination: Ipv4Net,
-        via: Ipv4Addr,
+        via: Option<Ipv4Addr>,
         ifname: String,
         ifindex: u32,
     },
@@ -192,6 +222,52 @@ impl fmt::Display for Step {
                 write!(f, " && ip -n {ns} link set {name} up")
             }
             Action::LinkUp { ifname, .. } => write!(f, "ip -n {ns} link set {ifname} up"),
+            Action::RenameUp { from, ifname, .. } => {
+                write!(f, "ip -n {ns} link set {from} name {ifname} up")
+            }
+            Action::AddDummy { name, ifindex } => write!(
+                f,
+                "ip -n {ns} link add {name} index {ifindex} type dummy && ip -n {ns} link set {name} up"
+            ),
+            Action::AddIpvlan {
+                name,
+                ifindex,
+                parent,
+                netns,
+            } => match netns {
+                Some(target) => write!(
+                    f,
+                    "ip -n {ns} link add link {} name {name} netns {target} index {ifindex} type ipvlan mode l2",
+                    parent.name
+                ),
+                None => write!(
+                    f,
+                    "ip -n {ns} link add link {} name {name} index {ifindex} type ipvlan mode l2 && ip -n {ns} link set {name} up",
+                    parent.name
+                ),
+            },
+            Action::IpvsService {
+                address,
+                port,
+                protocol,
+                dests,
+            } => {
+                let flag = match protocol {
+                    labctl_topology::Protocol::Tcp => "-t",
+                    labctl_topology::Protocol::Udp => "-u",
+                };
+                write!(
+                    f,
+                    "ip netns exec {ns} ipvsadm -A {flag} {address}:{port} -s rr"
+                )?;
+                for (a, p) in dests {
+                    write!(
+                        f,
+                        " && ip netns exec {ns} ipvsadm -a {flag} {address}:{port} -r {a}:{p} -m"
+                    )?;
+                }
+                Ok(())
+            }
             Action::AddAddress {
                 ifname, address, ..
             } => write!(f, "ip -n {ns} addr add {address} dev {ifname}"),
@@ -206,7 +282,10 @@ impl fmt::Display for Step {
                 } else {
                     destination.to_string()
                 };
-                write!(f, "ip -n {ns} route add {dst} via {via} dev {ifname}")
+                match via {
+                    Some(via) => write!(f, "ip -n {ns} route add {dst} via {via} dev {ifname}"),
+                    None => write!(f, "ip -n {ns} route add {dst} dev {ifname}"),
+                }
             }
             Action::Sysctl { key, value } => {
                 write!(f, "ip netns exec {ns} sysctl -qw {key}={value}")
@@ -224,6 +303,17 @@ impl Indexes {
         let n = self.0.entry(netns.to_string()).or_insert(1);
         *n += 1;
         *n
+    }
+
+    /// An index free in both namespaces, taken in both. Needed where one
+    /// namespace makes a link that lives in another: Linux 6.1 checks the
+    /// requested index against the namespace that asks (6.18 against the
+    /// one the link lands in).
+    fn next_in_both(&mut self, a: &str, b: &str) -> u32 {
+        let n = self.next(a).max(self.next(b));
+        self.0.insert(a.to_string(), n);
+        self.0.insert(b.to_string(), n);
+        n
     }
 }
 
@@ -293,9 +383,40 @@ pub fn plan(lab: &Lab) -> Plan {
             value: "1".into(),
         },
     );
+    // A cloud vSwitch routes; it does not send ICMP redirects to hosts that
+    // could reach each other directly (a Linux router would, when a reply
+    // leaves by the interface it came in on). The kernel ORs `all` with the
+    // interface's own setting, so both are turned off.
+    let vpc_ifs =
+        std::iter::once("all".to_string()).chain(lab.interfaces_of("vpc").unwrap_or_default());
+    for ifname in vpc_ifs {
+        push(
+            Phase::Sysctls,
+            &vpc,
+            Action::Sysctl {
+                key: format!("net.ipv4.conf.{ifname}.send_redirects"),
+                value: "0".into(),
+            },
+        );
+    }
 
     // Nodes: ENIs plugged into their vSwitch, the pod bridge, default route.
+    // ENIs that carry ipvlan pods: their address goes on the node's own
+    // ipvlan slave (ipvl_N) instead. ipvlan switches a frame between slaves
+    // by IP address, so the node's ARP for a pod is answered back to the
+    // slave only if the slave holds the address it asked from.
+    let ipvlan_enis: std::collections::HashSet<(String, String)> = lab
+        .pods
+        .iter()
+        .filter_map(|p| match &p.attachment {
+            Attachment::Ipvlan { parent, .. } => Some((p.node.clone(), parent.clone())),
+            _ => None,
+        })
+        .collect();
+    let mut eni_address: HashMap<(String, String), Ipv4Net> = HashMap::new();
     let mut node_bridge = HashMap::new();
+    // (node, ENI name) -> its ifindex in the node.
+    let mut eni_index: HashMap<(String, String), u32> = HashMap::new();
     for node in &lab.nodes {
         let ns = lab.netns(&node.name);
         let mut first_eni = None;
@@ -303,6 +424,7 @@ pub fn plan(lab: &Lab) -> Plan {
             let port_index = idx.next(&vpc);
             let ifindex = idx.next(&ns);
             first_eni.get_or_insert((eni.name.clone(), ifindex));
+            eni_index.insert((node.name.clone(), eni.name.clone()), ifindex);
             push(
                 Phase::Links,
                 &vpc,
@@ -325,15 +447,20 @@ pub fn plan(lab: &Lab) -> Plan {
                     ifindex,
                 },
             );
-            push(
-                Phase::Addresses,
-                &ns,
-                Action::AddAddress {
-                    ifname: eni.name.clone(),
-                    ifindex,
-                    address: eni.address,
-                },
-            );
+            let key = (node.name.clone(), eni.name.clone());
+            if ipvlan_enis.contains(&key) {
+                eni_address.insert(key, eni.address);
+            } else {
+                push(
+                    Phase::Addresses,
+                    &ns,
+                    Action::AddAddress {
+                        ifname: eni.name.clone(),
+                        ifindex,
+                        address: eni.address,
+                    },
+                );
+            }
         }
         if let (Some(cidr), Some(gw)) = (node.pod_cidr, node.pod_gateway) {
             let ifindex = idx.next(&ns);
@@ -369,7 +496,7 @@ pub fn plan(lab: &Lab) -> Plan {
                 &ns,
                 Action::AddRoute {
                     destination: Ipv4Net::default(),
-                    via: node.default_gateway,
+                    via: Some(node.default_gateway),
                     ifname,
                     ifindex,
                 },
@@ -397,7 +524,7 @@ pub fn plan(lab: &Lab) -> Plan {
                 &vpc,
                 Action::AddRoute {
                     destination: route.destination,
-                    via: route.via,
+                    via: Some(route.via),
                     ifname: subnet.name.clone(),
                     ifindex: vsw[subnet.name.as_str()].ifindex,
                 },
@@ -405,11 +532,104 @@ pub fn plan(lab: &Lab) -> Plan {
         }
     }
 
-    // Pods: veth from the node's bridge into the pod, eth0 inside.
+    // Pods: veth from the node's bridge into the pod, or an ipvlan slave of
+    // the node's ENI moved into the pod; eth0 inside.
+    let mut host_slaves: HashMap<(String, String), u32> = HashMap::new();
     for pod in &lab.pods {
         let node_ns = lab.netns(&pod.node);
         let pod_ns = lab.netns(&pod.name);
         match &pod.attachment {
+            Attachment::Ipvlan { parent, host_slave } => {
+                let parent = IfRef {
+                    name: parent.clone(),
+                    ifindex: eni_index[&(pod.node.clone(), parent.clone())],
+                };
+                let key = (pod.node.clone(), host_slave.clone());
+                let slave_index = match host_slaves.get(&key) {
+                    Some(i) => *i,
+                    None => {
+                        let i = idx.next(&node_ns);
+                        host_slaves.insert(key, i);
+                        push(
+                            Phase::Links,
+                            &node_ns,
+                            Action::AddIpvlan {
+                                name: host_slave.clone(),
+                                ifindex: i,
+                                parent: parent.clone(),
+                                netns: None,
+                            },
+                        );
+                        if let Some(address) =
+                            eni_address.get(&(pod.node.clone(), parent.name.clone()))
+                        {
+                            push(
+                                Phase::Addresses,
+                                &node_ns,
+                                Action::AddAddress {
+                                    ifname: host_slave.clone(),
+                                    ifindex: i,
+                                    address: *address,
+                                },
+                            );
+                        }
+                        i
+                    }
+                };
+                let pod_index = idx.next_in_both(&node_ns, &pod_ns);
+                let temporary = labctl_topology::hashed_ifname("ipv", &pod.name);
+                push(
+                    Phase::Links,
+                    &node_ns,
+                    Action::AddIpvlan {
+                        name: temporary.clone(),
+                        ifindex: pod_index,
+                        parent,
+                        netns: Some(pod_ns.clone()),
+                    },
+                );
+                push(
+                    Phase::Addresses,
+                    &pod_ns,
+                    Action::RenameUp {
+                        from: temporary,
+                        ifname: pod.ifname.clone(),
+                        ifindex: pod_index,
+                    },
+                );
+                push(
+                    Phase::Addresses,
+                    &pod_ns,
+                    Action::AddAddress {
+                        ifname: pod.ifname.clone(),
+                        ifindex: pod_index,
+                        address: pod.address,
+                    },
+                );
+                for route in &pod.routes {
+                    push(
+                        Phase::Routes,
+                        &pod_ns,
+                        Action::AddRoute {
+                            destination: route.destination,
+                            via: Some(route.via),
+                            ifname: pod.ifname.clone(),
+                            ifindex: pod_index,
+                        },
+                    );
+                }
+                // The node reaches the pod through its own slave of the ENI.
+                push(
+                    Phase::Routes,
+                    &node_ns,
+                    Action::AddRoute {
+                        destination: Ipv4Net::new(pod.address.addr(), 32).expect("/32"),
+                        via: None,
+                        ifname: host_slave.clone(),
+                        ifindex: slave_index,
+                    },
+                );
+            }
             Attachment::Bridge { host_ifname } => {
                 let host_index = idx.next(&node_ns);
                 let pod_index = idx.next(&pod_ns);
@@ -450,7 +670,7 @@ pub fn plan(lab: &Lab) -> Plan {
                         &pod_ns,
                         Action::AddRoute {
                             destination: route.destination,
-                            via: route.via,
+                            via: Some(route.via),
                             ifname: pod.ifname.clone(),
                             ifindex: pod_index,
                         },
@@ -511,11 +731,58 @@ pub fn plan(lab: &Lab) -> Plan {
             &ns,
             Action::AddRoute {
                 destination: Ipv4Net::default(),
-                via: client.gateway,
+                via: Some(client.gateway),
                 ifname: "eth0".into(),
                 ifindex,
             },
         );
+    }
+
+    // Services, kube-proxy IPVS style, on every node: the ClusterIP on a
+    // dummy kube-ipvs0, an IPVS virtual service per port, endpoints as real
+    // servers.
+    if !lab.services.is_empty() {
+        for node in &lab.nodes {
+            let ns = lab.netns(&node.name);
+            let ifindex = idx.next(&ns);
+            push(
+                Phase::Devices,
+                &ns,
+                Action::AddDummy {
+                    name: labctl_topology::KUBE_IPVS.into(),
+                    ifindex,
+                },
+            );
+            for svc in &lab.services {
+                push(
+                    Phase::Addresses,
+                    &ns,
+                    Action::AddAddress {
+                        ifname: labctl_topology::KUBE_IPVS.into(),
+                        ifindex,
+                        address: Ipv4Net::new(svc.cluster_ip, 32).expect("/32"),
+                    },
+                );
+                for port in &svc.ports {
+                    let dests = svc
+                        .endpoints
+                        .iter()
+                        .filter_map(|e| lab.pod(e))
+                        .map(|p| (p.address.addr(), port.target_port))
+                        .collect();
+                    push(
+                        Phase::Services,
+                        &ns,
+                        Action::IpvsService {
+                            address: svc.cluster_ip,
+                            port: port.port,
+                            protocol: port.protocol,
+                            dests,
+                        },
+                    );
+                }
+            }
+        }
     }
 
     steps.sort_by_key(|s| s.phase);

@@ -107,6 +107,24 @@ fn services_and_dests_round_trip_through_the_kernel() {
     assert!(ipvs.services().unwrap().is_empty());
 }
 
+#[test]
+#[ignore = "needs a kernel with IPVS: runs in the VM runtime"]
+fn dest_in_a_namespace_without_addresses_is_explained() {
+    // No `lo` up: no IPv4 address, no local table.
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+        .expect("unshare(CLONE_NEWNET) needs root");
+    let mut ipvs = Ipvs::open().expect("open IPVS");
+    let vip = Service::new(Protocol::Tcp, Ipv4Addr::new(192, 168, 13, 23), 80);
+    ipvs.add_service(&vip).unwrap();
+    let err = ipvs
+        .add_dest(&vip, &Dest::new(Ipv4Addr::new(10, 0, 0, 2), 8080))
+        .unwrap_err();
+    println!("{err}");
+    assert_eq!(err.errno(), Some(nix::libc::EINVAL));
+    assert!(err.to_string().contains("without an IPv4 address"), "{err}");
+    ipvs.flush().unwrap();
+}
+
 /// Where `ipvsadm` is installed, its `-Ln` must list the same lines as
 /// [`format_table`] (ipvsadm pads the last column and may order services
 /// differently, so lines are compared trimmed and sorted).

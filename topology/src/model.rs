@@ -24,8 +24,31 @@ pub struct Lab {
     pub nodes: Vec<Node>,
     pub pods: Vec<Pod>,
     pub clients: Vec<Client>,
+    pub services: Vec<Service>,
     pub scenarios: Vec<Scenario>,
 }
+
+/// A Kubernetes service, programmed on every node like kube-proxy's IPVS
+/// mode: the ClusterIP on a dummy `kube-ipvs0`, an IPVS virtual service per
+/// port with the endpoints as real servers (NAT).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Service {
+    pub name: String,
+    pub cluster_ip: Ipv4Addr,
+    pub ports: Vec<ServicePort>,
+    /// Endpoint pods, by name.
+    pub endpoints: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ServicePort {
+    pub port: u16,
+    pub target_port: u16,
+    pub protocol: Protocol,
+}
+
+/// The dummy device kube-proxy's IPVS mode holds service addresses on.
+pub const KUBE_IPVS: &str = "kube-ipvs0";
 
 /// The cloud VPC: one network namespace routing between its vSwitches
 /// (bridges), the nodes plugged into them and the clients outside.
@@ -95,6 +118,10 @@ pub enum Attachment {
     /// Flannel: veth pair, pod side `eth0`, node side `host_ifname` enslaved
     /// to the node's pod bridge.
     Bridge { host_ifname: String },
+    /// Terway: an ipvlan L2 slave of the node's ENI `parent`, named `eth0`
+    /// in the pod; the node reaches the pod through its own slave of the
+    /// same ENI, `host_slave` (`ipvl_N`), with a /32 route.
+    Ipvlan { parent: String, host_slave: String },
 }
 
 /// A pod: its own network namespace.
@@ -253,8 +280,17 @@ impl Lab {
                 v.push(n.bridge.clone());
             }
             for p in self.pods.iter().filter(|p| p.node == n.name) {
-                let Attachment::Bridge { host_ifname } = &p.attachment;
-                v.push(host_ifname.clone());
+                match &p.attachment {
+                    Attachment::Bridge { host_ifname } => v.push(host_ifname.clone()),
+                    Attachment::Ipvlan { host_slave, .. } => {
+                        if !v.contains(host_slave) {
+                            v.push(host_slave.clone())
+                        }
+                    }
+                }
+            }
+            if !self.services.is_empty() {
+                v.push(KUBE_IPVS.to_string());
             }
             return Some(v);
         }
@@ -285,8 +321,13 @@ impl Lab {
                     "`{entity}/host` names the host veth of a pod, and `{entity}` is not a pod"
                 ));
             };
-            let Attachment::Bridge { host_ifname } = &pod.attachment;
-            return Ok(format!("{}/{host_ifname}", pod.node));
+            return match &pod.attachment {
+                Attachment::Bridge { host_ifname } => Ok(format!("{}/{host_ifname}", pod.node)),
+                Attachment::Ipvlan { parent, .. } => Err(format!(
+                    "`{entity}` is an ipvlan pod on {}'s {parent}: it has no veth on its node",
+                    pod.node
+                )),
+            };
         }
         let Some(ifs) = self.interfaces_of(entity) else {
             return Err(format!("unknown node, pod or client `{entity}`"));
@@ -324,4 +365,10 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(":")
+}
+
+/// The node's own ipvlan slave of an ENI, named like Terway's `ipvl_N`
+/// (N: the ENI's position among the node's interfaces, from 1).
+pub fn ipvlan_host_slave(eni_position: usize) -> String {
+    format!("ipvl_{eni_position}")
 }

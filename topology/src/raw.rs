@@ -37,9 +37,43 @@ pub struct RawTopology {
     /// Hosts outside the VPC, linked to the VPC router.
     #[serde(default)]
     pub clients: Vec<RawClient>,
+    /// Kubernetes services, programmed on every node the way kube-proxy's
+    /// IPVS mode does.
+    #[serde(default)]
+    pub services: Vec<RawService>,
     /// Traffic scenarios (from the articles) and what they must show.
     #[serde(default)]
     pub scenarios: Vec<RawScenario>,
+}
+
+/// A Kubernetes service.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Service")]
+pub struct RawService {
+    #[schemars(with = "EntityName")]
+    pub name: Spanned<String>,
+    /// The ClusterIP: on every node's `kube-ipvs0` and an IPVS virtual service.
+    #[schemars(with = "Ipv4Text")]
+    pub cluster_ip: Spanned<String>,
+    pub ports: Vec<RawServicePort>,
+    /// The pods behind the service, by name.
+    #[schemars(with = "Vec<String>")]
+    pub endpoints: Vec<Spanned<String>>,
+}
+
+/// A service port.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "ServicePort")]
+pub struct RawServicePort {
+    pub port: u16,
+    /// The pods' port (default: `port`).
+    #[serde(default)]
+    pub target_port: Option<u16>,
+    /// Default tcp.
+    #[serde(default)]
+    pub protocol: Option<RawProtocol>,
 }
 
 /// The VPC: one router namespace with a bridge per vSwitch.
@@ -151,6 +185,9 @@ pub struct RawClient {
 pub enum RawAttachment {
     /// Flannel: a veth pair, the host side enslaved to the node's pod bridge.
     Bridge,
+    /// Terway: an ipvlan (L2) slave of one of the node's ENIs (`interface`),
+    /// moved into the pod; the pod's address is in the ENI's subnet.
+    Ipvlan,
 }
 
 /// A pod.
@@ -167,6 +204,10 @@ pub struct RawPod {
     #[serde(default)]
     #[schemars(with = "Option<RawAttachment>")]
     pub attachment: Option<Spanned<RawAttachment>>,
+    /// For `ipvlan`: the node's ENI the pod's ipvlan hangs off (`eth1`).
+    #[serde(default)]
+    #[schemars(with = "Option<IfName>")]
+    pub interface: Option<Spanned<String>>,
     /// Plain IPv4 address inside the node's pod CIDR (whose prefix it takes).
     #[schemars(with = "Ipv4Text")]
     pub address: Spanned<String>,

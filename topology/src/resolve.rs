@@ -39,6 +39,8 @@ struct NodeInfo {
     pod_gateway: Option<Ipv4Addr>,
     first_address: Option<Ipv4Addr>,
     pods: Vec<String>,
+    /// ENIs: name, subnet, subnet gateway, position (from 1).
+    enis: Vec<(String, Ipv4Net, Ipv4Addr, usize)>,
 }
 
 struct Resolver<'a> {
@@ -155,8 +157,15 @@ pub(crate) fn resolve(src: &Source, raw: RawTopology) -> Result<Lab, Problems> {
         nodes,
         pods,
         clients,
+        services: Vec::new(),
         scenarios: Vec::new(),
     };
+    let declared_pods: Vec<&str> = raw.pods.iter().map(|p| p.name.value.as_str()).collect();
+    for raw_service in &raw.services {
+        if let Some(svc) = r.service(raw_service, &declared_pods) {
+            lab.services.push(svc);
+        }
+    }
     // Scenarios refer to interfaces, so they resolve against the built lab.
     if r.problems.is_empty() {
         let mut names: HashMap<String, Location> = HashMap::new();
@@ -653,6 +662,7 @@ impl Resolver<'_> {
             pod_gateway: None,
             first_address: None,
             pods: Vec::new(),
+            enis: Vec::new(),
         };
         let mut ok = true;
         if raw.interfaces.is_empty() {
@@ -765,6 +775,12 @@ impl Resolver<'_> {
                     &raw_if.name.referenced,
                 );
             }
+            info.enis.push((
+                ifname.clone(),
+                subnet.cidr,
+                subnet.gateway,
+                interfaces.len() + 1,
+            ));
             interfaces.push(NodeInterface {
                 name: ifname.clone(),
                 subnet: subnet.name.clone(),
@@ -898,19 +914,77 @@ impl Resolver<'_> {
         let mut ok = raw.mac.is_none() || mac.is_some();
         let ports = self.ports(raw);
         let info = self.node_ref(&raw.node, infos, node_names);
-        let (pod_cidr, pod_gateway) = match info {
-            Some(info) => (info.pod_cidr, info.pod_gateway),
-            None => (None, None),
+        let kind = raw.attachment.as_ref().map(|a| a.value);
+        let node = &raw.node.value;
+        // Where the pod's address comes from: the node's pod CIDR (bridge),
+        // or the subnet of the ENI it hangs off (ipvlan).
+        let mut eni: Option<(String, usize)> = None;
+        let (pod_cidr, pod_gateway) = match (kind, info) {
+            (None | Some(RawAttachment::Bridge), Some(info)) => {
+                if let Some(i) = &raw.interface {
+                    self.err(
+                        &i.referenced,
+                        format!("pod {name} is a bridge pod: `interface` is for ipvlan pods"),
+                        "not for bridge pods",
+                        Some("write `attachment: ipvlan` or drop `interface`".into()),
+                    );
+                    ok = false;
+                }
+                (info.pod_cidr, info.pod_gateway)
+            }
+            (Some(RawAttachment::Ipvlan), Some(info)) => match &raw.interface {
+                None => {
+                    self.err(
+                        &raw.name.referenced,
+                        format!("ipvlan pod {name} needs `interface`: the ENI of {node} it uses"),
+                        "no interface",
+                        Some(format!(
+                            "{node} has: {}",
+                            info.enis
+                                .iter()
+                                .map(|e| e.0.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )),
+                    );
+                    ok = false;
+                    (None, None)
+                }
+                Some(i) => match info.enis.iter().find(|e| e.0 == i.value) {
+                    Some((eni_name, cidr, gw, pos)) => {
+                        eni = Some((eni_name.clone(), *pos));
+                        (Some(*cidr), Some(*gw))
+                    }
+                    None => {
+                        let known: Vec<&str> = info.enis.iter().map(|e| e.0.as_str()).collect();
+                        self.err(
+                            &i.referenced,
+                            format!("node {node} has no interface `{}`", i.value),
+                            "unknown interface",
+                            Some(unknown_hint("interface", &i.value, &known)),
+                        );
+                        ok = false;
+                        (None, None)
+                    }
+                },
+            },
+            (_, None) => (None, None),
         };
-        if let Some(info) = infos.get_mut(&raw.node.value) {
+        // Bridge pods need the node's pod CIDR (checked once all are known).
+        if let Some(info) = infos.get_mut(&raw.node.value)
+            && !matches!(kind, Some(RawAttachment::Ipvlan))
+        {
             info.pods.push(name.clone());
         }
-        let node = &raw.node.value;
 
         let address = match (address, pod_cidr) {
             (Some(address), Some(cidr)) => {
+                let network = match &eni {
+                    Some((e, _)) => format!("the subnet of {node}'s {e}"),
+                    None => format!("the pod cidr of {node}"),
+                };
                 let help = format!(
-                    "pod cidr of {node} is {cidr}: use an address from {} to {}",
+                    "{network} is {cidr}: use an address from {} to {}",
                     second_host(cidr),
                     last_host(cidr)
                 );
@@ -918,7 +992,7 @@ impl Resolver<'_> {
                     address,
                     cidr,
                     &raw.address.referenced,
-                    || format!("address {address} is outside the pod cidr of {node} ({cidr})"),
+                    || format!("address {address} is outside {network} ({cidr})"),
                     help,
                 ) {
                     self.claim_address(address, format!("pod {name}"), &raw.address.referenced);
@@ -977,8 +1051,12 @@ impl Resolver<'_> {
             }
         };
 
-        let attachment = match raw.attachment.as_ref().map(|a| a.value) {
-            None | Some(RawAttachment::Bridge) => Attachment::Bridge {
+        let attachment = match (kind, eni) {
+            (Some(RawAttachment::Ipvlan), Some((parent, pos))) => Attachment::Ipvlan {
+                parent,
+                host_slave: ipvlan_host_slave(pos),
+            },
+            _ => Attachment::Bridge {
                 host_ifname: hashed_ifname("veth", name),
             },
         };
@@ -1356,6 +1434,58 @@ impl Resolver<'_> {
                 not_seen_on,
                 server_saw_client,
             },
+        })
+    }
+}
+
+impl Resolver<'_> {
+    /// A service; `pods` are the pod names the file declares (a pod with
+    /// problems of its own is still a known endpoint).
+    fn service(&mut self, raw: &RawService, pods: &[&str]) -> Option<Service> {
+        let before = self.problems.len();
+        let name = &raw.name.value;
+        let cluster_ip = self.ipv4(&raw.cluster_ip, "cluster ip");
+        if let Some(ip) = cluster_ip {
+            self.claim_address(ip, format!("service {name}"), &raw.cluster_ip.referenced);
+        }
+        for e in &raw.endpoints {
+            if !pods.contains(&e.value.as_str()) {
+                self.err(
+                    &e.referenced,
+                    format!("unknown pod `{}`", e.value),
+                    "unknown endpoint",
+                    Some(unknown_hint("pod", &e.value, pods)),
+                );
+            }
+        }
+        let ports: Vec<ServicePort> = raw
+            .ports
+            .iter()
+            .map(|p| ServicePort {
+                port: p.port,
+                target_port: p.target_port.unwrap_or(p.port),
+                protocol: match p.protocol {
+                    Some(RawProtocol::Udp) => Protocol::Udp,
+                    _ => Protocol::Tcp,
+                },
+            })
+            .collect();
+        if ports.is_empty() || ports.iter().any(|p| p.port == 0 || p.target_port == 0) {
+            self.err(
+                &raw.name.referenced,
+                format!("service {name} needs ports from 1 to 65535"),
+                "no ports",
+                Some("write `ports: [{ port: 80 }]`".into()),
+            );
+        }
+        if self.problems.len() > before {
+            return None;
+        }
+        Some(Service {
+            name: name.clone(),
+            cluster_ip: cluster_ip?,
+            ports,
+            endpoints: raw.endpoints.iter().map(|e| e.value.clone()).collect(),
         })
     }
 }

@@ -100,7 +100,9 @@ fn flannel_resolves() {
     assert_eq!(node180.interfaces[0].address.to_string(), "10.0.0.180/24");
     assert_eq!(node180.interfaces[0].vpc_port, "node-180-eth0");
     for pod in &lab.pods {
-        let Attachment::Bridge { host_ifname } = &pod.attachment;
+        let Attachment::Bridge { host_ifname } = &pod.attachment else {
+            panic!("flannel pods are bridge pods");
+        };
         assert!(host_ifname.starts_with("veth"), "{host_ifname}");
         assert_eq!(host_ifname.len(), 12);
         assert_eq!(pod.ifname, "eth0");
@@ -180,11 +182,11 @@ fn unknown_key_lists_valid_keys() {
 
 #[test]
 fn unknown_top_level_key() {
-    let (e, _) = one("name: lab\n", "name: lab\nservices: []\n");
+    let (e, _) = one("name: lab\n", "name: lab\nservicez: []\n");
     assert_eq!(
         e,
-        "t.yaml:2:1: unknown key `services`, expected one of: name, vpc, nodes, pods, clients, \
-         scenarios"
+        "t.yaml:2:1: unknown key `servicez`, expected one of: name, vpc, nodes, pods, clients, \
+         services, scenarios"
     );
 }
 
@@ -248,11 +250,11 @@ fn unknown_protocol_and_attachment() {
     );
     let (e, _) = one(
         "address: 172.23.96.10 }",
-        "address: 172.23.96.10, attachment: ipvlan }",
+        "address: 172.23.96.10, attachment: macvlan }",
     );
     assert_eq!(
         e,
-        "t.yaml:19:69: unknown variant `ipvlan`, expected one of bridge"
+        "t.yaml:19:69: unknown variant `macvlan`, expected one of bridge, ipvlan"
     );
 }
 
@@ -384,7 +386,7 @@ fn pod_address_outside_pod_cidr() {
     );
     assert_eq!(
         help,
-        "pod cidr of node-1 is 172.23.96.0/26: use an address from 172.23.96.2 to 172.23.96.62"
+        "the pod cidr of node-1 is 172.23.96.0/26: use an address from 172.23.96.2 to 172.23.96.62"
     );
 }
 
@@ -883,6 +885,7 @@ fn thousand_pods_from_a_loop() {
         .iter()
         .map(|p| match &p.attachment {
             Attachment::Bridge { host_ifname } => host_ifname.as_str(),
+            Attachment::Ipvlan { .. } => panic!("generated pods are bridge pods"),
         })
         .collect();
     veths.sort_unstable();
@@ -1036,5 +1039,79 @@ fn scenario_duplicate_names() {
     assert_eq!(
         e.to_string(),
         "t.yaml:28:11: duplicate scenario name `s1`, first at line 24"
+    );
+}
+
+// ---- ipvlan pods and services ----------------------------------------
+
+const IPVLAN: &str = "\
+name: lab
+vpc:
+  subnets:
+    - { name: vsw, cidr: 10.0.3.0/24, gateway: 10.0.3.253 }
+nodes:
+  - name: node-15
+    interfaces:
+      - { name: eth0, subnet: vsw, address: 10.0.3.15 }
+      - { name: eth1, subnet: vsw, address: 10.0.3.16 }
+pods:
+  - { name: nginx, node: node-15, attachment: ipvlan, interface: eth1, address: 10.0.3.38 }
+services:
+  - { name: nginx, cluster_ip: 192.168.27.242, ports: [{ port: 80 }], endpoints: [nginx] }
+";
+
+#[test]
+fn ipvlan_pod_takes_its_enis_subnet_and_gateway() {
+    let lab = load_str("t.yaml", IPVLAN, &vars()).unwrap_or_else(|e| panic!("{e}"));
+    let pod = &lab.pods[0];
+    assert_eq!(
+        pod.attachment,
+        Attachment::Ipvlan {
+            parent: "eth1".into(),
+            host_slave: "ipvl_2".into()
+        }
+    );
+    assert_eq!(pod.address.to_string(), "10.0.3.38/24");
+    assert_eq!(pod.routes[0].via.to_string(), "10.0.3.253");
+    assert_eq!(lab.services[0].ports[0].target_port, 80);
+    assert!(
+        lab.interfaces_of("node-15")
+            .unwrap()
+            .contains(&KUBE_IPVS.to_string())
+    );
+}
+
+#[test]
+fn ipvlan_pod_needs_a_known_interface() {
+    let src = IPVLAN.replace("interface: eth1", "interface: eth7");
+    let e = load_str("t.yaml", &src, &vars()).expect_err("should fail");
+    assert_eq!(
+        e.to_string(),
+        "t.yaml:11:66: node node-15 has no interface `eth7`"
+    );
+}
+
+#[test]
+fn ipvlan_pod_address_must_be_in_the_eni_subnet() {
+    let src = IPVLAN.replace("address: 10.0.3.38", "address: 10.0.4.38");
+    let e = load_str("t.yaml", &src, &vars()).expect_err("should fail");
+    assert!(
+        e.to_string()
+            == "t.yaml:11:81: address 10.0.4.38 is outside the subnet of node-15's eth1 (10.0.3.0/24)",
+        "{e}"
+    );
+}
+
+#[test]
+fn service_endpoints_must_be_pods() {
+    let src = IPVLAN.replace("endpoints: [nginx]", "endpoints: [ngin]");
+    let e = load_str("t.yaml", &src, &vars()).expect_err("should fail");
+    assert_eq!(e.to_string(), "t.yaml:13:83: unknown pod `ngin`");
+    assert!(
+        e.problems()[0]
+            .help
+            .as_ref()
+            .unwrap()
+            .contains("did you mean `nginx`?")
     );
 }
