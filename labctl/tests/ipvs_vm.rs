@@ -1,12 +1,10 @@
 //! The IPVS client against a real kernel, each test in a fresh network
-//! namespace. This machine's kernel has no IPVS, so the kernel test is
-//! ignored here and run in the VM, where `ip_vs` loads:
-//!
-//! ```sh
-//! cargo test -p labctl --test ipvs_vm --no-run   # prints the binary path
-//! vng --run 6.1.0-48-amd64 --disable-kvm --force-9p \
-//!     --exec 'modprobe ip_vs && target/debug/deps/ipvs_vm-HASH --include-ignored'
-//! ```
+//! namespace. Where the host kernel has no IPVS (this project's build
+//! machines), each kernel trial re-runs this very test binary inside a VM
+//! booted from an installed distro kernel, where `ip_vs` loads, and passes
+//! or fails with it; the trial's kind says where it ran. Without root, or
+//! without IPVS and a VM kernel, a trial is reported ignored with the
+//! reason (a failure under `LABCTL_REQUIRE_ALL=1`).
 
 use std::net::Ipv4Addr;
 
@@ -31,8 +29,6 @@ fn fresh_netns() {
     assert!(status.success(), "ip link set lo up: {status}");
 }
 
-#[test]
-#[ignore = "needs a kernel with IPVS: runs in the VM runtime"]
 fn services_and_dests_round_trip_through_the_kernel() {
     fresh_netns();
     let mut ipvs = Ipvs::open().expect("open IPVS");
@@ -107,8 +103,6 @@ fn services_and_dests_round_trip_through_the_kernel() {
     assert!(ipvs.services().unwrap().is_empty());
 }
 
-#[test]
-#[ignore = "needs a kernel with IPVS: runs in the VM runtime"]
 fn dest_in_a_namespace_without_addresses_is_explained() {
     // No `lo` up: no IPv4 address, no local table.
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
@@ -153,7 +147,6 @@ fn cross_check_with_ipvsadm(ours: &str) {
 }
 
 /// Runs everywhere: the family resolves, or the error says what is missing.
-#[test]
 fn open_resolves_ipvs_or_says_which_module_is_missing() {
     match Ipvs::open() {
         Ok(mut ipvs) => {
@@ -168,4 +161,108 @@ fn open_resolves_ipvs_or_says_which_module_is_missing() {
         }
         Err(e) => panic!("unexpected: {e}"),
     }
+}
+
+mod common;
+
+/// Where the kernel trials run.
+enum Place {
+    Here,
+    Vm(String),
+    Nowhere(String),
+}
+
+fn place() -> Place {
+    if std::env::var_os("LABCTL_IN_VM").is_some() || Ipvs::open().is_ok() {
+        return Place::Here;
+    }
+    match labctl::vm::choose(std::env::var("LABCTL_KERNEL").ok().as_deref()) {
+        Ok(k) => Place::Vm(k.release),
+        Err(e) => Place::Nowhere(format!("the host kernel has no IPVS and {e}")),
+    }
+}
+
+/// Run one trial of this binary inside a VM with `kernel`.
+fn in_vm(kernel: &str, name: &str) -> Result<(), libtest_mimic::Failed> {
+    let exe = std::env::current_exe()?;
+    // The VM sees the host's files read-only: run a copy the host cannot
+    // replace under it.
+    let dir = labctl::vm::lib_dir().join("vm");
+    std::fs::create_dir_all(&dir)?;
+    let copy = dir.join(format!("ipvs_vm-{}-{name}", std::process::id()));
+    std::fs::copy(&exe, &copy)?;
+    let o = std::process::Command::new("vng")
+        .args(["--run", kernel, "--disable-kvm", "--force-9p", "--exec"])
+        .arg(format!(
+            "modprobe ip_vs; LABCTL_IN_VM=1 {} --exact {name}",
+            copy.display()
+        ))
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    let _ = std::fs::remove_file(&copy);
+    let out = String::from_utf8_lossy(&o.stdout);
+    if o.status.success() && out.contains("1 passed") {
+        Ok(())
+    } else {
+        Err(format!(
+            "in the VM ({kernel}): {out}{}",
+            String::from_utf8_lossy(&o.stderr)
+        )
+        .into())
+    }
+}
+
+fn main() {
+    use libtest_mimic::{Arguments, Trial};
+    let args = Arguments::from_args();
+    let place = if nix::unistd::geteuid().is_root() {
+        place()
+    } else {
+        Place::Here // the root gate reports the trials ignored
+    };
+    let kind = match &place {
+        Place::Here => format!("here {}", labctl::features::kernel_release()),
+        Place::Vm(k) => format!("vm {k}"),
+        Place::Nowhere(_) => "nowhere".into(),
+    };
+    let kernel_trials: [(&str, fn()); 2] = [
+        (
+            "services_and_dests_round_trip_through_the_kernel",
+            services_and_dests_round_trip_through_the_kernel,
+        ),
+        (
+            "dest_in_a_namespace_without_addresses_is_explained",
+            dest_in_a_namespace_without_addresses_is_explained,
+        ),
+    ];
+    let mut trials = vec![Trial::test(
+        "open_resolves_ipvs_or_says_which_module_is_missing",
+        || {
+            open_resolves_ipvs_or_says_which_module_is_missing();
+            Ok(())
+        },
+    )];
+    for (name, f) in kernel_trials {
+        let how: Result<Option<String>, String> = match &place {
+            Place::Here => Ok(None),
+            Place::Vm(k) => Ok(Some(k.clone())),
+            Place::Nowhere(why) => Err(why.clone()),
+        };
+        trials.push(
+            Trial::ignorable_test(name, move || {
+                common::gate(|| match how {
+                    Ok(None) => {
+                        // Fresh namespaces per trial: on a thread of its own.
+                        std::thread::spawn(f)
+                            .join()
+                            .map_err(|_| "the trial panicked".into())
+                    }
+                    Ok(Some(k)) => in_vm(&k, name),
+                    Err(why) => Err(why.into()),
+                })
+            })
+            .with_kind(kind.clone()),
+        );
+    }
+    libtest_mimic::run(&args, trials).exit();
 }
