@@ -58,6 +58,19 @@ impl NetnsGuard {
 
 impl Drop for NetnsGuard {
     fn drop(&mut self) {
+        // Nothing to undo when the thread never left (say, unshare failed
+        // for want of privilege; setns would then fail the same way).
+        let same = |a: &fs::Metadata, b: &fs::Metadata| {
+            use std::os::unix::fs::MetadataExt;
+            a.dev() == b.dev() && a.ino() == b.ino()
+        };
+        if let (Ok(now), Ok(then)) = (
+            fs::metadata("/proc/thread-self/ns/net"),
+            File::from(self.original.try_clone().expect("dup a namespace handle")).metadata(),
+        ) && same(&now, &then)
+        {
+            return;
+        }
         if let Err(e) = setns(&self.original, CloneFlags::CLONE_NEWNET) {
             // A thread stranded in a lab namespace would do the rest of its
             // work in the wrong place; stopping is the only safe answer.

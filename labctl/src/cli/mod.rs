@@ -16,6 +16,7 @@ mod plan;
 mod render;
 mod run;
 mod serve;
+mod show;
 mod status;
 mod up;
 mod validate;
@@ -40,6 +41,7 @@ enum Command {
     Plan(plan::Args),
     Run(run::Args),
     Kernel(kernel::Args),
+    Show(show::Args),
     /// Print the JSON schema of topology files.
     Schema,
     /// Inside a VM: serve requests from the host in DIR.
@@ -137,6 +139,7 @@ pub fn main() -> ExitCode {
         Command::Plan(a) => plan::run(a),
         Command::Run(a) => run::run(a),
         Command::Kernel(a) => kernel::run(a),
+        Command::Show(a) => show::run(a),
         Command::Agent { dir } => {
             labctl::vm::agent(&dir).map_err(|e| Failure::new(Exit::Failed, format!("agent: {e}")))
         }
@@ -239,6 +242,9 @@ impl Where {
     /// otherwise an installed VM kernel is, and the user is told so.
     pub fn decide(&self, lab: &Lab) -> Result<Option<labctl::vm::Kernel>> {
         use labctl::{features, vm};
+        if !labctl::sys::is_root() {
+            return Err(EngineError::NotRoot.into());
+        }
         if self.vm || self.kernel.is_some() {
             return vm::choose(self.kernel.as_deref())
                 .map(Some)

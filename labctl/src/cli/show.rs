@@ -1,0 +1,231 @@
+//! `labctl show`: kernel tables of one namespace of a lab (conntrack, IPVS),
+//! read back the way `conntrack -L` and `ipvsadm -Ln` show them.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use clap::Subcommand;
+use labctl::state::{self, LabState};
+use labctl::{conntrack, ipvs, observe};
+use serde::Serialize;
+
+use super::{Exit, Failure, Result};
+
+/// Show a kernel table inside a node, pod, client or the VPC of a lab.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(Subcommand)]
+enum What {
+    /// The conntrack table, like `ip netns exec NS conntrack -L -f ipv4`.
+    ///
+    /// Empty until something in the namespace uses conntrack (NAT, IPVS,
+    /// nftables rules matching `ct`).
+    Conntrack(ConntrackArgs),
+    /// The IPVS virtual services and their real servers, like
+    /// `ip netns exec NS ipvsadm -Ln`.
+    Ipvs(IpvsArgs),
+}
+
+/// Which namespace.
+#[derive(clap::Args)]
+struct Target {
+    /// Lab name.
+    lab: String,
+    /// Node, pod or client name (or `vpc`).
+    entity: String,
+}
+
+#[derive(clap::Args)]
+struct ConntrackArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Every entry; without it, only entries involving an address of the
+    /// lab (loopback and other traffic of the namespace is left out).
+    #[arg(long)]
+    all: bool,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value = "table")]
+    output: Format,
+}
+
+#[derive(clap::Args)]
+struct IpvsArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value = "table")]
+    output: Format,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq)]
+enum Format {
+    Table,
+    Json,
+}
+
+/// One IPVS service in JSON output.
+#[derive(Serialize)]
+struct ServiceView<'a> {
+    service: &'a ipvs::Service,
+    destinations: &'a [ipvs::DestInfo],
+}
+
+pub fn run(args: Args) -> Result {
+    match args.what {
+        What::Conntrack(a) => show_conntrack(a),
+        What::Ipvs(a) => show_ipvs(a),
+    }
+}
+
+/// The argv that repeats a show command inside the lab's VM.
+fn vm_argv(what: &str, target: &Target, output: Format, extra: &[&str]) -> Vec<String> {
+    let mut argv: Vec<String> = vec![
+        "show".into(),
+        what.into(),
+        target.lab.clone(),
+        target.entity.clone(),
+    ];
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    if output == Format::Json {
+        argv.extend(["-o".into(), "json".into()]);
+    }
+    argv
+}
+
+/// The lab's record, or why there is none.
+fn record(lab: &str) -> Result<LabState> {
+    state::load(lab)
+        .map_err(|e| Failure::new(Exit::Failed, e))?
+        .ok_or_else(|| {
+            Failure::new(
+                Exit::State,
+                format!("lab `{lab}` is not up (`labctl status` lists the labs that are)"),
+            )
+        })
+}
+
+/// The namespace of the target entity, or an error listing the known ones.
+fn netns<'a>(record: &'a LabState, target: &Target) -> Result<&'a str> {
+    match record.netns_of(&target.entity) {
+        Some(ns) => Ok(&ns.name),
+        None => {
+            let known: Vec<&str> = record
+                .namespaces
+                .iter()
+                .map(|n| n.entity.as_str())
+                .collect();
+            Err(Failure::new(
+                Exit::Usage,
+                format!(
+                    "lab `{}` has no node, pod or client `{}`; it has: {}",
+                    target.lab,
+                    target.entity,
+                    known.join(", ")
+                ),
+            ))
+        }
+    }
+}
+
+/// Exit code for a kernel read: without root it is the environment.
+fn failed() -> Exit {
+    if labctl::sys::is_root() {
+        Exit::Failed
+    } else {
+        Exit::Environment
+    }
+}
+
+/// The IPv4 addresses of every interface of the lab but loopbacks.
+fn lab_addresses(record: &LabState) -> Result<Vec<Ipv4Addr>> {
+    let mut out = Vec::new();
+    for ns in observe::lab_status(record)? {
+        for itf in ns.interfaces {
+            for a in itf.addresses {
+                let ip = a.split('/').next().unwrap_or(&a);
+                if let Ok(IpAddr::V4(ip)) = ip.parse::<IpAddr>()
+                    && !ip.is_loopback()
+                {
+                    out.push(ip);
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+fn show_conntrack(args: ConntrackArgs) -> Result {
+    let record = record(&args.target.lab)?;
+    if let Some(vm) = &record.vm {
+        let extra: &[&str] = if args.all { &["--all"] } else { &[] };
+        return super::forward(vm, vm_argv("conntrack", &args.target, args.output, extra));
+    }
+    let ns = netns(&record, &args.target)?;
+    let mut entries = conntrack::dump_in(ns)
+        .map_err(|e| Failure::new(failed(), format!("conntrack in {ns}: {e}")))?;
+    if !args.all {
+        let addrs = lab_addresses(&record)?;
+        let keep: std::collections::HashSet<conntrack::Entry> = addrs
+            .iter()
+            .flat_map(|a| conntrack::involving(&entries, *a))
+            .cloned()
+            .collect();
+        entries.retain(|e| keep.contains(e));
+    }
+    if args.output == Format::Json {
+        let json = serde_json::to_string_pretty(&entries).expect("conntrack entries are JSON");
+        println!("{json}");
+        return Ok(());
+    }
+    for line in conntrack::format(&entries, false) {
+        println!("{line}");
+    }
+    // conntrack -L's summary, on stderr so the lines can be piped.
+    eprintln!(
+        "{} flow entries in {ns}{}",
+        entries.len(),
+        if args.all {
+            ""
+        } else {
+            " (involving the lab's addresses; --all for every one)"
+        }
+    );
+    Ok(())
+}
+
+fn show_ipvs(args: IpvsArgs) -> Result {
+    let record = record(&args.target.lab)?;
+    if let Some(vm) = &record.vm {
+        return super::forward(vm, vm_argv("ipvs", &args.target, args.output, &[]));
+    }
+    let ns = netns(&record, &args.target)?;
+    let mut ipvs = ipvs::Ipvs::open_in(ns).map_err(|e| {
+        let code = match e {
+            ipvs::IpvsError::NoIpvs => Exit::Environment,
+            _ => failed(),
+        };
+        Failure::new(code, format!("IPVS in {ns}: {e}"))
+    })?;
+    let services = ipvs
+        .services()
+        .map_err(|e| Failure::new(failed(), format!("IPVS in {ns}: {e}")))?;
+    if args.output == Format::Json {
+        let views: Vec<ServiceView> = services
+            .iter()
+            .map(|(service, dests)| ServiceView {
+                service,
+                destinations: dests,
+            })
+            .collect();
+        let json = serde_json::to_string_pretty(&views).expect("IPVS services are JSON");
+        println!("{json}");
+        return Ok(());
+    }
+    print!("{}", ipvs::format_table(&services));
+    Ok(())
+}

@@ -1,0 +1,448 @@
+//! The conntrack dump against a real kernel, and `labctl show` end to end.
+//!
+//! The kernel trials build fresh namespaces of their own (removed however
+//! the trial ends); without root they are reported ignored with the reason
+//! (a failure under `LABCTL_REQUIRE_ALL=1`). Decoding and formatting are
+//! unit-tested without root in `src/conntrack.rs`.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::{Command, Output};
+
+use common::gate;
+use labctl::conntrack::{self, ConntrackError, Entry, Tuple};
+use labctl::traffic::{Kind, Proto, Request, Servers, run_client};
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
+
+mod common;
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
+const SERVER: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
+
+/// Names no other trial or run uses (also short enough for interfaces).
+fn unique(tag: &str) -> String {
+    format!("ct{}{tag}", std::process::id() % 100_000)
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("spawn")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn ok(cmd: &mut Command) -> Result<Output, Failed> {
+    let o = run(cmd);
+    if o.status.success() {
+        Ok(o)
+    } else {
+        Err(format!("{cmd:?} failed: {}", text(&o)).into())
+    }
+}
+
+fn ensure(cond: bool, msg: impl Into<String>) -> Result<(), Failed> {
+    if cond { Ok(()) } else { Err(msg.into().into()) }
+}
+
+fn ip(args: &[&str]) -> Result<(), Failed> {
+    ok(Command::new("ip").args(args)).map(|_| ())
+}
+
+/// Named namespaces removed on drop, even when the trial fails half way.
+struct Namespaces(Vec<String>);
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for ns in self.0.iter().rev() {
+            let _ = run(Command::new("ip").args(["netns", "delete", ns]));
+        }
+    }
+}
+
+/// Client and server namespaces joined by a veth pair, CLIENT and SERVER on
+/// its ends.
+fn two_namespaces() -> Result<(Namespaces, String, String), Failed> {
+    let (client, server) = (unique("c"), unique("s"));
+    let guard = Namespaces(vec![client.clone(), server.clone()]);
+    ip(&["netns", "add", &client])?;
+    ip(&["netns", "add", &server])?;
+    ip(&[
+        "link", "add", &client, "netns", &client, "type", "veth", "peer", "name", &server, "netns",
+        &server,
+    ])?;
+    for (ns, addr) in [(&client, CLIENT), (&server, SERVER)] {
+        let cidr = format!("{addr}/24");
+        ip(&["-n", ns, "addr", "add", &cidr, "dev", ns])?;
+        ip(&["-n", ns, "link", "set", ns, "up"])?;
+        ip(&["-n", ns, "link", "set", "lo", "up"])?;
+    }
+    Ok((guard, client, server))
+}
+
+/// A netlink attribute (type, value, padding); `nested` sets NLA_F_NESTED.
+fn nla(kind: u16, nested: bool, value: &[u8]) -> Vec<u8> {
+    let len = 4 + value.len();
+    let kind = if nested { kind | 0x8000 } else { kind };
+    let mut out = Vec::new();
+    out.extend((len as u16).to_ne_bytes());
+    out.extend(kind.to_ne_bytes());
+    out.extend(value);
+    out.resize(len.next_multiple_of(4), 0);
+    out
+}
+
+/// One nfnetlink message: nlmsghdr, nfgenmsg (family, version 0, res_id),
+/// attributes.
+fn nfnl(kind: u16, flags: u16, seq: u32, family: u8, res_id: u16, attrs: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend((20 + attrs.len() as u32).to_ne_bytes());
+    out.extend(kind.to_ne_bytes());
+    out.extend(flags.to_ne_bytes());
+    out.extend(seq.to_ne_bytes());
+    out.extend(0u32.to_ne_bytes());
+    out.extend([family, 0]);
+    out.extend(res_id.to_be_bytes());
+    out.extend(attrs);
+    out
+}
+
+/// The nftables ruleset `table ip t { chain c { type filter hook
+/// prerouting priority 0; ct state } }`, sent as nft sends it: one
+/// nf_tables batch over NETLINK_NETFILTER (`include/uapi/linux/netfilter/
+/// nf_tables.h`). A rule with a `ct` expression is what makes a namespace
+/// track connections: `nft_ct_get_init` registers the conntrack hooks
+/// there (`nf_ct_netns_get`), which happens per namespace and on demand.
+/// Built by hand so the test needs no `nft` binary.
+fn nft_ct_batch() -> Vec<u8> {
+    const NFNL_SUBSYS_NFTABLES: u16 = 10;
+    const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+    const NFNL_MSG_BATCH_END: u16 = 0x11;
+    const NFT_MSG_NEWTABLE: u16 = 0;
+    const NFT_MSG_NEWCHAIN: u16 = 3;
+    const NFT_MSG_NEWRULE: u16 = 6;
+    const NFPROTO_IPV4: u8 = 2;
+    // NLM_F_REQUEST, NLM_F_ACK, NLM_F_CREATE, NLM_F_APPEND
+    const REQ: u16 = 0x1;
+    const NEW: u16 = 0x1 | 0x4 | 0x400;
+    let msg = |t: u16| (NFNL_SUBSYS_NFTABLES << 8) | t;
+    let be32 = |v: u32| v.to_be_bytes();
+    let table = nla(1, false, b"t\0"); // NFTA_TABLE_NAME
+    let chain = [
+        nla(1, false, b"t\0"), // NFTA_CHAIN_TABLE
+        nla(3, false, b"c\0"), // NFTA_CHAIN_NAME
+        nla(
+            4, // NFTA_CHAIN_HOOK
+            true,
+            &[
+                nla(1, false, &be32(0)), // NFTA_HOOK_HOOKNUM: NF_INET_PRE_ROUTING
+                nla(2, false, &be32(0)), // NFTA_HOOK_PRIORITY
+            ]
+            .concat(),
+        ),
+        nla(7, false, b"filter\0"), // NFTA_CHAIN_TYPE
+    ]
+    .concat();
+    let ct = [
+        nla(1, false, b"ct\0"), // NFTA_EXPR_NAME
+        nla(
+            2, // NFTA_EXPR_DATA
+            true,
+            &[
+                nla(1, false, &be32(1)), // NFTA_CT_DREG: NFT_REG_1
+                nla(2, false, &be32(0)), // NFTA_CT_KEY: NFT_CT_STATE
+            ]
+            .concat(),
+        ),
+    ]
+    .concat();
+    let rule = [
+        nla(1, false, b"t\0"),            // NFTA_RULE_TABLE
+        nla(2, false, b"c\0"),            // NFTA_RULE_CHAIN
+        nla(4, true, &nla(1, true, &ct)), // NFTA_RULE_EXPRESSIONS { NFTA_LIST_ELEM }
+    ]
+    .concat();
+    [
+        nfnl(NFNL_MSG_BATCH_BEGIN, REQ, 1, 0, NFNL_SUBSYS_NFTABLES, &[]),
+        nfnl(msg(NFT_MSG_NEWTABLE), NEW, 2, NFPROTO_IPV4, 0, &table),
+        nfnl(msg(NFT_MSG_NEWCHAIN), NEW, 3, NFPROTO_IPV4, 0, &chain),
+        nfnl(msg(NFT_MSG_NEWRULE), NEW, 4, NFPROTO_IPV4, 0, &rule),
+        nfnl(NFNL_MSG_BATCH_END, REQ, 5, 0, NFNL_SUBSYS_NFTABLES, &[]),
+    ]
+    .concat()
+}
+
+/// Load [`nft_ct_batch`] in `ns`, like `ip netns exec NS nft -f -`, and
+/// wait for the kernel to acknowledge its three commands.
+fn track_connections(ns: &str) -> Result<(), Failed> {
+    let fd = labctl::sys::open_netns(ns)?;
+    let socket = std::thread::scope(|s| {
+        s.spawn(|| -> std::io::Result<netlink_sys::Socket> {
+            let _back = labctl::sys::NetnsGuard::enter(&fd)?;
+            let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_NETFILTER)?;
+            socket.bind_auto()?;
+            Ok(socket)
+        })
+        .join()
+        .expect("socket thread")
+    })?;
+    let kernel = netlink_sys::SocketAddr::new(0, 0);
+    socket.send_to(&nft_ct_batch(), &kernel, 0)?;
+    let mut acked = 0;
+    while acked < 3 {
+        let (buf, _) = socket.recv_from_full()?;
+        let mut at = 0;
+        while at + 20 <= buf.len() {
+            let len = u32::from_ne_bytes(buf[at..at + 4].try_into()?) as usize;
+            let kind = u16::from_ne_bytes(buf[at + 4..at + 6].try_into()?);
+            let seq = u32::from_ne_bytes(buf[at + 8..at + 12].try_into()?);
+            if kind == 2 {
+                // NLMSG_ERROR: 0 acknowledges, anything else refuses.
+                let code = i32::from_ne_bytes(buf[at + 16..at + 20].try_into()?);
+                if code != 0 {
+                    let err = std::io::Error::from_raw_os_error(-code);
+                    return Err(
+                        format!("nftables refused message {seq} of the batch: {err}").into(),
+                    );
+                }
+                acked += 1;
+            }
+            at += len.max(20).next_multiple_of(4);
+        }
+    }
+    Ok(())
+}
+
+fn dump_sees_a_tcp_connection() -> Result<(), Failed> {
+    let (_guard, client, server) = two_namespaces()?;
+    track_connections(&server)?;
+    let before = conntrack::dump_in(&server)?;
+    ensure(before.is_empty(), format!("fresh table: {before:?}"))?;
+
+    let servers = Servers::start(&server, &[(80, Proto::Tcp)])?;
+    let req = Request::new(Kind::TcpConnect, SocketAddr::new(SERVER.into(), 80)).with_attempts(3);
+    let outcome = run_client(&client, &req);
+    servers.stop();
+    let success = outcome
+        .result
+        .map_err(|e| format!("TCP connect {client} -> {SERVER}:80: {e}"))?;
+    let local = success.local.ok_or("client port unknown")?;
+    let sport = local.port();
+    ensure(
+        conntrack::EPHEMERAL_PORTS.contains(&sport),
+        format!("client port {sport} outside the ephemeral range"),
+    )?;
+
+    let entries = conntrack::dump_in(&server)?;
+    let tuple = |src, dst, sport, dport| Tuple {
+        src,
+        dst,
+        protocol: 6,
+        sport: Some(sport),
+        dport: Some(dport),
+    };
+    let want_original = tuple(CLIENT, SERVER, sport, 80);
+    let found: Vec<&Entry> = entries
+        .iter()
+        .filter(|e| e.original == want_original)
+        .collect();
+    let [entry] = found[..] else {
+        return Err(format!("no single entry for {want_original:?} in {entries:#?}").into());
+    };
+    ensure(
+        entry.reply == tuple(SERVER, CLIENT, 80, sport),
+        format!("reply tuple: {entry:?}"),
+    )?;
+    ensure(
+        entry.status.iter().any(|s| s == "SEEN_REPLY"),
+        format!("status: {entry:?}"),
+    )?;
+    ensure(
+        entry.tcp_state.is_some(),
+        format!("no TCP state: {entry:?}"),
+    )?;
+    ensure(
+        conntrack::involving(&entries, CLIENT).contains(&entry),
+        "involving(CLIENT) misses the entry",
+    )?;
+
+    let lines = conntrack::format(&entries, true);
+    let want = "tcp 6 src=10.99.0.1 dst=10.99.0.2 sport=* dport=80 \
+                src=10.99.0.2 dst=10.99.0.1 sport=80 dport=*";
+    ensure(
+        lines.iter().any(|l| l == want),
+        format!("redacted lines {lines:#?} lack {want}"),
+    )?;
+    let plain = conntrack::format(&entries, false).join("\n");
+    ensure(
+        plain.contains(&format!("sport={sport} dport=80")),
+        format!("unredacted lines lack the client port: {plain}"),
+    )?;
+    Ok(())
+}
+
+/// No root needed: the namespace file is missing before anything else.
+fn missing_namespace_is_an_error() -> Result<(), Failed> {
+    let name = unique("missing");
+    match conntrack::dump_in(&name) {
+        Err(e @ ConntrackError::Netns { .. }) => ensure(
+            e.to_string() == format!("enter network namespace {name}"),
+            e.to_string(),
+        ),
+        other => Err(format!("{other:?}").into()),
+    }
+}
+
+fn labctl() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_labctl"));
+    cmd.env_remove("LABCTL_KERNEL");
+    cmd
+}
+
+fn topology(name: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../topologies")
+        .join(name)
+}
+
+/// No root needed: a lab that is not up is the state's fault (exit 3).
+fn show_lab_not_up() -> Result<(), Failed> {
+    let lab = unique("nolab");
+    for what in ["conntrack", "ipvs"] {
+        let o = run(labctl().args(["show", what, &lab, "centos"]));
+        ensure(o.status.code() == Some(3), text(&o))?;
+        ensure(
+            String::from_utf8_lossy(&o.stderr).contains("is not up"),
+            text(&o),
+        )?;
+    }
+    Ok(())
+}
+
+/// Removes the lab however the trial ends.
+struct Down(String);
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = labctl().args(["down", "-q", &self.0]).output();
+    }
+}
+
+/// `show` on a host lab: unknown entity (exit 2, known ones listed),
+/// conntrack as JSON, IPVS table or the IPVS module's error.
+fn show_on_a_host_lab() -> Result<(), Failed> {
+    let lab = unique("fl");
+    let _down = Down(lab.clone());
+    ok(labctl()
+        .args(["up", "-q", "--name", &lab])
+        .arg(topology("flannel.yaml")))?;
+
+    let o = run(labctl().args(["show", "conntrack", &lab, "nosuch"]));
+    let err = String::from_utf8_lossy(&o.stderr);
+    ensure(o.status.code() == Some(2), text(&o))?;
+    ensure(
+        err.contains("has no node, pod or client `nosuch`") && err.contains("centos"),
+        text(&o),
+    )?;
+
+    let o = ok(labctl().args(["show", "conntrack", &lab, "centos", "--all", "-o", "json"]))?;
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+    ensure(json.is_array(), text(&o))?;
+    ok(labctl().args(["show", "conntrack", &lab, "vpc"]))?;
+
+    let o = run(labctl().args(["show", "ipvs", &lab, "node-180"]));
+    if o.status.success() {
+        ensure(
+            String::from_utf8_lossy(&o.stdout).starts_with("Prot LocalAddress:Port"),
+            text(&o),
+        )?;
+    } else {
+        ensure(o.status.code() == Some(4), text(&o))?;
+        ensure(
+            String::from_utf8_lossy(&o.stderr).contains("kernel has no IPVS"),
+            text(&o),
+        )?;
+    }
+    Ok(())
+}
+
+/// `show ipvs` and `show conntrack` on the IPVS lab, which runs in a VM
+/// where the host kernel lacks IPVS: the commands are forwarded to it.
+fn show_on_the_ipvs_lab() -> Result<Completion, Failed> {
+    let lab = unique("iv");
+    let _down = Down(lab.clone());
+    let o = run(labctl()
+        .args(["up", "-q", "--name", &lab])
+        .arg(topology("ipvs-ipvlan.yaml")));
+    if o.status.code() == Some(4) {
+        return Ok(Completion::ignored_with(format!(
+            "neither the host kernel nor a VM kernel can run IPVS: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        )));
+    }
+    ensure(o.status.success(), format!("up: {}", text(&o)))?;
+
+    let o = ok(labctl().args(["show", "ipvs", &lab, "node-15"]))?;
+    let table = String::from_utf8_lossy(&o.stdout);
+    ensure(
+        table.contains("TCP  192.168.27.242:80 rr") && table.contains("-> 10.0.3.38:80"),
+        format!("ipvs table:\n{table}"),
+    )?;
+    let o = ok(labctl().args(["show", "ipvs", &lab, "node-15", "-o", "json"]))?;
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+    ensure(
+        json[0]["service"]["addr"] == "192.168.27.242"
+            && json[0]["destinations"][0]["dest"]["addr"] == "10.0.3.38",
+        format!("ipvs json: {json}"),
+    )?;
+
+    // Conntrack through the VM: the table of node-15 in there. It holds
+    // entries only once something registered conntrack hooks in that
+    // namespace, which IPVS alone does not (not even with
+    // `net.ipv4.vs.conntrack=1` on 6.1), so only the forwarding is checked.
+    ok(labctl()
+        .args(["run", "--name", &lab])
+        .arg(topology("ipvs-ipvlan.yaml"))
+        .arg("clusterip-to-ipvlan-pod"))?;
+    let o = ok(labctl().args(["show", "conntrack", &lab, "node-15", "--all"]))?;
+    ensure(
+        String::from_utf8_lossy(&o.stderr).contains(&format!("flow entries in {lab}-node-15")),
+        text(&o),
+    )?;
+    let o = ok(labctl().args(["show", "conntrack", &lab, "node-15", "-o", "json"]))?;
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+    ensure(json.is_array(), text(&o))?;
+    let o = run(labctl().args(["show", "ipvs", &lab, "nosuch"]));
+    ensure(o.status.code() == Some(2), text(&o))?;
+    Ok(Completion::Completed)
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let trials = vec![
+        Trial::ignorable_test("dump_sees_a_tcp_connection", || {
+            gate(dump_sees_a_tcp_connection)
+        }),
+        Trial::test(
+            "missing_namespace_is_an_error",
+            missing_namespace_is_an_error,
+        ),
+        Trial::test("show_lab_not_up", show_lab_not_up),
+        Trial::ignorable_test("show_on_a_host_lab", || gate(show_on_a_host_lab)),
+        Trial::ignorable_test("show_on_the_ipvs_lab", || {
+            let mut done = Completion::Completed;
+            gate(|| {
+                done = show_on_the_ipvs_lab()?;
+                Ok(())
+            })
+            .map(|c| match c {
+                Completion::Completed => done,
+                ignored => ignored,
+            })
+        }),
+    ];
+    libtest_mimic::run(&args, trials).exit();
+}
