@@ -209,7 +209,7 @@ pub fn down(lab: &str) -> Result<usize, EngineError> {
         // The lab lives in the VM: take it down there (best effort, the VM
         // may be half booted), then stop the VM, which takes everything.
         let _ = vm.call(&["down".into(), "-q".into(), lab.into()]);
-        vm.stop();
+        vm.stop(false);
         state::remove(lab)?;
         return Ok(0);
     }
@@ -307,7 +307,7 @@ pub fn up_in_vm(
     });
     let fail = |record: &LabState, e: String| {
         if let Some(vm) = &record.vm {
-            vm.stop();
+            vm.stop(true);
         }
         let _ = state::remove(lab);
         EngineError::Vm(e)

@@ -292,6 +292,8 @@ pub fn start(
     std::mem::forget(child);
     on_spawn(&vm)?;
     let ready = vm.dir.join("ready");
+    // Where the console is kept if this boot fails (see `Vm::stop`).
+    let log = lib_dir().join("vm").join(format!("{name}.console.log"));
     let limit = Duration::from_secs(180);
     let t = Instant::now();
     while !ready.exists() {
@@ -381,16 +383,17 @@ impl Vm {
     }
 
     /// Ask the agent to end (the VM powers off when it does), then make
-    /// sure: SIGKILL the whole process group after a grace period.
-    pub fn stop(&self) {
+    /// sure: SIGKILL the whole process group after a grace period. The
+    /// console log is kept beside the directory only when `keep_console`
+    /// (a VM that failed), for post-mortems.
+    pub fn stop(&self, keep_console: bool) {
         let _ = fs::write(self.dir.join("shutdown"), "");
         let t = Instant::now();
         while alive(self.pid) && t.elapsed() < Duration::from_secs(15) {
             std::thread::sleep(Duration::from_millis(50));
         }
         kill_group(self.pid);
-        // Keep the last console beside the directory, for post-mortems.
-        if let Some(parent) = self.dir.parent() {
+        if let Some(parent) = self.dir.parent().filter(|_| keep_console) {
             let name = self.dir.file_name().unwrap_or_default().to_string_lossy();
             let _ = fs::rename(
                 self.dir.join("console.log"),
