@@ -6,9 +6,9 @@
 //! unit-tested without root in `src/conntrack.rs`.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::{Command, Output};
+use std::process::Command;
 
-use common::gate;
+use common::{ensure, gate, ok, run, text};
 use labctl::conntrack::{self, ConntrackError, Entry, Tuple};
 use labctl::traffic::{Kind, Proto, Request, Servers, run_client};
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
@@ -21,32 +21,6 @@ const SERVER: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
 /// Names no other trial or run uses (also short enough for interfaces).
 fn unique(tag: &str) -> String {
     format!("ct{}{tag}", std::process::id() % 100_000)
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().expect("spawn")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn ok(cmd: &mut Command) -> Result<Output, Failed> {
-    let o = run(cmd);
-    if o.status.success() {
-        Ok(o)
-    } else {
-        Err(format!("{cmd:?} failed: {}", text(&o)).into())
-    }
-}
-
-fn ensure(cond: bool, msg: impl Into<String>) -> Result<(), Failed> {
-    if cond { Ok(()) } else { Err(msg.into().into()) }
 }
 
 fn ip(args: &[&str]) -> Result<(), Failed> {

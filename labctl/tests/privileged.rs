@@ -6,9 +6,9 @@
 //! `LABCTL_REQUIRE_ALL=1` (set by CI) an ignored trial is a failure instead.
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 
-use common::gate;
+use common::{ensure, gate, ok, run, text};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 mod common;
@@ -24,32 +24,6 @@ fn flannel() -> PathBuf {
 /// A lab name no other trial or run uses.
 fn unique(tag: &str) -> String {
     format!("t{}-{tag}", std::process::id() % 100_000)
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().expect("spawn")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn ok(cmd: &mut Command) -> Result<Output, Failed> {
-    let o = run(cmd);
-    if o.status.success() {
-        Ok(o)
-    } else {
-        Err(format!("{cmd:?} failed: {}", text(&o)).into())
-    }
-}
-
-fn ensure(cond: bool, msg: impl Into<String>) -> Result<(), Failed> {
-    if cond { Ok(()) } else { Err(msg.into().into()) }
 }
 
 /// What the host's own namespace looks like: links, addresses, routes,
