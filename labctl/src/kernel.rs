@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, IpVlanMode};
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, IpVlanMode, LinkMessage};
 use rtnetlink::{
     Handle, LinkBridge, LinkDummy, LinkIpVlan, LinkMessageBuilder, LinkUnspec, LinkVeth,
     RouteMessageBuilder,
@@ -68,6 +68,23 @@ impl Netlink {
             .get(netns)
             .ok_or_else(|| KernelError::new(netns, "namespace was not created by this run"))
     }
+
+    /// `RTM_NEWLINK` in the step's namespace.
+    async fn link_add(&self, step: &Step, msg: LinkMessage) -> Result<(), KernelError> {
+        let h = self.handle(&step.netns)?;
+        h.link().add(msg).execute().await.map_err(|e| fail(step, e))
+    }
+
+    /// `RTM_SETLINK` in the step's namespace.
+    async fn link_set(&self, step: &Step, msg: LinkMessage) -> Result<(), KernelError> {
+        let h = self.handle(&step.netns)?;
+        h.link().set(msg).execute().await.map_err(|e| fail(step, e))
+    }
+}
+
+/// A step's netlink failure, with the step as its iproute2 command.
+fn fail(step: &Step, e: rtnetlink::Error) -> KernelError {
+    KernelError::new(step.to_string(), netlink_message(e))
 }
 
 /// Makes `netlink_sys::Socket` movable between threads for the hand-over
@@ -125,16 +142,10 @@ impl Kernel for Netlink {
     }
 
     async fn run(&self, step: &Step) -> Result<(), KernelError> {
-        let fail = |e: rtnetlink::Error| KernelError::new(step.to_string(), netlink_message(e));
         match &step.action {
             Action::LoopbackUp => {
                 let msg = LinkUnspec::new_with_index(1).up().build();
-                self.handle(&step.netns)?
-                    .link()
-                    .set(msg)
-                    .execute()
-                    .await
-                    .map_err(fail)
+                self.link_set(step, msg).await
             }
             Action::AddBridge { name, ifindex, mac } => {
                 let mut b = LinkBridge::new(name)
@@ -144,12 +155,7 @@ impl Kernel for Netlink {
                 if let Some(mac) = mac {
                     b = b.address(mac.to_vec());
                 }
-                self.handle(&step.netns)?
-                    .link()
-                    .add(b.build())
-                    .execute()
-                    .await
-                    .map_err(fail)
+                self.link_add(step, b.build()).await
             }
             Action::AddVeth {
                 name,
@@ -183,21 +189,11 @@ impl Kernel for Netlink {
                 if let Some(c) = controller {
                     b = b.controller(c.ifindex);
                 }
-                self.handle(&step.netns)?
-                    .link()
-                    .add(b.build())
-                    .execute()
-                    .await
-                    .map_err(fail)
+                self.link_add(step, b.build()).await
             }
             Action::AddDummy { name, ifindex } => {
                 let msg = LinkDummy::new(name).index(*ifindex).up().build();
-                self.handle(&step.netns)?
-                    .link()
-                    .add(msg)
-                    .execute()
-                    .await
-                    .map_err(fail)
+                self.link_add(step, msg).await
             }
             Action::AddIpvlan {
                 name,
@@ -216,12 +212,7 @@ impl Kernel for Netlink {
                     }
                     None => b.up(),
                 };
-                self.handle(&step.netns)?
-                    .link()
-                    .add(b.build())
-                    .execute()
-                    .await
-                    .map_err(fail)
+                self.link_add(step, b.build()).await
             }
             Action::IpvsService {
                 address,
@@ -262,21 +253,11 @@ impl Kernel for Netlink {
                     .name(ifname.clone())
                     .up()
                     .build();
-                self.handle(&step.netns)?
-                    .link()
-                    .set(msg)
-                    .execute()
-                    .await
-                    .map_err(fail)
+                self.link_set(step, msg).await
             }
             Action::LinkUp { ifindex, .. } => {
                 let msg = LinkUnspec::new_with_index(*ifindex).up().build();
-                self.handle(&step.netns)?
-                    .link()
-                    .set(msg)
-                    .execute()
-                    .await
-                    .map_err(fail)
+                self.link_set(step, msg).await
             }
             Action::AddAddress {
                 ifindex, address, ..
@@ -286,7 +267,7 @@ impl Kernel for Netlink {
                 .add(*ifindex, IpAddr::V4(address.addr()), address.prefix_len())
                 .execute()
                 .await
-                .map_err(fail),
+                .map_err(|e| fail(step, e)),
             Action::AddRoute {
                 destination,
                 via,
@@ -305,7 +286,7 @@ impl Kernel for Netlink {
                     .add(msg)
                     .execute()
                     .await
-                    .map_err(fail)
+                    .map_err(|e| fail(step, e))
             }
             Action::Sysctl { key, value } => {
                 let fd = self

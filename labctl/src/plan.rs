@@ -538,7 +538,7 @@ pub fn plan(lab: &Lab) -> Plan {
     for pod in &lab.pods {
         let node_ns = lab.netns(&pod.node);
         let pod_ns = lab.netns(&pod.name);
-        match &pod.attachment {
+        let pod_index = match &pod.attachment {
             Attachment::Ipvlan { parent, host_slave } => {
                 let parent = IfRef {
                     name: parent.clone(),
@@ -597,27 +597,6 @@ pub fn plan(lab: &Lab) -> Plan {
                         ifindex: pod_index,
                     },
                 );
-                push(
-                    Phase::Addresses,
-                    &pod_ns,
-                    Action::AddAddress {
-                        ifname: pod.ifname.clone(),
-                        ifindex: pod_index,
-                        address: pod.address,
-                    },
-                );
-                for route in &pod.routes {
-                    push(
-                        Phase::Routes,
-                        &pod_ns,
-                        Action::AddRoute {
-                            destination: route.destination,
-                            via: Some(route.via),
-                            ifname: pod.ifname.clone(),
-                            ifindex: pod_index,
-                        },
-                    );
-                }
                 // The node reaches the pod through its own slave of the ENI.
                 push(
                     Phase::Routes,
@@ -629,6 +608,7 @@ pub fn plan(lab: &Lab) -> Plan {
                         ifindex: slave_index,
                     },
                 );
+                pod_index
             }
             Attachment::Bridge { host_ifname } => {
                 let host_index = idx.next(&node_ns);
@@ -655,28 +635,30 @@ pub fn plan(lab: &Lab) -> Plan {
                         ifindex: pod_index,
                     },
                 );
-                push(
-                    Phase::Addresses,
-                    &pod_ns,
-                    Action::AddAddress {
-                        ifname: pod.ifname.clone(),
-                        ifindex: pod_index,
-                        address: pod.address,
-                    },
-                );
-                for route in &pod.routes {
-                    push(
-                        Phase::Routes,
-                        &pod_ns,
-                        Action::AddRoute {
-                            destination: route.destination,
-                            via: Some(route.via),
-                            ifname: pod.ifname.clone(),
-                            ifindex: pod_index,
-                        },
-                    );
-                }
+                pod_index
             }
+        };
+        // Inside the pod, whatever the attachment: its address and routes.
+        push(
+            Phase::Addresses,
+            &pod_ns,
+            Action::AddAddress {
+                ifname: pod.ifname.clone(),
+                ifindex: pod_index,
+                address: pod.address,
+            },
+        );
+        for route in &pod.routes {
+            push(
+                Phase::Routes,
+                &pod_ns,
+                Action::AddRoute {
+                    destination: route.destination,
+                    via: Some(route.via),
+                    ifname: pod.ifname.clone(),
+                    ifindex: pod_index,
+                },
+            );
         }
     }
 
