@@ -167,6 +167,13 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// `-o table|json`, for the commands that print tables.
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq)]
+pub enum TableFormat {
+    Table,
+    Json,
+}
+
 /// `--var KEY=VALUE` options shared by the commands that read a topology.
 #[derive(clap::Args, Debug, Default)]
 pub struct Vars {

@@ -8,7 +8,7 @@ use labctl::state::{self, LabState};
 use labctl::{conntrack, ipvs, observe};
 use serde::Serialize;
 
-use super::{Exit, Failure, Result};
+use super::{Exit, Failure, Result, TableFormat as Format};
 
 /// Show a kernel table inside a node, pod, client or the VPC of a lab.
 #[derive(clap::Args)]
@@ -58,12 +58,6 @@ struct IpvsArgs {
     /// Output format.
     #[arg(short, long, value_enum, default_value = "table")]
     output: Format,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, PartialEq)]
-enum Format {
-    Table,
-    Json,
 }
 
 /// One IPVS service in JSON output.

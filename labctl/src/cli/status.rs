@@ -5,7 +5,7 @@ use labctl::observe::{self, NsStatus};
 use labctl::state::{self, LabState};
 use serde::Serialize;
 
-use super::{Exit, Failure, Result};
+use super::{Exit, Failure, Result, TableFormat as Format};
 
 /// Show the labs that are up, or one lab's namespaces and interfaces.
 #[derive(clap::Args)]
@@ -15,12 +15,6 @@ pub struct Args {
     /// Output format.
     #[arg(short, long, value_enum, default_value = "table")]
     output: Format,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, PartialEq)]
-enum Format {
-    Table,
-    Json,
 }
 
 #[derive(Serialize)]
