@@ -14,6 +14,7 @@
 //! (nftables or iptables rules using `ct`, NAT, IPVS with conntrack); before
 //! that its table is simply empty.
 
+use crate::wire::Wire;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 use std::num::NonZeroI32;
@@ -219,23 +220,6 @@ fn entry(attrs: &[ConntrackAttribute]) -> Result<Option<Entry>, String> {
         (Some(None), _) | (_, Some(None)) => Ok(None),
         (None, _) => Err("entry without CTA_TUPLE_ORIG".into()),
         (_, None) => Err("entry without CTA_TUPLE_REPLY".into()),
-    }
-}
-
-/// Where the bytes go: the kernel, or a test's script.
-trait Wire {
-    fn send(&mut self, bytes: &[u8]) -> io::Result<()>;
-    /// One datagram, which may hold several netlink messages.
-    fn recv(&mut self) -> io::Result<Vec<u8>>;
-}
-
-impl Wire for netlink_sys::Socket {
-    fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let kernel = netlink_sys::SocketAddr::new(0, 0);
-        self.send_to(bytes, &kernel, 0).map(|_| ())
-    }
-    fn recv(&mut self) -> io::Result<Vec<u8>> {
-        self.recv_from_full().map(|(buf, _)| buf)
     }
 }
 

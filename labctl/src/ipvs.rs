@@ -14,6 +14,7 @@
 //! labs never make IPv6 or firewall-mark services, and a dump leaves any such
 //! service out.
 
+use crate::wire::Wire;
 use std::fmt;
 use std::io;
 use std::net::Ipv4Addr;
@@ -601,23 +602,6 @@ fn parse_dest(buf: &[u8]) -> Result<Option<DestInfo>, String> {
         active: a.u32(IPVS_DEST_ATTR_ACTIVE_CONNS, "active connections")?,
         inactive: a.u32(IPVS_DEST_ATTR_INACT_CONNS, "inactive connections")?,
     }))
-}
-
-/// Where requests go and answers come from: the socket, or a fake in tests.
-trait Wire: Send {
-    fn send(&mut self, bytes: &[u8]) -> io::Result<()>;
-    /// One datagram, which may hold several netlink messages.
-    fn recv(&mut self) -> io::Result<Vec<u8>>;
-}
-
-impl Wire for netlink_sys::Socket {
-    fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let kernel = netlink_sys::SocketAddr::new(0, 0);
-        self.send_to(bytes, &kernel, 0).map(|_| ())
-    }
-    fn recv(&mut self) -> io::Result<Vec<u8>> {
-        self.recv_from_full().map(|(buf, _)| buf)
-    }
 }
 
 /// Why an exchange failed, before the caller puts it in words.

@@ -23,3 +23,4 @@ pub mod state;
 pub mod sys;
 pub mod traffic;
 pub mod vm;
+mod wire;
