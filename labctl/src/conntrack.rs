@@ -335,6 +335,72 @@ pub fn dump_in(netns: &str) -> Result<Vec<Entry>, ConntrackError> {
     })
 }
 
+/// Empty the IPv4 conntrack table of a named namespace, like `ip netns
+/// exec NAME conntrack -F -f ipv4`: one `IPCTNL_MSG_CT_DELETE` without
+/// attributes, acknowledged.
+pub fn flush_in(netns: &str) -> Result<(), ConntrackError> {
+    let ns_err = |source| ConntrackError::Netns {
+        netns: netns.to_string(),
+        source,
+    };
+    let ns = crate::sys::open_netns(netns).map_err(ns_err)?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let _back = crate::sys::NetnsGuard::enter(&ns).map_err(ns_err)?;
+            let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_NETFILTER)
+                .map_err(|e| match e.raw_os_error() {
+                    Some(errno) if is_unavailable(errno) => ConntrackError::Unavailable,
+                    _ => ConntrackError::Io(e),
+                })?;
+            socket.bind_auto().map_err(ConntrackError::Io)?;
+            flush_over(&mut socket)
+        })
+        .join()
+        .expect("conntrack flush thread panicked")
+    })
+}
+
+fn flush_over(wire: &mut dyn Wire) -> Result<(), ConntrackError> {
+    const SEQ: u32 = 2;
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | netlink_packet_core::NLM_F_ACK;
+    header.sequence_number = SEQ;
+    let mut msg = NetlinkMessage::new(
+        header,
+        NetlinkPayload::from(NetfilterMessage::new(
+            NetfilterHeader::new(NetfilterProtoFamily::IPv4, 0, 0),
+            ConntrackMessage::Delete(Vec::new()),
+        )),
+    );
+    msg.finalize();
+    let mut buf = vec![0u8; msg.buffer_len()];
+    msg.serialize(&mut buf);
+    wire.send(&buf).map_err(ConntrackError::Io)?;
+    loop {
+        let buf = wire.recv().map_err(ConntrackError::Io)?;
+        if buf.is_empty() {
+            return Err(ConntrackError::Reply {
+                reason: "end of stream before the acknowledgement".into(),
+            });
+        }
+        let msg = NetlinkMessage::<NetfilterMessage>::deserialize(&buf).map_err(|e| {
+            ConntrackError::Reply {
+                reason: e.to_string(),
+            }
+        })?;
+        if msg.header.sequence_number != SEQ {
+            continue;
+        }
+        if let NetlinkPayload::Error(e) = msg.payload {
+            return match e.code.map(NonZeroI32::get) {
+                None => Ok(()),
+                Some(code) if is_unavailable(-code) => Err(ConntrackError::Unavailable),
+                Some(code) => Err(ConntrackError::Kernel { errno: -code }),
+            };
+        }
+    }
+}
+
 /// conntrack-tools' protocol names.
 fn protocol_name(n: u8) -> &'static str {
     match n {

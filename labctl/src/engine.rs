@@ -44,6 +44,8 @@ pub enum EngineError {
     },
     #[error("VM runtime: {0}")]
     Vm(String),
+    #[error("services need kernel modules: {0}")]
+    Modules(String),
     #[error("start the netlink runtime: {0}")]
     Runtime(std::io::Error),
     #[error("{} kernel action(s) failed (the lab was removed again):\n  {}", .0.len(), join(.0))]
@@ -114,6 +116,9 @@ pub fn up(
         source,
     })?;
     sys::raise_nofile_limit();
+    if !lab.services.is_empty() {
+        crate::services::load_modules().map_err(EngineError::Modules)?;
+    }
 
     // Record first: from here on, whatever exists is listed for `down`.
     let mut record = LabState::new(&lab.name, file, plan.namespaces.clone());

@@ -214,37 +214,19 @@ impl Kernel for Netlink {
                 };
                 self.link_add(step, b.build()).await
             }
-            Action::IpvsService {
-                address,
-                port,
-                protocol,
-                dests,
-            } => {
-                use crate::ipvs;
-                let service = ipvs::Service::new(
-                    match protocol {
-                        labctl_topology::Protocol::Tcp => ipvs::Protocol::Tcp,
-                        labctl_topology::Protocol::Udp => ipvs::Protocol::Udp,
-                    },
-                    *address,
-                    *port,
-                );
-                let dests: Vec<ipvs::Dest> =
-                    dests.iter().map(|(a, p)| ipvs::Dest::new(*a, *p)).collect();
-                let netns = step.netns.clone();
-                // IPVS is generic netlink on a socket of its own, opened
-                // inside the namespace by a thread of our own.
-                tokio::task::spawn_blocking(move || -> Result<(), ipvs::IpvsError> {
-                    let mut ipvs = ipvs::Ipvs::open_in(&netns)?;
-                    ipvs.add_service(&service)?;
-                    for d in &dests {
-                        ipvs.add_dest(&service, d)?;
-                    }
-                    Ok(())
-                })
-                .await
-                .map_err(|e| KernelError::new(step.to_string(), e))?
-                .map_err(|e| KernelError::new(step.to_string(), e))
+            Action::IpvsTable { .. } | Action::Nftables { .. } => {
+                // IPVS is generic netlink on a socket of its own, nft a
+                // process: both started inside the namespace by a thread of
+                // our own.
+                let (netns, action) = (step.netns.clone(), step.action.clone());
+                // The first line names the command; the whole table is in
+                // `labctl plan`.
+                let text = step.to_string();
+                let what = text.lines().next().unwrap_or_default().to_string();
+                tokio::task::spawn_blocking(move || crate::services::apply(&netns, &action))
+                    .await
+                    .map_err(|e| KernelError::new(what.clone(), e))?
+                    .map_err(|e| KernelError::new(what, e))
             }
             Action::RenameUp {
                 ifname, ifindex, ..

@@ -19,6 +19,7 @@ pub mod observe;
 pub mod plan;
 pub mod scenario;
 pub mod serve;
+pub mod services;
 pub mod state;
 pub mod sys;
 pub mod traffic;

@@ -39,9 +39,10 @@ pub enum Phase {
     /// Addresses, and the far ends of veth pairs brought up.
     Addresses,
     Routes,
-    Sysctls,
-    /// IPVS virtual services (kube-proxy's IPVS mode).
+    /// Services: IPVS tables and nftables rules (kube-proxy, the SLB).
     Services,
+    /// After the services, whose modules bring some keys (`net.ipv4.vs`).
+    Sysctls,
 }
 
 impl Phase {
@@ -50,8 +51,8 @@ impl Phase {
         Phase::Links,
         Phase::Addresses,
         Phase::Routes,
-        Phase::Sysctls,
         Phase::Services,
+        Phase::Sysctls,
     ];
 }
 
@@ -98,14 +99,14 @@ pub enum Action {
         parent: IfRef,
         netns: Option<String>,
     },
-    /// `ipvsadm -A -t VIP:PORT -s rr` and `ipvsadm -a -t VIP:PORT -r
-    /// RIP:RPORT -m` for each real server: kube-proxy's IPVS mode.
-    IpvsService {
-        address: Ipv4Addr,
-        port: u16,
-        protocol: labctl_topology::Protocol,
-        dests: Vec<(Ipv4Addr, u16)>,
+    /// `ipvsadm -C`, then `ipvsadm -A -t VIP:PORT -s rr` and `ipvsadm -a
+    /// -t VIP:PORT -r RIP:RPORT -m -w W` for each real server: the
+    /// namespace's whole IPVS table (kube-proxy's IPVS mode, the SLB).
+    IpvsTable {
+        services: Vec<crate::services::VirtualService>,
     },
+    /// `nft -f -` with this script inside the namespace.
+    Nftables { ruleset: String },
     /// `ip link set IF up`
     LinkUp { ifname: String, ifindex: u32 },
     /// `ip link set FROM name IF up`: a pod's ipvlan is made under a
@@ -246,27 +247,27 @@ impl fmt::Display for Step {
                     parent.name
                 ),
             },
-            Action::IpvsService {
-                address,
-                port,
-                protocol,
-                dests,
-            } => {
-                let flag = match protocol {
-                    labctl_topology::Protocol::Tcp => "-t",
-                    labctl_topology::Protocol::Udp => "-u",
-                };
-                write!(
-                    f,
-                    "ip netns exec {ns} ipvsadm -A {flag} {address}:{port} -s rr"
-                )?;
-                for (a, p) in dests {
-                    write!(
-                        f,
-                        " && ip netns exec {ns} ipvsadm -a {flag} {address}:{port} -r {a}:{p} -m"
-                    )?;
+            Action::IpvsTable { services } => {
+                write!(f, "ip netns exec {ns} ipvsadm -C")?;
+                for vs in services {
+                    let flag = match vs.protocol {
+                        labctl_topology::Protocol::Tcp => "-t",
+                        labctl_topology::Protocol::Udp => "-u",
+                    };
+                    let (a, p) = (vs.address, vs.port);
+                    write!(f, " && ip netns exec {ns} ipvsadm -A {flag} {a}:{p} -s rr")?;
+                    for d in &vs.dests {
+                        write!(
+                            f,
+                            " && ip netns exec {ns} ipvsadm -a {flag} {a}:{p} -r {}:{} -m -w {}",
+                            d.address, d.port, d.weight
+                        )?;
+                    }
                 }
                 Ok(())
+            }
+            Action::Nftables { ruleset } => {
+                write!(f, "ip netns exec {ns} nft -f - <<'EOF'\n{ruleset}EOF")
             }
             Action::AddAddress {
                 ifname, address, ..
@@ -720,9 +721,9 @@ pub fn plan(lab: &Lab) -> Plan {
         );
     }
 
-    // Services, kube-proxy IPVS style, on every node: the ClusterIP on a
-    // dummy kube-ipvs0, an IPVS virtual service per port, endpoints as real
-    // servers.
+    // Services, kube-proxy IPVS style, on every node: every service address
+    // on a dummy kube-ipvs0; the SLB's addresses local to the VPC router;
+    // then the IPVS tables and rules (crate::services).
     if !lab.services.is_empty() {
         for node in &lab.nodes {
             let ns = lab.netns(&node.name);
@@ -735,36 +736,31 @@ pub fn plan(lab: &Lab) -> Plan {
                     ifindex,
                 },
             );
-            for svc in &lab.services {
+            for address in lab.services.iter().flat_map(|s| s.addresses()) {
                 push(
                     Phase::Addresses,
                     &ns,
                     Action::AddAddress {
                         ifname: labctl_topology::KUBE_IPVS.into(),
                         ifindex,
-                        address: Ipv4Net::new(svc.cluster_ip, 32).expect("/32"),
+                        address: Ipv4Net::new(address, 32).expect("/32"),
                     },
                 );
-                for port in &svc.ports {
-                    let dests = svc
-                        .endpoints
-                        .iter()
-                        .filter_map(|e| lab.pod(e))
-                        .map(|p| (p.address.addr(), port.target_port))
-                        .collect();
-                    push(
-                        Phase::Services,
-                        &ns,
-                        Action::IpvsService {
-                            address: svc.cluster_ip,
-                            port: port.port,
-                            protocol: port.protocol,
-                            dests,
-                        },
-                    );
-                }
             }
         }
+        for address in lab.services.iter().filter_map(|s| s.load_balancer_ip) {
+            push(
+                Phase::Addresses,
+                &vpc,
+                Action::AddAddress {
+                    ifname: "lo".into(),
+                    ifindex: 1,
+                    address: Ipv4Net::new(address, 32).expect("/32"),
+                },
+            );
+        }
+        steps.extend(crate::services::steps(lab, &Default::default()));
+        steps.extend(crate::services::sysctl_steps(lab));
     }
 
     steps.sort_by_key(|s| s.phase);

@@ -22,7 +22,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
-use labctl_topology::{ResultKind, Role, Scenario, Traffic};
+use labctl_topology::{Lab, ResultKind, Role, Scenario, Traffic};
 use serde::Serialize;
 
 use crate::capture::{self, Direction, Flow, Packet, Proto};
@@ -30,6 +30,7 @@ use crate::engine::EngineError;
 use crate::observe;
 use crate::state::LabState;
 use crate::traffic::{self, Failure, Kind, Request};
+use crate::{conntrack, ipvs, services};
 
 /// How long the taps keep running after the client is done, so replies and
 /// connection teardown in flight are recorded too.
@@ -44,6 +45,8 @@ pub enum ScenarioError {
     Engine(#[from] EngineError),
     #[error("scenario `{0}`: sender is not a namespace of the lab")]
     NoSender(String),
+    #[error("scenario `{scenario}`: {message}")]
+    Services { scenario: String, message: String },
     #[error("write pcap files to {path}: {source}")]
     Pcap {
         path: std::path::PathBuf,
@@ -95,6 +98,12 @@ pub struct Report {
     /// Network stacks crossed (namespaces other than the VPC).
     pub stacks: u32,
     pub table: Vec<Row>,
+    /// Per node (and `vpc`) holding any, its conntrack entries after the
+    /// traffic (the tables are emptied before it), `conntrack -L` style.
+    pub conntrack: Vec<(String, Vec<String>)>,
+    /// Per namespace, the IPVS virtual services that carried connections
+    /// in this scenario, with all their real servers and weights.
+    pub ipvs: Vec<(String, Vec<String>)>,
     pub checks: Vec<Check>,
     pub passed: bool,
 }
@@ -107,8 +116,43 @@ pub struct RunOptions<'a> {
     pub pcap: Option<&'a Path>,
 }
 
-/// Run one scenario on a lab that is up.
-pub fn run(record: &LabState, sc: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
+/// Run one scenario on a lab that is up (`lab` is its topology).
+///
+/// In a lab with services, the services are first programmed afresh with
+/// the scenario's changes and pins (and the conntrack tables emptied), so
+/// every scenario starts from the same state whatever ran before it.
+pub fn run(
+    record: &LabState,
+    lab: &Lab,
+    sc: &Scenario,
+    opts: &RunOptions,
+) -> Result<Report, ScenarioError> {
+    let with_services = !lab.services.is_empty();
+    let service_error = |message: String| ScenarioError::Services {
+        scenario: sc.name.clone(),
+        message,
+    };
+    // Namespaces where services live: the nodes and the VPC (the SLB).
+    let service_ns: Vec<(String, String)> = record
+        .namespaces
+        .iter()
+        .filter(|n| matches!(n.role, Role::Node | Role::Vpc))
+        .map(|n| (n.entity.clone(), n.name.clone()))
+        .collect();
+    if with_services {
+        let overrides = services::Overrides {
+            changes: sc.changes.clone(),
+            backend: sc.backend.clone(),
+            via_node: sc.via_node.clone(),
+        };
+        services::check_overrides(lab, &overrides).map_err(service_error)?;
+        services::apply_all(&services::steps(lab, &overrides)).map_err(service_error)?;
+        for (_, ns) in &service_ns {
+            conntrack::flush_in(ns)
+                .map_err(|e| service_error(format!("empty conntrack in {ns}: {e}")))?;
+        }
+    }
+
     let entity_of: HashMap<&str, (&str, Role)> = record
         .namespaces
         .iter()
@@ -137,6 +181,19 @@ pub fn run(record: &LabState, sc: &Scenario, opts: &RunOptions) -> Result<Report
     let outcome = traffic::run_client(&sender.name, &request(sc));
     std::thread::sleep(SETTLE);
     let packets = taps.stop();
+    // Conntrack (emptied before the traffic) and IPVS, read back from the
+    // namespaces services live in.
+    let mut service_state = Vec::new();
+    if with_services {
+        for (entity, ns) in &service_ns {
+            let entries = conntrack::dump_in(ns)
+                .map_err(|e| service_error(format!("read conntrack in {ns}: {e}")))?;
+            let table = ipvs::Ipvs::open_in(ns)
+                .and_then(|mut i| i.services())
+                .map_err(|e| service_error(format!("read IPVS in {ns}: {e}")))?;
+            service_state.push((entity.clone(), entries, table));
+        }
+    }
 
     if let Some(dir) = opts.pcap {
         write_pcaps(&dir.join(&sc.name), &packets, &entity_of)?;
@@ -174,6 +231,12 @@ pub fn run(record: &LabState, sc: &Scenario, opts: &RunOptions) -> Result<Report
         unique.len() as u32
     };
     let table = sighting_table(&seen, &path, &hop, &masters);
+    let ipvs_seen = addressed_services(sc, &path, &service_state);
+    let ct: Vec<(String, Vec<conntrack::Entry>)> = service_state
+        .into_iter()
+        .filter(|(_, entries, _)| !entries.is_empty())
+        .map(|(entity, entries, _)| (entity, entries))
+        .collect();
 
     let (result, detail, served_by, mut saw) = match &outcome.result {
         Ok(ok) => {
@@ -225,10 +288,21 @@ pub fn run(record: &LabState, sc: &Scenario, opts: &RunOptions) -> Result<Report
         path,
         stacks,
         table,
+        conntrack: ct
+            .iter()
+            .map(|(e, entries)| (e.clone(), conntrack::format(entries, true)))
+            .collect(),
+        ipvs: ipvs_seen,
         checks: Vec::new(),
         passed: false,
     };
     report.checks = check(sc, &report, &seen, &hop, &in_vpc);
+    report.checks.extend(check_conntrack(sc, &ct));
+    // Leave the services as the topology says.
+    if with_services && !(sc.changes.is_empty() && sc.backend.is_none() && sc.via_node.is_none()) {
+        services::apply_all(&services::steps(lab, &services::Overrides::default()))
+            .map_err(service_error)?;
+    }
     report.passed = report.checks.iter().all(|c| c.ok);
     Ok(report)
 }
@@ -283,17 +357,43 @@ fn derive_path(
     in_vpc: &dyn Fn(&Packet) -> bool,
     masters: &HashMap<String, String>,
 ) -> Vec<String> {
+    // Every sighting of the request, in the order the kernel made them. A
+    // hop counts once, at its first sighting; the VPC may come back (a node
+    // forwarding to another node through it), but only on the way to a hop
+    // not seen yet, so retransmissions add nothing.
+    let mut sightings: Vec<((Duration, u8), String)> = seen
+        .iter()
+        .filter(|(_, f)| is_request(f, sc))
+        .map(|(p, _)| {
+            let full = hop(p);
+            let key = when(p, &full, masters);
+            (key, if in_vpc(p) { "vpc".to_string() } else { full })
+        })
+        .collect();
+    sightings.sort_by_key(|(key, _)| *key);
     let mut first: Vec<((Duration, u8), String)> = Vec::new();
-    for (p, _) in seen.iter().filter(|(_, f)| is_request(f, sc)) {
-        let full = hop(p);
-        let key = when(p, &full, masters);
-        let h = if in_vpc(p) { "vpc".to_string() } else { full };
-        match first.iter_mut().find(|(_, x)| *x == h) {
-            Some(entry) => entry.0 = entry.0.min(key),
-            None => first.push((key, h)),
+    let mut pending_vpc = None;
+    for (key, h) in sightings {
+        if h == "vpc" {
+            if first.last().is_none_or(|(_, last)| last != "vpc") {
+                pending_vpc.get_or_insert(key);
+            }
+            continue;
         }
+        if first.iter().any(|(_, x)| *x == h) {
+            pending_vpc = None;
+            continue;
+        }
+        if let Some(k) = pending_vpc.take()
+            && first.last().is_none_or(|(_, last)| last != "vpc")
+        {
+            first.push((k, "vpc".into()));
+        }
+        first.push((key, h));
     }
-    first.sort_by_key(|(key, _)| *key);
+    if let Some(k) = pending_vpc {
+        first.push((k, "vpc".into()));
+    }
     let mut path: Vec<String> = Vec::new();
     for (_, h) in first {
         if let (Some(prev), Some(bridge)) = (path.last(), masters.get(&h))
@@ -552,6 +652,104 @@ fn check(
     out
 }
 
+/// What one namespace's services showed after the traffic: its entity,
+/// conntrack entries and IPVS table.
+type ServiceState = (
+    String,
+    Vec<conntrack::Entry>,
+    Vec<(ipvs::Service, Vec<ipvs::DestInfo>)>,
+);
+
+/// Per namespace, the IPVS virtual services the scenario's traffic was
+/// addressed to, `ipvsadm -Ln` style with every real server and weight:
+/// those a conntrack entry names as its original destination, or, in a
+/// namespace on the path without conntrack entries (the VPC; a node where
+/// IPVS refused the connection), the scenario's target. (IPVS's own
+/// connection counters outlive a service deleted and added again, so they
+/// cannot tell.)
+fn addressed_services(
+    sc: &Scenario,
+    path: &[String],
+    state: &[ServiceState],
+) -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
+    for (entity, entries, table) in state {
+        let on_path = path
+            .iter()
+            .any(|h| h == entity || h.split('/').next() == Some(entity.as_str()));
+        let addressed = |addr: Ipv4Addr, port: u16| {
+            if entries.is_empty() {
+                on_path && addr == sc.target && Some(port) == sc.port
+            } else {
+                entries
+                    .iter()
+                    .any(|e| e.original.dst == addr && e.original.dport == Some(port))
+            }
+        };
+        let lines: Vec<String> = table
+            .iter()
+            .filter(|(svc, _)| addressed(svc.addr, svc.port))
+            .flat_map(|(svc, dests)| {
+                let head = format!(
+                    "{} {}:{} {}",
+                    svc.protocol.to_string().to_uppercase(),
+                    svc.addr,
+                    svc.port,
+                    svc.scheduler
+                );
+                let dests = dests.iter().map(|d| {
+                    format!(
+                        "  -> {}:{} {:?} weight {}",
+                        d.dest.addr, d.dest.port, d.dest.forward, d.dest.weight
+                    )
+                });
+                std::iter::once(head).chain(dests).collect::<Vec<_>>()
+            })
+            .collect();
+        if !lines.is_empty() {
+            out.push((entity.clone(), lines));
+        }
+    }
+    out
+}
+
+/// The scenario's conntrack expectations against the entries read back.
+fn check_conntrack(sc: &Scenario, ct: &[(String, Vec<conntrack::Entry>)]) -> Vec<Check> {
+    sc.expect
+        .conntrack
+        .iter()
+        .map(|want| {
+            let entries: &[conntrack::Entry] = ct
+                .iter()
+                .find(|(e, _)| *e == want.on)
+                .map_or(&[], |(_, v)| v.as_slice());
+            let tuple = |m: &labctl_topology::TupleMatch, t: &conntrack::Tuple| {
+                m.matches(t.src, t.sport, t.dst, t.dport)
+            };
+            let ok = entries.iter().any(|e| {
+                tuple(&want.original, &e.original)
+                    && want.reply.as_ref().is_none_or(|r| tuple(r, &e.reply))
+            });
+            let reply = want
+                .reply
+                .map(|r| format!(", reply {r}"))
+                .unwrap_or_default();
+            Check {
+                what: format!("conntrack on {}: {}{reply}", want.on, want.original),
+                ok,
+                detail: (!ok).then(|| {
+                    let lines = conntrack::format(entries, false);
+                    if lines.is_empty() {
+                        "no entries".to_string()
+                    } else {
+                        format!("entries: {}", lines.join("; "))
+                    }
+                }),
+            }
+        })
+        .collect()
+}
+
 fn word(r: ResultKind) -> &'static str {
     match r {
         ResultKind::Connected => "connected",
@@ -626,7 +824,29 @@ impl Report {
                 r.interface, r.direction, r.flow
             );
         }
+        self.write_services(&mut s, "");
         s
+    }
+
+    /// The conntrack and IPVS sections, indented by `indent`.
+    fn write_services(&self, s: &mut String, indent: &str) {
+        if !self.conntrack.is_empty() {
+            let _ = writeln!(s, "{indent}conntrack:");
+            for (entity, lines) in &self.conntrack {
+                for l in lines {
+                    let _ = writeln!(s, "{indent}  {entity}: {l}");
+                }
+            }
+        }
+        if !self.ipvs.is_empty() {
+            let _ = writeln!(s, "{indent}ipvs:");
+            for (entity, lines) in &self.ipvs {
+                let _ = writeln!(s, "{indent}  {entity}:");
+                for l in lines {
+                    let _ = writeln!(s, "{indent}    {l}");
+                }
+            }
+        }
     }
 
     /// The human report: outcome, path, table, checks.
@@ -670,6 +890,7 @@ impl Report {
                 r.interface, r.direction, r.flow, r.packets
             );
         }
+        self.write_services(&mut s, "  ");
         for c in &self.checks {
             let _ = write!(s, "  [{}] {}", if c.ok { "ok" } else { "FAILED" }, c.what);
             match &c.detail {

@@ -161,6 +161,9 @@ pub fn install_debian(progress: &dyn Fn(&str)) -> Result<Kernel, VmError> {
         })?;
     let unpack = lib_dir().join("kernels").join(&release);
     let _ = fs::remove_dir_all(&unpack);
+    // dpkg-deb makes the target folder but not its parents.
+    fs::create_dir_all(&unpack).map_err(io_err(format!("create {}", unpack.display())))?;
+    fs::create_dir_all("/boot").map_err(io_err("create /boot"))?;
     progress(&format!("unpacking {}", deb.display()));
     run(
         "dpkg-deb -x",

@@ -311,7 +311,7 @@ fn show_on_a_host_lab() -> Result<(), Failed> {
     let lab = unique("fl");
     let _down = Down(lab.clone());
     ok(labctl()
-        .args(["up", "-q", "--name", &lab])
+        .args(["up", "-q", "--name", &lab, "--var", "services=off"])
         .arg(topology("flannel.yaml")))?;
 
     let o = run(labctl().args(["show", "conntrack", &lab, "nosuch"]));

@@ -17,8 +17,16 @@ fn labctl() -> Command {
     Command::new(env!("CARGO_BIN_EXE_labctl"))
 }
 
-fn flannel() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../topologies/flannel.yaml")
+/// The Flannel lab without its services (which need IPVS): these trials
+/// are about namespaces, links and teardown, on the host kernel.
+fn flannel() -> [std::ffi::OsString; 3] {
+    [
+        "--var".into(),
+        "services=off".into(),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../topologies/flannel.yaml")
+            .into(),
+    ]
 }
 
 /// A lab name no other trial or run uses.
@@ -74,7 +82,7 @@ impl Drop for Down {
 }
 
 fn up(lab: &str) -> Result<Down, Failed> {
-    ok(labctl().args(["up", "-q", "--name", lab]).arg(flannel()))?;
+    ok(labctl().args(["up", "-q", "--name", lab]).args(flannel()))?;
     Ok(Down(lab.to_string()))
 }
 
@@ -151,7 +159,7 @@ fn flannel_up_ping_down() -> Result<(), Failed> {
     ensure(ports == 2, format!("node-180 cni0 has {ports} veth ports"))?;
 
     // A second `up` of the same lab says so.
-    let again = run(labctl().args(["up", "--name", &lab]).arg(flannel()));
+    let again = run(labctl().args(["up", "--name", &lab]).args(flannel()));
     ensure(
         again.status.code() == Some(3)
             && String::from_utf8_lossy(&again.stderr).contains("already up"),
@@ -257,7 +265,7 @@ fn killed_up_then_down(n: usize, point: &'static str) -> Result<(), Failed> {
     let lab = unique(&format!("kill{n}"));
     let o = run(labctl()
         .args(["up", "-q", "--name", &lab])
-        .arg(flannel())
+        .args(flannel())
         .env("LABCTL_KILL_AT", point));
     use std::os::unix::process::ExitStatusExt;
     ensure(
@@ -309,7 +317,7 @@ fn foreign_namespace_conflict() -> Result<(), Failed> {
     let lab = unique("conflict");
     let foreign = format!("{lab}-vpc");
     ok(Command::new("ip").args(["netns", "add", &foreign]))?;
-    let o = run(labctl().args(["up", "--name", &lab]).arg(flannel()));
+    let o = run(labctl().args(["up", "--name", &lab]).args(flannel()));
     let still = netns_of(&lab);
     let _ = Command::new("ip")
         .args(["netns", "delete", &foreign])
@@ -330,7 +338,7 @@ fn not_root() -> Result<(), Failed> {
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(env!("CARGO_BIN_EXE_labctl"))
         .arg("up")
-        .arg(flannel()));
+        .args(flannel()));
     ensure(
         o.status.code() == Some(4) && String::from_utf8_lossy(&o.stderr).contains("needs root"),
         format!("up as nobody: {}", text(&o)),
@@ -374,7 +382,7 @@ fn vm_lab_up_exec_down() -> Result<(), Failed> {
     let guard = Down(lab.clone());
     ok(labctl()
         .args(["up", "-q", "--kernel", &kernel, "--name", &lab])
-        .arg(flannel()))?;
+        .args(flannel()))?;
     let st = ok(labctl().arg("status"))?;
     let listing = String::from_utf8_lossy(&st.stdout).to_string();
     ensure(
@@ -418,7 +426,7 @@ fn vm_killed_up_then_down() -> Result<(), Failed> {
     let lab = unique("vmkill");
     let o = run(labctl()
         .args(["up", "-q", "--kernel", &kernel, "--name", &lab])
-        .arg(flannel())
+        .args(flannel())
         .env("LABCTL_KILL_AT", "vm-booted"));
     use std::os::unix::process::ExitStatusExt;
     ensure(

@@ -17,6 +17,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use common::gate;
@@ -58,10 +59,11 @@ struct LabUp {
 }
 
 impl LabUp {
-    fn new(file: &Path) -> Result<LabUp, Failed> {
+    fn new(file: &Path, vars: &[&str]) -> Result<LabUp, Failed> {
         let name = unique();
         let o = labctl_on_host()
             .args(["up", "-q", "--name", &name])
+            .args(vars.iter().flat_map(|v| ["--var", v]))
             .arg(file)
             .output()?;
         if !o.status.success() {
@@ -78,9 +80,20 @@ impl Drop for LabUp {
 }
 
 fn load(file: &Path) -> labctl::Lab {
-    labctl_topology::load(file, &BTreeMap::new())
-        .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+    load_with(file, &[])
 }
+
+fn load_with(file: &Path, vars: &[&str]) -> labctl::Lab {
+    let vars: BTreeMap<String, String> = vars
+        .iter()
+        .filter_map(|v| v.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    labctl_topology::load(file, &vars).unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+}
+
+/// The host-only trials use the Flannel lab without services (IPVS).
+const NO_SERVICES: &[&str] = &["services=off"];
 
 /// Where a topology's scenarios run.
 #[derive(Clone)]
@@ -123,15 +136,30 @@ fn place_for(lab: &labctl::Lab) -> Place {
     }
 }
 
-/// Run one scenario in a VM with `kernel`: `labctl run` boots it, runs
-/// the scenario inside and stops it; the JSON report carries the golden text.
-fn run_scenario_in_vm(file: &Path, name: &str, kernel: &str) -> Result<(), Failed> {
+/// The reports of every scenario of one file, run in one VM: `labctl run
+/// --kernel` boots it, runs them all inside on one lab (each scenario
+/// programs the services it needs afresh) and stops it. One VM per file
+/// rather than per scenario: a boot is the expensive part.
+type VmReports = Result<Vec<serde_json::Value>, String>;
+
+type VmRun = Arc<OnceLock<VmReports>>;
+
+fn vm_reports(file: &Path, kernel: &str) -> VmRun {
+    static RUNS: Mutex<BTreeMap<(PathBuf, String), VmRun>> = Mutex::new(BTreeMap::new());
+    RUNS.lock()
+        .unwrap()
+        .entry((file.to_path_buf(), kernel.to_string()))
+        .or_default()
+        .clone()
+}
+
+fn run_file_in_vm(file: &Path, kernel: &str) -> VmReports {
     let lab = unique();
     let o = labctl()
         .args(["run", "--kernel", kernel, "--name", &lab, "-o", "json"])
         .arg(file)
-        .arg(name)
-        .output()?;
+        .output()
+        .map_err(|e| e.to_string())?;
     let reports: serde_json::Value = serde_json::from_slice(&o.stdout).map_err(|e| {
         format!(
             "no JSON report from the VM ({e}): {}{}",
@@ -139,7 +167,20 @@ fn run_scenario_in_vm(file: &Path, name: &str, kernel: &str) -> Result<(), Faile
             String::from_utf8_lossy(&o.stderr)
         )
     })?;
-    let report = &reports[0];
+    reports
+        .as_array()
+        .cloned()
+        .ok_or_else(|| format!("not a list of reports: {reports}"))
+}
+
+/// One scenario's report from its file's VM run.
+fn run_scenario_in_vm(file: &Path, name: &str, kernel: &str) -> Result<(), Failed> {
+    let cell = vm_reports(file, kernel);
+    let reports = cell.get_or_init(|| run_file_in_vm(file, kernel)).clone()?;
+    let report = reports
+        .iter()
+        .find(|r| r["scenario"] == name)
+        .ok_or_else(|| format!("no report for {name} from the VM"))?;
     if report["passed"] != true {
         return Err(format!("in the VM ({kernel}):\n{report:#}").into());
     }
@@ -166,9 +207,9 @@ fn run_scenario(file: &Path, name: &str) -> Result<(), Failed> {
         .iter()
         .find(|s| s.name == name)
         .expect("scenario listed from this file");
-    let up = LabUp::new(file)?;
+    let up = LabUp::new(file, &[])?;
     let record = state::load(&up.name)?.ok_or("lab state missing")?;
-    let report = scenario::run(&record, sc, &RunOptions::default())?;
+    let report = scenario::run(&record, &lab, sc, &RunOptions::default())?;
     if !report.passed {
         return Err(report.render().into());
     }
@@ -180,7 +221,7 @@ fn run_scenario(file: &Path, name: &str) -> Result<(), Failed> {
 /// F2 must fail, and the golden diff must show the path ending in the VPC.
 fn broken_vpc_route_fails_f2() -> Result<(), Failed> {
     let file = root().join("topologies/flannel.yaml");
-    let up = LabUp::new(&file)?;
+    let up = LabUp::new(&file, NO_SERVICES)?;
     let o = Command::new("ip")
         .args([
             "-n",
@@ -194,7 +235,7 @@ fn broken_vpc_route_fails_f2() -> Result<(), Failed> {
         return Err(format!("route del: {}", String::from_utf8_lossy(&o.stderr)).into());
     }
     let o = labctl_on_host()
-        .args(["run", "--name", &up.name])
+        .args(["run", "--name", &up.name, "--var", "services=off"])
         .arg(&file)
         .arg("f2-pod-ip-other-node-ping")
         .output()?;
@@ -222,13 +263,13 @@ fn broken_vpc_route_fails_f2() -> Result<(), Failed> {
 /// tcpdump on the same interface at the same time.
 fn capture_agrees_with_tcpdump() -> Result<(), Failed> {
     let file = root().join("topologies/flannel.yaml");
-    let lab = load(&file);
+    let lab = load_with(&file, NO_SERVICES);
     let sc = lab
         .scenarios
         .iter()
         .find(|s| s.name == "f2-pod-ip-other-node-ping")
         .ok_or("f2 ping scenario missing")?;
-    let up = LabUp::new(&file)?;
+    let up = LabUp::new(&file, NO_SERVICES)?;
     let mut tcpdump = Command::new("ip")
         .args(["netns", "exec", &format!("{}-node-180", up.name)])
         .args(["tcpdump", "-i", "eth0", "-nn", "-l", "-Q", "inout", "icmp"])
@@ -242,7 +283,7 @@ fn capture_agrees_with_tcpdump() -> Result<(), Failed> {
         line.clear();
     }
     let record = state::load(&up.name)?.ok_or("lab state missing")?;
-    let report = scenario::run(&record, sc, &RunOptions::default())?;
+    let report = scenario::run(&record, &lab, sc, &RunOptions::default())?;
     std::thread::sleep(Duration::from_millis(200));
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(tcpdump.id() as i32),

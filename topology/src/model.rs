@@ -35,15 +35,37 @@ pub struct Lab {
 pub struct Service {
     pub name: String,
     pub cluster_ip: Ipv4Addr,
+    pub external_ips: Vec<Ipv4Addr>,
+    /// The SLB's address, for a LoadBalancer service.
+    pub load_balancer_ip: Option<Ipv4Addr>,
+    pub external_traffic_policy: TrafficPolicy,
     pub ports: Vec<ServicePort>,
-    /// Endpoint pods, by name.
+    /// Endpoint pods, by name (those named and those selected by label, in
+    /// the file's pod order).
     pub endpoints: Vec<String>,
+}
+
+impl Service {
+    /// The addresses kube-proxy puts on `kube-ipvs0` for this service.
+    pub fn addresses(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        std::iter::once(self.cluster_ip)
+            .chain(self.external_ips.iter().copied())
+            .chain(self.load_balancer_ip)
+    }
+}
+
+/// `externalTrafficPolicy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub enum TrafficPolicy {
+    Cluster,
+    Local,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ServicePort {
     pub port: u16,
     pub target_port: u16,
+    pub node_port: Option<u16>,
     pub protocol: Protocol,
 }
 
@@ -139,6 +161,7 @@ pub struct Pod {
     pub routes: Vec<Route>,
     /// Ports the pod serves (as nginx does in the articles).
     pub ports: Vec<Port>,
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// A route: destination via a gateway, out of the namespace's main interface.
@@ -148,7 +171,7 @@ pub struct Route {
     pub via: Ipv4Addr,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
@@ -187,7 +210,89 @@ pub struct Scenario {
     pub traffic: Traffic,
     pub attempts: u32,
     pub timeout_ms: u64,
+    /// Service changes in force during this scenario.
+    pub changes: Vec<ServiceChange>,
+    /// The endpoint pod load balancers must pick.
+    pub backend: Option<String>,
+    /// The node the SLB must pick.
+    pub via_node: Option<String>,
     pub expect: Expect,
+}
+
+/// A change to a service for one scenario.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServiceChange {
+    pub service: String,
+    pub external_traffic_policy: Option<TrafficPolicy>,
+    pub remove_endpoints: Vec<String>,
+}
+
+/// A conntrack entry a namespace must hold.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConntrackExpect {
+    /// The entity (node or `vpc`).
+    pub on: String,
+    pub original: TupleMatch,
+    pub reply: Option<TupleMatch>,
+}
+
+/// `SRC[:PORT] -> DST[:PORT]`; a missing port matches any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct TupleMatch {
+    pub src: Ipv4Addr,
+    pub sport: Option<u16>,
+    pub dst: Ipv4Addr,
+    pub dport: Option<u16>,
+}
+
+impl TupleMatch {
+    /// Parses `SRC[:PORT] -> DST[:PORT]`.
+    pub fn parse(text: &str) -> Option<TupleMatch> {
+        let (a, b) = text.split_once("->")?;
+        let end = |t: &str| -> Option<(Ipv4Addr, Option<u16>)> {
+            let t = t.trim();
+            match t.split_once(':') {
+                Some((ip, port)) => Some((ip.parse().ok()?, Some(port.parse().ok()?))),
+                None => Some((t.parse().ok()?, None)),
+            }
+        };
+        let (src, sport) = end(a)?;
+        let (dst, dport) = end(b)?;
+        Some(TupleMatch {
+            src,
+            sport,
+            dst,
+            dport,
+        })
+    }
+
+    /// Whether a tuple (addresses, ports) matches.
+    pub fn matches(
+        &self,
+        src: Ipv4Addr,
+        sport: Option<u16>,
+        dst: Ipv4Addr,
+        dport: Option<u16>,
+    ) -> bool {
+        self.src == src
+            && self.dst == dst
+            && self.sport.is_none_or(|p| Some(p) == sport)
+            && self.dport.is_none_or(|p| Some(p) == dport)
+    }
+}
+
+impl std::fmt::Display for TupleMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.src)?;
+        if let Some(p) = self.sport {
+            write!(f, ":{p}")?;
+        }
+        write!(f, " -> {}", self.dst)?;
+        if let Some(p) = self.dport {
+            write!(f, ":{p}")?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -220,6 +325,7 @@ pub struct Expect {
     pub seen_on: Vec<Sighting>,
     pub not_seen_on: Vec<Sighting>,
     pub server_saw_client: Option<Ipv4Addr>,
+    pub conntrack: Vec<ConntrackExpect>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -56,10 +56,40 @@ pub struct RawService {
     /// The ClusterIP: on every node's `kube-ipvs0` and an IPVS virtual service.
     #[schemars(with = "Ipv4Text")]
     pub cluster_ip: Spanned<String>,
+    /// `spec.externalIPs`: also on every node's `kube-ipvs0`, each with an
+    /// IPVS virtual service per port.
+    #[serde(default)]
+    #[schemars(with = "Vec<Ipv4Text>")]
+    pub external_ips: Vec<Spanned<String>>,
+    /// A LoadBalancer service's address: the cloud SLB in the VPC listens on
+    /// it and forwards to nodeIP:nodePort (every port needs a `node_port`);
+    /// kube-proxy also programs it on every node like an external IP.
+    #[serde(default)]
+    #[schemars(with = "Option<Ipv4Text>")]
+    pub load_balancer_ip: Option<Spanned<String>>,
+    /// `Cluster` (default): every endpoint on every node, node-port and
+    /// external traffic masqueraded. `Local`: only the node's own endpoints,
+    /// no masquerade, and the SLB forwards only to nodes with an endpoint.
+    #[serde(default)]
+    pub external_traffic_policy: Option<RawTrafficPolicy>,
     pub ports: Vec<RawServicePort>,
     /// The pods behind the service, by name.
+    #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub endpoints: Vec<Spanned<String>>,
+    /// The pods behind the service, by label: every pod carrying all these
+    /// labels (added to `endpoints`).
+    #[serde(default)]
+    #[schemars(with = "Option<BTreeMap<String, String>>")]
+    pub selector: Option<Spanned<BTreeMap<String, String>>>,
+}
+
+/// `externalTrafficPolicy`, spelled as Kubernetes does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[schemars(rename = "TrafficPolicy")]
+pub enum RawTrafficPolicy {
+    Cluster,
+    Local,
 }
 
 /// A service port.
@@ -71,6 +101,10 @@ pub struct RawServicePort {
     /// The pods' port (default: `port`).
     #[serde(default)]
     pub target_port: Option<u16>,
+    /// The port every node listens on for this service (NodePort and
+    /// LoadBalancer services), e.g. 32580.
+    #[serde(default)]
+    pub node_port: Option<u16>,
     /// Default tcp.
     #[serde(default)]
     pub protocol: Option<RawProtocol>,
@@ -221,6 +255,9 @@ pub struct RawPod {
     #[serde(default)]
     #[schemars(with = "Vec<RawPort>")]
     pub ports: Vec<Spanned<RawPort>>,
+    /// Labels, for services' `selector`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A route inside a pod.
@@ -450,8 +487,36 @@ pub struct RawScenario {
     /// Per attempt, in milliseconds (default 1000).
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Service changes in force during this scenario only (as the article
+    /// edits a service between two captures).
+    #[serde(default)]
+    pub changes: Vec<RawServiceChange>,
+    /// Where a load balancer could pick among several backends, the pod it
+    /// picks: the other real servers get weight 0 for this scenario.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub backend: Option<Spanned<String>>,
+    /// Likewise for the SLB: the node it forwards to.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub via_node: Option<Spanned<String>>,
     #[serde(default)]
     pub expect: RawExpect,
+}
+
+/// A change to a service for one scenario.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "ServiceChange")]
+pub struct RawServiceChange {
+    #[schemars(with = "String")]
+    pub service: Spanned<String>,
+    #[serde(default)]
+    pub external_traffic_policy: Option<RawTrafficPolicy>,
+    /// Endpoints taken out of the service (pods by name).
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub remove_endpoints: Vec<Spanned<String>>,
 }
 
 /// The traffic a scenario sends.
@@ -508,6 +573,28 @@ pub struct RawExpect {
     #[serde(default)]
     #[schemars(with = "Option<Ipv4Text>")]
     pub server_saw_client: Option<Spanned<String>>,
+    /// Conntrack entries a node must hold for the flow.
+    #[serde(default)]
+    pub conntrack: Vec<RawConntrackExpect>,
+}
+
+/// A conntrack entry a namespace must hold after the traffic, like a line of
+/// `conntrack -L`: tuples written `SRC[:PORT] -> DST[:PORT]` (a missing
+/// port matches any).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "ConntrackExpect")]
+pub struct RawConntrackExpect {
+    /// A node (or `vpc`).
+    #[schemars(with = "String")]
+    pub on: Spanned<String>,
+    /// The first packet's direction, e.g. `172.23.96.23 -> 192.168.13.23:80`.
+    #[schemars(with = "String")]
+    pub original: Spanned<String>,
+    /// The answer's, e.g. `172.23.96.163:80 -> 172.23.96.23`.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub reply: Option<Spanned<String>>,
 }
 
 /// An address and interfaces, for `seen_on` / `not_seen_on`.

@@ -160,9 +160,9 @@ pub(crate) fn resolve(src: &Source, raw: RawTopology) -> Result<Lab, Problems> {
         services: Vec::new(),
         scenarios: Vec::new(),
     };
-    let declared_pods: Vec<&str> = raw.pods.iter().map(|p| p.name.value.as_str()).collect();
+    let mut node_ports: HashMap<(u16, Protocol), Location> = HashMap::new();
     for raw_service in &raw.services {
-        if let Some(svc) = r.service(raw_service, &declared_pods) {
+        if let Some(svc) = r.service(raw_service, &raw.pods, &mut node_ports) {
             lab.services.push(svc);
         }
     }
@@ -1072,6 +1072,7 @@ impl Resolver<'_> {
             mac,
             routes,
             ports: ports?,
+            labels: raw.labels.clone(),
         })
     }
 
@@ -1408,6 +1409,52 @@ impl Resolver<'_> {
             .server_saw_client
             .as_ref()
             .and_then(|t| self.ipv4(t, "address"));
+        let changes = self.service_changes(&raw.changes, lab);
+        let pods: Vec<&str> = lab.pods.iter().map(|p| p.name.as_str()).collect();
+        let nodes: Vec<&str> = lab.nodes.iter().map(|n| n.name.as_str()).collect();
+        let entity = |r: &mut Self, text: &Option<Spanned<String>>, known: &[&str], what: &str| {
+            let t = text.as_ref()?;
+            if known.contains(&t.value.as_str()) {
+                Some(t.value.clone())
+            } else {
+                r.err(
+                    &t.referenced,
+                    format!("unknown {what} `{}`", t.value),
+                    "unknown",
+                    Some(unknown_hint(what, &t.value, known)),
+                );
+                None
+            }
+        };
+        let backend = entity(self, &raw.backend, &pods, "pod");
+        let via_node = entity(self, &raw.via_node, &nodes, "node");
+        let mut conntrack = Vec::new();
+        for c in &raw.expect.conntrack {
+            let mut places = nodes.clone();
+            places.push("vpc");
+            let on = entity(self, &Some(c.on.clone()), &places, "node");
+            let tuple = |r: &mut Self, t: &Spanned<String>| {
+                let m = TupleMatch::parse(&t.value);
+                if m.is_none() {
+                    r.err(
+                        &t.referenced,
+                        format!("invalid conntrack tuple `{}`", t.value),
+                        "expected SRC[:PORT] -> DST[:PORT]",
+                        Some("write e.g. `172.23.96.23 -> 192.168.13.23:80`".into()),
+                    );
+                }
+                m
+            };
+            let original = tuple(self, &c.original);
+            let reply = c.reply.as_ref().map(|t| tuple(self, t));
+            if let (Some(on), Some(original)) = (on, original) {
+                conntrack.push(ConntrackExpect {
+                    on,
+                    original,
+                    reply: reply.flatten(),
+                });
+            }
+        }
         if self.problems.len() > before {
             return None;
         }
@@ -1420,6 +1467,9 @@ impl Resolver<'_> {
             traffic,
             attempts: raw.attempts.unwrap_or(1).max(1),
             timeout_ms: raw.timeout_ms.unwrap_or(1000),
+            changes,
+            backend,
+            via_node,
             expect: Expect {
                 result: match raw.expect.result.unwrap_or(RawResult::Connected) {
                     RawResult::Connected => ResultKind::Connected,
@@ -1433,30 +1483,135 @@ impl Resolver<'_> {
                 seen_on,
                 not_seen_on,
                 server_saw_client,
+                conntrack,
             },
         })
+    }
+
+    fn service_changes(&mut self, raw: &[RawServiceChange], lab: &Lab) -> Vec<ServiceChange> {
+        let mut out = Vec::new();
+        for c in raw {
+            let Some(svc) = lab.services.iter().find(|s| s.name == c.service.value) else {
+                let known: Vec<&str> = lab.services.iter().map(|s| s.name.as_str()).collect();
+                self.err(
+                    &c.service.referenced,
+                    format!("unknown service `{}`", c.service.value),
+                    "unknown service",
+                    Some(unknown_hint("service", &c.service.value, &known)),
+                );
+                continue;
+            };
+            for e in &c.remove_endpoints {
+                if !svc.endpoints.contains(&e.value) {
+                    self.err(
+                        &e.referenced,
+                        format!("`{}` is not an endpoint of service {}", e.value, svc.name),
+                        "not an endpoint",
+                        Some(format!("its endpoints: {}", svc.endpoints.join(", "))),
+                    );
+                }
+            }
+            out.push(ServiceChange {
+                service: svc.name.clone(),
+                external_traffic_policy: c.external_traffic_policy.map(|p| policy(Some(p))),
+                remove_endpoints: c.remove_endpoints.iter().map(|e| e.value.clone()).collect(),
+            });
+        }
+        out
     }
 }
 
 impl Resolver<'_> {
-    /// A service; `pods` are the pod names the file declares (a pod with
-    /// problems of its own is still a known endpoint).
-    fn service(&mut self, raw: &RawService, pods: &[&str]) -> Option<Service> {
+    /// A service; `pods` are the file's pods (a pod with problems of its own
+    /// is still a known endpoint).
+    fn service(
+        &mut self,
+        raw: &RawService,
+        pods: &[RawPod],
+        node_ports: &mut HashMap<(u16, Protocol), Location>,
+    ) -> Option<Service> {
         let before = self.problems.len();
         let name = &raw.name.value;
+        let names: Vec<&str> = pods.iter().map(|p| p.name.value.as_str()).collect();
         let cluster_ip = self.ipv4(&raw.cluster_ip, "cluster ip");
         if let Some(ip) = cluster_ip {
             self.claim_address(ip, format!("service {name}"), &raw.cluster_ip.referenced);
         }
+        let mut external_ips = Vec::new();
+        for text in &raw.external_ips {
+            if let Some(ip) = self.ipv4(text, "external ip") {
+                self.claim_address(ip, format!("service {name}"), &text.referenced);
+                external_ips.push(ip);
+            }
+        }
+        let load_balancer_ip = match &raw.load_balancer_ip {
+            Some(text) => {
+                let ip = self.ipv4(text, "load balancer ip");
+                if let Some(ip) = ip {
+                    self.claim_address(ip, format!("service {name}"), &text.referenced);
+                }
+                Some(ip)
+            }
+            None => None,
+        };
+        let mut endpoints: Vec<String> = Vec::new();
         for e in &raw.endpoints {
-            if !pods.contains(&e.value.as_str()) {
+            if !names.contains(&e.value.as_str()) {
                 self.err(
                     &e.referenced,
                     format!("unknown pod `{}`", e.value),
                     "unknown endpoint",
-                    Some(unknown_hint("pod", &e.value, pods)),
+                    Some(unknown_hint("pod", &e.value, &names)),
                 );
             }
+        }
+        if let Some(selector) = &raw.selector {
+            let selected: Vec<&str> = pods
+                .iter()
+                .filter(|p| {
+                    selector
+                        .value
+                        .iter()
+                        .all(|(k, v)| p.labels.get(k) == Some(v))
+                })
+                .map(|p| p.name.value.as_str())
+                .collect();
+            if selected.is_empty() {
+                let wanted: Vec<String> = selector
+                    .value
+                    .iter()
+                    .map(|(k, v)| format!("{k}: {v}"))
+                    .collect();
+                self.err(
+                    &selector.referenced,
+                    format!(
+                        "service {name}: no pod has the labels {{{}}}",
+                        wanted.join(", ")
+                    ),
+                    "selects nothing",
+                    Some("give the pods `labels:` with these keys and values".into()),
+                );
+            }
+            for n in selected {
+                if !raw.endpoints.iter().any(|e| e.value == n) {
+                    endpoints.push(n.to_string());
+                }
+            }
+        }
+        // Named endpoints first, then selected ones, each in pod order.
+        let mut all: Vec<String> = names
+            .iter()
+            .filter(|n| raw.endpoints.iter().any(|e| e.value == **n))
+            .map(|n| n.to_string())
+            .collect();
+        all.extend(endpoints);
+        if raw.endpoints.is_empty() && raw.selector.is_none() {
+            self.err(
+                &raw.name.referenced,
+                format!("service {name} has no endpoints"),
+                "no endpoints",
+                Some("add `endpoints: [POD, ...]` or `selector: {app: NAME}`".into()),
+            );
         }
         let ports: Vec<ServicePort> = raw
             .ports
@@ -1464,6 +1619,7 @@ impl Resolver<'_> {
             .map(|p| ServicePort {
                 port: p.port,
                 target_port: p.target_port.unwrap_or(p.port),
+                node_port: p.node_port,
                 protocol: match p.protocol {
                     Some(RawProtocol::Udp) => Protocol::Udp,
                     _ => Protocol::Tcp,
@@ -1478,14 +1634,55 @@ impl Resolver<'_> {
                 Some("write `ports: [{ port: 80 }]`".into()),
             );
         }
+        for p in &ports {
+            let Some(np) = p.node_port else { continue };
+            if !(30000..=32767).contains(&np) {
+                self.err(
+                    &raw.name.referenced,
+                    format!("service {name}: node port {np} is outside 30000-32767"),
+                    "node port out of range",
+                    Some("Kubernetes allocates node ports from 30000-32767 (--service-node-port-range)".into()),
+                );
+            } else if let Some(first) = node_ports.get(&(np, p.protocol)) {
+                let line = first.line();
+                self.err(
+                    &raw.name.referenced,
+                    format!("service {name}: node port {np} is already used at line {line}"),
+                    "node port taken",
+                    Some("every service needs node ports of its own".into()),
+                );
+            } else {
+                node_ports.insert((np, p.protocol), raw.name.referenced);
+            }
+        }
+        if let Some(text) = &raw.load_balancer_ip
+            && ports.iter().any(|p| p.node_port.is_none())
+        {
+            self.err(
+                &text.referenced,
+                format!("service {name}: an SLB forwards to nodeIP:nodePort, but a port has no node_port"),
+                "needs node ports",
+                Some("add `node_port: 3xxxx` to every port of a service with `load_balancer_ip`".into()),
+            );
+        }
         if self.problems.len() > before {
             return None;
         }
         Some(Service {
             name: name.clone(),
             cluster_ip: cluster_ip?,
+            external_ips,
+            load_balancer_ip: load_balancer_ip.flatten(),
+            external_traffic_policy: policy(raw.external_traffic_policy),
             ports,
-            endpoints: raw.endpoints.iter().map(|e| e.value.clone()).collect(),
+            endpoints: all,
         })
+    }
+}
+
+fn policy(raw: Option<RawTrafficPolicy>) -> TrafficPolicy {
+    match raw {
+        Some(RawTrafficPolicy::Local) => TrafficPolicy::Local,
+        Some(RawTrafficPolicy::Cluster) | None => TrafficPolicy::Cluster,
     }
 }

@@ -162,9 +162,17 @@ fn flannel_resolves() {
 }
 
 #[test]
-fn flannel_renders_to_itself() {
+fn flannel_renders_line_for_line() {
+    // Template tags sit on lines of their own, which render empty: line
+    // numbers in errors are the file's.
     let source = std::fs::read_to_string(flannel_path()).unwrap();
-    assert_eq!(render(&flannel_path(), &vars()).unwrap(), source);
+    let rendered = render(&flannel_path(), &vars()).unwrap();
+    assert_eq!(rendered.lines().count(), source.lines().count());
+    assert!(!rendered.contains("{%"));
+    let mut off = vars();
+    off.insert("services".into(), "off".into());
+    let plain = render(&flannel_path(), &off).unwrap();
+    assert!(!plain.contains("services:") && !plain.contains("8.219.164.113"));
 }
 
 // ---- parse errors ----------------------------------------------------
@@ -1113,5 +1121,170 @@ fn service_endpoints_must_be_pods() {
             .as_ref()
             .unwrap()
             .contains("did you mean `nginx`?")
+    );
+}
+
+// ---- node ports, load balancers, selectors, scenario changes -----------
+
+const SERVICES: &str = "\
+name: lab
+vpc:
+  subnets:
+    - { name: vsw, cidr: 10.0.0.0/24, gateway: 10.0.0.253 }
+nodes:
+  - { name: n1, interfaces: [{ name: eth0, subnet: vsw, address: 10.0.0.1 }], pod_cidr: 172.16.0.0/24 }
+  - { name: n2, interfaces: [{ name: eth0, subnet: vsw, address: 10.0.0.2 }], pod_cidr: 172.16.1.0/24 }
+pods:
+  - { name: a, node: n1, address: 172.16.0.10, labels: { app: web } }
+  - { name: b, node: n2, address: 172.16.1.10, labels: { app: web } }
+  - { name: c, node: n2, address: 172.16.1.11, labels: { app: db } }
+services:
+  - name: web
+    cluster_ip: 192.168.0.10
+    load_balancer_ip: 8.8.8.10
+    external_traffic_policy: Local
+    selector: { app: web }
+    ports: [{ port: 80, node_port: 30080 }]
+scenarios:
+  - name: s1
+    from: a
+    to: 8.8.8.10:80
+    protocol: http
+    changes:
+      - { service: web, external_traffic_policy: Cluster, remove_endpoints: [b] }
+    backend: a
+    via_node: n1
+    expect:
+      conntrack:
+        - { on: n1, original: '172.16.0.10 -> 8.8.8.10:80', reply: '172.16.0.10:80 -> 10.0.0.1' }
+";
+
+fn services_lab(src: &str) -> Result<Lab, TopologyError> {
+    load_str("t.yaml", src, &vars())
+}
+
+#[test]
+fn services_resolve_with_selector_node_ports_and_scenario_changes() {
+    let lab = services_lab(SERVICES).unwrap_or_else(|e| panic!("{e}"));
+    let svc = &lab.services[0];
+    assert_eq!(svc.endpoints, ["a", "b"]);
+    assert_eq!(svc.external_traffic_policy, TrafficPolicy::Local);
+    assert_eq!(svc.ports[0].node_port, Some(30080));
+    assert_eq!(svc.load_balancer_ip, Some("8.8.8.10".parse().unwrap()));
+    assert_eq!(
+        svc.addresses().map(|a| a.to_string()).collect::<Vec<_>>(),
+        ["192.168.0.10", "8.8.8.10"]
+    );
+    let sc = &lab.scenarios[0];
+    assert_eq!(sc.backend.as_deref(), Some("a"));
+    assert_eq!(sc.via_node.as_deref(), Some("n1"));
+    assert_eq!(sc.changes[0].remove_endpoints, ["b"]);
+    assert_eq!(
+        sc.changes[0].external_traffic_policy,
+        Some(TrafficPolicy::Cluster)
+    );
+    let ct = &sc.expect.conntrack[0];
+    assert_eq!(ct.original.to_string(), "172.16.0.10 -> 8.8.8.10:80");
+    assert!(ct.original.matches(
+        "172.16.0.10".parse().unwrap(),
+        Some(40000),
+        "8.8.8.10".parse().unwrap(),
+        Some(80)
+    ));
+    assert!(!ct.original.matches(
+        "172.16.0.10".parse().unwrap(),
+        Some(40000),
+        "8.8.8.10".parse().unwrap(),
+        Some(81)
+    ));
+}
+
+#[test]
+fn selector_that_selects_nothing_is_an_error() {
+    let src = SERVICES.replace("selector: { app: web }", "selector: { app: wbe }");
+    let e = services_lab(&src).expect_err("should fail");
+    assert!(
+        e.to_string()
+            .contains("service web: no pod has the labels {app: wbe}"),
+        "{e}"
+    );
+}
+
+#[test]
+fn load_balancer_needs_node_ports() {
+    let src = SERVICES.replace("node_port: 30080", "target_port: 8080");
+    let e = services_lab(&src).expect_err("should fail");
+    assert!(
+        e.to_string()
+            .contains("t.yaml:15:23: service web: an SLB forwards to nodeIP:nodePort"),
+        "{e}"
+    );
+}
+
+#[test]
+fn node_ports_are_in_range_and_unique() {
+    let src = SERVICES.replace("node_port: 30080", "node_port: 8080");
+    let e = services_lab(&src).expect_err("should fail");
+    assert!(
+        e.to_string()
+            .contains("node port 8080 is outside 30000-32767"),
+        "{e}"
+    );
+
+    let src = SERVICES.replace(
+        "scenarios:",
+        "  - { name: web2, cluster_ip: 192.168.0.11, endpoints: [c], ports: [{ port: 80, node_port: 30080 }] }\nscenarios:",
+    );
+    let e = services_lab(&src).expect_err("should fail");
+    assert!(
+        e.to_string()
+            .contains("service web2: node port 30080 is already used at line 13"),
+        "{e}"
+    );
+}
+
+#[test]
+fn scenario_changes_name_known_services_and_endpoints() {
+    let src = SERVICES.replace("{ service: web,", "{ service: wbe,");
+    let e = services_lab(&src).expect_err("should fail");
+    assert!(e.to_string().contains("unknown service `wbe`"), "{e}");
+    let help = e.problems()[0].help.clone().unwrap_or_default();
+    assert!(help.contains("known services: web"), "{help}");
+
+    let src = SERVICES.replace("remove_endpoints: [b]", "remove_endpoints: [c]");
+    let e = services_lab(&src).expect_err("should fail");
+    assert!(
+        e.to_string()
+            .contains("`c` is not an endpoint of service web"),
+        "{e}"
+    );
+
+    let src = SERVICES.replace("backend: a", "backend: z");
+    let e = services_lab(&src).expect_err("should fail");
+    assert!(e.to_string().contains("unknown pod `z`"), "{e}");
+
+    let src = SERVICES.replace("via_node: n1", "via_node: n3");
+    let e = services_lab(&src).expect_err("should fail");
+    assert!(e.to_string().contains("unknown node `n3`"), "{e}");
+}
+
+#[test]
+fn conntrack_expectations_are_tuples() {
+    let src = SERVICES.replace(
+        "original: '172.16.0.10 -> 8.8.8.10:80'",
+        "original: '172.16.0.10 => 8.8.8.10'",
+    );
+    let e = services_lab(&src).expect_err("should fail");
+    assert!(
+        e.to_string()
+            .contains("invalid conntrack tuple `172.16.0.10 => 8.8.8.10`"),
+        "{e}"
+    );
+    assert!(
+        e.problems()[0]
+            .help
+            .as_ref()
+            .unwrap()
+            .contains("172.23.96.23 -> 192.168.13.23:80")
     );
 }

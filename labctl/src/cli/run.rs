@@ -194,7 +194,7 @@ fn run_all(
     let mut out = Vec::new();
     for sc in selected {
         let report =
-            scenario::run(&record, sc, &opts).map_err(|e| Failure::new(Exit::Failed, e))?;
+            scenario::run(&record, lab, sc, &opts).map_err(|e| Failure::new(Exit::Failed, e))?;
         let file = golden::file_for(&golden_dir, &sc.name);
         let actual = report.golden();
         let (state, diff) = match golden::read(&file) {

@@ -1,0 +1,694 @@
+//! Kubernetes services as kube-proxy programs them, and the cloud SLB in
+//! front of them.
+//!
+//! What the kernel gets is computed here as plain values (IPVS tables and
+//! nftables rulesets per namespace), so tests read them without root and the
+//! same steps serve `up` and a scenario's temporary changes
+//! ([`Overrides`]): each step replaces its namespace's whole table, as
+//! kube-proxy's sync loop does.
+//!
+//! kube-proxy's modes sit behind [`ServiceProxy`]. The one shipped is
+//! [`KubeProxyIpvs`], what the Flannel article runs: every service address
+//! on the node's dummy `kube-ipvs0`, an IPVS virtual service per address and
+//! port with the endpoints as NAT real servers (all of them, or only the
+//! node's own for `externalTrafficPolicy: Local` on external addresses and
+//! node ports), and its iptables rules as one nftables table: traffic to a
+//! ClusterIP from outside the pod network, to an external or load balancer
+//! address, or to a node port is marked `0x4000` and masqueraded on its way
+//! out, except under `Local` policy. `net.ipv4.vs.conntrack = 1` keeps the
+//! IPVS-translated flows in conntrack (as kube-proxy sets it), and
+//! `net.bridge.bridge-nf-call-iptables = 1` sends bridged pod traffic
+//! through those hooks, so a reply from a backend on the same bridge is
+//! translated back.
+//!
+//! Rules are written in nft's own syntax and applied with `nft -f` inside
+//! the node's namespace, as kube-proxy's nftables mode does (knftables): it
+//! is what `nft list ruleset` shows back, so `labctl plan --script` is
+//! readable; the `nftables` crate's JSON model would add nothing here.
+//!
+//! The SLB is IPVS in the VPC's namespace, on the return path of every node
+//! (their default route is the VPC): its address is local there (on `lo`),
+//! and it forwards to nodeIP:nodePort in NAT mode, which keeps the client's
+//! address, with all nodes in the server group under `Cluster` policy and
+//! only the nodes holding an endpoint under `Local`.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+
+use labctl_topology::{Lab, Node, Protocol, Service, ServiceChange, TrafficPolicy};
+use serde::Serialize;
+
+use crate::plan::{Action, Phase, Step};
+
+/// kube-proxy's masquerade mark (`--iptables-masquerade-bit=14`).
+pub const MASQUERADE_MARK: u32 = 0x4000;
+
+/// One IPVS virtual service, `ipvsadm -A -t ADDR:PORT -s rr`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VirtualService {
+    pub protocol: Protocol,
+    pub address: Ipv4Addr,
+    pub port: u16,
+    /// What it is for, e.g. `nginx1 node port`, for plans and reports.
+    pub comment: String,
+    pub dests: Vec<RealServer>,
+}
+
+/// One real server, `ipvsadm -a -t VIP:PORT -r ADDR:PORT -m -w WEIGHT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RealServer {
+    pub address: Ipv4Addr,
+    pub port: u16,
+    /// 0 takes it out of new connections (a scenario's pin).
+    pub weight: u32,
+}
+
+/// A scenario's temporary view of the services.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overrides {
+    pub changes: Vec<ServiceChange>,
+    /// The endpoint pod every load balancer that could pick it must pick.
+    pub backend: Option<String>,
+    /// The node the SLB must pick.
+    pub via_node: Option<String>,
+}
+
+impl Overrides {
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty() && self.backend.is_none() && self.via_node.is_none()
+    }
+}
+
+/// A service proxy mode: what it programs in one node.
+pub trait ServiceProxy {
+    /// The steps that replace the node's service programming.
+    fn node_steps(
+        &self,
+        lab: &Lab,
+        services: &[Service],
+        node: &Node,
+        pin: Option<Ipv4Addr>,
+    ) -> Vec<Step>;
+}
+
+/// kube-proxy `--proxy-mode=ipvs`; see the module doc.
+pub struct KubeProxyIpvs;
+
+impl ServiceProxy for KubeProxyIpvs {
+    fn node_steps(
+        &self,
+        lab: &Lab,
+        services: &[Service],
+        node: &Node,
+        pin: Option<Ipv4Addr>,
+    ) -> Vec<Step> {
+        let netns = lab.netns(&node.name);
+        vec![
+            Step {
+                phase: Phase::Services,
+                netns: netns.clone(),
+                action: Action::IpvsTable {
+                    services: node_table(lab, services, node, pin),
+                },
+            },
+            Step {
+                phase: Phase::Services,
+                netns,
+                action: Action::Nftables {
+                    ruleset: node_ruleset(lab, services, node),
+                },
+            },
+        ]
+    }
+}
+
+/// The services with a scenario's changes applied.
+pub fn effective(lab: &Lab, changes: &[ServiceChange]) -> Vec<Service> {
+    lab.services
+        .iter()
+        .map(|svc| {
+            let mut svc = svc.clone();
+            for c in changes.iter().filter(|c| c.service == svc.name) {
+                if let Some(p) = c.external_traffic_policy {
+                    svc.external_traffic_policy = p;
+                }
+                svc.endpoints.retain(|e| !c.remove_endpoints.contains(e));
+            }
+            svc
+        })
+        .collect()
+}
+
+/// The node's addresses node ports listen on: its ENIs'.
+fn node_addresses(node: &Node) -> impl Iterator<Item = Ipv4Addr> + '_ {
+    node.interfaces.iter().map(|i| i.address.addr())
+}
+
+/// Real servers, weight 0 for all but `pin` when `pin` is among them.
+fn real_servers(dests: Vec<(Ipv4Addr, u16)>, pin: Option<Ipv4Addr>) -> Vec<RealServer> {
+    let pinned = pin.filter(|p| dests.iter().any(|(a, _)| a == p));
+    dests
+        .into_iter()
+        .map(|(address, port)| RealServer {
+            address,
+            port,
+            weight: match pinned {
+                Some(p) if p != address => 0,
+                _ => 1,
+            },
+        })
+        .collect()
+}
+
+/// kube-proxy's IPVS table on one node.
+pub fn node_table(
+    lab: &Lab,
+    services: &[Service],
+    node: &Node,
+    pin: Option<Ipv4Addr>,
+) -> Vec<VirtualService> {
+    let mut out = Vec::new();
+    for svc in services {
+        let pods: Vec<_> = svc.endpoints.iter().filter_map(|e| lab.pod(e)).collect();
+        for port in &svc.ports {
+            let all: Vec<(Ipv4Addr, u16)> = pods
+                .iter()
+                .map(|p| (p.address.addr(), port.target_port))
+                .collect();
+            let local: Vec<(Ipv4Addr, u16)> = pods
+                .iter()
+                .filter(|p| p.node == node.name)
+                .map(|p| (p.address.addr(), port.target_port))
+                .collect();
+            let external = match svc.external_traffic_policy {
+                TrafficPolicy::Cluster => &all,
+                TrafficPolicy::Local => &local,
+            };
+            let mut add =
+                |address: Ipv4Addr, port_no: u16, what: &str, dests: &Vec<(Ipv4Addr, u16)>| {
+                    out.push(VirtualService {
+                        protocol: port.protocol,
+                        address,
+                        port: port_no,
+                        comment: format!("{} {what}", svc.name),
+                        dests: real_servers(dests.clone(), pin),
+                    });
+                };
+            add(svc.cluster_ip, port.port, "cluster ip", &all);
+            for ip in &svc.external_ips {
+                add(*ip, port.port, "external ip", external);
+            }
+            if let Some(ip) = svc.load_balancer_ip {
+                add(ip, port.port, "load balancer ip", external);
+            }
+            if let Some(np) = port.node_port {
+                for a in node_addresses(node) {
+                    add(a, np, "node port", external);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn l4(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+    }
+}
+
+/// kube-proxy's masquerade rules on one node, as an `nft -f` script that
+/// replaces the `ip kube-proxy` table.
+pub fn node_ruleset(lab: &Lab, services: &[Service], _node: &Node) -> String {
+    let pod_cidrs: BTreeSet<String> = lab
+        .nodes
+        .iter()
+        .filter_map(|n| n.pod_cidr)
+        .map(|c| c.to_string())
+        .collect();
+    let mut rules = String::new();
+    for svc in services {
+        let cluster = svc.external_traffic_policy == TrafficPolicy::Cluster;
+        for port in &svc.ports {
+            let proto = l4(port.protocol);
+            // KUBE-CLUSTER-IP: from outside the cluster's pod network.
+            if !pod_cidrs.is_empty() {
+                let _ = writeln!(
+                    rules,
+                    "\t\tip daddr {} {proto} dport {} ip saddr != {{ {} }} jump mark-for-masquerade comment \"{} cluster ip\"",
+                    svc.cluster_ip,
+                    port.port,
+                    pod_cidrs.iter().cloned().collect::<Vec<_>>().join(", "),
+                    svc.name
+                );
+            } else {
+                let _ = writeln!(
+                    rules,
+                    "\t\tip daddr {} {proto} dport {} jump mark-for-masquerade comment \"{} cluster ip\"",
+                    svc.cluster_ip, port.port, svc.name
+                );
+            }
+            if !cluster {
+                // KUBE-EXTERNAL-IP-LOCAL, KUBE-LOAD-BALANCER-LOCAL,
+                // KUBE-NODE-PORT-LOCAL: accepted as they are.
+                continue;
+            }
+            for ip in &svc.external_ips {
+                let _ = writeln!(
+                    rules,
+                    "\t\tip daddr {ip} {proto} dport {} jump mark-for-masquerade comment \"{} external ip\"",
+                    port.port, svc.name
+                );
+            }
+            if let Some(ip) = svc.load_balancer_ip {
+                let _ = writeln!(
+                    rules,
+                    "\t\tip daddr {ip} {proto} dport {} jump mark-for-masquerade comment \"{} load balancer ip\"",
+                    port.port, svc.name
+                );
+            }
+            if let Some(np) = port.node_port {
+                let _ = writeln!(
+                    rules,
+                    "\t\tfib daddr type local {proto} dport {np} jump mark-for-masquerade comment \"{} node port\"",
+                    svc.name
+                );
+            }
+        }
+    }
+    format!(
+        "table ip kube-proxy\n\
+         delete table ip kube-proxy\n\
+         table ip kube-proxy {{\n\
+         \tchain nat-prerouting {{\n\
+         \t\ttype nat hook prerouting priority -100; policy accept;\n\
+         \t\tjump services\n\
+         \t}}\n\
+         \tchain nat-output {{\n\
+         \t\ttype nat hook output priority -100; policy accept;\n\
+         \t\tjump services\n\
+         \t}}\n\
+         \tchain services {{\n\
+         {rules}\
+         \t}}\n\
+         \tchain mark-for-masquerade {{\n\
+         \t\tmeta mark set meta mark | {MASQUERADE_MARK:#010x}\n\
+         \t}}\n\
+         \tchain nat-postrouting {{\n\
+         \t\ttype nat hook postrouting priority 100; policy accept;\n\
+         \t\tmeta mark & {MASQUERADE_MARK:#010x} == {MASQUERADE_MARK:#010x} masquerade\n\
+         \t}}\n\
+         }}\n"
+    )
+}
+
+/// The nodes in a service's SLB server group.
+pub fn server_group<'a>(lab: &'a Lab, svc: &Service) -> Vec<&'a Node> {
+    lab.nodes
+        .iter()
+        .filter(|n| match svc.external_traffic_policy {
+            TrafficPolicy::Cluster => true,
+            TrafficPolicy::Local => svc
+                .endpoints
+                .iter()
+                .filter_map(|e| lab.pod(e))
+                .any(|p| p.node == n.name),
+        })
+        .collect()
+}
+
+/// The SLB's IPVS table in the VPC.
+pub fn slb_table(lab: &Lab, services: &[Service], via_node: Option<&str>) -> Vec<VirtualService> {
+    let pin = via_node
+        .and_then(|n| lab.node(n))
+        .and_then(|n| node_addresses(n).next());
+    let mut out = Vec::new();
+    for svc in services {
+        let Some(vip) = svc.load_balancer_ip else {
+            continue;
+        };
+        let group = server_group(lab, svc);
+        for port in &svc.ports {
+            let Some(np) = port.node_port else { continue };
+            let dests = group
+                .iter()
+                .filter_map(|n| node_addresses(n).next())
+                .map(|a| (a, np))
+                .collect();
+            out.push(VirtualService {
+                protocol: port.protocol,
+                address: vip,
+                port: port.port,
+                comment: format!("{} slb", svc.name),
+                dests: real_servers(dests, pin),
+            });
+        }
+    }
+    out
+}
+
+/// Why a scenario's pins cannot hold.
+pub fn check_overrides(lab: &Lab, o: &Overrides) -> Result<(), String> {
+    let services = effective(lab, &o.changes);
+    if let Some(n) = &o.via_node {
+        let in_some = services
+            .iter()
+            .filter(|s| s.load_balancer_ip.is_some())
+            .any(|s| server_group(lab, s).iter().any(|g| &g.name == n));
+        if !in_some {
+            return Err(format!(
+                "via_node {n}: the node is in no SLB server group (under Local policy only nodes with an endpoint are)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Every step that (re)programs the lab's services under `overrides`: per
+/// node the proxy's steps, and the SLB in the VPC.
+pub fn steps(lab: &Lab, overrides: &Overrides) -> Vec<Step> {
+    if lab.services.is_empty() {
+        return Vec::new();
+    }
+    let services = effective(lab, &overrides.changes);
+    let pin = overrides
+        .backend
+        .as_deref()
+        .and_then(|p| lab.pod(p))
+        .map(|p| p.address.addr());
+    let proxy = KubeProxyIpvs;
+    let mut out: Vec<Step> = lab
+        .nodes
+        .iter()
+        .flat_map(|n| proxy.node_steps(lab, &services, n, pin))
+        .collect();
+    if services.iter().any(|s| s.load_balancer_ip.is_some()) {
+        out.push(Step {
+            phase: Phase::Services,
+            netns: lab.netns("vpc"),
+            action: Action::IpvsTable {
+                services: slb_table(lab, &services, overrides.via_node.as_deref()),
+            },
+        });
+    }
+    out
+}
+
+/// The sysctls kube-proxy sets on a node (and the VPC's bridges kept plain
+/// switches), written after the services exist: the `net.ipv4.vs` and
+/// `net.bridge` keys appear with their modules.
+pub fn sysctl_steps(lab: &Lab) -> Vec<Step> {
+    if lab.services.is_empty() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut push = |netns: String, key: &str, value: &str| {
+        out.push(Step {
+            phase: Phase::Sysctls,
+            netns,
+            action: Action::Sysctl {
+                key: key.into(),
+                value: value.into(),
+            },
+        })
+    };
+    for n in &lab.nodes {
+        push(lab.netns(&n.name), "net.ipv4.vs.conntrack", "1");
+        push(
+            lab.netns(&n.name),
+            "net.bridge.bridge-nf-call-iptables",
+            "1",
+        );
+    }
+    push(lab.netns("vpc"), "net.bridge.bridge-nf-call-iptables", "0");
+    out
+}
+
+/// Kernel modules services need loaded before their sysctls exist:
+/// generic netlink loads `ip_vs` on demand and `nft` loads nf_tables, but
+/// nothing loads br_netfilter.
+pub const MODULES: &[&str] = &["ip_vs", "br_netfilter"];
+
+/// `ipvsadm -Ln`-like text of a table, with each service's comment.
+pub fn format_table(table: &[VirtualService]) -> Vec<String> {
+    let mut out = Vec::new();
+    for vs in table {
+        out.push(format!(
+            "{} {}:{} rr  # {}",
+            l4(vs.protocol).to_uppercase(),
+            vs.address,
+            vs.port,
+            vs.comment
+        ));
+        for d in &vs.dests {
+            out.push(format!("  -> {}:{} Masq {}", d.address, d.port, d.weight));
+        }
+    }
+    out
+}
+
+/// Run an [`Action::IpvsTable`] or [`Action::Nftables`] in a named lab
+/// namespace, on a thread of our own (never a runtime thread). Other
+/// actions are not ours: an error.
+pub fn apply(netns: &str, action: &Action) -> Result<(), String> {
+    match action {
+        Action::IpvsTable { services } => apply_ipvs(netns, services),
+        Action::Nftables { ruleset } => apply_nft(netns, ruleset),
+        other => Err(format!("not a service action: {other:?}")),
+    }
+}
+
+/// [`apply`] every step, each namespace on a thread of its own; all errors.
+pub fn apply_all(steps: &[Step]) -> Result<(), String> {
+    let errors: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = steps
+            .iter()
+            .map(|step| {
+                s.spawn(move || {
+                    apply(&step.netns, &step.action).map_err(|e| format!("{}: {e}", step.netns))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|h| h.join().expect("service thread panicked").err())
+            .collect()
+    });
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("program services: {}", errors.join("; ")))
+    }
+}
+
+fn apply_ipvs(netns: &str, table: &[VirtualService]) -> Result<(), String> {
+    use crate::ipvs;
+    let mut ipvs = ipvs::Ipvs::open_in(netns).map_err(|e| e.to_string())?;
+    ipvs.flush().map_err(|e| e.to_string())?;
+    for vs in table {
+        let proto = match vs.protocol {
+            Protocol::Tcp => ipvs::Protocol::Tcp,
+            Protocol::Udp => ipvs::Protocol::Udp,
+        };
+        let service = ipvs::Service::new(proto, vs.address, vs.port);
+        ipvs.add_service(&service).map_err(|e| e.to_string())?;
+        for d in &vs.dests {
+            let mut dest = ipvs::Dest::new(d.address, d.port);
+            dest.weight = d.weight;
+            ipvs.add_dest(&service, &dest).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+/// `ip netns exec NETNS nft -f -`: a child forked by a thread inside the
+/// namespace starts there.
+fn apply_nft(netns: &str, ruleset: &str) -> Result<(), String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let ns = crate::sys::open_netns(netns).map_err(|e| format!("open namespace {netns}: {e}"))?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let _back =
+                crate::sys::NetnsGuard::enter(&ns).map_err(|e| format!("enter {netns}: {e}"))?;
+            let mut child = Command::new("nft")
+                .args(["-f", "-"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => {
+                        "nft not found: install the nftables package (./lab does)".to_string()
+                    }
+                    _ => format!("run nft: {e}"),
+                })?;
+            child
+                .stdin
+                .take()
+                .expect("piped")
+                .write_all(ruleset.as_bytes())
+                .map_err(|e| format!("write to nft: {e}"))?;
+            let out = child
+                .wait_with_output()
+                .map_err(|e| format!("run nft: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "nft -f: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))
+            }
+        })
+        .join()
+        .expect("nft thread panicked")
+    })
+}
+
+/// Load the kernel modules services need ([`MODULES`]) that are not loaded
+/// yet, with modprobe.
+pub fn load_modules() -> Result<(), String> {
+    for m in MODULES {
+        if std::path::Path::new("/sys/module").join(m).exists() {
+            continue;
+        }
+        let status = std::process::Command::new("modprobe")
+            .arg(m)
+            .status()
+            .map_err(|e| format!("modprobe {m}: {e}"))?;
+        if !status.success() {
+            return Err(format!(
+                "modprobe {m} failed: this kernel has no {m} module (run the lab in the VM: --vm)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn flannel() -> Lab {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/flannel.yaml");
+        labctl_topology::load(&path, &BTreeMap::new()).expect("flannel.yaml loads")
+    }
+
+    fn table<'a>(t: &'a [VirtualService], addr: &str, port: u16) -> &'a VirtualService {
+        t.iter()
+            .find(|v| v.address.to_string() == addr && v.port == port)
+            .unwrap_or_else(|| panic!("no {addr}:{port} in {t:#?}"))
+    }
+
+    fn dests(v: &VirtualService) -> Vec<String> {
+        v.dests
+            .iter()
+            .map(|d| format!("{}:{}/{}", d.address, d.port, d.weight))
+            .collect()
+    }
+
+    #[test]
+    fn local_policy_lists_only_the_nodes_own_endpoints() {
+        let lab = flannel();
+        let services = effective(&lab, &[]);
+        let n180 = node_table(&lab, &services, lab.node("node-180").unwrap(), None);
+        // nginx1 is Local: node-180 has none of its pods.
+        assert!(table(&n180, "8.219.164.113", 80).dests.is_empty());
+        assert!(table(&n180, "10.0.0.180", 32580).dests.is_empty());
+        // Its ClusterIP has all endpoints everywhere.
+        assert_eq!(dests(table(&n180, "192.168.13.23", 80)).len(), 3);
+        let n216 = node_table(&lab, &services, lab.node("node-216").unwrap(), None);
+        assert_eq!(
+            dests(table(&n216, "10.0.1.216", 32580)),
+            ["172.23.96.82:80/1"]
+        );
+    }
+
+    #[test]
+    fn slb_server_group_follows_policy_and_endpoints() {
+        let lab = flannel();
+        let services = effective(&lab, &[]);
+        let slb = slb_table(&lab, &services, None);
+        assert_eq!(
+            dests(table(&slb, "8.219.164.113", 80)),
+            ["10.0.1.206:32580/1", "10.0.1.216:32580/1"]
+        );
+        assert_eq!(dests(table(&slb, "8.219.164.114", 80)).len(), 3);
+        let removed = effective(
+            &lab,
+            &[ServiceChange {
+                service: "nginx1".into(),
+                external_traffic_policy: None,
+                remove_endpoints: vec!["nginx1-s6z79".into()],
+            }],
+        );
+        let slb = slb_table(&lab, &removed, None);
+        assert_eq!(
+            dests(table(&slb, "8.219.164.113", 80)),
+            ["10.0.1.206:32580/1"]
+        );
+        let n216 = node_table(&lab, &removed, lab.node("node-216").unwrap(), None);
+        assert!(table(&n216, "10.0.1.216", 32580).dests.is_empty());
+    }
+
+    #[test]
+    fn pins_set_the_other_weights_to_zero() {
+        let lab = flannel();
+        let services = effective(&lab, &[]);
+        let pin = Some("172.23.96.163".parse().unwrap());
+        let n180 = node_table(&lab, &services, lab.node("node-180").unwrap(), pin);
+        assert_eq!(
+            dests(table(&n180, "192.168.13.23", 80)),
+            [
+                "172.23.96.163:80/1",
+                "172.23.96.164:80/0",
+                "172.23.96.82:80/0"
+            ]
+        );
+        // A service the pinned pod is not behind keeps its weights.
+        assert_eq!(
+            dests(table(&n180, "192.168.13.24", 80)),
+            ["172.23.96.24:80/1"]
+        );
+        let slb = slb_table(&lab, &services, Some("node-216"));
+        assert_eq!(
+            dests(table(&slb, "8.219.164.113", 80)),
+            ["10.0.1.206:32580/0", "10.0.1.216:32580/1"]
+        );
+        let o = Overrides {
+            via_node: Some("node-180".into()),
+            changes: vec![ServiceChange {
+                service: "nginx2".into(),
+                external_traffic_policy: Some(TrafficPolicy::Local),
+                remove_endpoints: vec![],
+            }],
+            backend: None,
+        };
+        let err = check_overrides(&lab, &o).unwrap_err();
+        assert!(
+            err.contains("node-180 is in no SLB server group") || err.contains("via_node node-180"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn masquerade_follows_kube_proxy() {
+        let lab = flannel();
+        let services = effective(&lab, &[]);
+        let rules = node_ruleset(&lab, &services, lab.node("node-180").unwrap());
+        // Cluster policy: external IP, load balancer IP and node port marked.
+        assert!(rules.contains("ip daddr 8.219.164.24 tcp dport 80 jump mark-for-masquerade"));
+        assert!(rules.contains("fib daddr type local tcp dport 30875 jump mark-for-masquerade"));
+        // Local policy: nothing for nginx1's SLB address or node port.
+        assert!(!rules.contains("8.219.164.113"));
+        assert!(!rules.contains("32580"));
+        // ClusterIPs only from outside the pod network.
+        assert!(rules.contains("ip daddr 192.168.13.23 tcp dport 80 ip saddr != { 172.23.96.0/26"));
+        assert!(rules.contains("meta mark & 0x00004000 == 0x00004000 masquerade"));
+    }
+}
