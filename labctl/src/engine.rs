@@ -52,6 +52,8 @@ pub enum EngineError {
     Apply(Vec<KernelError>),
     #[error("{0} (the lab was removed again)")]
     Serve(ServeError),
+    #[error("eBPF load balancer: {0} (the lab was removed again)")]
+    Ebpf(String),
     #[error("removing the lab left {} error(s):\n  {}", .0.len(), join(.0))]
     Teardown(Vec<KernelError>),
 }
@@ -135,6 +137,13 @@ pub fn up(
         return Err(EngineError::Apply(errors));
     }
     fault_point("configured");
+    if lab.ebpf.is_some()
+        && let Err(e) = crate::lb::setup(lab)
+    {
+        let _ = teardown(&record);
+        let _ = state::remove(&lab.name);
+        return Err(EngineError::Ebpf(e.to_string()));
+    }
     let served = serve::specs(lab, &plan.namespaces);
     if !served.is_empty() {
         let pid = match serve::spawn(&lab.name, &served) {
@@ -195,6 +204,7 @@ fn phase_name(phase: Phase) -> &'static str {
     match phase {
         Phase::Devices => "devices",
         Phase::Links => "links",
+        Phase::Stacked => "stacked links",
         Phase::Addresses => "addresses",
         Phase::Routes => "routes",
         Phase::Sysctls => "sysctls",
@@ -232,6 +242,14 @@ pub fn down(lab: &str) -> Result<usize, EngineError> {
 /// the namespace alive, unnamed, after `ip netns delete`.
 fn teardown(record: &LabState) -> Result<(), Vec<KernelError>> {
     let mut errors = kill_processes(record);
+    // The pins were made after the namespaces: removed before them. A lab
+    // without eBPF has no pin directory, and this is one stat.
+    if let Err(e) = crate::lb::teardown(&record.lab) {
+        errors.push(KernelError::new(
+            format!("rm -r {}", crate::lb::pin_dir(&record.lab).display()),
+            e,
+        ));
+    }
     errors.extend(record.namespaces.iter().rev().filter_map(|ns| {
         sys::delete_netns(&ns.name)
             .err()

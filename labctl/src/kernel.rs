@@ -237,6 +237,12 @@ impl Kernel for Netlink {
                     .build();
                 self.link_set(step, msg).await
             }
+            Action::IsolatePort { ifindex, .. } => {
+                let msg = rtnetlink::LinkBridgePort::new(*ifindex)
+                    .isolated(true)
+                    .build();
+                self.link_set(step, msg).await
+            }
             Action::LinkUp { ifindex, .. } => {
                 let msg = LinkUnspec::new_with_index(*ifindex).up().build();
                 self.link_set(step, msg).await

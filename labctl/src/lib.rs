@@ -15,6 +15,7 @@ pub mod features;
 pub mod golden;
 pub mod ipvs;
 pub mod kernel;
+pub mod lb;
 pub mod observe;
 pub mod plan;
 pub mod scenario;

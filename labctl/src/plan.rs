@@ -36,6 +36,9 @@ pub enum Phase {
     Devices,
     /// veth pairs, plugged into the bridges created before.
     Links,
+    /// Links stacked on those (ipvlan slaves of an ENI, whose veth is made
+    /// by the VPC's namespace in the phase before).
+    Stacked,
     /// Addresses, and the far ends of veth pairs brought up.
     Addresses,
     Routes,
@@ -46,9 +49,10 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub const ALL: [Phase; 6] = [
+    pub const ALL: [Phase; 7] = [
         Phase::Devices,
         Phase::Links,
+        Phase::Stacked,
         Phase::Addresses,
         Phase::Routes,
         Phase::Services,
@@ -109,6 +113,9 @@ pub enum Action {
     Nftables { ruleset: String },
     /// `ip link set IF up`
     LinkUp { ifname: String, ifindex: u32 },
+    /// `ip link set IF type bridge_slave isolated on`: the port reaches
+    /// only non-isolated ports (the bridge itself, i.e. the router).
+    IsolatePort { ifname: String, ifindex: u32 },
     /// `ip link set FROM name IF up`: a pod's ipvlan is made under a
     /// temporary name, because the kernel looks a new link's name up in the
     /// namespace that asks (the node, which has an `eth0` of its own).
@@ -223,6 +230,12 @@ impl fmt::Display for Step {
                 write!(f, " && ip -n {ns} link set {name} up")
             }
             Action::LinkUp { ifname, .. } => write!(f, "ip -n {ns} link set {ifname} up"),
+            Action::IsolatePort { ifname, .. } => {
+                write!(
+                    f,
+                    "ip -n {ns} link set {ifname} type bridge_slave isolated on"
+                )
+            }
             Action::RenameUp { from, ifname, .. } => {
                 write!(f, "ip -n {ns} link set {from} name {ifname} up")
             }
@@ -401,6 +414,40 @@ pub fn plan(lab: &Lab) -> Plan {
         );
     }
 
+    // A cloud vSwitch: ENIs reach each other only through the router, which
+    // answers their ARP for any address of the subnet (proxy ARP, also back
+    // out of the bridge it came in on: pvlan), at once; but never for an
+    // address on the asking ENI itself, which the node switches inside
+    // (ipvlan): a bridge-family rule keeps those requests from the router.
+    if lab.vpc.isolated_ports {
+        for subnet in &lab.vpc.subnets {
+            for (key, value) in [
+                (format!("net.ipv4.conf.{}.proxy_arp", subnet.name), "1"),
+                (
+                    format!("net.ipv4.conf.{}.proxy_arp_pvlan", subnet.name),
+                    "1",
+                ),
+                (format!("net.ipv4.neigh.{}.proxy_delay", subnet.name), "0"),
+            ] {
+                push(
+                    Phase::Sysctls,
+                    &vpc,
+                    Action::Sysctl {
+                        key,
+                        value: value.into(),
+                    },
+                );
+            }
+        }
+        push(
+            Phase::Routes,
+            &vpc,
+            Action::Nftables {
+                ruleset: same_eni_rules(lab),
+            },
+        );
+    }
+
     // Nodes: ENIs plugged into their vSwitch, the pod bridge, default route.
     // ENIs that carry ipvlan pods: their address goes on the node's own
     // ipvlan slave (ipvl_N) instead. ipvlan switches a frame between slaves
@@ -448,6 +495,16 @@ pub fn plan(lab: &Lab) -> Plan {
                     ifindex,
                 },
             );
+            if lab.vpc.isolated_ports {
+                push(
+                    Phase::Addresses,
+                    &vpc,
+                    Action::IsolatePort {
+                        ifname: eni.vpc_port.clone(),
+                        ifindex: port_index,
+                    },
+                );
+            }
             let key = (node.name.clone(), eni.name.clone());
             if ipvlan_enis.contains(&key) {
                 eni_address.insert(key, eni.address);
@@ -552,7 +609,7 @@ pub fn plan(lab: &Lab) -> Plan {
                         let i = idx.next(&node_ns);
                         host_slaves.insert(key, i);
                         push(
-                            Phase::Links,
+                            Phase::Stacked,
                             &node_ns,
                             Action::AddIpvlan {
                                 name: host_slave.clone(),
@@ -580,7 +637,7 @@ pub fn plan(lab: &Lab) -> Plan {
                 let pod_index = idx.next_in_both(&node_ns, &pod_ns);
                 let temporary = labctl_topology::hashed_ifname("ipv", &pod.name);
                 push(
-                    Phase::Links,
+                    Phase::Stacked,
                     &node_ns,
                     Action::AddIpvlan {
                         name: temporary.clone(),
@@ -769,4 +826,38 @@ pub fn plan(lab: &Lab) -> Plan {
         namespaces,
         steps,
     }
+}
+
+/// The VPC's `bridge vswitch` table: ARP requests that come in on an ENI's
+/// port for an address on that same ENI (the ENI's own, its ipvlan pods')
+/// are kept from the router, so only the node answers them.
+fn same_eni_rules(lab: &Lab) -> String {
+    let mut rules = String::new();
+    for node in &lab.nodes {
+        for eni in &node.interfaces {
+            let mut addrs = vec![eni.address.addr().to_string()];
+            addrs.extend(
+                lab.pods
+                    .iter()
+                    .filter(|p| p.node == node.name)
+                    .filter(|p| matches!(&p.attachment, Attachment::Ipvlan { parent, .. } if *parent == eni.name))
+                    .map(|p| p.address.addr().to_string()),
+            );
+            rules.push_str(&format!(
+                "\t\tiifname \"{}\" arp operation request arp daddr ip {{ {} }} drop\n",
+                eni.vpc_port,
+                addrs.join(", ")
+            ));
+        }
+    }
+    format!(
+        "table bridge vswitch\n\
+         delete table bridge vswitch\n\
+         table bridge vswitch {{\n\
+         \tchain same-eni-arp {{\n\
+         \t\ttype filter hook input priority 0; policy accept;\n\
+         {rules}\
+         \t}}\n\
+         }}\n"
+    )
 }

@@ -30,7 +30,7 @@ use crate::engine::EngineError;
 use crate::observe;
 use crate::state::LabState;
 use crate::traffic::{self, Failure, Kind, Request};
-use crate::{conntrack, ipvs, services};
+use crate::{conntrack, ipvs, lb, services};
 
 /// How long the taps keep running after the client is done, so replies and
 /// connection teardown in flight are recorded too.
@@ -104,6 +104,10 @@ pub struct Report {
     /// Per namespace, the IPVS virtual services that carried connections
     /// in this scenario, with all their real servers and weights.
     pub ipvs: Vec<(String, Vec<String>)>,
+    /// Service translations the eBPF load balancer made for this scenario
+    /// (no capture can show them): `10.0.3.5:* -> 192.168.27.242:80
+    /// translated to 10.0.3.38:80`.
+    pub translations: Vec<String>,
     pub checks: Vec<Check>,
     pub passed: bool,
 }
@@ -152,6 +156,16 @@ pub fn run(
                 .map_err(|e| service_error(format!("empty conntrack in {ns}: {e}")))?;
         }
     }
+    // The eBPF load balancer, likewise programmed afresh (its remembered
+    // flows emptied) with the scenario's changes, pin and Terway setting.
+    if lab.ebpf.is_some() {
+        let o = lb::LbOverrides {
+            changes: sc.changes.clone(),
+            backend: sc.backend.clone(),
+            in_cluster_external: sc.in_cluster_external,
+        };
+        lb::program(lab, &o).map_err(|e| service_error(format!("program eBPF services: {e}")))?;
+    }
 
     let entity_of: HashMap<&str, (&str, Role)> = record
         .namespaces
@@ -181,6 +195,17 @@ pub fn run(
     let outcome = traffic::run_client(&sender.name, &request(sc));
     std::thread::sleep(SETTLE);
     let packets = taps.stop();
+    let translations = if lab.ebpf.is_some() {
+        let mut t: Vec<String> = lb::flows(&record.lab)
+            .map_err(|e| service_error(format!("read eBPF flows: {e}")))?
+            .iter()
+            .map(|f| redact_ephemeral(f))
+            .collect();
+        t.sort();
+        t
+    } else {
+        Vec::new()
+    };
     // Conntrack (emptied before the traffic) and IPVS, read back from the
     // namespaces services live in.
     let mut service_state = Vec::new();
@@ -293,11 +318,18 @@ pub fn run(
             .map(|(e, entries)| (e.clone(), conntrack::format(entries, true)))
             .collect(),
         ipvs: ipvs_seen,
+        translations,
         checks: Vec::new(),
         passed: false,
     };
     report.checks = check(sc, &report, &seen, &hop, &in_vpc);
     report.checks.extend(check_conntrack(sc, &ct));
+    if lab.ebpf.is_some()
+        && !(sc.changes.is_empty() && sc.backend.is_none() && sc.in_cluster_external.is_none())
+    {
+        lb::program(lab, &lb::LbOverrides::default())
+            .map_err(|e| service_error(format!("restore eBPF services: {e}")))?;
+    }
     // Leave the services as the topology says.
     if with_services && !(sc.changes.is_empty() && sc.backend.is_none() && sc.via_node.is_none()) {
         services::apply_all(&services::steps(lab, &services::Overrides::default()))
@@ -662,9 +694,10 @@ type ServiceState = (
 
 /// Per namespace, the IPVS virtual services the scenario's traffic was
 /// addressed to, `ipvsadm -Ln` style with every real server and weight:
-/// those a conntrack entry names as its original destination, or, in a
-/// namespace on the path without conntrack entries (the VPC; a node where
-/// IPVS refused the connection), the scenario's target. (IPVS's own
+/// those a conntrack entry names as its original destination, or, in the
+/// VPC on the path or the namespace the path ends in, without conntrack
+/// entries (the SLB; a node where IPVS refused the connection), the
+/// scenario's target. (IPVS's own
 /// connection counters outlive a service deleted and added again, so they
 /// cannot tell.)
 fn addressed_services(
@@ -674,9 +707,13 @@ fn addressed_services(
 ) -> Vec<(String, Vec<String>)> {
     let mut out = Vec::new();
     for (entity, entries, table) in state {
-        let on_path = path
-            .iter()
-            .any(|h| h == entity || h.split('/').next() == Some(entity.as_str()));
+        // The VPC when the path crosses it (the SLB), or the namespace the
+        // path ends in (where IPVS refused); an ENI the packet only passes
+        // through (ipvlan) is not the node's stack.
+        let on_path = path.iter().any(|h| h == entity)
+            || path
+                .last()
+                .is_some_and(|h| h.split('/').next() == Some(entity.as_str()));
         let addressed = |addr: Ipv4Addr, port: u16| {
             if entries.is_empty() {
                 on_path && addr == sc.target && Some(port) == sc.port
@@ -711,6 +748,18 @@ fn addressed_services(
         }
     }
     out
+}
+
+/// `ADDR:PORT` with a port of the kernel's ephemeral range written `*`, in
+/// a line of text, for golden files.
+fn redact_ephemeral(line: &str) -> String {
+    line.split(' ')
+        .map(|w| match w.rsplit_once(':') {
+            Some((a, p)) if p.parse::<u16>().is_ok_and(is_ephemeral) => format!("{a}:*"),
+            _ => w.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The scenario's conntrack expectations against the entries read back.
@@ -828,8 +877,14 @@ impl Report {
         s
     }
 
-    /// The conntrack and IPVS sections, indented by `indent`.
+    /// The conntrack, IPVS and eBPF sections, indented by `indent`.
     fn write_services(&self, s: &mut String, indent: &str) {
+        if !self.translations.is_empty() {
+            let _ = writeln!(s, "{indent}ebpf translations:");
+            for t in &self.translations {
+                let _ = writeln!(s, "{indent}  {t}");
+            }
+        }
         if !self.conntrack.is_empty() {
             let _ = writeln!(s, "{indent}conntrack:");
             for (entity, lines) in &self.conntrack {

@@ -320,10 +320,16 @@ pub fn server_group<'a>(lab: &'a Lab, svc: &Service) -> Vec<&'a Node> {
 }
 
 /// The SLB's IPVS table in the VPC.
-pub fn slb_table(lab: &Lab, services: &[Service], via_node: Option<&str>) -> Vec<VirtualService> {
+pub fn slb_table(
+    lab: &Lab,
+    services: &[Service],
+    via_node: Option<&str>,
+    backend: Option<&str>,
+) -> Vec<VirtualService> {
     let pin = via_node
         .and_then(|n| lab.node(n))
         .and_then(|n| node_addresses(n).next());
+    let pod_pin = backend.and_then(|p| lab.pod(p)).map(|p| p.address.addr());
     let mut out = Vec::new();
     for svc in services {
         let Some(vip) = svc.load_balancer_ip else {
@@ -331,18 +337,34 @@ pub fn slb_table(lab: &Lab, services: &[Service], via_node: Option<&str>) -> Vec
         };
         let group = server_group(lab, svc);
         for port in &svc.ports {
-            let Some(np) = port.node_port else { continue };
-            let dests = group
-                .iter()
-                .filter_map(|n| node_addresses(n).next())
-                .map(|a| (a, np))
-                .collect();
+            // To nodeIP:nodePort, or without node ports straight to the
+            // pods' addresses (Terway: pods hold ENI addresses).
+            let dests = match port.node_port {
+                Some(np) => group
+                    .iter()
+                    .filter_map(|n| node_addresses(n).next())
+                    .map(|a| (a, np))
+                    .collect(),
+                None => svc
+                    .endpoints
+                    .iter()
+                    .filter_map(|e| lab.pod(e))
+                    .map(|p| (p.address.addr(), port.target_port))
+                    .collect(),
+            };
             out.push(VirtualService {
                 protocol: port.protocol,
                 address: vip,
                 port: port.port,
                 comment: format!("{} slb", svc.name),
-                dests: real_servers(dests, pin),
+                dests: real_servers(
+                    dests,
+                    if port.node_port.is_some() {
+                        pin
+                    } else {
+                        pod_pin
+                    },
+                ),
             });
         }
     }
@@ -389,7 +411,12 @@ pub fn steps(lab: &Lab, overrides: &Overrides) -> Vec<Step> {
             phase: Phase::Services,
             netns: lab.netns("vpc"),
             action: Action::IpvsTable {
-                services: slb_table(lab, &services, overrides.via_node.as_deref()),
+                services: slb_table(
+                    lab,
+                    &services,
+                    overrides.via_node.as_deref(),
+                    overrides.backend.as_deref(),
+                ),
             },
         });
     }
@@ -613,7 +640,7 @@ mod tests {
     fn slb_server_group_follows_policy_and_endpoints() {
         let lab = flannel();
         let services = effective(&lab, &[]);
-        let slb = slb_table(&lab, &services, None);
+        let slb = slb_table(&lab, &services, None, None);
         assert_eq!(
             dests(table(&slb, "8.219.164.113", 80)),
             ["10.0.1.206:32580/1", "10.0.1.216:32580/1"]
@@ -627,7 +654,7 @@ mod tests {
                 remove_endpoints: vec!["nginx1-s6z79".into()],
             }],
         );
-        let slb = slb_table(&lab, &removed, None);
+        let slb = slb_table(&lab, &removed, None, None);
         assert_eq!(
             dests(table(&slb, "8.219.164.113", 80)),
             ["10.0.1.206:32580/1"]
@@ -655,7 +682,7 @@ mod tests {
             dests(table(&n180, "192.168.13.24", 80)),
             ["172.23.96.24:80/1"]
         );
-        let slb = slb_table(&lab, &services, Some("node-216"));
+        let slb = slb_table(&lab, &services, Some("node-216"), None);
         assert_eq!(
             dests(table(&slb, "8.219.164.113", 80)),
             ["10.0.1.206:32580/0", "10.0.1.216:32580/1"]

@@ -26,6 +26,15 @@ pub struct Lab {
     pub clients: Vec<Client>,
     pub services: Vec<Service>,
     pub scenarios: Vec<Scenario>,
+    /// eBPF service load balancing on every pod's eth0, when set.
+    pub ebpf: Option<Ebpf>,
+}
+
+/// The eBPF service load balancer's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Ebpf {
+    /// In-cluster access to external/LB addresses translated too.
+    pub in_cluster_external: bool,
 }
 
 /// A Kubernetes service, programmed on every node like kube-proxy's IPVS
@@ -79,6 +88,8 @@ pub struct Vpc {
     pub cidr: Option<Ipv4Net>,
     pub subnets: Vec<Subnet>,
     pub routes: Vec<VpcRoute>,
+    /// Cloud vSwitch behaviour; see the topology reference.
+    pub isolated_ports: bool,
 }
 
 /// A vSwitch: a bridge in the VPC namespace named like the subnet, holding
@@ -216,6 +227,8 @@ pub struct Scenario {
     pub backend: Option<String>,
     /// The node the SLB must pick.
     pub via_node: Option<String>,
+    /// Override of `Lab::ebpf`'s `in_cluster_external`.
+    pub in_cluster_external: Option<bool>,
     pub expect: Expect,
 }
 

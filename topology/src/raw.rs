@@ -44,6 +44,23 @@ pub struct RawTopology {
     /// Traffic scenarios (from the articles) and what they must show.
     #[serde(default)]
     pub scenarios: Vec<RawScenario>,
+    /// Service load balancing in eBPF on every pod's eth0 (Terway IPVLAN +
+    /// eBPF, Cilium's socket-less LB): service address:port translated to a
+    /// backend on tc egress, back on ingress.
+    #[serde(default)]
+    pub ebpf: Option<RawEbpf>,
+}
+
+/// The eBPF service load balancer's settings.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Ebpf")]
+pub struct RawEbpf {
+    /// Translate in-cluster access to external and load balancer addresses
+    /// too (Terway >= 1.2.0 with in-cluster load balancing); else only
+    /// ClusterIPs, and external addresses go out to the SLB. Default true.
+    #[serde(default)]
+    pub in_cluster_external: Option<bool>,
 }
 
 /// A Kubernetes service.
@@ -124,6 +141,12 @@ pub struct RawVpc {
     /// Custom route entries of the VPC route table.
     #[serde(default)]
     pub routes: Vec<RawVpcRoute>,
+    /// Behave like a cloud vSwitch (Terway): ENIs never reach each other
+    /// directly, only through the VPC router, which answers their ARP
+    /// (bridge ports `isolated`, proxy ARP) except for addresses on the
+    /// asking ENI itself. Default false: a plain learning bridge.
+    #[serde(default)]
+    pub isolated_ports: bool,
 }
 
 /// A vSwitch: a bridge named like the subnet, holding the gateway address.
@@ -500,6 +523,10 @@ pub struct RawScenario {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub via_node: Option<Spanned<String>>,
+    /// Override `ebpf.in_cluster_external` for this scenario (the Terway
+    /// version: false is < 1.2.0).
+    #[serde(default)]
+    pub in_cluster_external: Option<bool>,
     #[serde(default)]
     pub expect: RawExpect,
 }

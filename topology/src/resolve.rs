@@ -153,12 +153,16 @@ pub(crate) fn resolve(src: &Source, raw: RawTopology) -> Result<Lab, Problems> {
             cidr: vpc_cidr,
             subnets,
             routes,
+            isolated_ports: raw.vpc.isolated_ports,
         },
         nodes,
         pods,
         clients,
         services: Vec::new(),
         scenarios: Vec::new(),
+        ebpf: raw.ebpf.as_ref().map(|e| Ebpf {
+            in_cluster_external: e.in_cluster_external.unwrap_or(true),
+        }),
     };
     let mut node_ports: HashMap<(u16, Protocol), Location> = HashMap::new();
     for raw_service in &raw.services {
@@ -1470,6 +1474,7 @@ impl Resolver<'_> {
             changes,
             backend,
             via_node,
+            in_cluster_external: raw.in_cluster_external,
             expect: Expect {
                 result: match raw.expect.result.unwrap_or(RawResult::Connected) {
                     RawResult::Connected => ResultKind::Connected,
@@ -1656,13 +1661,18 @@ impl Resolver<'_> {
             }
         }
         if let Some(text) = &raw.load_balancer_ip
+            && ports.iter().any(|p| p.node_port.is_some())
             && ports.iter().any(|p| p.node_port.is_none())
         {
             self.err(
                 &text.referenced,
-                format!("service {name}: an SLB forwards to nodeIP:nodePort, but a port has no node_port"),
-                "needs node ports",
-                Some("add `node_port: 3xxxx` to every port of a service with `load_balancer_ip`".into()),
+                format!("service {name}: some ports have a node_port and some do not"),
+                "mixed node ports",
+                Some(
+                    "the SLB forwards either to nodeIP:nodePort (Flannel: give every port a \
+                     node_port) or straight to the pods (Terway ENIs: give none)"
+                        .into(),
+                ),
             );
         }
         if self.problems.len() > before {

@@ -194,7 +194,7 @@ fn unknown_top_level_key() {
     assert_eq!(
         e,
         "t.yaml:2:1: unknown key `servicez`, expected one of: name, vpc, nodes, pods, clients, \
-         services, scenarios"
+         services, scenarios, ebpf"
     );
 }
 
@@ -1211,12 +1211,15 @@ fn selector_that_selects_nothing_is_an_error() {
 }
 
 #[test]
-fn load_balancer_needs_node_ports() {
-    let src = SERVICES.replace("node_port: 30080", "target_port: 8080");
+fn load_balancer_ports_all_or_none_with_node_ports() {
+    let src = SERVICES.replace(
+        "ports: [{ port: 80, node_port: 30080 }]",
+        "ports: [{ port: 80, node_port: 30080 }, { port: 81 }]",
+    );
     let e = services_lab(&src).expect_err("should fail");
     assert!(
         e.to_string()
-            .contains("t.yaml:15:23: service web: an SLB forwards to nodeIP:nodePort"),
+            .contains("t.yaml:15:23: service web: some ports have a node_port and some do not"),
         "{e}"
     );
 }

@@ -32,6 +32,7 @@ const B2: Ipv4Addr = Ipv4Addr::new(10, 0, 3, 39);
 const B3: Ipv4Addr = Ipv4Addr::new(10, 0, 3, 40);
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
 
 fn main() {
     let args = Arguments::from_args();
@@ -228,7 +229,10 @@ fn expect_translated(
     options: &[u8],
 ) -> TestResult {
     let (action, out) = fx.run(Program::Egress, &frame(l4, client, dst, options))?;
-    ensure(action == TC_ACT_OK, format!("egress verdict {action}"))?;
+    ensure(
+        action == TC_ACT_REDIRECT,
+        format!("egress verdict {action}, want redirect (to the backend's neighbour)"),
+    )?;
     let (s, d) = endpoints(&out)?;
     ensure(
         s == client && d == expected,
@@ -301,7 +305,7 @@ fn egress_udp_zero_csum(fx: &Fixture) -> TestResult {
     };
     let input = zero(frame(L4::Udp, sa(CLIENT, 40000), sa(VIP, 53), &[]));
     let (action, out) = fx.run(Program::Egress, &input)?;
-    ensure(action == TC_ACT_OK, format!("verdict {action}"))?;
+    ensure(action == TC_ACT_REDIRECT, format!("verdict {action}"))?;
     ensure(
         out[14 + 20 + 6..14 + 20 + 8] == [0, 0],
         "UDP checksum 0 was changed",

@@ -28,6 +28,7 @@
 #![no_std]
 #![no_main]
 
+use aya_ebpf::helpers::bpf_redirect_neigh;
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     macros::{classifier, map},
@@ -281,7 +282,15 @@ fn try_egress(ctx: &mut TcContext) -> Result<i32, i64> {
         },
     )?;
     emit(&t, (t.saddr, t.sport), &service_ep, &backend, DIR_REQUEST);
-    Ok(TC_ACT_OK)
+    // The pod's route was chosen for the service address (via the gateway),
+    // so the frame is addressed to the gateway's MAC. Send it out again
+    // with the backend's own neighbour, as Cilium does: a backend on the
+    // same ipvlan ENI is then reached inside the node, not through the VPC.
+    // SAFETY: `skb` is the context's valid `__sk_buff`; a null `params`
+    // with length 0 asks the kernel to look the neighbour up itself.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let verdict = unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) };
+    Ok(verdict as i32)
 }
 
 /// Reverse translation of replies on the way into the pod.

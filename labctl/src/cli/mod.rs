@@ -12,6 +12,7 @@ use labctl_topology::Lab;
 mod down;
 mod exec;
 mod kernel;
+mod monitor;
 mod plan;
 mod render;
 mod run;
@@ -42,6 +43,7 @@ enum Command {
     Run(run::Args),
     Kernel(kernel::Args),
     Show(show::Args),
+    Monitor(monitor::Args),
     /// Print the JSON schema of topology files.
     Schema,
     /// Inside a VM: serve requests from the host in DIR.
@@ -140,6 +142,7 @@ pub fn main() -> ExitCode {
         Command::Run(a) => run::run(a),
         Command::Kernel(a) => kernel::run(a),
         Command::Show(a) => show::run(a),
+        Command::Monitor(a) => monitor::run(a),
         Command::Agent { dir } => {
             labctl::vm::agent(&dir).map_err(|e| Failure::new(Exit::Failed, format!("agent: {e}")))
         }

@@ -1,5 +1,6 @@
 //! `labctl show`: kernel tables of one namespace of a lab (conntrack, IPVS),
-//! read back the way `conntrack -L` and `ipvsadm -Ln` show them.
+//! read back the way `conntrack -L` and `ipvsadm -Ln` show them, and the
+//! lab's eBPF load-balancer maps, the way `cilium bpf lb list` does.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -27,6 +28,13 @@ enum What {
     /// The IPVS virtual services and their real servers, like
     /// `ip netns exec NS ipvsadm -Ln`.
     Ipvs(IpvsArgs),
+    /// The eBPF load balancer's services and backends, like
+    /// `cilium bpf lb list`, and the flows it remembers.
+    ///
+    /// One line per service: `VIP:PORT/PROTO -> BACKEND:PORT, ...`, with
+    /// `(pinned: BACKEND)` when every new flow goes to one backend. Only for
+    /// labs whose topology has `ebpf:`.
+    Lb(LbArgs),
 }
 
 /// Which namespace.
@@ -60,6 +68,39 @@ struct IpvsArgs {
     output: Format,
 }
 
+#[derive(clap::Args)]
+struct LbArgs {
+    /// Lab name.
+    lab: String,
+    /// A pod, for symmetry with `cilium bpf lb list` run in a pod's agent:
+    /// every pod of a lab shares the same maps, so it is only checked.
+    pod: Option<String>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value = "table")]
+    output: Format,
+}
+
+/// One load-balancer service in JSON output.
+#[derive(Serialize)]
+struct LbServiceView {
+    /// `VIP:PORT/PROTO`.
+    service: String,
+    vip: Ipv4Addr,
+    port: u16,
+    protocol: String,
+    /// `ADDRESS:PORT`, by slot.
+    backends: Vec<String>,
+    /// The backend every new flow goes to, if pinned.
+    pinned: Option<String>,
+}
+
+/// `-o json` of `show lb`.
+#[derive(Serialize)]
+struct LbView {
+    services: Vec<LbServiceView>,
+    flows: Vec<String>,
+}
+
 /// One IPVS service in JSON output.
 #[derive(Serialize)]
 struct ServiceView<'a> {
@@ -71,6 +112,7 @@ pub fn run(args: Args) -> Result {
     match args.what {
         What::Conntrack(a) => show_conntrack(a),
         What::Ipvs(a) => show_ipvs(a),
+        What::Lb(a) => show_lb(a),
     }
 }
 
@@ -221,5 +263,107 @@ fn show_ipvs(args: IpvsArgs) -> Result {
         return Ok(());
     }
     print!("{}", ipvs::format_table(&services));
+    Ok(())
+}
+
+/// Exit code for a load-balancer error: "not up / no `ebpf:`" is the lab's
+/// state, a missing toolchain the environment.
+pub(super) fn lb_exit(e: &labctl::lb::LbError) -> Exit {
+    match e {
+        labctl::lb::LbError::NotLoaded { .. } => Exit::State,
+        labctl::lb::LbError::NotBuilt { .. } => Exit::Environment,
+        _ => failed(),
+    }
+}
+
+/// A pod of the lab, or an error listing its pods.
+fn check_pod(record: &LabState, pod: &str) -> Result {
+    use labctl_topology::Role;
+    if record.netns_of(pod).is_some_and(|ns| ns.role == Role::Pod) {
+        return Ok(());
+    }
+    let pods: Vec<&str> = record
+        .namespaces
+        .iter()
+        .filter(|n| n.role == Role::Pod)
+        .map(|n| n.entity.as_str())
+        .collect();
+    Err(Failure::new(
+        Exit::Usage,
+        format!(
+            "lab `{}` has no pod `{pod}`; its pods: {}",
+            record.lab,
+            pods.join(", ")
+        ),
+    ))
+}
+
+fn show_lb(args: LbArgs) -> Result {
+    let record = record(&args.lab)?;
+    if let Some(vm) = &record.vm {
+        let mut argv: Vec<String> = vec!["show".into(), "lb".into(), args.lab.clone()];
+        argv.extend(args.pod.clone());
+        if args.output == Format::Json {
+            argv.extend(["-o".into(), "json".into()]);
+        }
+        return super::forward(vm, argv);
+    }
+    if let Some(pod) = &args.pod {
+        check_pod(&record, pod)?;
+    }
+    let lb_failure = |e: labctl::lb::LbError| Failure::new(lb_exit(&e), e);
+    let services = labctl::lb::services(&args.lab).map_err(lb_failure)?;
+    let flows = labctl::lb::flows(&args.lab).map_err(lb_failure)?;
+    let pinned = |e: &labctl_lb::ServiceEntry| {
+        e.pinned
+            .and_then(|i| e.backends.get(i as usize))
+            .map(ToString::to_string)
+    };
+    if args.output == Format::Json {
+        let view = LbView {
+            services: services
+                .iter()
+                .map(|e| LbServiceView {
+                    service: e.service.to_string(),
+                    vip: e.service.vip,
+                    port: e.service.port,
+                    protocol: e.service.proto.to_string(),
+                    backends: e.backends.iter().map(ToString::to_string).collect(),
+                    pinned: pinned(e),
+                })
+                .collect(),
+            flows,
+        };
+        let json = serde_json::to_string_pretty(&view).expect("load-balancer maps are JSON");
+        println!("{json}");
+        return Ok(());
+    }
+    for e in &services {
+        let backends: Vec<String> = e.backends.iter().map(ToString::to_string).collect();
+        let mut line = format!("{} -> ", e.service);
+        if backends.is_empty() {
+            line.push_str("(no backends: packets are dropped)");
+        } else {
+            line.push_str(&backends.join(", "));
+        }
+        if let Some(p) = pinned(e) {
+            line.push_str(&format!(" (pinned: {p})"));
+        }
+        println!("{line}");
+    }
+    if !flows.is_empty() {
+        println!();
+        println!("remembered flows:");
+        for f in &flows {
+            println!("  {f}");
+        }
+    }
+    // A summary, on stderr so the lines can be piped.
+    eprintln!(
+        "{} services, {} remembered flows in lab `{}` (maps shared by all its pods)",
+        services.len(),
+        flows.len(),
+        args.lab
+    );
     Ok(())
 }

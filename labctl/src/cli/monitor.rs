@@ -1,0 +1,104 @@
+//! `labctl monitor`: the eBPF load balancer's translations as they happen,
+//! read from its ring buffer, like `cilium monitor`.
+
+use std::time::{Duration, Instant};
+
+use labctl::state;
+
+use super::show::lb_exit;
+use super::{Exit, Failure, Result};
+
+/// Print every service translation of a lab's eBPF load balancer as it
+/// happens, like `cilium monitor`: one line per packet,
+/// `CLIENT -> SERVICE translated to BACKEND` for a request and
+/// `BACKEND -> CLIENT translated from SERVICE` for its reply.
+///
+/// Shows translations from the moment it starts; runs until Ctrl-C, `--count` events or `--timeout`. Only for labs whose
+/// topology has `ebpf:`. For a lab in the VM runtime the lines come all at
+/// once when it ends, so give `--count` or `--timeout` there.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Lab name.
+    lab: String,
+    /// Stop after N events (exit 1 if the timeout comes first).
+    #[arg(short = 'n', long, value_name = "N")]
+    count: Option<u64>,
+    /// Stop after SECONDS.
+    #[arg(short, long, value_name = "SECONDS")]
+    timeout: Option<f64>,
+}
+
+pub fn run(args: Args) -> Result {
+    let timeout = match args.timeout {
+        None => None,
+        Some(t) => Some(Duration::try_from_secs_f64(t).map_err(|_| {
+            Failure::new(
+                Exit::Usage,
+                format!("--timeout {t}: not a number of seconds"),
+            )
+        })?),
+    };
+    let record = state::load(&args.lab)
+        .map_err(|e| Failure::new(Exit::Failed, e))?
+        .ok_or_else(|| {
+            Failure::new(
+                Exit::State,
+                format!(
+                    "lab `{}` is not up (`labctl status` lists the labs that are)",
+                    args.lab
+                ),
+            )
+        })?;
+    if let Some(vm) = &record.vm {
+        if args.count.is_none() && timeout.is_none() {
+            return Err(Failure::new(
+                Exit::Usage,
+                format!(
+                    "lab `{}` runs in a VM, whose output comes back only when the command ends: give --count or --timeout",
+                    args.lab
+                ),
+            ));
+        }
+        let mut argv: Vec<String> = vec!["monitor".into(), args.lab.clone()];
+        if let Some(n) = args.count {
+            argv.extend(["--count".into(), n.to_string()]);
+        }
+        if let Some(t) = args.timeout {
+            argv.extend(["--timeout".into(), t.to_string()]);
+        }
+        return super::forward(vm, argv);
+    }
+    let mut maps = labctl::lb::open(&args.lab).map_err(|e| Failure::new(lb_exit(&e), e))?;
+    // Like `cilium monitor`, from now on: drop what earlier translations
+    // left in the ring buffer.
+    while maps.try_next_event().is_some() {}
+    let start = Instant::now();
+    let mut seen = 0u64;
+    loop {
+        if args.count.is_some_and(|n| seen >= n) {
+            return Ok(());
+        }
+        let wait = match timeout {
+            None => None,
+            Some(t) => match t.checked_sub(start.elapsed()) {
+                Some(left) if !left.is_zero() => Some(left),
+                _ => break,
+            },
+        };
+        let event =
+            labctl::lb::next_event(&mut maps, wait).map_err(|e| Failure::new(lb_exit(&e), e))?;
+        let Some(event) = event else { continue };
+        println!("{event}");
+        seen += 1;
+    }
+    match args.count {
+        Some(n) => Err(Failure::new(
+            Exit::Failed,
+            format!(
+                "{seen} of {n} events in {:.1?} (--timeout)",
+                timeout.unwrap_or_default()
+            ),
+        )),
+        None => Ok(()),
+    }
+}
