@@ -226,14 +226,19 @@ fn entry(attrs: &[ConntrackAttribute]) -> Result<Option<Entry>, String> {
 /// The dump request: `IPCTNL_MSG_CT_GET` for family IPv4 with
 /// `NLM_F_REQUEST | NLM_F_DUMP`, as `conntrack -L -f ipv4` sends it.
 fn dump_request(seq: u32) -> Vec<u8> {
+    request(seq, NLM_F_DUMP, ConntrackMessage::Get(Vec::new()))
+}
+
+/// One ctnetlink request for family IPv4, framed.
+fn request(seq: u32, flags: u16, message: ConntrackMessage) -> Vec<u8> {
     let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    header.flags = NLM_F_REQUEST | flags;
     header.sequence_number = seq;
     let mut msg = NetlinkMessage::new(
         header,
         NetlinkPayload::from(NetfilterMessage::new(
             NetfilterHeader::new(NetfilterProtoFamily::IPv4, 0, 0),
-            ConntrackMessage::Get(Vec::new()),
+            message,
         )),
     );
     msg.finalize();
@@ -305,6 +310,11 @@ fn dump_over(wire: &mut dyn Wire) -> Result<Vec<Entry>, ConntrackError> {
 /// Dump the conntrack table of the current thread's namespace, like
 /// `conntrack -L -f ipv4`.
 pub fn dump() -> Result<Vec<Entry>, ConntrackError> {
+    dump_over(&mut socket()?)
+}
+
+/// A `NETLINK_NETFILTER` socket in the current thread's namespace.
+fn socket() -> Result<netlink_sys::Socket, ConntrackError> {
     let mut socket =
         netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_NETFILTER).map_err(|e| match e
             .raw_os_error()
@@ -313,68 +323,38 @@ pub fn dump() -> Result<Vec<Entry>, ConntrackError> {
             _ => ConntrackError::Io(e),
         })?;
     socket.bind_auto().map_err(ConntrackError::Io)?;
-    dump_over(&mut socket)
+    Ok(socket)
+}
+
+/// Why a named namespace could not be entered.
+fn netns_error(netns: &str) -> impl FnOnce(io::Error) -> ConntrackError + '_ {
+    move |source| ConntrackError::Netns {
+        netns: netns.to_string(),
+        source,
+    }
 }
 
 /// Dump inside a named namespace (`/run/netns/NAME`), like
 /// `ip netns exec NAME conntrack -L -f ipv4`: a short-lived thread enters it
 /// and reads the table there. IPv4 only.
 pub fn dump_in(netns: &str) -> Result<Vec<Entry>, ConntrackError> {
-    let ns_err = |source| ConntrackError::Netns {
-        netns: netns.to_string(),
-        source,
-    };
-    let ns = crate::sys::open_netns(netns).map_err(ns_err)?;
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let _back = crate::sys::NetnsGuard::enter(&ns).map_err(ns_err)?;
-            dump()
-        })
-        .join()
-        .expect("conntrack dump thread panicked")
-    })
+    crate::sys::in_netns(netns, dump).map_err(netns_error(netns))?
 }
 
 /// Empty the IPv4 conntrack table of a named namespace, like `ip netns
 /// exec NAME conntrack -F -f ipv4`: one `IPCTNL_MSG_CT_DELETE` without
 /// attributes, acknowledged.
 pub fn flush_in(netns: &str) -> Result<(), ConntrackError> {
-    let ns_err = |source| ConntrackError::Netns {
-        netns: netns.to_string(),
-        source,
-    };
-    let ns = crate::sys::open_netns(netns).map_err(ns_err)?;
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let _back = crate::sys::NetnsGuard::enter(&ns).map_err(ns_err)?;
-            let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_NETFILTER)
-                .map_err(|e| match e.raw_os_error() {
-                    Some(errno) if is_unavailable(errno) => ConntrackError::Unavailable,
-                    _ => ConntrackError::Io(e),
-                })?;
-            socket.bind_auto().map_err(ConntrackError::Io)?;
-            flush_over(&mut socket)
-        })
-        .join()
-        .expect("conntrack flush thread panicked")
-    })
+    crate::sys::in_netns(netns, || flush_over(&mut socket()?)).map_err(netns_error(netns))?
 }
 
 fn flush_over(wire: &mut dyn Wire) -> Result<(), ConntrackError> {
     const SEQ: u32 = 2;
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | netlink_packet_core::NLM_F_ACK;
-    header.sequence_number = SEQ;
-    let mut msg = NetlinkMessage::new(
-        header,
-        NetlinkPayload::from(NetfilterMessage::new(
-            NetfilterHeader::new(NetfilterProtoFamily::IPv4, 0, 0),
-            ConntrackMessage::Delete(Vec::new()),
-        )),
+    let buf = request(
+        SEQ,
+        netlink_packet_core::NLM_F_ACK,
+        ConntrackMessage::Delete(Vec::new()),
     );
-    msg.finalize();
-    let mut buf = vec![0u8; msg.buffer_len()];
-    msg.serialize(&mut buf);
     wire.send(&buf).map_err(ConntrackError::Io)?;
     loop {
         let buf = wire.recv().map_err(ConntrackError::Io)?;

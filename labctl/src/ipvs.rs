@@ -151,7 +151,7 @@ impl Forward {
     }
 
     /// The word `ipvsadm -Ln` prints.
-    fn ipvsadm_name(self) -> &'static str {
+    pub fn ipvsadm_name(self) -> &'static str {
         match self {
             Forward::Masq => "Masq",
             Forward::Local => "Local",
@@ -658,19 +658,10 @@ impl Ipvs {
     /// `ip netns exec NETNS ipvsadm`: a short-lived thread enters it, opens
     /// the socket there and hands it back.
     pub fn open_in(netns: &str) -> Result<Ipvs, IpvsError> {
-        let ns_err = |source| IpvsError::Netns {
+        crate::sys::in_netns(netns, Ipvs::open).map_err(|source| IpvsError::Netns {
             netns: netns.to_string(),
             source,
-        };
-        let ns = crate::sys::open_netns(netns).map_err(ns_err)?;
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let _back = crate::sys::NetnsGuard::enter(&ns).map_err(ns_err)?;
-                Ipvs::open()
-            })
-            .join()
-            .expect("IPVS open thread panicked")
-        })
+        })?
     }
 
     fn over(wire: Box<dyn Wire>) -> Result<Ipvs, IpvsError> {

@@ -44,6 +44,13 @@ pub struct LbOverrides {
     pub in_cluster_external: Option<bool>,
 }
 
+impl LbOverrides {
+    /// Whether the topology's own settings stand.
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty() && self.backend.is_none() && self.in_cluster_external.is_none()
+    }
+}
+
 /// Why the load balancer could not be set up, programmed or read.
 #[derive(Debug, thiserror::Error)]
 pub enum LbError {
@@ -176,30 +183,23 @@ fn load_attach_program(lab: &Lab) -> Result<(), LbError> {
     program(lab, &LbOverrides::default())
 }
 
-/// Attaches to every pod on one thread of our own that enters each pod's
-/// namespace in turn (interface names resolve in the thread's namespace).
+/// Attaches to every pod, each from a thread inside the pod's namespace
+/// (interface names resolve in the thread's namespace).
 fn attach_all(lab: &Lab, lb: &mut Lb) -> Result<(), LbError> {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            for pod in &lab.pods {
-                let netns = lab.netns(&pod.name);
-                let ns_err = |source| LbError::Netns {
-                    netns: netns.clone(),
-                    source,
-                };
-                let fd = crate::sys::open_netns(&netns).map_err(ns_err)?;
-                let _back = crate::sys::NetnsGuard::enter(&fd).map_err(ns_err)?;
-                lb.attach(&pod.ifname).map_err(|source| LbError::Attach {
-                    pod: pod.name.clone(),
-                    ifname: pod.ifname.clone(),
-                    source,
-                })?;
-            }
-            Ok(())
-        })
-        .join()
-        .expect("eBPF attach thread panicked")
-    })
+    for pod in &lab.pods {
+        let netns = lab.netns(&pod.name);
+        crate::sys::in_netns(&netns, || lb.attach(&pod.ifname))
+            .map_err(|source| LbError::Netns {
+                netns: netns.clone(),
+                source,
+            })?
+            .map_err(|source| LbError::Attach {
+                pod: pod.name.clone(),
+                ifname: pod.ifname.clone(),
+                source,
+            })?;
+    }
+    Ok(())
 }
 
 /// Opens the lab's pinned maps.

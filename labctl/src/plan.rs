@@ -850,14 +850,13 @@ fn same_eni_rules(lab: &Lab) -> String {
             ));
         }
     }
-    format!(
-        "table bridge vswitch\n\
-         delete table bridge vswitch\n\
-         table bridge vswitch {{\n\
-         \tchain same-eni-arp {{\n\
-         \t\ttype filter hook input priority 0; policy accept;\n\
-         {rules}\
-         \t}}\n\
-         }}\n"
+    crate::services::replace_table(
+        "bridge vswitch",
+        &format!(
+            "\tchain same-eni-arp {{\n\
+             \t\ttype filter hook input priority 0; policy accept;\n\
+             {rules}\
+             \t}}\n"
+        ),
     )
 }

@@ -143,12 +143,17 @@ pub fn run(
         .filter(|n| matches!(n.role, Role::Node | Role::Vpc))
         .map(|n| (n.entity.clone(), n.name.clone()))
         .collect();
+    let overrides = services::Overrides {
+        changes: sc.changes.clone(),
+        backend: sc.backend.clone(),
+        via_node: sc.via_node.clone(),
+    };
+    let lb_overrides = lb::LbOverrides {
+        changes: sc.changes.clone(),
+        backend: sc.backend.clone(),
+        in_cluster_external: sc.in_cluster_external,
+    };
     if with_services {
-        let overrides = services::Overrides {
-            changes: sc.changes.clone(),
-            backend: sc.backend.clone(),
-            via_node: sc.via_node.clone(),
-        };
         services::check_overrides(lab, &overrides).map_err(service_error)?;
         services::apply_all(&services::steps(lab, &overrides)).map_err(service_error)?;
         for (_, ns) in &service_ns {
@@ -159,12 +164,8 @@ pub fn run(
     // The eBPF load balancer, likewise programmed afresh (its remembered
     // flows emptied) with the scenario's changes, pin and Terway setting.
     if lab.ebpf.is_some() {
-        let o = lb::LbOverrides {
-            changes: sc.changes.clone(),
-            backend: sc.backend.clone(),
-            in_cluster_external: sc.in_cluster_external,
-        };
-        lb::program(lab, &o).map_err(|e| service_error(format!("program eBPF services: {e}")))?;
+        lb::program(lab, &lb_overrides)
+            .map_err(|e| service_error(format!("program eBPF services: {e}")))?;
     }
 
     let entity_of: HashMap<&str, (&str, Role)> = record
@@ -324,14 +325,12 @@ pub fn run(
     };
     report.checks = check(sc, &report, &seen, &hop, &in_vpc);
     report.checks.extend(check_conntrack(sc, &ct));
-    if lab.ebpf.is_some()
-        && !(sc.changes.is_empty() && sc.backend.is_none() && sc.in_cluster_external.is_none())
-    {
+    // Leave the services as the topology says.
+    if lab.ebpf.is_some() && !lb_overrides.is_empty() {
         lb::program(lab, &lb::LbOverrides::default())
             .map_err(|e| service_error(format!("restore eBPF services: {e}")))?;
     }
-    // Leave the services as the topology says.
-    if with_services && !(sc.changes.is_empty() && sc.backend.is_none() && sc.via_node.is_none()) {
+    if with_services && !overrides.is_empty() {
         services::apply_all(&services::steps(lab, &services::Overrides::default()))
             .map_err(service_error)?;
     }
@@ -375,7 +374,7 @@ fn is_request(f: &Flow, sc: &Scenario) -> bool {
 
 /// The kernel's default ephemeral port range (`net.ipv4.ip_local_port_range`).
 fn is_ephemeral(port: u16) -> bool {
-    (32768..=60999).contains(&port)
+    conntrack::EPHEMERAL_PORTS.contains(&port)
 }
 
 /// The request's route: the interfaces that saw it, ordered by the time
@@ -736,8 +735,10 @@ fn addressed_services(
                 );
                 let dests = dests.iter().map(|d| {
                     format!(
-                        "  -> {}:{} {:?} weight {}",
-                        d.dest.addr, d.dest.port, d.dest.forward, d.dest.weight
+                        "  -> {} {} weight {}",
+                        d.dest,
+                        d.dest.forward.ipvsadm_name(),
+                        d.dest.weight
                     )
                 });
                 std::iter::once(head).chain(dests).collect::<Vec<_>>()

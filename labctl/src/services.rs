@@ -278,11 +278,10 @@ pub fn node_ruleset(lab: &Lab, services: &[Service], _node: &Node) -> String {
             }
         }
     }
-    format!(
-        "table ip kube-proxy\n\
-         delete table ip kube-proxy\n\
-         table ip kube-proxy {{\n\
-         \tchain nat-prerouting {{\n\
+    replace_table(
+        "ip kube-proxy",
+        &format!(
+            "\tchain nat-prerouting {{\n\
          \t\ttype nat hook prerouting priority -100; policy accept;\n\
          \t\tjump services\n\
          \t}}\n\
@@ -299,9 +298,16 @@ pub fn node_ruleset(lab: &Lab, services: &[Service], _node: &Node) -> String {
          \tchain nat-postrouting {{\n\
          \t\ttype nat hook postrouting priority 100; policy accept;\n\
          \t\tmeta mark & {MASQUERADE_MARK:#010x} == {MASQUERADE_MARK:#010x} masquerade\n\
-         \t}}\n\
-         }}\n"
+         \t}}\n"
+        ),
     )
+}
+
+/// An `nft -f` script that replaces table `family name` (e.g. `ip
+/// kube-proxy`) by one with `body`, atomically: declaring it first makes
+/// the delete work whether or not it exists.
+pub fn replace_table(table: &str, body: &str) -> String {
+    format!("table {table}\ndelete table {table}\ntable {table} {{\n{body}}}\n")
 }
 
 /// The nodes in a service's SLB server group.
@@ -458,24 +464,6 @@ pub fn sysctl_steps(lab: &Lab) -> Vec<Step> {
 /// nothing loads br_netfilter.
 pub const MODULES: &[&str] = &["ip_vs", "br_netfilter"];
 
-/// `ipvsadm -Ln`-like text of a table, with each service's comment.
-pub fn format_table(table: &[VirtualService]) -> Vec<String> {
-    let mut out = Vec::new();
-    for vs in table {
-        out.push(format!(
-            "{} {}:{} rr  # {}",
-            l4(vs.protocol).to_uppercase(),
-            vs.address,
-            vs.port,
-            vs.comment
-        ));
-        for d in &vs.dests {
-            out.push(format!("  -> {}:{} Masq {}", d.address, d.port, d.weight));
-        }
-    }
-    out
-}
-
 /// Run an [`Action::IpvsTable`] or [`Action::Nftables`] in a named lab
 /// namespace, on a thread of our own (never a runtime thread). Other
 /// actions are not ours: an error.
@@ -533,46 +521,43 @@ fn apply_ipvs(netns: &str, table: &[VirtualService]) -> Result<(), String> {
 /// `ip netns exec NETNS nft -f -`: a child forked by a thread inside the
 /// namespace starts there.
 fn apply_nft(netns: &str, ruleset: &str) -> Result<(), String> {
+    crate::sys::in_netns(netns, || nft(ruleset))
+        .map_err(|e| format!("enter namespace {netns}: {e}"))?
+}
+
+/// `nft -f -` with `ruleset` on its standard input.
+fn nft(ruleset: &str) -> Result<(), String> {
     use std::io::Write;
     use std::process::{Command, Stdio};
-    let ns = crate::sys::open_netns(netns).map_err(|e| format!("open namespace {netns}: {e}"))?;
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let _back =
-                crate::sys::NetnsGuard::enter(&ns).map_err(|e| format!("enter {netns}: {e}"))?;
-            let mut child = Command::new("nft")
-                .args(["-f", "-"])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .map_err(|e| match e.kind() {
-                    std::io::ErrorKind::NotFound => {
-                        "nft not found: install the nftables package (./lab does)".to_string()
-                    }
-                    _ => format!("run nft: {e}"),
-                })?;
-            child
-                .stdin
-                .take()
-                .expect("piped")
-                .write_all(ruleset.as_bytes())
-                .map_err(|e| format!("write to nft: {e}"))?;
-            let out = child
-                .wait_with_output()
-                .map_err(|e| format!("run nft: {e}"))?;
-            if out.status.success() {
-                Ok(())
-            } else {
-                Err(format!(
-                    "nft -f: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ))
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                "nft not found: install the nftables package (./lab does)".to_string()
             }
-        })
-        .join()
-        .expect("nft thread panicked")
-    })
+            _ => format!("run nft: {e}"),
+        })?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(ruleset.as_bytes())
+        .map_err(|e| format!("write to nft: {e}"))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("run nft: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "nft -f: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
 }
 
 /// Load the kernel modules services need ([`MODULES`]) that are not loaded

@@ -157,6 +157,23 @@ pub fn create_netns(name: &str) -> io::Result<NewNetns> {
     })
 }
 
+/// Run `f` on a short-lived thread of our own that enters the named
+/// namespace first, like `ip netns exec NAME`: no runtime or caller thread
+/// ever changes namespace. Sockets `f` opens stay in that namespace; a
+/// child it spawns starts there. Opening or entering the namespace fails
+/// with an `io::Error`; `f`'s own result comes back as it is.
+pub fn in_netns<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> io::Result<T> {
+    let ns = open_netns(name)?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let _back = NetnsGuard::enter(&ns)?;
+            Ok(f())
+        })
+        .join()
+        .unwrap_or_else(|_| panic!("thread inside network namespace {name} panicked"))
+    })
+}
+
 /// Open a NETLINK_ROUTE socket inside an existing named namespace.
 pub fn netlink_socket_in(name: &str) -> io::Result<netlink_sys::Socket> {
     let ns = open_netns(name)?;
