@@ -2,7 +2,7 @@
 
 use std::os::unix::process::CommandExt;
 
-use labctl::{state, sys};
+use labctl::sys;
 
 use super::{Exit, Failure, Result};
 
@@ -20,17 +20,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result {
-    let record = state::load(&args.lab)
-        .map_err(|e| Failure::new(Exit::Failed, e))?
-        .ok_or_else(|| {
-            Failure::new(
-                Exit::State,
-                format!(
-                    "lab `{}` is not up (`labctl status` lists the labs that are)",
-                    args.lab
-                ),
-            )
-        })?;
+    let record = super::record(&args.lab)?;
     if let Some(vm) = &record.vm {
         let mut argv = vec![
             "exec".into(),

@@ -215,6 +215,18 @@ pub fn lab_name(file_or_lab: &str, vars: &Vars) -> Result<String> {
 
 /// Run `labctl ARGV` inside a lab's VM and pass its output and exit code
 /// through: the VM lab behaves like a host lab from the user's side.
+/// The lab's record, or why there is none.
+pub fn record(lab: &str) -> Result<labctl::state::LabState> {
+    labctl::state::load(lab)
+        .map_err(|e| Failure::new(Exit::Failed, e))?
+        .ok_or_else(|| {
+            Failure::new(
+                Exit::State,
+                format!("lab `{lab}` is not up (`labctl status` lists the labs that are)"),
+            )
+        })
+}
+
 pub fn forward(vm: &labctl::vm::Vm, argv: Vec<String>) -> Result {
     let code = forward_code(vm, argv)?;
     if code != 0 {

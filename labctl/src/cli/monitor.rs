@@ -3,8 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use labctl::state;
-
 use super::show::lb_exit;
 use super::{Exit, Failure, Result};
 
@@ -38,17 +36,7 @@ pub fn run(args: Args) -> Result {
             )
         })?),
     };
-    let record = state::load(&args.lab)
-        .map_err(|e| Failure::new(Exit::Failed, e))?
-        .ok_or_else(|| {
-            Failure::new(
-                Exit::State,
-                format!(
-                    "lab `{}` is not up (`labctl status` lists the labs that are)",
-                    args.lab
-                ),
-            )
-        })?;
+    let record = super::record(&args.lab)?;
     if let Some(vm) = &record.vm {
         if args.count.is_none() && timeout.is_none() {
             return Err(Failure::new(

@@ -5,7 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use clap::Subcommand;
-use labctl::state::{self, LabState};
+use labctl::state::LabState;
 use labctl::{conntrack, ipvs, observe};
 use serde::Serialize;
 
@@ -131,18 +131,6 @@ fn vm_argv(what: &str, target: &Target, output: Format, extra: &[&str]) -> Vec<S
     argv
 }
 
-/// The lab's record, or why there is none.
-fn record(lab: &str) -> Result<LabState> {
-    state::load(lab)
-        .map_err(|e| Failure::new(Exit::Failed, e))?
-        .ok_or_else(|| {
-            Failure::new(
-                Exit::State,
-                format!("lab `{lab}` is not up (`labctl status` lists the labs that are)"),
-            )
-        })
-}
-
 /// The namespace of the target entity, or an error listing the known ones.
 fn netns<'a>(record: &'a LabState, target: &Target) -> Result<&'a str> {
     match record.netns_of(&target.entity) {
@@ -196,7 +184,7 @@ fn lab_addresses(record: &LabState) -> Result<Vec<Ipv4Addr>> {
 }
 
 fn show_conntrack(args: ConntrackArgs) -> Result {
-    let record = record(&args.target.lab)?;
+    let record = super::record(&args.target.lab)?;
     if let Some(vm) = &record.vm {
         let extra: &[&str] = if args.all { &["--all"] } else { &[] };
         return super::forward(vm, vm_argv("conntrack", &args.target, args.output, extra));
@@ -235,7 +223,7 @@ fn show_conntrack(args: ConntrackArgs) -> Result {
 }
 
 fn show_ipvs(args: IpvsArgs) -> Result {
-    let record = record(&args.target.lab)?;
+    let record = super::record(&args.target.lab)?;
     if let Some(vm) = &record.vm {
         return super::forward(vm, vm_argv("ipvs", &args.target, args.output, &[]));
     }
@@ -299,7 +287,7 @@ fn check_pod(record: &LabState, pod: &str) -> Result {
 }
 
 fn show_lb(args: LbArgs) -> Result {
-    let record = record(&args.lab)?;
+    let record = super::record(&args.lab)?;
     if let Some(vm) = &record.vm {
         let mut argv: Vec<String> = vec!["show".into(), "lb".into(), args.lab.clone()];
         argv.extend(args.pod.clone());
