@@ -58,137 +58,25 @@ fn two_namespaces() -> Result<(Namespaces, String, String), Failed> {
     Ok((guard, client, server))
 }
 
-/// A netlink attribute (type, value, padding); `nested` sets NLA_F_NESTED.
-fn nla(kind: u16, nested: bool, value: &[u8]) -> Vec<u8> {
-    let len = 4 + value.len();
-    let kind = if nested { kind | 0x8000 } else { kind };
-    let mut out = Vec::new();
-    out.extend((len as u16).to_ne_bytes());
-    out.extend(kind.to_ne_bytes());
-    out.extend(value);
-    out.resize(len.next_multiple_of(4), 0);
-    out
-}
-
-/// One nfnetlink message: nlmsghdr, nfgenmsg (family, version 0, res_id),
-/// attributes.
-fn nfnl(kind: u16, flags: u16, seq: u32, family: u8, res_id: u16, attrs: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend((20 + attrs.len() as u32).to_ne_bytes());
-    out.extend(kind.to_ne_bytes());
-    out.extend(flags.to_ne_bytes());
-    out.extend(seq.to_ne_bytes());
-    out.extend(0u32.to_ne_bytes());
-    out.extend([family, 0]);
-    out.extend(res_id.to_be_bytes());
-    out.extend(attrs);
-    out
-}
-
-/// The nftables ruleset `table ip t { chain c { type filter hook
-/// prerouting priority 0; ct state } }`, sent as nft sends it: one
-/// nf_tables batch over NETLINK_NETFILTER (`include/uapi/linux/netfilter/
-/// nf_tables.h`). A rule with a `ct` expression is what makes a namespace
-/// track connections: `nft_ct_get_init` registers the conntrack hooks
-/// there (`nf_ct_netns_get`), which happens per namespace and on demand.
-/// Built by hand so the test needs no `nft` binary.
-fn nft_ct_batch() -> Vec<u8> {
-    const NFNL_SUBSYS_NFTABLES: u16 = 10;
-    const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
-    const NFNL_MSG_BATCH_END: u16 = 0x11;
-    const NFT_MSG_NEWTABLE: u16 = 0;
-    const NFT_MSG_NEWCHAIN: u16 = 3;
-    const NFT_MSG_NEWRULE: u16 = 6;
-    const NFPROTO_IPV4: u8 = 2;
-    // NLM_F_REQUEST, NLM_F_ACK, NLM_F_CREATE, NLM_F_APPEND
-    const REQ: u16 = 0x1;
-    const NEW: u16 = 0x1 | 0x4 | 0x400;
-    let msg = |t: u16| (NFNL_SUBSYS_NFTABLES << 8) | t;
-    let be32 = |v: u32| v.to_be_bytes();
-    let table = nla(1, false, b"t\0"); // NFTA_TABLE_NAME
-    let chain = [
-        nla(1, false, b"t\0"), // NFTA_CHAIN_TABLE
-        nla(3, false, b"c\0"), // NFTA_CHAIN_NAME
-        nla(
-            4, // NFTA_CHAIN_HOOK
-            true,
-            &[
-                nla(1, false, &be32(0)), // NFTA_HOOK_HOOKNUM: NF_INET_PRE_ROUTING
-                nla(2, false, &be32(0)), // NFTA_HOOK_PRIORITY
-            ]
-            .concat(),
-        ),
-        nla(7, false, b"filter\0"), // NFTA_CHAIN_TYPE
-    ]
-    .concat();
-    let ct = [
-        nla(1, false, b"ct\0"), // NFTA_EXPR_NAME
-        nla(
-            2, // NFTA_EXPR_DATA
-            true,
-            &[
-                nla(1, false, &be32(1)), // NFTA_CT_DREG: NFT_REG_1
-                nla(2, false, &be32(0)), // NFTA_CT_KEY: NFT_CT_STATE
-            ]
-            .concat(),
-        ),
-    ]
-    .concat();
-    let rule = [
-        nla(1, false, b"t\0"),            // NFTA_RULE_TABLE
-        nla(2, false, b"c\0"),            // NFTA_RULE_CHAIN
-        nla(4, true, &nla(1, true, &ct)), // NFTA_RULE_EXPRESSIONS { NFTA_LIST_ELEM }
-    ]
-    .concat();
-    [
-        nfnl(NFNL_MSG_BATCH_BEGIN, REQ, 1, 0, NFNL_SUBSYS_NFTABLES, &[]),
-        nfnl(msg(NFT_MSG_NEWTABLE), NEW, 2, NFPROTO_IPV4, 0, &table),
-        nfnl(msg(NFT_MSG_NEWCHAIN), NEW, 3, NFPROTO_IPV4, 0, &chain),
-        nfnl(msg(NFT_MSG_NEWRULE), NEW, 4, NFPROTO_IPV4, 0, &rule),
-        nfnl(NFNL_MSG_BATCH_END, REQ, 5, 0, NFNL_SUBSYS_NFTABLES, &[]),
-    ]
-    .concat()
-}
-
-/// Load [`nft_ct_batch`] in `ns`, like `ip netns exec NS nft -f -`, and
-/// wait for the kernel to acknowledge its three commands.
+/// Make `ns` track connections: a rule with a `ct` expression registers
+/// the conntrack hooks in its namespace (`nft_ct_get_init` ->
+/// `nf_ct_netns_get`), which happens per namespace and on demand. Loaded
+/// with `nft` (which `./lab` installs; labctl's services use it too).
 fn track_connections(ns: &str) -> Result<(), Failed> {
-    let fd = labctl::sys::open_netns(ns)?;
-    let socket = std::thread::scope(|s| {
-        s.spawn(|| -> std::io::Result<netlink_sys::Socket> {
-            let _back = labctl::sys::NetnsGuard::enter(&fd)?;
-            let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_NETFILTER)?;
-            socket.bind_auto()?;
-            Ok(socket)
-        })
-        .join()
-        .expect("socket thread")
-    })?;
-    let kernel = netlink_sys::SocketAddr::new(0, 0);
-    socket.send_to(&nft_ct_batch(), &kernel, 0)?;
-    let mut acked = 0;
-    while acked < 3 {
-        let (buf, _) = socket.recv_from_full()?;
-        let mut at = 0;
-        while at + 20 <= buf.len() {
-            let len = u32::from_ne_bytes(buf[at..at + 4].try_into()?) as usize;
-            let kind = u16::from_ne_bytes(buf[at + 4..at + 6].try_into()?);
-            let seq = u32::from_ne_bytes(buf[at + 8..at + 12].try_into()?);
-            if kind == 2 {
-                // NLMSG_ERROR: 0 acknowledges, anything else refuses.
-                let code = i32::from_ne_bytes(buf[at + 16..at + 20].try_into()?);
-                if code != 0 {
-                    let err = std::io::Error::from_raw_os_error(-code);
-                    return Err(
-                        format!("nftables refused message {seq} of the batch: {err}").into(),
-                    );
-                }
-                acked += 1;
-            }
-            at += len.max(20).next_multiple_of(4);
-        }
-    }
-    Ok(())
+    use std::io::Write;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    child.stdin.take().expect("piped").write_all(
+        b"table ip t {\n\tchain c {\n\t\ttype filter hook prerouting priority 0;\n\t\tct state established accept\n\t}\n}\n",
+    )?;
+    let out = child.wait_with_output()?;
+    ensure(
+        out.status.success(),
+        format!("nft -f in {ns}: {}", String::from_utf8_lossy(&out.stderr)),
+    )
 }
 
 fn dump_sees_a_tcp_connection() -> Result<(), Failed> {
