@@ -856,12 +856,7 @@ impl Report {
         let _ = writeln!(s, "path: {}", self.path.join(" -> "));
         let _ = writeln!(s, "stacks: {}", self.stacks);
         let _ = writeln!(s, "sightings:");
-        let width = self
-            .table
-            .iter()
-            .map(|r| r.interface.len())
-            .max()
-            .unwrap_or(0);
+        let width = self.interface_width();
         for r in &self.table {
             let count = if r.count_stable {
                 r.packets.to_string()
@@ -876,6 +871,15 @@ impl Report {
         }
         self.write_services(&mut s, "");
         s
+    }
+
+    /// The width of the sighting table's interface column.
+    fn interface_width(&self) -> usize {
+        self.table
+            .iter()
+            .map(|r| r.interface.len())
+            .max()
+            .unwrap_or(0)
     }
 
     /// The conntrack, IPVS and eBPF sections, indented by `indent`.
@@ -933,12 +937,7 @@ impl Report {
             self.stacks,
             self.path.join(" -> ")
         );
-        let width = self
-            .table
-            .iter()
-            .map(|r| r.interface.len())
-            .max()
-            .unwrap_or(0);
+        let width = self.interface_width();
         for r in &self.table {
             let _ = writeln!(
                 s,
