@@ -238,10 +238,17 @@ impl Kernel for Netlink {
                 self.link_set(step, msg).await
             }
             Action::IsolatePort { ifindex, .. } => {
+                // Port attributes travel in RTM_NEWLINK: the kernel's
+                // RTM_SETLINK ignores IFLA_LINKINFO, and says nothing.
                 let msg = rtnetlink::LinkBridgePort::new(*ifindex)
                     .isolated(true)
                     .build();
-                self.link_set(step, msg).await
+                self.handle(&step.netns)?
+                    .link()
+                    .set_port(msg)
+                    .execute()
+                    .await
+                    .map_err(|e| fail(step, e))
             }
             Action::LinkUp { ifindex, .. } => {
                 let msg = LinkUnspec::new_with_index(*ifindex).up().build();

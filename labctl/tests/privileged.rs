@@ -312,6 +312,64 @@ fn two_labs_at_once() -> Result<(), Failed> {
     Ok(())
 }
 
+/// A VPC with `isolated_ports` behaves like a cloud vSwitch: no ENI port
+/// reaches another, so a node's ARP for a neighbour is answered by the
+/// router alone (proxy ARP) and the packet is routed, never bridged.
+fn isolated_vpc_ports_route_through_the_router() -> Result<(), Failed> {
+    let lab = unique("iso");
+    let file = std::env::temp_dir().join(format!("{lab}.yaml"));
+    std::fs::write(
+        &file,
+        "name: iso\n\
+         vpc:\n  subnets: [{ name: vsw, cidr: 10.0.3.0/24, gateway: 10.0.3.253 }]\n  \
+         isolated_ports: true\n\
+         nodes:\n\
+         - { name: node-a, interfaces: [{ name: eth0, subnet: vsw, address: 10.0.3.15 }] }\n\
+         - { name: node-b, interfaces: [{ name: eth0, subnet: vsw, address: 10.0.3.93 }] }\n",
+    )?;
+    let up = ok(labctl().args(["up", "-q", "--name", &lab]).arg(&file));
+    let _ = std::fs::remove_file(&file);
+    up?;
+    let _guard = Down(lab.clone());
+    let o = ok(labctl().args([
+        "exec",
+        &lab,
+        "node-a",
+        "--",
+        "ping",
+        "-c1",
+        "-W2",
+        "10.0.3.93",
+    ]))?;
+    let out = String::from_utf8_lossy(&o.stdout);
+    ensure(
+        out.contains("ttl=63"),
+        format!("not routed by the VPC: {out}"),
+    )?;
+    let mac_of = |name: &str, args: &[&str]| -> Result<String, Failed> {
+        let o = ok(labctl().args(["exec", &lab, name, "--", "ip"]).args(args))?;
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        let mac = out
+            .split_whitespace()
+            .skip_while(|w| *w != "lladdr" && *w != "link/ether")
+            .nth(1)
+            .map(String::from);
+        mac.ok_or_else(|| format!("no MAC in {out:?}").into())
+    };
+    let router = mac_of("vpc", &["link", "show", "vsw"])?;
+    let neighbour = mac_of("node-a", &["neigh", "show", "10.0.3.93"])?;
+    ensure(
+        router == neighbour,
+        format!("node-a reached 10.0.3.93 at {neighbour}, not the router's {router}"),
+    )?;
+    let o = ok(labctl().args(["exec", &lab, "vpc", "--", "bridge", "-d", "link", "show"]))?;
+    let ports = String::from_utf8_lossy(&o.stdout);
+    ensure(
+        ports.matches("isolated on").count() == 2,
+        format!("ENI ports not isolated:\n{ports}"),
+    )
+}
+
 /// A namespace that is not the lab's is never adopted or deleted.
 fn foreign_namespace_conflict() -> Result<(), Failed> {
     let lab = unique("conflict");
@@ -463,6 +521,9 @@ fn main() {
         Trial::ignorable_test("two_labs_at_once", || gate(two_labs_at_once)),
         Trial::ignorable_test("foreign_namespace_conflict", || {
             gate(foreign_namespace_conflict)
+        }),
+        Trial::ignorable_test("isolated_vpc_ports_route_through_the_router", || {
+            gate(isolated_vpc_ports_route_through_the_router)
         }),
         Trial::ignorable_test("not_root", || gate(not_root)),
         Trial::ignorable_test("feature_probe", || gate(feature_probe)),
