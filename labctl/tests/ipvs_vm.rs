@@ -184,32 +184,7 @@ fn place() -> Place {
 
 /// Run one trial of this binary inside a VM with `kernel`.
 fn in_vm(kernel: &str, name: &str) -> Result<(), libtest_mimic::Failed> {
-    let exe = std::env::current_exe()?;
-    // The VM sees the host's files read-only: run a copy the host cannot
-    // replace under it.
-    let dir = labctl::vm::lib_dir().join("vm");
-    std::fs::create_dir_all(&dir)?;
-    let copy = dir.join(format!("ipvs_vm-{}-{name}", std::process::id()));
-    std::fs::copy(&exe, &copy)?;
-    let o = std::process::Command::new("vng")
-        .args(["--run", kernel, "--disable-kvm", "--force-9p", "--exec"])
-        .arg(format!(
-            "modprobe ip_vs; LABCTL_IN_VM=1 {} --exact {name}",
-            copy.display()
-        ))
-        .stdin(std::process::Stdio::null())
-        .output()?;
-    let _ = std::fs::remove_file(&copy);
-    let out = String::from_utf8_lossy(&o.stdout);
-    if o.status.success() && out.contains("1 passed") {
-        Ok(())
-    } else {
-        Err(format!(
-            "in the VM ({kernel}): {out}{}",
-            String::from_utf8_lossy(&o.stderr)
-        )
-        .into())
-    }
+    common::in_vm(kernel, name, "modprobe ip_vs;", false).map(|_| ())
 }
 
 fn main() {

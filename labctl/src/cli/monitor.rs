@@ -11,7 +11,8 @@ use super::{Exit, Failure, Result};
 /// `CLIENT -> SERVICE translated to BACKEND` for a request and
 /// `BACKEND -> CLIENT translated from SERVICE` for its reply.
 ///
-/// Shows translations from the moment it starts; runs until Ctrl-C, `--count` events or `--timeout`. Only for labs whose
+/// Shows translations from the moment it says `listening` (on stderr); runs
+/// until Ctrl-C, `--count` events or `--timeout`. Only for labs whose
 /// topology has `ebpf:`. For a lab in the VM runtime the lines come all at
 /// once when it ends, so give `--count` or `--timeout` there.
 #[derive(clap::Args)]
@@ -60,6 +61,8 @@ pub fn run(args: Args) -> Result {
     // Like `cilium monitor`, from now on: drop what earlier translations
     // left in the ring buffer.
     while maps.try_next_event().is_some() {}
+    // Like tcpdump's "listening on": from here no translation is missed.
+    eprintln!("listening on lab `{}` (Ctrl-C to stop)", args.lab);
     let start = Instant::now();
     let mut seen = 0u64;
     loop {

@@ -7,6 +7,7 @@
     reason = "each test binary includes this module and uses a different part of it"
 )]
 
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Output};
 
 use libtest_mimic::{Completion, Failed};
@@ -51,4 +52,88 @@ pub fn ok(cmd: &mut Command) -> Result<Output, Failed> {
 /// Fail the trial with `msg` unless `cond`.
 pub fn ensure(cond: bool, msg: impl Into<String>) -> Result<(), Failed> {
     if cond { Ok(()) } else { Err(msg.into().into()) }
+}
+
+/// Run trial `name` of the calling test binary inside a VM booted from
+/// `kernel`, after the shell commands `prelude`, with `LABCTL_IN_VM=1`;
+/// its stdout when the trial passed there. The VM sees the host's files
+/// read-only: it runs copies of the binary (and, with `with_labctl`, of
+/// labctl, named in `LABCTL_TEST_LABCTL`) that a rebuild on the host cannot
+/// replace under it. The VM is killed after ten minutes.
+pub fn in_vm(kernel: &str, name: &str, prelude: &str, with_labctl: bool) -> Result<String, Failed> {
+    use std::time::{Duration, Instant};
+    struct Remove(Vec<std::path::PathBuf>);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            for p in &self.0 {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+    let dir = labctl::vm::lib_dir().join("vm");
+    std::fs::create_dir_all(&dir)?;
+    let exe = std::env::current_exe()?;
+    let stem = exe
+        .file_stem()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    let copy = dir.join(format!("{stem}-{}-{name}", std::process::id()));
+    let labctl_copy = dir.join(format!("{stem}-{}-{name}-labctl", std::process::id()));
+    let _remove = Remove(vec![copy.clone(), labctl_copy.clone()]);
+    std::fs::copy(&exe, &copy)?;
+    let mut env = String::from("LABCTL_IN_VM=1");
+    if with_labctl {
+        std::fs::copy(env!("CARGO_BIN_EXE_labctl"), &labctl_copy)?;
+        env.push_str(&format!(" LABCTL_TEST_LABCTL={}", labctl_copy.display()));
+    }
+    let mut cmd = Command::new("vng");
+    // As labctl boots its own VMs (`labctl::vm`).
+    cmd.args([
+        "--run",
+        kernel,
+        "--force-9p",
+        "--memory",
+        "1G",
+        "--cpus",
+        "2",
+    ]);
+    if !labctl::vm::kvm_usable() {
+        cmd.arg("--disable-kvm");
+    }
+    // Output to files: a pipe nobody reads while waiting could fill up.
+    let out_path = copy.with_extension("out");
+    let err_path = copy.with_extension("err");
+    let _remove_out = Remove(vec![out_path.clone(), err_path.clone()]);
+    let mut child = cmd
+        .arg("--exec")
+        .arg(format!("{prelude} {env} {} --exact {name}", copy.display()))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&out_path)?)
+        .stderr(std::fs::File::create(&err_path)?)
+        .process_group(0)
+        .spawn()?;
+    let limit = Duration::from_secs(600);
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break Some(s);
+        }
+        if t.elapsed() > limit {
+            labctl::vm::kill_group(child.id());
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let err = std::fs::read_to_string(&err_path).unwrap_or_default();
+    match status {
+        Some(s) if s.success() && out.contains("1 passed") => Ok(out),
+        Some(s) => Err(format!("in the VM ({kernel}), {s}:\n{out}{err}").into()),
+        None => Err(format!(
+            "in the VM ({kernel}): still running after {limit:?}; killed:\n{out}{err}"
+        )
+        .into()),
+    }
 }

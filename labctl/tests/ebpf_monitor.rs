@@ -1,0 +1,294 @@
+//! `labctl monitor` against a real run: the Terway IPVLAN + eBPF lab is
+//! brought up, `labctl monitor` is started on it, T5 (pod -> ClusterIP
+//! 192.168.27.242:80, translated by the eBPF tc program on the client pod's
+//! eth0) is run with `labctl run`, and the monitor must have printed the
+//! request's translation and its reply's, for the same client port;
+//! `labctl show lb` must list the service with its backend.
+//!
+//! The lab needs ipvlan. Where the host kernel lacks it (this project's
+//! build machines), the trial re-runs this very test binary inside a VM
+//! booted from an installed distro kernel and passes or fails with it; the
+//! trial's kind says where it ran (`LABCTL_KERNEL=RELEASE` always runs it in
+//! a VM with that kernel, as in the scenario suite). Without root the trial
+//! is reported ignored (a failure under `LABCTL_REQUIRE_ALL=1`); with root
+//! but neither ipvlan nor a VM kernel it fails with the reason.
+//!
+//! A second trial, anywhere and without root: `labctl monitor` on a lab that
+//! is not up says so and exits with the "wrong state" code.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{ensure, ok, run, text};
+use libtest_mimic::{Arguments, Failed, Trial};
+
+mod common;
+
+const SCENARIO: &str = "t5-cluster-ip-same-eni";
+const CLIENT_POD: &str = "centos-znkl8";
+const CLIENT: &str = "10.0.3.5";
+const SERVICE: &str = "192.168.27.242:80";
+const BACKEND: &str = "10.0.3.38:80";
+
+/// The trial that needs the lab (and so maybe the VM).
+const LAB_TRIAL: &str = "monitor_shows_each_t5_translation";
+
+/// Inside the VM: the copy of labctl to run (see [`in_vm`]).
+const LABCTL_ENV: &str = "LABCTL_TEST_LABCTL";
+
+fn topology() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/terway-ipvlan-ebpf.yaml")
+}
+
+/// labctl on the kernel this process runs on: where the trial runs was
+/// decided already, so `LABCTL_KERNEL` must not send labctl into a VM of its
+/// own.
+fn labctl() -> Command {
+    let exe = std::env::var_os(LABCTL_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_labctl")));
+    let mut c = Command::new(exe);
+    c.env_remove("LABCTL_KERNEL");
+    c
+}
+
+/// A lab brought up for the trial and removed however the trial ends.
+struct Down(String);
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = labctl().args(["down", "-q", &self.0]).output();
+    }
+}
+
+/// A `labctl monitor` process, killed if the trial ends before it does;
+/// its stderr lines arrive on `stderr`.
+struct Monitor {
+    child: Option<Child>,
+    stderr: std::sync::mpsc::Receiver<String>,
+}
+
+impl Monitor {
+    fn spawn(lab: &str) -> Result<Monitor, Failed> {
+        let mut child = labctl()
+            .args(["monitor", lab, "--count", "2", "--timeout", "60"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let (tx, stderr) = std::sync::mpsc::channel();
+        let pipe = child.stderr.take().expect("piped");
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Ok(Monitor {
+            child: Some(child),
+            stderr,
+        })
+    }
+
+    /// Wait for the monitor's `listening on` line: it prints it once what
+    /// earlier translations left in the ring buffer is drained, so from then
+    /// on no event of the run is missed.
+    fn wait_listening(&mut self, limit: Duration) -> Result<(), Failed> {
+        let t = Instant::now();
+        let mut said = Vec::new();
+        while let Some(left) = limit.checked_sub(t.elapsed()) {
+            match self.stderr.recv_timeout(left) {
+                Ok(line) if line.starts_with("listening on") => return Ok(()),
+                Ok(line) => said.push(line),
+                Err(_) => break,
+            }
+        }
+        Err(format!("monitor not listening after {limit:?}; it said: {said:?}").into())
+    }
+
+    /// Wait for the monitor to end by itself (`--count` or `--timeout`).
+    fn finish(mut self, limit: Duration) -> Result<std::process::Output, Failed> {
+        let mut child = self.child.take().expect("child");
+        let t = Instant::now();
+        while child.try_wait()?.is_none() {
+            if t.elapsed() > limit {
+                let _ = child.kill();
+                return Err(format!("monitor still running after {limit:?}").into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut o = child.wait_with_output()?;
+        o.stderr = self
+            .stderr
+            .try_iter()
+            .collect::<Vec<_>>()
+            .join("\n")
+            .into_bytes();
+        Ok(o)
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The real thing, on the kernel this process runs on.
+fn monitor_shows_each_t5_translation() -> Result<(), Failed> {
+    let file = topology();
+    let lab = format!("mon-{}", std::process::id() % 100_000);
+    let _down = Down(lab.clone());
+    ok(labctl().args(["up", "-q", "--name", &lab]).arg(&file))?;
+
+    let mut monitor = Monitor::spawn(&lab)?;
+    monitor.wait_listening(Duration::from_secs(30))?;
+    let r = ok(labctl()
+        .args(["run", "--name", &lab])
+        .arg(&file)
+        .arg(SCENARIO))?;
+    print!("{}", String::from_utf8_lossy(&r.stdout));
+    let o = monitor.finish(Duration::from_secs(90))?;
+    ensure(o.status.success(), format!("monitor: {}", text(&o)))?;
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let lines: Vec<&str> = out.lines().collect();
+    for l in &lines {
+        println!("monitor: {l}");
+    }
+
+    // The SYN out of the client, then the SYN-ACK into it.
+    ensure(
+        lines.len() == 2,
+        format!("want 2 monitor lines, got:\n{out}"),
+    )?;
+    let port = lines[0]
+        .strip_prefix(&format!("{CLIENT}:"))
+        .and_then(|rest| rest.strip_suffix(&format!(" -> {SERVICE} translated to {BACKEND}")))
+        .and_then(|p| p.parse::<u16>().ok())
+        .ok_or_else(|| {
+            format!("first line is not {CLIENT}:PORT -> {SERVICE} translated to {BACKEND}:\n{out}")
+        })?;
+    let reply = format!("{BACKEND} -> {CLIENT}:{port} translated from {SERVICE}");
+    ensure(
+        lines[1] == reply,
+        format!("second line is not `{reply}`:\n{out}"),
+    )?;
+
+    let o = ok(labctl().args(["show", "lb", &lab, CLIENT_POD]))?;
+    let shown = String::from_utf8_lossy(&o.stdout).into_owned();
+    for l in shown.lines() {
+        println!("show lb: {l}");
+    }
+    ensure(
+        shown
+            .lines()
+            .any(|l| l.starts_with(&format!("{SERVICE}/TCP -> ")) && l.contains(BACKEND)),
+        format!("show lb lists no {SERVICE}/TCP -> {BACKEND}:\n{shown}"),
+    )
+}
+
+/// Runs anywhere, without root: no lab, no panic, a message that says so.
+fn monitor_on_a_lab_that_is_not_up_says_so() -> Result<(), Failed> {
+    let lab = format!("mon-{}-none", std::process::id() % 100_000);
+    let o = run(labctl().args(["monitor", &lab, "--count", "1", "--timeout", "1"]));
+    let err = String::from_utf8_lossy(&o.stderr);
+    println!("{}", err.trim_end());
+    ensure(
+        o.status.code() == Some(3),
+        format!("want exit 3 (lab state): {}", text(&o)),
+    )?;
+    ensure(
+        err.contains(&format!("lab `{lab}` is not up")) && !err.contains("panicked"),
+        format!("unclear message: {}", text(&o)),
+    )?;
+    ensure(o.stdout.is_empty(), format!("printed events: {}", text(&o)))
+}
+
+/// Where the lab trial runs.
+enum Place {
+    Here,
+    Vm(String),
+    Nowhere(String),
+}
+
+fn place() -> Place {
+    use labctl::{features, vm};
+    if std::env::var_os("LABCTL_IN_VM").is_some() {
+        return Place::Here;
+    }
+    if let Ok(k) = std::env::var("LABCTL_KERNEL") {
+        return match vm::choose(Some(&k)) {
+            Ok(k) => Place::Vm(k.release),
+            Err(e) => Place::Nowhere(e.to_string()),
+        };
+    }
+    let lab = match labctl_topology::load(&topology(), &Default::default()) {
+        Ok(lab) => lab,
+        Err(e) => return Place::Nowhere(format!("{}: {e}", topology().display())),
+    };
+    let missing: Vec<String> = match features::probe(&features::required(&lab)) {
+        Ok(p) => p
+            .into_iter()
+            .filter(|p| !p.present)
+            .map(|p| p.feature.to_string())
+            .collect(),
+        Err(e) => return Place::Nowhere(format!("probe kernel features: {e}")),
+    };
+    if missing.is_empty() {
+        return Place::Here;
+    }
+    match vm::choose(None) {
+        Ok(k) => Place::Vm(k.release),
+        Err(e) => Place::Nowhere(format!(
+            "the host kernel lacks {} and {e}",
+            missing.join(", ")
+        )),
+    }
+}
+
+/// Run trial `name` of this binary inside a VM with `kernel`, and show
+/// what the monitor and `show lb` printed in there.
+fn in_vm(kernel: &str, name: &str) -> Result<(), Failed> {
+    let out = common::in_vm(kernel, name, "", true)?;
+    for l in out.lines().filter(|l| {
+        l.starts_with("monitor: ") || l.starts_with("show lb: ") || l.starts_with("PASS ")
+    }) {
+        println!("{l}");
+    }
+    Ok(())
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let place = if nix::unistd::geteuid().is_root() {
+        place()
+    } else {
+        Place::Here // the root gate reports the trial ignored
+    };
+    let here = format!("here {}", labctl::features::kernel_release());
+    let kind = match &place {
+        Place::Here => here.clone(),
+        Place::Vm(k) => format!("vm {k}"),
+        Place::Nowhere(_) => "nowhere".into(),
+    };
+    let trials = vec![
+        Trial::ignorable_test(LAB_TRIAL, move || {
+            common::gate(|| match place {
+                Place::Here => monitor_shows_each_t5_translation(),
+                Place::Vm(k) => in_vm(&k, LAB_TRIAL),
+                Place::Nowhere(why) => Err(why.into()),
+            })
+        })
+        .with_kind(kind),
+        Trial::test(
+            "monitor_on_a_lab_that_is_not_up_says_so",
+            monitor_on_a_lab_that_is_not_up_says_so,
+        )
+        .with_kind(here),
+    ];
+    libtest_mimic::run(&args, trials).exit();
+}
