@@ -11,7 +11,12 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, IpVlanMode, LinkMessage};
+use futures::TryStreamExt;
+use netlink_packet_route::address::AddressScope;
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, IpVlanMode, LinkAttribute, LinkMessage,
+};
+use netlink_packet_route::neighbour::NeighbourState;
 use rtnetlink::{
     Handle, LinkBridge, LinkDummy, LinkIpVlan, LinkMessageBuilder, LinkUnspec, LinkVeth,
     RouteMessageBuilder,
@@ -246,6 +251,51 @@ impl Kernel for Netlink {
                 self.handle(&step.netns)?
                     .link()
                     .set_port(msg)
+                    .execute()
+                    .await
+                    .map_err(|e| fail(step, e))
+            }
+            Action::ArpOff { ifindex, .. } => {
+                let msg = LinkUnspec::new_with_index(*ifindex).arp(false).build();
+                self.link_set(step, msg).await
+            }
+            Action::AddHostAddress {
+                ifindex, address, ..
+            } => {
+                let mut req =
+                    self.handle(&step.netns)?
+                        .address()
+                        .add(*ifindex, IpAddr::V4(*address), 32);
+                req.message_mut().header.scope = AddressScope::Host;
+                req.execute().await.map_err(|e| fail(step, e))
+            }
+            Action::SelfNeighbour {
+                ifindex, address, ..
+            } => {
+                let h = self.handle(&step.netns)?;
+                let link = h
+                    .link()
+                    .get()
+                    .match_index(*ifindex)
+                    .execute()
+                    .try_next()
+                    .await
+                    .map_err(|e| fail(step, e))?;
+                let mac = link
+                    .iter()
+                    .flat_map(|l| l.attributes.iter())
+                    .find_map(|a| match a {
+                        LinkAttribute::Address(mac) => Some(mac.clone()),
+                        _ => None,
+                    })
+                    .ok_or_else(|| {
+                        KernelError::new(step.to_string(), "the link has no MAC address")
+                    })?;
+                h.neighbours()
+                    .add(*ifindex, IpAddr::V4(*address))
+                    .link_layer_address(&mac)
+                    .state(NeighbourState::Permanent)
+                    .replace()
                     .execute()
                     .await
                     .map_err(|e| fail(step, e))

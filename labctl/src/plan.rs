@@ -37,7 +37,8 @@ pub enum Phase {
     /// veth pairs, plugged into the bridges created before.
     Links,
     /// Links stacked on those (ipvlan slaves of an ENI, whose veth is made
-    /// by the VPC's namespace in the phase before).
+    /// by the VPC's namespace in the phase before), and kube-proxy's
+    /// kube-ipvs0, which a node gets after its ENIs.
     Stacked,
     /// Addresses, and the far ends of veth pairs brought up.
     Addresses,
@@ -123,6 +124,26 @@ pub enum Action {
         from: String,
         ifname: String,
         ifindex: u32,
+    },
+    /// `ip addr add ADDR/32 dev IF scope host`: the node's own address on
+    /// its ipvlan slave (Terway's `ipvl_N`). Scope host, so the kernel never
+    /// picks it as the source towards a pod (it takes the node's address
+    /// from `eth0`), yet a frame for it reaches the node through the slave.
+    AddHostAddress {
+        ifname: String,
+        ifindex: u32,
+        address: Ipv4Addr,
+    },
+    /// `ip link set IF arp off`
+    ArpOff { ifname: String, ifindex: u32 },
+    /// `ip neigh replace ADDR dev IF lladdr <IF's own MAC> nud permanent`:
+    /// a pod on an ipvlan reaches its node's address with its own MAC,
+    /// which ipvlan switches to the node's slave by IP address (Terway's
+    /// pod-side neighbour entry; no ARP leaves the pod for it).
+    SelfNeighbour {
+        ifname: String,
+        ifindex: u32,
+        address: Ipv4Addr,
     },
     /// `ip addr add ADDR dev IF`
     AddAddress {
@@ -285,6 +306,19 @@ impl fmt::Display for Step {
             Action::AddAddress {
                 ifname, address, ..
             } => write!(f, "ip -n {ns} addr add {address} dev {ifname}"),
+            Action::AddHostAddress {
+                ifname, address, ..
+            } => write!(
+                f,
+                "ip -n {ns} addr add {address}/32 dev {ifname} scope host"
+            ),
+            Action::ArpOff { ifname, .. } => write!(f, "ip -n {ns} link set {ifname} arp off"),
+            Action::SelfNeighbour {
+                ifname, address, ..
+            } => write!(
+                f,
+                "ip -n {ns} neigh replace {address} dev {ifname} lladdr $(ip netns exec {ns} cat /sys/class/net/{ifname}/address) nud permanent"
+            ),
             Action::AddRoute {
                 destination,
                 via,
@@ -449,19 +483,6 @@ pub fn plan(lab: &Lab) -> Plan {
     }
 
     // Nodes: ENIs plugged into their vSwitch, the pod bridge, default route.
-    // ENIs that carry ipvlan pods: their address goes on the node's own
-    // ipvlan slave (ipvl_N) instead. ipvlan switches a frame between slaves
-    // by IP address, so the node's ARP for a pod is answered back to the
-    // slave only if the slave holds the address it asked from.
-    let ipvlan_enis: std::collections::HashSet<(String, String)> = lab
-        .pods
-        .iter()
-        .filter_map(|p| match &p.attachment {
-            Attachment::Ipvlan { parent, .. } => Some((p.node.clone(), parent.clone())),
-            _ => None,
-        })
-        .collect();
-    let mut eni_address: HashMap<(String, String), Ipv4Net> = HashMap::new();
     let mut node_bridge = HashMap::new();
     // (node, ENI name) -> its ifindex in the node.
     let mut eni_index: HashMap<(String, String), u32> = HashMap::new();
@@ -505,17 +526,14 @@ pub fn plan(lab: &Lab) -> Plan {
                     },
                 );
             }
-            let key = (node.name.clone(), eni.name.clone());
-            if ipvlan_enis.contains(&key) {
-                eni_address.insert(key, eni.address);
-            } else {
+            if let Some(address) = eni.address {
                 push(
                     Phase::Addresses,
                     &ns,
                     Action::AddAddress {
                         ifname: eni.name.clone(),
                         ifindex,
-                        address: eni.address,
+                        address,
                     },
                 );
             }
@@ -618,19 +636,28 @@ pub fn plan(lab: &Lab) -> Plan {
                                 netns: None,
                             },
                         );
-                        if let Some(address) =
-                            eni_address.get(&(pod.node.clone(), parent.name.clone()))
-                        {
-                            push(
-                                Phase::Addresses,
-                                &node_ns,
-                                Action::AddAddress {
-                                    ifname: host_slave.clone(),
-                                    ifindex: i,
-                                    address: *address,
-                                },
-                            );
-                        }
+                        // As Terway sets up ipvl_N: no ARP, the node's own
+                        // address (scope host). ipvlan switches frames
+                        // between its slaves by IP address: the pods reach
+                        // the node through this slave, the node reaches them
+                        // through it with its own MAC (no ARP).
+                        push(
+                            Phase::Addresses,
+                            &node_ns,
+                            Action::ArpOff {
+                                ifname: host_slave.clone(),
+                                ifindex: i,
+                            },
+                        );
+                        push(
+                            Phase::Addresses,
+                            &node_ns,
+                            Action::AddHostAddress {
+                                ifname: host_slave.clone(),
+                                ifindex: i,
+                                address: node_address(lab, &pod.node),
+                            },
+                        );
                         i
                     }
                 };
@@ -653,6 +680,15 @@ pub fn plan(lab: &Lab) -> Plan {
                         from: temporary,
                         ifname: pod.ifname.clone(),
                         ifindex: pod_index,
+                    },
+                );
+                push(
+                    Phase::Routes,
+                    &pod_ns,
+                    Action::SelfNeighbour {
+                        ifname: pod.ifname.clone(),
+                        ifindex: pod_index,
+                        address: node_address(lab, &pod.node),
                     },
                 );
                 // The node reaches the pod through its own slave of the ENI.
@@ -785,8 +821,13 @@ pub fn plan(lab: &Lab) -> Plan {
         for node in &lab.nodes {
             let ns = lab.netns(&node.name);
             let ifindex = idx.next(&ns);
+            // After the ENIs, as kube-proxy adds it to a running node: when
+            // the route's device has no fitting address (Terway's ipvl_N
+            // holds the node's with scope host), the kernel takes the first
+            // global address in device creation order as the source, which
+            // must be the node's eth0, not a service address.
             push(
-                Phase::Devices,
+                Phase::Stacked,
                 &ns,
                 Action::AddDummy {
                     name: labctl_topology::KUBE_IPVS.into(),
@@ -828,6 +869,18 @@ pub fn plan(lab: &Lab) -> Plan {
     }
 }
 
+/// A node's own address: that of its first interface (which always has
+/// one).
+fn node_address(lab: &Lab, node: &str) -> Ipv4Addr {
+    lab.nodes
+        .iter()
+        .find(|n| n.name == node)
+        .and_then(|n| n.interfaces.first())
+        .and_then(|i| i.address)
+        .expect("a resolved node's first interface has an address")
+        .addr()
+}
+
 /// The VPC's `bridge vswitch` table: ARP requests that come in on an ENI's
 /// port for an address on that same ENI (the ENI's own, its ipvlan pods')
 /// are kept from the router, so only the node answers them.
@@ -835,7 +888,7 @@ fn same_eni_rules(lab: &Lab) -> String {
     let mut rules = String::new();
     for node in &lab.nodes {
         for eni in &node.interfaces {
-            let mut addrs = vec![eni.address.addr().to_string()];
+            let mut addrs: Vec<String> = eni.address.iter().map(|a| a.addr().to_string()).collect();
             addrs.extend(
                 lab.pods
                     .iter()
@@ -843,6 +896,9 @@ fn same_eni_rules(lab: &Lab) -> String {
                     .filter(|p| matches!(&p.attachment, Attachment::Ipvlan { parent, .. } if *parent == eni.name))
                     .map(|p| p.address.addr().to_string()),
             );
+            if addrs.is_empty() {
+                continue;
+            }
             rules.push_str(&format!(
                 "\t\tiifname \"{}\" arp operation request arp daddr ip {{ {} }} drop\n",
                 eni.vpc_port,

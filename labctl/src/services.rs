@@ -142,7 +142,9 @@ pub fn effective(lab: &Lab, changes: &[ServiceChange]) -> Vec<Service> {
 
 /// The node's addresses node ports listen on: its ENIs'.
 fn node_addresses(node: &Node) -> impl Iterator<Item = Ipv4Addr> + '_ {
-    node.interfaces.iter().map(|i| i.address.addr())
+    node.interfaces
+        .iter()
+        .filter_map(|i| i.address.map(|a| a.addr()))
 }
 
 /// Real servers, weight 0 for all but `pin` when `pin` is among them.

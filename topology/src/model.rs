@@ -136,8 +136,10 @@ pub struct NodeInterface {
     /// Name inside the node (`eth0`).
     pub name: String,
     pub subnet: String,
-    /// Address with the subnet's prefix length.
-    pub address: Ipv4Net,
+    /// Address with the subnet's prefix length. Always present on a node's
+    /// first interface; `None` for a secondary ENI without one (Terway's
+    /// ENIs that only carry ipvlan pods).
+    pub address: Option<Ipv4Net>,
     pub mac: Option<[u8; 6]>,
     /// Name of the peer port in the VPC namespace (`<node>-<if>` when that
     /// fits in 15 characters, else `p` + 8 hex digits of a hash).

@@ -211,9 +211,12 @@ pub struct RawInterface {
     /// Name of the subnet (vSwitch).
     #[schemars(with = "String")]
     pub subnet: Spanned<String>,
-    /// Plain IPv4 address; the prefix length is the subnet's.
-    #[schemars(with = "Ipv4Text")]
-    pub address: Spanned<String>,
+    /// Plain IPv4 address; the prefix length is the subnet's. Required on a
+    /// node's first interface (the node's own address); a secondary ENI
+    /// that only carries ipvlan pods may have none, as on Terway.
+    #[serde(default)]
+    #[schemars(with = "Option<Ipv4Text>")]
+    pub address: Option<Spanned<String>>,
     #[serde(default)]
     #[schemars(with = "Option<MacText>")]
     pub mac: Option<Spanned<String>>,

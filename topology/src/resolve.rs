@@ -723,7 +723,30 @@ impl Resolver<'_> {
                     )),
                 );
             }
-            let address = self.ipv4(&raw_if.address, "address");
+            let address = match &raw_if.address {
+                Some(a) => match self.ipv4(a, "address") {
+                    Some(address) => Some((address, a)),
+                    None => {
+                        ok = false;
+                        None
+                    }
+                },
+                None if i == 0 => {
+                    self.err(
+                        &raw_if.name.referenced,
+                        format!("{name}'s first interface {ifname} has no address"),
+                        "no address",
+                        Some(
+                            "a node's first interface holds the node's own address: add `address:` \
+                             (only secondary ENIs that carry ipvlan pods go without)"
+                                .to_string(),
+                        ),
+                    );
+                    ok = false;
+                    continue;
+                }
+                None => None,
+            };
             let mac = raw_if.mac.as_ref().and_then(|m| {
                 let mac = self.mac(m)?;
                 self.claim_mac(mac, format!("{name} {ifname}"), &m.referenced);
@@ -732,39 +755,37 @@ impl Resolver<'_> {
             if raw_if.mac.is_some() && mac.is_none() {
                 ok = false;
             }
-            let (Some(subnet), Some(address)) = (subnet, address) else {
+            let Some(subnet) = subnet else {
                 ok = false;
                 continue;
             };
-            let inside = self.inside(
-                address,
-                subnet.cidr,
-                &raw_if.address.referenced,
-                || {
-                    format!(
-                        "address {address} is outside subnet {} ({})",
-                        subnet.name, subnet.cidr
-                    )
-                },
-                format!(
-                    "subnet {} is {}: use an address from {} to {}",
-                    subnet.name,
+            if let Some((address, raw_address)) = address {
+                let inside = self.inside(
+                    address,
                     subnet.cidr,
-                    first_host(subnet.cidr),
-                    last_host(subnet.cidr)
-                ),
-            );
-            if !inside {
-                ok = false;
-                continue;
+                    &raw_address.referenced,
+                    || {
+                        format!(
+                            "address {address} is outside subnet {} ({})",
+                            subnet.name, subnet.cidr
+                        )
+                    },
+                    format!(
+                        "subnet {} is {}: use an address from {} to {}",
+                        subnet.name,
+                        subnet.cidr,
+                        first_host(subnet.cidr),
+                        last_host(subnet.cidr)
+                    ),
+                );
+                if !inside {
+                    ok = false;
+                    continue;
+                }
+                self.claim_address(address, format!("{name} {ifname}"), &raw_address.referenced);
             }
-            self.claim_address(
-                address,
-                format!("{name} {ifname}"),
-                &raw_if.address.referenced,
-            );
             if i == 0 {
-                info.first_address = Some(address);
+                info.first_address = address.map(|(a, _)| a);
             }
             let short = format!("{name}-{ifname}");
             let vpc_port = if short.len() <= IFNAME_MAX {
@@ -788,7 +809,7 @@ impl Resolver<'_> {
             interfaces.push(NodeInterface {
                 name: ifname.clone(),
                 subnet: subnet.name.clone(),
-                address: with_prefix(address, subnet.cidr),
+                address: address.map(|(a, _)| with_prefix(a, subnet.cidr)),
                 mac,
                 vpc_port,
             });

@@ -97,7 +97,10 @@ fn flannel_resolves() {
     assert_eq!(gateways, ["172.23.96.1", "172.23.96.129", "172.23.96.65"]);
     let node180 = lab.node("node-180").unwrap();
     assert_eq!(node180.default_gateway.to_string(), "10.0.0.253");
-    assert_eq!(node180.interfaces[0].address.to_string(), "10.0.0.180/24");
+    assert_eq!(
+        node180.interfaces[0].address.unwrap().to_string(),
+        "10.0.0.180/24"
+    );
     assert_eq!(node180.interfaces[0].vpc_port, "node-180-eth0");
     for pod in &lab.pods {
         let Attachment::Bridge { host_ifname } = &pod.attachment else {
@@ -1061,7 +1064,7 @@ nodes:
   - name: node-15
     interfaces:
       - { name: eth0, subnet: vsw, address: 10.0.3.15 }
-      - { name: eth1, subnet: vsw, address: 10.0.3.16 }
+      - { name: eth1, subnet: vsw }
 pods:
   - { name: nginx, node: node-15, attachment: ipvlan, interface: eth1, address: 10.0.3.38 }
 services:
@@ -1081,6 +1084,8 @@ fn ipvlan_pod_takes_its_enis_subnet_and_gateway() {
     );
     assert_eq!(pod.address.to_string(), "10.0.3.38/24");
     assert_eq!(pod.routes[0].via.to_string(), "10.0.3.253");
+    // A secondary ENI that carries ipvlan pods needs no address (Terway's).
+    assert_eq!(lab.nodes[0].interfaces[1].address, None);
     assert_eq!(lab.services[0].ports[0].target_port, 80);
     assert!(
         lab.interfaces_of("node-15")
@@ -1289,5 +1294,29 @@ fn conntrack_expectations_are_tuples() {
             .as_ref()
             .unwrap()
             .contains("172.23.96.23 -> 192.168.13.23:80")
+    );
+}
+
+#[test]
+fn a_nodes_first_interface_needs_an_address() {
+    let source = IPVLAN.replace(
+        "{ name: eth0, subnet: vsw, address: 10.0.3.15 }",
+        "{ name: eth0, subnet: vsw }",
+    );
+    let e = load_str("t.yaml", &source, &vars()).expect_err("no node address");
+    let problems = e.problems();
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    let text = e.to_string();
+    assert!(
+        text.contains("t.yaml:8:")
+            && text.contains("node-15's first interface eth0 has no address"),
+        "{text}"
+    );
+    assert!(
+        problems[0]
+            .help
+            .as_deref()
+            .is_some_and(|h| h.contains("add `address:`")),
+        "{problems:#?}"
     );
 }
