@@ -632,7 +632,11 @@ fn check(
             .filter(|i| !hop_sees(seen, hop, in_vpc, i, s.address))
             .map(String::as_str)
             .collect();
-        let only = if s.only { " only" } else { "" };
+        let label = match (s.only, s.interfaces.is_empty()) {
+            (true, true) => format!("{} seen on no interface", s.address),
+            (true, false) => format!("{} seen only on {}", s.address, s.interfaces.join(", ")),
+            (false, _) => format!("{} seen on {}", s.address, s.interfaces.join(", ")),
+        };
         let mut detail = Vec::new();
         if !missing.is_empty() {
             detail.push(format!("not seen on {}", missing.join(", ")));
@@ -650,11 +654,7 @@ fn check(
                 detail.push(format!("also seen on {}", extra.join(", ")));
             }
         }
-        push(
-            format!("{} seen{only} on {}", s.address, s.interfaces.join(", ")),
-            detail.is_empty(),
-            Some(detail.join("; ")),
-        );
+        push(label, detail.is_empty(), Some(detail.join("; ")));
     }
     for s in &sc.expect.not_seen_on {
         let hits: Vec<&str> = s

@@ -637,7 +637,9 @@ pub struct RawSighting {
     /// `ENTITY/IFNAME`, `POD/host` or `vpc` (any VPC interface).
     #[schemars(with = "Vec<String>")]
     pub interfaces: Vec<Spanned<String>>,
-    /// In `seen_on`: no other interface may see the address.
+    /// In `seen_on`: no other interface may see the address (with no
+    /// `interfaces`: no interface at all may, as for a service address that
+    /// eBPF translates before any tap).
     #[serde(default)]
     pub only: bool,
 }
