@@ -391,27 +391,33 @@ fn derive_path(
     // Every sighting of the request, in the order the kernel made them. A
     // hop counts once, at its first sighting; the VPC may come back (a node
     // forwarding to another node through it), but only on the way to a hop
-    // not seen yet, so retransmissions add nothing.
-    let mut sightings: Vec<((Duration, u8), String)> = seen
+    // not seen yet, or to one seen only the other way (an ENI the request
+    // left by and comes back in by, through the SLB: a hairpin), so
+    // retransmissions add nothing.
+    let mut sightings: Vec<((Duration, u8), String, Direction)> = seen
         .iter()
         .filter(|(_, f)| is_request(f, sc))
         .map(|(p, _)| {
             let full = hop(p);
             let key = when(p, &full, masters);
-            (key, if in_vpc(p) { "vpc".to_string() } else { full })
+            let h = if in_vpc(p) { "vpc".to_string() } else { full };
+            (key, h, p.direction)
         })
         .collect();
-    sightings.sort_by_key(|(key, _)| *key);
+    sightings.sort_by_key(|(key, ..)| *key);
     let mut first: Vec<((Duration, u8), String)> = Vec::new();
+    let mut visits: Vec<(String, Direction)> = Vec::new();
     let mut pending_vpc = None;
-    for (key, h) in sightings {
+    for (key, h, direction) in sightings {
         if h == "vpc" {
             if first.last().is_none_or(|(_, last)| last != "vpc") {
                 pending_vpc.get_or_insert(key);
             }
             continue;
         }
-        if first.iter().any(|(_, x)| *x == h) {
+        let hairpin = pending_vpc.is_some() && !visits.contains(&(h.clone(), direction));
+        visits.push((h.clone(), direction));
+        if first.iter().any(|(_, x)| *x == h) && !hairpin {
             pending_vpc = None;
             continue;
         }
