@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ensure, ok, run, text};
+use common::{Place, ensure, ok, run, text};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 mod common;
@@ -209,44 +209,10 @@ fn monitor_on_a_lab_that_is_not_up_says_so() -> Result<(), Failed> {
 }
 
 /// Where the lab trial runs.
-enum Place {
-    Here,
-    Vm(String),
-    Nowhere(String),
-}
-
 fn place() -> Place {
-    use labctl::{features, vm};
-    if std::env::var_os("LABCTL_IN_VM").is_some() {
-        return Place::Here;
-    }
-    if let Ok(k) = std::env::var("LABCTL_KERNEL") {
-        return match vm::choose(Some(&k)) {
-            Ok(k) => Place::Vm(k.release),
-            Err(e) => Place::Nowhere(e.to_string()),
-        };
-    }
-    let lab = match labctl_topology::load(&topology(), &Default::default()) {
-        Ok(lab) => lab,
-        Err(e) => return Place::Nowhere(format!("{}: {e}", topology().display())),
-    };
-    let missing: Vec<String> = match features::probe(&features::required(&lab)) {
-        Ok(p) => p
-            .into_iter()
-            .filter(|p| !p.present)
-            .map(|p| p.feature.to_string())
-            .collect(),
-        Err(e) => return Place::Nowhere(format!("probe kernel features: {e}")),
-    };
-    if missing.is_empty() {
-        return Place::Here;
-    }
-    match vm::choose(None) {
-        Ok(k) => Place::Vm(k.release),
-        Err(e) => Place::Nowhere(format!(
-            "the host kernel lacks {} and {e}",
-            missing.join(", ")
-        )),
+    match labctl_topology::load(&topology(), &Default::default()) {
+        Ok(lab) => common::place_for(&lab),
+        Err(e) => Place::Nowhere(format!("{}: {e}", topology().display())),
     }
 }
 
@@ -264,17 +230,9 @@ fn in_vm(kernel: &str, name: &str) -> Result<(), Failed> {
 
 fn main() {
     let args = Arguments::from_args();
-    let place = if nix::unistd::geteuid().is_root() {
-        place()
-    } else {
-        Place::Here // the root gate reports the trial ignored
-    };
-    let here = format!("here {}", labctl::features::kernel_release());
-    let kind = match &place {
-        Place::Here => here.clone(),
-        Place::Vm(k) => format!("vm {k}"),
-        Place::Nowhere(_) => "nowhere".into(),
-    };
+    let place = place();
+    let kind = place.kind();
+    let here = Place::Here.kind();
     let trials = vec![
         Trial::ignorable_test(LAB_TRIAL, move || {
             common::gate(|| match place {

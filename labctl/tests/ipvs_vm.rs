@@ -165,13 +165,9 @@ fn open_resolves_ipvs_or_says_which_module_is_missing() {
 
 mod common;
 
-/// Where the kernel trials run.
-enum Place {
-    Here,
-    Vm(String),
-    Nowhere(String),
-}
+use common::Place;
 
+/// Where the kernel trials run: here if this kernel has IPVS.
 fn place() -> Place {
     if std::env::var_os("LABCTL_IN_VM").is_some() || Ipvs::open().is_ok() {
         return Place::Here;
@@ -195,11 +191,7 @@ fn main() {
     } else {
         Place::Here // the root gate reports the trials ignored
     };
-    let kind = match &place {
-        Place::Here => format!("here {}", labctl::features::kernel_release()),
-        Place::Vm(k) => format!("vm {k}"),
-        Place::Nowhere(_) => "nowhere".into(),
-    };
+    let kind = place.kind();
     let kernel_trials: [(&str, fn()); 2] = [
         (
             "services_and_dests_round_trip_through_the_kernel",
@@ -218,22 +210,18 @@ fn main() {
         },
     )];
     for (name, f) in kernel_trials {
-        let how: Result<Option<String>, String> = match &place {
-            Place::Here => Ok(None),
-            Place::Vm(k) => Ok(Some(k.clone())),
-            Place::Nowhere(why) => Err(why.clone()),
-        };
+        let place = place.clone();
         trials.push(
             Trial::ignorable_test(name, move || {
-                common::gate(|| match how {
-                    Ok(None) => {
+                common::gate(|| match place {
+                    Place::Here => {
                         // Fresh namespaces per trial: on a thread of its own.
                         std::thread::spawn(f)
                             .join()
                             .map_err(|_| "the trial panicked".into())
                     }
-                    Ok(Some(k)) => in_vm(&k, name),
-                    Err(why) => Err(why.into()),
+                    Place::Vm(k) => in_vm(&k, name),
+                    Place::Nowhere(why) => Err(why.into()),
                 })
             })
             .with_kind(kind.clone()),

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use common::gate;
+use common::{Place, gate, place_for};
 use labctl::scenario::{self, RunOptions};
 use labctl::state;
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -94,47 +94,6 @@ fn load_with(file: &Path, vars: &[&str]) -> labctl::Lab {
 
 /// The host-only trials use the Flannel lab without services (IPVS).
 const NO_SERVICES: &[&str] = &["services=off"];
-
-/// Where a topology's scenarios run.
-#[derive(Clone)]
-enum Place {
-    Host,
-    Vm(String),
-    /// Cannot run here; the reason.
-    Nowhere(String),
-}
-
-fn place_for(lab: &labctl::Lab) -> Place {
-    use labctl::{features, vm};
-    if let Ok(k) = std::env::var("LABCTL_KERNEL") {
-        return match vm::choose(Some(&k)) {
-            Ok(k) => Place::Vm(k.release),
-            Err(e) => Place::Nowhere(e.to_string()),
-        };
-    }
-    if !nix::unistd::geteuid().is_root() {
-        return Place::Host; // the root gate reports the trial ignored
-    }
-    let need = features::required(lab);
-    let missing: Vec<String> = match features::probe(&need) {
-        Ok(p) => p
-            .into_iter()
-            .filter(|p| !p.present)
-            .map(|p| p.feature.to_string())
-            .collect(),
-        Err(e) => return Place::Nowhere(format!("probe kernel features: {e}")),
-    };
-    if missing.is_empty() {
-        return Place::Host;
-    }
-    match vm::choose(None) {
-        Ok(k) => Place::Vm(k.release),
-        Err(_) => Place::Nowhere(format!(
-            "host kernel lacks {} and no VM kernel is installed (`labctl kernel install debian`)",
-            missing.join(", ")
-        )),
-    }
-}
 
 /// The reports of every scenario of one file, run in one VM: `labctl run
 /// --kernel` boots it, runs them all inside on one lab (each scenario
@@ -324,7 +283,7 @@ fn main() {
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .collect();
     files.sort();
-    let host = format!("host {}", labctl::features::kernel_release());
+    let host = Place::Here.kind();
     for file in files {
         let lab = load(&file);
         if lab.scenarios.is_empty() {
@@ -334,14 +293,10 @@ fn main() {
         let place = place_for(&lab);
         for sc in &lab.scenarios {
             let (file, name, place) = (file.clone(), sc.name.clone(), place.clone());
-            let kind = match &place {
-                Place::Host => host.clone(),
-                Place::Vm(k) => format!("vm {k}"),
-                Place::Nowhere(_) => "nowhere".to_string(),
-            };
+            let kind = place.kind();
             trials.push(
                 Trial::ignorable_test(format!("{stem}::{name}"), move || match place {
-                    Place::Host => gate(|| run_scenario(&file, &name)),
+                    Place::Here => gate(|| run_scenario(&file, &name)),
                     Place::Vm(k) => gate(|| run_scenario_in_vm(&file, &name, &k)),
                     Place::Nowhere(why) => gate(|| Err(why.into())),
                 })

@@ -137,3 +137,64 @@ pub fn in_vm(kernel: &str, name: &str, prelude: &str, with_labctl: bool) -> Resu
         .into()),
     }
 }
+
+/// Where a trial that needs a lab's kernel features runs.
+#[derive(Clone)]
+pub enum Place {
+    /// On the kernel this process runs on.
+    Here,
+    /// In a VM with this installed kernel release.
+    Vm(String),
+    /// Cannot run here; the reason.
+    Nowhere(String),
+}
+
+impl Place {
+    /// The trial kind libtest-mimic prints: where it ran.
+    pub fn kind(&self) -> String {
+        match self {
+            Place::Here => format!("here {}", labctl::features::kernel_release()),
+            Place::Vm(k) => format!("vm {k}"),
+            Place::Nowhere(_) => "nowhere".into(),
+        }
+    }
+}
+
+/// Where trials needing `lab`'s kernel features run: inside our own VM
+/// (`LABCTL_IN_VM`) here; with `LABCTL_KERNEL` in a VM with that kernel;
+/// without root here (the root gate reports them ignored); else here if
+/// the host kernel has every feature, in a VM if one is installed, or
+/// nowhere with the reason.
+pub fn place_for(lab: &labctl::Lab) -> Place {
+    use labctl::{features, vm};
+    if std::env::var_os("LABCTL_IN_VM").is_some() {
+        return Place::Here;
+    }
+    if let Ok(k) = std::env::var("LABCTL_KERNEL") {
+        return match vm::choose(Some(&k)) {
+            Ok(k) => Place::Vm(k.release),
+            Err(e) => Place::Nowhere(e.to_string()),
+        };
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return Place::Here;
+    }
+    let missing: Vec<String> = match features::probe(&features::required(lab)) {
+        Ok(p) => p
+            .into_iter()
+            .filter(|p| !p.present)
+            .map(|p| p.feature.to_string())
+            .collect(),
+        Err(e) => return Place::Nowhere(format!("probe kernel features: {e}")),
+    };
+    if missing.is_empty() {
+        return Place::Here;
+    }
+    match vm::choose(None) {
+        Ok(k) => Place::Vm(k.release),
+        Err(e) => Place::Nowhere(format!(
+            "the host kernel lacks {} and {e}",
+            missing.join(", ")
+        )),
+    }
+}
