@@ -163,10 +163,12 @@ pub fn create_netns(name: &str) -> io::Result<NewNetns> {
 /// child it spawns starts there. Opening or entering the namespace fails
 /// with an `io::Error`; `f`'s own result comes back as it is.
 pub fn in_netns<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> io::Result<T> {
-    let ns = open_netns(name)?;
+    let ns = open_netns(name)
+        .map_err(|e| io::Error::new(e.kind(), format!("open netns {name}: {e}")))?;
     std::thread::scope(|s| {
         s.spawn(|| {
-            let _back = NetnsGuard::enter(&ns)?;
+            let _back = NetnsGuard::enter(&ns)
+                .map_err(|e| io::Error::new(e.kind(), format!("enter netns {name}: {e}")))?;
             Ok(f())
         })
         .join()
@@ -176,11 +178,11 @@ pub fn in_netns<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> io::Result
 
 /// Open a NETLINK_ROUTE socket inside an existing named namespace.
 pub fn netlink_socket_in(name: &str) -> io::Result<netlink_sys::Socket> {
-    let ns = open_netns(name)?;
-    let _back = NetnsGuard::enter(&ns)?;
-    let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
-    socket.bind_auto()?;
-    Ok(socket)
+    in_netns(name, || {
+        let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
+        socket.bind_auto()?;
+        Ok(socket)
+    })?
 }
 
 /// Remove a named namespace like `ip netns delete NAME`. A missing name is

@@ -25,7 +25,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use serde::{Deserialize, Serialize, Serializer};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use crate::sys::{self, NetnsGuard};
+use crate::sys;
 
 /// Transport of a server port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -168,7 +168,7 @@ impl Ctx {
 
 /// Bind every port on a thread inside `netns`.
 fn bind_in(netns: &str, ports: &[(u16, Proto)]) -> io::Result<Vec<Bound>> {
-    in_netns(netns, || {
+    sys::in_netns(netns, || {
         ports
             .iter()
             .map(|&(port, proto)| {
@@ -183,21 +183,6 @@ fn bind_in(netns: &str, ports: &[(u16, Proto)]) -> io::Result<Vec<Bound>> {
             .collect::<io::Result<Vec<_>>>()
             .map_err(|e| io::Error::new(e.kind(), format!("bind in netns {netns}: {e}")))
     })?
-}
-
-/// Run `f` on a fresh thread moved into `netns`.
-fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> io::Result<T> {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let ns = sys::open_netns(netns)
-                .map_err(|e| io::Error::new(e.kind(), format!("open netns {netns}: {e}")))?;
-            let _inside = NetnsGuard::enter(&ns)
-                .map_err(|e| io::Error::new(e.kind(), format!("enter netns {netns}: {e}")))?;
-            Ok(f())
-        })
-        .join()
-        .unwrap_or_else(|_| Err(io::Error::other("thread inside netns panicked")))
-    })
 }
 
 /// Wait until `fd` is readable or [`TICK`] passes.
@@ -433,7 +418,7 @@ pub enum Failure {
 /// Run one probe from inside `netns`, like `ip netns exec NETNS ping|curl|nc`.
 /// Never blocks longer than about `attempts * timeout`.
 pub fn run_client(netns: &str, req: &Request) -> Outcome {
-    match in_netns(netns, || attempts(req)) {
+    match sys::in_netns(netns, || attempts(req)) {
         Ok(outcome) => outcome,
         Err(e) => Outcome {
             attempts: 0,
