@@ -4,7 +4,7 @@
 //! - `lb_egress` (tc egress): an IPv4 TCP/UDP packet whose destination is a
 //!   service (`LB_SERVICES`) gets a backend (the flow's remembered one, else
 //!   the pinned slot, else `flow_hash % count`), its destination address and
-//!   port rewritten, both flow maps updated and an event sent.
+//!   port rewritten, the flow remembered in both flow maps and an event sent.
 //! - `lb_ingress` (tc ingress): a packet from a backend to a client that
 //!   `LB_FLOWS` remembers gets its source rewritten back to the service.
 //!
@@ -266,9 +266,15 @@ fn try_egress(ctx: &mut TcContext) -> Result<i32, i64> {
         proto: t.proto,
         pad: [0; 3],
     };
-    // Refreshed on every packet, so the reverse entry lives as long as the
-    // forward one in the LRU.
-    LB_FLOWS.insert(flow, service_ep, 0)?;
+    // Written only when missing or pointing at another service (a new flow,
+    // an entry the LRU evicted, a client port reused for another service on
+    // the same backend): an update on every packet would allocate a new LRU
+    // element on the hot path. A lookup already refreshes an LRU entry, and
+    // lb_ingress looks this one up on every reply.
+    // SAFETY: copied out at once, as above.
+    if (unsafe { LB_FLOWS.get(flow) }).copied() != Some(service_ep) {
+        LB_FLOWS.insert(flow, service_ep, 0)?;
+    }
     rewrite(
         ctx,
         &t,
