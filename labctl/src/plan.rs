@@ -872,13 +872,9 @@ pub fn plan(lab: &Lab) -> Plan {
 /// A node's own address: that of its first interface (which always has
 /// one).
 fn node_address(lab: &Lab, node: &str) -> Ipv4Addr {
-    lab.nodes
-        .iter()
-        .find(|n| n.name == node)
-        .and_then(|n| n.interfaces.first())
-        .and_then(|i| i.address)
+    lab.node(node)
+        .and_then(|n| crate::services::node_addresses(n).next())
         .expect("a resolved node's first interface has an address")
-        .addr()
 }
 
 /// The VPC's `bridge vswitch` table: ARP requests that come in on an ENI's

@@ -116,7 +116,7 @@ impl ServiceProxy for KubeProxyIpvs {
                 phase: Phase::Services,
                 netns,
                 action: Action::Nftables {
-                    ruleset: node_ruleset(lab, services, node),
+                    ruleset: node_ruleset(lab, services),
                 },
             },
         ]
@@ -140,8 +140,9 @@ pub fn effective(lab: &Lab, changes: &[ServiceChange]) -> Vec<Service> {
         .collect()
 }
 
-/// The node's addresses node ports listen on: its ENIs'.
-fn node_addresses(node: &Node) -> impl Iterator<Item = Ipv4Addr> + '_ {
+/// The node's addresses node ports listen on: its ENIs' (the first is the
+/// node's own).
+pub(crate) fn node_addresses(node: &Node) -> impl Iterator<Item = Ipv4Addr> + '_ {
     node.interfaces
         .iter()
         .filter_map(|i| i.address.map(|a| a.addr()))
@@ -221,9 +222,9 @@ fn l4(p: Protocol) -> &'static str {
     }
 }
 
-/// kube-proxy's masquerade rules on one node, as an `nft -f` script that
-/// replaces the `ip kube-proxy` table.
-pub fn node_ruleset(lab: &Lab, services: &[Service], _node: &Node) -> String {
+/// kube-proxy's masquerade rules, the same on every node, as an `nft -f`
+/// script that replaces the `ip kube-proxy` table.
+pub fn node_ruleset(lab: &Lab, services: &[Service]) -> String {
     let pod_cidrs: BTreeSet<String> = lab
         .nodes
         .iter()
@@ -694,7 +695,7 @@ mod tests {
     fn masquerade_follows_kube_proxy() {
         let lab = flannel();
         let services = effective(&lab, &[]);
-        let rules = node_ruleset(&lab, &services, lab.node("node-180").unwrap());
+        let rules = node_ruleset(&lab, &services);
         // Cluster policy: external IP, load balancer IP and node port marked.
         assert!(rules.contains("ip daddr 8.219.164.24 tcp dport 80 jump mark-for-masquerade"));
         assert!(rules.contains("fib daddr type local tcp dport 30875 jump mark-for-masquerade"));
