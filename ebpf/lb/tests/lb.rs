@@ -552,6 +552,10 @@ fn sh(args: &[&str]) -> Result<String, String> {
 /// The programs are attached to veth0 and the `Lb` dropped before the
 /// connection, so the filters must survive their loader.
 fn end_to_end(fx: &Fixture) -> TestResult {
+    // Programmed before the client thread exists, so its connection cannot
+    // race the service.
+    let mut maps = fx.maps()?;
+    maps.set_service(web(), &[sa(Ipv4Addr::new(10, 99, 0, 2), 8080)])?;
     let (tid_tx, tid_rx) = mpsc::channel();
     let (ready_tx, ready_rx) = mpsc::channel::<()>();
     let (go_tx, go_rx) = mpsc::channel::<()>();
@@ -618,8 +622,6 @@ fn end_to_end(fx: &Fixture) -> TestResult {
         Ok((filters, format!("{reply} (socket peer {peer})")))
     });
 
-    let mut maps = fx.maps()?;
-    maps.set_service(web(), &[sa(Ipv4Addr::new(10, 99, 0, 2), 8080)])?;
     let client = client.join().map_err(|_| "client thread panicked")?;
     if client.is_err() {
         // Unblock the server if the client failed before connecting.
