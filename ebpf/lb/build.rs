@@ -35,10 +35,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(reason) = reason {
         println!("cargo:warning=eBPF programs not built ({reason}); run ebpf/setup.sh");
         println!("cargo:rustc-env={SKIP_REASON}={reason}");
-        // Keep an object built earlier; otherwise leave an empty placeholder.
-        if !out.exists() {
-            fs::write(&out, [])?;
-        }
+        // Always the empty placeholder: an object left in OUT_DIR by an
+        // earlier build may be stale and must not be embedded.
+        fs::write(&out, [])?;
         return Ok(());
     }
     println!("cargo:rustc-env={SKIP_REASON}=");
