@@ -35,16 +35,20 @@ pub enum Feature {
     Dummy,
     /// IPVS, the kernel's layer-4 load balancer (CONFIG_IP_VS).
     Ipvs,
+    /// Bridged traffic through netfilter (CONFIG_BRIDGE_NETFILTER), which
+    /// kube-proxy's IPVS mode needs for same-node replies across cni0.
+    BrNetfilter,
 }
 
 impl Feature {
-    pub const ALL: [Feature; 6] = [
+    pub const ALL: [Feature; 7] = [
         Feature::Veth,
         Feature::Bridge,
         Feature::Vxlan,
         Feature::Ipvlan,
         Feature::Dummy,
         Feature::Ipvs,
+        Feature::BrNetfilter,
     ];
 
     /// The kernel config option and module that provide it.
@@ -56,6 +60,7 @@ impl Feature {
             Feature::Ipvlan => ("CONFIG_IPVLAN", "ipvlan"),
             Feature::Dummy => ("CONFIG_DUMMY", "dummy"),
             Feature::Ipvs => ("CONFIG_IP_VS", "ip_vs"),
+            Feature::BrNetfilter => ("CONFIG_BRIDGE_NETFILTER", "br_netfilter"),
         }
     }
 }
@@ -69,6 +74,7 @@ impl fmt::Display for Feature {
             Feature::Ipvlan => "ipvlan",
             Feature::Dummy => "dummy",
             Feature::Ipvs => "ipvs",
+            Feature::BrNetfilter => "br_netfilter",
         })
     }
 }
@@ -84,6 +90,7 @@ pub fn required(lab: &Lab) -> BTreeSet<Feature> {
     if !lab.services.is_empty() {
         need.insert(Feature::Dummy);
         need.insert(Feature::Ipvs);
+        need.insert(Feature::BrNetfilter);
     }
     need
 }
@@ -122,6 +129,9 @@ fn probe_on_this_thread(list: &[Feature]) -> io::Result<Vec<Probe>> {
         (socket, ipvs)
     };
     let (socket, ipvs) = socket;
+    // Its sysctls exist once it is in the kernel (built in or loaded).
+    let nf = std::path::Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables");
+    let br_netfilter = nf.exists() || (try_modprobe("br_netfilter") && nf.exists());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()?;
@@ -151,7 +161,7 @@ fn probe_on_this_thread(list: &[Feature]) -> io::Result<Vec<Probe>> {
                         .await;
                     Some(LinkIpVlan::new(&name, 100, IpVlanMode::L2).build())
                 }
-                Feature::Ipvs => None,
+                Feature::Ipvs | Feature::BrNetfilter => None,
             };
             let result = match msg {
                 Some(msg) => handle.link().add(msg).execute().await.map_err(|e| match e {
@@ -161,8 +171,12 @@ fn probe_on_this_thread(list: &[Feature]) -> io::Result<Vec<Probe>> {
                         .unwrap_or_else(|| "refused".into()),
                     other => other.to_string(),
                 }),
-                None if ipvs => Ok(()),
-                None => Err("no /proc/net/ip_vs after modprobe ip_vs".into()),
+                None if *f == Feature::Ipvs && ipvs => Ok(()),
+                None if *f == Feature::Ipvs => {
+                    Err("no /proc/net/ip_vs after modprobe ip_vs".into())
+                }
+                None if br_netfilter => Ok(()),
+                None => Err("no net.bridge sysctls after modprobe br_netfilter".into()),
             };
             out.push(Probe {
                 feature: *f,
