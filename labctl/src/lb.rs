@@ -19,7 +19,7 @@ use std::net::SocketAddrV4;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use labctl_lb::{DEFAULT_BPFFS, Lb, LbEvent, LbMaps, Proto, ServiceEntry};
+use labctl_lb::{DEFAULT_BPFFS, FlowEntry, Lb, LbEvent, LbMaps, Proto, ServiceEntry};
 use labctl_topology::{Lab, Protocol, ServiceChange};
 use nix::fcntl::{Flock, FlockArg};
 
@@ -283,12 +283,16 @@ pub fn program(lab: &Lab, o: &LbOverrides) -> Result<(), LbError> {
     maps.flush_flows().map_err(lb_err("flush remembered flows"))
 }
 
-/// The programmed services with their backends, sorted; what `labctl show
-/// lb` prints (like `cilium bpf lb list`).
-pub fn services(lab_name: &str) -> Result<Vec<ServiceEntry>, LbError> {
-    open(lab_name)?
+/// The programmed services with their backends and the remembered
+/// translations, both sorted, read through one opening of the maps; what
+/// `labctl show lb` prints (like `cilium bpf lb list`).
+pub fn services_and_flows(lab_name: &str) -> Result<(Vec<ServiceEntry>, Vec<FlowEntry>), LbError> {
+    let maps = open(lab_name)?;
+    let services = maps
         .services()
-        .map_err(lb_err("list the programmed services"))
+        .map_err(lb_err("list the programmed services"))?;
+    let flows = maps.flows().map_err(lb_err("list remembered flows"))?;
+    Ok((services, flows))
 }
 
 /// The remembered translations, sorted, one per line:

@@ -31,19 +31,26 @@ pub struct ServiceEntry {
     pub pinned: Option<u32>,
 }
 
+impl ServiceEntry {
+    /// The backend all new flows go to, if pinned.
+    pub fn pinned_backend(&self) -> Option<SocketAddrV4> {
+        self.backends.get(self.pinned? as usize).copied()
+    }
+}
+
 impl fmt::Display for ServiceEntry {
-    /// `192.168.27.242:80/TCP -> 10.0.3.38:80 (pinned), 10.0.3.39:80`
+    /// `192.168.27.242:80/TCP -> 10.0.3.38:80, 10.0.3.39:80 (pinned: 10.0.3.38:80)`
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ->", self.service)?;
+        write!(f, "{} -> ", self.service)?;
         if self.backends.is_empty() {
-            f.write_str(" (no backends: packets are dropped)")?;
+            f.write_str("(no backends: packets are dropped)")?;
         }
         for (i, backend) in self.backends.iter().enumerate() {
-            let sep = if i == 0 { " " } else { ", " };
+            let sep = if i == 0 { "" } else { ", " };
             write!(f, "{sep}{backend}")?;
-            if self.pinned == Some(i as u32) {
-                f.write_str(" (pinned)")?;
-            }
+        }
+        if let Some(pinned) = self.pinned_backend() {
+            write!(f, " (pinned: {pinned})")?;
         }
         Ok(())
     }
@@ -504,7 +511,7 @@ mod tests {
         };
         assert_eq!(
             e.to_string(),
-            "192.168.27.242:80/TCP -> 10.0.3.38:80 (pinned), 10.0.3.39:80"
+            "192.168.27.242:80/TCP -> 10.0.3.38:80, 10.0.3.39:80 (pinned: 10.0.3.38:80)"
         );
     }
 }

@@ -300,13 +300,7 @@ fn show_lb(args: LbArgs) -> Result {
         check_pod(&record, pod)?;
     }
     let lb_failure = |e: labctl::lb::LbError| Failure::new(lb_exit(&e), e);
-    let services = labctl::lb::services(&args.lab).map_err(lb_failure)?;
-    let flows = labctl::lb::flows(&args.lab).map_err(lb_failure)?;
-    let pinned = |e: &labctl_lb::ServiceEntry| {
-        e.pinned
-            .and_then(|i| e.backends.get(i as usize))
-            .map(ToString::to_string)
-    };
+    let (services, flows) = labctl::lb::services_and_flows(&args.lab).map_err(lb_failure)?;
     if args.output == Format::Json {
         let view = LbView {
             services: services
@@ -317,27 +311,17 @@ fn show_lb(args: LbArgs) -> Result {
                     port: e.service.port,
                     protocol: e.service.proto.to_string(),
                     backends: e.backends.iter().map(ToString::to_string).collect(),
-                    pinned: pinned(e),
+                    pinned: e.pinned_backend().map(|p| p.to_string()),
                 })
                 .collect(),
-            flows,
+            flows: flows.iter().map(ToString::to_string).collect(),
         };
         let json = serde_json::to_string_pretty(&view).expect("load-balancer maps are JSON");
         println!("{json}");
         return Ok(());
     }
-    for e in &services {
-        let backends: Vec<String> = e.backends.iter().map(ToString::to_string).collect();
-        let mut line = format!("{} -> ", e.service);
-        if backends.is_empty() {
-            line.push_str("(no backends: packets are dropped)");
-        } else {
-            line.push_str(&backends.join(", "));
-        }
-        if let Some(p) = pinned(e) {
-            line.push_str(&format!(" (pinned: {p})"));
-        }
-        println!("{line}");
+    for entry in &services {
+        println!("{entry}");
     }
     if !flows.is_empty() {
         println!();
