@@ -275,10 +275,8 @@ pub fn program(lab: &Lab, o: &LbOverrides) -> Result<(), LbError> {
         }
     }
     for (frontend, backends, pinned) in &wanted {
-        maps.set_service(*frontend, backends)
+        maps.set_service(*frontend, backends, *pinned)
             .map_err(lb_err(format!("program service {frontend}")))?;
-        maps.pin_backend(*frontend, *pinned)
-            .map_err(lb_err(format!("pin the backend of {frontend}")))?;
     }
     maps.flush_flows().map_err(lb_err("flush remembered flows"))
 }

@@ -200,6 +200,20 @@ fn map_err(map: &'static str, action: &'static str) -> impl FnOnce(MapError) -> 
     }
 }
 
+/// The `pinned` value of a service with `count` backends pinned to slot
+/// `index` (`None`: not pinned); a slot past the end is an error.
+fn pin_slot(service: Service, index: Option<u32>, count: u32) -> Result<u32> {
+    match index {
+        Some(i) if i >= count => Err(Error::NoBackend {
+            service: service.to_string(),
+            index: i,
+            count,
+        }),
+        Some(i) => Ok(i),
+        None => Ok(NO_PIN),
+    }
+}
+
 impl LbMaps {
     /// Opens the maps pinned in `pin_dir` by [`crate::Lb::load_pinned`].
     pub fn open(pin_dir: &Path) -> Result<Self> {
@@ -218,11 +232,17 @@ impl LbMaps {
         &self.pin_dir
     }
 
-    /// Creates or replaces `service` with `backends` (in slot order), keeping
-    /// a pinned slot that still exists. Flows already remembered keep their
-    /// backend. Slots are written before the count that exposes them, so the
-    /// programs never see a count without its slots.
-    pub fn set_service(&mut self, service: Service, backends: &[SocketAddrV4]) -> Result<()> {
+    /// Creates or replaces `service` with `backends` (in slot order), every
+    /// new flow going to slot `pinned` (`None`: chosen by hash). Flows
+    /// already remembered keep their backend. Slots are written before the
+    /// count that exposes them, so the programs never see a count without
+    /// its slots.
+    pub fn set_service(
+        &mut self,
+        service: Service,
+        backends: &[SocketAddrV4],
+        pinned: Option<u32>,
+    ) -> Result<()> {
         let count = u32::try_from(backends.len())
             .ok()
             .filter(|&n| n <= MAX_BACKENDS)
@@ -231,6 +251,7 @@ impl LbMaps {
                 count: backends.len(),
                 max: MAX_BACKENDS,
             })?;
+        let pinned = pin_slot(service, pinned, count)?;
         let key = service.key();
         let old = self.services.get(&key, 0).ok();
         for (index, backend) in (0..).zip(backends) {
@@ -245,13 +266,8 @@ impl LbMaps {
                 )
                 .map_err(map_err(MAP_BACKENDS, "add a backend"))?;
         }
-        let pinned = old.map_or(NO_PIN, |o| o.pinned);
-        let value = common::Service {
-            count,
-            pinned: if pinned < count { pinned } else { NO_PIN },
-        };
         self.services
-            .insert(key, value, 0)
+            .insert(key, common::Service { count, pinned }, 0)
             .map_err(map_err(MAP_SERVICES, "add the service"))?;
         if let Some(old) = old {
             for index in count..old.count {
@@ -295,17 +311,7 @@ impl LbMaps {
             },
             e => map_err(MAP_SERVICES, "read the service")(e),
         })?;
-        value.pinned = match index {
-            Some(i) if i >= value.count => {
-                return Err(Error::NoBackend {
-                    service: service.to_string(),
-                    index: i,
-                    count: value.count,
-                });
-            }
-            Some(i) => i,
-            None => NO_PIN,
-        };
+        value.pinned = pin_slot(service, index, value.count)?;
         self.services
             .insert(key, value, 0)
             .map_err(map_err(MAP_SERVICES, "update the service"))

@@ -251,7 +251,7 @@ fn web() -> Service {
 
 fn egress_tcp(fx: &Fixture) -> TestResult {
     let mut maps = fx.maps()?;
-    maps.set_service(web(), &[sa(B1, 8080)])?;
+    maps.set_service(web(), &[sa(B1, 8080)], None)?;
     expect_translated(
         fx,
         L4::Tcp,
@@ -277,7 +277,7 @@ fn egress_tcp(fx: &Fixture) -> TestResult {
 fn egress_udp(fx: &Fixture) -> TestResult {
     let mut maps = fx.maps()?;
     let dns = Service::new(VIP, 53, Proto::Udp);
-    maps.set_service(dns, &[sa(B2, 5353)])?;
+    maps.set_service(dns, &[sa(B2, 5353)], None)?;
     expect_translated(
         fx,
         L4::Udp,
@@ -297,7 +297,7 @@ fn egress_udp(fx: &Fixture) -> TestResult {
 
 fn egress_udp_zero_csum(fx: &Fixture) -> TestResult {
     let mut maps = fx.maps()?;
-    maps.set_service(Service::new(VIP, 53, Proto::Udp), &[sa(B2, 5353)])?;
+    maps.set_service(Service::new(VIP, 53, Proto::Udp), &[sa(B2, 5353)], None)?;
     let zero = |mut f: Vec<u8>| {
         f[14 + 20 + 6] = 0;
         f[14 + 20 + 7] = 0;
@@ -319,8 +319,8 @@ fn egress_udp_zero_csum(fx: &Fixture) -> TestResult {
 
 fn egress_ip_options(fx: &Fixture) -> TestResult {
     let mut maps = fx.maps()?;
-    maps.set_service(web(), &[sa(B1, 8080)])?;
-    maps.set_service(Service::new(VIP, 53, Proto::Udp), &[sa(B2, 5353)])?;
+    maps.set_service(web(), &[sa(B1, 8080)], None)?;
+    maps.set_service(Service::new(VIP, 53, Proto::Udp), &[sa(B2, 5353)], None)?;
     // Record route (7) with room for two addresses, padded with NOP/EOL:
     // ihl = 8, so the L4 header is not at the usual offset.
     let options = [7, 11, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0];
@@ -353,7 +353,7 @@ fn egress_ip_options(fx: &Fixture) -> TestResult {
 
 fn ingress_reply(fx: &Fixture) -> TestResult {
     let mut maps = fx.maps()?;
-    maps.set_service(web(), &[sa(B1, 8080)])?;
+    maps.set_service(web(), &[sa(B1, 8080)], None)?;
     expect_translated(
         fx,
         L4::Tcp,
@@ -391,7 +391,7 @@ fn ingress_reply(fx: &Fixture) -> TestResult {
 
 fn untouched(fx: &Fixture) -> TestResult {
     let mut maps = fx.maps()?;
-    maps.set_service(web(), &[sa(B1, 8080)])?;
+    maps.set_service(web(), &[sa(B1, 8080)], None)?;
     let mut arp = frame(L4::Tcp, sa(CLIENT, 1), sa(VIP, 80), &[]);
     arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
     let mut fragment = frame(L4::Tcp, sa(CLIENT, 41234), sa(VIP, 80), &[]);
@@ -433,8 +433,7 @@ fn untouched(fx: &Fixture) -> TestResult {
 fn pinned_backend(fx: &Fixture) -> TestResult {
     let mut maps = fx.maps()?;
     let backends = [sa(B1, 80), sa(B2, 80), sa(B3, 80)];
-    maps.set_service(web(), &backends)?;
-    maps.pin_backend(web(), Some(2))?;
+    maps.set_service(web(), &backends, Some(2))?;
     ensure(
         maps.services()?[0].pinned == Some(2),
         format!("services: {:?}", maps.services()?),
@@ -459,7 +458,8 @@ fn pinned_backend(fx: &Fixture) -> TestResult {
     }
     ensure(seen == [true; 3], "32 flows did not reach all 3 backends")?;
     ensure(
-        maps.pin_backend(web(), Some(3)).is_err(),
+        maps.pin_backend(web(), Some(3)).is_err()
+            && maps.set_service(web(), &backends, Some(3)).is_err(),
         "pinning a slot past the end was accepted",
     )
 }
@@ -467,8 +467,7 @@ fn pinned_backend(fx: &Fixture) -> TestResult {
 fn remembered_flow(fx: &Fixture) -> TestResult {
     let mut maps = fx.maps()?;
     let backends = [sa(B1, 80), sa(B2, 80)];
-    maps.set_service(web(), &backends)?;
-    maps.pin_backend(web(), Some(0))?;
+    maps.set_service(web(), &backends, Some(0))?;
     expect_translated(
         fx,
         L4::Tcp,
@@ -506,8 +505,13 @@ fn remembered_flow(fx: &Fixture) -> TestResult {
         backends[1],
         &[],
     )?;
-    // Shrinking the backend list drops the pin that no longer exists.
-    maps.set_service(web(), &backends[..1])?;
+    // Shrinking the backend list: pinning a slot that would no longer exist
+    // is refused; replaced without a pin, the service has none.
+    ensure(
+        maps.set_service(web(), &backends[..1], Some(1)).is_err(),
+        "pinning a slot past the new end was accepted",
+    )?;
+    maps.set_service(web(), &backends[..1], None)?;
     let s = maps.services()?;
     ensure(
         s.len() == 1 && s[0].backends == backends[..1] && s[0].pinned.is_none(),
@@ -519,7 +523,7 @@ fn remembered_flow(fx: &Fixture) -> TestResult {
 
 fn no_backends(fx: &Fixture) -> TestResult {
     let mut maps = fx.maps()?;
-    maps.set_service(web(), &[])?;
+    maps.set_service(web(), &[], None)?;
     let (action, _) = fx.run(
         Program::Egress,
         &frame(L4::Tcp, sa(CLIENT, 1234), sa(VIP, 80), &[]),
@@ -555,7 +559,7 @@ fn end_to_end(fx: &Fixture) -> TestResult {
     // Programmed before the client thread exists, so its connection cannot
     // race the service.
     let mut maps = fx.maps()?;
-    maps.set_service(web(), &[sa(Ipv4Addr::new(10, 99, 0, 2), 8080)])?;
+    maps.set_service(web(), &[sa(Ipv4Addr::new(10, 99, 0, 2), 8080)], None)?;
     let (tid_tx, tid_rx) = mpsc::channel();
     let (ready_tx, ready_rx) = mpsc::channel::<()>();
     let (go_tx, go_rx) = mpsc::channel::<()>();
