@@ -14,10 +14,9 @@
 //! (nftables or iptables rules using `ct`, NAT, IPVS with conntrack); before
 //! that its table is simply empty.
 
-use crate::wire::Wire;
+use crate::wire::{self, Failure, Wire};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
-use std::num::NonZeroI32;
 
 use netlink_packet_core::{
     NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
@@ -259,51 +258,24 @@ fn is_unavailable(errno: i32) -> bool {
 
 fn dump_over(wire: &mut dyn Wire) -> Result<Vec<Entry>, ConntrackError> {
     const SEQ: u32 = 1;
-    let reply = |reason: String| ConntrackError::Reply { reason };
-    let kernel = |errno: i32| {
-        if is_unavailable(errno) {
-            ConntrackError::Unavailable
-        } else {
-            ConntrackError::Kernel { errno }
-        }
-    };
-    wire.send(&dump_request(SEQ)).map_err(ConntrackError::Io)?;
+    let messages: Vec<NetfilterMessage> =
+        wire::exchange(wire, SEQ, &dump_request(SEQ)).map_err(failure)?;
     let mut out = Vec::new();
-    loop {
-        let buf = wire.recv().map_err(ConntrackError::Io)?;
-        if buf.is_empty() {
-            return Err(reply("end of stream before NLMSG_DONE".into()));
+    for m in messages {
+        if let NetfilterMessageInner::Conntrack(ConntrackMessage::New(attrs)) = m.inner {
+            out.extend(entry(&attrs).map_err(|reason| ConntrackError::Reply { reason })?);
         }
-        let mut at = 0;
-        while at + 16 <= buf.len() {
-            let msg = NetlinkMessage::<NetfilterMessage>::deserialize(&buf[at..])
-                .map_err(|e| reply(e.to_string()))?;
-            let len = msg.header.length as usize;
-            if len < 16 {
-                return Err(reply(format!("netlink message of {len} bytes")));
-            }
-            at += len.next_multiple_of(4);
-            if msg.header.sequence_number != SEQ {
-                continue;
-            }
-            match msg.payload {
-                NetlinkPayload::InnerMessage(NetfilterMessage {
-                    inner: NetfilterMessageInner::Conntrack(ConntrackMessage::New(attrs)),
-                    ..
-                }) => out.extend(entry(&attrs).map_err(reply)?),
-                NetlinkPayload::InnerMessage(_) => {}
-                NetlinkPayload::Error(e) => {
-                    return match e.code.map(NonZeroI32::get) {
-                        None => Ok(out),
-                        Some(code) => Err(kernel(-code)),
-                    };
-                }
-                NetlinkPayload::Done(d) if d.code < 0 => return Err(kernel(-d.code)),
-                NetlinkPayload::Done(_) => return Ok(out),
-                NetlinkPayload::Overrun(_) => return Err(reply("netlink overrun".into())),
-                _ => {}
-            }
-        }
+    }
+    Ok(out)
+}
+
+/// An exchange's failure in conntrack's words.
+fn failure(f: Failure) -> ConntrackError {
+    match f {
+        Failure::Errno(errno) if is_unavailable(errno) => ConntrackError::Unavailable,
+        Failure::Errno(errno) => ConntrackError::Kernel { errno },
+        Failure::Io(e) => ConntrackError::Io(e),
+        Failure::Reply(reason) => ConntrackError::Reply { reason },
     }
 }
 
@@ -355,30 +327,9 @@ fn flush_over(wire: &mut dyn Wire) -> Result<(), ConntrackError> {
         netlink_packet_core::NLM_F_ACK,
         ConntrackMessage::Delete(Vec::new()),
     );
-    wire.send(&buf).map_err(ConntrackError::Io)?;
-    loop {
-        let buf = wire.recv().map_err(ConntrackError::Io)?;
-        if buf.is_empty() {
-            return Err(ConntrackError::Reply {
-                reason: "end of stream before the acknowledgement".into(),
-            });
-        }
-        let msg = NetlinkMessage::<NetfilterMessage>::deserialize(&buf).map_err(|e| {
-            ConntrackError::Reply {
-                reason: e.to_string(),
-            }
-        })?;
-        if msg.header.sequence_number != SEQ {
-            continue;
-        }
-        if let NetlinkPayload::Error(e) = msg.payload {
-            return match e.code.map(NonZeroI32::get) {
-                None => Ok(()),
-                Some(code) if is_unavailable(-code) => Err(ConntrackError::Unavailable),
-                Some(code) => Err(ConntrackError::Kernel { errno: -code }),
-            };
-        }
-    }
+    wire::exchange::<NetfilterMessage>(wire, SEQ, &buf)
+        .map(|_| ())
+        .map_err(failure)
 }
 
 /// conntrack-tools' protocol names.

@@ -14,11 +14,10 @@
 //! labs never make IPv6 or firewall-mark services, and a dump leaves any such
 //! service out.
 
-use crate::wire::Wire;
+use crate::wire::{self, Failure, Wire};
 use std::fmt;
 use std::io;
 use std::net::Ipv4Addr;
-use std::num::NonZeroI32;
 
 use netlink_packet_core::{
     DecodeError, Emitable, NLA_F_NESTED, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader,
@@ -604,13 +603,6 @@ fn parse_dest(buf: &[u8]) -> Result<Option<DestInfo>, String> {
     }))
 }
 
-/// Why an exchange failed, before the caller puts it in words.
-enum Failure {
-    Errno(i32),
-    Io(io::Error),
-    Reply(String),
-}
-
 /// Encode one generic netlink request.
 fn encode(family: u16, seq: u32, flags: u16, request: Request) -> Vec<u8> {
     let header = GenlHeader {
@@ -710,42 +702,12 @@ impl Ipvs {
     ) -> Result<Vec<Reply>, Failure> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
-        self.wire
-            .send(&encode(family, seq, flags, request))
-            .map_err(Failure::Io)?;
-        let mut out = Vec::new();
-        loop {
-            let buf = self.wire.recv().map_err(Failure::Io)?;
-            let mut at = 0;
-            while at + 16 <= buf.len() {
-                let msg = NetlinkMessage::<GenlMessage<Reply>>::deserialize(&buf[at..])
-                    .map_err(|e| Failure::Reply(e.to_string()))?;
-                let len = msg.header.length as usize;
-                if len < 16 {
-                    return Err(Failure::Reply(format!("netlink message of {len} bytes")));
-                }
-                at += len.next_multiple_of(4);
-                // Answers to an earlier request that was given up on.
-                if msg.header.sequence_number != seq {
-                    continue;
-                }
-                match msg.payload {
-                    NetlinkPayload::InnerMessage(genl) => out.push(genl.payload),
-                    NetlinkPayload::Error(e) => {
-                        return match e.code.map(NonZeroI32::get) {
-                            None => Ok(out),
-                            Some(code) => Err(Failure::Errno(-code)),
-                        };
-                    }
-                    NetlinkPayload::Done(d) if d.code < 0 => return Err(Failure::Errno(-d.code)),
-                    NetlinkPayload::Done(_) => return Ok(out),
-                    NetlinkPayload::Overrun(_) => {
-                        return Err(Failure::Reply("netlink overrun".into()));
-                    }
-                    _ => {}
-                }
-            }
-        }
+        let replies: Vec<GenlMessage<Reply>> = wire::exchange(
+            self.wire.as_mut(),
+            seq,
+            &encode(family, seq, flags, request),
+        )?;
+        Ok(replies.into_iter().map(|g| g.payload).collect())
     }
 
     fn fail(&self, f: Failure, op: Op, svc: Option<&Service>, dest: Option<&Dest>) -> IpvsError {
@@ -1151,7 +1113,7 @@ mod tests {
 
     fn ack(seq: u32, errno: i32) -> Vec<u8> {
         let mut e = ErrorMessage::default();
-        e.code = NonZeroI32::new(-errno);
+        e.code = std::num::NonZeroI32::new(-errno);
         kernel_msg(seq, 0, NetlinkPayload::Error(e))
     }
 

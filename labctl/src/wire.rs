@@ -20,3 +20,61 @@ impl Wire for netlink_sys::Socket {
         self.recv_from_full().map(|(buf, _)| buf)
     }
 }
+
+/// Why an exchange failed, before the caller puts it in words.
+pub(crate) enum Failure {
+    /// The kernel's error code (positive errno).
+    Errno(i32),
+    Io(io::Error),
+    /// An answer that could not be read.
+    Reply(String),
+}
+
+/// Send one request (sequence number `seq`) and collect the inner messages
+/// of its answers: those of a dump up to NLMSG_DONE, or none up to the
+/// ACK. Answers to other sequence numbers (an earlier request given up on)
+/// are skipped; every message of every datagram is read.
+pub(crate) fn exchange<I>(wire: &mut dyn Wire, seq: u32, request: &[u8]) -> Result<Vec<I>, Failure>
+where
+    I: netlink_packet_core::NetlinkDeserializable,
+{
+    use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+    wire.send(request).map_err(Failure::Io)?;
+    let mut out = Vec::new();
+    loop {
+        let buf = wire.recv().map_err(Failure::Io)?;
+        if buf.is_empty() {
+            return Err(Failure::Reply(
+                "end of stream before the answer ended".into(),
+            ));
+        }
+        let mut at = 0;
+        while at + 16 <= buf.len() {
+            let msg = NetlinkMessage::<I>::deserialize(&buf[at..])
+                .map_err(|e| Failure::Reply(e.to_string()))?;
+            let len = msg.header.length as usize;
+            if len < 16 {
+                return Err(Failure::Reply(format!("netlink message of {len} bytes")));
+            }
+            at += len.next_multiple_of(4);
+            if msg.header.sequence_number != seq {
+                continue;
+            }
+            match msg.payload {
+                NetlinkPayload::InnerMessage(inner) => out.push(inner),
+                NetlinkPayload::Error(e) => {
+                    return match e.code.map(std::num::NonZeroI32::get) {
+                        None => Ok(out),
+                        Some(code) => Err(Failure::Errno(-code)),
+                    };
+                }
+                NetlinkPayload::Done(d) if d.code < 0 => return Err(Failure::Errno(-d.code)),
+                NetlinkPayload::Done(_) => return Ok(out),
+                NetlinkPayload::Overrun(_) => {
+                    return Err(Failure::Reply("netlink overrun".into()));
+                }
+                _ => {}
+            }
+        }
+    }
+}
