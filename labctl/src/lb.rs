@@ -293,13 +293,11 @@ pub fn services_and_flows(lab_name: &str) -> Result<(Vec<ServiceEntry>, Vec<Flow
     Ok((services, flows))
 }
 
-/// The remembered translations, sorted, one per line:
-/// `10.0.3.5:41234 -> 192.168.27.242:80 translated to 10.0.3.38:80`.
-pub fn flows(lab_name: &str) -> Result<Vec<String>, LbError> {
-    let flows = open(lab_name)?
+/// The remembered translations, sorted.
+pub fn flows(lab_name: &str) -> Result<Vec<FlowEntry>, LbError> {
+    open(lab_name)?
         .flows()
-        .map_err(lb_err("list remembered flows"))?;
-    Ok(flows.iter().map(ToString::to_string).collect())
+        .map_err(lb_err("list remembered flows"))
 }
 
 /// The next translation event of the lab, waiting up to `timeout` (`None`:

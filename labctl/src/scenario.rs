@@ -200,7 +200,7 @@ pub fn run(
         let mut t: Vec<String> = lb::flows(&record.lab)
             .map_err(|e| service_error(format!("read eBPF flows: {e}")))?
             .iter()
-            .map(|f| redact_ephemeral(f))
+            .map(translation_text)
             .collect();
         t.sort();
         t
@@ -757,16 +757,17 @@ fn addressed_services(
     out
 }
 
-/// `ADDR:PORT` with a port of the kernel's ephemeral range written `*`, in
-/// a line of text, for golden files.
-fn redact_ephemeral(line: &str) -> String {
-    line.split(' ')
-        .map(|w| match w.rsplit_once(':') {
-            Some((a, p)) if p.parse::<u16>().is_ok_and(is_ephemeral) => format!("{a}:*"),
-            _ => w.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+/// A remembered eBPF translation as the golden text shows it, a port of
+/// the kernel's ephemeral range written `*`:
+/// `10.0.3.22:* -> 192.168.27.242:80 translated to 10.0.3.38:80`.
+fn translation_text(f: &labctl_lb::FlowEntry) -> String {
+    let addr = |a: std::net::SocketAddrV4| format!("{}{}", a.ip(), port_text(Some(a.port())));
+    format!(
+        "{} -> {} translated to {}",
+        addr(f.client),
+        addr(f.service),
+        addr(f.backend)
+    )
 }
 
 /// The scenario's conntrack expectations against the entries read back.
