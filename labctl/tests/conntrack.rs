@@ -8,7 +8,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Command;
 
-use common::{ensure, gate, ok, run, text};
+use common::{Down, ensure, gate, labctl_here, ok, run, text, unique};
 use labctl::conntrack::{self, ConntrackError, Entry, Tuple};
 use labctl::traffic::{Kind, Proto, Request, Servers, run_client};
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
@@ -17,11 +17,6 @@ mod common;
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
-
-/// Names no other trial or run uses (also short enough for interfaces).
-fn unique(tag: &str) -> String {
-    format!("ct{}{tag}", std::process::id() % 100_000)
-}
 
 fn ip(args: &[&str]) -> Result<(), Failed> {
     ok(Command::new("ip").args(args)).map(|_| ())
@@ -159,12 +154,6 @@ fn missing_namespace_is_an_error() -> Result<(), Failed> {
     }
 }
 
-fn labctl() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_labctl"));
-    cmd.env_remove("LABCTL_KERNEL");
-    cmd
-}
-
 fn topology(name: &str) -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../topologies")
@@ -175,7 +164,7 @@ fn topology(name: &str) -> std::path::PathBuf {
 fn show_lab_not_up() -> Result<(), Failed> {
     let lab = unique("nolab");
     for what in ["conntrack", "ipvs"] {
-        let o = run(labctl().args(["show", what, &lab, "centos"]));
+        let o = run(labctl_here().args(["show", what, &lab, "centos"]));
         ensure(o.status.code() == Some(3), text(&o))?;
         ensure(
             String::from_utf8_lossy(&o.stderr).contains("is not up"),
@@ -185,24 +174,16 @@ fn show_lab_not_up() -> Result<(), Failed> {
     Ok(())
 }
 
-/// Removes the lab however the trial ends.
-struct Down(String);
-impl Drop for Down {
-    fn drop(&mut self) {
-        let _ = labctl().args(["down", "-q", &self.0]).output();
-    }
-}
-
 /// `show` on a host lab: unknown entity (exit 2, known ones listed),
 /// conntrack as JSON, IPVS table or the IPVS module's error.
 fn show_on_a_host_lab() -> Result<(), Failed> {
     let lab = unique("fl");
     let _down = Down(lab.clone());
-    ok(labctl()
+    ok(labctl_here()
         .args(["up", "-q", "--name", &lab, "--var", "services=off"])
         .arg(topology("flannel.yaml")))?;
 
-    let o = run(labctl().args(["show", "conntrack", &lab, "nosuch"]));
+    let o = run(labctl_here().args(["show", "conntrack", &lab, "nosuch"]));
     let err = String::from_utf8_lossy(&o.stderr);
     ensure(o.status.code() == Some(2), text(&o))?;
     ensure(
@@ -210,12 +191,12 @@ fn show_on_a_host_lab() -> Result<(), Failed> {
         text(&o),
     )?;
 
-    let o = ok(labctl().args(["show", "conntrack", &lab, "centos", "--all", "-o", "json"]))?;
+    let o = ok(labctl_here().args(["show", "conntrack", &lab, "centos", "--all", "-o", "json"]))?;
     let json: serde_json::Value = serde_json::from_slice(&o.stdout)?;
     ensure(json.is_array(), text(&o))?;
-    ok(labctl().args(["show", "conntrack", &lab, "vpc"]))?;
+    ok(labctl_here().args(["show", "conntrack", &lab, "vpc"]))?;
 
-    let o = run(labctl().args(["show", "ipvs", &lab, "node-180"]));
+    let o = run(labctl_here().args(["show", "ipvs", &lab, "node-180"]));
     if o.status.success() {
         ensure(
             String::from_utf8_lossy(&o.stdout).starts_with("Prot LocalAddress:Port"),
@@ -236,7 +217,7 @@ fn show_on_a_host_lab() -> Result<(), Failed> {
 fn show_on_the_ipvs_lab() -> Result<Completion, Failed> {
     let lab = unique("iv");
     let _down = Down(lab.clone());
-    let o = run(labctl()
+    let o = run(labctl_here()
         .args(["up", "-q", "--name", &lab])
         .arg(topology("ipvs-ipvlan.yaml")));
     if o.status.code() == Some(4) {
@@ -247,13 +228,13 @@ fn show_on_the_ipvs_lab() -> Result<Completion, Failed> {
     }
     ensure(o.status.success(), format!("up: {}", text(&o)))?;
 
-    let o = ok(labctl().args(["show", "ipvs", &lab, "node-15"]))?;
+    let o = ok(labctl_here().args(["show", "ipvs", &lab, "node-15"]))?;
     let table = String::from_utf8_lossy(&o.stdout);
     ensure(
         table.contains("TCP  192.168.27.242:80 rr") && table.contains("-> 10.0.3.38:80"),
         format!("ipvs table:\n{table}"),
     )?;
-    let o = ok(labctl().args(["show", "ipvs", &lab, "node-15", "-o", "json"]))?;
+    let o = ok(labctl_here().args(["show", "ipvs", &lab, "node-15", "-o", "json"]))?;
     let json: serde_json::Value = serde_json::from_slice(&o.stdout)?;
     ensure(
         json[0]["service"]["addr"] == "192.168.27.242"
@@ -265,19 +246,19 @@ fn show_on_the_ipvs_lab() -> Result<Completion, Failed> {
     // entries only once something registered conntrack hooks in that
     // namespace, which IPVS alone does not (not even with
     // `net.ipv4.vs.conntrack=1` on 6.1), so only the forwarding is checked.
-    ok(labctl()
+    ok(labctl_here()
         .args(["run", "--name", &lab])
         .arg(topology("ipvs-ipvlan.yaml"))
         .arg("clusterip-to-ipvlan-pod"))?;
-    let o = ok(labctl().args(["show", "conntrack", &lab, "node-15", "--all"]))?;
+    let o = ok(labctl_here().args(["show", "conntrack", &lab, "node-15", "--all"]))?;
     ensure(
         String::from_utf8_lossy(&o.stderr).contains(&format!("flow entries in {lab}-node-15")),
         text(&o),
     )?;
-    let o = ok(labctl().args(["show", "conntrack", &lab, "node-15", "-o", "json"]))?;
+    let o = ok(labctl_here().args(["show", "conntrack", &lab, "node-15", "-o", "json"]))?;
     let json: serde_json::Value = serde_json::from_slice(&o.stdout)?;
     ensure(json.is_array(), text(&o))?;
-    let o = run(labctl().args(["show", "ipvs", &lab, "nosuch"]));
+    let o = run(labctl_here().args(["show", "ipvs", &lab, "nosuch"]));
     ensure(o.status.code() == Some(2), text(&o))?;
     Ok(Completion::Completed)
 }

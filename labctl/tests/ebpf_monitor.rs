@@ -18,10 +18,10 @@
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Place, ensure, ok, run, text};
+use common::{Down, Place, ensure, labctl_here, ok, run, text, unique};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 mod common;
@@ -35,32 +35,8 @@ const BACKEND: &str = "10.0.3.38:80";
 /// The trial that needs the lab (and so maybe the VM).
 const LAB_TRIAL: &str = "monitor_shows_each_t5_translation";
 
-/// Inside the VM: the copy of labctl to run (see [`in_vm`]).
-const LABCTL_ENV: &str = "LABCTL_TEST_LABCTL";
-
 fn topology() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/terway-ipvlan-ebpf.yaml")
-}
-
-/// labctl on the kernel this process runs on: where the trial runs was
-/// decided already, so `LABCTL_KERNEL` must not send labctl into a VM of its
-/// own.
-fn labctl() -> Command {
-    let exe = std::env::var_os(LABCTL_ENV)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_labctl")));
-    let mut c = Command::new(exe);
-    c.env_remove("LABCTL_KERNEL");
-    c
-}
-
-/// A lab brought up for the trial and removed however the trial ends.
-struct Down(String);
-
-impl Drop for Down {
-    fn drop(&mut self) {
-        let _ = labctl().args(["down", "-q", &self.0]).output();
-    }
 }
 
 /// A `labctl monitor` process, killed if the trial ends before it does;
@@ -72,7 +48,7 @@ struct Monitor {
 
 impl Monitor {
     fn spawn(lab: &str) -> Result<Monitor, Failed> {
-        let mut child = labctl()
+        let mut child = labctl_here()
             .args(["monitor", lab, "--count", "2", "--timeout", "60"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -141,13 +117,13 @@ impl Drop for Monitor {
 /// The real thing, on the kernel this process runs on.
 fn monitor_shows_each_t5_translation() -> Result<(), Failed> {
     let file = topology();
-    let lab = format!("mon-{}", std::process::id() % 100_000);
+    let lab = unique("mon");
     let _down = Down(lab.clone());
-    ok(labctl().args(["up", "-q", "--name", &lab]).arg(&file))?;
+    ok(labctl_here().args(["up", "-q", "--name", &lab]).arg(&file))?;
 
     let mut monitor = Monitor::spawn(&lab)?;
     monitor.wait_listening(Duration::from_secs(30))?;
-    let r = ok(labctl()
+    let r = ok(labctl_here()
         .args(["run", "--name", &lab])
         .arg(&file)
         .arg(SCENARIO))?;
@@ -178,7 +154,7 @@ fn monitor_shows_each_t5_translation() -> Result<(), Failed> {
         format!("second line is not `{reply}`:\n{out}"),
     )?;
 
-    let o = ok(labctl().args(["show", "lb", &lab, CLIENT_POD]))?;
+    let o = ok(labctl_here().args(["show", "lb", &lab, CLIENT_POD]))?;
     let shown = String::from_utf8_lossy(&o.stdout).into_owned();
     for l in shown.lines() {
         println!("show lb: {l}");
@@ -193,8 +169,8 @@ fn monitor_shows_each_t5_translation() -> Result<(), Failed> {
 
 /// Runs anywhere, without root: no lab, no panic, a message that says so.
 fn monitor_on_a_lab_that_is_not_up_says_so() -> Result<(), Failed> {
-    let lab = format!("mon-{}-none", std::process::id() % 100_000);
-    let o = run(labctl().args(["monitor", &lab, "--count", "1", "--timeout", "1"]));
+    let lab = unique("mon-none");
+    let o = run(labctl_here().args(["monitor", &lab, "--count", "1", "--timeout", "1"]));
     let err = String::from_utf8_lossy(&o.stderr);
     println!("{}", err.trim_end());
     ensure(

@@ -8,14 +8,10 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{ensure, gate, ok, run, text};
+use common::{Down, ensure, gate, labctl, ok, run, text, unique};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 mod common;
-
-fn labctl() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_labctl"))
-}
 
 /// The Flannel lab without its services (which need IPVS): these trials
 /// are about namespaces, links and teardown, on the host kernel.
@@ -27,11 +23,6 @@ fn flannel() -> [std::ffi::OsString; 3] {
             .join("../topologies/flannel.yaml")
             .into(),
     ]
-}
-
-/// A lab name no other trial or run uses.
-fn unique(tag: &str) -> String {
-    format!("t{}-{tag}", std::process::id() % 100_000)
 }
 
 /// What the host's own namespace looks like: links, addresses, routes,
@@ -48,7 +39,7 @@ fn host_snapshot() -> String {
     ] {
         let o = run(Command::new("ip").args(args));
         // Lifetimes change by themselves; other trials' labs come and go.
-        let others = format!("t{}-", std::process::id() % 100_000);
+        let others = unique("");
         let s = String::from_utf8_lossy(&o.stdout)
             .lines()
             .filter(|l| !l.starts_with(&others))
@@ -71,14 +62,6 @@ fn netns_of(lab: &str) -> Vec<String> {
         .filter(|n| n.starts_with(&format!("{lab}-")))
         .map(String::from)
         .collect()
-}
-
-/// Removes the lab however the trial ends.
-struct Down(String);
-impl Drop for Down {
-    fn drop(&mut self) {
-        let _ = labctl().args(["down", "-q", &self.0]).output();
-    }
 }
 
 fn up(lab: &str) -> Result<Down, Failed> {

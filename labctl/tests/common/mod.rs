@@ -54,6 +54,44 @@ pub fn ensure(cond: bool, msg: impl Into<String>) -> Result<(), Failed> {
     if cond { Ok(()) } else { Err(msg.into().into()) }
 }
 
+/// Inside a VM of [`in_vm`]: the copy of labctl to run.
+const LABCTL_ENV: &str = "LABCTL_TEST_LABCTL";
+
+/// The labctl under test: the copy named in `LABCTL_TEST_LABCTL` inside a
+/// VM of [`in_vm`], else the one cargo built. The environment is passed
+/// through, `LABCTL_KERNEL` too (see [`labctl_here`]).
+pub fn labctl() -> Command {
+    let exe = std::env::var_os(LABCTL_ENV)
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_labctl").into());
+    Command::new(exe)
+}
+
+/// [`labctl`] on the kernel this process runs on, whatever `LABCTL_KERNEL`
+/// says: for trials that decided where they run already, or that read a
+/// lab's namespaces from here, so labctl must not boot a VM of its own.
+pub fn labctl_here() -> Command {
+    let mut c = labctl();
+    c.env_remove("LABCTL_KERNEL");
+    c
+}
+
+/// A name no other trial of this run uses, short enough for an interface
+/// name or a lab name with a short `tag`: `tPID-TAG`.
+pub fn unique(tag: &str) -> String {
+    format!("t{}-{tag}", std::process::id() % 100_000)
+}
+
+/// A lab brought up for a trial and removed (`labctl down`) however the
+/// trial ends.
+pub struct Down(pub String);
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = labctl().args(["down", "-q", &self.0]).output();
+    }
+}
+
 /// Run trial `name` of the calling test binary inside a VM booted from
 /// `kernel`, after the shell commands `prelude`, with `LABCTL_IN_VM=1`;
 /// its stdout when the trial passed there. The VM sees the host's files
@@ -85,7 +123,7 @@ pub fn in_vm(kernel: &str, name: &str, prelude: &str, with_labctl: bool) -> Resu
     let mut env = String::from("LABCTL_IN_VM=1");
     if with_labctl {
         std::fs::copy(env!("CARGO_BIN_EXE_labctl"), &labctl_copy)?;
-        env.push_str(&format!(" LABCTL_TEST_LABCTL={}", labctl_copy.display()));
+        env.push_str(&format!(" {LABCTL_ENV}={}", labctl_copy.display()));
     }
     let mut cmd = Command::new("vng");
     // As labctl boots its own VMs (`labctl::vm`).
