@@ -42,7 +42,7 @@ use aya::{
 
 pub use bpffs::{DEFAULT_BPFFS, ensure_bpffs, is_bpffs, remove_pins, unmount_bpffs};
 pub use error::{Error, Result};
-pub use maps::{Direction, Events, FlowEntry, LbEvent, LbMaps, ServiceEntry};
+pub use maps::{Direction, FlowEntry, LbEvent, LbMaps, ServiceEntry};
 
 /// The BPF object built by build.rs (empty when the toolchain was missing).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/labctl-lb"));
@@ -217,11 +217,6 @@ impl Lb {
         })
     }
 
-    /// The directory the maps are pinned in.
-    pub fn pin_dir(&self) -> &Path {
-        &self.pin_dir
-    }
-
     /// Attaches `lb_egress` and `lb_ingress` to `ifname` with netlink tc,
     /// replacing filters of the same name left by an earlier attach; like
     /// `tc qdisc add dev IF clsact` and
@@ -234,11 +229,11 @@ impl Lb {
     /// in turn from such threads.
     pub fn attach(&mut self, ifname: &str) -> Result<()> {
         if let Err(source) = tc::qdisc_add_clsact(ifname) {
-            let exists = match &source {
-                tc::TcError::NetlinkError(e) => e.raw_os_error() == Some(nix::libc::EEXIST),
-                tc::TcError::AlreadyAttached => true,
-                _ => false,
-            };
+            // aya 0.14 reports an existing qdisc only as netlink's EEXIST.
+            let exists = matches!(
+                &source,
+                tc::TcError::NetlinkError(e) if e.raw_os_error() == Some(nix::libc::EEXIST)
+            );
             if !exists {
                 return Err(Error::Tc {
                     ifname: ifname.to_owned(),
@@ -297,10 +292,6 @@ impl Lb {
 /// Removes the load balancer's tc filters from `ifname` (in the calling
 /// thread's network namespace), like `tc filter del dev IF egress` for
 /// filters named `lb_egress` and `lb_ingress`. The clsact qdisc stays.
-pub fn detach(ifname: &str) -> Result<()> {
-    detach_filters(ifname)
-}
-
 fn detach_filters(ifname: &str) -> Result<()> {
     for program in Program::ALL {
         match tc::qdisc_detach_program(ifname, program.attach_type(), program.name()) {

@@ -227,11 +227,6 @@ impl LbMaps {
         })
     }
 
-    /// The directory the maps are pinned in.
-    pub fn pin_dir(&self) -> &Path {
-        &self.pin_dir
-    }
-
     /// Creates or replaces `service` with `backends` (in slot order), every
     /// new flow going to slot `pinned` (`None`: chosen by hash). Flows
     /// already remembered keep their backend. Slots are written before the
@@ -413,31 +408,6 @@ impl LbMaps {
             Err(e) => return Err(Error::Poll(e)),
         }
         Ok(self.try_next_event())
-    }
-
-    /// Every event as it happens, blocking between them: for `labctl monitor`.
-    pub fn events(&mut self) -> Events<'_> {
-        Events { maps: self }
-    }
-}
-
-/// Blocking iterator over load-balancer events ([`LbMaps::events`]).
-#[derive(Debug)]
-pub struct Events<'a> {
-    maps: &'a mut LbMaps,
-}
-
-impl Iterator for Events<'_> {
-    type Item = Result<LbEvent>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            match self.maps.poll_event(None) {
-                Ok(Some(event)) => return Some(Ok(event)),
-                Ok(None) => {}
-                Err(e) => return Some(Err(e)),
-            }
-        }
     }
 }
 
