@@ -39,38 +39,31 @@ pub struct NetnsGuard {
 }
 
 impl NetnsGuard {
-    /// Remember the thread's current namespace, without changing it.
-    pub fn save() -> io::Result<Self> {
-        let original = File::open("/proc/thread-self/ns/net")?.into();
+    /// Enter `ns`; the guard returns the thread to where it was.
+    pub fn enter(ns: impl AsFd) -> io::Result<Self> {
+        let original: OwnedFd = File::open("/proc/thread-self/ns/net")?.into();
+        setns(ns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
         Ok(NetnsGuard {
             original,
             _not_send: std::marker::PhantomData,
         })
     }
 
-    /// Enter `ns`; the guard returns the thread to where it was.
-    pub fn enter(ns: impl AsFd) -> io::Result<Self> {
-        let guard = Self::save()?;
-        setns(ns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-        Ok(guard)
+    /// Move the thread into a new, unnamed namespace (`unshare`); the
+    /// guard returns it to where it was.
+    pub fn unshare() -> io::Result<Self> {
+        let original: OwnedFd = File::open("/proc/thread-self/ns/net")?.into();
+        // Should this fail the thread is still where it was: no guard.
+        nix::sched::unshare(CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+        Ok(NetnsGuard {
+            original,
+            _not_send: std::marker::PhantomData,
+        })
     }
 }
 
 impl Drop for NetnsGuard {
     fn drop(&mut self) {
-        // Nothing to undo when the thread never left (say, unshare failed
-        // for want of privilege; setns would then fail the same way).
-        let same = |a: &fs::Metadata, b: &fs::Metadata| {
-            use std::os::unix::fs::MetadataExt;
-            a.dev() == b.dev() && a.ino() == b.ino()
-        };
-        if let (Ok(now), Ok(then)) = (
-            fs::metadata("/proc/thread-self/ns/net"),
-            File::from(self.original.try_clone().expect("dup a namespace handle")).metadata(),
-        ) && same(&now, &then)
-        {
-            return;
-        }
         if let Err(e) = setns(&self.original, CloneFlags::CLONE_NEWNET) {
             // A thread stranded in a lab namespace would do the rest of its
             // work in the wrong place; stopping is the only safe answer.
@@ -130,8 +123,7 @@ pub fn create_netns(name: &str) -> io::Result<NewNetns> {
         .mode(0o444)
         .open(&path)?;
     crate::engine::fault_point("netns-file");
-    let _back = NetnsGuard::save()?;
-    unshare(CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+    let _back = NetnsGuard::unshare()?;
     mount(
         Some("/proc/thread-self/ns/net"),
         &path,
