@@ -119,7 +119,15 @@ pub fn up(
     })?;
     sys::raise_nofile_limit();
     if !lab.services.is_empty() {
-        crate::services::load_modules().map_err(EngineError::Modules)?;
+        // IPVS and br_netfilter: the probe loads their modules (nothing
+        // else would load br_netfilter) and sees them built in too.
+        use crate::features::{Feature, missing_message, probe};
+        let modules = [Feature::Ipvs, Feature::BrNetfilter].into_iter().collect();
+        let probes = probe(&modules).map_err(|e| EngineError::Modules(e.to_string()))?;
+        let missing: Vec<_> = probes.iter().filter(|p| !p.present).collect();
+        if !missing.is_empty() {
+            return Err(EngineError::Modules(missing_message(&missing)));
+        }
     }
 
     // Record first: from here on, whatever exists is listed for `down`.

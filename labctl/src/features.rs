@@ -118,8 +118,7 @@ pub fn probe(features: &BTreeSet<Feature>) -> io::Result<Vec<Probe>> {
 /// the guard brings the thread back before it ends.
 fn probe_on_this_thread(list: &[Feature]) -> io::Result<Vec<Probe>> {
     let socket = {
-        let _back = sys::NetnsGuard::save()?;
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+        let _back = sys::NetnsGuard::unshare()?;
         let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
         socket.bind_auto()?;
         // /proc/thread-self/net is this thread's namespace while we are in it.

@@ -462,11 +462,6 @@ pub fn sysctl_steps(lab: &Lab) -> Vec<Step> {
     out
 }
 
-/// Kernel modules services need loaded before their sysctls exist:
-/// generic netlink loads `ip_vs` on demand and `nft` loads nf_tables, but
-/// nothing loads br_netfilter.
-pub const MODULES: &[&str] = &["ip_vs", "br_netfilter"];
-
 /// Run an [`Action::IpvsTable`] or [`Action::Nftables`] in a named lab
 /// namespace, on a thread of our own (never a runtime thread). Other
 /// actions are not ours: an error.
@@ -561,26 +556,6 @@ fn nft(ruleset: &str) -> Result<(), String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
-}
-
-/// Load the kernel modules services need ([`MODULES`]) that are not loaded
-/// yet, with modprobe.
-pub fn load_modules() -> Result<(), String> {
-    for m in MODULES {
-        if std::path::Path::new("/sys/module").join(m).exists() {
-            continue;
-        }
-        let status = std::process::Command::new("modprobe")
-            .arg(m)
-            .status()
-            .map_err(|e| format!("modprobe {m}: {e}"))?;
-        if !status.success() {
-            return Err(format!(
-                "modprobe {m} failed: this kernel has no {m} module (run the lab in the VM: --vm)"
-            ));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
