@@ -157,7 +157,9 @@ impl Program {
 /// What a program did to a test frame ([`Lb::test_run`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TestRunOutput {
-    /// The tc verdict (`TC_ACT_OK` = 0, `TC_ACT_SHOT` = 2).
+    /// The tc verdict: `TC_ACT_OK` = 0, `TC_ACT_SHOT` = 2, or
+    /// `TC_ACT_REDIRECT` = 7 (a translated request, sent on by
+    /// `bpf_redirect_neigh`).
     pub action: u32,
     /// The frame after the program ran.
     pub frame: Vec<u8>,

@@ -4,7 +4,8 @@
 //! - `lb_egress` (tc egress): an IPv4 TCP/UDP packet whose destination is a
 //!   service (`LB_SERVICES`) gets a backend (the flow's remembered one, else
 //!   the pinned slot, else `flow_hash % count`), its destination address and
-//!   port rewritten, the flow remembered in both flow maps and an event sent.
+//!   port rewritten, the flow remembered in both flow maps and an event sent;
+//!   the frame then leaves again by `bpf_redirect_neigh` (`TC_ACT_REDIRECT`).
 //! - `lb_ingress` (tc ingress): a packet from a backend to a client that
 //!   `LB_FLOWS` remembers gets its source rewritten back to the service.
 //!
@@ -24,7 +25,8 @@
 //! untouched: only the first carries the ports.
 //!
 //! Helpers used: map lookup/update, skb load/store bytes, l3/l4 csum
-//! replace (all <= 4.x) and ring buffer output (5.8).
+//! replace (all <= 4.x), ring buffer output (5.8) and `bpf_redirect_neigh`
+//! (5.10).
 #![no_std]
 #![no_main]
 
