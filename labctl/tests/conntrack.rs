@@ -8,7 +8,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Command;
 
-use common::{Down, ensure, gate, labctl_here, ok, run, text, unique};
+use common::{Down, ensure, fails_with, gate, labctl_here, ok, run, text, unique};
 use labctl::conntrack::{self, ConntrackError, Entry, Tuple};
 use labctl::traffic::{Kind, Proto, Request, Servers, run_client};
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
@@ -165,11 +165,7 @@ fn show_lab_not_up() -> Result<(), Failed> {
     let lab = unique("nolab");
     for what in ["conntrack", "ipvs"] {
         let o = run(labctl_here().args(["show", what, &lab, "centos"]));
-        ensure(o.status.code() == Some(3), text(&o))?;
-        ensure(
-            String::from_utf8_lossy(&o.stderr).contains("is not up"),
-            text(&o),
-        )?;
+        fails_with(&o, 3, &format!("lab `{lab}` is not up"))?;
     }
     Ok(())
 }
@@ -184,11 +180,10 @@ fn show_on_a_host_lab() -> Result<(), Failed> {
         .arg(topology("flannel.yaml")))?;
 
     let o = run(labctl_here().args(["show", "conntrack", &lab, "nosuch"]));
-    let err = String::from_utf8_lossy(&o.stderr);
-    ensure(o.status.code() == Some(2), text(&o))?;
+    fails_with(&o, 2, "has no node, pod or client `nosuch`; it has: ")?;
     ensure(
-        err.contains("has no node, pod or client `nosuch`") && err.contains("centos"),
-        text(&o),
+        String::from_utf8_lossy(&o.stderr).contains("centos"),
+        format!("known entities not listed: {}", text(&o)),
     )?;
 
     let o = ok(labctl_here().args(["show", "conntrack", &lab, "centos", "--all", "-o", "json"]))?;
@@ -203,11 +198,7 @@ fn show_on_a_host_lab() -> Result<(), Failed> {
             text(&o),
         )?;
     } else {
-        ensure(o.status.code() == Some(4), text(&o))?;
-        ensure(
-            String::from_utf8_lossy(&o.stderr).contains("kernel has no IPVS"),
-            text(&o),
-        )?;
+        fails_with(&o, 4, "kernel has no IPVS")?;
     }
     Ok(())
 }

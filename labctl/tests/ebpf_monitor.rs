@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Down, Place, ensure, labctl_here, ok, run, text, unique};
+use common::{Down, Place, ensure, fails_with, labctl_here, ok, run, text, unique};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 mod common;
@@ -173,14 +173,8 @@ fn monitor_on_a_lab_that_is_not_up_says_so() -> Result<(), Failed> {
     let o = run(labctl_here().args(["monitor", &lab, "--count", "1", "--timeout", "1"]));
     let err = String::from_utf8_lossy(&o.stderr);
     println!("{}", err.trim_end());
-    ensure(
-        o.status.code() == Some(3),
-        format!("want exit 3 (lab state): {}", text(&o)),
-    )?;
-    ensure(
-        err.contains(&format!("lab `{lab}` is not up")) && !err.contains("panicked"),
-        format!("unclear message: {}", text(&o)),
-    )?;
+    fails_with(&o, 3, &format!("lab `{lab}` is not up"))?;
+    ensure(!err.contains("panicked"), format!("panicked: {}", text(&o)))?;
     ensure(o.stdout.is_empty(), format!("printed events: {}", text(&o)))
 }
 

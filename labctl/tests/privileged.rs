@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{Down, ensure, gate, labctl, ok, run, text, unique};
+use common::{Down, ensure, fails_with, gate, labctl, ok, run, text, unique};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 mod common;
@@ -143,11 +143,7 @@ fn flannel_up_ping_down() -> Result<(), Failed> {
 
     // A second `up` of the same lab says so.
     let again = run(labctl().args(["up", "--name", &lab]).args(flannel()));
-    ensure(
-        again.status.code() == Some(3)
-            && String::from_utf8_lossy(&again.stderr).contains("already up"),
-        format!("second up: {}", text(&again)),
-    )?;
+    fails_with(&again, 3, &format!("lab `{lab}` is already up"))?;
 
     drop(guard);
     ensure(
@@ -363,9 +359,10 @@ fn foreign_namespace_conflict() -> Result<(), Failed> {
     let _ = Command::new("ip")
         .args(["netns", "delete", &foreign])
         .output();
-    ensure(
-        o.status.code() == Some(3) && String::from_utf8_lossy(&o.stderr).contains("already exists"),
-        format!("up over a foreign namespace: {}", text(&o)),
+    fails_with(
+        &o,
+        3,
+        &format!("network namespace `{foreign}` already exists and was not made by this lab"),
     )?;
     ensure(
         still == vec![foreign],
@@ -380,10 +377,7 @@ fn not_root() -> Result<(), Failed> {
         .arg(env!("CARGO_BIN_EXE_labctl"))
         .arg("up")
         .args(flannel()));
-    ensure(
-        o.status.code() == Some(4) && String::from_utf8_lossy(&o.stderr).contains("needs root"),
-        format!("up as nobody: {}", text(&o)),
-    )
+    fails_with(&o, 4, "labctl needs root")
 }
 
 /// The kernel is asked, in a scratch namespace, for each feature: this

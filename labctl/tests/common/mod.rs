@@ -54,6 +54,18 @@ pub fn ensure(cond: bool, msg: impl Into<String>) -> Result<(), Failed> {
     if cond { Ok(()) } else { Err(msg.into().into()) }
 }
 
+/// Fail the trial unless the command exited with `code` and its stderr
+/// contains `needle`.
+pub fn fails_with(o: &Output, code: i32, needle: &str) -> Result<(), Failed> {
+    ensure(
+        o.status.code() == Some(code) && String::from_utf8_lossy(&o.stderr).contains(needle),
+        format!(
+            "want exit code {code} and `{needle}` on stderr, got {}",
+            text(o)
+        ),
+    )
+}
+
 /// Inside a VM of [`in_vm`]: the copy of labctl to run.
 const LABCTL_ENV: &str = "LABCTL_TEST_LABCTL";
 
