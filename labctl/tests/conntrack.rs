@@ -56,22 +56,22 @@ fn two_namespaces() -> Result<(Namespaces, String, String), Failed> {
 /// Make `ns` track connections: a rule with a `ct` expression registers
 /// the conntrack hooks in its namespace (`nft_ct_get_init` ->
 /// `nf_ct_netns_get`), which happens per namespace and on demand. Loaded
-/// with `nft` (which `./lab` installs; labctl's services use it too).
+/// with `nft -f` as labctl's services load their rules.
 fn track_connections(ns: &str) -> Result<(), Failed> {
-    use std::io::Write;
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    child.stdin.take().expect("piped").write_all(
-        b"table ip t {\n\tchain c {\n\t\ttype filter hook prerouting priority 0;\n\t\tct state established accept\n\t}\n}\n",
-    )?;
-    let out = child.wait_with_output()?;
-    ensure(
-        out.status.success(),
-        format!("nft -f in {ns}: {}", String::from_utf8_lossy(&out.stderr)),
+    let ruleset = "table ip t {
+        chain c {
+            type filter hook prerouting priority 0;
+            ct state established accept
+        }
+    }
+    ";
+    labctl::services::apply(
+        ns,
+        &labctl::plan::Action::Nftables {
+            ruleset: ruleset.into(),
+        },
     )
+    .map_err(|e| format!("track connections in {ns}: {e}").into())
 }
 
 fn dump_sees_a_tcp_connection() -> Result<(), Failed> {
