@@ -405,34 +405,32 @@ fn derive_path(
         })
         .collect();
     sightings.sort_by_key(|(key, ..)| *key);
-    let mut first: Vec<((Duration, u8), String)> = Vec::new();
+    let mut first: Vec<String> = Vec::new();
     let mut visits: Vec<(String, Direction)> = Vec::new();
-    let mut pending_vpc = None;
-    for (key, h, direction) in sightings {
+    let mut pending_vpc = false;
+    for (_, h, direction) in sightings {
         if h == "vpc" {
-            if first.last().is_none_or(|(_, last)| last != "vpc") {
-                pending_vpc.get_or_insert(key);
+            if first.last().is_none_or(|last| last != "vpc") {
+                pending_vpc = true;
             }
             continue;
         }
-        let hairpin = pending_vpc.is_some() && !visits.contains(&(h.clone(), direction));
+        let hairpin = pending_vpc && !visits.contains(&(h.clone(), direction));
         visits.push((h.clone(), direction));
-        if first.iter().any(|(_, x)| *x == h) && !hairpin {
-            pending_vpc = None;
+        if first.contains(&h) && !hairpin {
+            pending_vpc = false;
             continue;
         }
-        if let Some(k) = pending_vpc.take()
-            && first.last().is_none_or(|(_, last)| last != "vpc")
-        {
-            first.push((k, "vpc".into()));
+        if std::mem::take(&mut pending_vpc) && first.last().is_none_or(|last| last != "vpc") {
+            first.push("vpc".into());
         }
-        first.push((key, h));
+        first.push(h);
     }
-    if let Some(k) = pending_vpc {
-        first.push((k, "vpc".into()));
+    if pending_vpc {
+        first.push("vpc".into());
     }
     let mut path: Vec<String> = Vec::new();
-    for (_, h) in first {
+    for h in first {
         if let (Some(prev), Some(bridge)) = (path.last(), masters.get(&h))
             && masters.get(prev) == Some(bridge)
             && !path.contains(bridge)
