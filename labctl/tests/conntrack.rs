@@ -244,22 +244,57 @@ fn show_on_the_ipvs_lab() -> Result<Completion, Failed> {
         format!("ipvs json: {json}"),
     )?;
 
-    // Conntrack through the VM: the table of node-15 in there. It holds
-    // entries only once something registered conntrack hooks in that
-    // namespace, which IPVS alone does not (not even with
-    // `net.ipv4.vs.conntrack=1` on 6.1), so only the forwarding is checked.
+    // Conntrack through the VM: node-15's table in there must hold the
+    // run's flow as IPVS translated it, centos -> the ClusterIP answered by
+    // nginx (kube-proxy's nat chains register the conntrack hooks in
+    // node-15, and `net.ipv4.vs.conntrack=1` keeps IPVS flows in conntrack;
+    // the run empties the table first, and this flow's entry outlives it).
     ok(labctl_here()
         .args(["run", "--name", &lab])
         .arg(topology("ipvs-ipvlan.yaml"))
         .arg("clusterip-to-ipvlan-pod"))?;
-    let o = ok(labctl_here().args(["show", "conntrack", &lab, "node-15", "--all"]))?;
-    ensure(
-        String::from_utf8_lossy(&o.stderr).contains(&format!("flow entries in {lab}-node-15")),
-        text(&o),
-    )?;
     let o = ok(labctl_here().args(["show", "conntrack", &lab, "node-15", "-o", "json"]))?;
     let json: serde_json::Value = serde_json::from_slice(&o.stdout)?;
-    ensure(json.is_array(), text(&o))?;
+    let entries = json.as_array().ok_or_else(|| text(&o))?;
+    let flow = entries.iter().find(|e| {
+        let (orig, reply) = (&e["original"], &e["reply"]);
+        orig["protocol"] == 6
+            && orig["src"] == "172.16.0.10"
+            && orig["dst"] == "192.168.27.242"
+            && orig["dport"] == 80
+            && reply["src"] == "10.0.3.38"
+            && reply["dst"] == "172.16.0.10"
+            && reply["sport"] == 80
+            && reply["dport"] == orig["sport"]
+    });
+    let sport = flow
+        .and_then(|e| e["original"]["sport"].as_u64())
+        .ok_or_else(|| {
+            format!(
+                "no entry 172.16.0.10 -> 192.168.27.242:80 answered by 10.0.3.38:80 in node-15: {}",
+                text(&o)
+            )
+        })?;
+    // The same entry in the table form, with conntrack -L's summary.
+    let o = ok(labctl_here().args(["show", "conntrack", &lab, "node-15", "--all"]))?;
+    let table = String::from_utf8_lossy(&o.stdout);
+    let want = [
+        format!("src=172.16.0.10 dst=192.168.27.242 sport={sport} dport=80"),
+        format!("src=10.0.3.38 dst=172.16.0.10 sport=80 dport={sport}"),
+    ];
+    ensure(
+        table
+            .lines()
+            .any(|l| l.starts_with("tcp 6 ") && want.iter().all(|w| l.contains(w.as_str()))),
+        format!("table lacks the flow {want:?}: {}", text(&o)),
+    )?;
+    let summary = format!("{} flow entries in {lab}-node-15", table.lines().count());
+    ensure(
+        String::from_utf8_lossy(&o.stderr)
+            .lines()
+            .any(|l| l == summary),
+        format!("no summary `{summary}`: {}", text(&o)),
+    )?;
     let o = run(labctl_here().args(["show", "ipvs", &lab, "nosuch"]));
     ensure(o.status.code() == Some(2), text(&o))?;
     Ok(Completion::Completed)
