@@ -74,6 +74,8 @@ fn track_connections(ns: &str) -> Result<(), Failed> {
     .map_err(|e| format!("track connections in {ns}: {e}").into())
 }
 
+/// A real TCP connection in the dump, decoded and formatted; `flush_in`
+/// then empties the table.
 fn dump_sees_a_tcp_connection() -> Result<(), Failed> {
     let (_guard, client, server) = two_namespaces()?;
     track_connections(&server)?;
@@ -139,7 +141,15 @@ fn dump_sees_a_tcp_connection() -> Result<(), Failed> {
         plain.contains(&format!("sport={sport} dport=80")),
         format!("unredacted lines lack the client port: {plain}"),
     )?;
-    Ok(())
+
+    // What every scenario does first: the table empties, this connection
+    // (the only one it held) included.
+    conntrack::flush_in(&server)?;
+    let after = conntrack::dump_in(&server)?;
+    ensure(
+        after.is_empty(),
+        format!("after flush_in, {want_original:?} was in {after:#?}"),
+    )
 }
 
 /// No root needed: the namespace file is missing before anything else.
