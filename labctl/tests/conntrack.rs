@@ -306,7 +306,7 @@ fn show_on_the_ipvs_lab() -> Result<Completion, Failed> {
         format!("no summary `{summary}`: {}", text(&o)),
     )?;
     let o = run(labctl_here().args(["show", "ipvs", &lab, "nosuch"]));
-    ensure(o.status.code() == Some(2), text(&o))?;
+    fails_with(&o, 2, "has no node, pod or client `nosuch`; it has: ")?;
     Ok(Completion::Completed)
 }
 
