@@ -14,14 +14,19 @@ use libtest_mimic::{Completion, Failed};
 
 pub fn gate(f: impl FnOnce() -> Result<(), Failed>) -> Result<Completion, Failed> {
     if !nix::unistd::geteuid().is_root() {
-        if std::env::var("LABCTL_REQUIRE_ALL").is_ok_and(|v| v == "1") {
-            return Err("needs root, and LABCTL_REQUIRE_ALL=1 forbids ignoring it".into());
-        }
-        return Ok(Completion::ignored_with(
-            "needs root: creates network namespaces",
-        ));
+        return ignored("needs root: creates network namespaces");
     }
     f().map(|()| Completion::Completed)
+}
+
+/// Report the trial ignored with `reason`, or fail it under
+/// `LABCTL_REQUIRE_ALL=1`.
+pub fn ignored(reason: impl Into<String>) -> Result<Completion, Failed> {
+    let reason = reason.into();
+    if std::env::var("LABCTL_REQUIRE_ALL").is_ok_and(|v| v == "1") {
+        return Err(format!("{reason}, and LABCTL_REQUIRE_ALL=1 forbids ignoring it").into());
+    }
+    Ok(Completion::ignored_with(reason))
 }
 
 /// Run a command to completion.
