@@ -13,8 +13,11 @@
 //! is reported ignored (a failure under `LABCTL_REQUIRE_ALL=1`); with root
 //! but neither ipvlan nor a VM kernel it fails with the reason.
 //!
-//! A second trial, anywhere and without root: `labctl monitor` on a lab that
-//! is not up says so and exits with the "wrong state" code.
+//! Two cheap trials on the host kernel: `labctl monitor` on a lab that is
+//! not up says so (anywhere, without root); `labctl monitor` and `labctl
+//! show lb` on a lab that is up but has no `ebpf:` (the Flannel lab without
+//! services, root) say that it has no eBPF load balancer. Both exit with the
+//! "wrong state" code.
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -178,6 +181,34 @@ fn monitor_on_a_lab_that_is_not_up_says_so() -> Result<(), Failed> {
     ensure(o.stdout.is_empty(), format!("printed events: {}", text(&o)))
 }
 
+/// The eBPF commands on a lab that is up but has no `ebpf:` (so no maps
+/// pinned): the Flannel lab without services, which the host kernel runs.
+fn monitor_and_show_lb_on_a_lab_without_ebpf() -> Result<(), Failed> {
+    let lab = unique("noebpf");
+    let _down = Down(lab.clone());
+    ok(labctl_here()
+        .args(["up", "-q", "--name", &lab, "--var", "services=off"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/flannel.yaml")))?;
+    let not_loaded = format!(
+        "lab `{lab}` has no eBPF load balancer ({} is missing): \
+         is it up, and does its topology have `ebpf:`?",
+        labctl::lb::pin_dir(&lab).display()
+    );
+    for args in [
+        &["monitor", &lab, "--count", "1", "--timeout", "1"][..],
+        &["show", "lb", &lab],
+    ] {
+        let o = run(labctl_here().args(args));
+        println!("{}", String::from_utf8_lossy(&o.stderr).trim_end());
+        fails_with(&o, 3, &not_loaded)?;
+        ensure(
+            o.stdout.is_empty(),
+            format!("{args:?} printed: {}", text(&o)),
+        )?;
+    }
+    Ok(())
+}
+
 /// Where the lab trial runs.
 fn place() -> Place {
     match labctl_topology::load(&topology(), &Default::default()) {
@@ -216,6 +247,10 @@ fn main() {
             "monitor_on_a_lab_that_is_not_up_says_so",
             monitor_on_a_lab_that_is_not_up_says_so,
         )
+        .with_kind(here.clone()),
+        Trial::ignorable_test("monitor_and_show_lb_on_a_lab_without_ebpf", || {
+            common::gate(monitor_and_show_lb_on_a_lab_without_ebpf)
+        })
         .with_kind(here),
     ];
     libtest_mimic::run(&args, trials).exit();
