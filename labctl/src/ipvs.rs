@@ -820,6 +820,52 @@ impl Ipvs {
     }
 }
 
+/// One entry of IPVS's connection table (`ipvsadm -Lnc`): a client socket,
+/// the virtual service it addressed and the real server it was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conn {
+    pub client: std::net::SocketAddrV4,
+    pub virtual_service: std::net::SocketAddrV4,
+    pub real_server: std::net::SocketAddrV4,
+}
+
+/// The IPVS connection table of a named namespace, read from its
+/// `/proc/net/ip_vs_conn` (the generic netlink API has no dump of it),
+/// IPv4 only. No IPVS in the kernel: no connections.
+pub fn connections_in(netns: &str) -> std::io::Result<Vec<Conn>> {
+    crate::sys::in_netns(netns, || {
+        // thread-self: /proc/net is the whole process's namespace.
+        match std::fs::read_to_string("/proc/thread-self/net/ip_vs_conn") {
+            Ok(text) => Ok(parse_conns(&text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    })?
+}
+
+/// `Pro FromIP FPrt ToIP TPrt DestIP DPrt State Expires ...`, addresses
+/// and ports in hex; IPv6 lines and the header are skipped.
+fn parse_conns(text: &str) -> Vec<Conn> {
+    let socket = |ip: &str, port: &str| {
+        if ip.len() != 8 {
+            return None; // IPv6 (`%pI6`)
+        }
+        let ip = u32::from_str_radix(ip, 16).ok()?;
+        let port = u16::from_str_radix(port, 16).ok()?;
+        Some(std::net::SocketAddrV4::new(Ipv4Addr::from(ip), port))
+    };
+    text.lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            Some(Conn {
+                client: socket(f.get(1)?, f.get(2)?)?,
+                virtual_service: socket(f.get(3)?, f.get(4)?)?,
+                real_server: socket(f.get(5)?, f.get(6)?)?,
+            })
+        })
+        .collect()
+}
+
 /// `ipvsadm -Ln` style text of a dump (without its version line), sorted,
 /// for `labctl show ipvs`.
 pub fn format_table(services: &[(Service, Vec<DestInfo>)]) -> String {
@@ -856,6 +902,23 @@ pub fn format_table(services: &[(Service, Vec<DestInfo>)]) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn connection_table_lines_parse() {
+        let text = "Pro FromIP   FPrt ToIP     TPrt DestIP   DPrt State       Expires PEName PEData\n\
+                    TCP 0A000316 B7A2 2FF38BB7 0050 0A000326 0050 ESTABLISHED     899\n\
+                    TCP fd00::1 1F90 fd00::2 0050 fd00::3 0050 NONE 10\n";
+        let conns = parse_conns(text);
+        assert_eq!(
+            conns,
+            vec![Conn {
+                client: "10.0.3.22:47010".parse().unwrap(),
+                virtual_service: "47.243.139.183:80".parse().unwrap(),
+                real_server: "10.0.3.38:80".parse().unwrap(),
+            }]
+        );
+    }
+
     use super::*;
     use netlink_packet_core::{DoneMessage, ErrorMessage};
     use std::collections::VecDeque;

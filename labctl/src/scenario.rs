@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
 use std::time::Duration;
 
@@ -217,7 +217,14 @@ pub fn run(
             let table = ipvs::Ipvs::open_in(ns)
                 .and_then(|mut i| i.services())
                 .map_err(|e| service_error(format!("read IPVS in {ns}: {e}")))?;
-            service_state.push((entity.clone(), entries, table));
+            let conns = ipvs::connections_in(ns)
+                .map_err(|e| service_error(format!("read IPVS connections in {ns}: {e}")))?;
+            service_state.push(ServiceState {
+                entity: entity.clone(),
+                conntrack: entries,
+                conns,
+                table,
+            });
         }
     }
 
@@ -257,11 +264,20 @@ pub fn run(
         unique.len() as u32
     };
     let table = sighting_table(&seen, &path, &hop, &masters);
-    let ipvs_seen = addressed_services(sc, &path, &service_state);
+    // The request's client sockets (every attempt), as IPVS saw them.
+    let clients: Vec<SocketAddrV4> = seen
+        .iter()
+        .filter(|(_, f)| is_request(f, sc))
+        .filter_map(|(_, f)| match (f.innermost().src, f.innermost().src_port) {
+            (IpAddr::V4(a), Some(p)) => Some(SocketAddrV4::new(a, p)),
+            _ => None,
+        })
+        .collect();
+    let ipvs_seen = addressed_services(sc, &path, &clients, &service_state);
     let ct: Vec<(String, Vec<conntrack::Entry>)> = service_state
         .into_iter()
-        .filter(|(_, entries, _)| !entries.is_empty())
-        .map(|(entity, entries, _)| (entity, entries))
+        .filter(|s| !s.conntrack.is_empty())
+        .map(|s| (s.entity, s.conntrack))
         .collect();
 
     let (result, detail, served_by, mut saw) = match &outcome.result {
@@ -687,45 +703,49 @@ fn check(
     out
 }
 
-/// What one namespace's services showed after the traffic: its entity,
-/// conntrack entries and IPVS table.
-type ServiceState = (
-    String,
-    Vec<conntrack::Entry>,
-    Vec<(ipvs::Service, Vec<ipvs::DestInfo>)>,
-);
+/// What one namespace's services showed after the traffic.
+struct ServiceState {
+    entity: String,
+    /// Conntrack entries (the table was emptied before the traffic).
+    conntrack: Vec<conntrack::Entry>,
+    /// IPVS's connection table.
+    conns: Vec<ipvs::Conn>,
+    /// IPVS's virtual services with their real servers.
+    table: Vec<(ipvs::Service, Vec<ipvs::DestInfo>)>,
+}
 
 /// Per namespace, the IPVS virtual services the scenario's traffic was
 /// addressed to, `ipvsadm -Ln` style with every real server and weight:
-/// those a conntrack entry names as its original destination, or, in the
-/// VPC on the path or the namespace the path ends in, without conntrack
-/// entries (the SLB; a node where IPVS refused the connection), the
-/// scenario's target. (IPVS's own
-/// connection counters outlive a service deleted and added again, so they
-/// cannot tell.)
+/// those a conntrack entry names as its original destination, or IPVS's
+/// connection table holds a connection to from one of the request's client
+/// sockets (the SLB: the VPC tracks nothing), or, in the namespace the path
+/// ends in, the scenario's target: IPVS refused it there (no real server),
+/// so no connection exists to show.
 fn addressed_services(
     sc: &Scenario,
     path: &[String],
+    clients: &[SocketAddrV4],
     state: &[ServiceState],
 ) -> Vec<(String, Vec<String>)> {
     let mut out = Vec::new();
-    for (entity, entries, table) in state {
-        // The VPC when the path crosses it (the SLB), or the namespace the
-        // path ends in (where IPVS refused); an ENI the packet only passes
-        // through (ipvlan) is not the node's stack.
-        let on_path = path.iter().any(|h| h == entity)
-            || path
-                .last()
-                .is_some_and(|h| h.split('/').next() == Some(entity.as_str()));
+    for s in state {
+        // The request ended in this namespace and left no trace in it.
+        let refused_here = path
+            .last()
+            .is_some_and(|h| h.split('/').next() == Some(s.entity.as_str()))
+            && s.conntrack.is_empty()
+            && !s.conns.iter().any(|c| clients.contains(&c.client));
         let addressed = |addr: Ipv4Addr, port: u16| {
-            if entries.is_empty() {
-                on_path && addr == sc.target && Some(port) == sc.port
-            } else {
-                entries
+            let vs = SocketAddrV4::new(addr, port);
+            s.conntrack
+                .iter()
+                .any(|e| e.original.dst == addr && e.original.dport == Some(port))
+                || s.conns
                     .iter()
-                    .any(|e| e.original.dst == addr && e.original.dport == Some(port))
-            }
+                    .any(|c| c.virtual_service == vs && clients.contains(&c.client))
+                || (refused_here && addr == sc.target && Some(port) == sc.port)
         };
+        let table = &s.table;
         let lines: Vec<String> = table
             .iter()
             .filter(|(svc, _)| addressed(svc.addr, svc.port))
@@ -749,7 +769,7 @@ fn addressed_services(
             })
             .collect();
         if !lines.is_empty() {
-            out.push((entity.clone(), lines));
+            out.push((s.entity.clone(), lines));
         }
     }
     out
