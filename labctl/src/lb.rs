@@ -20,7 +20,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use labctl_lb::{DEFAULT_BPFFS, FlowEntry, Lb, LbEvent, LbMaps, Proto, ServiceEntry};
-use labctl_topology::{Lab, Protocol, ServiceChange};
+use labctl_topology::{Lab, Protocol};
+
+use crate::services::Overrides;
 use nix::fcntl::{Flock, FlockArg};
 
 /// The directory under the bpffs holding every lab's pin directory.
@@ -30,25 +32,6 @@ const LABS_DIR: &str = "labctl";
 /// bpffs labctl mounts at [`DEFAULT_BPFFS`] when the host has none there.
 pub fn pin_dir(lab: &str) -> PathBuf {
     Path::new(DEFAULT_BPFFS).join(LABS_DIR).join(lab)
-}
-
-/// What a scenario changes in the load balancer for its run.
-#[derive(Debug, Clone, Default)]
-pub struct LbOverrides {
-    /// Service changes (endpoints removed, ...).
-    pub changes: Vec<ServiceChange>,
-    /// The endpoint pod every new flow of a service goes to, when it is an
-    /// endpoint of that service.
-    pub backend: Option<String>,
-    /// Overrides the topology's `ebpf.in_cluster_external`.
-    pub in_cluster_external: Option<bool>,
-}
-
-impl LbOverrides {
-    /// Whether the topology's own settings stand.
-    pub fn is_empty(&self) -> bool {
-        self.changes.is_empty() && self.backend.is_none() && self.in_cluster_external.is_none()
-    }
 }
 
 /// Why the load balancer could not be set up, programmed or read.
@@ -180,7 +163,7 @@ fn load_attach_program(lab: &Lab) -> Result<(), LbError> {
     attach_all(lab, &mut lb)?;
     // The filters hold the programs and maps from here on.
     drop(lb);
-    program(lab, &LbOverrides::default())
+    program(lab, &Overrides::default())
 }
 
 /// Attaches to every pod, each from a thread inside the pod's namespace
@@ -220,7 +203,7 @@ type Wanted = (labctl_lb::Service, Vec<SocketAddrV4>, Option<u32>);
 /// What the maps should hold for `lab` under `o`: every service's
 /// ClusterIP (and, with in-cluster external access, its external and
 /// load-balancer addresses) per port, to its endpoints' `address:targetPort`.
-fn wanted(lab: &Lab, o: &LbOverrides) -> Vec<Wanted> {
+fn wanted(lab: &Lab, o: &Overrides) -> Vec<Wanted> {
     let in_cluster_external = o
         .in_cluster_external
         .or(lab.ebpf.map(|e| e.in_cluster_external))
@@ -262,7 +245,7 @@ fn wanted(lab: &Lab, o: &LbOverrides) -> Vec<Wanted> {
 /// `o` (like `cilium service update` per frontend and `cilium service
 /// delete` for the rest), pins `o.backend` where it is an endpoint, and
 /// flushes the remembered flows so the next packets choose afresh.
-pub fn program(lab: &Lab, o: &LbOverrides) -> Result<(), LbError> {
+pub fn program(lab: &Lab, o: &Overrides) -> Result<(), LbError> {
     let mut maps = open(&lab.name)?;
     let wanted = wanted(lab, o);
     let existing = maps
@@ -368,27 +351,27 @@ services:
     fn wanted_follows_topology_and_overrides() {
         let lab = labctl_topology::load_str("t.yaml", TOPOLOGY, &Default::default())
             .unwrap_or_else(|e| panic!("test topology loads: {e:?}"));
-        let w = wanted(&lab, &LbOverrides::default());
+        let w = wanted(&lab, &Overrides::default());
         assert_eq!(w.len(), 1, "{w:?}");
         assert_eq!(w[0].0.to_string(), "192.168.27.242:80/TCP");
         assert_eq!(w[0].1.len(), 2);
         assert_eq!(w[0].2, None);
-        let o = LbOverrides {
+        let o = Overrides {
             backend: Some("server2".into()),
             in_cluster_external: Some(true),
-            changes: Vec::new(),
+            ..Overrides::default()
         };
         let w = wanted(&lab, &o);
         assert_eq!(w.len(), 2, "{w:?}");
         assert!(w.iter().all(|(_, _, p)| *p == Some(1)));
-        let o = LbOverrides {
-            changes: vec![ServiceChange {
+        let o = Overrides {
+            changes: vec![labctl_topology::ServiceChange {
                 service: "web".into(),
                 external_traffic_policy: None,
                 remove_endpoints: vec!["server".into()],
             }],
             backend: Some("server".into()),
-            in_cluster_external: None,
+            ..Overrides::default()
         };
         let w = wanted(&lab, &o);
         assert_eq!(w[0].1.len(), 1);

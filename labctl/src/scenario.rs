@@ -143,16 +143,7 @@ pub fn run(
         .filter(|n| matches!(n.role, Role::Node | Role::Vpc))
         .map(|n| (n.entity.clone(), n.name.clone()))
         .collect();
-    let overrides = services::Overrides {
-        changes: sc.changes.clone(),
-        backend: sc.backend.clone(),
-        via_node: sc.via_node.clone(),
-    };
-    let lb_overrides = lb::LbOverrides {
-        changes: sc.changes.clone(),
-        backend: sc.backend.clone(),
-        in_cluster_external: sc.in_cluster_external,
-    };
+    let overrides = services::Overrides::of(sc);
     if with_services {
         services::check_overrides(lab, &overrides).map_err(service_error)?;
         services::apply_all(&services::steps(lab, &overrides)).map_err(service_error)?;
@@ -164,7 +155,7 @@ pub fn run(
     // The eBPF load balancer, likewise programmed afresh (its remembered
     // flows emptied) with the scenario's changes, pin and Terway setting.
     if lab.ebpf.is_some() {
-        lb::program(lab, &lb_overrides)
+        lb::program(lab, &overrides)
             .map_err(|e| service_error(format!("program eBPF services: {e}")))?;
     }
 
@@ -342,8 +333,8 @@ pub fn run(
     report.checks = check(sc, &report, &seen, &hop, &in_vpc);
     report.checks.extend(check_conntrack(sc, &ct));
     // Leave the services as the topology says.
-    if lab.ebpf.is_some() && !lb_overrides.is_empty() {
-        lb::program(lab, &lb::LbOverrides::default())
+    if lab.ebpf.is_some() && !overrides.is_empty() {
+        lb::program(lab, &services::Overrides::default())
             .map_err(|e| service_error(format!("restore eBPF services: {e}")))?;
     }
     if with_services && !overrides.is_empty() {

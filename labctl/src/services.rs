@@ -64,7 +64,8 @@ pub struct RealServer {
     pub weight: u32,
 }
 
-/// A scenario's temporary view of the services.
+/// A scenario's temporary view of the services, for kube-proxy, the SLB
+/// and the eBPF load balancer alike.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Overrides {
     pub changes: Vec<ServiceChange>,
@@ -72,11 +73,28 @@ pub struct Overrides {
     pub backend: Option<String>,
     /// The node the SLB must pick.
     pub via_node: Option<String>,
+    /// Overrides the topology's `ebpf.in_cluster_external`.
+    pub in_cluster_external: Option<bool>,
 }
 
 impl Overrides {
+    /// A scenario's `changes`, `backend`, `via_node` and
+    /// `in_cluster_external`.
+    pub fn of(sc: &labctl_topology::Scenario) -> Overrides {
+        Overrides {
+            changes: sc.changes.clone(),
+            backend: sc.backend.clone(),
+            via_node: sc.via_node.clone(),
+            in_cluster_external: sc.in_cluster_external,
+        }
+    }
+
+    /// Whether the topology's own settings stand.
     pub fn is_empty(&self) -> bool {
-        self.changes.is_empty() && self.backend.is_none() && self.via_node.is_none()
+        self.changes.is_empty()
+            && self.backend.is_none()
+            && self.via_node.is_none()
+            && self.in_cluster_external.is_none()
     }
 }
 
@@ -657,7 +675,7 @@ mod tests {
                 external_traffic_policy: Some(TrafficPolicy::Local),
                 remove_endpoints: vec![],
             }],
-            backend: None,
+            ..Overrides::default()
         };
         let err = check_overrides(&lab, &o).unwrap_err();
         assert!(
