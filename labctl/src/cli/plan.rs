@@ -21,7 +21,7 @@ pub struct Args {
 
 #[derive(clap::ValueEnum, Clone, Copy)]
 enum Format {
-    /// One iproute2 command per action, grouped by phase.
+    /// One iproute2 command per action, in phase order, quoted for the shell.
     Text,
     /// A runnable bash script doing the same with `ip` (the benchmark baseline).
     Script,
@@ -37,14 +37,8 @@ pub fn run(args: Args) -> Result {
     }
     let plan = labctl::plan::plan(&lab);
     match args.output {
-        Format::Text => {
-            for ns in &plan.namespaces {
-                println!("ip netns add {}", ns.name);
-            }
-            for step in &plan.steps {
-                println!("{step}");
-            }
-        }
+        // The same commands as the script, quoted the same way.
+        Format::Text => print!("{}", plan.to_commands()),
         Format::Script => print!("{}", plan.to_script()),
         Format::Json => println!(
             "{}",
