@@ -109,6 +109,9 @@ pub struct Report {
     /// translated to 10.0.3.38:80`.
     pub translations: Vec<String>,
     pub checks: Vec<Check>,
+    /// The verdict: every check held. Checks made after the run (the
+    /// golden file's) are added with [`Report::add_check`], which keeps it
+    /// so: a report never says PASS above a failed check.
     pub passed: bool,
 }
 
@@ -851,6 +854,13 @@ fn write_pcaps(
 }
 
 impl Report {
+    /// Add a check made after the run (the golden file's), and with it
+    /// recompute the verdict over every check.
+    pub fn add_check(&mut self, check: Check) {
+        self.checks.push(check);
+        self.passed = self.checks.iter().all(|c| c.ok);
+    }
+
     /// The golden text: what a golden file holds for this scenario.
     pub fn golden(&self) -> String {
         let mut s = String::new();
@@ -965,6 +975,15 @@ impl Report {
         for c in &self.checks {
             let _ = write!(s, "  [{}] {}", if c.ok { "ok" } else { "FAILED" }, c.what);
             match &c.detail {
+                // A detail of several lines (the golden diff): its first
+                // line after the check, the others indented below it.
+                Some(d) if d.contains('\n') => {
+                    let mut lines = d.lines();
+                    let _ = writeln!(s, " {}", lines.next().unwrap_or_default());
+                    for l in lines {
+                        let _ = writeln!(s, "    {l}");
+                    }
+                }
                 Some(d) => {
                     let _ = writeln!(s, " ({d})");
                 }

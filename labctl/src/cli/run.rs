@@ -10,7 +10,7 @@ use super::{Exit, Failure, Result, Vars, Where, forward_code, load, vm_argv};
 
 /// Run scenarios of a topology file on its lab (bringing it up first if it
 /// is not up) and check every expectation and golden file. Exits 1 if any
-/// fails.
+/// fails; a scenario's PASS or FAIL covers its golden file.
 #[derive(clap::Args)]
 pub struct Args {
     /// Topology file (YAML).
@@ -28,7 +28,9 @@ pub struct Args {
     /// Write one pcap file per interface under DIR/<scenario>/.
     #[arg(long, value_name = "DIR")]
     pcap: Option<PathBuf>,
-    /// Golden directory (default: golden/<file stem> beside topologies/).
+    /// Golden directory (default: golden/<file stem> beside topologies/, or
+    /// its subdirectory named after the --var settings when they make
+    /// another lab, e.g. golden/flannel/services=off/).
     #[arg(long, value_name = "DIR")]
     golden: Option<PathBuf>,
     /// Leave a lab that `run` brought up running afterwards.
@@ -151,10 +153,9 @@ pub fn run(args: Args) -> Result {
         engine::down(&lab.name)?;
     }
     let outcomes = result?;
-    let failed = outcomes
-        .iter()
-        .filter(|o| !o.report.passed || o.golden == "differs")
-        .count();
+    // The golden comparison is one of each report's checks: `passed` is
+    // the whole verdict.
+    let failed = outcomes.iter().filter(|o| !o.report.passed).count();
     if args.output == Format::Json {
         println!(
             "{}",
@@ -184,47 +185,35 @@ fn run_all(
     let record = state::load(&lab.name)
         .map_err(|e| Failure::new(Exit::Failed, e))?
         .ok_or_else(|| Failure::new(Exit::State, format!("lab `{}` is not up", lab.name)))?;
+    // The variables' own golden files when they make another lab
+    // (`--var services=off`); `--golden DIR` is taken as it is.
     let golden_dir = args
         .golden
         .clone()
-        .unwrap_or_else(|| golden::dir_for(&args.file));
+        .unwrap_or_else(|| golden::dir_for(&args.file, &args.vars.map()));
     let opts = RunOptions {
         pcap: args.pcap.as_deref(),
     };
     let mut out = Vec::new();
     for sc in selected {
-        let report =
+        let mut report =
             scenario::run(&record, lab, sc, &opts).map_err(|e| Failure::new(Exit::Failed, e))?;
         let file = golden::file_for(&golden_dir, &sc.name);
-        let actual = report.golden();
-        let (state, diff) = match golden::read(&file) {
-            None => ("missing", None),
-            Some(g) if g == actual => ("match", None),
-            Some(g) => ("differs", Some(golden::diff(&g, &actual))),
-        };
+        // Compared before anything is printed: the verdict on the report's
+        // first line covers the golden file too.
+        let state = golden::check(&mut report, &file);
         if args.output == Format::Text {
             print!("{}", report.render());
-            match (state, &diff) {
-                ("match", _) => println!("  [ok] golden {}", file.display()),
-                ("missing", _) => println!("  [--] no golden file {}", file.display()),
-                (_, Some(d)) => {
-                    println!("  [FAILED] golden {} differs:", file.display());
-                    for line in d.lines() {
-                        println!("    {line}");
-                    }
-                    println!(
-                        "    (if the change is right: `./lab test`, then `cargo insta review` to accept it)"
-                    );
-                }
-                _ => {}
+            if state == golden::Golden::Missing {
+                println!("  [--] no golden file {}", file.display());
             }
             println!();
         }
         out.push(Outcome {
-            golden_text: actual,
+            golden_text: report.golden(),
+            golden: state.word(),
+            golden_diff: state.diff().map(str::to_string),
             report,
-            golden: state,
-            golden_diff: diff,
         });
     }
     Ok(out)
