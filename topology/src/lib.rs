@@ -11,6 +11,7 @@ mod resolve;
 mod template;
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::Path;
 
 use serde_saphyr::{DefaultMessageFormatter, MessageFormatter};
@@ -18,6 +19,7 @@ use serde_saphyr::{DefaultMessageFormatter, MessageFormatter};
 pub use error::{Problem, Problems, TopologyError};
 pub use model::*;
 pub use resolve::{DEFAULT_BRIDGE, ENTITY_NAME_MAX, LAB_NAME_MAX, check_lab_name};
+pub use template::{RENDERED_MAX, TEMPLATE_FUEL};
 
 use error::{Source, closest};
 
@@ -55,10 +57,26 @@ pub fn schema() -> serde_json::Value {
     schema.to_value()
 }
 
+/// Read a topology file, refusing one larger than the rendered text may be
+/// (and whatever never ends, like a FIFO fed forever).
 fn read(path: &Path) -> Result<(String, String), TopologyError> {
     let file = path.display().to_string();
-    match std::fs::read_to_string(path) {
-        Ok(source) => Ok((file, source)),
+    let mut source = String::new();
+    let limit = template::RENDERED_MAX as u64;
+    let result = std::fs::File::open(path)
+        .and_then(|f| f.take(limit + 1).read_to_string(&mut source))
+        .and_then(|len| {
+            if len as u64 > limit {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::FileTooLarge,
+                    format!("larger than {}", template::mib(template::RENDERED_MAX)),
+                ))
+            } else {
+                Ok(())
+            }
+        });
+    match result {
+        Ok(()) => Ok((file, source)),
         Err(source) => Err(TopologyError::Read { file, source }),
     }
 }

@@ -904,6 +904,101 @@ fn thousand_pods_from_a_loop() {
     assert_eq!(veths.len(), 1000, "host veth names collide");
 }
 
+// ---- template limits -------------------------------------------------------
+
+/// Loops that would run for hours.
+const ENDLESS: &str =
+    "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}\n";
+/// 100 GB of output from 1 MB written 100,000 times.
+const HUGE: &str = "{% set s = 'x' * 1000000 %}{% for i in range(100000) %}{{ s }}{% endfor %}\n";
+
+/// The error of a template that must fail within `seconds`.
+fn runaway(source: &str, seconds: u64) -> (String, String) {
+    let start = Instant::now();
+    let e = load_str("t.yaml", source, &vars()).unwrap_err();
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed < std::time::Duration::from_secs(seconds),
+        "took {elapsed:?}: {e}"
+    );
+    assert!(matches!(e, TopologyError::Template(_)), "{e}");
+    let help = e.problems()[0].help.clone().unwrap_or_default();
+    (e.to_string(), help)
+}
+
+#[test]
+fn endless_loops_run_out_of_fuel() {
+    let (e, help) = runaway(ENDLESS, 20);
+    assert_eq!(
+        e,
+        "t.yaml:1:41: template ran out of fuel after 16000000 steps: its loops run too long or \
+         build too much text"
+    );
+    assert!(help.contains("at most 16000000 steps"), "{help}");
+}
+
+#[test]
+fn huge_output_is_refused() {
+    let (e, help) = runaway(HUGE, 10);
+    assert_eq!(e, "t.yaml:1:59: rendered topology exceeds 64 MiB");
+    assert!(help.contains("at most 64 MiB"), "{help}");
+    // The text of the template itself, repeated: located at that text.
+    let source = "name: x\n{% for i in range(1000) %}{% for j in range(1000) %}\n\
+                  # padding padding padding padding padding padding padding padding padding\n\
+                  {% endfor %}{% endfor %}\n";
+    let (e, _) = runaway(source, 10);
+    assert_eq!(e, "t.yaml:2:53: rendered topology exceeds 64 MiB");
+    // One huge value, whatever it is.
+    let (e, _) = runaway("{{ 'x' * 80000000 }}\n", 10);
+    assert_eq!(e, "t.yaml:1:4: rendered topology exceeds 64 MiB");
+    let (e, _) = runaway("{{ range(100000) | list }}{{ 'x' * 67100000 }}\n", 10);
+    assert_eq!(e, "t.yaml:1:30: rendered topology exceeds 64 MiB");
+}
+
+#[test]
+fn huge_values_run_out_of_fuel_before_they_exist() {
+    // 100 MB, then 200, 400 and 800 MB: the fuel pays for about 1 GiB.
+    let source = "{% set a = 'x' * 100000000 %}{% set b = a ~ a %}{% set c = b ~ b %}\
+                  {% set d = c ~ c %}{% set e = d ~ d %}\n";
+    let (e, _) = runaway(source, 20);
+    assert!(e.contains("template ran out of fuel"), "{e}");
+}
+
+#[test]
+fn render_reports_the_limits_like_load() {
+    let dir = std::env::temp_dir().join(format!("labctl-topology-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("huge.yaml");
+    std::fs::write(&path, HUGE).unwrap();
+    let e = render(&path, &vars()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!("{}:1:59: rendered topology exceeds 64 MiB", path.display())
+    );
+    // A file larger than a rendering may be is not even read whole.
+    let big = dir.join("big.yaml");
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len(RENDERED_MAX as u64 + 1).unwrap();
+    let e = load(&big, &vars()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{}: cannot read topology file: larger than 64 MiB",
+            big.display()
+        )
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn scale_renders_a_hundred_thousand_pods_within_the_limits() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/scale.yaml");
+    let vars = BTreeMap::from([("pods".to_string(), "10000".to_string())]);
+    let rendered = render(&path, &vars).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(rendered.matches("- { name: pod").count(), 100_000);
+    assert!(rendered.len() < RENDERED_MAX / 8, "{}", rendered.len());
+}
+
 // ---- schema ----------------------------------------------------------------
 
 #[test]
