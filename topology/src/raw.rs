@@ -194,10 +194,11 @@ pub struct RawNode {
     #[schemars(with = "Option<IfName>")]
     pub bridge: Option<Spanned<String>>,
     /// Sysctls of the node's namespace (`net.ipv4.ip_forward` is 1 unless
-    /// set here).
+    /// set here): only those the kernel keeps per network namespace
+    /// (`net.ipv4.*`, `net.ipv6.*`, `net.netfilter.*`, ...).
     #[serde(default)]
     #[schemars(with = "Option<BTreeMap<String, SysctlValue>>")]
-    pub sysctls: Option<Spanned<BTreeMap<String, SysctlValue>>>,
+    pub sysctls: Option<Spanned<BTreeMap<String, Spanned<SysctlValue>>>>,
 }
 
 /// An ENI of a node, plugged into a vSwitch.

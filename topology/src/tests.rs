@@ -333,7 +333,113 @@ fn bad_sysctl_name() {
         "    pod_cidr: 172.23.96.0/26\n",
         "    pod_cidr: 172.23.96.0/26\n    sysctls: { \"../x\": 1 }\n",
     );
-    assert_eq!(e, "t.yaml:14:14: invalid sysctl name `../x`");
+    assert_eq!(e, "t.yaml:14:17: invalid sysctl name `../x`");
+}
+
+/// The single problem of BASE with node-1's sysctls set to `map`.
+fn sysctl_problem(map: &str) -> (String, String) {
+    one(
+        "    pod_cidr: 172.23.96.0/26\n",
+        &format!("    pod_cidr: 172.23.96.0/26\n    sysctls: {map}\n"),
+    )
+}
+
+#[test]
+fn host_sysctls_are_refused() {
+    let (e, help) = sysctl_problem("{ fs.lease-break-time: 1 }");
+    assert_eq!(
+        e,
+        "t.yaml:14:16: sysctl `fs.lease-break-time` is not a network sysctl: setting it would \
+         change the host"
+    );
+    assert!(help.contains("per network namespace"), "{help}");
+    let (e, _) = sysctl_problem("\n      kernel.core_pattern: \"|/tmp/x\"");
+    assert_eq!(
+        e,
+        "t.yaml:15:7: sysctl `kernel.core_pattern` is not a network sysctl: setting it would \
+         change the host"
+    );
+    // The same with '/' separators.
+    let (e, _) = sysctl_problem("{ kernel/core_pattern: x }");
+    assert!(
+        e.contains("`kernel/core_pattern` is not a network sysctl"),
+        "{e}"
+    );
+}
+
+#[test]
+fn global_net_sysctls_are_refused() {
+    for key in [
+        "net.core.rmem_max",
+        "net.core.bpf_jit_enable",
+        "net.ipv4.tcp_mem",
+        "net.ipv4.udp_mem",
+        "net.ipv4.inet_peer_threshold",
+        "net.ipv4.route.gc_thresh",
+        "net.ipv4.neigh.default.gc_thresh3",
+        "net.ipv6.mld_max_msf",
+        "net.netfilter.nf_conntrack_max",
+        "net.nf_conntrack_max",
+    ] {
+        let (e, _) = sysctl_problem(&format!("{{ {key}: 1 }}"));
+        assert_eq!(
+            e,
+            format!(
+                "t.yaml:14:16: sysctl `{key}` is global, not kept per network namespace: \
+                 setting it would change the host"
+            )
+        );
+    }
+}
+
+#[test]
+fn unknown_net_sysctls_are_refused() {
+    let (e, _) = sysctl_problem("{ net.bridge.bridge_nf_call_iptables: 1 }");
+    assert_eq!(
+        e,
+        "t.yaml:14:16: sysctl `net.bridge.bridge_nf_call_iptables` is not one the kernel keeps \
+         per network namespace"
+    );
+}
+
+#[test]
+fn per_netns_sysctls_are_kept() {
+    let map = "{ net.ipv4.conf.all.rp_filter: 2, net.ipv4.tcp_rmem: \"4096 131072 6291456\", \
+               net.ipv6.conf.all.disable_ipv6: 1, net.ipv4.route.min_pmtu: 552, \
+               net.ipv4.neigh.eth0.gc_stale_time: 30, net.netfilter.nf_conntrack_tcp_loose: 0, \
+               net.bridge.bridge-nf-call-iptables: 1, net.core.somaxconn: 4096, \
+               net.unix.max_dgram_qlen: 512, net.ipv4.vs.conntrack: 1, net.mpls.platform_labels: 16 }";
+    let source = BASE.replacen(
+        "    pod_cidr: 172.23.96.0/26\n",
+        &format!("    pod_cidr: 172.23.96.0/26\n    sysctls: {map}\n"),
+        1,
+    );
+    let lab = load_base(&source).unwrap_or_else(|e| panic!("{e}"));
+    let node = lab.node("node-1").unwrap();
+    assert_eq!(node.sysctls.len(), 12);
+    assert_eq!(node.sysctls["net.ipv4.tcp_rmem"], "4096 131072 6291456");
+}
+
+#[test]
+fn sysctl_values_are_one_line() {
+    let (e, help) = sysctl_problem("{ net.ipv4.ip_forward: \"1\\nkernel.core_pattern=|/x\" }");
+    assert_eq!(
+        e,
+        "t.yaml:14:37: the value of sysctl `net.ipv4.ip_forward` contains a line break"
+    );
+    assert!(
+        help.starts_with("a sysctl value is one line of text"),
+        "{help}"
+    );
+    let (e, _) = sysctl_problem("{ net.ipv4.ip_forward: \"1\\u0000\" }");
+    assert_eq!(
+        e,
+        "t.yaml:14:37: the value of sysctl `net.ipv4.ip_forward` contains the control \
+         character '\\0'"
+    );
+    // A block scalar keeps its line break.
+    let (e, _) = sysctl_problem("\n      net.ipv4.ip_forward: |\n        1\n");
+    assert!(e.ends_with("contains a line break"), "{e}");
 }
 
 // ---- references ----------------------------------------------------------
