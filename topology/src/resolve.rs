@@ -305,30 +305,21 @@ impl Resolver<'_> {
     /// "subnet name", `why` a help sentence.
     fn ifname(&mut self, name: &Text, what: &str, why: &str) -> bool {
         let n = &name.value;
-        let len = n.chars().count();
-        let problem = if n.is_empty() {
-            Some((format!("{what} is empty"), "empty name"))
-        } else if len > IFNAME_MAX {
-            Some((
-                format!("{what} `{n}` is {len} characters long, the kernel allows {IFNAME_MAX}"),
+        let problem = ifname_problem(n).map(|p| match p {
+            IfnameProblem::Empty => (format!("{what} is empty"), "empty name"),
+            IfnameProblem::TooLong(len) => (
+                format!("{what} `{n}` is {len} bytes long, the kernel allows {IFNAME_MAX}"),
                 "too long",
-            ))
-        } else if let Some(c) = n
-            .chars()
-            .find(|c| *c == '/' || *c == ':' || c.is_whitespace())
-        {
-            Some((
+            ),
+            IfnameProblem::Char(c) => (
                 format!("{what} `{n}` contains {c:?}, which interface names cannot contain"),
                 "invalid interface name",
-            ))
-        } else if n == "." || n == ".." {
-            Some((
+            ),
+            IfnameProblem::Dots => (
                 format!("{what} `{n}` is not a valid interface name"),
                 "invalid interface name",
-            ))
-        } else {
-            None
-        };
+            ),
+        });
         match problem {
             Some((message, label)) => {
                 self.err(&name.referenced, message, label, Some(why.to_string()));
@@ -788,7 +779,7 @@ impl Resolver<'_> {
                 info.first_address = address.map(|(a, _)| a);
             }
             let short = format!("{name}-{ifname}");
-            let vpc_port = if short.len() <= IFNAME_MAX {
+            let vpc_port = if ifname_problem(&short).is_none() {
                 short
             } else {
                 hashed_ifname("p", &format!("{name}/{ifname}"))
@@ -1204,7 +1195,7 @@ impl Resolver<'_> {
                 gateway
             }
         };
-        let vpc_port = if name.len() <= IFNAME_MAX {
+        let vpc_port = if ifname_problem(name).is_none() {
             name.clone()
         } else {
             hashed_ifname("p", name)
@@ -1439,6 +1430,39 @@ fn scope_if(per_netns: bool) -> SysctlScope {
         SysctlScope::Netns
     } else {
         SysctlScope::Global
+    }
+}
+
+/// Why the kernel would refuse an interface name.
+#[derive(Debug, PartialEq, Eq)]
+enum IfnameProblem {
+    Empty,
+    /// Longer than IFNAMSIZ - 1 bytes (the kernel counts bytes).
+    TooLong(usize),
+    /// Not printable ASCII, or '/', ':' or a space: the kernel refuses
+    /// '/', ':' and what its `isspace` matches, which includes byte 0xa0
+    /// of UTF-8 text; a NUL would cut the name short.
+    Char(char),
+    /// `.` or `..`.
+    Dots,
+}
+
+/// Check a name the way the kernel's `dev_valid_name` does, but refusing
+/// anything that is not printable ASCII.
+fn ifname_problem(n: &str) -> Option<IfnameProblem> {
+    if n.is_empty() {
+        Some(IfnameProblem::Empty)
+    } else if n.len() > IFNAME_MAX {
+        Some(IfnameProblem::TooLong(n.len()))
+    } else if let Some(c) = n
+        .chars()
+        .find(|c| !c.is_ascii_graphic() || *c == '/' || *c == ':')
+    {
+        Some(IfnameProblem::Char(c))
+    } else if n == "." || n == ".." {
+        Some(IfnameProblem::Dots)
+    } else {
+        None
     }
 }
 

@@ -728,8 +728,7 @@ fn interface_names() {
     let errors = with("name: vsw-a", "name: vsw-a-very-long-name");
     assert_eq!(
         errors[0],
-        "t.yaml:5:15: subnet name `vsw-a-very-long-name` is 20 characters long, the kernel \
-         allows 15"
+        "t.yaml:5:15: subnet name `vsw-a-very-long-name` is 20 bytes long, the kernel allows 15"
     );
     let (e, _) = one(
         "name: eth0, subnet: vsw-a",
@@ -750,7 +749,7 @@ fn interface_names() {
     );
     assert_eq!(
         e,
-        "t.yaml:14:13: bridge name `br-with-a-long-name` is 19 characters long, the kernel allows 15"
+        "t.yaml:14:13: bridge name `br-with-a-long-name` is 19 bytes long, the kernel allows 15"
     );
     let (e, _) = one(
         "    pod_cidr: 172.23.96.0/26\n",
@@ -760,6 +759,42 @@ fn interface_names() {
         e,
         "t.yaml:14:13: bridge name `eth0` clashes with the interface of node node-1 at line 12"
     );
+}
+
+#[test]
+fn interface_names_are_counted_in_bytes_and_ascii() {
+    // 8 characters, 16 bytes: the kernel says ERANGE.
+    let (e, _) = one("name: eth0, subnet: vsw-a", "name: éééééééé, subnet: vsw-a");
+    assert_eq!(
+        e,
+        "t.yaml:12:17: interface name `éééééééé` is 16 bytes long, the kernel allows 15"
+    );
+    let errors = with("name: vsw-a,", "name: vsw-à,");
+    assert_eq!(
+        errors[0],
+        "t.yaml:5:15: subnet name `vsw-à` contains 'à', which interface names cannot contain"
+    );
+    let (e, _) = one(
+        "    pod_cidr: 172.23.96.0/26\n",
+        "    pod_cidr: 172.23.96.0/26\n    bridge: \"br\\t0\"\n",
+    );
+    assert_eq!(
+        e,
+        "t.yaml:14:13: bridge name `br\t0` contains '\\t', which interface names cannot contain"
+    );
+    let (e, _) = one(
+        "    pod_cidr: 172.23.96.0/26\n",
+        "    pod_cidr: 172.23.96.0/26\n    bridge: \"br\\u00000\"\n",
+    );
+    assert!(e.contains("contains '\\0'"), "{e}");
+    let (e, _) = one("name: eth0, subnet: vsw-a", "name: \"..\", subnet: vsw-a");
+    assert_eq!(
+        e,
+        "t.yaml:12:17: interface name `..` is not a valid interface name"
+    );
+    // Names derived from entity names stay valid interface names.
+    let lab = load_base(&BASE.replacen("name: client", "name: ..", 1)).unwrap();
+    assert_eq!(lab.clients[0].vpc_port, hashed_ifname("p", ".."));
 }
 
 #[test]
