@@ -226,6 +226,26 @@ impl Source {
         &rest[..end]
     }
 
+    /// The mapping key that the value at a location belongs to: the word
+    /// before the `:` that ends its line up to there (the location is that
+    /// `:` itself when the value is empty).
+    pub fn key_at(&self, loc: &Location) -> Option<&str> {
+        let at = self.span(loc).offset();
+        let line_start = self.text[..at].rfind('\n').map_or(0, |i| i + 1);
+        let before = &self.text[line_start..at];
+        let before = if self.text[at..].starts_with(':') {
+            before
+        } else {
+            before.trim_end().strip_suffix(':')?
+        };
+        let key = before
+            .trim_end()
+            .rsplit(|c: char| c.is_whitespace() || c == '{' || c == ',')
+            .next()?
+            .trim_matches(|c| c == '"' || c == '\'');
+        (!key.is_empty()).then_some(key)
+    }
+
     /// A problem at a YAML location.
     pub fn at(
         &self,

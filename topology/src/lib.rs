@@ -86,11 +86,126 @@ fn parse(src: &Source) -> Result<raw::RawTopology, TopologyError> {
     serde_saphyr::from_str(&src.text).map_err(|e| {
         let e = e.without_snippet();
         let loc = e.location().unwrap_or(serde_saphyr::Location::UNKNOWN);
-        let message = DefaultMessageFormatter.format_message(e);
         let found = src.text_at(&loc);
-        let (message, label, help) = explain(&message, found);
+        let (message, label, help) = match explain_shape(e, found, src.key_at(&loc)) {
+            Some(explained) => explained,
+            None => explain(&DefaultMessageFormatter.format_message(e), found),
+        };
         TopologyError::Syntax(Box::new(src.at(&loc, message, label, help)))
     })
+}
+
+/// Errors whose serde-saphyr message says what the parser expected rather
+/// than what is wrong: an empty or scalar value where a list or a mapping
+/// belongs (a template loop that renders nothing leaves `pods:` empty), an
+/// empty string, a file beyond the parser's limits. `key` is the mapping
+/// key the value belongs to, when there is one.
+fn explain_shape(
+    e: &serde_saphyr::Error,
+    found: &str,
+    key: Option<&str>,
+) -> Option<(String, &'static str, Option<String>)> {
+    use serde_saphyr::Error;
+    // Nothing written after the key (or only a comment), or a YAML null.
+    let empty =
+        matches!(found, "" | ":" | "~" | "null" | "Null" | "NULL") || found.starts_with('#');
+    let shown = |found: &str| {
+        let line = found.lines().next().unwrap_or("");
+        if line.starts_with('{') {
+            "a mapping".to_string()
+        } else if line.starts_with('[') {
+            "a list".to_string()
+        } else if line.chars().count() > 40 {
+            format!("`{}...`", line.chars().take(40).collect::<String>())
+        } else {
+            format!("`{line}`")
+        }
+    };
+    match e {
+        Error::Unexpected { expected, .. } => {
+            let (what, empty_form, example) = match *expected {
+                "sequence start" => ("a list", "[]", "one `- item` per line below it"),
+                "mapping start" => (
+                    "a mapping",
+                    "{}",
+                    "its keys on the lines below it, indented",
+                ),
+                _ => return None,
+            };
+            Some(match (key, empty) {
+                (Some(key), true) => (
+                    format!("`{key}` is empty, expected {what}"),
+                    "empty value",
+                    Some(format!(
+                        "give `{key}` {example}, write `{key}: {empty_form}` for none, or \
+                         remove the key (a template loop that renders nothing leaves it empty)"
+                    )),
+                ),
+                (Some(key), false) => (
+                    format!("`{key}` must be {what}, found {}", shown(found)),
+                    "wrong type",
+                    Some(format!("give `{key}` {example}")),
+                ),
+                (None, true) => (
+                    format!("expected {what}, found nothing"),
+                    "empty value",
+                    Some(format!("write {what} here, or remove the empty item")),
+                ),
+                (None, false) => (
+                    format!("expected {what}, found {}", shown(found)),
+                    "wrong type",
+                    None,
+                ),
+            })
+        }
+        Error::NullIntoString { .. } => Some(match key {
+            Some(key) => (
+                format!("`{key}` is empty, expected a string"),
+                "empty value",
+                Some(format!("write `{key}: VALUE`")),
+            ),
+            None => (
+                "expected a string, found nothing".to_string(),
+                "empty value",
+                None,
+            ),
+        }),
+        Error::Budget { breach, .. } => Some(budget_problem(breach)),
+        _ => None,
+    }
+}
+
+/// A breach of the YAML parser's limits (serde-saphyr's default budget).
+fn budget_problem(
+    breach: &serde_saphyr::budget::BudgetBreach,
+) -> (String, &'static str, Option<String>) {
+    use serde_saphyr::budget::BudgetBreach as B;
+    let limits = serde_saphyr::Budget::default();
+    let message = match breach {
+        B::Nodes { .. } => format!(
+            "the topology has more than {} yaml values, lists and mappings",
+            limits.max_nodes
+        ),
+        B::Events { .. } => format!(
+            "the topology has more than {} yaml parser events",
+            limits.max_events
+        ),
+        B::Depth { .. } => format!("the yaml nests deeper than {} levels", limits.max_depth),
+        B::Aliases { .. } | B::AliasAnchorRatio { .. } => format!(
+            "the yaml uses too many aliases (at most {}, and 10 per anchor)",
+            limits.max_aliases
+        ),
+        B::Anchors { .. } => format!("the yaml defines more than {} anchors", limits.max_anchors),
+        other => format!("the yaml exceeds the parser's limits ({other:?})").to_lowercase(),
+    };
+    (
+        message,
+        "parser limit",
+        Some(
+            "the yaml parser bounds what a topology may make it do; generate fewer items"
+                .to_string(),
+        ),
+    )
 }
 
 /// Turn a serde-saphyr message into ours: lowercase, with the offending

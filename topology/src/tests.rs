@@ -207,7 +207,7 @@ fn wrong_type() {
         "    interfaces:\n      - { name: eth0, subnet: vsw-b, address: 10.0.1.10 }",
         "    interfaces: eth0",
     );
-    assert_eq!(e, "t.yaml:15:17: expected sequence start, found `eth0`");
+    assert_eq!(e, "t.yaml:15:17: `interfaces` must be a list, found `eth0`");
 }
 
 #[test]
@@ -229,7 +229,80 @@ fn duplicate_key() {
 #[test]
 fn yaml_syntax_error() {
     let (e, _) = one("vpc:\n", "vpc: [\n");
-    assert_eq!(e, "t.yaml:2:6: expected mapping start, found `[`");
+    assert_eq!(e, "t.yaml:2:6: `vpc` must be a mapping, found a list");
+}
+
+/// BASE's pods.
+const BASE_PODS: &str = "pods:\n  - { name: pod-a, node: node-1, address: 172.23.96.10 }\n  - \
+                         { name: pod-b, node: node-2, address: 172.23.96.70, ports: [80, { port: \
+                         53, protocol: udp }] }\n";
+
+#[test]
+fn empty_list_from_a_template_says_what_to_write() {
+    // The loop renders no item: `pods:` is left with nothing, a null.
+    let source = BASE.replacen(
+        BASE_PODS,
+        "pods:\n{% for p in [] %}\n  - { name: p{{ p }}, node: node-1, address: 172.23.96.9 }\n\
+         {% endfor %}\n",
+        1,
+    );
+    let e = load_base(&source).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "t.yaml:18:5: `pods` is empty, expected a list"
+    );
+    let help = e.problems()[0].help.clone().unwrap();
+    assert!(help.starts_with("give `pods` one `- item` per line below it, write `pods: []` for none, or remove the key"), "{help}");
+    // The same without a template, with a comment or a null.
+    for (pods, column) in [
+        ("pods:\n", 5),
+        ("pods:   # none yet\n", 5),
+        ("pods: ~\n", 7),
+    ] {
+        let (e, _) = one(BASE_PODS, pods);
+        assert_eq!(
+            e,
+            format!("t.yaml:18:{column}: `pods` is empty, expected a list")
+        );
+    }
+    let (e, _) = one(
+        "  routes:\n    - { destination: 172.23.96.0/26, next_hop: node-1 }\n",
+        "  routes:\n",
+    );
+    assert_eq!(e, "t.yaml:7:9: `routes` is empty, expected a list");
+}
+
+#[test]
+fn values_of_the_wrong_shape_name_their_key() {
+    let (e, help) = one(BASE_PODS, "pods: 5\n");
+    assert_eq!(e, "t.yaml:18:7: `pods` must be a list, found `5`");
+    assert_eq!(help, "give `pods` one `- item` per line below it");
+    let (e, _) = one(BASE_PODS, "pods: { name: x }\n");
+    assert_eq!(e, "t.yaml:18:7: `pods` must be a list, found a mapping");
+    let source = "name: lab\nvpc:\nnodes: []\n";
+    let e = load_base(source).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "t.yaml:2:4: `vpc` is empty, expected a mapping"
+    );
+    let (e, _) = one("name: lab\n", "name:\n");
+    assert_eq!(e, "t.yaml:1:5: `name` is empty, expected a string");
+    let (e, _) = one(
+        "clients:\n  - { name: client, address: 198.51.100.10/24 }\n",
+        "clients:\n  -\n",
+    );
+    assert_eq!(e, "t.yaml:22:4: expected a mapping, found nothing");
+}
+
+#[test]
+fn yaml_parser_limits_are_named() {
+    let ports = vec!["80"; 250_000].join(", ");
+    let (e, help) = one("ports: [80, ", &format!("ports: [{ports}, "));
+    assert!(
+        e.ends_with(": the topology has more than 250000 yaml values, lists and mappings"),
+        "{e}"
+    );
+    assert!(help.ends_with("generate fewer items"), "{help}");
 }
 
 #[test]
