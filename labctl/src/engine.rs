@@ -35,7 +35,10 @@ pub enum EngineError {
         "network namespace `{0}` already exists and was not made by this lab; remove it (`ip netns delete {0}`) or rename the lab"
     )]
     Conflict(String),
-    #[error("labctl needs root to create network namespaces; run it with sudo")]
+    #[error(
+        "labctl needs root to create network namespaces; run it with sudo (or grant {})",
+        sys::LAB_CAPS.map(|c| c.1).join(", ")
+    )]
     NotRoot,
     #[error("prepare {dir}: {source}")]
     RunDir {
@@ -48,14 +51,51 @@ pub enum EngineError {
     Modules(String),
     #[error("start the netlink runtime: {0}")]
     Runtime(std::io::Error),
-    #[error("{} kernel action(s) failed (the lab was removed again):\n  {}", .0.len(), join(.0))]
-    Apply(Vec<KernelError>),
-    #[error("{0} (the lab was removed again)")]
-    Serve(ServeError),
-    #[error("eBPF load balancer: {0} (the lab was removed again)")]
-    Ebpf(String),
+    #[error("{n} kernel action(s) failed; {1}:\n  {list}", n = .0.len(), list = join(.0))]
+    Apply(Vec<KernelError>, Box<Rollback>),
+    #[error("{0}; {1}")]
+    Serve(ServeError, Box<Rollback>),
+    #[error("eBPF load balancer: {0}; {1}")]
+    Ebpf(String, Box<Rollback>),
     #[error("removing the lab left {} error(s):\n  {}", .0.len(), join(.0))]
     Teardown(Vec<KernelError>),
+    #[error(
+        "lab `{lab}` needs about {need} open files (two per namespace) but this process may open only {limit}; raise the hard limit (`ulimit -Hn`, LimitNOFILE= or /etc/security/limits.conf) or build a smaller lab"
+    )]
+    FileLimit { lab: String, need: u64, limit: u64 },
+}
+
+/// What undoing a failed `up` did: nothing left, or what was and why.
+#[derive(Debug)]
+pub struct Rollback {
+    lab: String,
+    teardown: Teardown,
+    /// Whether the lab's record was kept (something of it survives).
+    kept: bool,
+}
+
+impl std::fmt::Display for Rollback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let t = &self.teardown;
+        if t.errors.is_empty() && t.left.is_empty() {
+            return write!(f, "the lab was removed again");
+        }
+        write!(f, "removing the lab again")?;
+        for e in &t.errors {
+            write!(f, "\n  failed: {e}")?;
+        }
+        for l in &t.left {
+            write!(f, "\n  {l}")?;
+        }
+        if self.kept {
+            write!(
+                f,
+                "\n  the lab's record is kept: `labctl down {}` removes the rest",
+                self.lab
+            )?;
+        }
+        Ok(())
+    }
 }
 
 fn join(errors: &[KernelError]) -> String {
@@ -117,7 +157,17 @@ pub fn up(
         dir: sys::NETNS_RUN_DIR,
         source,
     })?;
-    sys::raise_nofile_limit();
+    let limit = sys::raise_nofile_limit();
+    // A namespace handle and a netlink socket per namespace, and room for
+    // everything else (the runtime, captures, the state file).
+    let need = 2 * plan.namespaces.len() as u64 + 256;
+    if need > limit {
+        return Err(EngineError::FileLimit {
+            lab: lab.name.clone(),
+            need,
+            limit,
+        });
+    }
     if !lab.services.is_empty() {
         // IPVS and br_netfilter: the probe loads their modules (nothing
         // else would load br_netfilter) and sees them built in too.
@@ -136,31 +186,23 @@ pub fn up(
     fault_point("recorded");
 
     let result = runtime()?.block_on(async {
-        let mut kernel = Netlink::new();
+        let mut kernel = Netlink::new(record.mark());
         execute(&plan, &mut kernel, progress).await
     });
     if let Err(errors) = result {
-        let _ = teardown(&record);
-        let _ = state::remove(&lab.name);
-        return Err(EngineError::Apply(errors));
+        return Err(EngineError::Apply(errors, rollback(&record)));
     }
     fault_point("configured");
     if lab.ebpf.is_some()
         && let Err(e) = crate::lb::setup(lab)
     {
-        let _ = teardown(&record);
-        let _ = state::remove(&lab.name);
-        return Err(EngineError::Ebpf(e.to_string()));
+        return Err(EngineError::Ebpf(e.to_string(), rollback(&record)));
     }
     let served = serve::specs(lab, &plan.namespaces);
     if !served.is_empty() {
         let pid = match serve::spawn(&lab.name, &served) {
             Ok(pid) => pid,
-            Err(e) => {
-                let _ = teardown(&record);
-                let _ = state::remove(&lab.name);
-                return Err(EngineError::Serve(e));
-            }
+            Err(e) => return Err(EngineError::Serve(e, rollback(&record))),
         };
         // Killed here, the servers run unrecorded; `down` still finds them
         // in the lab's namespaces.
@@ -220,26 +262,80 @@ fn phase_name(phase: Phase) -> &'static str {
     }
 }
 
+/// What `down` did.
+#[derive(Debug, Default)]
+pub struct DownReport {
+    /// Namespaces removed (0 for a lab in a VM: the VM took them).
+    pub removed: usize,
+    /// What was left alone, and why (not the lab's, or a VM that did not
+    /// answer and was stopped by force).
+    pub left: Vec<String>,
+}
+
+/// How long `down` waits for `labctl down` inside a lab's VM.
+const VM_DOWN_DEADLINE: Duration = Duration::from_secs(120);
+/// How long a VM has to power off by itself before it is killed.
+const VM_GRACE: Duration = Duration::from_secs(15);
+
 /// Remove a lab: every process inside it and every namespace its state
-/// lists, then the state itself.
-pub fn down(lab: &str) -> Result<usize, EngineError> {
+/// lists that carries the lab's mark, then the state itself.
+pub fn down(lab: &str) -> Result<DownReport, EngineError> {
     if !sys::is_root() {
         return Err(EngineError::NotRoot);
     }
     let _lock = state::lock(lab)?;
     let record = state::load(lab)?.ok_or_else(|| EngineError::NotUp(lab.to_string()))?;
+    let mut left = record.rejected.clone();
     if let Some(vm) = &record.vm {
         // The lab lives in the VM: take it down there (best effort, the VM
         // may be half booted), then stop the VM, which takes everything.
-        let _ = vm.call(&["down".into(), "-q".into(), lab.into()]);
-        vm.stop(false);
+        let mut grace = VM_GRACE;
+        if vm.process_is_ours()
+            && let Err(e) = vm.call(&["down".into(), "-q".into(), lab.into()], VM_DOWN_DEADLINE)
+        {
+            left.push(format!("{e}: the VM was stopped by force"));
+            grace = Duration::ZERO;
+        }
+        left.extend(vm.stop(&record.mark(), grace, false));
         state::remove(lab)?;
-        return Ok(0);
+        return Ok(DownReport { removed: 0, left });
     }
-    teardown(&record).map_err(EngineError::Teardown)?;
+    let t = teardown(&record);
+    left.extend(t.left);
+    if !t.errors.is_empty() {
+        return Err(EngineError::Teardown(t.errors));
+    }
     let _ = std::fs::remove_file(serve::log_path(lab));
     state::remove(lab)?;
-    Ok(record.namespaces.len())
+    Ok(DownReport {
+        removed: t.removed,
+        left,
+    })
+}
+
+/// Undo a failed `up`: tear down what is the lab's, and forget the lab
+/// unless something of it survived.
+fn rollback(record: &LabState) -> Box<Rollback> {
+    let teardown = teardown(record);
+    let kept = !teardown.errors.is_empty();
+    if !kept {
+        let _ = std::fs::remove_file(serve::log_path(&record.lab));
+        let _ = state::remove(&record.lab);
+    }
+    Box::new(Rollback {
+        lab: record.lab.clone(),
+        teardown,
+        kept,
+    })
+}
+
+/// What a teardown did.
+#[derive(Debug, Default)]
+pub struct Teardown {
+    pub removed: usize,
+    pub errors: Vec<KernelError>,
+    /// Names the record lists that are not the lab's, and why.
+    pub left: Vec<String>,
 }
 
 /// Kill every process in the lab's namespaces (the built-in servers, a
@@ -248,36 +344,56 @@ pub fn down(lab: &str) -> Result<usize, EngineError> {
 /// Deleting a namespace takes every interface, address and route in it
 /// along; veth pairs die with either end. A process left inside would keep
 /// the namespace alive, unnamed, after `ip netns delete`.
-fn teardown(record: &LabState) -> Result<(), Vec<KernelError>> {
-    let mut errors = kill_processes(record);
+///
+/// Only namespaces carrying the lab's mark are touched ([`crate::owner`]):
+/// a name someone else took meanwhile is left, and said so.
+fn teardown(record: &LabState) -> Teardown {
+    use crate::owner::{Owner, netns_owner};
+    let mark = record.mark();
+    let mut out = Teardown::default();
+    let mut ours = Vec::new();
+    for ns in &record.namespaces {
+        match netns_owner(&ns.name, &mark) {
+            Owner::Gone => {}
+            Owner::Ours => ours.push(ns.name.as_str()),
+            Owner::Foreign(why) => out
+                .left
+                .push(format!("namespace `{}` left alone: {why}", ns.name)),
+        }
+    }
+    // Identities outlive names: the sweep after the deletion finds a
+    // process that opened a namespace just before it lost its name.
+    let ids = sys::ns_ids(&ours);
+    out.errors = kill_processes(&ids);
     // The pins were made after the namespaces: removed before them. A lab
     // without eBPF has no pin directory, and this is one stat.
     if let Err(e) = crate::lb::teardown(&record.lab) {
-        errors.push(KernelError::new(
+        out.errors.push(KernelError::new(
             format!("rm -r {}", crate::lb::pin_dir(&record.lab).display()),
             e,
         ));
     }
-    errors.extend(record.namespaces.iter().rev().filter_map(|ns| {
-        sys::delete_netns(&ns.name)
-            .err()
-            .map(|e| KernelError::new(format!("ip netns delete {}", ns.name), e))
-    }));
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors)
+    for name in ours.iter().rev() {
+        match sys::delete_netns(name) {
+            Ok(()) => out.removed += 1,
+            Err(e) => out
+                .errors
+                .push(KernelError::new(format!("ip netns delete {name}"), e)),
+        }
     }
+    out.errors.extend(kill_processes(&ids));
+    out
 }
 
-/// SIGKILL every process with a thread in one of the lab's namespaces and
-/// wait until none is left; again for any that appeared meanwhile (a shell
-/// forking). Reports those still there after [`KILL_WAIT`].
-fn kill_processes(record: &LabState) -> Vec<KernelError> {
-    let names: Vec<&str> = record.namespaces.iter().map(|n| n.name.as_str()).collect();
+/// SIGKILL every process in or holding one of the namespaces `ids` and
+/// scan again, until a scan finds none; reports those still there after
+/// [`KILL_WAIT`]. A process that enters between two scans (a shell
+/// forking, the servers of an `up` killed while starting them) is found by
+/// the next one.
+fn kill_processes(ids: &std::collections::HashSet<sys::NsId>) -> Vec<KernelError> {
     let deadline = Instant::now() + KILL_WAIT;
     loop {
-        let pids = sys::pids_in_netns(&names);
+        let pids = sys::pids_holding(ids);
         if pids.is_empty() {
             return Vec::new();
         }
@@ -300,6 +416,10 @@ fn kill_processes(record: &LabState) -> Vec<KernelError> {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// How long `labctl up` inside a VM may take (a 10,000-pod lab under
+/// software emulation included).
+const VM_UP_DEADLINE: Duration = Duration::from_secs(1800);
 
 /// Bring a lab up inside a VM booted from `kernel`: record the lab, boot
 /// the VM (its pid recorded at once, so `down` can always stop it), then run
@@ -329,7 +449,8 @@ pub fn up_in_vm(
     let mut record = LabState::new(lab, Some(file), Vec::new());
     record.runtime = "vm".into();
     state::save(&record)?;
-    let vm = crate::vm::start(lab, kernel, &mut |vm| {
+    let mark = record.mark();
+    let vm = crate::vm::start(lab, kernel, &mark, &mut |vm| {
         record.vm = Some(vm.clone());
         state::save(&record).map_err(|e| crate::vm::VmError::Command {
             what: "record the VM".into(),
@@ -338,7 +459,7 @@ pub fn up_in_vm(
     });
     let fail = |record: &LabState, e: String| {
         if let Some(vm) = &record.vm {
-            vm.stop(true);
+            vm.stop(&record.mark(), VM_GRACE, true);
         }
         let _ = state::remove(lab);
         EngineError::Vm(e)
@@ -348,7 +469,7 @@ pub fn up_in_vm(
         Err(e) => return Err(fail(&record, e.to_string())),
     };
     fault_point("vm-booted");
-    let reply = match vm.call(args) {
+    let reply = match vm.call(args, VM_UP_DEADLINE) {
         Ok(r) => r,
         Err(e) => return Err(fail(&record, e.to_string())),
     };

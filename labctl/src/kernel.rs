@@ -58,12 +58,17 @@ pub struct Netlink {
     fds: HashMap<String, OwnedFd>,
     /// Threads used to create namespaces.
     pub threads: usize,
+    /// The lab's ownership mark, put on every namespace it creates
+    /// ([`crate::owner`]).
+    mark: String,
 }
 
 impl Netlink {
-    pub fn new() -> Self {
+    /// A kernel that marks every namespace it creates with `mark`.
+    pub fn new(mark: String) -> Self {
         Netlink {
             threads: 4,
+            mark,
             ..Default::default()
         }
     }
@@ -103,6 +108,7 @@ impl Kernel for Netlink {
     fn create_namespaces(&mut self, specs: &[NsSpec]) -> Result<(), Vec<KernelError>> {
         let threads = self.threads.clamp(1, 16).min(specs.len().max(1));
         let chunk = specs.len().div_ceil(threads).max(1);
+        let mark = self.mark.as_str();
         let results: Vec<Vec<Result<Created, KernelError>>> = std::thread::scope(|s| {
             let workers: Vec<_> = specs
                 .chunks(chunk)
@@ -114,7 +120,11 @@ impl Kernel for Netlink {
                                 if i == part.len() / 2 {
                                     crate::engine::fault_point("half-namespaces");
                                 }
-                                sys::create_netns(&ns.name).map(Created).map_err(|e| {
+                                sys::create_netns(&ns.name, mark, |socket| {
+                                    crate::owner::set_loopback_alias(socket, mark)
+                                })
+                                .map(Created)
+                                .map_err(|e| {
                                     KernelError::new(format!("ip netns add {}", ns.name), e)
                                 })
                             })

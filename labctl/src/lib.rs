@@ -17,6 +17,7 @@ pub mod ipvs;
 pub mod kernel;
 pub mod lb;
 pub mod observe;
+pub mod owner;
 pub mod plan;
 pub mod scenario;
 pub mod serve;

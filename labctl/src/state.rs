@@ -6,9 +6,18 @@
 //! The state is written before anything is created and lists every namespace
 //! the lab is about to make. `down` deletes what it lists, so a lab whose
 //! `up` was killed half-way is still removed completely.
+//!
+//! A record is data, not orders: lab names are checked before they become a
+//! path (`[a-z0-9-]`, as `name:` in a topology), a record is read only from
+//! the file of its own lab, entries that could not have been written by
+//! `up` for that lab (a namespace not named `LAB-ENTITY`, a VM directory
+//! other than labctl's own for that lab) are dropped and reported in
+//! [`LabState::rejected`], and `down` deletes nothing that does not carry
+//! the lab's mark ([`crate::owner`]).
 
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -30,12 +39,18 @@ pub enum StateError {
     },
     #[error("lab `{lab}` is busy: another labctl command holds {path}")]
     Busy { lab: String, path: PathBuf },
+    #[error("invalid lab name: {0}")]
+    BadName(String),
 }
 
 /// One lab's record.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LabState {
     pub lab: String,
+    /// Random per `up`; with the name it makes the lab's ownership mark
+    /// (absent in records of older labctl versions: nothing matches then).
+    #[serde(default)]
+    pub id: String,
     /// The topology file it was brought up from.
     pub file: Option<PathBuf>,
     /// Seconds since the epoch when `up` started.
@@ -57,6 +72,9 @@ pub struct LabState {
     /// for labs whose pods declare no ports).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serve: Option<ServeState>,
+    /// What [`load`] dropped from the file as not this lab's, in words.
+    #[serde(skip)]
+    pub rejected: Vec<String>,
 }
 
 /// The lab's `labctl __serve` process and what it serves.
@@ -70,6 +88,7 @@ impl LabState {
     pub fn new(lab: &str, file: Option<&Path>, namespaces: Vec<NsSpec>) -> Self {
         LabState {
             lab: lab.to_string(),
+            id: crate::owner::new_id(),
             file: file.map(|f| fs::canonicalize(f).unwrap_or_else(|_| f.to_path_buf())),
             started: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -81,6 +100,60 @@ impl LabState {
             vm: None,
             namespaces,
             serve: None,
+            rejected: Vec::new(),
+        }
+    }
+
+    /// The mark every object of this lab carries ([`crate::owner::mark`]).
+    pub fn mark(&self) -> String {
+        crate::owner::mark(&self.lab, &self.id)
+    }
+
+    /// Drop what `up` of lab `lab` could not have written, saying why.
+    fn confine(&mut self, lab: &str) {
+        if self.lab != lab {
+            self.rejected.push(format!(
+                "the record names lab `{}`, not `{lab}`: it was ignored",
+                self.lab.escape_debug()
+            ));
+            self.lab = lab.to_string();
+            self.namespaces.clear();
+            self.vm = None;
+            self.serve = None;
+            return;
+        }
+        if !self.id.chars().all(|c| c.is_ascii_hexdigit()) || self.id.len() > 32 {
+            self.rejected
+                .push("the record's lab id is not an id: nothing of it can be ours".into());
+            self.id.clear();
+        }
+        let prefix = format!("{lab}-");
+        let rejected = &mut self.rejected;
+        self.namespaces.retain(|ns| {
+            let ok = ns.name == format!("{prefix}{}", ns.entity) && entity_name_ok(&ns.entity);
+            if !ok {
+                rejected.push(format!(
+                    "namespace `{}` is not a name `up` gives lab `{lab}`: left alone",
+                    ns.name.escape_debug()
+                ));
+            }
+            ok
+        });
+        if let Some(vm) = &self.vm {
+            let dir = crate::vm::dir_of(lab);
+            if vm.dir != dir {
+                self.rejected.push(format!(
+                    "the VM directory `{}` is not labctl's own for this lab ({}): left alone",
+                    vm.dir.display(),
+                    dir.display()
+                ));
+                self.vm = None;
+            }
+        }
+        if let Some(serve) = &mut self.serve {
+            let names: std::collections::HashSet<&str> =
+                self.namespaces.iter().map(|n| n.name.as_str()).collect();
+            serve.served.retain(|s| names.contains(s.netns.as_str()));
         }
     }
 
@@ -97,8 +170,27 @@ pub fn state_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/run/labctl"))
 }
 
+/// An entity name as the topology allows it (a-z, 0-9, '-', '.'), so that
+/// `LAB-ENTITY` is one plain file name under /run/netns.
+fn entity_name_ok(entity: &str) -> bool {
+    !entity.is_empty()
+        && entity.len() <= labctl_topology::ENTITY_NAME_MAX
+        && entity
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+}
+
+/// Check a lab name before it becomes part of a path.
+fn checked(lab: &str) -> Result<(), StateError> {
+    labctl_topology::check_lab_name(lab).map_err(StateError::BadName)
+}
+
 fn state_path(lab: &str) -> PathBuf {
     state_dir().join(format!("{lab}.json"))
+}
+
+fn tmp_path(lab: &str) -> PathBuf {
+    state_dir().join(format!(".{lab}.json.tmp"))
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StateError + '_ {
@@ -109,11 +201,17 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StateError + '_ {
 }
 
 /// Read a lab's state; `None` when the lab is not up.
+/// What a record says is checked against the lab it is the file of:
+/// entries `up` could not have written are dropped ([`LabState::rejected`]).
 pub fn load(lab: &str) -> Result<Option<LabState>, StateError> {
+    checked(lab)?;
     let path = state_path(lab);
     match fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
+        Ok(bytes) => serde_json::from_slice::<LabState>(&bytes)
+            .map(|mut state| {
+                state.confine(lab);
+                Some(state)
+            })
             .map_err(|source| StateError::Corrupt { path, source }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io_err(&path)(e)),
@@ -122,11 +220,14 @@ pub fn load(lab: &str) -> Result<Option<LabState>, StateError> {
 
 /// Write a lab's state atomically (temp file, fsync, rename): a reader sees
 /// the old record or the new one, never half of one, even after SIGKILL.
+/// Callers hold the lab's [`lock`], so a temp file left by a killed writer
+/// is simply written over.
 pub fn save(state: &LabState) -> Result<(), StateError> {
+    checked(&state.lab)?;
     let dir = state_dir();
     fs::create_dir_all(&dir).map_err(io_err(&dir))?;
     let path = state_path(&state.lab);
-    let tmp = dir.join(format!(".{}.json.tmp", state.lab));
+    let tmp = tmp_path(&state.lab);
     let json = serde_json::to_vec_pretty(state).expect("state serializes");
     let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
     f.write_all(&json).map_err(io_err(&tmp))?;
@@ -134,8 +235,10 @@ pub fn save(state: &LabState) -> Result<(), StateError> {
     fs::rename(&tmp, &path).map_err(io_err(&path))
 }
 
-/// Forget a lab.
+/// Forget a lab: its record and any temp file a killed writer left.
 pub fn remove(lab: &str) -> Result<(), StateError> {
+    checked(lab)?;
+    let _ = fs::remove_file(tmp_path(lab));
     let path = state_path(lab);
     match fs::remove_file(&path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(&path)(e)),
@@ -154,7 +257,9 @@ pub fn list() -> Result<Vec<LabState>, StateError> {
     let mut labs = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(lab) = name.strip_suffix(".json").filter(|n| !n.starts_with('.'))
+        // Files that are no lab's record (a name `up` cannot give) are
+        // not read at all.
+        if let Some(lab) = name.strip_suffix(".json").filter(|n| checked(n).is_ok())
             && let Some(state) = load(lab)?
         {
             labs.push(state);
@@ -164,20 +269,56 @@ pub fn list() -> Result<Vec<LabState>, StateError> {
     Ok(labs)
 }
 
-/// An exclusive lock on one lab, held until dropped.
-pub struct LabLock(#[expect(dead_code, reason = "held for its Drop")] Flock<File>);
+/// An exclusive lock on one lab, held until dropped. The lock file is
+/// removed when the lock is released, so none pile up.
+pub struct LabLock {
+    file: Flock<File>,
+    path: PathBuf,
+}
+
+impl Drop for LabLock {
+    fn drop(&mut self) {
+        // Still holding the lock: whoever opens the path from now on finds
+        // another file (or none) and, taking its lock, checks that it is
+        // the one at the path (see `lock`).
+        if same_file(&self.file, &self.path) {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn same_file(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), fs::symlink_metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
 
 /// Take the lab's lock without waiting: a second command on the same lab is
 /// told at once instead of hanging.
 pub fn lock(lab: &str) -> Result<LabLock, StateError> {
+    checked(lab)?;
     let dir = state_dir();
     fs::create_dir_all(&dir).map_err(io_err(&dir))?;
     let path = dir.join(format!(".{lab}.lock"));
-    let file = File::create(&path).map_err(io_err(&path))?;
-    Flock::lock(file, FlockArg::LockExclusiveNonblock)
-        .map(LabLock)
-        .map_err(|_| StateError::Busy {
-            lab: lab.to_string(),
-            path,
-        })
+    loop {
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        let file =
+            Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| StateError::Busy {
+                lab: lab.to_string(),
+                path: path.clone(),
+            })?;
+        // The holder before us may have removed the file between our open
+        // and our lock: then the lock is on a file nobody else will see.
+        if same_file(&file, &path) {
+            return Ok(LabLock { file, path });
+        }
+    }
 }

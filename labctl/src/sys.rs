@@ -114,16 +114,31 @@ pub struct NewNetns {
 
 /// Create `/run/netns/NAME` like `ip netns add NAME` and open a netlink
 /// socket inside it. Runs on the calling thread, which ends where it began.
-pub fn create_netns(name: &str) -> io::Result<NewNetns> {
+///
+/// The lab's `mark` goes into the placeholder file before the namespace is
+/// mounted over it, and `mark_inside` puts it inside the namespace (over a
+/// socket bound there) before it gets its name: whatever a crash leaves,
+/// `down` can tell it is the lab's ([`crate::owner`]).
+pub fn create_netns(
+    name: &str,
+    mark: &str,
+    mark_inside: impl FnOnce(&mut netlink_sys::Socket) -> io::Result<()>,
+) -> io::Result<NewNetns> {
+    use std::io::Write;
     let path = netns_path(name);
     // O_EXCL: never adopt a namespace someone else made.
-    OpenOptions::new()
+    let mut placeholder = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o444)
         .open(&path)?;
+    placeholder.write_all(mark.as_bytes())?;
+    drop(placeholder);
     crate::engine::fault_point("netns-file");
     let _back = NetnsGuard::unshare()?;
+    let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    mark_inside(&mut socket)?;
     mount(
         Some("/proc/thread-self/ns/net"),
         &path,
@@ -138,8 +153,6 @@ pub fn create_netns(name: &str) -> io::Result<NewNetns> {
         let _ = fs::write(format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6"), "1");
     }
     let fd: OwnedFd = File::open("/proc/thread-self/ns/net")?.into();
-    let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
-    socket.bind_auto()?;
     // Many requests are in flight per namespace; room for their answers.
     socket.set_rx_buf_sz(4 << 20)?;
     Ok(NewNetns {
@@ -191,11 +204,29 @@ pub fn delete_netns(name: &str) -> io::Result<()> {
     }
 }
 
-/// The identity of a namespace file: nsfs device and inode, which
-/// `/run/netns/NAME` and every `/proc/TID/ns/net` of a thread inside share.
-fn ns_id(path: &Path) -> Option<(u64, u64)> {
+/// The identity of a namespace: nsfs device and inode, which
+/// `/run/netns/NAME`, every `/proc/TID/ns/net` of a thread inside and every
+/// open descriptor of it share. It outlives the name.
+pub type NsId = (u64, u64);
+
+fn ns_id(path: &Path) -> Option<NsId> {
     use std::os::unix::fs::MetadataExt;
     fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// The identities of the named namespaces that exist (are mounted), our
+/// own namespace never among them.
+pub fn ns_ids(names: &[&str]) -> std::collections::HashSet<NsId> {
+    let Some(own) = ns_id(Path::new("/proc/self/ns/net")) else {
+        return Default::default();
+    };
+    names
+        .iter()
+        .filter_map(|n| ns_id(&netns_path(n)))
+        // A name that is not a mounted namespace is its placeholder file on
+        // /run's filesystem (another device than nsfs): nobody is in it.
+        .filter(|&id| id != own && id.0 == own.0)
+        .collect()
 }
 
 /// Processes with at least one thread in one of the named namespaces, like
@@ -204,26 +235,41 @@ fn ns_id(path: &Path) -> Option<(u64, u64)> {
 /// servers in the lab's. Never lists this process, nor anything in our own
 /// namespace; a name that is not a mounted namespace matches nothing.
 pub fn pids_in_netns(names: &[&str]) -> Vec<u32> {
-    let mut wanted: std::collections::HashSet<(u64, u64)> =
-        names.iter().filter_map(|n| ns_id(&netns_path(n))).collect();
-    if let Some(own) = ns_id(Path::new("/proc/self/ns/net")) {
-        wanted.remove(&own);
+    pids_holding(&ns_ids(names))
+}
+
+/// Processes that are in one of the namespaces `ids` (a thread inside) or
+/// hold one open (a descriptor of it, as a process has between opening a
+/// namespace and entering it). Works after the names are gone: a namespace
+/// kept alive by a process still has its identity. Never this process.
+pub fn pids_holding(ids: &std::collections::HashSet<NsId>) -> Vec<u32> {
+    if ids.is_empty() {
+        return Vec::new();
     }
     let me = std::process::id();
     let Ok(procs) = fs::read_dir("/proc") else {
         return Vec::new();
     };
+    let holds = |dir: PathBuf, sub: Option<&str>| {
+        fs::read_dir(dir).is_ok_and(|entries| {
+            entries.flatten().any(|e| {
+                let path = match sub {
+                    Some(sub) => e.path().join(sub),
+                    None => e.path(),
+                };
+                ns_id(&path).is_some_and(|id| ids.contains(&id))
+            })
+        })
+    };
     let mut pids: Vec<u32> = procs
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| pid != me && !wanted.is_empty())
+        .filter(|&pid| pid != me)
         .filter(|pid| {
-            // Threads come and go while we look; a vanished one is skipped.
-            fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|tasks| {
-                tasks
-                    .flatten()
-                    .any(|t| ns_id(&t.path().join("ns/net")).is_some_and(|id| wanted.contains(&id)))
-            })
+            // Threads and descriptors come and go while we look; a
+            // vanished one is skipped.
+            holds(PathBuf::from(format!("/proc/{pid}/task")), Some("ns/net"))
+                || holds(PathBuf::from(format!("/proc/{pid}/fd")), None)
         })
         .collect();
     pids.sort_unstable();
@@ -273,17 +319,58 @@ pub fn tokio_socket(socket: netlink_sys::Socket) -> netlink_sys::TokioSocket {
 }
 
 /// Raise the open-file limit to its hard maximum: a big lab keeps a namespace
-/// handle and a netlink socket per namespace open.
-pub fn raise_nofile_limit() {
+/// handle and a netlink socket per namespace open. Returns the limit now in
+/// force.
+pub fn raise_nofile_limit() -> u64 {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) => {
+            if setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+                hard
+            } else {
+                soft
+            }
+        }
+        Err(_) => u64::MAX,
     }
 }
 
-/// Whether the process runs as root (namespaces need CAP_SYS_ADMIN).
+/// The capabilities labs need, as (bit, name): namespaces and mounts,
+/// netlink configuration, files in root's /run and /proc/sys, killing and
+/// looking into processes that are inside a lab, the built-in servers'
+/// ports below 1024, the taps' packet sockets and ICMP.
+pub const LAB_CAPS: [(u32, &str); 7] = [
+    (21, "CAP_SYS_ADMIN"),
+    (12, "CAP_NET_ADMIN"),
+    (1, "CAP_DAC_OVERRIDE"),
+    (5, "CAP_KILL"),
+    (19, "CAP_SYS_PTRACE"),
+    (10, "CAP_NET_BIND_SERVICE"),
+    (13, "CAP_NET_RAW"),
+];
+
+/// The capabilities of [`LAB_CAPS`] this process lacks (none for root).
+pub fn missing_caps() -> Vec<&'static str> {
+    let effective = fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        })
+        .unwrap_or(0);
+    LAB_CAPS
+        .iter()
+        .filter(|(bit, _)| effective & (1 << bit) == 0)
+        .map(|(_, name)| *name)
+        .collect()
+}
+
+/// Whether the process may build labs: root, or a user holding every
+/// capability of [`LAB_CAPS`].
 pub fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
+    nix::unistd::geteuid().is_root() || missing_caps().is_empty()
 }
 
 /// Turn the current process into one living in namespace `name`, like

@@ -44,6 +44,12 @@ pub enum VmError {
     BootTimeout { secs: u64, log: PathBuf },
     #[error("the VM stopped (console: {log})")]
     Gone { log: PathBuf },
+    #[error(
+        "the VM's agent did not take the request within {secs} s (the VM is hung or still booting; console: {log})"
+    )]
+    AgentSilent { secs: u64, log: PathBuf },
+    #[error("`labctl {what}` in the VM did not finish within {secs} s")]
+    Deadline { what: String, secs: u64 },
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> VmError {
@@ -64,6 +70,23 @@ pub fn lib_dir() -> PathBuf {
     std::env::var_os("LABCTL_LIB_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/lib/labctl"))
+}
+
+/// labctl's own directory for the VM of lab `lab` (a checked lab name):
+/// the only VM directory it ever writes to or removes.
+pub fn dir_of(lab: &str) -> PathBuf {
+    lib_dir().join("vm").join(lab)
+}
+
+/// How long a request may wait for the agent to pick it up: it does so
+/// within milliseconds when it runs (`LABCTL_VM_AGENT_WAIT` seconds
+/// overrides, for tests).
+fn agent_wait() -> Duration {
+    std::env::var("LABCTL_VM_AGENT_WAIT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(30))
 }
 
 /// Installed kernels: `/boot/vmlinuz-R` with `/lib/modules/R/modules.dep`,
@@ -250,15 +273,29 @@ pub struct Vm {
 
 /// Boot a VM for `name` and wait for its agent. The caller records `pid`
 /// (`on_spawn`) before the wait, so an interrupted boot is still cleaned up.
+/// `mark` ([`crate::owner`]) is written into the directory, so `down` and
+/// `stop` remove only a directory of ours.
 pub fn start(
     name: &str,
     kernel: &Kernel,
+    mark: &str,
     on_spawn: &mut dyn FnMut(&Vm) -> Result<(), VmError>,
 ) -> Result<Vm, VmError> {
     check_tools()?;
-    let dir = lib_dir().join("vm").join(name);
-    let _ = fs::remove_dir_all(&dir);
+    let dir = dir_of(name);
+    // A leftover of this lab name is ours only if it says so; the lab's
+    // lock is held, so no VM of ours is using it.
+    if fs::symlink_metadata(&dir).is_ok() {
+        if !dir_is_ours(&dir, None) {
+            return Err(VmError::Command {
+                what: format!("prepare {}", dir.display()),
+                detail: "it exists and was not made by labctl; remove it by hand".into(),
+            });
+        }
+        let _ = fs::remove_dir_all(&dir);
+    }
     fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+    fs::write(dir.join(OWNER_FILE), mark).map_err(io_err("mark the VM directory"))?;
     // The VM runs its own copy of labctl: a rebuild on the host replaces
     // the file under the VM's 9p mount and would crash what runs inside.
     let exe = dir.join("labctl");
@@ -275,6 +312,7 @@ pub fn start(
         .arg(format!("--rwdir={}", dir.display()))
         .arg("--exec")
         .arg(format!("{} __agent {}", exe.display(), dir.display()));
+    // `down` recognises its VM by this argument before it signals the pid.
     if !kvm_usable() {
         cmd.arg("--disable-kvm");
     }
@@ -337,8 +375,9 @@ struct Request {
 }
 
 impl Vm {
-    /// Run `labctl ARGV...` inside the VM and wait for it.
-    pub fn call(&self, argv: &[String]) -> Result<Reply, VmError> {
+    /// Run `labctl ARGV...` inside the VM and wait for it, at most
+    /// `deadline` (and at most [`agent_wait`] for the agent to take it).
+    pub fn call(&self, argv: &[String], deadline: Duration) -> Result<Reply, VmError> {
         static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let id = format!(
             "{}-{}",
@@ -351,13 +390,29 @@ impl Vm {
         })
         .expect("request is JSON");
         fs::write(&tmp, req).map_err(io_err("write a VM request"))?;
-        fs::rename(&tmp, self.dir.join(format!("{id}.req")))
-            .map_err(io_err("post a VM request"))?;
+        let posted = self.dir.join(format!("{id}.req"));
+        fs::rename(&tmp, &posted).map_err(io_err("post a VM request"))?;
         let rc = self.dir.join(format!("{id}.rc"));
+        let t = Instant::now();
+        let pickup = agent_wait();
         while !rc.exists() {
             if !alive(self.pid) {
                 return Err(VmError::Gone {
                     log: self.dir.join("console.log"),
+                });
+            }
+            if posted.exists() && t.elapsed() > pickup {
+                // Withdrawn, so a late agent does not run it after all.
+                let _ = fs::remove_file(&posted);
+                return Err(VmError::AgentSilent {
+                    secs: pickup.as_secs(),
+                    log: self.dir.join("console.log"),
+                });
+            }
+            if t.elapsed() > deadline {
+                return Err(VmError::Deadline {
+                    what: argv.first().cloned().unwrap_or_default(),
+                    secs: deadline.as_secs(),
                 });
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -386,16 +441,42 @@ impl Vm {
     }
 
     /// Ask the agent to end (the VM powers off when it does), then make
-    /// sure: SIGKILL the whole process group after a grace period. The
+    /// sure: SIGKILL the whole process group after `grace`. Only what is
+    /// ours is touched: the directory when it carries `mark`, the process
+    /// when it is the `vng` that `start` made for that directory (its own
+    /// process group leader, `--rwdir=DIR` on its command line). The
     /// console log is kept beside the directory only when `keep_console`
-    /// (a VM that failed), for post-mortems.
-    pub fn stop(&self, keep_console: bool) {
-        let _ = fs::write(self.dir.join("shutdown"), "");
-        let t = Instant::now();
-        while alive(self.pid) && t.elapsed() < Duration::from_secs(15) {
-            std::thread::sleep(Duration::from_millis(50));
+    /// (a VM that failed), for post-mortems. Returns what was left alone
+    /// and why.
+    pub fn stop(&self, mark: &str, grace: Duration, keep_console: bool) -> Vec<String> {
+        let mut left = Vec::new();
+        let dir_ours = dir_is_ours(&self.dir, Some(mark));
+        let proc_ours = self.process_is_ours();
+        if dir_ours {
+            let _ = fs::write(self.dir.join("shutdown"), "");
         }
-        kill_group(self.pid);
+        if proc_ours {
+            let t = Instant::now();
+            while alive(self.pid) && t.elapsed() < grace {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            kill_group(self.pid);
+        } else if crate::sys::process_alive(self.pid) {
+            left.push(format!(
+                "process {} is not the VM labctl started for {}: left alone",
+                self.pid,
+                self.dir.display()
+            ));
+        }
+        if !dir_ours {
+            if fs::symlink_metadata(&self.dir).is_ok() {
+                left.push(format!(
+                    "{} does not carry the lab's mark: left alone",
+                    self.dir.display()
+                ));
+            }
+            return left;
+        }
         if let Some(parent) = self.dir.parent().filter(|_| keep_console) {
             let name = self.dir.file_name().unwrap_or_default().to_string_lossy();
             let _ = fs::rename(
@@ -404,7 +485,41 @@ impl Vm {
             );
         }
         let _ = fs::remove_dir_all(&self.dir);
+        left
     }
+
+    /// Whether `pid` is the `vng` that [`start`] spawned for this VM's
+    /// directory: a process group leader whose command line carries
+    /// `--rwdir=DIR`. A recycled pid or a pid from a forged record is not.
+    pub fn process_is_ours(&self) -> bool {
+        let Ok(cmdline) = fs::read(format!("/proc/{}/cmdline", self.pid)) else {
+            return false;
+        };
+        let want = format!("--rwdir={}", self.dir.display());
+        let named = cmdline.split(|b| *b == 0).any(|arg| arg == want.as_bytes());
+        let leader = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(self.pid as i32)))
+            .is_ok_and(|pgid| pgid.as_raw() as u32 == self.pid);
+        named && leader && self.pid > 1
+    }
+}
+
+/// The file in a VM directory holding the lab's mark.
+const OWNER_FILE: &str = "owner";
+
+/// Whether `dir` is a real directory (not a link) holding labctl's mark:
+/// `mark` itself, or with `None` any labctl mark.
+fn dir_is_ours(dir: &Path, mark: Option<&str>) -> bool {
+    if !fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
+        return false;
+    }
+    let owner = dir.join(OWNER_FILE);
+    if !fs::symlink_metadata(&owner).is_ok_and(|m| m.is_file()) {
+        return false;
+    }
+    fs::read_to_string(&owner).is_ok_and(|text| match mark {
+        Some(mark) => text == mark,
+        None => text.starts_with("labctl:"),
+    })
 }
 
 /// SIGKILL vng and its QEMU (they share the process group `start` made).

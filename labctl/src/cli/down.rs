@@ -22,11 +22,12 @@ pub fn run(args: Args) -> Result {
         .ok()
         .flatten()
         .and_then(|r| r.vm.map(|vm| vm.kernel.release));
-    let n = engine::down(&lab)?;
+    let report = engine::down(&lab)?;
+    super::warn_left(&report.left);
     if !args.quiet {
         match in_vm {
             Some(release) => println!("lab `{lab}` is down: its VM (kernel {release}) stopped"),
-            None => println!("lab `{lab}` is down: {n} namespaces removed"),
+            None => println!("lab `{lab}` is down: {} namespaces removed", report.removed),
         }
     }
     Ok(())

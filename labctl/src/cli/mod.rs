@@ -89,16 +89,38 @@ impl Failure {
 
 impl From<EngineError> for Failure {
     fn from(e: EngineError) -> Self {
+        let e = match e {
+            EngineError::State(e) => return state_failure(e),
+            e => e,
+        };
         let code = match &e {
             EngineError::AlreadyUp { .. } | EngineError::NotUp(_) | EngineError::Conflict(_) => {
                 Exit::State
             }
-            EngineError::State(labctl::state::StateError::Busy { .. }) => Exit::State,
-            EngineError::NotRoot => Exit::Environment,
+            EngineError::NotRoot | EngineError::FileLimit { .. } => Exit::Environment,
             _ => Exit::Failed,
         };
         Failure::new(code, e)
     }
+}
+
+/// Say what `down` left alone and why, one line each.
+pub fn warn_left(left: &[String]) {
+    for l in left {
+        eprintln!("labctl: warning: {l}");
+    }
+}
+
+/// A state error for the user: a bad lab name is a usage error, a busy lab
+/// a state one.
+pub fn state_failure(e: labctl::state::StateError) -> Failure {
+    use labctl::state::StateError;
+    let code = match &e {
+        StateError::BadName(_) => Exit::Usage,
+        StateError::Busy { .. } => Exit::State,
+        _ => Exit::Failed,
+    };
+    Failure::new(code, e)
 }
 
 impl From<labctl_topology::TopologyError> for Failure {
@@ -209,6 +231,12 @@ pub fn lab_name(file_or_lab: &str, vars: &Vars) -> Result<String> {
     if path.is_file() {
         Ok(load(&path, vars)?.name)
     } else {
+        labctl_topology::check_lab_name(file_or_lab).map_err(|e| {
+            Failure::new(
+                Exit::Usage,
+                format!("`{file_or_lab}` is neither a topology file nor a lab name: {e}"),
+            )
+        })?;
         Ok(file_or_lab.to_string())
     }
 }
@@ -218,7 +246,7 @@ pub fn lab_name(file_or_lab: &str, vars: &Vars) -> Result<String> {
 /// The lab's record, or why there is none.
 pub fn record(lab: &str) -> Result<labctl::state::LabState> {
     labctl::state::load(lab)
-        .map_err(|e| Failure::new(Exit::Failed, e))?
+        .map_err(state_failure)?
         .ok_or_else(|| {
             Failure::new(
                 Exit::State,
@@ -226,6 +254,10 @@ pub fn record(lab: &str) -> Result<labctl::state::LabState> {
             )
         })
 }
+
+/// How long a command forwarded into a VM may run (`exec` of a long
+/// command, `run` of a whole file under software emulation).
+const FORWARD_DEADLINE: std::time::Duration = std::time::Duration::from_secs(4 * 3600);
 
 pub fn forward(vm: &labctl::vm::Vm, argv: Vec<String>) -> Result {
     let code = forward_code(vm, argv)?;
@@ -238,7 +270,9 @@ pub fn forward(vm: &labctl::vm::Vm, argv: Vec<String>) -> Result {
 /// [`forward`], returning the exit code instead of exiting with it.
 pub fn forward_code(vm: &labctl::vm::Vm, argv: Vec<String>) -> Result<i32> {
     use std::io::Write;
-    let reply = vm.call(&argv).map_err(|e| Failure::new(Exit::Failed, e))?;
+    let reply = vm
+        .call(&argv, FORWARD_DEADLINE)
+        .map_err(|e| Failure::new(Exit::Failed, e))?;
     let _ = std::io::stdout().write_all(&reply.stdout);
     let _ = std::io::stderr().write_all(&reply.stderr);
     let _ = std::io::stdout().flush();

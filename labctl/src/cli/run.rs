@@ -92,7 +92,7 @@ pub fn run(args: Args) -> Result {
         ));
     }
 
-    let existing = state::load(&lab.name).map_err(|e| Failure::new(Exit::Failed, e))?;
+    let existing = state::load(&lab.name).map_err(super::state_failure)?;
     // A lab in a VM runs its scenarios there: the same command, inside.
     let in_vm = |vm: &labctl::vm::Vm| {
         if args.pcap.is_some() {
@@ -139,7 +139,7 @@ pub fn run(args: Args) -> Result {
             let vm = engine::up_in_vm(&lab.name, &args.file, &argv, &kernel)?;
             let result = in_vm(&vm);
             if !args.keep {
-                engine::down(&lab.name)?;
+                super::warn_left(&engine::down(&lab.name)?.left);
             }
             return exit(result?);
         }
@@ -150,7 +150,7 @@ pub fn run(args: Args) -> Result {
     };
     let result = run_all(&args, &lab, &selected);
     if brought_up && !args.keep {
-        engine::down(&lab.name)?;
+        super::warn_left(&engine::down(&lab.name)?.left);
     }
     let outcomes = result?;
     // The golden comparison is one of each report's checks: `passed` is

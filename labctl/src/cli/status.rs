@@ -72,7 +72,7 @@ pub fn run(args: Args) -> Result {
     let records = match &args.lab {
         Some(lab) => vec![
             state::load(lab)
-                .map_err(|e| Failure::new(Exit::Failed, e))?
+                .map_err(super::state_failure)?
                 .ok_or_else(|| Failure::new(Exit::State, format!("lab `{lab}` is not up")))?,
         ],
         None => state::list().map_err(|e| Failure::new(Exit::Failed, e))?,
