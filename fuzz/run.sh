@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Fuzz the topology loader for SECONDS (default 60): cargo fuzz, installed
+# if missing, on nightly. New inputs go to fuzz/work/load (the committed
+# seed corpus fuzz/corpus/load is only read); a crash, hang or OOM leaves
+# its input in fuzz/artifacts/load and makes this script fail.
+#   fuzz/run.sh 120
+set -euo pipefail
+
+seconds="${1:-60}"
+cd "$(dirname "$0")"
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    cargo install --locked cargo-fuzz
+fi
+if ! cargo +nightly --version >/dev/null 2>&1; then
+    echo "fuzz/run.sh: needs the nightly toolchain (rustup toolchain install nightly)" >&2
+    exit 1
+fi
+
+mkdir -p work/load
+exec cargo +nightly fuzz run load work/load corpus/load -- \
+    -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1
