@@ -284,7 +284,12 @@ pub fn down(lab: &str) -> Result<DownReport, EngineError> {
         return Err(EngineError::NotRoot);
     }
     let _lock = state::lock(lab)?;
-    let record = state::load(lab)?.ok_or_else(|| EngineError::NotUp(lab.to_string()))?;
+    let Some(record) = state::load(lab)? else {
+        // An `up` killed while writing its first record leaves only the
+        // temp file: nothing was made yet, and that goes too.
+        state::remove(lab)?;
+        return Err(EngineError::NotUp(lab.to_string()));
+    };
     let mut left = record.rejected.clone();
     if let Some(vm) = &record.vm {
         // The lab lives in the VM: take it down there (best effort, the VM
@@ -494,9 +499,14 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, EngineError> {
 
 /// Test hook for the crash-safety tests: when `LABCTL_KILL_AT` names this
 /// point, the process sends itself SIGKILL, exactly as a user's `kill -9`
-/// at that moment would.
+/// at that moment would; when `LABCTL_STOP_AT` does, SIGSTOP, so a test can
+/// change the world (a foreign namespace appearing) before it goes on.
 pub(crate) fn fault_point(point: &str) {
+    use nix::sys::signal::{Signal, raise};
     if std::env::var("LABCTL_KILL_AT").is_ok_and(|p| p == point) {
-        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        let _ = raise(Signal::SIGKILL);
+    }
+    if std::env::var("LABCTL_STOP_AT").is_ok_and(|p| p == point) {
+        let _ = raise(Signal::SIGSTOP);
     }
 }

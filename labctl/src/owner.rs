@@ -9,7 +9,9 @@
 //!   namespace of ours always has it;
 //! - in the file under `/run/netns` itself, written before the namespace is
 //!   bind-mounted over it: after a crash between the two, the plain file
-//!   left behind still says whose it is.
+//!   left behind still says whose it is. That file is made with a mode of
+//!   our own (0444; `ip netns add` uses 0), which says it even when the
+//!   crash came before the mark was written.
 //!
 //! A foreign `ip netns add LAB-x` has neither and is left alone, as is any
 //! name the record lists that does not lead to our mark. The alias is read
@@ -171,8 +173,15 @@ pub fn netns_owner(name: &str, mark: &str) -> Owner {
             f.take(256).read_to_end(&mut buf)?;
             Ok(buf)
         });
+    // `up` creates its placeholders with mode 0444 (iproute2 uses 0), so
+    // an empty one of that mode is one it was killed making, between the
+    // create and the write of the mark.
+    let ours_unwritten = |bytes: &[u8]| {
+        use std::os::unix::fs::PermissionsExt;
+        bytes.is_empty() && meta.permissions().mode() & 0o7777 == sys::PLACEHOLDER_MODE
+    };
     match content {
-        Ok(bytes) if bytes == mark.as_bytes() => Owner::Ours,
+        Ok(bytes) if bytes == mark.as_bytes() || ours_unwritten(&bytes) => Owner::Ours,
         Ok(_) => Owner::Foreign("an unmounted file without the lab's mark".into()),
         Err(e) => Owner::Foreign(format!("cannot read {}: {e}", path.display())),
     }

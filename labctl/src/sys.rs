@@ -103,6 +103,11 @@ pub fn prepare_run_dir() -> io::Result<()> {
     }
 }
 
+/// The mode of the files labctl makes under /run/netns, different from
+/// iproute2's 0 so that an unwritten one is still recognised as ours
+/// ([`crate::owner`]).
+pub const PLACEHOLDER_MODE: u32 = 0o444;
+
 /// A namespace just created, with what the executor keeps of it.
 pub struct NewNetns {
     pub name: String,
@@ -130,7 +135,7 @@ pub fn create_netns(
     let mut placeholder = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o444)
+        .mode(PLACEHOLDER_MODE)
         .open(&path)?;
     placeholder.write_all(mark.as_bytes())?;
     drop(placeholder);
