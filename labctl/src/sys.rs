@@ -309,9 +309,35 @@ pub fn process_alive(pid: u32) -> bool {
 
 /// Write a sysctl (`net.ipv4.ip_forward`) inside a namespace, like
 /// `ip netns exec NS sysctl -w KEY=VALUE`.
+///
+/// Only `net.*` keys, which the kernel keeps per network namespace, are
+/// written (the topology checks this too; this is the last line): a key's
+/// parts are plain names, never `..`. As sysctl(8) reads them, a key with
+/// a `/` uses `/` between its parts and `.` inside them
+/// (`net/ipv4/conf/eth0.100/rp_filter`), one without uses `.`.
 pub fn write_sysctl_in(ns: impl AsFd, key: &str, value: &str) -> io::Result<()> {
+    let parts: Vec<&str> = if key.contains('/') {
+        key.split('/').collect()
+    } else {
+        key.split('.').collect()
+    };
+    let plain = |p: &&str| {
+        !p.is_empty()
+            && *p != "."
+            && *p != ".."
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+    };
+    if parts.first() != Some(&"net") || parts.len() < 2 || !parts.iter().all(plain) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("`{key}` is not a network sysctl: only net.* is written, inside a lab"),
+        ));
+    }
+    let path = parts
+        .iter()
+        .fold(PathBuf::from("/proc/sys"), |p, part| p.join(part));
     let _back = NetnsGuard::enter(ns)?;
-    let path = Path::new("/proc/sys").join(key.replace('.', "/"));
     fs::write(&path, value)
 }
 
@@ -428,4 +454,28 @@ pub fn packet_bind_addr(ifindex: u32, protocol: u16) -> nix::sys::socket::LinkAd
     // pointer is valid for `len` bytes and `from_raw` copies it out.
     unsafe { LinkAddr::from_raw((&raw const sll).cast::<libc::sockaddr>(), Some(len)) }
         .expect("a sockaddr_ll with family AF_PACKET is a LinkAddr")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Refused before the namespace is entered or anything is written, so
+    /// this needs no root and touches nothing.
+    #[test]
+    fn only_network_sysctls_are_written() {
+        let here = File::open("/proc/self/ns/net").expect("own namespace");
+        for key in [
+            "fs.lease-break-time",
+            "kernel.core_pattern",
+            "net",
+            "net..ipv4",
+            "net/../kernel/core_pattern",
+            "net/ipv4/../../kernel/core_pattern",
+            "net.ipv4.conf.all.rp_filter x",
+        ] {
+            let e = write_sysctl_in(&here, key, "1").expect_err(key);
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{key}: {e}");
+        }
+    }
 }

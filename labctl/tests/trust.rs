@@ -571,6 +571,65 @@ fn silent_vm_agent() -> Result<(), Failed> {
     ensure(state::load(&lab)?.is_none(), "the record is still there")
 }
 
+/// The README's privilege claim: a user who is not root but holds the
+/// capabilities it lists brings a lab up, runs its scenarios, execs into it
+/// and takes it down; with only CAP_SYS_ADMIN and CAP_NET_ADMIN, labctl
+/// refuses at once with exit 4, naming what it needs.
+fn capabilities_suffice() -> Result<(), Failed> {
+    let caps: Vec<String> = labctl::sys::LAB_CAPS
+        .iter()
+        .map(|(_, name)| format!("+{}", name.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    let as_user = |caps: &str| {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(format!("--inh-caps={caps}"))
+            .arg(format!("--ambient-caps={caps}"))
+            .args(["env", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"])
+            .arg(
+                std::env::var_os("LABCTL_TEST_LABCTL")
+                    .unwrap_or(env!("CARGO_BIN_EXE_labctl").into()),
+            );
+        c
+    };
+    let lab = unique("caps");
+    let _down = Down(lab.clone());
+    let all = caps.join(",");
+    ok(as_user(&all)
+        .args(["up", "-q", "--name", &lab])
+        .args(flannel()))?;
+    let uid = ok(as_user(&all).args(["exec", &lab, "centos", "--", "id", "-u"]))?;
+    ensure(
+        String::from_utf8_lossy(&uid.stdout).trim() == "65534",
+        format!("exec ran as {}", String::from_utf8_lossy(&uid.stdout)),
+    )?;
+    ok(as_user(&all).args([
+        "exec",
+        &lab,
+        "centos",
+        "--",
+        "ping",
+        "-c1",
+        "-W2",
+        "172.23.96.163",
+    ]))?;
+    let o = ok(as_user(&all).args(["run", "--name", &lab]).args(flannel()))?;
+    ensure(
+        String::from_utf8_lossy(&o.stdout).contains("4 passed, 0 failed"),
+        text(&o),
+    )?;
+    ok(as_user(&all).args(["down", &lab]))?;
+    ensure(
+        netns_of(&lab).is_empty(),
+        format!("left {:?}", netns_of(&lab)),
+    )?;
+    let o = run(as_user("+sys_admin,+net_admin")
+        .args(["up", "--name", &lab])
+        .args(flannel()));
+    fails_with(&o, 4, "CAP_DAC_OVERRIDE")?;
+    ensure(netns_of(&lab).is_empty(), "a refused up made namespaces")
+}
+
 /// A small xorshift generator: the campaign prints its seed, so a failure
 /// can be replayed with `LABCTL_TRUST_SEED`.
 struct Rng(u64);
@@ -735,6 +794,7 @@ fn main() {
         Trial::ignorable_test("runaway_templates", || gate(runaway_templates)),
         Trial::ignorable_test("silent_vm_agent", || gate(silent_vm_agent)),
         Trial::ignorable_test("randomized_sigkill", || gate(randomized_sigkill)),
+        Trial::ignorable_test("capabilities_suffice", || gate(capabilities_suffice)),
     ];
     libtest_mimic::run(&args, trials).exit();
 }
