@@ -122,7 +122,14 @@ impl LabState {
             self.serve = None;
             return;
         }
-        if !self.id.chars().all(|c| c.is_ascii_hexdigit()) || self.id.len() > 32 {
+        if self.id.is_empty() {
+            self.rejected.push(
+                "the record has no lab id (written by a labctl before ownership marks, or by \
+                 hand): nothing can be shown to be this lab's, so nothing is removed; delete \
+                 what is left with `ip netns delete`"
+                    .into(),
+            );
+        } else if !self.id.chars().all(|c| c.is_ascii_hexdigit()) || self.id.len() > 32 {
             self.rejected
                 .push("the record's lab id is not an id: nothing of it can be ours".into());
             self.id.clear();
@@ -319,6 +326,78 @@ pub fn lock(lab: &str) -> Result<LabLock, StateError> {
         // and our lock: then the lock is on a file nobody else will see.
         if same_file(&file, &path) {
             return Ok(LabLock { file, path });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use labctl_topology::Role;
+
+    fn ns(name: &str, entity: &str) -> NsSpec {
+        NsSpec {
+            name: name.into(),
+            entity: entity.into(),
+            role: Role::Pod,
+        }
+    }
+
+    #[test]
+    fn a_record_keeps_only_what_up_could_have_written() {
+        let mut s = LabState::new(
+            "lab",
+            None,
+            vec![
+                ns("lab-pod", "pod"),
+                ns("../../tmp/x", "x"),
+                ns("other-pod", "pod"),
+                ns("lab-a/b", "a/b"),
+                ns("lab-..", ".."),
+            ],
+        );
+        s.vm = Some(crate::vm::Vm {
+            dir: "/tmp/elsewhere".into(),
+            pid: 1,
+            kernel: crate::vm::Kernel {
+                release: "r".into(),
+                vmlinuz: "/v".into(),
+                modules: "/m".into(),
+            },
+        });
+        s.confine("lab");
+        let names: Vec<&str> = s.namespaces.iter().map(|n| n.name.as_str()).collect();
+        // `lab-..` is a plain file name under /run/netns, like any other.
+        assert_eq!(names, ["lab-pod", "lab-.."]);
+        assert!(s.vm.is_none());
+        assert_eq!(s.rejected.len(), 4, "{:?}", s.rejected);
+    }
+
+    #[test]
+    fn a_record_of_another_lab_is_emptied() {
+        let mut s = LabState::new("other", None, vec![ns("other-pod", "pod")]);
+        s.confine("lab");
+        assert!(s.namespaces.is_empty());
+        assert_eq!(s.lab, "lab");
+        assert!(s.rejected[0].contains("names lab `other`"));
+    }
+
+    #[test]
+    fn a_record_without_an_id_matches_nothing_and_says_why() {
+        let mut s = LabState::new("lab", None, vec![ns("lab-pod", "pod")]);
+        s.id.clear();
+        s.confine("lab");
+        assert!(s.rejected[0].contains("no lab id"));
+    }
+
+    #[test]
+    fn lab_names_that_are_paths_are_refused() {
+        for bad in ["/../../tmp/x/victim", "../x", "a/b", "", "UPPER", "x.y"] {
+            assert!(
+                matches!(load(bad), Err(StateError::BadName(_))),
+                "{bad:?} accepted"
+            );
+            assert!(matches!(lock(bad), Err(StateError::BadName(_))));
         }
     }
 }
