@@ -284,6 +284,8 @@ pub fn down(lab: &str) -> Result<DownReport, EngineError> {
         return Err(EngineError::NotRoot);
     }
     let _lock = state::lock(lab)?;
+    // Teardown holds every namespace of the lab open for a moment.
+    sys::raise_nofile_limit();
     let Some(record) = state::load(lab)? else {
         // An `up` killed while writing its first record leaves only the
         // temp file: nothing was made yet, and that goes too.
@@ -367,7 +369,13 @@ fn teardown(record: &LabState) -> Teardown {
         }
     }
     // Identities outlive names: the sweep after the deletion finds a
-    // process that opened a namespace just before it lost its name.
+    // process that opened a namespace just before it lost its name. We
+    // hold each namespace open meanwhile, so none is freed and its inode
+    // number given to a new namespace (someone else's) before the sweep.
+    let held: Vec<_> = ours
+        .iter()
+        .filter_map(|name| sys::open_netns(name).ok())
+        .collect();
     let ids = sys::ns_ids(&ours);
     out.errors = kill_processes(&ids);
     // The pins were made after the namespaces: removed before them. A lab
@@ -387,6 +395,7 @@ fn teardown(record: &LabState) -> Teardown {
         }
     }
     out.errors.extend(kill_processes(&ids));
+    drop(held);
     out
 }
 

@@ -576,6 +576,8 @@ fn silent_vm_agent() -> Result<(), Failed> {
 /// and takes it down; with only CAP_SYS_ADMIN and CAP_NET_ADMIN, labctl
 /// refuses at once with exit 4, naming what it needs.
 fn capabilities_suffice() -> Result<(), Failed> {
+    // Not beside the SIGKILL campaign: its load is not what this checks.
+    let _alone = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
     let caps: Vec<String> = labctl::sys::LAB_CAPS
         .iter()
         .map(|(_, name)| format!("+{}", name.trim_start_matches("CAP_").to_lowercase()))
@@ -629,6 +631,9 @@ fn capabilities_suffice() -> Result<(), Failed> {
     fails_with(&o, 4, "CAP_DAC_OVERRIDE")?;
     ensure(netns_of(&lab).is_empty(), "a refused up made namespaces")
 }
+
+/// Trials that must not run beside each other.
+static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// A small xorshift generator: the campaign prints its seed, so a failure
 /// can be replayed with `LABCTL_TRUST_SEED`.
@@ -699,6 +704,7 @@ fn host_links() -> String {
 /// SIGKILL `up` (and sometimes `down`) after a random delay, then `down`:
 /// over two lab sizes, nothing of the lab is left after any cycle.
 fn randomized_sigkill() -> Result<(), Failed> {
+    let _alone = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
     let seed = std::env::var("LABCTL_TRUST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
