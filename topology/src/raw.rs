@@ -464,9 +464,9 @@ text_schema!(EntityName, "EntityName", {
     "pattern": "^[a-z0-9.-]{1,63}$"
 });
 text_schema!(IfName, "IfName", {
-    "description": "A kernel interface name: 1 to 15 printable ASCII characters, no '/', ':' or space, not `.` or `..`.",
+    "description": "A kernel interface name: 1 to 15 printable ASCII characters, no '/', ':', '\"', '\\' or space, not `.` or `..`.",
     "type": "string",
-    "pattern": "^[!-.0-9;-~]{1,15}$"
+    "pattern": "^[!#-.0-9;-\\[\\]-~]{1,15}$"
 });
 text_schema!(Ipv4Text, "Ipv4", {
     "description": "A plain IPv4 address, e.g. 10.0.0.180.",

@@ -1456,7 +1456,9 @@ fn ifname_problem(n: &str) -> Option<IfnameProblem> {
         Some(IfnameProblem::TooLong(n.len()))
     } else if let Some(c) = n
         .chars()
-        .find(|c| !c.is_ascii_graphic() || *c == '/' || *c == ':')
+        // '"' and '\' are the kernel's to allow, not ours: names are
+        // written into nftables rules as quoted strings.
+        .find(|c| !c.is_ascii_graphic() || matches!(c, '/' | ':' | '"' | '\\'))
     {
         Some(IfnameProblem::Char(c))
     } else if n == "." || n == ".." {

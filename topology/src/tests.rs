@@ -811,6 +811,12 @@ fn interface_names() {
         e,
         "t.yaml:12:17: interface name `eth 0` contains ' ', which interface names cannot contain"
     );
+    // The kernel takes a '"', but nftables rules quote names with it.
+    let (e, _) = one("name: eth0, subnet: vsw-a", "name: 'eth\"0', subnet: vsw-a");
+    assert_eq!(
+        e,
+        "t.yaml:12:17: interface name `eth\"0` contains '\"', which interface names cannot contain"
+    );
     let (e, _) = one("name: eth0, subnet: vsw-a", "name: eth0/1, subnet: vsw-a");
     assert_eq!(
         e,
