@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use labctl_topology::Lab;
 
+use crate::fault::fault_point;
 use crate::kernel::{Kernel, KernelError, Netlink};
 use crate::plan::{Phase, Plan, plan};
 use crate::serve::{self, ServeError};
@@ -504,18 +505,4 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, EngineError> {
         .enable_time()
         .build()
         .map_err(EngineError::Runtime)
-}
-
-/// Test hook for the crash-safety tests: when `LABCTL_KILL_AT` names this
-/// point, the process sends itself SIGKILL, exactly as a user's `kill -9`
-/// at that moment would; when `LABCTL_STOP_AT` does, SIGSTOP, so a test can
-/// change the world (a foreign namespace appearing) before it goes on.
-pub(crate) fn fault_point(point: &str) {
-    use nix::sys::signal::{Signal, raise};
-    if std::env::var("LABCTL_KILL_AT").is_ok_and(|p| p == point) {
-        let _ = raise(Signal::SIGKILL);
-    }
-    if std::env::var("LABCTL_STOP_AT").is_ok_and(|p| p == point) {
-        let _ = raise(Signal::SIGSTOP);
-    }
 }

@@ -118,7 +118,7 @@ impl Kernel for Netlink {
                             .enumerate()
                             .map(|(i, ns)| {
                                 if i == part.len() / 2 {
-                                    crate::engine::fault_point("half-namespaces");
+                                    crate::fault::fault_point("half-namespaces");
                                 }
                                 sys::create_netns(&ns.name, mark, |socket| {
                                     crate::owner::set_loopback_alias(socket, mark)

@@ -11,6 +11,7 @@ pub use labctl_topology::Lab;
 pub mod capture;
 pub mod conntrack;
 pub mod engine;
+mod fault;
 pub mod features;
 pub mod golden;
 pub mod ipvs;

@@ -139,7 +139,7 @@ pub fn create_netns(
         .open(&path)?;
     placeholder.write_all(mark.as_bytes())?;
     drop(placeholder);
-    crate::engine::fault_point("netns-file");
+    crate::fault::fault_point("netns-file");
     let _back = NetnsGuard::unshare()?;
     let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
     socket.bind_auto()?;
