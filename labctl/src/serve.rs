@@ -15,12 +15,10 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use labctl_topology::{Lab, Protocol};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use serde::{Deserialize, Serialize};
 
 use crate::plan::NsSpec;
 use crate::state;
@@ -32,56 +30,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The line `__serve` prints once every port listens.
 const READY: &str = "ready";
 
-/// The ports served in one namespace; on the command line of `__serve` as
-/// `NETNS=80/tcp,53/udp`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Served {
-    pub netns: String,
-    pub ports: Vec<(u16, Proto)>,
-}
-
-impl Served {
-    /// The ports as `80/tcp 53/udp`.
-    pub fn ports_text(&self) -> Vec<String> {
-        self.ports
-            .iter()
-            .map(|(port, proto)| format!("{port}/{proto}"))
-            .collect()
-    }
-}
-
-impl std::fmt::Display for Served {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}={}", self.netns, self.ports_text().join(","))
-    }
-}
-
-impl FromStr for Served {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (netns, list) = s
-            .split_once('=')
-            .ok_or_else(|| format!("`{s}` is not NETNS=PORT/PROTO,..."))?;
-        let ports = list
-            .split(',')
-            .map(|p| {
-                let (port, proto) = p.split_once('/').unwrap_or((p, "tcp"));
-                let port = port.parse().map_err(|_| format!("bad port `{p}`"))?;
-                let proto = match proto {
-                    "tcp" => Proto::Tcp,
-                    "udp" => Proto::Udp,
-                    _ => return Err(format!("bad protocol `{p}` (tcp or udp)")),
-                };
-                Ok((port, proto))
-            })
-            .collect::<Result<_, String>>()?;
-        Ok(Served {
-            netns: netns.to_string(),
-            ports,
-        })
-    }
-}
+pub use crate::state::Served;
 
 /// What a lab serves: one entry per pod that declares ports, in pod order.
 pub fn specs(lab: &Lab, namespaces: &[NsSpec]) -> Vec<Served> {

@@ -19,13 +19,14 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::plan::NsSpec;
-use crate::serve::Served;
+use crate::traffic::Proto;
 
 /// Errors reading or writing lab state.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +42,58 @@ pub enum StateError {
     Busy { lab: String, path: PathBuf },
     #[error("invalid lab name: {0}")]
     BadName(String),
+}
+
+/// The ports the built-in servers serve in one namespace (see
+/// [`crate::serve`]); on the command line of `__serve` as
+/// `NETNS=80/tcp,53/udp`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Served {
+    pub netns: String,
+    pub ports: Vec<(u16, Proto)>,
+}
+
+impl Served {
+    /// The ports as `80/tcp 53/udp`.
+    pub fn ports_text(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|(port, proto)| format!("{port}/{proto}"))
+            .collect()
+    }
+}
+
+impl std::fmt::Display for Served {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={}", self.netns, self.ports_text().join(","))
+    }
+}
+
+impl FromStr for Served {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (netns, list) = s
+            .split_once('=')
+            .ok_or_else(|| format!("`{s}` is not NETNS=PORT/PROTO,..."))?;
+        let ports = list
+            .split(',')
+            .map(|p| {
+                let (port, proto) = p.split_once('/').unwrap_or((p, "tcp"));
+                let port = port.parse().map_err(|_| format!("bad port `{p}`"))?;
+                let proto = match proto {
+                    "tcp" => Proto::Tcp,
+                    "udp" => Proto::Udp,
+                    _ => return Err(format!("bad protocol `{p}` (tcp or udp)")),
+                };
+                Ok((port, proto))
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Served {
+            netns: netns.to_string(),
+            ports,
+        })
+    }
 }
 
 /// One lab's record.
