@@ -18,9 +18,7 @@ use crate::wire::{self, Failure, Wire};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 
-use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-};
+use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_netfilter::conntrack::{
     ConntrackAttribute, ConntrackMessage, IPTuple, ProtoInfo, ProtoInfoTCP, ProtoTuple,
     Tuple as CtTuple,
@@ -230,20 +228,11 @@ fn dump_request(seq: u32) -> Vec<u8> {
 
 /// One ctnetlink request for family IPv4, framed.
 fn request(seq: u32, flags: u16, message: ConntrackMessage) -> Vec<u8> {
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | flags;
-    header.sequence_number = seq;
-    let mut msg = NetlinkMessage::new(
-        header,
-        NetlinkPayload::from(NetfilterMessage::new(
-            NetfilterHeader::new(NetfilterProtoFamily::IPv4, 0, 0),
-            message,
-        )),
+    let message = NetfilterMessage::new(
+        NetfilterHeader::new(NetfilterProtoFamily::IPv4, 0, 0),
+        message,
     );
-    msg.finalize();
-    let mut buf = vec![0u8; msg.buffer_len()];
-    msg.serialize(&mut buf);
-    buf
+    wire::frame(seq, NLM_F_REQUEST | flags, message)
 }
 
 fn is_unavailable(errno: i32) -> bool {

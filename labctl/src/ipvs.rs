@@ -20,9 +20,8 @@ use std::io;
 use std::net::Ipv4Addr;
 
 use netlink_packet_core::{
-    DecodeError, Emitable, NLA_F_NESTED, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader,
-    NetlinkMessage, NetlinkPayload, Nla, NlasIterator, ParseableParametrized, parse_string,
-    parse_u16, parse_u16_be, parse_u32,
+    DecodeError, Emitable, NLA_F_NESTED, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, Nla, NlasIterator,
+    ParseableParametrized, parse_string, parse_u16, parse_u16_be, parse_u32,
 };
 use netlink_packet_generic::{GenlFamily, GenlHeader, GenlMessage};
 use serde::Serialize;
@@ -609,15 +608,7 @@ fn encode(family: u16, seq: u32, flags: u16, request: Request) -> Vec<u8> {
         cmd: request.cmd,
         version: request.version,
     };
-    let genl = GenlMessage::new(header, request, family);
-    let mut nl_header = NetlinkHeader::default();
-    nl_header.flags = flags;
-    nl_header.sequence_number = seq;
-    let mut msg = NetlinkMessage::new(nl_header, NetlinkPayload::InnerMessage(genl));
-    msg.finalize();
-    let mut buf = vec![0u8; msg.buffer_len()];
-    msg.serialize(&mut buf);
-    buf
+    crate::wire::frame(seq, flags, GenlMessage::new(header, request, family))
 }
 
 /// A client for the IPVS tables of one network namespace.
@@ -903,6 +894,7 @@ pub fn format_table(services: &[(Service, Vec<DestInfo>)]) -> String {
 #[cfg(test)]
 mod tests {
 
+    use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload};
     #[test]
     fn connection_table_lines_parse() {
         let text = "Pro FromIP   FPrt ToIP     TPrt DestIP   DPrt State       Expires PEName PEData\n\

@@ -23,9 +23,7 @@ use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 
-use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_REQUEST};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 
@@ -106,14 +104,7 @@ pub(crate) fn loopback_alias(socket: &mut dyn Wire) -> io::Result<String> {
 }
 
 fn frame(seq: u32, flags: u16, message: RouteNetlinkMessage) -> Vec<u8> {
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | flags;
-    header.sequence_number = seq;
-    let mut msg = NetlinkMessage::new(header, NetlinkPayload::from(message));
-    msg.finalize();
-    let mut buf = vec![0u8; msg.buffer_len()];
-    msg.serialize(&mut buf);
-    buf
+    wire::frame(seq, NLM_F_REQUEST | flags, message)
 }
 
 fn io_error(what: &str, e: wire::Failure) -> io::Error {
@@ -190,6 +181,7 @@ pub fn netns_owner(name: &str, mark: &str) -> Owner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload};
 
     /// Answers what it is given, and keeps what was sent.
     struct Script {

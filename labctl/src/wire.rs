@@ -21,6 +21,23 @@ impl Wire for netlink_sys::Socket {
     }
 }
 
+/// Frame one request: the netlink header (`flags`, sequence number `seq`)
+/// around `inner`, its length filled in.
+pub(crate) fn frame<I>(seq: u32, flags: u16, inner: I) -> Vec<u8>
+where
+    I: netlink_packet_core::NetlinkSerializable,
+{
+    use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload};
+    let mut header = NetlinkHeader::default();
+    header.flags = flags;
+    header.sequence_number = seq;
+    let mut msg = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(inner));
+    msg.finalize();
+    let mut buf = vec![0u8; msg.buffer_len()];
+    msg.serialize(&mut buf);
+    buf
+}
+
 /// Why an exchange failed, before the caller puts it in words.
 pub(crate) enum Failure {
     /// The kernel's error code (positive errno).
