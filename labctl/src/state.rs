@@ -362,7 +362,9 @@ pub fn lock(lab: &str) -> Result<LabLock, StateError> {
     let dir = state_dir();
     fs::create_dir_all(&dir).map_err(io_err(&dir))?;
     let path = dir.join(format!(".{lab}.lock"));
-    loop {
+    // Each retry means another command released the lab meanwhile; a
+    // file replaced this often is someone's doing, and the lab busy.
+    for _ in 0..100 {
         let file = fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -381,6 +383,10 @@ pub fn lock(lab: &str) -> Result<LabLock, StateError> {
             return Ok(LabLock { file, path });
         }
     }
+    Err(StateError::Busy {
+        lab: lab.to_string(),
+        path,
+    })
 }
 
 #[cfg(test)]
