@@ -192,19 +192,7 @@ fn hostile_vm_record() -> Result<(), Failed> {
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("precious"), "keep me")?;
         let mut sleeper = Sleeper(Command::new("sleep").arg("300").process_group(0).spawn()?);
-        let mut record = LabState::new(&lab, None, Vec::new());
-        record.runtime = "vm".into();
-        record.vm = Some(labctl::vm::Vm {
-            dir: dir.clone(),
-            pid: sleeper.0.id(),
-            kernel: labctl::vm::Kernel {
-                release: "0.0-fake".into(),
-                vmlinuz: "/nonexistent".into(),
-                modules: "/nonexistent".into(),
-            },
-        });
-        record.complete = true;
-        state::save(&record)?;
+        state::save(&vm_record(&lab, &dir, sleeper.0.id()))?;
         let o = run(labctl()
             .env("LABCTL_LIB_DIR", &lib)
             .env("LABCTL_VM_AGENT_WAIT", "2")
@@ -224,6 +212,23 @@ fn hostile_vm_record() -> Result<(), Failed> {
         ensure(err.contains(needle), format!("no `{needle}` in: {err}"))?;
     }
     Ok(())
+}
+
+/// A record of a lab in a VM at `dir`, run by `pid`, as `up --vm` writes it.
+fn vm_record(lab: &str, dir: &std::path::Path, pid: u32) -> LabState {
+    let mut record = LabState::new(lab, None, Vec::new());
+    record.runtime = "vm".into();
+    record.vm = Some(labctl::vm::Vm {
+        dir: dir.to_path_buf(),
+        pid,
+        kernel: labctl::vm::Kernel {
+            release: "0.0-fake".into(),
+            vmlinuz: "/nonexistent".into(),
+            modules: "/nonexistent".into(),
+        },
+    });
+    record.complete = true;
+    record
 }
 
 /// A fresh directory under the system's temp dir, kept for the post-mortem.
@@ -516,8 +521,6 @@ fn silent_vm_agent() -> Result<(), Failed> {
     let lab = unique("silent");
     let dir = lib.join("vm").join(&lab);
     std::fs::create_dir_all(&dir)?;
-    let mut record = LabState::new(&lab, None, Vec::new());
-    std::fs::write(dir.join("owner"), record.mark())?;
     // A stand-in for vng that never starts an agent, recognisable the way
     // labctl recognises its VM: its own process group, `--rwdir=DIR`.
     let mut fake = Sleeper(
@@ -528,17 +531,8 @@ fn silent_vm_agent() -> Result<(), Failed> {
             .spawn()?,
     );
     let mut bystander = Sleeper(Command::new("sleep").arg("300").spawn()?);
-    record.runtime = "vm".into();
-    record.vm = Some(labctl::vm::Vm {
-        dir: dir.clone(),
-        pid: fake.0.id(),
-        kernel: labctl::vm::Kernel {
-            release: "0.0-fake".into(),
-            vmlinuz: "/nonexistent".into(),
-            modules: "/nonexistent".into(),
-        },
-    });
-    record.complete = true;
+    let record = vm_record(&lab, &dir, fake.0.id());
+    std::fs::write(dir.join("owner"), record.mark())?;
     state::save(&record)?;
     let quick = |args: &[&str]| {
         let t = Instant::now();
