@@ -258,13 +258,21 @@ pub fn run(
         unique.len() as u32
     };
     let table = sighting_table(&seen, &path, &hop, &masters);
-    // The request's client sockets (every attempt), as IPVS saw them.
-    let clients: Vec<SocketAddrV4> = seen
+    // The request's flows (every attempt, every hop), client socket and
+    // destination as the captures saw them: an IPVS connection is this
+    // request's only when both ends match one, not an earlier scenario's
+    // that happened to use the same client port.
+    let clients: Vec<(SocketAddrV4, SocketAddrV4)> = seen
         .iter()
         .filter(|(_, f)| is_request(f, sc))
-        .filter_map(|(_, f)| match (f.innermost().src, f.innermost().src_port) {
-            (IpAddr::V4(a), Some(p)) => Some(SocketAddrV4::new(a, p)),
-            _ => None,
+        .filter_map(|(_, f)| {
+            let f = f.innermost();
+            match (f.src, f.src_port, f.dst, f.dst_port) {
+                (IpAddr::V4(a), Some(p), IpAddr::V4(d), Some(dp)) => {
+                    Some((SocketAddrV4::new(a, p), SocketAddrV4::new(d, dp)))
+                }
+                _ => None,
+            }
         })
         .collect();
     let ipvs_seen = addressed_services(sc, &path, &clients, &service_state);
@@ -718,7 +726,7 @@ struct ServiceState {
 fn addressed_services(
     sc: &Scenario,
     path: &[String],
-    clients: &[SocketAddrV4],
+    clients: &[(SocketAddrV4, SocketAddrV4)],
     state: &[ServiceState],
 ) -> Vec<(String, Vec<String>)> {
     let mut out = Vec::new();
@@ -728,7 +736,10 @@ fn addressed_services(
             .last()
             .is_some_and(|h| h.split('/').next() == Some(s.entity.as_str()))
             && s.conntrack.is_empty()
-            && !s.conns.iter().any(|c| clients.contains(&c.client));
+            && !s
+                .conns
+                .iter()
+                .any(|c| clients.contains(&(c.client, c.virtual_service)));
         let addressed = |addr: Ipv4Addr, port: u16| {
             let vs = SocketAddrV4::new(addr, port);
             s.conntrack
@@ -736,7 +747,7 @@ fn addressed_services(
                 .any(|e| e.original.dst == addr && e.original.dport == Some(port))
                 || s.conns
                     .iter()
-                    .any(|c| c.virtual_service == vs && clients.contains(&c.client))
+                    .any(|c| c.virtual_service == vs && clients.contains(&(c.client, vs)))
                 || (refused_here && addr == sc.target && Some(port) == sc.port)
         };
         let table = &s.table;
