@@ -248,6 +248,7 @@ pub async fn execute<K: Kernel>(
         }
         fault_point(phase_name(phase));
     }
+    kernel.settle().await;
     Ok(())
 }
 

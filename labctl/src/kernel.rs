@@ -49,6 +49,83 @@ pub trait Kernel {
     fn create_namespaces(&mut self, specs: &[NsSpec]) -> Result<(), Vec<KernelError>>;
     /// Run one planned step.
     fn run(&self, step: &Step) -> impl Future<Output = Result<(), KernelError>>;
+    /// Wait until every link that is up with a carrier can send (see
+    /// [`links_not_ready`]). A kernel without links has nothing to wait for.
+    fn settle(&self) -> impl Future<Output = ()> {
+        async {}
+    }
+}
+
+/// How long `up` waits for the kernel to activate the links it set up.
+/// Activation normally takes microseconds; this bounds a kernel that is
+/// busy elsewhere (its `rtnl` lock held by another namespace's teardown).
+pub const SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The links of one namespace that are up and have a carrier but cannot send
+/// yet. A link brought up before its peer (the first end of a veth, a port
+/// whose carrier comes later) keeps the `noop` qdisc, which drops every
+/// packet, until the kernel's linkwatch work runs `dev_activate`; that work
+/// waits for the `rtnl` lock, so on a busy machine a first SYN or ARP request
+/// can vanish and cost a one-second retransmit. The flags and qdisc come
+/// from the same dump (`IFF_LOWER_UP` and `IFLA_QDISC`).
+pub async fn links_not_ready(handle: &Handle) -> Result<Vec<String>, rtnetlink::Error> {
+    use netlink_packet_route::link::LinkFlags;
+    let links: Vec<LinkMessage> = handle.link().get().execute().try_collect().await?;
+    Ok(links
+        .into_iter()
+        .filter(|l| {
+            let f = l.header.flags;
+            f.contains(LinkFlags::Up)
+                && f.contains(LinkFlags::LowerUp)
+                && !f.contains(LinkFlags::Loopback)
+                && l.attributes
+                    .iter()
+                    .any(|a| matches!(a, LinkAttribute::Qdisc(q) if q == "noop"))
+        })
+        .map(|l| {
+            l.attributes
+                .iter()
+                .find_map(|a| match a {
+                    LinkAttribute::IfName(n) => Some(n.clone()),
+                    _ => None,
+                })
+                .unwrap_or_else(|| format!("index {}", l.header.index))
+        })
+        .collect())
+}
+
+/// Poll [`links_not_ready`] until it is empty or `limit` has passed;
+/// returns the links still not ready.
+pub async fn wait_links_ready(handle: &Handle, limit: std::time::Duration) -> Vec<String> {
+    let deadline = std::time::Instant::now() + limit;
+    let mut pause = std::time::Duration::from_micros(200);
+    loop {
+        let pending = links_not_ready(handle).await.unwrap_or_default();
+        if pending.is_empty() || std::time::Instant::now() >= deadline {
+            return pending;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(20));
+    }
+}
+
+/// [`wait_links_ready`] for one named namespace, from synchronous code (the
+/// tests that build links with `ip`).
+pub fn wait_links_ready_in(
+    netns: &str,
+    limit: std::time::Duration,
+) -> std::io::Result<Vec<String>> {
+    let socket = sys::netlink_socket_in(netns)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(rt.block_on(async {
+        let (conn, handle, _) = rtnetlink::from_socket(sys::tokio_socket(socket));
+        let task = tokio::spawn(conn);
+        let pending = wait_links_ready(&handle, limit).await;
+        task.abort();
+        pending
+    }))
 }
 
 /// The real kernel, through rtnetlink.
@@ -154,6 +231,15 @@ impl Kernel for Netlink {
         } else {
             Err(errors)
         }
+    }
+
+    async fn settle(&self) {
+        futures::future::join_all(
+            self.handles
+                .values()
+                .map(|h| wait_links_ready(h, SETTLE_LIMIT)),
+        )
+        .await;
     }
 
     async fn run(&self, step: &Step) -> Result<(), KernelError> {

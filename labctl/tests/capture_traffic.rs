@@ -68,7 +68,18 @@ fn veth_pair(test: &str) -> Netns {
         ip(&["-n", n, "addr", "add", addr, "dev", "eth0"]);
         ip(&["-n", n, "link", "set", "eth0", "up"]);
     }
+    ready(&ns);
     ns
+}
+
+/// Wait until the kernel has activated every link brought up (see
+/// `labctl::kernel::links_not_ready`): a first packet otherwise can be
+/// dropped and cost a one-second retransmit.
+fn ready(ns: &Netns) {
+    for n in &ns.names {
+        let pending = labctl::kernel::wait_links_ready_in(n, labctl::kernel::SETTLE_LIMIT).unwrap();
+        assert!(pending.is_empty(), "{n}: links not activated: {pending:?}");
+    }
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -135,7 +146,9 @@ fn tcp_refused_served_and_http_body() {
 
     let refused = traffic::run_client(
         ns.name(0),
-        &Request::new(Kind::TcpConnect, addr("10.1.0.2:9")).with_timeout(Duration::from_secs(1)),
+        // Refused is the RST, whatever the timeout; the timeout only bounds a
+        // machine too busy to schedule us.
+        &Request::new(Kind::TcpConnect, addr("10.1.0.2:9")).with_timeout(Duration::from_secs(3)),
     );
     assert_eq!(refused.result, Err(Failure::Refused));
 
@@ -330,6 +343,7 @@ fn vxlan_outer_and_inner_headers() {
         ip(&["-n", n, "addr", "add", overlay, "dev", "vx0"]);
         ip(&["-n", n, "link", "set", "vx0", "up"]);
     }
+    ready(&ns);
     let multi = capture::capture_many(&ns.names).unwrap();
     let out = traffic::run_client(
         ns.name(0),

@@ -50,6 +50,13 @@ fn two_namespaces() -> Result<(Namespaces, String, String), Failed> {
         ip(&["-n", ns, "link", "set", ns, "up"])?;
         ip(&["-n", ns, "link", "set", "lo", "up"])?;
     }
+    for ns in [&client, &server] {
+        let pending = labctl::kernel::wait_links_ready_in(ns, labctl::kernel::SETTLE_LIMIT)
+            .map_err(|e| format!("{ns}: {e}"))?;
+        if !pending.is_empty() {
+            return Err(format!("{ns}: links not activated: {pending:?}").into());
+        }
+    }
     Ok((guard, client, server))
 }
 
