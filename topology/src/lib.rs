@@ -267,13 +267,20 @@ fn explain(message: &str, found: &str) -> (String, &'static str, Option<String>)
     (message, "here", None)
 }
 
-/// "did you mean" for an unknown enum value; `rest` lists the valid ones.
+/// "did you mean" for an unknown enum value; `rest` is the message after
+/// "unknown variant `", which lists the valid ones: serde writes
+/// "expected one of `a`, `b`" (or "expected `a` or `b`"), serde-saphyr the
+/// same without the backticks.
 fn closest_hint(value: &str, rest: &str) -> Option<String> {
-    let valid: Vec<&str> = rest
-        .split('`')
-        .skip(1)
-        .step_by(2)
-        .filter(|v| *v != value)
+    let list = rest
+        .split_once("expected one of ")
+        .or_else(|| rest.split_once("expected "))
+        .map_or("", |(_, list)| list);
+    let valid: Vec<&str> = list
+        .split(", ")
+        .flat_map(|v| v.split(" or "))
+        .map(|v| v.trim().trim_matches('`'))
+        .filter(|v| !v.is_empty() && *v != value)
         .collect();
     closest(value, valid.iter().copied())
         .map(|c| format!("did you mean `{c}`?"))

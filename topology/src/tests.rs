@@ -1132,8 +1132,14 @@ const ENDLESS: &str =
 /// 100 GB of output from 1 MB written 100,000 times.
 const HUGE: &str = "{% set s = 'x' * 1000000 %}{% for i in range(100000) %}{{ s }}{% endfor %}\n";
 
-/// The error of a template that must fail within `seconds`.
+/// The error of a template that must fail within `seconds` (the suite's
+/// release build; an unoptimised build is given five times as long).
 fn runaway(source: &str, seconds: u64) -> (String, String) {
+    let seconds = if cfg!(debug_assertions) {
+        5 * seconds
+    } else {
+        seconds
+    };
     let start = Instant::now();
     let e = load_str("t.yaml", source, &vars()).unwrap_err();
     let elapsed = start.elapsed();
@@ -1633,5 +1639,64 @@ fn a_nodes_first_interface_needs_an_address() {
             .as_deref()
             .is_some_and(|h| h.contains("add `address:`")),
         "{problems:#?}"
+    );
+}
+
+#[test]
+fn unknown_attachment_lists_the_valid_ones() {
+    let (e, help) = one(
+        "address: 172.23.96.10 }",
+        "address: 172.23.96.10, attachment: macvlan }",
+    );
+    assert!(e.contains("unknown variant `macvlan`"), "{e}");
+    assert_eq!(help, "valid values: bridge, ipvlan");
+}
+
+#[test]
+fn unknown_value_hint_reads_both_list_styles() {
+    for rest in [
+        "macvlan`, expected one of bridge, ipvlan",
+        "macvlan`, expected one of `bridge`, `ipvlan`",
+        "macvlan`, expected `bridge` or `ipvlan`",
+    ] {
+        assert_eq!(
+            super::closest_hint("macvlan", rest).as_deref(),
+            Some("valid values: bridge, ipvlan"),
+            "{rest}"
+        );
+    }
+    assert_eq!(
+        super::closest_hint("ipvlann", "ipvlann`, expected one of bridge, ipvlan").as_deref(),
+        Some("did you mean `ipvlan`?")
+    );
+}
+
+#[test]
+fn versions_compare_by_number() {
+    let terway =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/terway-ipvlan-ebpf.yaml");
+    let at = |v: &str| {
+        let mut vars = vars();
+        vars.insert("terway".into(), v.into());
+        render(&terway, &vars)
+    };
+    for (v, on) in [
+        ("1.1.0", false),
+        ("1.2.0", true),
+        ("1.10.0", true),
+        ("v1.2", true),
+        ("1.1.99", false),
+    ] {
+        let text = at(v).unwrap_or_else(|e| panic!("{v}: {e}"));
+        assert!(
+            text.contains(&format!("in_cluster_external: {on}")),
+            "terway={v}: want in_cluster_external {on}"
+        );
+    }
+    let e = at("latest").unwrap_err().to_string();
+    assert!(e.contains("`latest` is not a version"), "{e}");
+    assert!(
+        e.starts_with(&format!("{}:", terway.display())) || e.contains("terway-ipvlan-ebpf.yaml:"),
+        "{e}"
     );
 }
