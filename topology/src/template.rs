@@ -69,6 +69,7 @@ pub(crate) fn render(
         .build()
         .expect("the default delimiters are valid");
     env.set_syntax(syntax);
+    env.add_filter("version", version);
     let ctx: BTreeMap<&str, Value> = vars
         .iter()
         .map(|(k, v)| (k.as_str(), var_value(v)))
@@ -103,6 +104,35 @@ pub(crate) fn render(
             Err(fail(&e, span))
         }
     }
+}
+
+/// The `version` filter: `"1.10.0" | version` is `[1, 10, 0]`, so versions
+/// compare by their numbers (`(terway | version) >= ("1.2.0" | version)`),
+/// not as text, where "1.10.0" < "1.2.0". A leading `v` is allowed.
+fn version(text: &str) -> Result<Value, Error> {
+    let bad = || {
+        Error::new(
+            ErrorKind::InvalidOperation,
+            format!(
+                "`{text}` is not a version: expected up to 8 numbers separated by dots, \
+                 like 1.2.0"
+            ),
+        )
+    };
+    let digits = text.strip_prefix('v').unwrap_or(text);
+    let parts: Vec<u64> = digits
+        .split('.')
+        .map(|p| {
+            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            p.parse::<u64>().map_err(|_| bad())
+        })
+        .collect::<Result<_, _>>()?;
+    if parts.len() > 8 {
+        return Err(bad());
+    }
+    Ok(Value::from(parts))
 }
 
 const TOO_LARGE: &str = "rendered topology is too large";
