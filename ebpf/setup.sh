@@ -42,7 +42,7 @@ major=${major%%-*}
 
 if command -v bpf-linker >/dev/null && bpf-linker --version >/dev/null 2>&1 &&
   [ "$(cat "${CARGO_HOME:-$HOME/.cargo}/.bpf-linker-llvm" 2>/dev/null)" = "$libname" ]; then
-  log "bpf-linker already installed (against $libname)"
+  # Already in place: say nothing (./lab runs this on every call).
   exit 0
 fi
 

@@ -19,6 +19,10 @@ enum Sub {
         /// Which distro's kernel: `debian` (the package linux-image-amd64
         /// depends on, through apt).
         distro: String,
+        /// Say nothing when the kernel is already installed (for scripts
+        /// that run this every time, like `./lab`).
+        #[arg(short, long)]
+        quiet: bool,
     },
     /// List the kernels labs can run on: the host's own and the installed
     /// VM kernels.
@@ -29,16 +33,25 @@ enum Sub {
 
 pub fn run(args: Args) -> Result {
     match args.command {
-        Sub::Install { distro } => {
+        Sub::Install { distro, quiet } => {
             if distro != "debian" {
                 return Err(Failure::new(
                     Exit::Usage,
                     format!("unknown distro `{distro}`; supported: debian"),
                 ));
             }
-            let k = vm::install_debian(&|msg| eprintln!("labctl: {msg}"))
-                .map_err(|e| Failure::new(Exit::Failed, e))?;
-            println!("installed kernel {} ({})", k.release, k.vmlinuz.display());
+            let fetched = std::cell::Cell::new(false);
+            let k = vm::install_debian(&|msg| {
+                let present = msg.ends_with("is already installed");
+                fetched.set(fetched.get() || !present);
+                if !(quiet && present) {
+                    eprintln!("labctl: {msg}");
+                }
+            })
+            .map_err(|e| Failure::new(Exit::Failed, e))?;
+            if !quiet || fetched.get() {
+                println!("installed kernel {} ({})", k.release, k.vmlinuz.display());
+            }
             Ok(())
         }
         Sub::List => {
