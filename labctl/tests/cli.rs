@@ -75,3 +75,39 @@ fn bad_lab_name_override_is_a_usage_error() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("must start with a lowercase letter"));
 }
+
+#[test]
+fn completions_and_man_page_cover_every_subcommand() {
+    let o = labctl().args(["completions", "bash"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let bash = String::from_utf8(o.stdout).unwrap();
+    let o = labctl().arg("man").output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let man = String::from_utf8(o.stdout).unwrap();
+    assert!(
+        man.starts_with(".ie \\n(.g .ds Aq") || man.contains(".TH labctl"),
+        "{man}"
+    );
+    // Every subcommand `--help` lists is in both.
+    let o = labctl().arg("--help").output().unwrap();
+    let help = String::from_utf8(o.stdout).unwrap();
+    let subcommands: Vec<&str> = help
+        .split("Commands:")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    assert!(subcommands.len() >= 10, "{help}");
+    for c in subcommands {
+        assert!(bash.contains(c), "completions lack `{c}`");
+        assert!(man.contains(c), "man page lacks `{c}`");
+    }
+    // A shell it does not know is a usage error naming the valid ones.
+    let o = labctl().args(["completions", "cmd.exe"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("bash"));
+}

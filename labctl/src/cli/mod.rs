@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use labctl::engine::EngineError;
 use labctl_topology::Lab;
 
+mod completions;
 mod down;
 mod exec;
 mod kernel;
@@ -46,6 +47,8 @@ enum Command {
     Monitor(monitor::Args),
     /// Print the JSON schema of topology files.
     Schema,
+    Completions(completions::CompletionsArgs),
+    Man(completions::ManArgs),
     /// Inside a VM: serve requests from the host in DIR.
     #[command(name = "__agent", hide = true)]
     Agent {
@@ -162,6 +165,8 @@ pub fn main() -> ExitCode {
         Command::Render(a) => render::run(a),
         Command::Plan(a) => plan::run(a),
         Command::Run(a) => run::run(a),
+        Command::Completions(a) => completions::completions(a),
+        Command::Man(a) => completions::man(a),
         Command::Kernel(a) => kernel::run(a),
         Command::Show(a) => show::run(a),
         Command::Monitor(a) => monitor::run(a),
