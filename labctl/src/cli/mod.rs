@@ -11,6 +11,7 @@ use labctl_topology::Lab;
 
 mod down;
 mod exec;
+mod graph;
 mod kernel;
 mod monitor;
 mod plan;
@@ -40,6 +41,7 @@ enum Command {
     Validate(validate::Args),
     Render(render::Args),
     Plan(plan::Args),
+    Graph(graph::Args),
     Run(run::Args),
     Kernel(kernel::Args),
     Show(show::Args),
@@ -161,6 +163,7 @@ pub fn main() -> ExitCode {
         Command::Validate(a) => validate::run(a),
         Command::Render(a) => render::run(a),
         Command::Plan(a) => plan::run(a),
+        Command::Graph(a) => graph::run(a),
         Command::Run(a) => run::run(a),
         Command::Kernel(a) => kernel::run(a),
         Command::Show(a) => show::run(a),
