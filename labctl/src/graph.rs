@@ -290,9 +290,7 @@ impl Graph {
                     netns: Some(pod_ns),
                     ..
                 } => {
-                    let ifname = renamed
-                        .get(&(pod_ns.clone(), name.clone()))
-                        .unwrap_or(name);
+                    let ifname = renamed.get(&(pod_ns.clone(), name.clone())).unwrap_or(name);
                     links.push(Link {
                         kind: LinkKind::Ipvlan,
                         a: End {
@@ -586,15 +584,15 @@ pub fn fill(v: &Vertex) -> &'static str {
 /// The VPC router's fill.
 pub const VPC_FILL: &str = "#fef3c7";
 
-/// Text for a quoted Mermaid label: every character that Mermaid or the
-/// HTML it renders to could read as syntax becomes an entity code
-/// (`#60;`), which Mermaid turns back into the character as text.
+/// Text for a quoted Mermaid label: every character that could end the
+/// quoted label or the edge text, start an entity code or markdown string,
+/// or be read as markup by the HTML Mermaid renders to becomes an entity
+/// code (`#60;`), which Mermaid shows as the character itself.
 fn mermaid_escape(s: &str) -> String {
     let mut out = String::new();
     for c in s.chars() {
         match c {
-            '"' | '#' | '<' | '>' | '&' | '|' | '`' | '[' | ']' | '{' | '}' | '(' | ')'
-            | '\\' => {
+            '"' | '#' | '<' | '>' | '&' | '|' | '`' => {
                 let _ = write!(out, "#{};", c as u32);
             }
             c if c.is_control() => out.push(' '),
@@ -639,8 +637,7 @@ mod tests {
             Element::Vertex(v) => g.vertices[v].id.clone(),
             Element::Link(l) => format!(
                 "{}~{}",
-                g.vertices[g.links[l].a.vertex].id,
-                g.vertices[g.links[l].b.vertex].id
+                g.vertices[g.links[l].a.vertex].id, g.vertices[g.links[l].b.vertex].id
             ),
         }
     }
@@ -664,7 +661,11 @@ mod tests {
         }
         // 3 ENIs + 5 pods + 1 client veth, 2 vSwitches + 3 cni0 devices.
         let veths = g.links.iter().filter(|l| l.kind == LinkKind::Veth).count();
-        let bridges = g.links.iter().filter(|l| l.kind == LinkKind::Bridge).count();
+        let bridges = g
+            .links
+            .iter()
+            .filter(|l| l.kind == LinkKind::Bridge)
+            .count();
         assert_eq!((veths, bridges), (9, 5));
         let eni = g
             .links
@@ -722,6 +723,39 @@ mod tests {
     }
 
     #[test]
+    fn every_shipped_topology_draws() {
+        for (file, vars) in [
+            ("ipvs-ipvlan.yaml", vec![]),
+            ("terway-ipvlan-ebpf.yaml", vec![]),
+            ("scale.yaml", vec![("nodes", "2"), ("pods", "3")]),
+        ] {
+            let path = format!("{}/../topologies/{file}", env!("CARGO_MANIFEST_DIR"));
+            let vars = vars
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let lab = labctl_topology::load(std::path::Path::new(&path), &vars).unwrap();
+            let g = Graph::of_lab(&lab);
+            for (i, v) in g.vertices.iter().enumerate() {
+                assert!(
+                    g.links.iter().any(|l| l.a.vertex == i || l.b.vertex == i),
+                    "{file}: {} has no link",
+                    v.id
+                );
+            }
+            assert!(g.to_svg().contains("</svg>"), "{file}");
+            // Every pod's eth0 is an end of a link.
+            for p in &lab.pods {
+                let hop = format!("{}/{}", p.name, p.ifname);
+                assert!(
+                    matches!(g.element_of(&hop), Some(Element::Link(_))),
+                    "{file}: {hop}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn renderers() {
         let g = Graph::of_lab(&flannel());
         insta::assert_snapshot!("flannel_mermaid", g.to_mermaid());
@@ -739,7 +773,10 @@ mod tests {
         g.vertices[1].name = "<script>alert(\"x\")</script>\\N".into();
         g.lab = "a\"b".into();
         let m = g.to_mermaid();
-        assert!(!m.contains("<script>") && m.contains("#60;script#62;"), "{m}");
+        assert!(
+            !m.contains("<script>") && m.contains("#60;script#62;"),
+            "{m}"
+        );
         let d = g.to_dot();
         assert!(d.contains("alert(\\\"x\\\")</script>\\\\N") && d.contains("\"a\\\"b\""));
         let s = g.svg(Some(&g.overlay("centos", &["vpc".into()], false)));

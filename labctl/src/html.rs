@@ -122,6 +122,21 @@ pub fn href(segments: &[&str]) -> String {
         .join("/")
 }
 
+/// The path segments leading from directory `from` to `to` (both
+/// absolute, symlinks resolved), for a link from a page in `from`.
+pub fn relative(from: &std::path::Path, to: &std::path::Path) -> Vec<String> {
+    let f: Vec<_> = from.components().collect();
+    let t: Vec<_> = to.components().collect();
+    let common = f.iter().zip(&t).take_while(|(a, b)| a == b).count();
+    let mut out: Vec<String> = f[common..].iter().map(|_| "..".to_string()).collect();
+    out.extend(
+        t[common..]
+            .iter()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned()),
+    );
+    out
+}
+
 /// An SVG from layout-rs made fit to sit inline beside others: no XML
 /// declaration, and its ids (edge paths that labels follow, clip paths)
 /// prefixed so they stay unique on the page. Labels are escaped by
@@ -170,7 +185,9 @@ pub fn page(title: &str, graph: &Graph, entries: &[Entry]) -> String {
         entries.len(),
         entries.len() - failed
     );
-    h.push_str("<table class=\"summary\">\n<tr><th>scenario</th><th>verdict</th><th>outcome</th></tr>\n");
+    h.push_str(
+        "<table class=\"summary\">\n<tr><th>scenario</th><th>verdict</th><th>outcome</th></tr>\n",
+    );
     for (i, e) in entries.iter().enumerate() {
         let v = &e.view;
         let _ = writeln!(
@@ -362,6 +379,16 @@ mod tests {
     }
 
     #[test]
+    fn relative_links() {
+        use std::path::Path;
+        let r = |a: &str, b: &str| relative(Path::new(a), Path::new(b)).join("/");
+        assert_eq!(r("/tmp/x/report", "/tmp/x/pcap"), "../pcap");
+        assert_eq!(r("/tmp/x", "/tmp/x/pcap"), "pcap");
+        assert_eq!(r("/a/b", "/c"), "../../c");
+        assert_eq!(r("/a", "/a"), "");
+    }
+
+    #[test]
     fn hostile_report_text_is_escaped() {
         let mut g = graph();
         g.vertices[1].name = "<script>alert(1)</script>".into();
@@ -393,20 +420,28 @@ mod tests {
         assert!(page.contains("&lt;script&gt;alert(2)&lt;/script&gt;"));
         assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(page.contains("Content-Security-Policy"));
-        assert!(!page.contains("<link") && !page.contains("<iframe"), "nothing fetched");
+        assert!(
+            !page.contains("<link") && !page.contains("<iframe"),
+            "nothing fetched"
+        );
     }
 
     #[test]
     fn failing_scenario_is_drawn_with_a_stop_mark() {
         let g = graph();
         let lab_file = concat!(env!("CARGO_MANIFEST_DIR"), "/../topologies/flannel.yaml");
-        let lab = labctl_topology::load(std::path::Path::new(lab_file), &Default::default())
-            .unwrap();
-        let path: Vec<String> = ["centos/eth0", "centos/host", "node-180/cni0", "node-180/eth0"]
-            .iter()
-            .map(|h| lab.canonical_hop(h).unwrap())
-            .chain(["vpc".to_string()])
-            .collect();
+        let lab =
+            labctl_topology::load(std::path::Path::new(lab_file), &Default::default()).unwrap();
+        let path: Vec<String> = [
+            "centos/eth0",
+            "centos/host",
+            "node-180/cni0",
+            "node-180/eth0",
+        ]
+        .iter()
+        .map(|h| lab.canonical_hop(h).unwrap())
+        .chain(["vpc".to_string()])
+        .collect();
         let v = view(serde_json::json!({
             "scenario": "f2", "from": "centos", "to": "172.23.96.163",
             "result": "unreachable", "detail": "unreachable", "path": path, "passed": false,

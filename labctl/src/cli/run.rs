@@ -168,7 +168,7 @@ pub fn run(args: Args) -> Result {
             .iter()
             .map(|o| serde_json::to_value(o).and_then(serde_json::from_value))
             .collect::<std::result::Result<Vec<_>, _>>()
-            .expect("a report reads back as a view");
+            .map_err(|e| Failure::new(Exit::Failed, format!("--html: read the reports: {e}")))?;
         write_html(&args, &lab, dir, views)?;
     }
     // The golden comparison is one of each report's checks: `passed` is
@@ -258,7 +258,7 @@ fn write_html(
     // The captures, by a path relative to the page: `--pcap` writes
     // DIR/SCENARIO.pcapng (or, before that, a directory per scenario).
     let pcap_base = match &args.pcap {
-        Some(p) => Some(relative(
+        Some(p) => Some(html::relative(
             &std::fs::canonicalize(dir).map_err(|e| fail("resolve", e))?,
             &std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()),
         )),
@@ -310,20 +310,6 @@ fn write_html(
     })?;
     eprintln!("labctl: HTML report in {}", index.display());
     Ok(())
-}
-
-/// The path segments leading from directory `from` to `to` (both absolute).
-fn relative(from: &std::path::Path, to: &std::path::Path) -> Vec<String> {
-    let f: Vec<_> = from.components().collect();
-    let t: Vec<_> = to.components().collect();
-    let common = f.iter().zip(&t).take_while(|(a, b)| a == b).count();
-    let mut out: Vec<String> = f[common..].iter().map(|_| "..".to_string()).collect();
-    out.extend(
-        t[common..]
-            .iter()
-            .map(|c| c.as_os_str().to_string_lossy().into_owned()),
-    );
-    out
 }
 
 /// Run the scenarios in the lab's VM for their JSON reports, write the
