@@ -14,6 +14,8 @@ pub mod engine;
 mod fault;
 pub mod features;
 pub mod golden;
+pub mod graph;
+pub mod html;
 pub mod ipvs;
 pub mod kernel;
 pub mod lb;

@@ -12,6 +12,7 @@ use labctl_topology::Lab;
 mod completions;
 mod down;
 mod exec;
+mod graph;
 mod kernel;
 mod monitor;
 mod plan;
@@ -41,6 +42,7 @@ enum Command {
     Validate(validate::Args),
     Render(render::Args),
     Plan(plan::Args),
+    Graph(graph::Args),
     Run(run::Args),
     Kernel(kernel::Args),
     Show(show::Args),
@@ -164,6 +166,7 @@ pub fn main() -> ExitCode {
         Command::Validate(a) => validate::run(a),
         Command::Render(a) => render::run(a),
         Command::Plan(a) => plan::run(a),
+        Command::Graph(a) => graph::run(a),
         Command::Run(a) => run::run(a),
         Command::Completions(a) => completions::completions(a),
         Command::Man(a) => completions::man(a),

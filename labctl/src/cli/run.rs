@@ -33,6 +33,12 @@ pub struct Args {
     /// another lab, e.g. golden/flannel/services=off/).
     #[arg(long, value_name = "DIR")]
     golden: Option<PathBuf>,
+    /// Write a self-contained HTML report to DIR/index.html: the lab's
+    /// diagram, each scenario's path drawn over it (where a request stopped
+    /// marked), its sightings, checks, golden diff and, with --pcap, a link
+    /// to its capture. Works for labs in a VM too (written on the host).
+    #[arg(long, value_name = "DIR")]
+    html: Option<PathBuf>,
     /// Leave a lab that `run` brought up running afterwards.
     #[arg(long)]
     keep: bool,
@@ -104,7 +110,8 @@ pub fn run(args: Args) -> Result {
         let mut argv = vm_argv("run", &args.file, &args.vars, &lab.name);
         argv.extend(["--keep".into(), "-o".into()]);
         argv.push(
-            if args.output == Format::Json {
+            // The HTML page is written here, from the reports' JSON.
+            if args.output == Format::Json || args.html.is_some() {
                 "json"
             } else {
                 "text"
@@ -121,6 +128,9 @@ pub fn run(args: Args) -> Result {
             );
         }
         argv.extend(args.scenarios.iter().cloned());
+        if args.html.is_some() {
+            return html_from_vm(&args, &lab, vm, argv);
+        }
         forward_code(vm, argv)
     };
     let exit = |code: i32| {
@@ -153,6 +163,14 @@ pub fn run(args: Args) -> Result {
         super::warn_left(&engine::down(&lab.name)?.left);
     }
     let outcomes = result?;
+    if let Some(dir) = &args.html {
+        let views = outcomes
+            .iter()
+            .map(|o| serde_json::to_value(o).and_then(serde_json::from_value))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Failure::new(Exit::Failed, format!("--html: read the reports: {e}")))?;
+        write_html(&args, &lab, dir, views)?;
+    }
     // The golden comparison is one of each report's checks: `passed` is
     // the whole verdict.
     let failed = outcomes.iter().filter(|o| !o.report.passed).count();
@@ -217,4 +235,131 @@ fn run_all(
         });
     }
     Ok(out)
+}
+
+/// Write the HTML report of `views` to DIR/index.html, and say where.
+fn write_html(
+    args: &Args,
+    lab: &labctl::Lab,
+    dir: &std::path::Path,
+    views: Vec<labctl::html::ScenarioView>,
+) -> Result {
+    use labctl::html;
+    let fail = |what: &str, e: std::io::Error| {
+        Failure::new(
+            Exit::Failed,
+            format!(
+                "--html: {what} {}: {e} (give a directory you can write)",
+                dir.display()
+            ),
+        )
+    };
+    std::fs::create_dir_all(dir).map_err(|e| fail("create", e))?;
+    // The captures, by a path relative to the page: `--pcap` writes
+    // DIR/SCENARIO.pcapng (or, before that, a directory per scenario).
+    let pcap_base = match &args.pcap {
+        Some(p) => Some(html::relative(
+            &std::fs::canonicalize(dir).map_err(|e| fail("resolve", e))?,
+            &std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()),
+        )),
+        None => None,
+    };
+    let entries: Vec<html::Entry> = views
+        .into_iter()
+        .map(|view| {
+            let pcap_href = pcap_base.as_ref().and_then(|base| {
+                let pcap = args.pcap.as_ref()?;
+                let file = format!("{}.pcapng", view.scenario);
+                let name = if pcap.join(&file).is_file() {
+                    file
+                } else if pcap.join(&view.scenario).is_dir() {
+                    format!("{}/", view.scenario)
+                } else {
+                    return None;
+                };
+                let mut segs: Vec<&str> = base.iter().map(String::as_str).collect();
+                segs.push(name.trim_end_matches('/'));
+                Some(html::href(&segs) + if name.ends_with('/') { "/" } else { "" })
+            });
+            html::Entry { view, pcap_href }
+        })
+        .collect();
+    let mut title = format!("labctl run: lab {} ({}", lab.name, args.file.display());
+    for (k, v) in args.vars.map() {
+        title.push_str(&format!(" --var {k}={v}"));
+    }
+    title.push(')');
+    let graph = labctl::graph::Graph::of_lab(lab);
+    let page = html::page(&title, &graph, &entries);
+    // Written beside and renamed over: a symlink at DIR/index.html is
+    // replaced, never followed.
+    let tmp = dir.join(format!(".index.html.{}", std::process::id()));
+    let index = dir.join("index.html");
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        f.write_all(page.as_bytes())?;
+        std::fs::rename(&tmp, &index)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        fail("write the report in", e)
+    })?;
+    eprintln!("labctl: HTML report in {}", index.display());
+    Ok(())
+}
+
+/// Run the scenarios in the lab's VM for their JSON reports, write the
+/// HTML page here from them, and show the user what they asked for: the
+/// JSON as it came, or one line per scenario and its failed checks.
+fn html_from_vm(
+    args: &Args,
+    lab: &labctl::Lab,
+    vm: &labctl::vm::Vm,
+    argv: Vec<String>,
+) -> Result<i32> {
+    use std::io::Write;
+    let reply = vm
+        .call(&argv, super::FORWARD_DEADLINE)
+        .map_err(|e| Failure::new(Exit::Failed, e))?;
+    let _ = std::io::stderr().write_all(&reply.stderr);
+    let views: Vec<labctl::html::ScenarioView> = match serde_json::from_slice(&reply.stdout) {
+        Ok(v) => v,
+        // No reports (the run failed before any): its output as it is.
+        Err(_) => {
+            let _ = std::io::stdout().write_all(&reply.stdout);
+            return Ok(reply.code);
+        }
+    };
+    if args.output == Format::Json {
+        let _ = std::io::stdout().write_all(&reply.stdout);
+    } else {
+        for v in &views {
+            println!(
+                "{} {}\n  {} -> {}: {}",
+                if v.passed { "PASS" } else { "FAIL" },
+                v.scenario,
+                v.from,
+                v.to,
+                v.detail
+            );
+            for c in v.checks.iter().filter(|c| !c.ok) {
+                println!("  [FAILED] {}", c.what);
+            }
+        }
+        let failed = views.iter().filter(|v| !v.passed).count();
+        println!(
+            "{} scenario(s): {} passed, {failed} failed",
+            views.len(),
+            views.len() - failed
+        );
+    }
+    let _ = std::io::stdout().flush();
+    if let Some(dir) = &args.html {
+        write_html(args, lab, dir, views)?;
+    }
+    Ok(reply.code)
 }
