@@ -110,6 +110,23 @@ impl From<EngineError> for Failure {
 }
 
 /// Say what `down` left alone and why, one line each.
+/// A spinner on stderr for work that takes seconds (a VM boot), with the
+/// time it has taken; hidden when stderr is not a terminal, so logs and
+/// pipes stay clean.
+pub fn spinner(message: String) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+            .expect("static template"),
+    );
+    bar.set_message(message);
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
+}
+
 pub fn warn_left(left: &[String]) {
     for l in left {
         eprintln!("labctl: warning: {l}");

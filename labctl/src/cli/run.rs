@@ -146,7 +146,13 @@ pub fn run(args: Args) -> Result {
         if let Some(kernel) = args.place.decide(&lab)? {
             let mut argv = vm_argv("up", &args.file, &args.vars, &lab.name);
             argv.insert(1, "-q".into());
-            let vm = engine::up_in_vm(&lab.name, &args.file, &argv, &kernel)?;
+            let bar = super::spinner(format!(
+                "booting a VM (kernel {}) and bringing `{}` up in it",
+                kernel.release, lab.name
+            ));
+            let vm = engine::up_in_vm(&lab.name, &args.file, &argv, &kernel);
+            bar.finish_and_clear();
+            let vm = vm?;
             let result = in_vm(&vm);
             if !args.keep {
                 super::warn_left(&engine::down(&lab.name)?.left);
@@ -213,9 +219,24 @@ fn run_all(
         pcap: args.pcap.as_deref(),
     };
     let mut out = Vec::new();
-    for sc in selected {
-        let mut report =
-            scenario::run(&record, lab, sc, &opts).map_err(|e| Failure::new(Exit::Failed, e))?;
+    // With text output each report is printed as its scenario ends; JSON
+    // comes at the end, so say which scenario is running meanwhile.
+    let bar = if args.output == Format::Json && selected.len() > 1 {
+        super::spinner(String::new())
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    for (i, sc) in selected.iter().enumerate() {
+        bar.set_message(format!(
+            "scenario {}/{}: {}",
+            i + 1,
+            selected.len(),
+            sc.name
+        ));
+        let mut report = scenario::run(&record, lab, sc, &opts).map_err(|e| {
+            bar.finish_and_clear();
+            Failure::new(Exit::Failed, e)
+        })?;
         let file = golden::file_for(&golden_dir, &sc.name);
         // Compared before anything is printed: the verdict on the report's
         // first line covers the golden file too.
@@ -234,6 +255,7 @@ fn run_all(
             report,
         });
     }
+    bar.finish_and_clear();
     Ok(out)
 }
 

@@ -51,7 +51,17 @@ pub fn run(args: Args) -> Result {
         let t = std::time::Instant::now();
         let mut argv = vm_argv("up", &args.file, &args.vars, &lab.name);
         argv.insert(1, "-q".into());
-        let vm = engine::up_in_vm(&lab.name, &args.file, &argv, &kernel)?;
+        let bar = if args.quiet {
+            indicatif::ProgressBar::hidden()
+        } else {
+            super::spinner(format!(
+                "booting a VM (kernel {}) and bringing `{}` up in it",
+                kernel.release, lab.name
+            ))
+        };
+        let vm = engine::up_in_vm(&lab.name, &args.file, &argv, &kernel);
+        bar.finish_and_clear();
+        let vm = vm?;
         if !args.quiet {
             println!(
                 "lab `{}` is up in a VM (kernel {}) in {:.1?}; status, exec, run and down reach into it",
