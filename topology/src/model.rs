@@ -225,6 +225,9 @@ pub struct Scenario {
     pub timeout_ms: u64,
     /// Service changes in force during this scenario.
     pub changes: Vec<ServiceChange>,
+    /// Link changes in force during this scenario, in the file's order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub link_changes: Vec<LinkChange>,
     /// The endpoint pod load balancers must pick.
     pub backend: Option<String>,
     /// The node the SLB must pick.
@@ -240,6 +243,251 @@ pub struct ServiceChange {
     pub service: String,
     pub external_traffic_policy: Option<TrafficPolicy>,
     pub remove_endpoints: Vec<String>,
+}
+
+/// A change to a link for one scenario: applied to `ifname` in `entity`
+/// and, for a veth pair, to its peer too (both directions of the link).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LinkChange {
+    /// `ENTITY/IFNAME` as the user named it (after `POD/host` is resolved).
+    pub link: String,
+    pub entity: String,
+    pub ifname: String,
+    pub netem: Option<Netem>,
+    /// `ip link set IF down` for the scenario.
+    pub down: bool,
+    pub mtu: Option<u32>,
+}
+
+/// netem's impairments on an interface's egress queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+pub struct Netem {
+    pub delay_ns: u64,
+    pub jitter_ns: u64,
+    pub loss: Percent,
+    /// Bits per second; 0 is no limit.
+    pub rate_bps: u64,
+    pub reorder: Percent,
+}
+
+impl Netem {
+    /// The arguments after `netem` in `tc qdisc ... netem ARGS`.
+    pub fn tc_args(&self) -> String {
+        let mut out = Vec::new();
+        if self.delay_ns > 0 {
+            let mut d = format!("delay {}", duration_text(self.delay_ns));
+            if self.jitter_ns > 0 {
+                d.push(' ');
+                d.push_str(&duration_text(self.jitter_ns));
+            }
+            out.push(d);
+        }
+        if !self.loss.is_zero() {
+            out.push(format!("loss {}", self.loss));
+        }
+        if self.rate_bps > 0 {
+            out.push(format!("rate {}", rate_text(self.rate_bps)));
+        }
+        if !self.reorder.is_zero() {
+            out.push(format!("reorder {}", self.reorder));
+        }
+        out.join(" ")
+    }
+}
+
+/// A percentage in millionths of a percent (exact for what users write:
+/// `0.5%` is 500000).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Percent(pub u32);
+
+impl Percent {
+    pub const SCALE: u32 = 1_000_000;
+    pub const HUNDRED: Percent = Percent(100 * Self::SCALE);
+
+    pub fn is_zero(self) -> bool {
+        self.0 == 0
+    }
+
+    /// As the kernel keeps probabilities: a fraction of `u32::MAX` (netem's
+    /// `loss` and `probability`, iproute2's `get_percent`).
+    pub fn to_u32_fraction(self) -> u32 {
+        (u64::from(self.0) * u64::from(u32::MAX) / u64::from(Self::HUNDRED.0)) as u32
+    }
+
+    /// Parses `1%`, `0.5%`, `100%`.
+    pub fn parse(text: &str) -> Result<Percent, String> {
+        let Some(number) = text.trim().strip_suffix('%') else {
+            return Err(format!(
+                "`{text}` is not a percentage: write it with `%`, e.g. `1%`"
+            ));
+        };
+        let micro = decimal(number.trim(), 6).ok_or_else(|| {
+            format!("`{text}` is not a percentage: write a number and `%`, e.g. `0.5%`")
+        })?;
+        if micro > u64::from(Self::HUNDRED.0) {
+            return Err(format!("`{text}` is more than 100%"));
+        }
+        Ok(Percent(micro as u32))
+    }
+}
+
+impl std::fmt::Display for Percent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let whole = self.0 / Self::SCALE;
+        let frac = self.0 % Self::SCALE;
+        if frac == 0 {
+            write!(f, "{whole}%")
+        } else {
+            let digits = format!("{frac:06}");
+            write!(f, "{whole}.{}%", digits.trim_end_matches('0'))
+        }
+    }
+}
+
+/// `value` with up to `places` decimals as an integer scaled by
+/// 10^places: `decimal("1.5", 3)` is 1500. `None` for anything else
+/// (signs, exponents, more decimals than `places`).
+fn decimal(value: &str, places: u32) -> Option<u64> {
+    let (int, frac) = value.split_once('.').unwrap_or((value, ""));
+    if int.is_empty() || !int.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if !frac.bytes().all(|b| b.is_ascii_digit()) || frac.len() > places as usize {
+        return None;
+    }
+    if value.contains('.') && frac.is_empty() {
+        return None;
+    }
+    let scale = 10u64.pow(places);
+    let int: u64 = int.parse().ok()?;
+    let frac_value: u64 = if frac.is_empty() {
+        0
+    } else {
+        frac.parse::<u64>().ok()? * 10u64.pow(places - frac.len() as u32)
+    };
+    int.checked_mul(scale)?.checked_add(frac_value)
+}
+
+/// Parses a time as tc writes it: a number and `us`, `ms` or `s`, into
+/// nanoseconds.
+pub fn parse_duration(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    if number.is_empty() {
+        return Err(format!(
+            "`{text}` is not a time: write e.g. `50ms` or `1.5s`"
+        ));
+    }
+    let scale: u64 = match unit {
+        "us" | "usec" => 1_000,
+        "ms" | "msec" => 1_000_000,
+        "s" | "sec" => 1_000_000_000,
+        "" => {
+            return Err(format!("`{text}` has no unit: write `{text}ms` (or us, s)"));
+        }
+        other => {
+            return Err(format!(
+                "`{text}`: unknown time unit `{other}`; write us, ms or s, e.g. `50ms`"
+            ));
+        }
+    };
+    // Three decimals of the unit: 1.5ms, 0.25s.
+    let milli = decimal(number, 3)
+        .ok_or_else(|| format!("`{text}` is not a time: write e.g. `50ms` or `1.5s`"))?;
+    milli
+        .checked_mul(scale)
+        .map(|v| v / 1000)
+        .ok_or_else(|| format!("`{text}` is too long"))
+}
+
+/// Parses a bandwidth in bits per second: `bit`, `kbit`, `mbit`, `gbit`
+/// (powers of 1000, as tc reads them).
+pub fn parse_rate(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    if number.is_empty() {
+        return Err(format!("`{text}` is not a rate: write e.g. `10mbit`"));
+    }
+    let scale: u64 = match unit.to_ascii_lowercase().as_str() {
+        "bit" => 1,
+        "kbit" => 1_000,
+        "mbit" => 1_000_000,
+        "gbit" => 1_000_000_000,
+        "" => {
+            return Err(format!(
+                "`{text}` has no unit: write e.g. `{text}mbit` (bits per second)"
+            ));
+        }
+        "bps" | "kbps" | "mbps" | "gbps" => {
+            return Err(format!(
+                "`{text}`: tc reads `{unit}` as bytes per second, a common mistake; \
+                 write the rate in bits: bit, kbit, mbit or gbit, e.g. `10mbit`"
+            ));
+        }
+        other => {
+            return Err(format!(
+                "`{text}`: unknown rate unit `{other}`; write bit, kbit, mbit or gbit, e.g. `10mbit`"
+            ));
+        }
+    };
+    let milli =
+        decimal(number, 3).ok_or_else(|| format!("`{text}` is not a rate: write e.g. `10mbit`"))?;
+    milli
+        .checked_mul(scale)
+        .map(|v| v / 1000)
+        .ok_or_else(|| format!("`{text}` is too fast"))
+}
+
+/// Nanoseconds as tc prints a time: `50ms`, `1.5ms`, `250us`, `2s`.
+pub fn duration_text(ns: u64) -> String {
+    let (value, unit) = if ns >= 1_000_000_000 && ns % 1_000_000 == 0 {
+        (ns as f64 / 1e9, "s")
+    } else if ns >= 1_000_000 && ns % 1_000 == 0 {
+        (ns as f64 / 1e6, "ms")
+    } else {
+        (ns as f64 / 1e3, "us")
+    };
+    format!("{value}{unit}")
+}
+
+/// Bits per second as tc takes a rate: `10mbit`, `1.5gbit`, `64kbit`.
+pub fn rate_text(bps: u64) -> String {
+    for (unit, scale) in [("gbit", 1e9), ("mbit", 1e6), ("kbit", 1e3)] {
+        if bps as f64 >= scale {
+            return format!("{}{unit}", bps as f64 / scale);
+        }
+    }
+    format!("{bps}bit")
+}
+
+/// A range a measured number must lie in.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Range {
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+}
+
+impl Range {
+    pub fn contains(&self, v: f64) -> bool {
+        self.min.is_none_or(|m| v >= m) && self.max.is_none_or(|m| v <= m)
+    }
+}
+
+impl std::fmt::Display for Range {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.min, self.max) {
+            (Some(a), Some(b)) => write!(f, "from {a} to {b}"),
+            (Some(a), None) => write!(f, "at least {a}"),
+            (None, Some(b)) => write!(f, "at most {b}"),
+            (None, None) => write!(f, "any"),
+        }
+    }
 }
 
 /// A conntrack entry a namespace must hold.
@@ -341,6 +589,12 @@ pub struct Expect {
     pub not_seen_on: Vec<Sighting>,
     pub server_saw_client: Option<Ipv4Addr>,
     pub conntrack: Vec<ConntrackExpect>,
+    /// The client's round-trip time, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<Range>,
+    /// TCP retransmissions of the client's socket.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retransmits: Option<Range>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

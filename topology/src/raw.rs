@@ -483,6 +483,21 @@ text_schema!(MacText, "Mac", {
     "type": "string",
     "pattern": "^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$"
 });
+text_schema!(DurationText, "Duration", {
+    "description": "A time with its unit: us, ms or s, e.g. 50ms or 1.5s.",
+    "type": "string",
+    "pattern": "^[0-9]+(\\.[0-9]+)?(us|ms|s)$"
+});
+text_schema!(PercentText, "Percent", {
+    "description": "A percentage from 0% to 100%, e.g. 1% or 0.5%.",
+    "type": "string",
+    "pattern": "^[0-9]+(\\.[0-9]+)?%$"
+});
+text_schema!(RateText, "Rate", {
+    "description": "Bits per second with bit, kbit, mbit or gbit (powers of 1000), e.g. 10mbit.",
+    "type": "string",
+    "pattern": "^[0-9]+(\\.[0-9]+)?(bit|kbit|mbit|gbit)$"
+});
 text_schema!(RouteDestination, "RouteDestination", {
     "description": "An IPv4 network (e.g. 10.0.0.0/8) or `default`.",
     "type": "string",
@@ -514,10 +529,12 @@ pub struct RawScenario {
     /// Per attempt, in milliseconds (default 1000).
     #[serde(default)]
     pub timeout_ms: Option<u64>,
-    /// Service changes in force during this scenario only (as the article
-    /// edits a service between two captures).
+    /// Changes in force during this scenario only, undone after it: a
+    /// service's (as the article edits a service between two captures) or
+    /// a link's (netem impairments, link down, MTU).
     #[serde(default)]
-    pub changes: Vec<RawServiceChange>,
+    #[schemars(with = "Vec<RawChange>")]
+    pub changes: Vec<Spanned<RawChange>>,
     /// Where a load balancer could pick among several backends, the pod it
     /// picks: the other real servers get weight 0 for this scenario.
     #[serde(default)]
@@ -535,19 +552,127 @@ pub struct RawScenario {
     pub expect: RawExpect,
 }
 
+/// A change for one scenario: a service's (`service: NAME, ...`) or a
+/// link's (`link: ENTITY/IFNAME, ...`). One flat mapping whose first key
+/// says which, as users write it; the resolver checks that the keys of the
+/// other kind are absent (a derived tagged enum would lose the YAML
+/// locations of everything inside it).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawChange {
+    #[serde(default)]
+    pub service: Option<Spanned<String>>,
+    #[serde(default)]
+    pub external_traffic_policy: Option<Spanned<RawTrafficPolicy>>,
+    #[serde(default)]
+    pub remove_endpoints: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    pub link: Option<Spanned<String>>,
+    #[serde(default)]
+    pub netem: Option<Spanned<RawNetem>>,
+    #[serde(default)]
+    pub state: Option<Spanned<RawLinkState>>,
+    #[serde(default)]
+    pub mtu: Option<Spanned<Scalar>>,
+}
+
+impl JsonSchema for RawChange {
+    fn schema_name() -> Cow<'static, str> {
+        "Change".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let service = generator.subschema_for::<ServiceChangeSchema>();
+        let link = generator.subschema_for::<LinkChangeSchema>();
+        json_schema!({
+            "description": "A change for one scenario, undone after it: a service's or a link's.",
+            "oneOf": [service, link]
+        })
+    }
+}
+
 /// A change to a service for one scenario.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(rename = "ServiceChange")]
-pub struct RawServiceChange {
-    #[schemars(with = "String")]
-    pub service: Spanned<String>,
-    #[serde(default)]
-    pub external_traffic_policy: Option<RawTrafficPolicy>,
+#[expect(dead_code, reason = "schema only: RawChange is what is parsed")]
+struct ServiceChangeSchema {
+    service: String,
+    external_traffic_policy: Option<RawTrafficPolicy>,
     /// Endpoints taken out of the service (pods by name).
+    remove_endpoints: Option<Vec<String>>,
+}
+
+/// A change to a link for one scenario. On a veth pair it applies to both
+/// ends, so both directions are impaired (a 50 ms delay adds 100 ms to a
+/// round trip through it); an interface without a peer (ipvlan, a bridge)
+/// is changed alone.
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "LinkChange")]
+#[expect(dead_code, reason = "schema only: RawChange is what is parsed")]
+struct LinkChangeSchema {
+    /// `ENTITY/IFNAME` (as `labctl plan FILE` names interfaces) or
+    /// `POD/host` (a pod's veth on its node).
+    link: String,
+    /// Queue the link's packets through netem (`tc qdisc replace ... root
+    /// netem`).
+    netem: Option<RawNetem>,
+    /// `down`: `ip link set IF down` for the scenario.
+    state: Option<RawLinkState>,
+    /// `ip link set IF mtu N` for the scenario (68 to 65535).
+    #[schemars(range(min = 68, max = 65535))]
+    mtu: Option<u32>,
+}
+
+/// netem's impairments, spelled as `tc qdisc ... netem` takes them.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Netem")]
+pub struct RawNetem {
+    /// Added to every packet: a number with `us`, `ms` or `s`, e.g. `50ms`.
     #[serde(default)]
-    #[schemars(with = "Vec<String>")]
-    pub remove_endpoints: Vec<Spanned<String>>,
+    #[schemars(with = "Option<DurationText>")]
+    pub delay: Option<Spanned<Scalar>>,
+    /// Random variation of `delay` (needs `delay`), e.g. `10ms`.
+    #[serde(default)]
+    #[schemars(with = "Option<DurationText>")]
+    pub jitter: Option<Spanned<Scalar>>,
+    /// Packets dropped at random, e.g. `1%`.
+    #[serde(default)]
+    #[schemars(with = "Option<PercentText>")]
+    pub loss: Option<Spanned<Scalar>>,
+    /// Bandwidth limit in bits per second: `bit`, `kbit`, `mbit`, `gbit`
+    /// (powers of 1000), e.g. `10mbit`.
+    #[serde(default)]
+    #[schemars(with = "Option<RateText>")]
+    pub rate: Option<Spanned<Scalar>>,
+    /// Packets sent at once, ahead of the delayed ones (needs `delay`),
+    /// e.g. `25%`.
+    #[serde(default)]
+    #[schemars(with = "Option<PercentText>")]
+    pub reorder: Option<Spanned<Scalar>>,
+}
+
+/// A link's administrative state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[schemars(rename = "LinkState")]
+pub enum RawLinkState {
+    Up,
+    Down,
+}
+
+/// A YAML scalar kept as text, whether written as a string or a number
+/// (`mtu: 1400`, `delay: 50` get a message about their unit, not a type
+/// error).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scalar(pub String);
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        SysctlValue::deserialize(deserializer).map(|v| Scalar(v.0))
+    }
 }
 
 /// The traffic a scenario sends.
@@ -575,6 +700,19 @@ pub enum RawResult {
     Timeout,
     Reset,
     Unreachable,
+}
+
+/// A range a measured number must lie in; either end may be left out.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Range")]
+pub struct RawRange {
+    #[serde(default)]
+    #[schemars(with = "Option<f64>", range(min = 0))]
+    pub min: Option<Spanned<f64>>,
+    #[serde(default)]
+    #[schemars(with = "Option<f64>", range(min = 0))]
+    pub max: Option<Spanned<f64>>,
 }
 
 /// What a scenario must show.
@@ -607,6 +745,17 @@ pub struct RawExpect {
     /// Conntrack entries a node must hold for the flow.
     #[serde(default)]
     pub conntrack: Vec<RawConntrackExpect>,
+    /// The round-trip time the client measured, in milliseconds: ping's
+    /// echo request to reply, TCP's connect (SYN to SYN-ACK), UDP's
+    /// datagram to echo, HTTP's connect to the end of the response.
+    #[serde(default)]
+    #[schemars(with = "Option<RawRange>")]
+    pub rtt_ms: Option<Spanned<RawRange>>,
+    /// TCP segments the client's socket retransmitted (`tcpi_total_retrans`
+    /// of TCP_INFO), for tcp and http.
+    #[serde(default)]
+    #[schemars(with = "Option<RawRange>")]
+    pub retransmits: Option<Spanned<RawRange>>,
 }
 
 /// A conntrack entry a namespace must hold after the traffic, like a line of

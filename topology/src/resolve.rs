@@ -1645,7 +1645,27 @@ impl Resolver<'_> {
             .server_saw_client
             .as_ref()
             .and_then(|t| self.ipv4(t, "address"));
-        let changes = self.service_changes(&raw.changes, lab);
+        let (changes, link_changes) = self.changes(&raw.changes, lab);
+        let rtt_ms = raw
+            .expect
+            .rtt_ms
+            .as_ref()
+            .and_then(|r| self.range(r, "rtt_ms", false));
+        let retransmits = raw.expect.retransmits.as_ref().and_then(|r| {
+            if !matches!(traffic, Traffic::Tcp | Traffic::Http) {
+                self.err(
+                    &r.referenced,
+                    format!(
+                        "retransmissions are counted for tcp and http, and this scenario sends {}",
+                        format!("{traffic:?}").to_lowercase()
+                    ),
+                    "not tcp",
+                    Some("remove `retransmits`, or send `protocol: tcp`".into()),
+                );
+                return None;
+            }
+            self.range(r, "retransmits", true)
+        });
         let pods: Vec<&str> = lab.pods.iter().map(|p| p.name.as_str()).collect();
         let nodes: Vec<&str> = lab.nodes.iter().map(|n| n.name.as_str()).collect();
         let entity = |r: &mut Self, text: &Option<Spanned<String>>, known: &[&str], what: &str| {
@@ -1704,6 +1724,7 @@ impl Resolver<'_> {
             attempts: raw.attempts.unwrap_or(1).max(1),
             timeout_ms: raw.timeout_ms.unwrap_or(1000),
             changes,
+            link_changes,
             backend,
             via_node,
             in_cluster_external: raw.in_cluster_external,
@@ -1721,40 +1742,336 @@ impl Resolver<'_> {
                 not_seen_on,
                 server_saw_client,
                 conntrack,
+                rtt_ms,
+                retransmits,
             },
         })
     }
 
-    fn service_changes(&mut self, raw: &[RawServiceChange], lab: &Lab) -> Vec<ServiceChange> {
-        let mut out = Vec::new();
-        for c in raw {
-            let Some(svc) = lab.services.iter().find(|s| s.name == c.service.value) else {
-                let known: Vec<&str> = lab.services.iter().map(|s| s.name.as_str()).collect();
+    /// `{min, max}`: both at least 0, min not above max, whole numbers
+    /// for counts.
+    fn range(&mut self, raw: &Spanned<RawRange>, what: &str, whole: bool) -> Option<Range> {
+        let r = &raw.value;
+        if r.min.is_none() && r.max.is_none() {
+            self.err(
+                &raw.referenced,
+                format!("`{what}` sets no bound"),
+                "empty range",
+                Some(format!("write `{what}: {{min: N}}`, `{{max: M}}` or both")),
+            );
+            return None;
+        }
+        let before = self.problems.len();
+        for end in [&r.min, &r.max].into_iter().flatten() {
+            let v = end.value;
+            if !v.is_finite() || v < 0.0 {
                 self.err(
-                    &c.service.referenced,
-                    format!("unknown service `{}`", c.service.value),
-                    "unknown service",
-                    Some(unknown_hint("service", &c.service.value, &known)),
+                    &end.referenced,
+                    format!("`{what}` bound {v} is negative"),
+                    "negative",
+                    Some("bounds are 0 or more".into()),
                 );
-                continue;
-            };
-            for e in &c.remove_endpoints {
-                if !svc.endpoints.contains(&e.value) {
-                    self.err(
-                        &e.referenced,
-                        format!("`{}` is not an endpoint of service {}", e.value, svc.name),
-                        "not an endpoint",
-                        Some(format!("its endpoints: {}", svc.endpoints.join(", "))),
-                    );
+            } else if whole && v.fract() != 0.0 {
+                self.err(
+                    &end.referenced,
+                    format!("`{what}` counts segments: {v} is not a whole number"),
+                    "not a count",
+                    None,
+                );
+            }
+        }
+        if let (Some(a), Some(b)) = (&r.min, &r.max)
+            && a.value > b.value
+        {
+            self.err(
+                &b.referenced,
+                format!("`{what}`: max {} is below min {}", b.value, a.value),
+                "max below min",
+                Some("swap them".into()),
+            );
+        }
+        (self.problems.len() == before).then(|| Range {
+            min: r.min.as_ref().map(|m| m.value),
+            max: r.max.as_ref().map(|m| m.value),
+        })
+    }
+
+    /// A scenario's changes, service ones and link ones apart; every key
+    /// of the wrong kind, unknown name and bad value is reported where it
+    /// stands.
+    fn changes(
+        &mut self,
+        raw: &[Spanned<RawChange>],
+        lab: &Lab,
+    ) -> (Vec<ServiceChange>, Vec<LinkChange>) {
+        let mut services = Vec::new();
+        let mut links: Vec<LinkChange> = Vec::new();
+        let mut seen_links: HashMap<String, Location> = HashMap::new();
+        for c in raw {
+            let loc = c.referenced;
+            let c = &c.value;
+            match (&c.service, &c.link) {
+                (Some(_), Some(link)) => self.err(
+                    &link.referenced,
+                    "a change is either a service's or a link's, not both".into(),
+                    "second kind",
+                    Some("write two changes: `{service: ...}` and `{link: ...}`".into()),
+                ),
+                (None, None) => self.err(
+                    &loc,
+                    "a change names no `service:` or `link:`".into(),
+                    "what to change?",
+                    Some(
+                        "write `{service: NAME, remove_endpoints: [POD]}` or \
+                         `{link: ENTITY/IFNAME, netem: {delay: 50ms}}`"
+                            .into(),
+                    ),
+                ),
+                (Some(_), None) => {
+                    let stray = [
+                        c.netem.as_ref().map(|v| ("netem", v.referenced)),
+                        c.state.as_ref().map(|v| ("state", v.referenced)),
+                        c.mtu.as_ref().map(|v| ("mtu", v.referenced)),
+                    ];
+                    for (key, at) in stray.into_iter().flatten() {
+                        self.err(
+                            &at,
+                            format!("`{key}` changes a link, and this change is a service's"),
+                            "link key",
+                            Some(
+                                "put it in a change of its own: `{link: ENTITY/IFNAME, ...}`"
+                                    .into(),
+                            ),
+                        );
+                    }
+                    services.extend(self.service_change(c, lab));
+                }
+                (None, Some(link)) => {
+                    let stray = [
+                        c.external_traffic_policy
+                            .as_ref()
+                            .map(|v| ("external_traffic_policy", v.referenced)),
+                        c.remove_endpoints
+                            .as_ref()
+                            .map(|v| ("remove_endpoints", v.referenced)),
+                    ];
+                    for (key, at) in stray.into_iter().flatten() {
+                        self.err(
+                            &at,
+                            format!("`{key}` changes a service, and this change is a link's"),
+                            "service key",
+                            Some("put it in a change of its own: `{service: NAME, ...}`".into()),
+                        );
+                    }
+                    if let Some(l) = self.link_change(link, c, loc, lab) {
+                        if let Some(first) = seen_links.get(&l.link) {
+                            let line = first.line();
+                            self.err(
+                                &link.referenced,
+                                format!("link {} is changed twice, first at line {line}", l.link),
+                                "again",
+                                Some("put everything for one link in one change".into()),
+                            );
+                        } else {
+                            seen_links.insert(l.link.clone(), link.referenced);
+                            links.push(l);
+                        }
+                    }
                 }
             }
-            out.push(ServiceChange {
-                service: svc.name.clone(),
-                external_traffic_policy: c.external_traffic_policy.map(|p| policy(Some(p))),
-                remove_endpoints: c.remove_endpoints.iter().map(|e| e.value.clone()).collect(),
-            });
         }
-        out
+        (services, links)
+    }
+
+    fn service_change(&mut self, c: &RawChange, lab: &Lab) -> Option<ServiceChange> {
+        let service = c.service.as_ref()?;
+        let Some(svc) = lab.services.iter().find(|s| s.name == service.value) else {
+            let known: Vec<&str> = lab.services.iter().map(|s| s.name.as_str()).collect();
+            self.err(
+                &service.referenced,
+                format!("unknown service `{}`", service.value),
+                "unknown service",
+                Some(unknown_hint("service", &service.value, &known)),
+            );
+            return None;
+        };
+        let remove: &[Spanned<String>] = c
+            .remove_endpoints
+            .as_ref()
+            .map_or(&[], |r| r.value.as_slice());
+        for e in remove {
+            if !svc.endpoints.contains(&e.value) {
+                self.err(
+                    &e.referenced,
+                    format!("`{}` is not an endpoint of service {}", e.value, svc.name),
+                    "not an endpoint",
+                    Some(format!("its endpoints: {}", svc.endpoints.join(", "))),
+                );
+            }
+        }
+        Some(ServiceChange {
+            service: svc.name.clone(),
+            external_traffic_policy: c
+                .external_traffic_policy
+                .as_ref()
+                .map(|p| policy(Some(p.value))),
+            remove_endpoints: remove.iter().map(|e| e.value.clone()).collect(),
+        })
+    }
+
+    fn link_change(
+        &mut self,
+        link: &Text,
+        c: &RawChange,
+        loc: Location,
+        lab: &Lab,
+    ) -> Option<LinkChange> {
+        let before = self.problems.len();
+        let text = link.value.trim();
+        let hop = if !text.contains('/') {
+            Err(format!(
+                "`{text}` is not an interface: write ENTITY/IFNAME (or POD/host)"
+            ))
+        } else {
+            lab.canonical_hop(text)
+        };
+        let hop = match hop {
+            Ok(h) => Some(h),
+            Err(e) => {
+                self.err(
+                    &link.referenced,
+                    e,
+                    "unknown link",
+                    Some(
+                        "links are named by one of their interfaces: ENTITY/IFNAME \
+                         (see `labctl plan FILE`), or POD/host for a pod's veth on its node"
+                            .into(),
+                    ),
+                );
+                None
+            }
+        };
+        if c.netem.is_none() && c.state.is_none() && c.mtu.is_none() {
+            self.err(
+                &loc,
+                format!("the change of link `{text}` changes nothing"),
+                "no change",
+                Some("give it `netem: {delay: 50ms}`, `state: down` or `mtu: 1400`".into()),
+            );
+        }
+        let netem = c.netem.as_ref().and_then(|n| self.netem(n));
+        let mtu = c
+            .mtu
+            .as_ref()
+            .and_then(|m| match m.value.0.trim().parse::<u32>() {
+                Ok(v) if (68..=65535).contains(&v) => Some(v),
+                Ok(v) => {
+                    self.err(
+                        &m.referenced,
+                        format!("mtu {v} is outside 68 to 65535"),
+                        "out of range",
+                        Some("IPv4 needs at least 68 bytes; a veth takes at most 65535".into()),
+                    );
+                    None
+                }
+                Err(_) => {
+                    self.err(
+                        &m.referenced,
+                        format!("mtu `{}` is not a number of bytes", m.value.0),
+                        "not a number",
+                        Some("write e.g. `mtu: 1400`".into()),
+                    );
+                    None
+                }
+            });
+        if self.problems.len() > before {
+            return None;
+        }
+        let hop = hop?;
+        let (entity, ifname) = hop.split_once('/')?;
+        Some(LinkChange {
+            link: hop.clone(),
+            entity: entity.to_string(),
+            ifname: ifname.to_string(),
+            netem,
+            down: c
+                .state
+                .as_ref()
+                .is_some_and(|s| s.value == RawLinkState::Down),
+            mtu,
+        })
+    }
+
+    fn netem(&mut self, raw: &Spanned<RawNetem>) -> Option<Netem> {
+        let before = self.problems.len();
+        let n = &raw.value;
+        let field = |r: &mut Self,
+                     v: &Option<Spanned<Scalar>>,
+                     what: &str,
+                     parse: &dyn Fn(&str) -> Result<u64, String>|
+         -> u64 {
+            let Some(v) = v else { return 0 };
+            match parse(&v.value.0) {
+                Ok(x) => x,
+                Err(e) => {
+                    r.err(&v.referenced, format!("netem {what}: {e}"), "invalid", None);
+                    0
+                }
+            }
+        };
+        // A minute is far beyond any scenario's timeout already.
+        let duration = |t: &str| {
+            parse_duration(t).and_then(|ns| {
+                if ns > 60_000_000_000 {
+                    Err(format!("`{t}` is more than a minute"))
+                } else {
+                    Ok(ns)
+                }
+            })
+        };
+        let percent = |t: &str| Percent::parse(t).map(|p| u64::from(p.0));
+        let delay_ns = field(self, &n.delay, "delay", &duration);
+        let jitter_ns = field(self, &n.jitter, "jitter", &duration);
+        let loss = Percent(field(self, &n.loss, "loss", &percent) as u32);
+        let rate_bps = field(self, &n.rate, "rate", &parse_rate);
+        let reorder = Percent(field(self, &n.reorder, "reorder", &percent) as u32);
+        if self.problems.len() > before {
+            return None;
+        }
+        let netem = Netem {
+            delay_ns,
+            jitter_ns,
+            loss,
+            rate_bps,
+            reorder,
+        };
+        if netem == Netem::default() {
+            self.err(
+                &raw.referenced,
+                "netem with no impairment".into(),
+                "nothing to do",
+                Some("give it delay, jitter, loss, rate or reorder, e.g. `{delay: 50ms}`".into()),
+            );
+            return None;
+        }
+        // netem reorders by sending some packets without the delay, and
+        // jitter varies the delay: neither means anything without one
+        // (iproute2 refuses `reorder` without `delay` too).
+        for (v, what) in [(&n.jitter, "jitter"), (&n.reorder, "reorder")] {
+            if let Some(v) = v
+                && delay_ns == 0
+            {
+                self.err(
+                    &v.referenced,
+                    format!("netem {what} needs a delay"),
+                    "no delay",
+                    Some(format!(
+                        "add `delay: 50ms`, say: {what} works on delayed packets"
+                    )),
+                );
+            }
+        }
+        (self.problems.len() == before).then_some(netem)
     }
 }
 

@@ -1699,4 +1699,213 @@ fn versions_compare_by_number() {
         e.starts_with(&format!("{}:", terway.display())) || e.contains("terway-ipvlan-ebpf.yaml:"),
         "{e}"
     );
+// ---- link changes and rtt / retransmit expectations -------------------
+
+/// BASE with one scenario whose `changes:` and `expect:` are given.
+fn impaired(changes: &str, expect: &str, protocol: &str) -> Result<Lab, TopologyError> {
+    let to = if protocol == "icmp" {
+        "10.0.1.10"
+    } else {
+        "10.0.1.10:80"
+    };
+    let src = format!(
+        "{BASE}scenarios:\n  - name: s\n    from: client\n    to: {to}\n    protocol: {protocol}\n    changes: {changes}\n    expect: {expect}\n"
+    );
+    load_str("t.yaml", &src, &vars())
+}
+
+fn impaired_errors(changes: &str, expect: &str, protocol: &str) -> Vec<String> {
+    match impaired(changes, expect, protocol) {
+        Ok(_) => Vec::new(),
+        Err(e) => e
+            .problems()
+            .iter()
+            .map(|p| match &p.help {
+                Some(h) => format!("{p} [help: {h}]"),
+                None => p.to_string(),
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn link_changes_resolve() {
+    let lab = impaired(
+        "[{link: node-1/eth0, netem: {delay: 50ms, jitter: 1.5ms, loss: 0.5%, rate: 10mbit, reorder: 25%}}, \
+         {link: pod-a/host, state: down}, {link: client/eth0, mtu: 1400}]",
+        "{rtt_ms: {min: 100, max: 2000.5}}",
+        "icmp",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let sc = &lab.scenarios[0];
+    assert!(sc.changes.is_empty());
+    let [a, b, c] = sc.link_changes.as_slice() else {
+        panic!("{:?}", sc.link_changes)
+    };
+    let n = a.netem.unwrap();
+    assert_eq!((a.entity.as_str(), a.ifname.as_str()), ("node-1", "eth0"));
+    assert_eq!(n.delay_ns, 50_000_000);
+    assert_eq!(n.jitter_ns, 1_500_000);
+    assert_eq!(n.loss, Percent(500_000));
+    assert_eq!(n.rate_bps, 10_000_000);
+    assert_eq!(n.reorder, Percent(25_000_000));
+    assert_eq!(
+        n.tc_args(),
+        "delay 50ms 1.5ms loss 0.5% rate 10mbit reorder 25%"
+    );
+    // POD/host is the pod's veth on its node.
+    assert_eq!(b.entity, "node-1");
+    assert!(b.ifname.starts_with("veth") && b.down && b.netem.is_none());
+    assert_eq!(c.mtu, Some(1400));
+    let rtt = sc.expect.rtt_ms.unwrap();
+    assert_eq!((rtt.min, rtt.max), (Some(100.0), Some(2000.5)));
+    assert!(rtt.contains(100.0) && !rtt.contains(99.9));
+}
+
+#[test]
+fn service_changes_still_resolve_next_to_link_changes() {
+    let src = SERVICES.replace(
+        "      - { service: web, external_traffic_policy: Cluster, remove_endpoints: [b] }",
+        "      - { service: web, external_traffic_policy: Cluster, remove_endpoints: [b] }\n      - { link: n1/eth0, netem: { delay: 1ms } }",
+    );
+    assert_ne!(src, SERVICES);
+    let lab = services_lab(&src).unwrap_or_else(|e| panic!("{e}"));
+    let sc = &lab.scenarios[0];
+    assert_eq!(sc.changes[0].remove_endpoints, ["b"]);
+    assert_eq!(sc.link_changes[0].link, "n1/eth0");
+}
+
+#[test]
+fn link_change_errors_are_located_and_say_how_to_fix() {
+    let e = impaired_errors("[{link: node-9/eth0, state: down}]", "{}", "icmp");
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(e[0].contains("t.yaml:28:"), "{e:#?}");
+    assert!(
+        e[0].contains("unknown node, pod or client `node-9`"),
+        "{e:#?}"
+    );
+
+    let e = impaired_errors("[{link: node-1/eth7, state: down}]", "{}", "icmp");
+    assert!(
+        e[0].contains("`node-1` has no interface `eth7`; it has: eth0, cni0"),
+        "{e:#?}"
+    );
+    let e = impaired_errors("[{link: vpc, state: down}]", "{}", "icmp");
+    assert!(e[0].contains("write ENTITY/IFNAME"), "{e:#?}");
+
+    let cases = [
+        ("{delay: 50}", "`50` has no unit: write `50ms`"),
+        ("{delay: 50 ms}", "unknown time unit ` ms`"),
+        ("{delay: 2min}", "unknown time unit `min`"),
+        ("{delay: 61s}", "more than a minute"),
+        ("{delay: -5ms}", "is not a time"),
+        ("{loss: 1}", "write it with `%`"),
+        ("{loss: 101%}", "more than 100%"),
+        ("{loss: abc%}", "is not a percentage"),
+        ("{rate: 10mbps}", "tc reads `mbps` as bytes per second"),
+        ("{rate: 10}", "has no unit"),
+        ("{rate: 10furlongs}", "unknown rate unit `furlongs`"),
+        ("{jitter: 5ms}", "netem jitter needs a delay"),
+        ("{reorder: 25%}", "netem reorder needs a delay"),
+        ("{}", "netem with no impairment"),
+    ];
+    for (netem, want) in cases {
+        let e = impaired_errors(
+            &format!("[{{link: node-1/eth0, netem: {netem}}}]"),
+            "{}",
+            "icmp",
+        );
+        assert_eq!(e.len(), 1, "{netem}: {e:#?}");
+        assert!(e[0].contains(want), "{netem}: want `{want}` in {e:#?}");
+        assert!(e[0].contains("t.yaml:28:"), "{netem}: not located: {e:#?}");
+    }
+    let e = impaired_errors("[{link: node-1/eth0, netem: {dealy: 5ms}}]", "{}", "icmp");
+    assert!(e[0].contains("dealy"), "{e:#?}");
+    assert!(e[0].contains("t.yaml:28:"), "{e:#?}");
+
+    for (mtu, want) in [
+        ("1", "mtu 1 is outside 68 to 65535"),
+        ("70000", "outside 68 to 65535"),
+        ("big", "is not a number of bytes"),
+    ] {
+        let e = impaired_errors(
+            &format!("[{{link: node-1/eth0, mtu: {mtu}}}]"),
+            "{}",
+            "icmp",
+        );
+        assert!(e[0].contains(want), "{mtu}: {e:#?}");
+    }
+    let e = impaired_errors("[{link: node-1/eth0, state: sideways}]", "{}", "icmp");
+    assert!(e[0].contains("sideways"), "{e:#?}");
+    let e = impaired_errors("[{link: node-1/eth0}]", "{}", "icmp");
+    assert!(e[0].contains("changes nothing"), "{e:#?}");
+    let e = impaired_errors(
+        "[{link: node-1/eth0, mtu: 1400}, {link: node-1/eth0, state: down}]",
+        "{}",
+        "icmp",
+    );
+    assert!(e[0].contains("changed twice, first at line 28"), "{e:#?}");
+    let e = impaired_errors(
+        "[{link: node-1/eth0, mtu: 1400, remove_endpoints: [x]}]",
+        "{}",
+        "icmp",
+    );
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].contains("`remove_endpoints` changes a service"),
+        "{e:#?}"
+    );
+    let e = impaired_errors("[{state: down}]", "{}", "icmp");
+    assert!(e[0].contains("names no `service:` or `link:`"), "{e:#?}");
+    let e = impaired_errors("[{service: web, link: node-1/eth0}]", "{}", "icmp");
+    assert!(e.iter().any(|m| m.contains("not both")), "{e:#?}");
+}
+
+#[test]
+fn range_expectation_errors() {
+    let e = impaired_errors("[]", "{rtt_ms: {}}", "icmp");
+    assert!(e[0].contains("`rtt_ms` sets no bound"), "{e:#?}");
+    let e = impaired_errors("[]", "{rtt_ms: {min: 10, max: 5}}", "icmp");
+    assert!(e[0].contains("max 5 is below min 10"), "{e:#?}");
+    let e = impaired_errors("[]", "{rtt_ms: {min: -1}}", "icmp");
+    assert!(e[0].contains("negative"), "{e:#?}");
+    let e = impaired_errors("[]", "{rtt_ms: {mni: 1}}", "icmp");
+    assert!(e[0].contains("mni"), "{e:#?}");
+    let e = impaired_errors("[]", "{retransmits: {max: 0}}", "icmp");
+    assert!(e[0].contains("counted for tcp and http"), "{e:#?}");
+    let e = impaired_errors("[]", "{retransmits: {max: 0.5}}", "tcp");
+    assert!(e[0].contains("not a whole number"), "{e:#?}");
+    let lab = impaired("[]", "{retransmits: {max: 0}}", "tcp").unwrap();
+    assert_eq!(lab.scenarios[0].expect.retransmits.unwrap().max, Some(0.0));
+    for e in [
+        impaired_errors("[]", "{rtt_ms: {}}", "icmp"),
+        impaired_errors("[]", "{retransmits: {max: 0}}", "icmp"),
+    ] {
+        assert!(e[0].contains("t.yaml:29:"), "{e:#?}");
+    }
+}
+
+#[test]
+fn units_parse_and_print_like_tc() {
+    assert_eq!(parse_duration("250us"), Ok(250_000));
+    assert_eq!(parse_duration("1.5s"), Ok(1_500_000_000));
+    assert_eq!(parse_duration("0.001ms"), Ok(1_000));
+    assert!(parse_duration("1.ms").is_err());
+    assert!(parse_duration("1.0001ms").is_err());
+    assert_eq!(duration_text(50_000_000), "50ms");
+    assert_eq!(duration_text(1_500_000), "1.5ms");
+    assert_eq!(duration_text(250_000), "250us");
+    assert_eq!(duration_text(2_000_000_000), "2s");
+    assert_eq!(parse_rate("1.5gbit"), Ok(1_500_000_000));
+    assert_eq!(parse_rate("64kbit"), Ok(64_000));
+    assert_eq!(rate_text(64_000), "64kbit");
+    assert_eq!(rate_text(1_500_000_000), "1.5gbit");
+    assert_eq!(Percent::parse("100%").unwrap().to_u32_fraction(), u32::MAX);
+    assert_eq!(Percent::parse("0%").unwrap().to_u32_fraction(), 0);
+    // iproute2's get_percent: 1% is UINT32_MAX / 100.
+    assert_eq!(
+        Percent::parse("1%").unwrap().to_u32_fraction(),
+        u32::MAX / 100
+    );
+    assert_eq!(Percent::parse("0.25%").unwrap().to_string(), "0.25%");
 }
