@@ -261,6 +261,7 @@ fn phase_name(phase: Phase) -> &'static str {
         Phase::Routes => "routes",
         Phase::Sysctls => "sysctls",
         Phase::Services => "services",
+        Phase::Changes => "changes",
     }
 }
 

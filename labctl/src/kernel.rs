@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use netlink_packet_route::address::AddressScope;
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVeth, IpVlanMode, LinkAttribute, LinkMessage,
@@ -54,6 +54,20 @@ pub trait Kernel {
     fn settle(&self) -> impl Future<Output = ()> {
         async {}
     }
+    /// An interface's MTU and administrative state, like `ip -n NS link
+    /// show index N`: what a change must put back.
+    fn link_settings(
+        &self,
+        netns: &str,
+        ifindex: u32,
+    ) -> impl Future<Output = Result<LinkSettings, KernelError>>;
+}
+
+/// What a link change alters and its undoing restores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkSettings {
+    pub mtu: u32,
+    pub up: bool,
 }
 
 /// How long `up` waits for the kernel to activate the links it set up.
@@ -154,6 +168,81 @@ impl Netlink {
         self.handles
             .get(netns)
             .ok_or_else(|| KernelError::new(netns, "namespace was not created by this run"))
+    }
+
+    /// Open sockets in namespaces that exist already (a lab that is up),
+    /// for steps run after `up`: a scenario's changes, `labctl netem`. The
+    /// names come from the lab's record; each is checked to carry the
+    /// lab's mark first ([`crate::owner`]), so nothing else is touched.
+    /// Call it on the runtime the steps will run on.
+    pub fn attach(&mut self, names: &[String]) -> Result<(), KernelError> {
+        use crate::owner::{Owner, netns_owner};
+        for name in names {
+            if self.handles.contains_key(name) {
+                continue;
+            }
+            match netns_owner(name, &self.mark) {
+                Owner::Ours => {}
+                Owner::Gone => {
+                    return Err(KernelError::new(
+                        format!("ip netns exec {name}"),
+                        "the namespace is gone",
+                    ));
+                }
+                Owner::Foreign(why) => {
+                    return Err(KernelError::new(format!("ip netns exec {name}"), why));
+                }
+            }
+            let what = || format!("ip netns exec {name}");
+            let fd = sys::open_netns(name).map_err(|e| KernelError::new(what(), e))?;
+            let socket = sys::netlink_socket_in(name).map_err(|e| KernelError::new(what(), e))?;
+            let (conn, handle, _) = rtnetlink::from_socket(sys::tokio_socket(socket));
+            tokio::spawn(conn);
+            self.handles.insert(name.clone(), handle);
+            self.fds.insert(name.clone(), fd);
+        }
+        Ok(())
+    }
+
+    /// The interfaces of a namespace, by index and name (`ip -n NS link`).
+    pub async fn links(&self, netns: &str) -> Result<Vec<(u32, String)>, KernelError> {
+        let what = || format!("ip -n {netns} link show");
+        let mut dump = self.handle(netns)?.link().get().execute();
+        let mut out = Vec::new();
+        while let Some(l) = dump
+            .try_next()
+            .await
+            .map_err(|e| KernelError::new(what(), netlink_message(e)))?
+        {
+            let name = l.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            });
+            out.push((l.header.index, name.unwrap_or_default()));
+        }
+        Ok(out)
+    }
+
+    /// The kind of an interface's root qdisc (`netem`, `noqueue`, ...),
+    /// like `tc -n NS qdisc show dev IF root`.
+    pub async fn root_qdisc(&self, netns: &str, ifindex: u32) -> Result<Option<String>, KernelError> {
+        use netlink_packet_route::tc::{TcAttribute, TcHandle};
+        let what = || format!("tc -n {netns} qdisc show");
+        let h = self.handle(netns)?.clone();
+        let mut dump = h.qdisc().get().index(ifindex as i32).execute();
+        while let Some(m) = dump
+            .try_next()
+            .await
+            .map_err(|e| KernelError::new(what(), netlink_message(e)))?
+        {
+            if m.header.index as u32 == ifindex && m.header.parent == TcHandle::ROOT {
+                return Ok(m.attributes.iter().find_map(|a| match a {
+                    TcAttribute::Kind(k) => Some(k.clone()),
+                    _ => None,
+                }));
+            }
+        }
+        Ok(None)
     }
 
     /// `RTM_NEWLINK` in the step's namespace.
@@ -429,6 +518,53 @@ impl Kernel for Netlink {
                     .await
                     .map_err(|e| fail(step, e))
             }
+            Action::Netem { ifindex, netem, .. } => {
+                use netlink_packet_core::{
+                    DefaultNla, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST,
+                    NetlinkMessage,
+                };
+                use netlink_packet_route::RouteNetlinkMessage;
+                use netlink_packet_route::tc::{TcAttribute, TcHandle, TcMessage};
+                // rtnetlink's qdisc request cannot carry options: the
+                // message is sent as `tc qdisc replace` sends it.
+                let mut msg = TcMessage::with_index(*ifindex as i32);
+                msg.header.parent = TcHandle::ROOT;
+                msg.attributes
+                    .push(TcAttribute::Kind(crate::netem::KIND.to_string()));
+                msg.attributes.push(TcAttribute::Other(DefaultNla::new(
+                    crate::netem::TCA_OPTIONS,
+                    crate::netem::options(netem),
+                )));
+                let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewQueueDiscipline(msg));
+                req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
+                let mut h = self.handle(&step.netns)?.clone();
+                let mut answers = h.request(req).map_err(|e| fail(step, e))?;
+                while let Some(m) = answers.next().await {
+                    if let netlink_packet_core::NetlinkPayload::Error(e) = m.payload
+                        && let Some(code) = e.code
+                    {
+                        return Err(KernelError::new(
+                            step.to_string(),
+                            netem_error(-code.get()),
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            Action::QdiscDelete { ifindex, .. } => {
+                let h = self.handle(&step.netns)?.clone();
+                let mut req = h.qdisc().del(*ifindex as i32);
+                req.message_mut().header.parent = netlink_packet_route::tc::TcHandle::ROOT;
+                req.execute().await.map_err(|e| fail(step, e))
+            }
+            Action::LinkDown { ifindex, .. } => {
+                let msg = LinkUnspec::new_with_index(*ifindex).down().build();
+                self.link_set(step, msg).await
+            }
+            Action::SetMtu { ifindex, mtu, .. } => {
+                let msg = LinkUnspec::new_with_index(*ifindex).mtu(*mtu).build();
+                self.link_set(step, msg).await
+            }
             Action::Sysctl { key, value } => {
                 let fd = self
                     .fds
@@ -446,6 +582,44 @@ impl Kernel for Netlink {
                     .map_err(|e| KernelError::new(step.to_string(), e))
             }
         }
+    }
+
+    async fn link_settings(&self, netns: &str, ifindex: u32) -> Result<LinkSettings, KernelError> {
+        use netlink_packet_route::link::LinkFlags;
+        let what = || format!("ip -n {netns} link show index {ifindex}");
+        let link = self
+            .handle(netns)?
+            .link()
+            .get()
+            .match_index(ifindex)
+            .execute()
+            .try_next()
+            .await
+            .map_err(|e| KernelError::new(what(), netlink_message(e)))?
+            .ok_or_else(|| KernelError::new(what(), "no such interface"))?;
+        let mtu = link
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                LinkAttribute::Mtu(m) => Some(*m),
+                _ => None,
+            })
+            .ok_or_else(|| KernelError::new(what(), "the kernel gave no MTU"))?;
+        Ok(LinkSettings {
+            mtu,
+            up: link.header.flags.contains(LinkFlags::Up),
+        })
+    }
+}
+
+/// A netem request's errno in words, with the likely cause.
+fn netem_error(errno: i32) -> String {
+    let text = std::io::Error::from_raw_os_error(errno).to_string();
+    if errno == nix::libc::ENOENT {
+        // The kernel answers a qdisc kind it cannot load with ENOENT.
+        format!("{text}: this kernel has no netem (CONFIG_NET_SCH_NETEM, module sch_netem)")
+    } else {
+        text
     }
 }
 
@@ -488,5 +662,16 @@ impl Kernel for Recorder {
         }
         self.log.borrow_mut().push(text);
         Ok(())
+    }
+
+    /// What `up` leaves on every link: MTU 1500, up.
+    async fn link_settings(&self, netns: &str, ifindex: u32) -> Result<LinkSettings, KernelError> {
+        self.log
+            .borrow_mut()
+            .push(format!("ip -n {netns} link show index {ifindex}"));
+        Ok(LinkSettings {
+            mtu: 1500,
+            up: true,
+        })
     }
 }

@@ -47,6 +47,10 @@ pub enum Phase {
     Services,
     /// After the services, whose modules bring some keys (`net.ipv4.vs`).
     Sysctls,
+    /// A scenario's link changes and their undoing ([`crate::impair`]), on
+    /// a lab that is up: never part of `up`'s plan, so not in
+    /// [`Phase::ALL`].
+    Changes,
 }
 
 impl Phase {
@@ -160,6 +164,25 @@ pub enum Action {
     },
     /// `sysctl -w KEY=VALUE` inside the namespace.
     Sysctl { key: String, value: String },
+    /// `tc qdisc replace dev IF root netem ARGS`: the interface's egress
+    /// queue delays, drops, reorders or paces what leaves it (a scenario's
+    /// link change, `labctl netem`). The payload is built in
+    /// [`crate::netem`].
+    Netem {
+        ifname: String,
+        ifindex: u32,
+        netem: labctl_topology::Netem,
+    },
+    /// `tc qdisc del dev IF root`: back to the kernel's default queue.
+    QdiscDelete { ifname: String, ifindex: u32 },
+    /// `ip link set IF down`
+    LinkDown { ifname: String, ifindex: u32 },
+    /// `ip link set IF mtu N`
+    SetMtu {
+        ifname: String,
+        ifindex: u32,
+        mtu: u32,
+    },
 }
 
 /// An interface of the namespace the action runs in, by name and index.
@@ -418,6 +441,21 @@ impl fmt::Display for Step {
             Action::Sysctl { key, value } => {
                 let word = format!("{key}={value}");
                 write!(f, "ip netns exec {ns} sysctl -qw {}", q(&word))
+            }
+            Action::Netem { ifname, netem, .. } => write!(
+                f,
+                "tc -n {ns} qdisc replace dev {} root netem {}",
+                q(ifname),
+                netem.tc_args()
+            ),
+            Action::QdiscDelete { ifname, .. } => {
+                write!(f, "tc -n {ns} qdisc del dev {} root", q(ifname))
+            }
+            Action::LinkDown { ifname, .. } => {
+                write!(f, "ip -n {ns} link set {} down", q(ifname))
+            }
+            Action::SetMtu { ifname, mtu, .. } => {
+                write!(f, "ip -n {ns} link set {} mtu {mtu}", q(ifname))
             }
         }
     }

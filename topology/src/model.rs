@@ -309,9 +309,10 @@ impl Percent {
     }
 
     /// As the kernel keeps probabilities: a fraction of `u32::MAX` (netem's
-    /// `loss` and `probability`, iproute2's `get_percent`).
+    /// `loss` and `probability`), rounded as iproute2's `get_percent` does.
     pub fn to_u32_fraction(self) -> u32 {
-        (u64::from(self.0) * u64::from(u32::MAX) / u64::from(Self::HUNDRED.0)) as u32
+        let hundred = u64::from(Self::HUNDRED.0);
+        ((u64::from(self.0) * u64::from(u32::MAX) + hundred / 2) / hundred) as u32
     }
 
     /// Parses `1%`, `0.5%`, `100%`.

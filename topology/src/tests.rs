@@ -1902,10 +1902,7 @@ fn units_parse_and_print_like_tc() {
     assert_eq!(rate_text(1_500_000_000), "1.5gbit");
     assert_eq!(Percent::parse("100%").unwrap().to_u32_fraction(), u32::MAX);
     assert_eq!(Percent::parse("0%").unwrap().to_u32_fraction(), 0);
-    // iproute2's get_percent: 1% is UINT32_MAX / 100.
-    assert_eq!(
-        Percent::parse("1%").unwrap().to_u32_fraction(),
-        u32::MAX / 100
-    );
+    // iproute2's get_percent: 1% is rint(0.01 * UINT32_MAX).
+    assert_eq!(Percent::parse("1%").unwrap().to_u32_fraction(), 42_949_673);
     assert_eq!(Percent::parse("0.25%").unwrap().to_string(), "0.25%");
 }
