@@ -38,10 +38,13 @@ pub enum Feature {
     /// Bridged traffic through netfilter (CONFIG_BRIDGE_NETFILTER), which
     /// kube-proxy's IPVS mode needs for same-node replies across cni0.
     BrNetfilter,
+    /// The netem qdisc (CONFIG_NET_SCH_NETEM), for scenarios' link
+    /// impairments.
+    Netem,
 }
 
 impl Feature {
-    pub const ALL: [Feature; 7] = [
+    pub const ALL: [Feature; 8] = [
         Feature::Veth,
         Feature::Bridge,
         Feature::Vxlan,
@@ -49,6 +52,7 @@ impl Feature {
         Feature::Dummy,
         Feature::Ipvs,
         Feature::BrNetfilter,
+        Feature::Netem,
     ];
 
     /// The kernel config option and module that provide it.
@@ -61,6 +65,7 @@ impl Feature {
             Feature::Dummy => ("CONFIG_DUMMY", "dummy"),
             Feature::Ipvs => ("CONFIG_IP_VS", "ip_vs"),
             Feature::BrNetfilter => ("CONFIG_BRIDGE_NETFILTER", "br_netfilter"),
+            Feature::Netem => ("CONFIG_NET_SCH_NETEM", "sch_netem"),
         }
     }
 }
@@ -75,6 +80,7 @@ impl fmt::Display for Feature {
             Feature::Dummy => "dummy",
             Feature::Ipvs => "ipvs",
             Feature::BrNetfilter => "br_netfilter",
+            Feature::Netem => "netem",
         })
     }
 }
@@ -91,6 +97,14 @@ pub fn required(lab: &Lab) -> BTreeSet<Feature> {
         need.insert(Feature::Dummy);
         need.insert(Feature::Ipvs);
         need.insert(Feature::BrNetfilter);
+    }
+    if lab
+        .scenarios
+        .iter()
+        .flat_map(|s| &s.link_changes)
+        .any(|c| c.netem.is_some())
+    {
+        need.insert(Feature::Netem);
     }
     need
 }
@@ -159,6 +173,30 @@ fn probe_on_this_thread(list: &[Feature]) -> io::Result<Vec<Probe>> {
                         .execute()
                         .await;
                     Some(LinkIpVlan::new(&name, 100, IpVlanMode::L2).build())
+                }
+                // A netem qdisc on a veth of the scratch namespace (never
+                // a host interface); the kernel loads sch_netem on demand.
+                Feature::Netem => {
+                    let veth = format!("{name}n");
+                    let made = handle
+                        .link()
+                        .add(LinkVeth::new(&veth, &format!("{veth}p")).index(101).build())
+                        .execute()
+                        .await;
+                    let netem = labctl_topology::Netem {
+                        delay_ns: 1_000_000,
+                        ..Default::default()
+                    };
+                    let result = match made {
+                        Ok(()) => crate::netem::send_replace_root(&handle, 101, &netem).await,
+                        Err(e) => Err(format!("no veth to try it on: {e}")),
+                    };
+                    out.push(Probe {
+                        feature: *f,
+                        present: result.is_ok(),
+                        reason: result.err(),
+                    });
+                    continue;
                 }
                 Feature::Ipvs | Feature::BrNetfilter => None,
             };

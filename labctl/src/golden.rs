@@ -249,6 +249,9 @@ mod tests {
             conntrack: Vec::new(),
             ipvs: Vec::new(),
             translations: Vec::new(),
+            changes: Vec::new(),
+            rtt_ms: Some(0.1),
+            retransmits: None,
             checks: vec![Check {
                 what: "result is connected".into(),
                 ok: true,

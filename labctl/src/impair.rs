@@ -300,7 +300,9 @@ pub async fn restore<K: Kernel>(kernel: &K, undo: &[Step]) -> Vec<KernelError> {
                 s.action,
                 Action::AddRoute { .. } | Action::SelfNeighbour { .. }
             );
-            let exists = e.message.contains(&format!("os error {}", nix::libc::EEXIST));
+            let exists = e
+                .message
+                .contains(&format!("os error {}", nix::libc::EEXIST));
             if !(replayed && exists) {
                 errors.push(e);
             }
@@ -413,7 +415,11 @@ scenarios:
     fn changes_hit_both_ends_and_are_undone_in_reverse() {
         let (log, undo) = run(None);
         assert!(undo.is_ok());
-        let n1 = |l: &str| log.iter().position(|x| x == l).unwrap_or_else(|| panic!("no `{l}` in {log:#?}"));
+        let n1 = |l: &str| {
+            log.iter()
+                .position(|x| x == l)
+                .unwrap_or_else(|| panic!("no `{l}` in {log:#?}"))
+        };
         let nd = n1("tc -n im-n1 qdisc replace dev eth0 root netem delay 50ms loss 1%");
         let vd = n1("tc -n im-vpc qdisc replace dev n1-eth0 root netem delay 50ms loss 1%");
         let m = n1("ip -n im-n1 link set eth0 mtu 1400");
@@ -425,10 +431,18 @@ scenarios:
         let q_back = n1("tc -n im-n1 qdisc del dev eth0 root");
         let vq_back = n1("tc -n im-vpc qdisc del dev n1-eth0 root");
         assert!(nd < vd && vd < m && m < down, "{log:#?}");
-        assert!(down < up && up < route && route < m_back && m_back < vq_back && vq_back < q_back, "{log:#?}");
+        assert!(
+            down < up && up < route && route < m_back && m_back < vq_back && vq_back < q_back,
+            "{log:#?}"
+        );
         // Settings are read before anything changes.
         let first_change = nd;
-        assert!(log[..first_change].iter().all(|l| l.contains("link show index")), "{log:#?}");
+        assert!(
+            log[..first_change]
+                .iter()
+                .all(|l| l.contains("link show index")),
+            "{log:#?}"
+        );
     }
 
     #[test]

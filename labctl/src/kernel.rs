@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use netlink_packet_route::address::AddressScope;
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVeth, IpVlanMode, LinkAttribute, LinkMessage,
@@ -225,7 +225,11 @@ impl Netlink {
 
     /// The kind of an interface's root qdisc (`netem`, `noqueue`, ...),
     /// like `tc -n NS qdisc show dev IF root`.
-    pub async fn root_qdisc(&self, netns: &str, ifindex: u32) -> Result<Option<String>, KernelError> {
+    pub async fn root_qdisc(
+        &self,
+        netns: &str,
+        ifindex: u32,
+    ) -> Result<Option<String>, KernelError> {
         use netlink_packet_route::tc::{TcAttribute, TcHandle};
         let what = || format!("tc -n {netns} qdisc show");
         let h = self.handle(netns)?.clone();
@@ -519,37 +523,9 @@ impl Kernel for Netlink {
                     .map_err(|e| fail(step, e))
             }
             Action::Netem { ifindex, netem, .. } => {
-                use netlink_packet_core::{
-                    DefaultNla, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST,
-                    NetlinkMessage,
-                };
-                use netlink_packet_route::RouteNetlinkMessage;
-                use netlink_packet_route::tc::{TcAttribute, TcHandle, TcMessage};
-                // rtnetlink's qdisc request cannot carry options: the
-                // message is sent as `tc qdisc replace` sends it.
-                let mut msg = TcMessage::with_index(*ifindex as i32);
-                msg.header.parent = TcHandle::ROOT;
-                msg.attributes
-                    .push(TcAttribute::Kind(crate::netem::KIND.to_string()));
-                msg.attributes.push(TcAttribute::Other(DefaultNla::new(
-                    crate::netem::TCA_OPTIONS,
-                    crate::netem::options(netem),
-                )));
-                let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewQueueDiscipline(msg));
-                req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
-                let mut h = self.handle(&step.netns)?.clone();
-                let mut answers = h.request(req).map_err(|e| fail(step, e))?;
-                while let Some(m) = answers.next().await {
-                    if let netlink_packet_core::NetlinkPayload::Error(e) = m.payload
-                        && let Some(code) = e.code
-                    {
-                        return Err(KernelError::new(
-                            step.to_string(),
-                            netem_error(-code.get()),
-                        ));
-                    }
-                }
-                Ok(())
+                crate::netem::send_replace_root(self.handle(&step.netns)?, *ifindex, netem)
+                    .await
+                    .map_err(|e| KernelError::new(step.to_string(), e))
             }
             Action::QdiscDelete { ifindex, .. } => {
                 let h = self.handle(&step.netns)?.clone();
@@ -609,17 +585,6 @@ impl Kernel for Netlink {
             mtu,
             up: link.header.flags.contains(LinkFlags::Up),
         })
-    }
-}
-
-/// A netem request's errno in words, with the likely cause.
-fn netem_error(errno: i32) -> String {
-    let text = std::io::Error::from_raw_os_error(errno).to_string();
-    if errno == nix::libc::ENOENT {
-        // The kernel answers a qdisc kind it cannot load with ENOENT.
-        format!("{text}: this kernel has no netem (CONFIG_NET_SCH_NETEM, module sch_netem)")
-    } else {
-        text
     }
 }
 

@@ -51,10 +51,18 @@ pub fn options(n: &Netem) -> Vec<u8> {
         out.extend_from_slice(&v.to_ne_bytes());
     }
     if n.delay_ns > 0 {
-        attr(&mut out, TCA_NETEM_LATENCY64, &(n.delay_ns as i64).to_ne_bytes());
+        attr(
+            &mut out,
+            TCA_NETEM_LATENCY64,
+            &(n.delay_ns as i64).to_ne_bytes(),
+        );
     }
     if n.jitter_ns > 0 {
-        attr(&mut out, TCA_NETEM_JITTER64, &(n.jitter_ns as i64).to_ne_bytes());
+        attr(
+            &mut out,
+            TCA_NETEM_JITTER64,
+            &(n.jitter_ns as i64).to_ne_bytes(),
+        );
     }
     if !n.reorder.is_zero() {
         // struct tc_netem_reorder { probability, correlation }
@@ -79,6 +87,61 @@ pub fn options(n: &Netem) -> Vec<u8> {
         attr(&mut out, TCA_NETEM_RATE, &r);
     }
     out
+}
+
+/// `RTM_NEWQDISC` for `tc qdisc replace dev IF root netem ARGS`
+/// (rtnetlink's qdisc request cannot carry options).
+pub fn replace_root(
+    ifindex: u32,
+    n: &Netem,
+) -> netlink_packet_core::NetlinkMessage<netlink_packet_route::RouteNetlinkMessage> {
+    use netlink_packet_core::{
+        DefaultNla, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
+    };
+    use netlink_packet_route::RouteNetlinkMessage;
+    use netlink_packet_route::tc::{TcAttribute, TcHandle, TcMessage};
+    let mut msg = TcMessage::with_index(ifindex as i32);
+    msg.header.parent = TcHandle::ROOT;
+    msg.attributes.push(TcAttribute::Kind(KIND.to_string()));
+    msg.attributes
+        .push(TcAttribute::Other(DefaultNla::new(TCA_OPTIONS, options(n))));
+    let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewQueueDiscipline(msg));
+    req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
+    req
+}
+
+/// Send [`replace_root`] on `handle` and wait for the kernel's answer: the
+/// errno it refused with, if it did.
+pub async fn send_replace_root(
+    handle: &rtnetlink::Handle,
+    ifindex: u32,
+    n: &Netem,
+) -> Result<(), String> {
+    use futures::StreamExt;
+    let mut h = handle.clone();
+    let mut answers = h
+        .request(replace_root(ifindex, n))
+        .map_err(|e| e.to_string())?;
+    while let Some(m) = answers.next().await {
+        if let netlink_packet_core::NetlinkPayload::Error(e) = m.payload
+            && let Some(code) = e.code
+        {
+            return Err(error_text(-code.get()));
+        }
+    }
+    Ok(())
+}
+
+/// A netem request's errno in words, with the likely cause.
+fn error_text(errno: i32) -> String {
+    let text = std::io::Error::from_raw_os_error(errno).to_string();
+    if errno == nix::libc::ENOENT {
+        // The kernel answers a qdisc kind it cannot find or load with
+        // ENOENT.
+        format!("{text}: this kernel has no netem (CONFIG_NET_SCH_NETEM, module sch_netem)")
+    } else {
+        text
+    }
 }
 
 /// Append one netlink attribute, padded to 4 bytes.
@@ -136,10 +199,7 @@ mod tests {
         let b = options(&n);
         // loss: rint(0.01 * UINT32_MAX), as iproute2's get_percent; gap 1
         // with reorder, as iproute2 sets it.
-        assert_eq!(
-            words(&b[..24]),
-            [312_500, 1000, 42_949_673, 1, 0, 78_125]
-        );
+        assert_eq!(words(&b[..24]), [312_500, 1000, 42_949_673, 1, 0, 78_125]);
         let mut rest = &b[24..];
         let mut seen = Vec::new();
         while !rest.is_empty() {
@@ -151,7 +211,12 @@ mod tests {
         let kinds: Vec<u16> = seen.iter().map(|s| s.0).collect();
         assert_eq!(
             kinds,
-            [TCA_NETEM_LATENCY64, TCA_NETEM_JITTER64, TCA_NETEM_REORDER, TCA_NETEM_RATE]
+            [
+                TCA_NETEM_LATENCY64,
+                TCA_NETEM_JITTER64,
+                TCA_NETEM_REORDER,
+                TCA_NETEM_RATE
+            ]
         );
         assert_eq!(words(&seen[2].1), [1_073_741_824, 0]);
         // 10 mbit/s is 1.25 MB/s.

@@ -47,6 +47,11 @@ pub enum ScenarioError {
     NoSender(String),
     #[error("scenario `{scenario}`: {message}")]
     Services { scenario: String, message: String },
+    #[error("scenario `{scenario}`: link changes: {source}")]
+    Impair {
+        scenario: String,
+        source: crate::impair::ImpairError,
+    },
     #[error("write pcap files to {path}: {source}")]
     Pcap {
         path: std::path::PathBuf,
@@ -108,6 +113,16 @@ pub struct Report {
     /// (no capture can show them): `10.0.3.5:* -> 192.168.27.242:80
     /// translated to 10.0.3.38:80`.
     pub translations: Vec<String>,
+    /// The scenario's link changes, in force during its traffic:
+    /// `node1/eth0: netem delay 50ms`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<String>,
+    /// The round trip the client measured (see [`traffic::Success`]), in
+    /// milliseconds; `None` when it got no answer.
+    pub rtt_ms: Option<f64>,
+    /// TCP segments the client retransmitted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retransmits: Option<u32>,
     pub checks: Vec<Check>,
     /// The verdict: every check held. Checks made after the run (the
     /// golden file's) are added with [`Report::add_check`], which keeps it
@@ -183,13 +198,34 @@ pub fn run(
         .collect();
 
     let names: Vec<String> = record.namespaces.iter().map(|n| n.name.clone()).collect();
-    let taps = capture::capture_many(&names).map_err(|source| ScenarioError::Capture {
-        lab: record.lab.clone(),
+    // Link changes last before the traffic, undone first after it.
+    let impair_error = |source| ScenarioError::Impair {
+        scenario: sc.name.clone(),
         source,
-    })?;
+    };
+    let impaired = if sc.link_changes.is_empty() {
+        None
+    } else {
+        Some(crate::impair::Applied::make(record, lab, &sc.link_changes).map_err(impair_error)?)
+    };
+    let taps = match capture::capture_many(&names) {
+        Ok(t) => t,
+        Err(source) => {
+            if let Some(i) = impaired {
+                i.undo().map_err(impair_error)?;
+            }
+            return Err(ScenarioError::Capture {
+                lab: record.lab.clone(),
+                source,
+            });
+        }
+    };
     let outcome = traffic::run_client(&sender.name, &request(sc));
     std::thread::sleep(SETTLE);
     let packets = taps.stop();
+    if let Some(i) = impaired {
+        i.undo().map_err(impair_error)?;
+    }
     let translations = if lab.ebpf.is_some() {
         let mut t: Vec<String> = lb::flows(&record.lab)
             .map_err(|e| service_error(format!("read eBPF flows: {e}")))?
@@ -338,6 +374,13 @@ pub fn run(
             .collect(),
         ipvs: ipvs_seen,
         translations,
+        changes: sc.link_changes.iter().map(change_text).collect(),
+        rtt_ms: outcome
+            .result
+            .as_ref()
+            .ok()
+            .map(|ok| ok.rtt.as_secs_f64() * 1000.0),
+        retransmits: outcome.result.as_ref().ok().and_then(|ok| ok.retransmits),
         checks: Vec::new(),
         passed: false,
     };
@@ -354,6 +397,22 @@ pub fn run(
     }
     report.passed = report.checks.iter().all(|c| c.ok);
     Ok(report)
+}
+
+/// A link change as the report shows it: `node1/eth0: netem delay 50ms,
+/// mtu 1400, down`.
+fn change_text(c: &labctl_topology::LinkChange) -> String {
+    let mut what = Vec::new();
+    if let Some(n) = &c.netem {
+        what.push(format!("netem {}", n.tc_args()));
+    }
+    if let Some(m) = c.mtu {
+        what.push(format!("mtu {m}"));
+    }
+    if c.down {
+        what.push("down".to_string());
+    }
+    format!("{}: {}", c.link, what.join(", "))
 }
 
 fn request(sc: &Scenario) -> Request {
@@ -691,6 +750,26 @@ fn check(
             Some(format!("seen on {}", hits.join(", "))),
         );
     }
+    if let Some(range) = sc.expect.rtt_ms {
+        push(
+            format!("round trip {range} ms"),
+            r.rtt_ms.is_some_and(|v| range.contains(v)),
+            Some(match r.rtt_ms {
+                Some(v) => format!("got: {v:.2} ms"),
+                None => format!("got no round trip: {}", r.detail),
+            }),
+        );
+    }
+    if let Some(range) = sc.expect.retransmits {
+        push(
+            format!("retransmissions {range}"),
+            r.retransmits.is_some_and(|v| range.contains(f64::from(v))),
+            Some(match r.retransmits {
+                Some(v) => format!("got: {v}"),
+                None => format!("no TCP connection to count on: {}", r.detail),
+            }),
+        );
+    }
     if let Some(addr) = sc.expect.server_saw_client {
         push(
             format!("server saw client {addr}"),
@@ -883,6 +962,9 @@ impl Report {
             self.to,
             format!("{:?}", self.traffic).to_lowercase()
         );
+        for c in &self.changes {
+            let _ = writeln!(s, "change: {c}");
+        }
         let _ = writeln!(s, "result: {}", self.result.map_or("error", word));
         if let Some(by) = &self.served_by {
             let _ = writeln!(s, "served by: {by}");
@@ -962,6 +1044,9 @@ impl Report {
             format!("{:?}", self.traffic).to_lowercase(),
             self.detail
         );
+        for c in &self.changes {
+            let _ = writeln!(s, "  with {c}");
+        }
         if let Some(by) = &self.served_by {
             let _ = writeln!(s, "  served by {by}");
         }

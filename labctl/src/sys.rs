@@ -456,6 +456,31 @@ pub fn packet_bind_addr(ifindex: u32, protocol: u16) -> nix::sys::socket::LinkAd
         .expect("a sockaddr_ll with family AF_PACKET is a LinkAddr")
 }
 
+/// Every segment a TCP socket retransmitted (`tcpi_total_retrans` of its
+/// `TCP_INFO`), like `ss -ti`'s `retrans:N/TOTAL`.
+pub fn tcp_total_retrans(socket: impl AsFd) -> io::Result<u32> {
+    use nix::libc;
+    use std::os::fd::AsRawFd;
+    // SAFETY: tcp_info is plain integers, for which all zeroes is a value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the buffer is a tcp_info of `len` bytes that outlives the
+    // call, and the kernel writes at most `len` bytes into it.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_fd().as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(info.tcpi_total_retrans)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

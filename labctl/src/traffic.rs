@@ -392,6 +392,10 @@ pub struct Success {
     pub client_seen: Option<SocketAddr>,
     /// UDP: the echoed datagram (lossy UTF-8).
     pub echo: Option<String>,
+    /// TCP and HTTP: segments the client's socket retransmitted
+    /// (`tcpi_total_retrans`), SYNs included.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retransmits: Option<u32>,
 }
 
 /// Why a probe failed.
@@ -506,6 +510,7 @@ fn tcp_connect(req: &Request) -> Result<Success, Failure> {
     Ok(Success {
         rtt,
         local: stream.local_addr().ok(),
+        retransmits: sys::tcp_total_retrans(&stream).ok(),
         ..Success::default()
     })
 }
@@ -559,6 +564,7 @@ fn http_get(req: &Request) -> Result<Success, Failure> {
     })?;
     let (served_by, client_seen) = parse_served_body(&body).unzip();
     Ok(Success {
+        retransmits: sys::tcp_total_retrans(&stream).ok(),
         rtt: t0.elapsed(),
         local,
         status: Some(status),

@@ -15,6 +15,7 @@ mod exec;
 mod graph;
 mod kernel;
 mod monitor;
+mod netem;
 mod plan;
 mod render;
 mod run;
@@ -47,6 +48,7 @@ enum Command {
     Kernel(kernel::Args),
     Show(show::Args),
     Monitor(monitor::Args),
+    Netem(netem::Args),
     /// Print the JSON schema of topology files.
     Schema,
     Completions(completions::CompletionsArgs),
@@ -190,6 +192,7 @@ pub fn main() -> ExitCode {
         Command::Kernel(a) => kernel::run(a),
         Command::Show(a) => show::run(a),
         Command::Monitor(a) => monitor::run(a),
+        Command::Netem(a) => netem::run(a),
         Command::Agent { dir } => {
             labctl::vm::agent(&dir).map_err(|e| Failure::new(Exit::Failed, format!("agent: {e}")))
         }

@@ -1,0 +1,211 @@
+//! Impairments on a live lab (`topologies/impair.yaml`): a scenario's
+//! netem delay is what makes its `rtt_ms` expectation pass (without it the
+//! check fails), a whole run's link changes leave the lab as it was, and
+//! `labctl netem` puts what it says on an interface, as `tc qdisc show`
+//! reads it back. Where the host kernel lacks netem the labs run in the VM
+//! (labctl decides, as for any lab); without root or a VM kernel the trials
+//! are ignored with the reason.
+
+use std::path::PathBuf;
+
+use common::{Down, Place, ensure, fails_with, gate, labctl, ok, place_for, text};
+use libtest_mimic::{Arguments, Failed, Trial};
+
+mod common;
+
+fn file() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../topologies/impair.yaml")
+}
+
+/// The JSON reports of `labctl run` of the impair file.
+fn run_json(name: &str, extra: &[&str]) -> Result<Vec<serde_json::Value>, Failed> {
+    let o = common::run(
+        labctl()
+            .args(["run", "--name", name, "-o", "json"])
+            .args(extra)
+            .arg(file()),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .map_err(|e| format!("no JSON from labctl run ({e}): {}", text(&o)))?;
+    Ok(v.as_array().cloned().unwrap_or_default())
+}
+
+/// Without its delay, i2's `rtt_ms: {min: 100}` fails, and says what it got.
+fn rtt_check_fails_without_the_delay() -> Result<(), Failed> {
+    let name = common::unique("nodelay");
+    let _down = Down(name.clone());
+    let reports = run_json(&name, &["--var", "delay=none", "i2-ping-delayed"])?;
+    let r = reports
+        .iter()
+        .find(|r| r["scenario"] == "i2-ping-delayed")
+        .ok_or("no i2 report")?;
+    ensure(
+        r["passed"] == false,
+        format!("i2 passed without its delay: {r:#}"),
+    )?;
+    let checks = r["checks"].as_array().ok_or("no checks")?;
+    let rtt = checks
+        .iter()
+        .find(|c| c["what"] == "round trip at least 100 ms")
+        .ok_or_else(|| format!("no rtt check: {r:#}"))?;
+    ensure(rtt["ok"] == false, format!("{rtt:#}"))?;
+    let got = r["rtt_ms"].as_f64().ok_or("no rtt_ms")?;
+    ensure(got < 100.0, format!("rtt {got} ms without a delay"))?;
+    ensure(
+        rtt["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("got: ")),
+        format!("{rtt:#}"),
+    )?;
+    Ok(())
+}
+
+/// What the kernel has in every namespace of the lab that a link change
+/// could alter: links (state, MTU, qdisc), addresses, routes, permanent
+/// neighbours, qdiscs.
+fn lab_state(name: &str) -> Result<String, Failed> {
+    let mut out = String::new();
+    for entity in ["vpc", "node1", "web", "client"] {
+        let o = ok(labctl().args([
+            "exec",
+            name,
+            entity,
+            "--",
+            "sh",
+            "-c",
+            "ip -d -o link; ip -o addr; ip route; ip neigh show nud permanent; tc qdisc show",
+        ]))?;
+        out.push_str(&format!(
+            "## {entity}\n{}",
+            String::from_utf8_lossy(&o.stdout)
+        ));
+    }
+    Ok(out)
+}
+
+fn qdisc(name: &str) -> Result<String, Failed> {
+    let o = ok(labctl().args([
+        "exec", name, "node1", "--", "tc", "qdisc", "show", "dev", "eth0",
+    ]))?;
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// A run of every scenario (netem, a link down, an MTU) leaves the lab as
+/// `up` made it; then `labctl netem` by hand, read back with tc.
+fn changes_are_undone_and_netem_by_hand() -> Result<(), Failed> {
+    let name = common::unique("undo");
+    let _down = Down(name.clone());
+    ok(labctl().args(["up", "-q", "--name", &name]).arg(file()))?;
+    let before = lab_state(&name)?;
+    ensure(before.contains("mtu 1500"), before.clone())?;
+    let reports = run_json(&name, &[])?;
+    ensure(reports.len() == 4, format!("{reports:#?}"))?;
+    for r in &reports {
+        ensure(r["passed"] == true, format!("{r:#}"))?;
+    }
+    let i2 = &reports[1];
+    let rtt = i2["rtt_ms"].as_f64().ok_or("no rtt")?;
+    ensure(
+        rtt >= 100.0,
+        format!("i2's rtt {rtt} ms with 50 ms each way"),
+    )?;
+    let after = lab_state(&name)?;
+    if before != after {
+        let diff = similar::TextDiff::from_lines(&before, &after)
+            .unified_diff()
+            .to_string();
+        return Err(format!("the lab changed:\n{diff}").into());
+    }
+
+    let out = ok(labctl().args([
+        "netem",
+        &name,
+        "node1/eth0",
+        "--delay",
+        "20ms",
+        "--jitter",
+        "5ms",
+        "--loss",
+        "1%",
+        "--rate",
+        "10mbit",
+        "--reorder",
+        "25%",
+    ]))?;
+    let said = String::from_utf8_lossy(&out.stdout);
+    ensure(
+        said.contains(
+            "qdisc replace dev eth0 root netem delay 20ms 5ms loss 1% rate 10mbit reorder 25%",
+        ),
+        said.to_string(),
+    )?;
+    // What the kernel made of the hand-built payload, in tc's words.
+    let q = qdisc(&name)?;
+    for want in [
+        "netem",
+        "delay 20ms  5ms",
+        "loss 1%",
+        "reorder 25%",
+        "gap 1",
+        "rate 10Mbit",
+    ] {
+        ensure(q.contains(want), format!("no `{want}` in: {q}"))?;
+    }
+    ok(labctl().args(["netem", &name, "node1/eth0", "--clear"]))?;
+    let q = qdisc(&name)?;
+    ensure(!q.contains("netem"), q.clone())?;
+    let again = ok(labctl().args(["netem", &name, "node1/eth0", "--clear"]))?;
+    ensure(
+        String::from_utf8_lossy(&again.stdout).contains("nothing to clear"),
+        text(&again),
+    )?;
+
+    // Wrong names are usage errors that list the valid ones.
+    fails_with(
+        &common::run(labctl().args(["netem", &name, "node9/eth0", "--delay", "1ms"])),
+        2,
+        "has no node, pod or client `node9`; it has: vpc, node1, web, client",
+    )?;
+    fails_with(
+        &common::run(labctl().args(["netem", &name, "node1/eth9", "--delay", "1ms"])),
+        2,
+        "`node1` has no interface `eth9`; it has: eth0",
+    )?;
+    fails_with(
+        &common::run(labctl().args(["netem", &name, "node1/eth0", "--delay", "5"])),
+        2,
+        "--delay: `5` has no unit",
+    )?;
+    fails_with(
+        &common::run(labctl().args(["netem", "../etc", "node1/eth0", "--delay", "1ms"])),
+        2,
+        "is not a lab name",
+    )?;
+    Ok(())
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let lab = labctl_topology::load(&file(), &Default::default()).expect("impair.yaml loads");
+    let place = place_for(&lab);
+    let kind = place.kind();
+    let trial = |name: &'static str, f: fn() -> Result<(), Failed>| {
+        let place = place.clone();
+        Trial::ignorable_test(name, move || match place {
+            Place::Nowhere(why) => common::ignored(why),
+            _ => gate(f),
+        })
+        .with_kind(kind.clone())
+    };
+    let trials = vec![
+        trial(
+            "rtt_check_fails_without_the_delay",
+            rtt_check_fails_without_the_delay,
+        ),
+        trial(
+            "changes_are_undone_and_netem_by_hand",
+            changes_are_undone_and_netem_by_hand,
+        ),
+    ];
+    libtest_mimic::run(&args, trials).exit();
+}
