@@ -22,8 +22,8 @@ fn run_json(name: &str, extra: &[&str]) -> Result<Vec<serde_json::Value>, Failed
     let o = common::run(
         labctl()
             .args(["run", "--name", name, "-o", "json"])
-            .args(extra)
-            .arg(file()),
+            .arg(file())
+            .args(extra),
     );
     let v: serde_json::Value = serde_json::from_slice(&o.stdout)
         .map_err(|e| format!("no JSON from labctl run ({e}): {}", text(&o)))?;
@@ -61,7 +61,8 @@ fn rtt_check_fails_without_the_delay() -> Result<(), Failed> {
 }
 
 /// What the kernel has in every namespace of the lab that a link change
-/// could alter: links (state, MTU, qdisc), addresses, routes, permanent
+/// could alter: links (state, MTU, qdisc; not `-d`, whose bridge timers
+/// tick), addresses, routes, permanent
 /// neighbours, qdiscs.
 fn lab_state(name: &str) -> Result<String, Failed> {
     let mut out = String::new();
@@ -73,7 +74,7 @@ fn lab_state(name: &str) -> Result<String, Failed> {
             "--",
             "sh",
             "-c",
-            "ip -d -o link; ip -o addr; ip route; ip neigh show nud permanent; tc qdisc show",
+            "ip -o link; ip -o addr; ip route; ip neigh show nud permanent; tc qdisc show",
         ]))?;
         out.push_str(&format!(
             "## {entity}\n{}",
