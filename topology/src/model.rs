@@ -447,9 +447,9 @@ pub fn parse_rate(text: &str) -> Result<u64, String> {
 
 /// Nanoseconds as tc prints a time: `50ms`, `1.5ms`, `250us`, `2s`.
 pub fn duration_text(ns: u64) -> String {
-    let (value, unit) = if ns >= 1_000_000_000 && ns % 1_000_000 == 0 {
+    let (value, unit) = if ns >= 1_000_000_000 && ns.is_multiple_of(1_000_000) {
         (ns as f64 / 1e9, "s")
-    } else if ns >= 1_000_000 && ns % 1_000 == 0 {
+    } else if ns >= 1_000_000 && ns.is_multiple_of(1_000) {
         (ns as f64 / 1e6, "ms")
     } else {
         (ns as f64 / 1e3, "us")

@@ -1699,6 +1699,8 @@ fn versions_compare_by_number() {
         e.starts_with(&format!("{}:", terway.display())) || e.contains("terway-ipvlan-ebpf.yaml:"),
         "{e}"
     );
+}
+
 // ---- link changes and rtt / retransmit expectations -------------------
 
 /// BASE with one scenario whose `changes:` and `expect:` are given.
