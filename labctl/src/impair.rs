@@ -286,6 +286,10 @@ pub async fn apply<K: Kernel>(
         // Undone last-made first.
         undo.splice(0..0, u.undo);
     }
+    // A link set up (or whose MTU change restarted it) cannot send until
+    // the kernel has activated it: wait, or the scenario's first packet
+    // may be dropped.
+    kernel.settle().await;
     Ok(undo)
 }
 
@@ -308,6 +312,8 @@ pub async fn restore<K: Kernel>(kernel: &K, undo: &[Step]) -> Vec<KernelError> {
             }
         }
     }
+    // The next scenario starts on links that can send (see `apply`).
+    kernel.settle().await;
     errors
 }
 
