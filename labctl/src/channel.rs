@@ -332,7 +332,8 @@ impl RawMode {
         let saved = tcgetattr(stdin.as_fd())?;
         let mut raw = saved.clone();
         cfmakeraw(&mut raw);
-        tcsetattr(stdin.as_fd(), SetArg::TCSAFLUSH, &raw)?;
+        // TCSANOW, not TCSAFLUSH: what was typed ahead is kept for the command.
+        tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw)?;
         Ok(RawMode { saved })
     }
 }
@@ -387,8 +388,11 @@ pub fn run(
             let _ = tx.send(Event::Closed);
         });
     }
-    let tty =
-        (mode == Mode::Terminal).then(|| crate::sys::window_size(io::stdin()).unwrap_or((24, 80)));
+    let tty = (mode == Mode::Terminal).then(|| {
+        crate::sys::window_size(io::stdin())
+            .filter(|&(r, c)| r > 0 && c > 0)
+            .unwrap_or((24, 80))
+    });
     let open = OpenRequest {
         argv: argv.to_vec(),
         tty,

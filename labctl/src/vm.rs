@@ -411,6 +411,14 @@ impl Vm {
         deadline: Option<Duration>,
     ) -> Result<Reply, VmError> {
         let log = self.dir.join("console.log");
+        // The ports' lock files are written there: only into a directory
+        // of ours (the record's path is checked against `dir_of` already).
+        if !dir_is_ours(&self.dir, None) {
+            return Err(VmError::Command {
+                what: format!("reach the VM through {}", self.dir.display()),
+                detail: "the directory does not carry labctl's mark; `labctl down` the lab".into(),
+            });
+        }
         match crate::channel::connect(&self.dir, agent_wait())? {
             Some(port) => crate::channel::run(port, argv, mode, deadline, agent_wait(), &log),
             None => {
