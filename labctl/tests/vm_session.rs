@@ -395,10 +395,13 @@ fn monitor_streams_until_ctrl_c() -> Result<(), Failed> {
     )
 }
 
+/// One trial against the shared VM lab.
+type TrialFn = fn() -> Result<(), Failed>;
+
 fn main() {
     let args = Arguments::from_args();
     let kind = kernel().map_or("nowhere".into(), |k| format!("vm {k}"));
-    let trials: [(&str, fn() -> Result<(), Failed>); 4] = [
+    let trials: [(&str, TrialFn); 4] = [
         ("exec_shell_on_a_terminal", exec_shell_on_a_terminal),
         (
             "exec_forwards_stdin_and_the_exit_code",
