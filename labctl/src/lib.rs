@@ -9,6 +9,7 @@
 pub use labctl_topology::Lab;
 
 pub mod capture;
+pub mod channel;
 pub mod conntrack;
 pub mod engine;
 mod fault;

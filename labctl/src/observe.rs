@@ -15,7 +15,7 @@ use crate::state::LabState;
 use crate::sys;
 
 /// One namespace of a lab as the kernel has it now.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct NsStatus {
     pub name: String,
     pub entity: String,
@@ -26,7 +26,7 @@ pub struct NsStatus {
 }
 
 /// One interface.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct IfStatus {
     pub index: u32,
     pub name: String,

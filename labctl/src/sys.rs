@@ -9,7 +9,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::fd::{AsFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -479,6 +479,60 @@ pub fn tcp_total_retrans(socket: impl AsFd) -> io::Result<u32> {
         return Err(io::Error::last_os_error());
     }
     Ok(info.tcpi_total_retrans)
+}
+
+/// A terminal's window size in rows and columns (`TIOCGWINSZ`), or `None`
+/// when `fd` is not a terminal.
+pub fn window_size(fd: impl AsFd) -> Option<(u16, u16)> {
+    use nix::libc;
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one `winsize` through the pointer, which
+    // points at a live, initialised `winsize` on the stack.
+    let rc = unsafe { libc::ioctl(fd.as_fd().as_raw_fd(), libc::TIOCGWINSZ, &raw mut ws) };
+    (rc == 0).then_some((ws.ws_row, ws.ws_col))
+}
+
+/// Set a terminal's window size (`TIOCSWINSZ`, as `stty rows R cols C`);
+/// the kernel sends SIGWINCH to its foreground process group.
+pub fn set_window_size(fd: impl AsFd, rows: u16, cols: u16) -> io::Result<()> {
+    use nix::libc;
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one `winsize` through the pointer, which
+    // points at a live, initialised `winsize` on the stack.
+    let rc = unsafe { libc::ioctl(fd.as_fd().as_raw_fd(), libc::TIOCSWINSZ, &raw const ws) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Make the command, once spawned, the leader of a new session whose
+/// controlling terminal is its stdin (a pty slave), as `login_tty(3)` and
+/// `setsid --ctty` do: job control and Ctrl-C then work in a shell on it.
+pub fn spawn_with_controlling_tty(cmd: &mut std::process::Command) {
+    use nix::libc;
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs between fork and exec and calls only
+    // setsid(2) and ioctl(2), both async-signal-safe; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 #[cfg(test)]

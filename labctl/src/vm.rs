@@ -4,13 +4,17 @@
 //! `labctl` binary runs inside.
 //!
 //! The VM stays up in the background for as long as the lab is up. Inside
-//! it `labctl __agent DIR` waits for requests in DIR, a host directory the
-//! VM may write (virtme-ng's `--rwdir`): the host drops `ID.req` (a JSON
-//! argv), the agent runs `labctl ARGV...` inside the VM and leaves `ID.out`,
-//! `ID.err` and finally `ID.rc`. A file protocol needs nothing from the host
-//! kernel (no vsock), survives either side restarting, and is easy to look
-//! at when something goes wrong. Commands are not interactive: stdin is
-//! not forwarded.
+//! it `labctl __agent DIR` serves two ways in. Sessions ([`Vm::session`]:
+//! `exec`, `monitor`, `status`) go over virtio-serial ports
+//! ([`crate::channel`]): stdin, a terminal, output as it comes, signals and
+//! the exit code, live. Requests ([`Vm::call`]: `up`, `run`, `down`) keep
+//! the file protocol in DIR, a host directory the VM may write
+//! (virtme-ng's `--rwdir`): the host drops `ID.req` (a JSON argv), the
+//! agent runs `labctl ARGV...` inside the VM and leaves `ID.out`, `ID.err`
+//! and finally `ID.rc`. It needs nothing from QEMU, survives either side
+//! restarting, is easy to look at when something goes wrong, and serves a
+//! VM booted by a labctl without the ports (sessions fall back to it, not
+//! interactive then). `ready` in DIR says the agent serves both.
 //!
 //! Kernels are Debian packages unpacked the way virtme-ng finds them:
 //! `/boot/vmlinuz-RELEASE` and `/lib/modules/RELEASE`.
@@ -50,6 +54,10 @@ pub enum VmError {
     AgentSilent { secs: u64, log: PathBuf },
     #[error("`labctl {what}` in the VM did not finish within {secs} s")]
     Deadline { what: String, secs: u64 },
+    #[error(
+        "all {ports} session ports of the VM stayed busy for {secs} s; end another `labctl exec` or `labctl monitor` of this lab"
+    )]
+    Busy { ports: usize, secs: u64 },
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> VmError {
@@ -309,8 +317,11 @@ pub fn start(
     let mut cmd = Command::new("vng");
     cmd.args(["--run", &kernel.release, "--force-9p", "--memory", "1G"])
         .args(["--cpus", "2"])
-        .arg(format!("--rwdir={}", dir.display()))
-        .arg("--exec")
+        .arg(format!("--rwdir={}", dir.display()));
+    if let Some(ports) = crate::channel::qemu_args(&dir) {
+        cmd.arg(format!("--qemu-opts={ports}"));
+    }
+    cmd.arg("--exec")
         .arg(format!("{} __agent {}", exe.display(), dir.display()));
     // `down` recognises its VM by this argument before it signals the pid.
     if !kvm_usable() {
@@ -369,12 +380,61 @@ pub struct Reply {
     pub stderr: Vec<u8>,
 }
 
+impl Reply {
+    /// A reply with no output.
+    pub fn code(code: i32) -> Reply {
+        Reply {
+            code,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+        }
+    }
+}
+
+pub use crate::channel::Mode;
+
 #[derive(Serialize, Deserialize)]
 struct Request {
     argv: Vec<String>,
 }
 
 impl Vm {
+    /// Run `labctl ARGV...` inside the VM as a session over its ports,
+    /// streams wired as `mode` says, at most `deadline` (`None`: as long as
+    /// it runs, for an interactive shell or a monitor). A VM without ports
+    /// gets the request through [`Vm::call`] instead: no stdin, output at
+    /// the end.
+    pub fn session(
+        &self,
+        argv: &[String],
+        mode: Mode,
+        deadline: Option<Duration>,
+    ) -> Result<Reply, VmError> {
+        let log = self.dir.join("console.log");
+        // The ports' lock files are written there: only into a directory
+        // of ours (the record's path is checked against `dir_of` already).
+        if !dir_is_ours(&self.dir, None) {
+            return Err(VmError::Command {
+                what: format!("reach the VM through {}", self.dir.display()),
+                detail: "the directory does not carry labctl's mark; `labctl down` the lab".into(),
+            });
+        }
+        match crate::channel::connect(&self.dir, agent_wait())? {
+            Some(port) => crate::channel::run(port, argv, mode, deadline, agent_wait(), &log),
+            None => {
+                let reply = self.call(argv, deadline.unwrap_or(Duration::from_secs(86_400)))?;
+                if mode == Mode::Capture {
+                    return Ok(reply);
+                }
+                use std::io::Write;
+                let _ = io::stdout().write_all(&reply.stdout);
+                let _ = io::stdout().flush();
+                let _ = io::stderr().write_all(&reply.stderr);
+                Ok(Reply::code(reply.code))
+            }
+        }
+    }
+
     /// Run `labctl ARGV...` inside the VM and wait for it, at most
     /// `deadline` (and at most [`agent_wait`] for the agent to take it).
     pub fn call(&self, argv: &[String], deadline: Duration) -> Result<Reply, VmError> {
@@ -534,6 +594,14 @@ pub fn kill_group(pid: u32) {
 /// side by side.
 pub fn agent(dir: &Path) -> io::Result<()> {
     let exe = std::env::current_exe()?;
+    for port in crate::channel::guest_ports() {
+        let exe = exe.clone();
+        std::thread::spawn(move || {
+            if let Err(e) = crate::channel::serve(&port, &exe) {
+                eprintln!("labctl agent: {}: {e}", port.display());
+            }
+        });
+    }
     fs::write(dir.join("ready"), crate::features::kernel_release())?;
     loop {
         if dir.join("shutdown").exists() {

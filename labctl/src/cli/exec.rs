@@ -1,5 +1,6 @@
 //! `labctl exec`: run a command inside a node, pod, client or the VPC.
 
+use std::io::IsTerminal;
 use std::os::unix::process::CommandExt;
 
 use labctl::sys;
@@ -8,6 +9,11 @@ use super::{Exit, Failure, Result};
 
 /// Run a command inside a namespace of a lab, like `ip netns exec`. The
 /// command is run directly (argv), never through a shell.
+///
+/// In a lab in the VM runtime the command runs in the VM with the same
+/// stdin, stdout and stderr: when stdin is a terminal it gets a terminal
+/// of its own there (`labctl exec LAB POD -- sh` is an interactive shell),
+/// else stdin is forwarded to its end. The exit code is the command's.
 #[derive(clap::Args)]
 pub struct Args {
     /// Lab name.
@@ -29,7 +35,12 @@ pub fn run(args: Args) -> Result {
             "--".into(),
         ];
         argv.extend(args.command.iter().cloned());
-        return super::forward(vm, argv);
+        let mode = if std::io::stdin().is_terminal() {
+            labctl::vm::Mode::Terminal
+        } else {
+            labctl::vm::Mode::Stream { stdin: true }
+        };
+        return super::session(vm, argv, mode);
     }
     let Some(ns) = record.netns_of(&args.name) else {
         let known: Vec<&str> = record

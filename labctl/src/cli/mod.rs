@@ -295,6 +295,19 @@ pub fn forward(vm: &labctl::vm::Vm, argv: Vec<String>) -> Result {
     Ok(())
 }
 
+/// Run `labctl ARGV...` in the VM as a live session ([`labctl::vm::Vm::session`]):
+/// output as it comes, stdin as `mode` says, for as long as the command
+/// runs; exit with its code when it is not 0.
+pub fn session(vm: &labctl::vm::Vm, argv: Vec<String>, mode: labctl::vm::Mode) -> Result {
+    let reply = vm
+        .session(&argv, mode, None)
+        .map_err(|e| Failure::new(Exit::Failed, e))?;
+    if reply.code != 0 {
+        std::process::exit(reply.code);
+    }
+    Ok(())
+}
+
 /// [`forward`], returning the exit code instead of exiting with it.
 pub fn forward_code(vm: &labctl::vm::Vm, argv: Vec<String>) -> Result<i32> {
     use std::io::Write;

@@ -13,8 +13,8 @@ use super::{Exit, Failure, Result};
 ///
 /// Shows translations from the moment it says `listening` (on stderr); runs
 /// until Ctrl-C, `--count` events or `--timeout`. Only for labs whose
-/// topology has `ebpf:`. For a lab in the VM runtime the lines come all at
-/// once when it ends, so give `--count` or `--timeout` there.
+/// topology has `ebpf:`. For a lab in the VM runtime it runs in the VM and
+/// its lines come as they happen there; Ctrl-C stops it there too.
 #[derive(clap::Args)]
 pub struct Args {
     /// Lab name.
@@ -39,15 +39,6 @@ pub fn run(args: Args) -> Result {
     };
     let record = super::record(&args.lab)?;
     if let Some(vm) = &record.vm {
-        if args.count.is_none() && timeout.is_none() {
-            return Err(Failure::new(
-                Exit::Usage,
-                format!(
-                    "lab `{}` runs in a VM, whose output comes back only when the command ends: give --count or --timeout",
-                    args.lab
-                ),
-            ));
-        }
         let mut argv: Vec<String> = vec!["monitor".into(), args.lab.clone()];
         if let Some(n) = args.count {
             argv.extend(["--count".into(), n.to_string()]);
@@ -55,7 +46,7 @@ pub fn run(args: Args) -> Result {
         if let Some(t) = args.timeout {
             argv.extend(["--timeout".into(), t.to_string()]);
         }
-        return super::forward(vm, argv);
+        return super::session(vm, argv, labctl::vm::Mode::Stream { stdin: false });
     }
     let mut maps = labctl::lb::open(&args.lab).map_err(|e| Failure::new(lb_exit(&e), e))?;
     // Like `cilium monitor`, from now on: drop what earlier translations

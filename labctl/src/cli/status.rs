@@ -3,11 +3,12 @@
 use comfy_table::{Table, presets::NOTHING};
 use labctl::observe::{self, NsStatus};
 use labctl::state::{self, LabState};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Exit, Failure, Result, TableFormat as Format};
 
-/// Show the labs that are up, or one lab's namespaces and interfaces.
+/// Show the labs that are up, or one lab's namespaces and interfaces. For a
+/// lab in the VM runtime they are read inside its VM.
 #[derive(clap::Args)]
 pub struct Args {
     /// Lab name; without it, every lab.
@@ -29,21 +30,64 @@ struct LabView {
     serve: Option<ServeView>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 struct ServeView {
     pid: u32,
     running: bool,
     served: Vec<ServedView>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 struct ServedView {
     netns: String,
     /// `80/tcp`, `53/udp` ...
     ports: Vec<String>,
 }
 
+/// What the VM says of its lab: `labctl status LAB -o json` inside.
+#[derive(Deserialize)]
+struct InVm {
+    namespaces: Vec<NsStatus>,
+    serve: Option<ServeView>,
+}
+
+/// How long the VM may take to read its lab (a big lab under emulation).
+const VM_STATUS_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+
 fn view(record: &LabState) -> Result<LabView> {
+    if let Some(vm) = &record.vm {
+        let argv = ["status", &record.lab, "-o", "json"].map(String::from);
+        let reply = vm
+            .session(&argv, labctl::vm::Mode::Capture, Some(VM_STATUS_DEADLINE))
+            .map_err(|e| Failure::new(Exit::Failed, e))?;
+        if reply.code != 0 {
+            return Err(Failure::new(
+                Exit::Failed,
+                format!(
+                    "`labctl status {}` in the VM: {}",
+                    record.lab,
+                    String::from_utf8_lossy(&reply.stderr).trim()
+                ),
+            ));
+        }
+        let inside: InVm = serde_json::from_slice(&reply.stdout).map_err(|e| {
+            Failure::new(
+                Exit::Failed,
+                format!(
+                    "`labctl status {}` in the VM said no status ({e})",
+                    record.lab
+                ),
+            )
+        })?;
+        return Ok(LabView {
+            lab: record.lab.clone(),
+            file: record.file.clone(),
+            runtime: format!("vm {}", vm.release()),
+            complete: record.complete,
+            namespaces: inside.namespaces,
+            serve: inside.serve,
+        });
+    }
     Ok(LabView {
         lab: record.lab.clone(),
         file: record.file.clone(),
@@ -77,15 +121,6 @@ pub fn run(args: Args) -> Result {
         ],
         None => state::list().map_err(|e| Failure::new(Exit::Failed, e))?,
     };
-    if let (Some(lab), Some(vm)) = (&args.lab, records.first().and_then(|r| r.vm.as_ref())) {
-        let mut argv = vec!["status".to_string(), lab.clone()];
-        if args.output == Format::Json {
-            argv.extend(["-o".into(), "json".into()]);
-        } else {
-            println!("lab `{lab}` runs in a VM, kernel {}:", vm.release());
-        }
-        return super::forward(vm, argv);
-    }
     if args.output == Format::Json {
         let views = records.iter().map(view).collect::<Result<Vec<_>>>()?;
         let json = if args.lab.is_some() {
@@ -105,9 +140,14 @@ pub fn run(args: Args) -> Result {
         t.load_style(NOTHING)
             .set_header(["LAB", "NAMESPACES", "STATE", "RUNTIME", "FILE"]);
         for r in &records {
+            // A VM lab's namespaces are in its VM; "?" when it does not say.
+            let namespaces = match &r.vm {
+                Some(_) => view(r).map_or("?".into(), |v| v.namespaces.len().to_string()),
+                None => r.namespaces.len().to_string(),
+            };
             t.add_row([
                 r.lab.clone(),
-                r.namespaces.len().to_string(),
+                namespaces,
                 if r.complete {
                     "up"
                 } else {
