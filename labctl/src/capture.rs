@@ -9,8 +9,10 @@
 //! AF_PACKET `SOCK_RAW` socket bound to one interface with `ETH_P_ALL`, as
 //! libpcap opens them; `SO_TIMESTAMPNS` puts the kernel's timestamp in a
 //! control message; `sll_pkttype == PACKET_OUTGOING` marks what the
-//! interface sent. Frames are decoded with etherparse and written as classic
-//! pcap with pcap-file, so Wireshark and `tcpdump -r` open them.
+//! interface sent. Frames are decoded with etherparse; a scenario's packets
+//! from every namespace are written as one pcapng file with pcap-file (one
+//! interface block per tapped interface), which Wireshark, tshark and
+//! `tcpdump -r` open.
 
 use std::fmt;
 use std::fs::File;
@@ -610,56 +612,166 @@ fn flow_of(s: &SlicedPacket<'_>) -> Option<Flow> {
     Some(flow)
 }
 
-/// Write packets of one interface to a classic pcap file (nanosecond
-/// timestamps), like `tcpdump -i IFNAME -w PATH`. Loopback frames carry an
-/// Ethernet header too, so they are written as LINKTYPE_ETHERNET; L3 devices
-/// (`ARPHRD_NONE`) as LINKTYPE_RAW.
-pub fn write_pcap(path: impl AsRef<Path>, packets: &[Packet]) -> io::Result<()> {
-    use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
-    use pcap_file::{DataLink, Endianness, TsResolution};
+/// One Interface Description Block of a merged capture: which tap it is
+/// (`netns`, `ifindex`) and what the file calls it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PcapngInterface {
+    pub netns: String,
+    pub ifindex: u32,
+    /// `if_name`: `ENTITY/IFNAME`, as the sighting table names it.
+    pub name: String,
+    /// `if_description`: the entity's role (`node`, `pod` ...).
+    pub description: String,
+}
 
-    if let Some(first) = packets.first()
-        && let Some(other) = packets
-            .iter()
-            .find(|p| p.netns != first.netns || p.ifindex != first.ifindex)
-    {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "a pcap holds one interface; got {}/{} and {}/{}",
-                first.netns, first.ifname, other.netns, other.ifname
-            ),
-        ));
-    }
-    let datalink = match packets.first().map(|p| p.link_type) {
-        Some(ARPHRD_NONE) => DataLink::RAW,
-        _ => DataLink::ETHERNET,
+/// Write packets of many interfaces, from many namespaces, to one pcapng
+/// file at `path`, like `tcpdump -i any -w` with real interface names: see
+/// [`write_pcapng_to`].
+pub fn write_pcapng(
+    path: impl AsRef<Path>,
+    comment: &str,
+    interfaces: &[PcapngInterface],
+    packets: &[Packet],
+) -> io::Result<()> {
+    let mut file = BufWriter::new(File::create(path)?);
+    write_pcapng_to(&mut file, comment, interfaces, packets)?;
+    io::Write::flush(&mut file)
+}
+
+/// Write one pcapng section: the Section Header Block carries `comment`
+/// (and so does the first packet, where Wireshark shows it beside the
+/// frame), then one Interface Description Block per entry of `interfaces`,
+/// then every packet as an Enhanced Packet Block in kernel-timestamp order
+/// with its direction in `epb_flags`.
+///
+/// Every block is LINKTYPE_ETHERNET with one snaplen and nanosecond
+/// timestamps (`if_tsresol` 9, which is what pcap-file writes): libpcap,
+/// so tcpdump, reads a pcapng only when all its interfaces share one link
+/// type. Loopback frames carry an (all-zero) Ethernet header already; a
+/// frame of an L3 device (`ARPHRD_NONE`, tunnels) that starts with an IP
+/// header gets a zero Ethernet header whose type names its IP version. Other
+/// frames cannot be written as Ethernet: they are left out, and the section
+/// comment says how many. A packet of an interface not in `interfaces` is
+/// an error.
+pub fn write_pcapng_to(
+    out: impl io::Write,
+    comment: &str,
+    interfaces: &[PcapngInterface],
+    packets: &[Packet],
+) -> io::Result<()> {
+    use std::borrow::Cow;
+
+    use pcap_file::pcapng::PcapNgWriter;
+    use pcap_file::pcapng::blocks::enhanced_packet::{EnhancedPacketBlock, EnhancedPacketOption};
+    use pcap_file::pcapng::blocks::interface_description::{
+        InterfaceDescriptionBlock, InterfaceDescriptionOption,
     };
-    let header = PcapHeader {
-        datalink,
-        snaplen: SNAPLEN as u32,
-        ts_resolution: TsResolution::NanoSecond,
-        endianness: if cfg!(target_endian = "big") {
-            Endianness::Big
-        } else {
-            Endianness::Little
-        },
-        ..PcapHeader::default()
-    };
+    use pcap_file::pcapng::blocks::section_header::{SectionHeaderBlock, SectionHeaderOption};
+    use pcap_file::{DataLink, Endianness};
+
     let to_io = |e: pcap_file::PcapError| match e {
         pcap_file::PcapError::IoError(e) => e,
         e => io::Error::other(e.to_string()),
     };
-    let file = BufWriter::new(File::create(path)?);
-    let mut writer = PcapWriter::with_header(file, header).map_err(to_io)?;
+    let mut framed = Vec::with_capacity(packets.len());
+    let mut left_out = 0usize;
     for p in packets {
-        let orig_len = p.orig_len.max(p.data.len() as u32);
+        let id = interfaces
+            .iter()
+            .position(|i| i.netns == p.netns && i.ifindex == p.ifindex)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "packet of {}/{} (ifindex {}) has no interface block",
+                        p.netns, p.ifname, p.ifindex
+                    ),
+                )
+            })?;
+        match ethernet_frame(p) {
+            Some((data, orig_len)) => framed.push((p, id as u32, data, orig_len)),
+            None => left_out += 1,
+        }
+    }
+    // Stable: equal timestamps keep the order they came in.
+    framed.sort_by_key(|(p, ..)| p.ts);
+
+    let mut section_comment = comment.to_string();
+    if left_out > 0 {
+        section_comment.push_str(&format!(
+            "\n{left_out} frame(s) of non-Ethernet link types left out"
+        ));
+    }
+    let mut options = vec![SectionHeaderOption::UserApplication(Cow::Owned(format!(
+        "labctl {}",
+        env!("CARGO_PKG_VERSION")
+    )))];
+    if !section_comment.is_empty() {
+        options.insert(0, SectionHeaderOption::Comment(Cow::Owned(section_comment)));
+    }
+    let section = SectionHeaderBlock {
+        endianness: Endianness::native(),
+        options,
+        ..SectionHeaderBlock::default()
+    };
+    let mut writer = PcapNgWriter::with_section_header(out, section).map_err(to_io)?;
+    for i in interfaces {
         writer
-            .write_packet(&PcapPacket::new(p.ts, orig_len, &p.data))
+            .write_pcapng_block(InterfaceDescriptionBlock {
+                linktype: DataLink::ETHERNET,
+                snaplen: SNAPLEN as u32,
+                options: vec![
+                    InterfaceDescriptionOption::IfName(Cow::Borrowed(&i.name)),
+                    InterfaceDescriptionOption::IfDescription(Cow::Borrowed(&i.description)),
+                    // 10^-9 s: the EPB timestamps pcap-file writes are nanoseconds.
+                    InterfaceDescriptionOption::IfTsResol(9),
+                ],
+            })
             .map_err(to_io)?;
     }
-    let mut file = writer.into_writer();
-    io::Write::flush(&mut file)
+    for (n, (p, id, data, orig_len)) in framed.into_iter().enumerate() {
+        // epb_flags bits 0-1: 01 inbound, 10 outbound.
+        let mut options = vec![EnhancedPacketOption::Flags(match p.direction {
+            Direction::In => 1,
+            Direction::Out => 2,
+        })];
+        if n == 0 && !comment.is_empty() {
+            options.push(EnhancedPacketOption::Comment(Cow::Borrowed(comment)));
+        }
+        writer
+            .write_pcapng_block(EnhancedPacketBlock {
+                interface_id: id,
+                timestamp: p.ts,
+                original_len: orig_len,
+                data,
+                options,
+            })
+            .map_err(to_io)?;
+    }
+    Ok(())
+}
+
+/// A packet's bytes as an Ethernet frame (at most [`SNAPLEN`]) and its
+/// length on the wire, or `None` when it cannot be one (see
+/// [`write_pcapng_to`]).
+fn ethernet_frame(p: &Packet) -> Option<(std::borrow::Cow<'_, [u8]>, u32)> {
+    use std::borrow::Cow;
+    let orig_len = p.orig_len.max(p.data.len() as u32);
+    match p.link_type {
+        ARPHRD_ETHER | ARPHRD_LOOPBACK => Some((Cow::Borrowed(&p.data), orig_len)),
+        _ => {
+            let ethertype: u16 = match p.data.first()? >> 4 {
+                4 => 0x0800,
+                6 => 0x86DD,
+                _ => return None,
+            };
+            let mut frame = vec![0u8; 12];
+            frame.extend_from_slice(&ethertype.to_be_bytes());
+            frame.extend_from_slice(&p.data);
+            frame.truncate(SNAPLEN);
+            Some((Cow::Owned(frame), orig_len.saturating_add(14)))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -735,13 +847,177 @@ mod tests {
         assert!(err.to_string().contains("labctl-no-such-netns"), "{err}");
     }
 
+    fn iface(netns: &str, ifindex: u32, name: &str, role: &str) -> PcapngInterface {
+        PcapngInterface {
+            netns: netns.into(),
+            ifindex,
+            name: name.into(),
+            description: role.into(),
+        }
+    }
+
+    /// Every block read back with pcap-file's reader.
+    fn read_back(bytes: &[u8]) -> (Vec<String>, Vec<InterfaceBack>, Vec<PacketBack>) {
+        use pcap_file::pcapng::{Block, PcapNgReader};
+        use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketOption;
+        use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption;
+        use pcap_file::pcapng::blocks::section_header::SectionHeaderOption;
+        let mut reader = PcapNgReader::new(bytes).unwrap();
+        let section: Vec<String> = reader
+            .section()
+            .options
+            .iter()
+            .filter_map(|o| match o {
+                SectionHeaderOption::Comment(c) => Some(c.to_string()),
+                _ => None,
+            })
+            .collect();
+        let (mut ifs, mut pkts) = (Vec::new(), Vec::new());
+        while let Some(block) = reader.next_block() {
+            match block.unwrap() {
+                Block::InterfaceDescription(idb) => {
+                    let mut back = InterfaceBack {
+                        linktype: u32::from(idb.linktype),
+                        snaplen: idb.snaplen,
+                        ..InterfaceBack::default()
+                    };
+                    for o in &idb.options {
+                        match o {
+                            InterfaceDescriptionOption::IfName(n) => back.name = n.to_string(),
+                            InterfaceDescriptionOption::IfDescription(d) => {
+                                back.description = d.to_string()
+                            }
+                            InterfaceDescriptionOption::IfTsResol(r) => back.tsresol = Some(*r),
+                            _ => {}
+                        }
+                    }
+                    ifs.push(back);
+                }
+                Block::EnhancedPacket(epb) => pkts.push(PacketBack {
+                    interface: epb.interface_id,
+                    ts: epb.timestamp,
+                    orig_len: epb.original_len,
+                    data: epb.data.to_vec(),
+                    comment: epb.options.iter().find_map(|o| match o {
+                        EnhancedPacketOption::Comment(c) => Some(c.to_string()),
+                        _ => None,
+                    }),
+                    flags: epb.options.iter().find_map(|o| match o {
+                        EnhancedPacketOption::Flags(f) => Some(*f),
+                        _ => None,
+                    }),
+                }),
+                _ => {}
+            }
+        }
+        (section, ifs, pkts)
+    }
+
+    #[derive(Debug, Default)]
+    struct InterfaceBack {
+        name: String,
+        description: String,
+        linktype: u32,
+        snaplen: u32,
+        tsresol: Option<u8>,
+    }
+
+    #[derive(Debug)]
+    struct PacketBack {
+        interface: u32,
+        ts: Duration,
+        orig_len: u32,
+        data: Vec<u8>,
+        comment: Option<String>,
+        flags: Option<u32>,
+    }
+
     #[test]
-    fn pcap_refuses_two_interfaces() {
+    fn pcapng_merges_namespaces_in_timestamp_order() {
+        let mut a = packet(icmp_echo([10, 0, 0, 1], [10, 0, 0, 2]));
+        a.ts = Duration::new(5, 300);
+        let mut b = packet(icmp_echo([10, 0, 0, 1], [10, 0, 0, 2]));
+        b.netns = "other".into();
+        b.direction = Direction::In;
+        b.ts = Duration::new(5, 100);
+        let mut c = a.clone();
+        c.ts = Duration::new(5, 200);
+        c.ifindex = 1;
+        c.ifname = "lo".into();
+        c.link_type = ARPHRD_LOOPBACK;
+        let interfaces = [
+            iface("ns", 2, "pod-a/eth0", "pod"),
+            iface("other", 2, "node-1/eth0", "node"),
+            iface("ns", 1, "pod-a/lo", "pod"),
+        ];
+        let mut out = Vec::new();
+        write_pcapng_to(&mut out, "scenario s1\nexpect: connected", &interfaces, &[
+            a.clone(),
+            b.clone(),
+            c,
+        ])
+        .unwrap();
+        let (section, ifs, pkts) = read_back(&out);
+        assert_eq!(section, ["scenario s1\nexpect: connected"]);
+        let names: Vec<&str> = ifs.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["pod-a/eth0", "node-1/eth0", "pod-a/lo"]);
+        let roles: Vec<&str> = ifs.iter().map(|i| i.description.as_str()).collect();
+        assert_eq!(roles, ["pod", "node", "pod"]);
+        assert!(ifs.iter().all(|i| i.linktype == 1), "{ifs:?}");
+        assert!(ifs.iter().all(|i| i.snaplen == ifs[0].snaplen), "{ifs:?}");
+        assert!(ifs.iter().all(|i| i.tsresol == Some(9)), "{ifs:?}");
+        // Kernel-timestamp order across namespaces, nanoseconds kept.
+        let order: Vec<(u32, Duration)> = pkts.iter().map(|p| (p.interface, p.ts)).collect();
+        assert_eq!(
+            order,
+            [
+                (1, Duration::new(5, 100)),
+                (2, Duration::new(5, 200)),
+                (0, Duration::new(5, 300)),
+            ]
+        );
+        assert_eq!(pkts[0].data, b.data);
+        assert_eq!(pkts[0].flags, Some(1));
+        assert_eq!(pkts[2].flags, Some(2));
+        // The scenario's comment is on the first packet only.
+        assert_eq!(
+            pkts[0].comment.as_deref(),
+            Some("scenario s1\nexpect: connected")
+        );
+        assert!(pkts[1..].iter().all(|p| p.comment.is_none()));
+    }
+
+    #[test]
+    fn pcapng_frames_l3_packets_as_ethernet() {
+        let eth = icmp_echo([10, 0, 0, 1], [10, 0, 0, 2]);
+        let mut l3 = packet(eth[14..].to_vec());
+        l3.link_type = ARPHRD_NONE;
+        let mut junk = packet(vec![0x00, 1, 2, 3]);
+        junk.link_type = ARPHRD_NONE;
+        let mut out = Vec::new();
+        write_pcapng_to(&mut out, "", &[iface("ns", 2, "n/tun0", "node")], &[
+            l3.clone(),
+            junk,
+        ])
+        .unwrap();
+        let (section, _, pkts) = read_back(&out);
+        assert_eq!(pkts.len(), 1);
+        assert_eq!(&pkts[0].data[12..14], &[0x08, 0x00]);
+        assert_eq!(&pkts[0].data[14..], &l3.data[..]);
+        assert_eq!(pkts[0].orig_len, l3.orig_len + 14);
+        let decoded = summarize_ethernet(&pkts[0].data).unwrap();
+        assert!(decoded.is_echo_request());
+        assert_eq!(
+            section,
+            ["\n1 frame(s) of non-Ethernet link types left out"]
+        );
+    }
+
+    #[test]
+    fn pcapng_refuses_a_packet_without_its_interface() {
         let a = packet(icmp_echo([10, 0, 0, 1], [10, 0, 0, 2]));
-        let mut b = a.clone();
-        b.ifindex = 3;
-        let path = std::env::temp_dir().join(format!("labctl-{}-mixed.pcap", std::process::id()));
-        assert!(write_pcap(&path, &[a, b]).is_err());
-        let _ = std::fs::remove_file(&path);
+        let err = write_pcapng_to(Vec::new(), "", &[iface("ns", 3, "x/eth1", "pod")], &[a])
+            .unwrap_err();
+        assert!(err.to_string().contains("ns/eth0"), "{err}");
     }
 }

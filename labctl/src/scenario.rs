@@ -52,7 +52,7 @@ pub enum ScenarioError {
         scenario: String,
         source: crate::impair::ImpairError,
     },
-    #[error("write pcap files to {path}: {source}")]
+    #[error("write the capture to {path}: {source}")]
     Pcap {
         path: std::path::PathBuf,
         source: std::io::Error,
@@ -133,8 +133,9 @@ pub struct Report {
 /// Options of one run.
 #[derive(Debug, Default, Clone)]
 pub struct RunOptions<'a> {
-    /// Write a pcap file per interface that saw packets under this
-    /// directory (`DIR/<scenario>/<entity>_<ifname>.pcap`).
+    /// Write the scenario's packets, from every namespace, to one pcapng
+    /// file in this directory (`DIR/<scenario>.pcapng`); the directory must
+    /// exist.
     pub pcap: Option<&'a Path>,
 }
 
@@ -256,10 +257,6 @@ pub fn run(
                 table,
             });
         }
-    }
-
-    if let Some(dir) = opts.pcap {
-        write_pcaps(&dir.join(&sc.name), &packets, &entity_of)?;
     }
 
     let hop = |p: &Packet| -> String {
@@ -386,6 +383,9 @@ pub fn run(
     };
     report.checks = check(sc, &report, &seen, &hop, &in_vpc);
     report.checks.extend(check_conntrack(sc, &ct));
+    if let Some(dir) = opts.pcap {
+        write_pcapng(dir, &report, &packets, &entity_of)?;
+    }
     // Leave the services as the topology says.
     if lab.ebpf.is_some() && !overrides.is_empty() {
         lb::program(lab, &services::Overrides::default())
@@ -919,28 +919,51 @@ fn word(r: ResultKind) -> &'static str {
     }
 }
 
-fn write_pcaps(
+/// `DIR/SCENARIO.pcapng`: every packet the taps saw, one interface block
+/// per interface that saw any (`ENTITY/IFNAME`, the entity's role as its
+/// description), the scenario and its expectations as the comment.
+fn write_pcapng(
     dir: &Path,
+    report: &Report,
     packets: &[Packet],
     entity_of: &HashMap<&str, (&str, Role)>,
 ) -> Result<(), ScenarioError> {
-    let err = |source| ScenarioError::Pcap {
-        path: dir.to_path_buf(),
-        source,
-    };
-    std::fs::create_dir_all(dir).map_err(err)?;
-    let mut by_if: BTreeMap<(String, String), Vec<Packet>> = BTreeMap::new();
+    let path = dir.join(format!("{}.pcapng", report.scenario));
+    let mut interfaces: Vec<capture::PcapngInterface> = Vec::new();
     for p in packets {
-        let entity = entity_of.get(p.netns.as_str()).map_or("?", |e| e.0);
-        by_if
-            .entry((entity.to_string(), p.ifname.clone()))
-            .or_default()
-            .push(p.clone());
+        if interfaces
+            .iter()
+            .any(|i| i.netns == p.netns && i.ifindex == p.ifindex)
+        {
+            continue;
+        }
+        let (entity, role) = entity_of
+            .get(p.netns.as_str())
+            .map_or(("?".to_string(), "?".to_string()), |(e, r)| {
+                (e.to_string(), format!("{r:?}").to_lowercase())
+            });
+        interfaces.push(capture::PcapngInterface {
+            netns: p.netns.clone(),
+            ifindex: p.ifindex,
+            name: format!("{entity}/{}", p.ifname),
+            description: role,
+        });
     }
-    for ((entity, ifname), list) in by_if {
-        capture::write_pcap(dir.join(format!("{entity}_{ifname}.pcap")), &list).map_err(err)?;
+    let mut comment = format!(
+        "labctl scenario {}: {} -> {} ({})",
+        report.scenario,
+        report.from,
+        report.to,
+        format!("{:?}", report.traffic).to_lowercase()
+    );
+    if let Some(d) = &report.description {
+        let _ = write!(comment, "\n{d}");
     }
-    Ok(())
+    for c in &report.checks {
+        let _ = write!(comment, "\nexpect: {}", c.what);
+    }
+    capture::write_pcapng(&path, &comment, &interfaces, packets)
+        .map_err(|source| ScenarioError::Pcap { path, source })
 }
 
 impl Report {

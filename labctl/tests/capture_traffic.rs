@@ -375,7 +375,9 @@ fn vxlan_outer_and_inner_headers() {
         && capture::summarize(p).is_some_and(|f| f.is_echo_request() && f.inner.is_none())));
 }
 
-fn pcap_reads_back_with_tcpdump() {
+/// One pcapng of two interfaces (eth0 and lo, which carries an all-zero
+/// Ethernet header), read back by tcpdump: every packet, in order.
+fn pcapng_reads_back_with_tcpdump() {
     let ns = veth_pair("pcap");
     let a = ns.name(0);
     let cap = Capture::start(a, None).unwrap();
@@ -384,32 +386,38 @@ fn pcap_reads_back_with_tcpdump() {
         assert!(out.is_success(), "{target}: {out:?}");
     }
     let packets = cap.stop();
-    for ifname in ["eth0", "lo"] {
-        let mine: Vec<Packet> = packets
-            .iter()
-            .filter(|p| p.ifname == ifname)
-            .cloned()
-            .collect();
-        assert!(mine.len() >= 2, "{ifname}: {} packets", mine.len());
-        let path =
-            std::env::temp_dir().join(format!("labctl-{}-{ifname}.pcap", std::process::id()));
-        capture::write_pcap(&path, &mine).unwrap();
-        let out = Command::new("tcpdump")
-            .args(["-r"])
-            .arg(&path)
-            .arg("-nn")
-            .output()
-            .expect("run tcpdump -r");
-        let _ = std::fs::remove_file(&path);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(text.lines().count(), mine.len(), "{ifname}:\n{text}");
-        assert!(text.contains("ICMP echo request"), "{ifname}:\n{text}");
+    let mut interfaces: Vec<capture::PcapngInterface> = Vec::new();
+    for p in &packets {
+        if !interfaces.iter().any(|i| i.ifindex == p.ifindex) {
+            interfaces.push(capture::PcapngInterface {
+                netns: p.netns.clone(),
+                ifindex: p.ifindex,
+                name: format!("a/{}", p.ifname),
+                description: "test".into(),
+            });
+        }
     }
+    for ifname in ["eth0", "lo"] {
+        let n = packets.iter().filter(|p| p.ifname == ifname).count();
+        assert!(n >= 2, "{ifname}: {n} packets");
+    }
+    let path = std::env::temp_dir().join(format!("labctl-{}-merged.pcapng", std::process::id()));
+    capture::write_pcapng(&path, "two interfaces", &interfaces, &packets).unwrap();
+    let out = Command::new("tcpdump")
+        .args(["-r"])
+        .arg(&path)
+        .arg("-nn")
+        .output()
+        .expect("run tcpdump -r");
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), packets.len(), "{text}");
+    assert!(text.contains("ICMP echo request"), "{text}");
 }
 
 fn main() {
@@ -454,9 +462,9 @@ fn main() {
                 Ok(())
             })
         }),
-        libtest_mimic::Trial::ignorable_test("pcap_reads_back_with_tcpdump", || {
+        libtest_mimic::Trial::ignorable_test("pcapng_reads_back_with_tcpdump", || {
             common::gate(|| {
-                pcap_reads_back_with_tcpdump();
+                pcapng_reads_back_with_tcpdump();
                 Ok(())
             })
         }),
