@@ -19,6 +19,7 @@ pub mod graph;
 pub mod html;
 pub mod impair;
 pub mod ipvs;
+pub mod junit;
 pub mod kernel;
 pub mod lb;
 pub mod netem;

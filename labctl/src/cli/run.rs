@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use labctl::scenario::{self, Report, RunOptions};
-use labctl::{engine, golden, state};
+use labctl::{engine, golden, junit, state};
 use serde::Serialize;
 
 use super::{Exit, Failure, Result, Vars, Where, forward_code, load, vm_argv};
@@ -25,9 +25,19 @@ pub struct Args {
     /// Output format.
     #[arg(short, long, value_enum, default_value = "text")]
     output: Format,
-    /// Write one pcap file per interface under DIR/<scenario>/.
+    /// Write each scenario's packets, from every namespace, to one pcapng
+    /// file DIR/<scenario>.pcapng, one interface per `ENTITY/IFNAME`
+    /// (Wireshark, tshark and `tcpdump -r` read it).
     #[arg(long, value_name = "DIR")]
     pcap: Option<PathBuf>,
+    /// Write a JUnit XML report to PATH: a testsuite for the file (and
+    /// --var variant), a testcase per scenario, its failure naming the
+    /// failed checks.
+    #[arg(long, value_name = "PATH")]
+    junit: Option<PathBuf>,
+    /// Inside a VM: write the JUnit cases as JSON to FILE, for the host.
+    #[arg(long = "vm-cases", value_name = "FILE", hide = true)]
+    vm_cases: Option<PathBuf>,
     /// Golden directory (default: golden/<file stem> beside topologies/, or
     /// its subdirectory named after the --var settings when they make
     /// another lab, e.g. golden/flannel/services=off/).
@@ -99,14 +109,22 @@ pub fn run(args: Args) -> Result {
     }
 
     let existing = state::load(&lab.name).map_err(super::state_failure)?;
+    if let Some(dir) = &args.pcap {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Failure::new(
+                Exit::Failed,
+                format!("create the --pcap directory {}: {e}", dir.display()),
+            )
+        })?;
+    }
+    let mut suite = junit::Suite::new(&args.file, &args.vars.map());
     // A lab in a VM runs its scenarios there: the same command, inside.
-    let in_vm = |vm: &labctl::vm::Vm| {
-        if args.pcap.is_some() {
-            return Err(Failure::new(
-                Exit::Usage,
-                "--pcap is not available for labs in a VM yet (the VM sees the host read-only)",
-            ));
-        }
+    // Captures and JUnit cases come back through the VM's own shared
+    // directory; the host writes the user's files.
+    let in_vm = |vm: &labctl::vm::Vm| -> Result<i32> {
+        let exchange = (args.pcap.is_some() || args.junit.is_some())
+            .then(|| Exchange::new(vm))
+            .transpose()?;
         let mut argv = vm_argv("run", &args.file, &args.vars, &lab.name);
         argv.extend(["--keep".into(), "-o".into()]);
         argv.push(
@@ -127,11 +145,24 @@ pub fn run(args: Args) -> Result {
                     .to_string(),
             );
         }
-        argv.extend(args.scenarios.iter().cloned());
-        if args.html.is_some() {
-            return html_from_vm(&args, &lab, vm, argv);
+        if let Some(x) = &exchange {
+            argv.push("--vm-cases".into());
+            argv.push(x.cases().display().to_string());
+            if args.pcap.is_some() {
+                argv.push("--pcap".into());
+                argv.push(x.pcap().display().to_string());
+            }
         }
-        forward_code(vm, argv)
+        argv.extend(args.scenarios.iter().cloned());
+        let code = if args.html.is_some() {
+            html_from_vm(&args, &lab, vm, argv)?
+        } else {
+            forward_code(vm, argv)?
+        };
+        if let Some(x) = exchange {
+            x.collect(&args, &selected)?;
+        }
+        Ok(code)
     };
     let exit = |code: i32| {
         if code != 0 {
@@ -164,10 +195,12 @@ pub fn run(args: Args) -> Result {
     } else {
         false
     };
-    let result = run_all(&args, &lab, &selected);
+    let result = run_all(&args, &lab, &selected, &mut suite);
+    let written = write_results(&args, &suite);
     if brought_up && !args.keep {
         super::warn_left(&engine::down(&lab.name)?.left);
     }
+    written?;
     let outcomes = result?;
     if let Some(dir) = &args.html {
         let views = outcomes
@@ -205,6 +238,7 @@ fn run_all(
     args: &Args,
     lab: &labctl::Lab,
     selected: &[&labctl_topology::Scenario],
+    suite: &mut junit::Suite,
 ) -> Result<Vec<Outcome>> {
     let record = state::load(&lab.name)
         .map_err(|e| Failure::new(Exit::Failed, e))?
@@ -233,14 +267,24 @@ fn run_all(
             selected.len(),
             sc.name
         ));
-        let mut report = scenario::run(&record, lab, sc, &opts).map_err(|e| {
-            bar.finish_and_clear();
-            Failure::new(Exit::Failed, e)
-        })?;
+        let started = std::time::Instant::now();
+        let mut report = match scenario::run(&record, lab, sc, &opts) {
+            Ok(r) => r,
+            Err(e) => {
+                bar.finish_and_clear();
+                suite
+                    .cases
+                    .push(junit::Case::error(&sc.name, &e, started.elapsed()));
+                return Err(Failure::new(Exit::Failed, e));
+            }
+        };
         let file = golden::file_for(&golden_dir, &sc.name);
         // Compared before anything is printed: the verdict on the report's
         // first line covers the golden file too.
         let state = golden::check(&mut report, &file);
+        suite
+            .cases
+            .push(junit::Case::of(&report, started.elapsed()));
         if args.output == Format::Text {
             print!("{}", report.render());
             if state == golden::Golden::Missing {
@@ -384,4 +428,109 @@ fn html_from_vm(
         write_html(args, lab, dir, views)?;
     }
     Ok(reply.code)
+}
+
+/// Write what `--junit` and (inside a VM) `--vm-cases` ask for, from the
+/// cases run so far.
+fn write_results(args: &Args, suite: &junit::Suite) -> Result {
+    if let Some(path) = &args.junit {
+        junit::write(path, std::slice::from_ref(suite)).map_err(|e| {
+            Failure::new(
+                Exit::Failed,
+                format!("write the JUnit report {}: {e}", path.display()),
+            )
+        })?;
+    }
+    if let Some(path) = &args.vm_cases {
+        let json = serde_json::to_vec(suite).expect("cases are JSON");
+        std::fs::write(path, json).map_err(|e| {
+            Failure::new(
+                Exit::Failed,
+                format!("write the cases for the host to {}: {e}", path.display()),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// A directory of one forwarded run in the VM's shared directory (the only
+/// place the VM may write): the VM's run leaves its JUnit cases and
+/// captures there, the host takes them to the user's paths and removes it.
+struct Exchange {
+    dir: PathBuf,
+}
+
+impl Exchange {
+    fn new(vm: &labctl::vm::Vm) -> Result<Exchange> {
+        let dir = vm.dir.join(format!("run-{}", std::process::id()));
+        // A leftover of an earlier run with the same pid is ours too.
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).map_err(|e| {
+            Failure::new(
+                Exit::Failed,
+                format!("create {} for the VM's results: {e}", dir.display()),
+            )
+        })?;
+        Ok(Exchange { dir })
+    }
+
+    fn cases(&self) -> PathBuf {
+        self.dir.join("cases.json")
+    }
+
+    fn pcap(&self) -> PathBuf {
+        self.dir.join("pcap")
+    }
+
+    /// Write the JUnit report from the VM's cases and copy the selected
+    /// scenarios' captures (regular files only: the VM writes this
+    /// directory) into the user's --pcap directory.
+    fn collect(&self, args: &Args, selected: &[&labctl_topology::Scenario]) -> Result {
+        if let Some(path) = &args.junit {
+            match std::fs::read(self.cases()) {
+                Ok(bytes) => {
+                    let mut suite: junit::Suite = serde_json::from_slice(&bytes).map_err(|e| {
+                        Failure::new(
+                            Exit::Failed,
+                            format!("read the VM's cases {}: {e}", self.cases().display()),
+                        )
+                    })?;
+                    suite.runtime = junit::Runtime::Vm;
+                    suite.topology = args.file.display().to_string();
+                    junit::write(path, std::slice::from_ref(&suite)).map_err(|e| {
+                        Failure::new(
+                            Exit::Failed,
+                            format!("write the JUnit report {}: {e}", path.display()),
+                        )
+                    })?;
+                }
+                Err(e) => eprintln!(
+                    "labctl: warning: the run in the VM left no cases ({e}); no JUnit report written"
+                ),
+            }
+        }
+        if let Some(dir) = &args.pcap {
+            for sc in selected {
+                let name = format!("{}.pcapng", sc.name);
+                let from = self.pcap().join(&name);
+                if !std::fs::symlink_metadata(&from).is_ok_and(|m| m.is_file()) {
+                    continue;
+                }
+                let to = dir.join(&name);
+                std::fs::copy(&from, &to).map_err(|e| {
+                    Failure::new(
+                        Exit::Failed,
+                        format!("copy the capture to {}: {e}", to.display()),
+                    )
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
