@@ -858,10 +858,10 @@ mod tests {
 
     /// Every block read back with pcap-file's reader.
     fn read_back(bytes: &[u8]) -> (Vec<String>, Vec<InterfaceBack>, Vec<PacketBack>) {
-        use pcap_file::pcapng::{Block, PcapNgReader};
         use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketOption;
         use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption;
         use pcap_file::pcapng::blocks::section_header::SectionHeaderOption;
+        use pcap_file::pcapng::{Block, PcapNgReader};
         let mut reader = PcapNgReader::new(bytes).unwrap();
         let section: Vec<String> = reader
             .section()
@@ -951,11 +951,12 @@ mod tests {
             iface("ns", 1, "pod-a/lo", "pod"),
         ];
         let mut out = Vec::new();
-        write_pcapng_to(&mut out, "scenario s1\nexpect: connected", &interfaces, &[
-            a.clone(),
-            b.clone(),
-            c,
-        ])
+        write_pcapng_to(
+            &mut out,
+            "scenario s1\nexpect: connected",
+            &interfaces,
+            &[a.clone(), b.clone(), c],
+        )
         .unwrap();
         let (section, ifs, pkts) = read_back(&out);
         assert_eq!(section, ["scenario s1\nexpect: connected"]);
@@ -995,10 +996,12 @@ mod tests {
         let mut junk = packet(vec![0x00, 1, 2, 3]);
         junk.link_type = ARPHRD_NONE;
         let mut out = Vec::new();
-        write_pcapng_to(&mut out, "", &[iface("ns", 2, "n/tun0", "node")], &[
-            l3.clone(),
-            junk,
-        ])
+        write_pcapng_to(
+            &mut out,
+            "",
+            &[iface("ns", 2, "n/tun0", "node")],
+            &[l3.clone(), junk],
+        )
         .unwrap();
         let (section, _, pkts) = read_back(&out);
         assert_eq!(pkts.len(), 1);
@@ -1016,8 +1019,8 @@ mod tests {
     #[test]
     fn pcapng_refuses_a_packet_without_its_interface() {
         let a = packet(icmp_echo([10, 0, 0, 1], [10, 0, 0, 2]));
-        let err = write_pcapng_to(Vec::new(), "", &[iface("ns", 3, "x/eth1", "pod")], &[a])
-            .unwrap_err();
+        let err =
+            write_pcapng_to(Vec::new(), "", &[iface("ns", 3, "x/eth1", "pod")], &[a]).unwrap_err();
         assert!(err.to_string().contains("ns/eth0"), "{err}");
     }
 }

@@ -229,8 +229,9 @@ mod tests {
                             "result is connected".into(),
                             "golden golden/flannel/f2.snap".into(),
                         ],
-                        text: "FAIL f2\n  [FAILED] result is connected (got: <unreachable> & more)\n"
-                            .into(),
+                        text:
+                            "FAIL f2\n  [FAILED] result is connected (got: <unreachable> & more)\n"
+                                .into(),
                     },
                 },
                 Case {

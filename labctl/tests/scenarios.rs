@@ -11,6 +11,11 @@
 //! installed VM kernel. `LABCTL_KERNEL=RELEASE` runs every scenario in a VM
 //! with that kernel: the kernel matrix. Either way the golden files are the
 //! same.
+//!
+//! With `LABCTL_JUNIT=DIR` (a relative DIR is taken from the workspace
+//! root) the suite also writes a JUnit file per topology, `DIR/STEM.xml`:
+//! for a file run in the VM `labctl run --junit` writes it, for one run
+//! here this binary does, from the same reports through `labctl::junit`.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -114,11 +119,12 @@ fn vm_reports(file: &Path, kernel: &str) -> VmRun {
 
 fn run_file_in_vm(file: &Path, kernel: &str) -> VmReports {
     let lab = unique();
-    let o = labctl()
-        .args(["run", "--kernel", kernel, "--name", &lab, "-o", "json"])
-        .arg(file)
-        .output()
-        .map_err(|e| e.to_string())?;
+    let mut cmd = labctl();
+    cmd.args(["run", "--kernel", kernel, "--name", &lab, "-o", "json"]);
+    if let Some(path) = junit_file(file) {
+        cmd.arg("--junit").arg(path);
+    }
+    let o = cmd.arg(file).output().map_err(|e| e.to_string())?;
     let reports: serde_json::Value = serde_json::from_slice(&o.stdout).map_err(|e| {
         format!(
             "no JSON report from the VM ({e}): {}{}",
@@ -162,8 +168,80 @@ fn assert_golden(file: &Path, name: &str, text: &str) {
     settings.bind(|| insta::assert_snapshot!(name.to_string(), text));
 }
 
-/// Run one scenario of a topology file on a fresh lab.
+/// `LABCTL_JUNIT`'s directory, made if missing.
+fn junit_dir() -> Option<PathBuf> {
+    let dir = PathBuf::from(std::env::var_os("LABCTL_JUNIT").filter(|d| !d.is_empty())?);
+    let dir = if dir.is_relative() {
+        root().join(dir)
+    } else {
+        dir
+    };
+    std::fs::create_dir_all(&dir)
+        .unwrap_or_else(|e| panic!("LABCTL_JUNIT: create {}: {e}", dir.display()));
+    Some(dir)
+}
+
+/// The JUnit file of a topology under `LABCTL_JUNIT`: `DIR/STEM.xml`.
+fn junit_file(file: &Path) -> Option<PathBuf> {
+    let stem = file.file_stem()?.to_string_lossy().into_owned();
+    Some(junit_dir()?.join(format!("{stem}.xml")))
+}
+
+/// JUnit cases of the scenarios run here, per topology file.
+static CASES: Mutex<BTreeMap<PathBuf, Vec<labctl::junit::Case>>> = Mutex::new(BTreeMap::new());
+
+/// Write `DIR/STEM.xml` for every topology whose scenarios ran here, the
+/// cases in the files' scenario order.
+fn write_junit() {
+    let cases = std::mem::take(&mut *CASES.lock().unwrap());
+    for (file, mut cases) in cases {
+        let Some(path) = junit_file(&file) else {
+            return;
+        };
+        let order: Vec<String> = load(&file).scenarios.into_iter().map(|s| s.name).collect();
+        cases.sort_by_key(|c| order.iter().position(|n| *n == c.scenario));
+        let mut suite = labctl::junit::Suite::new(&file, &BTreeMap::new());
+        if std::env::var_os("LABCTL_IN_VM").is_some() {
+            suite.runtime = labctl::junit::Runtime::Vm;
+        }
+        suite.cases = cases;
+        labctl::junit::write(&path, &[suite])
+            .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    }
+}
+
+/// Run one scenario of a topology file on a fresh lab, its JUnit case kept
+/// for [`write_junit`].
 fn run_scenario(file: &Path, name: &str) -> Result<(), Failed> {
+    let started = std::time::Instant::now();
+    let mut kept = false;
+    let result = run_scenario_here(file, name, &mut kept);
+    if let Err(e) = &result
+        && !kept
+    {
+        let why = e.message().unwrap_or("failed").to_string();
+        keep_case(
+            file,
+            labctl::junit::Case::error(name, why, started.elapsed()),
+        );
+    }
+    result
+}
+
+/// Keep a case for [`write_junit`] when `LABCTL_JUNIT` is set.
+fn keep_case(file: &Path, case: labctl::junit::Case) {
+    if junit_dir().is_some() {
+        CASES
+            .lock()
+            .unwrap()
+            .entry(file.to_path_buf())
+            .or_default()
+            .push(case);
+    }
+}
+
+fn run_scenario_here(file: &Path, name: &str, kept: &mut bool) -> Result<(), Failed> {
+    let started = std::time::Instant::now();
     let lab = load(file);
     let sc = lab
         .scenarios
@@ -173,6 +251,14 @@ fn run_scenario(file: &Path, name: &str) -> Result<(), Failed> {
     let up = LabUp::new(file, &[])?;
     let record = state::load(&up.name)?.ok_or("lab state missing")?;
     let report = scenario::run(&record, &lab, sc, &RunOptions::default())?;
+    // The case judges the golden file as `labctl run` does; the trial
+    // compares through insta below, so a change leaves a `.snap.new`.
+    let mut judged = report.clone();
+    let golden_dir = labctl::golden::dir_for(file, &BTreeMap::new());
+    labctl::golden::check(&mut judged, &labctl::golden::file_for(&golden_dir, name));
+    // Kept before the golden assertion, which panics on a difference.
+    keep_case(file, labctl::junit::Case::of(&judged, started.elapsed()));
+    *kept = true;
     if !report.passed {
         return Err(report.render().into());
     }
@@ -320,5 +406,7 @@ fn main() {
         })
         .with_kind(host),
     );
-    libtest_mimic::run(&args, trials).exit();
+    let conclusion = libtest_mimic::run(&args, trials);
+    write_junit();
+    conclusion.exit();
 }
