@@ -154,13 +154,17 @@ pub fn run(args: Args) -> Result {
             }
         }
         argv.extend(args.scenarios.iter().cloned());
-        let code = if args.html.is_some() {
-            html_from_vm(&args, &lab, vm, argv)?
+        let (code, views) = if args.html.is_some() {
+            html_from_vm(&args, vm, argv)?
         } else {
-            forward_code(vm, argv)?
+            (forward_code(vm, argv)?, None)
         };
         if let Some(x) = exchange {
             x.collect(&args, &selected)?;
+        }
+        // After the captures are in place, so that the page links them.
+        if let (Some(dir), Some(views)) = (&args.html, views) {
+            write_html(&args, &lab, dir, views)?;
         }
         Ok(code)
     };
@@ -381,12 +385,14 @@ fn write_html(
 /// Run the scenarios in the lab's VM for their JSON reports, write the
 /// HTML page here from them, and show the user what they asked for: the
 /// JSON as it came, or one line per scenario and its failed checks.
+/// Run in the VM with JSON output, print what the user asked for, and
+/// return the exit code with the reports for the HTML page (none when the
+/// run failed before any report).
 fn html_from_vm(
     args: &Args,
-    lab: &labctl::Lab,
     vm: &labctl::vm::Vm,
     argv: Vec<String>,
-) -> Result<i32> {
+) -> Result<(i32, Option<Vec<labctl::html::ScenarioView>>)> {
     use std::io::Write;
     let reply = vm
         .call(&argv, super::FORWARD_DEADLINE)
@@ -397,7 +403,7 @@ fn html_from_vm(
         // No reports (the run failed before any): its output as it is.
         Err(_) => {
             let _ = std::io::stdout().write_all(&reply.stdout);
-            return Ok(reply.code);
+            return Ok((reply.code, None));
         }
     };
     if args.output == Format::Json {
@@ -424,10 +430,7 @@ fn html_from_vm(
         );
     }
     let _ = std::io::stdout().flush();
-    if let Some(dir) = &args.html {
-        write_html(args, lab, dir, views)?;
-    }
-    Ok(reply.code)
+    Ok((reply.code, Some(views)))
 }
 
 /// Write what `--junit` and (inside a VM) `--vm-cases` ask for, from the
