@@ -170,7 +170,12 @@ impl Running {
         let thread = std::thread::Builder::new()
             .name("labctl-capture".into())
             .spawn(move || {
-                let taps = match open_all(&specs) {
+                // Best effort: without it captures still work, only the
+                // first packets may be ordered by when they were read.
+                let probe = timestamps_switched_on();
+                let taps = open_all(&specs);
+                drop(probe);
+                let taps = match taps {
                     Ok(taps) => taps,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -199,6 +204,87 @@ impl Running {
         packets.sort_by_key(|p| p.ts);
         packets
     }
+}
+
+/// How long to wait for the kernel to start stamping packets.
+const TIMESTAMP_WAIT: Duration = Duration::from_secs(2);
+
+/// Make sure the kernel stamps packets as they cross each interface before
+/// the first tap opens, and keep it so while they open.
+///
+/// The kernel stamps a frame on its way through only while some socket asks
+/// for timestamps (its `netstamp_needed` key). The first socket to ask does
+/// not switch it on: a workqueue does, a little later, and after the last
+/// one closes it goes off again. Until then frames reach the taps unstamped
+/// and `recvmsg` stamps each when it is read, so the first packets of a run
+/// come out in the order the sockets are drained, not the order they
+/// crossed the lab (seen in CI: a ping's path in namespace order).
+///
+/// The returned socket asks for timestamps itself. It sits in a scratch
+/// namespace of its own, `lo` up, and sends itself a datagram until one
+/// comes back stamped before it was read. A socket is returned even when
+/// the kernel has not switched within [`TIMESTAMP_WAIT`], with a warning.
+fn timestamps_switched_on() -> io::Result<OwnedFd> {
+    use nix::sys::socket::{SockaddrIn, getsockname, sendto};
+    let fd = {
+        let _back = NetnsGuard::unshare()?;
+        sys::loopback_up()?;
+        socket(
+            AddressFamily::Inet,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )?
+    };
+    setsockopt(&fd, sockopt::ReceiveTimestampns, &true)?;
+    bind(fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, 0))?;
+    let me: SockaddrIn = getsockname(fd.as_raw_fd())?;
+    let deadline = std::time::Instant::now() + TIMESTAMP_WAIT;
+    let mut buf = [0u8; 8];
+    let mut cmsg = nix::cmsg_space!(TimeSpec);
+    loop {
+        sendto(fd.as_raw_fd(), b"ts", &me, MsgFlags::empty())?;
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        let _ = poll(&mut fds, PollTimeout::from(POLL_MS));
+        // Taken after the datagram is queued and before it is read: a stamp
+        // made on the way in is older, one made by recvmsg is not.
+        let read_at = since_epoch();
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let stamped = match recvmsg::<SockaddrIn>(
+            fd.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_DONTWAIT,
+        ) {
+            Ok(msg) => msg.cmsgs().ok().and_then(|mut c| {
+                c.find_map(|m| match m {
+                    ControlMessageOwned::ScmTimestampns(t) => Some(Duration::from(t)),
+                    _ => None,
+                })
+            }),
+            Err(Errno::EAGAIN | Errno::EINTR) => None,
+            Err(e) => return Err(e.into()),
+        };
+        if stamped.is_some_and(|ts| ts < read_at) {
+            return Ok(fd);
+        }
+        if std::time::Instant::now() >= deadline {
+            eprintln!(
+                "labctl: warning: the kernel did not start stamping packets within {} s; \
+                 the first hops may be listed in the order they were read",
+                TIMESTAMP_WAIT.as_secs()
+            );
+            return Ok(fd);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Now, as a kernel timestamp is: since the Unix epoch, on the real clock.
+fn since_epoch() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
 }
 
 fn open_all(specs: &[TapSpec]) -> io::Result<Vec<Tap>> {
@@ -330,11 +416,7 @@ fn drain(tap: &Tap, buf: &mut [u8], cmsg: &mut [u8], out: &mut Vec<Packet>) -> b
         };
         let Some(addr) = addr else { continue };
         let kept = len.min(buf.len());
-        let ts = ts.unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-        });
+        let ts = ts.unwrap_or_else(since_epoch);
         out.push(Packet {
             netns: tap.netns.clone(),
             ifname: tap.ifname.clone(),

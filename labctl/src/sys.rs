@@ -535,6 +535,36 @@ pub fn spawn_with_controlling_tty(cmd: &mut std::process::Command) {
     }
 }
 
+/// Bring `lo` of the calling thread's namespace up (`SIOCSIFFLAGS`, as
+/// `ifconfig lo up`): a scratch namespace then has 127.0.0.1, with no
+/// netlink socket to open.
+pub fn loopback_up() -> io::Result<()> {
+    use nix::libc;
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // SAFETY: ifreq is a name and a union of plain integers and addresses,
+    // for which all zeroes is a value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo") {
+        *dst = *src as libc::c_char;
+    }
+    // The loopback flag is fixed by the driver; only UP changes.
+    req.ifr_ifru.ifru_flags = libc::IFF_UP as libc::c_short;
+    // SAFETY: SIOCSIFFLAGS reads one `ifreq` through the pointer, which
+    // points at a live, initialised `ifreq` on the stack.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &raw const req) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
