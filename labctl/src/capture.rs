@@ -521,6 +521,9 @@ pub struct Flow {
     pub dst_port: Option<u16>,
     /// The encapsulated packet, for VXLAN (UDP to port 4789).
     pub inner: Option<Box<Flow>>,
+    /// The VXLAN network identifier of an encapsulated packet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vni: Option<u32>,
 }
 
 impl Flow {
@@ -644,6 +647,7 @@ fn flow_of(s: &SlicedPacket<'_>) -> Option<Flow> {
                 src_port: None,
                 dst_port: None,
                 inner: None,
+                vni: None,
             });
         }
     };
@@ -654,6 +658,7 @@ fn flow_of(s: &SlicedPacket<'_>) -> Option<Flow> {
         src_port: None,
         dst_port: None,
         inner: None,
+        vni: None,
     };
     match &s.transport {
         Some(TransportSlice::Icmpv4(icmp)) => {
@@ -681,12 +686,15 @@ fn flow_of(s: &SlicedPacket<'_>) -> Option<Flow> {
             flow.src_port = Some(udp.source_port());
             flow.dst_port = Some(udp.destination_port());
             if udp.destination_port() == VXLAN_PORT {
-                // RFC 7348: 8-byte VXLAN header, then the inner Ethernet frame.
-                flow.inner = udp
-                    .payload()
-                    .get(8..)
-                    .and_then(summarize_ethernet)
-                    .map(Box::new);
+                // RFC 7348: 8-byte VXLAN header (flags with the I bit, 3
+                // reserved bytes, the 24-bit VNI, 1 reserved), then the
+                // inner Ethernet frame.
+                let payload = udp.payload();
+                flow.vni = payload
+                    .get(4..7)
+                    .filter(|_| payload[0] & 0x08 != 0)
+                    .map(|b| u32::from_be_bytes([0, b[0], b[1], b[2]]));
+                flow.inner = payload.get(8..).and_then(summarize_ethernet).map(Box::new);
             }
         }
         Some(TransportSlice::Igmp(_)) | None => {}
@@ -910,6 +918,7 @@ mod tests {
         let flow = summarize(&packet(outer)).unwrap();
         assert_eq!(flow.protocol, Proto::Udp);
         assert_eq!(flow.dst_port, Some(VXLAN_PORT));
+        assert_eq!(flow.vni, Some(42));
         let inner = flow.inner.as_deref().unwrap();
         assert_eq!(inner.src, IpAddr::from([10, 42, 0, 1]));
         assert!(inner.is_echo_request());

@@ -61,6 +61,9 @@ impl Vertex {
             VertexKind::Namespace(Role::Node) => "node",
             VertexKind::Namespace(Role::Pod) => "pod",
             VertexKind::Namespace(Role::Client) => "client",
+            VertexKind::Namespace(Role::Host) => "host",
+            VertexKind::Namespace(Role::Switch) => "switch",
+            VertexKind::Namespace(Role::Router) => "router",
             VertexKind::Bridge if self.id.starts_with("vpc/") => "vSwitch",
             VertexKind::Bridge => "bridge",
         }
@@ -577,6 +580,9 @@ pub fn fill(v: &Vertex) -> &'static str {
         VertexKind::Namespace(Role::Node) => "#e5e7eb",
         VertexKind::Namespace(Role::Pod) => "#dcfce7",
         VertexKind::Namespace(Role::Client) => "#fae8ff",
+        VertexKind::Namespace(Role::Host) => "#e0f2fe",
+        VertexKind::Namespace(Role::Switch) => "#ffedd5",
+        VertexKind::Namespace(Role::Router) => VPC_FILL,
         VertexKind::Bridge => "#ffedd5",
     }
 }

@@ -25,6 +25,8 @@ use rtnetlink::{
 use crate::plan::{Action, NsSpec, Step};
 use crate::sys;
 
+mod objects;
+
 /// A kernel action that failed, with its iproute2 equivalent.
 #[derive(Debug, thiserror::Error)]
 #[error("{what}: {message}")]
@@ -337,6 +339,12 @@ impl Kernel for Netlink {
 
     async fn run(&self, step: &Step) -> Result<(), KernelError> {
         match &step.action {
+            Action::AddVxlan { .. }
+            | Action::SetMaster { .. }
+            | Action::AddNeighbour { .. }
+            | Action::AddFdb { .. }
+            | Action::Clsact { .. }
+            | Action::TcMirred { .. } => self.run_object(step).await,
             Action::LoopbackUp => {
                 let msg = LinkUnspec::new_with_index(1).up().build();
                 self.link_set(step, msg).await

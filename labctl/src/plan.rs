@@ -18,6 +18,8 @@ use ipnet::Ipv4Net;
 use labctl_topology::{Attachment, Lab, Role, format_mac};
 use serde::Serialize;
 
+mod objects;
+
 /// A network namespace the lab creates.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct NsSpec {
@@ -182,6 +184,58 @@ pub enum Action {
         ifname: String,
         ifindex: u32,
         mtu: u32,
+    },
+    /// `ip link add NAME [netns NS] index N type vxlan id VNI ...`, sent
+    /// from the underlay's namespace, whose UDP socket the device keeps
+    /// wherever it lives. Moved at once into `netns` when given (under a
+    /// temporary name, renamed there by [`Action::RenameUp`]), else up here.
+    AddVxlan {
+        name: String,
+        ifindex: u32,
+        netns: Option<String>,
+        mac: Option<[u8; 6]>,
+        id: u32,
+        /// A device of the underlay namespace to send through.
+        dev: Option<IfRef>,
+        local: Option<Ipv4Addr>,
+        remote: Option<Ipv4Addr>,
+        port: u16,
+        learning: bool,
+    },
+    /// `ip link set IF master BRIDGE`
+    SetMaster {
+        ifname: String,
+        ifindex: u32,
+        master: IfRef,
+    },
+    /// `ip neigh replace ADDR lladdr MAC dev IF nud STATE`
+    AddNeighbour {
+        ifname: String,
+        ifindex: u32,
+        address: Ipv4Addr,
+        lladdr: [u8; 6],
+        state: labctl_topology::NeighState,
+    },
+    /// `bridge fdb replace MAC dev IF [dst VTEP] master|self`
+    AddFdb {
+        ifname: String,
+        ifindex: u32,
+        lladdr: [u8; 6],
+        dst: Option<Ipv4Addr>,
+        /// The bridge's table, else the device's own.
+        master: bool,
+    },
+    /// `tc qdisc add dev IF clsact`: the hooks tc filters attach to.
+    Clsact { ifname: String, ifindex: u32 },
+    /// `tc filter add dev IF ingress|egress protocol all prio 49152 u32
+    /// match u32 0 0 action mirred egress redirect|mirror dev TO`: every
+    /// packet, since u32 0/0 matches all (matchall is not in every kernel).
+    TcMirred {
+        ifname: String,
+        ifindex: u32,
+        hook: labctl_topology::TcHook,
+        mirror: bool,
+        to: IfRef,
     },
 }
 
@@ -457,9 +511,115 @@ impl fmt::Display for Step {
             Action::SetMtu { ifname, mtu, .. } => {
                 write!(f, "ip -n {ns} link set {} mtu {mtu}", q(ifname))
             }
+            Action::AddVxlan {
+                name,
+                ifindex,
+                netns,
+                mac,
+                id,
+                dev,
+                local,
+                remote,
+                port,
+                learning,
+            } => {
+                let name = q(name);
+                write!(f, "ip -n {ns} link add {name}")?;
+                if let Some(target) = netns {
+                    write!(f, " netns {}", q(target))?;
+                }
+                write!(f, " index {ifindex}")?;
+                if let Some(mac) = mac {
+                    write!(f, " address {}", format_mac(mac))?;
+                }
+                write!(f, " type vxlan id {id}")?;
+                if let Some(dev) = dev {
+                    write!(f, " dev {}", q(&dev.name))?;
+                }
+                if let Some(local) = local {
+                    write!(f, " local {local}")?;
+                }
+                if let Some(remote) = remote {
+                    write!(f, " remote {remote}")?;
+                }
+                write!(f, " dstport {port}")?;
+                if !learning {
+                    write!(f, " nolearning")?;
+                }
+                if netns.is_none() {
+                    write!(f, " && ip -n {ns} link set {name} up")?;
+                }
+                Ok(())
+            }
+            Action::SetMaster { ifname, master, .. } => {
+                write!(
+                    f,
+                    "ip -n {ns} link set {} master {}",
+                    q(ifname),
+                    q(&master.name)
+                )
+            }
+            Action::AddNeighbour {
+                ifname,
+                address,
+                lladdr,
+                state,
+                ..
+            } => write!(
+                f,
+                "ip -n {ns} neigh replace {address} lladdr {} dev {} nud {}",
+                format_mac(lladdr),
+                q(ifname),
+                state.as_str()
+            ),
+            Action::AddFdb {
+                ifname,
+                lladdr,
+                dst,
+                master,
+                ..
+            } => {
+                write!(
+                    f,
+                    "bridge -n {ns} fdb replace {} dev {}",
+                    format_mac(lladdr),
+                    q(ifname)
+                )?;
+                if let Some(dst) = dst {
+                    write!(f, " dst {dst}")?;
+                }
+                write!(f, " {}", if *master { "master static" } else { "self" })
+            }
+            Action::Clsact { ifname, .. } => {
+                write!(f, "tc -n {ns} qdisc add dev {} clsact", q(ifname))
+            }
+            Action::TcMirred {
+                ifname,
+                hook,
+                mirror,
+                to,
+                ..
+            } => {
+                let hook = match hook {
+                    labctl_topology::TcHook::Ingress => "ingress",
+                    labctl_topology::TcHook::Egress => "egress",
+                };
+                let what = if *mirror { "mirror" } else { "redirect" };
+                write!(
+                    f,
+                    "tc -n {ns} filter add dev {} {hook} protocol all prio {TC_PRIO} u32 match u32 0 0 \
+                     action mirred egress {what} dev {}",
+                    q(ifname),
+                    q(&to.name)
+                )
+            }
         }
     }
 }
+
+/// The priority of the layer's tc filters: what `tc` picks for the first
+/// filter of a hook when none is given (the Kata article's `pref 49152`).
+pub const TC_PRIO: u16 = 49152;
 
 /// Hands out ifindexes per namespace: 1 is `lo`, then 2, 3, ...
 #[derive(Default)]
@@ -511,8 +671,12 @@ pub fn plan(lab: &Lab) -> Plan {
 
     // The VPC: one bridge per vSwitch holding its gateway, and the route table.
     let vpc = lab.netns("vpc");
+    let (vpc_subnets, vpc_routes, isolated) = match &lab.vpc {
+        Some(v) => (&v.subnets[..], &v.routes[..], v.isolated_ports),
+        None => (&[][..], &[][..], false),
+    };
     let mut vsw: HashMap<&str, IfRef> = HashMap::new();
-    for subnet in &lab.vpc.subnets {
+    for subnet in vpc_subnets {
         let ifindex = idx.next(&vpc);
         vsw.insert(
             subnet.name.as_str(),
@@ -542,29 +706,31 @@ pub fn plan(lab: &Lab) -> Plan {
             },
         );
     }
-    push(
-        Phase::Sysctls,
-        &vpc,
-        Action::Sysctl {
-            key: "net.ipv4.ip_forward".into(),
-            value: "1".into(),
-        },
-    );
     // A cloud vSwitch routes; it does not send ICMP redirects to hosts that
     // could reach each other directly (a Linux router would, when a reply
     // leaves by the interface it came in on). The kernel ORs `all` with the
     // interface's own setting, so both are turned off.
-    let vpc_ifs =
-        std::iter::once("all".to_string()).chain(lab.interfaces_of("vpc").unwrap_or_default());
-    for ifname in vpc_ifs {
+    if lab.vpc.is_some() {
         push(
             Phase::Sysctls,
             &vpc,
             Action::Sysctl {
-                key: format!("net.ipv4.conf.{ifname}.send_redirects"),
-                value: "0".into(),
+                key: "net.ipv4.ip_forward".into(),
+                value: "1".into(),
             },
         );
+        let vpc_ifs =
+            std::iter::once("all".to_string()).chain(lab.interfaces_of("vpc").unwrap_or_default());
+        for ifname in vpc_ifs {
+            push(
+                Phase::Sysctls,
+                &vpc,
+                Action::Sysctl {
+                    key: format!("net.ipv4.conf.{ifname}.send_redirects"),
+                    value: "0".into(),
+                },
+            );
+        }
     }
 
     // A cloud vSwitch: ENIs reach each other only through the router, which
@@ -572,8 +738,8 @@ pub fn plan(lab: &Lab) -> Plan {
     // out of the bridge it came in on: pvlan), at once; but never for an
     // address on the asking ENI itself, which the node switches inside
     // (ipvlan): a bridge-family rule keeps those requests from the router.
-    if lab.vpc.isolated_ports {
-        for subnet in &lab.vpc.subnets {
+    if isolated {
+        for subnet in vpc_subnets {
             for (key, value) in [
                 (format!("net.ipv4.conf.{}.proxy_arp", subnet.name), "1"),
                 (
@@ -635,7 +801,7 @@ pub fn plan(lab: &Lab) -> Plan {
                     ifindex,
                 },
             );
-            if lab.vpc.isolated_ports {
+            if isolated {
                 push(
                     Phase::Addresses,
                     &vpc,
@@ -711,8 +877,8 @@ pub fn plan(lab: &Lab) -> Plan {
 
     // VPC custom route entries: destination -> the node's ENI address, out of
     // the vSwitch that holds it.
-    for route in &lab.vpc.routes {
-        let subnet = lab.vpc.subnets.iter().find(|s| s.cidr.contains(&route.via));
+    for route in vpc_routes {
+        let subnet = vpc_subnets.iter().find(|s| s.cidr.contains(&route.via));
         if let Some(subnet) = subnet {
             push(
                 Phase::Routes,
@@ -979,6 +1145,8 @@ pub fn plan(lab: &Lab) -> Plan {
         steps.extend(crate::services::steps(lab, &Default::default()));
         steps.extend(crate::services::sysctl_steps(lab));
     }
+    // Last, so the ifindexes of everything above stay what they were.
+    objects::steps(lab, &mut idx, &mut steps);
 
     steps.sort_by_key(|s| s.phase);
     Plan {

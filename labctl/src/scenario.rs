@@ -269,12 +269,13 @@ pub fn run(
             .is_some_and(|e| e.1 == Role::Vpc)
     };
 
-    // Decode once; ARP and non-IPv4 are not part of the data path.
+    // Decode once; ARP and non-IPv4 are not part of the data path, nor
+    // is ARP carried in a VXLAN packet.
     let seen: Vec<(&Packet, Flow)> = packets
         .iter()
         .filter(|p| p.ifname != "lo")
         .filter_map(|p| capture::summarize(p).map(|f| (p, f)))
-        .filter(|(_, f)| !matches!(f.protocol, Proto::Arp { .. }) && f.src.is_ipv4())
+        .filter(|(_, f)| !matches!(f.innermost().protocol, Proto::Arp { .. }) && f.src.is_ipv4())
         .collect();
 
     let path = derive_path(&seen, sc, &hop, &in_vpc, &masters);
@@ -588,7 +589,10 @@ fn flow_text(f: &Flow) -> (String, bool) {
     let mut stable = stable;
     if let Some(inner) = &f.inner {
         let (i, s) = flow_text(inner);
-        text = format!("{text} | {i}");
+        text = match f.vni {
+            Some(vni) => format!("{text} vni {vni} | {i}"),
+            None => format!("{text} | {i}"),
+        };
         stable &= s;
     }
     (text, stable)

@@ -476,7 +476,9 @@ pub fn sysctl_steps(lab: &Lab) -> Vec<Step> {
             "1",
         );
     }
-    push(lab.netns("vpc"), "net.bridge.bridge-nf-call-iptables", "0");
+    if lab.vpc.is_some() {
+        push(lab.netns("vpc"), "net.bridge.bridge-nf-call-iptables", "0");
+    }
     out
 }
 

@@ -27,6 +27,59 @@ fn flannel_plan_snapshot() {
     insta::assert_snapshot!("flannel_plan", p.to_script());
 }
 
+/// Every shipped topology but flannel's (above) and the generated scale
+/// lab, as its `labctl plan -o script`.
+#[test]
+fn every_topology_plan_snapshot() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../topologies");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    for file in files {
+        let stem = file.file_stem().unwrap().to_string_lossy().into_owned();
+        if stem == "flannel" || stem == "scale" {
+            continue;
+        }
+        let lab = labctl_topology::load(&file, &BTreeMap::new())
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        insta::assert_snapshot!(format!("{stem}_plan"), plan(&lab).to_script());
+    }
+}
+
+/// Every ifindex of the vxlan-redirect lab is unique in its namespace,
+/// a moved vxlan's in both the namespace that makes it and the one it
+/// lands in, and every reference to a device finds it (no index 0).
+#[test]
+fn low_level_references_find_their_devices() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../topologies/vxlan-redirect.yaml");
+    let p = plan(&labctl_topology::load(&path, &BTreeMap::new()).unwrap());
+    let mut seen: HashMap<&str, HashSet<u32>> = HashMap::new();
+    for s in &p.steps {
+        if let Action::AddVxlan { ifindex, netns, .. } = &s.action {
+            assert!(seen.entry(&s.netns).or_default().insert(*ifindex), "{s}");
+            if let Some(n) = netns {
+                assert!(seen.entry(n).or_default().insert(*ifindex), "{s}");
+            }
+        }
+        let json = serde_json::to_value(s).unwrap();
+        let text = json.to_string();
+        assert!(
+            !text.contains("\"ifindex\":0"),
+            "{s}: a reference found no device"
+        );
+    }
+    let text = p.to_script();
+    assert!(text.contains("master br-int"), "{text}");
+    assert!(
+        text.contains("action mirred egress redirect dev vxlan1"),
+        "{text}"
+    );
+    assert!(text.contains("fdb replace 0a:58:0a:84:02:2e dev 8b7266486ea2861 master static"));
+}
+
 #[test]
 fn ifindexes_are_unique_and_controllers_exist_first() {
     let p = plan(&flannel());

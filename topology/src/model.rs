@@ -12,6 +12,9 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
+mod objects;
+pub use objects::*;
+
 /// The kernel's limit on interface names (IFNAMSIZ - 1).
 pub const IFNAME_MAX: usize = 15;
 
@@ -20,7 +23,8 @@ pub const IFNAME_MAX: usize = 15;
 pub struct Lab {
     /// Lab name; prefix of every network namespace the lab creates.
     pub name: String,
-    pub vpc: Vpc,
+    /// `None` for a lab without nodes or clients (only low-level objects).
+    pub vpc: Option<Vpc>,
     pub nodes: Vec<Node>,
     pub pods: Vec<Pod>,
     pub clients: Vec<Client>,
@@ -28,6 +32,9 @@ pub struct Lab {
     pub scenarios: Vec<Scenario>,
     /// eBPF service load balancing on every pod's eth0, when set.
     pub ebpf: Option<Ebpf>,
+    /// The low-level layer: bare namespaces and kernel objects anywhere.
+    #[serde(skip_serializing_if = "Objects::is_empty")]
+    pub objects: Objects,
 }
 
 /// The eBPF service load balancer's settings.
@@ -613,6 +620,20 @@ pub enum Role {
     Node,
     Pod,
     Client,
+    /// Bare namespaces of the low-level layer.
+    Host,
+    Switch,
+    Router,
+}
+
+impl From<NsRole> for Role {
+    fn from(r: NsRole) -> Role {
+        match r {
+            NsRole::Host => Role::Host,
+            NsRole::Switch => Role::Switch,
+            NsRole::Router => Role::Router,
+        }
+    }
 }
 
 impl Lab {
@@ -624,10 +645,19 @@ impl Lab {
 
     /// Every entity with its role, VPC first, in creation order.
     pub fn entities(&self) -> Vec<(String, Role)> {
-        let mut out = vec![("vpc".to_string(), Role::Vpc)];
+        let mut out = Vec::new();
+        if self.vpc.is_some() {
+            out.push(("vpc".to_string(), Role::Vpc));
+        }
         out.extend(self.nodes.iter().map(|n| (n.name.clone(), Role::Node)));
         out.extend(self.pods.iter().map(|p| (p.name.clone(), Role::Pod)));
         out.extend(self.clients.iter().map(|c| (c.name.clone(), Role::Client)));
+        out.extend(
+            self.objects
+                .namespaces
+                .iter()
+                .map(|n| (n.name.clone(), n.role.into())),
+        );
         out
     }
 
@@ -642,8 +672,20 @@ impl Lab {
     /// The interfaces labctl creates in an entity's namespace (loopback
     /// aside), by name; `None` for an unknown entity.
     pub fn interfaces_of(&self, entity: &str) -> Option<Vec<String>> {
+        let mut v = if self.objects.namespaces.iter().any(|n| n.name == entity) {
+            Vec::new()
+        } else {
+            self.cni_interfaces_of(entity)?
+        };
+        v.extend(self.objects.interfaces_in(entity).map(str::to_string));
+        Some(v)
+    }
+
+    /// The interfaces the vpc/nodes/pods/clients keys make in an entity.
+    fn cni_interfaces_of(&self, entity: &str) -> Option<Vec<String>> {
         if entity == "vpc" {
-            let mut v: Vec<String> = self.vpc.subnets.iter().map(|s| s.name.clone()).collect();
+            let vpc = self.vpc.as_ref()?;
+            let mut v: Vec<String> = vpc.subnets.iter().map(|s| s.name.clone()).collect();
             for n in &self.nodes {
                 v.extend(n.interfaces.iter().map(|i| i.vpc_port.clone()));
             }
@@ -683,7 +725,7 @@ impl Lab {
     /// name: `ENTITY/IFNAME` stays, `POD/host` becomes the pod's veth on its
     /// node (`node-180/vethbda42240`), `vpc` stays. The error says why not.
     pub fn canonical_hop(&self, text: &str) -> Result<String, String> {
-        if text == "vpc" {
+        if text == "vpc" && self.vpc.is_some() {
             return Ok("vpc".into());
         }
         let Some((entity, ifname)) = text.split_once('/') else {
@@ -706,7 +748,7 @@ impl Lab {
             };
         }
         let Some(ifs) = self.interfaces_of(entity) else {
-            return Err(format!("unknown node, pod or client `{entity}`"));
+            return Err(format!("unknown namespace, node, pod or client `{entity}`"));
         };
         if ifs.iter().any(|i| i == ifname) {
             Ok(text.to_string())

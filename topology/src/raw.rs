@@ -17,6 +17,9 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_saphyr::Spanned;
 
+mod objects;
+pub use objects::*;
+
 /// A labctl topology: a cloud VPC with its vSwitches, the nodes (ECS
 /// instances) plugged into them, the pods on the nodes and the clients outside.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -28,8 +31,11 @@ pub struct RawTopology {
     /// `<name>-<entity>`.
     #[schemars(with = "LabName")]
     pub name: Spanned<String>,
-    pub vpc: RawVpc,
+    /// The cloud VPC the nodes and clients plug into; needed by them only.
+    #[serde(default)]
+    pub vpc: Option<RawVpc>,
     /// ECS instances.
+    #[serde(default)]
     pub nodes: Vec<RawNode>,
     /// Pods, each in its own network namespace on a node.
     #[serde(default)]
@@ -49,6 +55,28 @@ pub struct RawTopology {
     /// backend on tc egress, back on ingress.
     #[serde(default)]
     pub ebpf: Option<RawEbpf>,
+    /// Bare network namespaces for the low-level keys below.
+    #[serde(default)]
+    pub namespaces: Vec<RawNamespace>,
+    /// Links of any kind in any namespace (`- veth: {...}`, `- vxlan:
+    /// {...}`, `- bridge: {...}`).
+    #[serde(default)]
+    pub links: Vec<RawLink>,
+    /// Addresses on any link; the same address may be in two namespaces.
+    #[serde(default)]
+    pub addresses: Vec<RawAddress>,
+    /// Routes in any namespace.
+    #[serde(default)]
+    pub routes: Vec<RawNsRoute>,
+    /// Neighbour (ARP) entries.
+    #[serde(default)]
+    pub neighbours: Vec<RawNeighbour>,
+    /// Forwarding database entries of bridges and vxlan devices.
+    #[serde(default)]
+    pub fdb: Vec<RawFdb>,
+    /// Match-all tc filters with mirred redirect or mirror.
+    #[serde(default)]
+    pub tc: Vec<RawTc>,
 }
 
 /// The eBPF service load balancer's settings.

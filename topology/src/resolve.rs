@@ -14,6 +14,8 @@ use crate::error::{Problem, Problems, Source, unknown_hint};
 use crate::model::*;
 use crate::raw::*;
 
+mod objects;
+
 /// The limit on lab names: they prefix every namespace and generated name.
 pub const LAB_NAME_MAX: usize = 20;
 /// The limit on node, pod and client names (a DNS label).
@@ -66,8 +68,34 @@ pub(crate) fn resolve(src: &Source, raw: RawTopology) -> Result<Lab, Problems> {
         vpc_ifnames: HashMap::new(),
     };
     r.lab_name(&raw.name);
-    let vpc_cidr = raw.vpc.cidr.as_ref().and_then(|c| r.network(c, "vpc cidr"));
-    let subnets = r.subnets(&raw.vpc.subnets, vpc_cidr);
+    let no_vpc = RawVpc {
+        cidr: None,
+        subnets: Vec::new(),
+        routes: Vec::new(),
+        isolated_ports: false,
+    };
+    let raw_vpc = raw.vpc.as_ref().unwrap_or(&no_vpc);
+    if raw.vpc.is_none() {
+        let first = raw
+            .nodes
+            .first()
+            .map(|n| (&n.name, "node"))
+            .or(raw.clients.first().map(|c| (&c.name, "client")));
+        if let Some((name, kind)) = first {
+            r.err(
+                &name.referenced,
+                format!("{kind} {} needs a vpc, and the file has none", name.value),
+                "no vpc",
+                Some(
+                    "nodes and clients plug into the vpc's subnets: add `vpc: {subnets: [...]}`, \
+                     or build the namespaces with `namespaces` and `links`"
+                        .to_string(),
+                ),
+            );
+        }
+    }
+    let vpc_cidr = raw_vpc.cidr.as_ref().and_then(|c| r.network(c, "vpc cidr"));
+    let subnets = r.subnets(&raw_vpc.subnets, vpc_cidr);
 
     // Names first, so references resolve whatever order things come in.
     r.entities.insert(
@@ -86,9 +114,11 @@ pub(crate) fn resolve(src: &Source, raw: RawTopology) -> Result<Lab, Problems> {
     for c in &raw.clients {
         r.entity(&c.name, "client");
     }
+    for n in &raw.namespaces {
+        r.entity(&n.name, "namespace");
+    }
 
-    let declared_subnets: Vec<&str> = raw
-        .vpc
+    let declared_subnets: Vec<&str> = raw_vpc
         .subnets
         .iter()
         .map(|s| s.name.value.as_str())
@@ -104,7 +134,7 @@ pub(crate) fn resolve(src: &Source, raw: RawTopology) -> Result<Lab, Problems> {
 
     let mut routes = Vec::new();
     let mut destinations: HashMap<Ipv4Net, Location> = HashMap::new();
-    for route in &raw.vpc.routes {
+    for route in &raw_vpc.routes {
         let destination = r.network(&route.destination, "route destination");
         if let Some(d) = destination {
             r.unique_destination(&mut destinations, d, &route.destination);
@@ -149,12 +179,12 @@ pub(crate) fn resolve(src: &Source, raw: RawTopology) -> Result<Lab, Problems> {
 
     let mut lab = Lab {
         name: raw.name.value.clone(),
-        vpc: Vpc {
+        vpc: raw.vpc.as_ref().map(|v| Vpc {
             cidr: vpc_cidr,
             subnets,
             routes,
-            isolated_ports: raw.vpc.isolated_ports,
-        },
+            isolated_ports: v.isolated_ports,
+        }),
         nodes,
         pods,
         clients,
@@ -163,7 +193,10 @@ pub(crate) fn resolve(src: &Source, raw: RawTopology) -> Result<Lab, Problems> {
         ebpf: raw.ebpf.as_ref().map(|e| Ebpf {
             in_cluster_external: e.in_cluster_external.unwrap_or(true),
         }),
+        objects: Objects::default(),
     };
+    // After the vpc/nodes/pods keys: the layer may place objects in them.
+    lab.objects = r.objects(&raw, &lab);
     let mut node_ports: HashMap<(u16, Protocol), Location> = HashMap::new();
     for raw_service in &raw.services {
         if let Some(svc) = r.service(raw_service, &raw.pods, &mut node_ports) {
@@ -1558,9 +1591,10 @@ impl Resolver<'_> {
             let mut known: Vec<&str> = lab.nodes.iter().map(|n| n.name.as_str()).collect();
             known.extend(lab.pods.iter().map(|p| p.name.as_str()));
             known.extend(lab.clients.iter().map(|c| c.name.as_str()));
+            known.extend(lab.objects.namespaces.iter().map(|n| n.name.as_str()));
             self.err(
                 &raw.from.referenced,
-                format!("unknown node, pod or client `{from}`"),
+                format!("unknown namespace, node, pod or client `{from}`"),
                 "unknown sender",
                 Some(unknown_hint("sender", from, &known)),
             );

@@ -130,6 +130,8 @@ fn flannel_resolves() {
     // VPC routes: pod CIDR -> the node's address.
     let routes: Vec<(String, String, String)> = lab
         .vpc
+        .as_ref()
+        .unwrap()
         .routes
         .iter()
         .map(|r| {
@@ -197,7 +199,8 @@ fn unknown_top_level_key() {
     assert_eq!(
         e,
         "t.yaml:2:1: unknown key `servicez`, expected one of: name, vpc, nodes, pods, clients, \
-         services, scenarios, ebpf"
+         services, scenarios, ebpf, \
+         namespaces, links, addresses, routes, neighbours, fdb, tc"
     );
 }
 
@@ -279,11 +282,11 @@ fn values_of_the_wrong_shape_name_their_key() {
     assert_eq!(help, "give `pods` one `- item` per line below it");
     let (e, _) = one(BASE_PODS, "pods: { name: x }\n");
     assert_eq!(e, "t.yaml:18:7: `pods` must be a list, found a mapping");
-    let source = "name: lab\nvpc:\nnodes: []\n";
+    let source = "name: lab\nvpc: 5\nnodes: []\n";
     let e = load_base(source).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "t.yaml:2:4: `vpc` is empty, expected a mapping"
+        "t.yaml:2:6: `vpc` must be a mapping, found `5`"
     );
     let (e, _) = one("name: lab\n", "name:\n");
     assert_eq!(e, "t.yaml:1:5: `name` is empty, expected a string");
@@ -1108,7 +1111,7 @@ fn thousand_pods_from_a_loop() {
     println!("10 nodes x 100 pods resolved in {:?}", start.elapsed());
     assert_eq!(lab.nodes.len(), 10);
     assert_eq!(lab.pods.len(), 1000);
-    assert_eq!(lab.vpc.routes.len(), 10);
+    assert_eq!(lab.vpc.as_ref().unwrap().routes.len(), 10);
     assert_eq!(lab.pods[999].name, "pod-9-99");
     assert_eq!(lab.pods[999].address.to_string(), "10.109.0.101/24");
     let mut veths: Vec<&str> = lab
@@ -1251,7 +1254,9 @@ fn schema_describes_the_language() {
     assert_eq!(schema["title"], "labctl topology");
     assert_eq!(schema["additionalProperties"], false);
     let required = schema["required"].as_array().unwrap();
-    assert_eq!(required.len(), 3);
+    // Only the name: a lab may be low-level objects alone.
+    assert_eq!(required.len(), 1);
+    assert!(schema["$defs"]["Vxlan"]["properties"]["underlay"].is_object());
     assert!(schema["$defs"]["Pod"]["properties"]["ports"].is_object());
     assert_eq!(schema["$defs"]["Node"]["additionalProperties"], false);
 }
@@ -1316,7 +1321,7 @@ fn scenario_problem(body: &str) -> String {
 fn scenario_unknown_sender() {
     assert_eq!(
         scenario_problem("    from: pod-z\n    to: 172.23.96.70\n    protocol: icmp\n"),
-        "t.yaml:25:11: unknown node, pod or client `pod-z`"
+        "t.yaml:25:11: unknown namespace, node, pod or client `pod-z`"
     );
 }
 
@@ -1783,7 +1788,7 @@ fn link_change_errors_are_located_and_say_how_to_fix() {
     assert_eq!(e.len(), 1, "{e:#?}");
     assert!(e[0].contains("t.yaml:28:"), "{e:#?}");
     assert!(
-        e[0].contains("unknown node, pod or client `node-9`"),
+        e[0].contains("unknown namespace, node, pod or client `node-9`"),
         "{e:#?}"
     );
 
@@ -1907,4 +1912,223 @@ fn units_parse_and_print_like_tc() {
     // iproute2's get_percent: 1% is rint(0.01 * UINT32_MAX).
     assert_eq!(Percent::parse("1%").unwrap().to_u32_fraction(), 42_949_673);
     assert_eq!(Percent::parse("0.25%").unwrap().to_string(), "0.25%");
+}
+
+// ---- the low-level layer ------------------------------------------------
+
+/// A lab of bare namespaces only: two joined by a veth, a vxlan whose
+/// underlay is the other namespace, a bridge, tc, a neighbour and an FDB
+/// entry. Every error test below breaks one line of it.
+const LOW: &str = "\
+name: low
+namespaces:
+  - name: a
+  - name: b
+    role: switch
+links:
+  - veth: {name: up0, in: a, peer: {name: up1, in: b, master: br0}}
+  - bridge: {name: br0, in: b}
+  - vxlan: {name: vx0, in: b, underlay: a, id: 42, dev: up0, remote: 192.0.2.2}
+addresses:
+  - {in: a, dev: up0, address: 192.0.2.1/24}
+  - {in: b, dev: br0, address: 192.0.2.1/24}
+neighbours:
+  - {in: b, dev: br0, address: 192.0.2.9, lladdr: 02:00:00:00:00:09}
+fdb:
+  - {in: b, dev: up1, lladdr: 02:00:00:00:00:09}
+  - {in: b, dev: vx0, lladdr: 02:00:00:00:00:08, dst: 192.0.2.8}
+tc:
+  - {in: b, dev: up1, hook: ingress, redirect: vx0}
+";
+
+fn low_errors(from: &str, to: &str) -> Vec<String> {
+    let source = LOW.replacen(from, to, 1);
+    assert_ne!(source, LOW, "`{from}` is not in LOW");
+    match load_str("t.yaml", &source, &vars()) {
+        Ok(_) => Vec::new(),
+        Err(e) => e
+            .problems()
+            .iter()
+            .map(|p| format!("{p} [help: {}]", p.help.clone().unwrap_or_default()))
+            .collect(),
+    }
+}
+
+#[test]
+fn a_lab_of_bare_namespaces_loads_without_a_vpc() {
+    let lab = load_str("t.yaml", LOW, &vars()).unwrap_or_else(|e| panic!("{e}"));
+    assert!(lab.vpc.is_none());
+    let names: Vec<(String, Role)> = lab.entities();
+    assert_eq!(
+        names,
+        [
+            ("a".to_string(), Role::Host),
+            ("b".to_string(), Role::Switch)
+        ]
+    );
+    let o = &lab.objects;
+    assert_eq!(o.links.len(), 3);
+    let LinkKind::Vxlan(x) = &o.links[2].kind else {
+        panic!("{:?}", o.links[2])
+    };
+    assert_eq!((x.underlay.as_str(), x.id, x.port), ("a", 42, 4789));
+    assert_eq!(x.dev.as_deref(), Some("up0"));
+    // The same address in two namespaces is allowed.
+    assert_eq!(o.addresses.len(), 2);
+    // A port's entry goes in its bridge's table; a vxlan's in its own.
+    assert!(o.fdb[0].master && !o.fdb[1].master);
+    assert_eq!(o.neighbours[0].state, NeighState::Permanent);
+    assert_eq!(lab.interfaces_of("b").unwrap(), ["up1", "br0", "vx0"]);
+    assert_eq!(lab.canonical_hop("b/vx0").unwrap(), "b/vx0");
+}
+
+#[test]
+fn nodes_without_a_vpc_are_refused() {
+    let e = load_str(
+        "t.yaml",
+        "name: x\nnodes:\n  - {name: n1, interfaces: []}\n",
+        &vars(),
+    )
+    .unwrap_err();
+    let p = &e.problems()[0];
+    assert_eq!(
+        p.to_string(),
+        "t.yaml:3:12: node n1 needs a vpc, and the file has none"
+    );
+    assert!(p.help.as_deref().unwrap().contains("namespaces"), "{p:?}");
+}
+
+#[test]
+fn an_unknown_link_kind_lists_the_kinds() {
+    let e = low_errors(
+        "  - bridge: {name: br0, in: b}",
+        "  - bond: {name: br0, in: b}",
+    );
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(e[0].starts_with("t.yaml:8:5: "), "{e:#?}");
+    assert!(
+        e[0].contains("veth") && e[0].contains("bridge") && e[0].contains("vxlan"),
+        "{e:#?}"
+    );
+}
+
+#[test]
+fn a_link_in_an_unknown_namespace_is_located() {
+    let e = low_errors("{name: br0, in: b}", "{name: br0, in: c}");
+    // The bridge, and everything that names br0 in b.
+    assert!(
+        e.iter()
+            .filter(|m| m.starts_with(
+                "t.yaml:8:29: unknown namespace `c` [help: did you mean `a`? known namespaces: a, b"
+            ))
+            .count()
+            == 1,
+        "{e:#?}"
+    );
+    let e = low_errors("peer: {name: up1, in: b,", "peer: {name: up1, in: bb,");
+    assert!(e[0].contains("unknown namespace `bb`"), "{e:#?}");
+    assert!(e[0].starts_with("t.yaml:7:52: "), "{e:#?}");
+    assert!(e[0].contains("did you mean `b`?"), "{e:#?}");
+}
+
+#[test]
+fn a_vxlan_needs_its_underlay() {
+    let e = low_errors("underlay: a,", "underlay: z,");
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].starts_with("t.yaml:9:41: unknown namespace `z`"),
+        "{e:#?}"
+    );
+    let e = low_errors("dev: up0, remote", "dev: up1, remote");
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].contains(
+            "vxlan vx0 sends through `up1`, which its underlay namespace a does not have"
+        ),
+        "{e:#?}"
+    );
+    let e = low_errors("id: 42,", "id: 16777216,");
+    assert!(
+        e[0].contains("vni 16777216 does not fit in 24 bits"),
+        "{e:#?}"
+    );
+}
+
+#[test]
+fn a_port_of_a_missing_bridge_is_located() {
+    let e = low_errors("master: br0}", "master: br9}");
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].starts_with("t.yaml:7:63: no bridge `br9` in namespace b"),
+        "{e:#?}"
+    );
+    assert!(e[0].contains("did you mean `br0`?"), "{e:#?}");
+    // A master that exists and is no bridge.
+    let e = low_errors("{name: br0, in: b}", "{name: br1, in: b}");
+    assert!(e[0].contains("no bridge `br0`"), "{e:#?}");
+    let e = low_errors("master: br0}", "master: lo}");
+    assert!(
+        e[0].contains("master `lo` in namespace b is not a bridge"),
+        "{e:#?}"
+    );
+}
+
+#[test]
+fn a_redirect_to_a_missing_device_is_located() {
+    let e = low_errors("redirect: vx0}", "redirect: vx1}");
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].starts_with(
+            "t.yaml:19:48: the tc redirect names device `vx1`, which namespace b does not have"
+        ),
+        "{e:#?}"
+    );
+    let e = low_errors("redirect: vx0}", "mirror: vx0, redirect: vx0}");
+    assert!(e[0].contains("both redirects and mirrors"), "{e:#?}");
+}
+
+#[test]
+fn duplicate_devices_and_addresses_in_one_namespace_are_refused() {
+    let e = low_errors("{name: br0, in: b}", "{name: up1, in: b}");
+    assert!(
+        e.iter()
+            .any(|m| m.contains("namespace b already has a device `up1`")),
+        "{e:#?}"
+    );
+    let e = low_errors(
+        "{in: b, dev: br0, address: 192.0.2.1/24}",
+        "{in: a, dev: up0, address: 192.0.2.1/25}",
+    );
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].contains("address 192.0.2.1 is already in namespace a"),
+        "{e:#?}"
+    );
+}
+
+#[test]
+fn fdb_dst_is_for_vxlan_devices() {
+    let e = low_errors(
+        "{in: b, dev: up1, lladdr: 02:00:00:00:00:09}",
+        "{in: b, dev: up1, lladdr: 02:00:00:00:00:09, dst: 192.0.2.7}",
+    );
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].contains("`dst` is for a vxlan device's entries"),
+        "{e:#?}"
+    );
+}
+
+#[test]
+fn low_level_objects_sit_beside_the_cni_keys() {
+    // An address and a tc mirror on the node's own eth0, made by `nodes`.
+    let source = format!(
+        "{BASE}addresses:\n  - {{in: node-1, dev: eth0, address: 192.0.2.1/24}}\n\
+         tc:\n  - {{in: node-1, dev: eth0, hook: egress, mirror: lo}}\n"
+    );
+    let lab = load_base(&source).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(lab.objects.addresses[0].netns, "node-1");
+    assert!(lab.objects.tc[0].mirror);
+    let e = load_base(&source.replace("dev: eth0, address", "dev: eth7, address")).unwrap_err();
+    assert!(e.to_string().contains("device `eth7`"), "{e}");
 }
