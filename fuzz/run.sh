@@ -18,5 +18,8 @@ if ! cargo +nightly --version >/dev/null 2>&1; then
 fi
 
 mkdir -p work/load
+# -timeout: a run that uses up the template fuel (16M steps, the seed
+# runaway-loops.yaml) takes about 17 s under ASan on a 2-core machine; 60 s
+# still catches a loader that does not stop.
 exec cargo +nightly fuzz run load work/load corpus/load -- \
-    -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1
+    -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=60 -print_final_stats=1
