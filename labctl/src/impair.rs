@@ -8,7 +8,7 @@
 //! A change on a veth pair applies to both ends (netem and MTU): a link's
 //! delay is in both directions, as a cable's is, and a link's MTU is the
 //! same at both ends. `state: down` is set on the named end only; the peer
-//! loses its carrier with it.
+//! loses its carrier with it. A `mac` is the named interface's alone.
 //!
 //! What the undoing puts back is read from the kernel first (MTU, up or
 //! down), never assumed. Bringing a link back up is not the whole undoing:
@@ -23,6 +23,7 @@ use labctl_topology::{Lab, LinkChange};
 
 use crate::kernel::{Kernel, KernelError, LinkSettings, Netlink};
 use crate::plan::{Action, Phase, Plan, Step};
+pub use crate::plan::{Iface, Interfaces};
 use crate::state::LabState;
 
 /// A change step and the steps that undo it.
@@ -30,84 +31,6 @@ use crate::state::LabState;
 pub struct Undoable {
     pub step: Step,
     pub undo: Vec<Step>,
-}
-
-/// An interface of the lab: its namespace, name and index.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Iface {
-    pub netns: String,
-    pub ifname: String,
-    pub ifindex: u32,
-}
-
-/// Every interface `up` makes, by namespace and name, and veth peers, read
-/// off the plan (which fixes every ifindex).
-pub struct Interfaces {
-    index: HashMap<(String, String), u32>,
-    peer: HashMap<(String, String), (String, String)>,
-}
-
-impl Interfaces {
-    pub fn of(plan: &Plan) -> Interfaces {
-        let mut index = HashMap::new();
-        let mut peer = HashMap::new();
-        for s in &plan.steps {
-            let ns = s.netns.clone();
-            match &s.action {
-                Action::AddBridge { name, ifindex, .. } | Action::AddDummy { name, ifindex } => {
-                    index.insert((ns, name.clone()), *ifindex);
-                }
-                Action::AddVeth {
-                    name,
-                    ifindex,
-                    peer_name,
-                    peer_netns,
-                    peer_ifindex,
-                    ..
-                } => {
-                    let a = (ns, name.clone());
-                    let b = (peer_netns.clone(), peer_name.clone());
-                    index.insert(a.clone(), *ifindex);
-                    index.insert(b.clone(), *peer_ifindex);
-                    peer.insert(a.clone(), b.clone());
-                    peer.insert(b, a);
-                }
-                // Made in the node under its final name when it stays
-                // there; a pod's is renamed inside the pod.
-                Action::AddIpvlan {
-                    name,
-                    ifindex,
-                    netns: None,
-                    ..
-                } => {
-                    index.insert((ns, name.clone()), *ifindex);
-                }
-                Action::RenameUp {
-                    ifname, ifindex, ..
-                } => {
-                    index.insert((ns, ifname.clone()), *ifindex);
-                }
-                _ => {}
-            }
-        }
-        Interfaces { index, peer }
-    }
-
-    /// The interface `ifname` of namespace `netns`.
-    pub fn get(&self, netns: &str, ifname: &str) -> Option<Iface> {
-        let ifindex = *self.index.get(&(netns.to_string(), ifname.to_string()))?;
-        Some(Iface {
-            netns: netns.to_string(),
-            ifname: ifname.to_string(),
-            ifindex,
-        })
-    }
-
-    /// The other end of a veth pair.
-    pub fn peer(&self, i: &Iface) -> Option<Iface> {
-        let (ns, name) = self.peer.get(&(i.netns.clone(), i.ifname.clone()))?;
-        self.get(ns, name)
-    }
 }
 
 /// Why a scenario's changes could not be made or undone.
@@ -209,6 +132,33 @@ pub fn steps(
                 });
             }
         }
+        if let Some(mac) = c.mac {
+            let (ifname, ifindex) = (i.ifname.clone(), i.ifindex);
+            let was = before.get(&(i.netns.clone(), ifindex)).and_then(|b| b.mac);
+            out.push(Undoable {
+                step: step(
+                    &i.netns,
+                    Action::SetMac {
+                        ifname: ifname.clone(),
+                        ifindex,
+                        mac,
+                    },
+                ),
+                undo: was
+                    .map(|mac| {
+                        step(
+                            &i.netns,
+                            Action::SetMac {
+                                ifname,
+                                ifindex,
+                                mac,
+                            },
+                        )
+                    })
+                    .into_iter()
+                    .collect(),
+            });
+        }
         if c.down {
             let (name, index) = (i.ifname.clone(), i.ifindex);
             let mut undo = Vec::new();
@@ -244,9 +194,9 @@ fn flushed_with(plan: &Plan, i: &Iface) -> Vec<Step> {
         .iter()
         .filter(|s| s.netns == i.netns)
         .filter(|s| match &s.action {
-            Action::AddRoute { ifindex, .. } | Action::SelfNeighbour { ifindex, .. } => {
-                *ifindex == i.ifindex
-            }
+            Action::AddRoute { ifindex, .. }
+            | Action::SelfNeighbour { ifindex, .. }
+            | Action::AddNeighbour { ifindex, .. } => *ifindex == i.ifindex,
             _ => false,
         })
         .map(|s| Step {
@@ -331,6 +281,18 @@ impl Applied {
         lab: &Lab,
         changes: &[LinkChange],
     ) -> Result<Applied, ImpairError> {
+        // The lab as it was brought up: under `up --name` its namespaces
+        // carry that name, not the file's.
+        let renamed;
+        let lab = if lab.name == record.lab {
+            lab
+        } else {
+            renamed = Lab {
+                name: record.lab.clone(),
+                ..lab.clone()
+            };
+            &renamed
+        };
         let plan = crate::plan::plan(lab);
         let ifaces = Interfaces::of(&plan);
         let targets = targets(lab, &ifaces, changes)?;
@@ -432,7 +394,7 @@ scenarios:
         let down = n1("ip -n im-p1 link set eth0 down");
         let up = n1("ip -n im-p1 link set eth0 up");
         // The pod's default route, flushed with the link, comes back.
-        let route = n1("ip -n im-p1 route add default via 172.16.0.1 dev eth0");
+        let route = n1("ip -n im-p1 route add default via 172.16.0.1 dev eth0 proto static");
         let m_back = n1("ip -n im-n1 link set eth0 mtu 1500");
         let q_back = n1("tc -n im-n1 qdisc del dev eth0 root");
         let vq_back = n1("tc -n im-vpc qdisc del dev n1-eth0 root");

@@ -70,6 +70,8 @@ pub trait Kernel {
 pub struct LinkSettings {
     pub mtu: u32,
     pub up: bool,
+    /// Its MAC address, when it has an Ethernet one.
+    pub mac: Option<[u8; 6]>,
 }
 
 /// How long `up` waits for the kernel to activate the links it set up.
@@ -340,6 +342,7 @@ impl Kernel for Netlink {
     async fn run(&self, step: &Step) -> Result<(), KernelError> {
         match &step.action {
             Action::AddVxlan { .. }
+            | Action::SetMac { .. }
             | Action::SetMaster { .. }
             | Action::AddNeighbour { .. }
             | Action::AddFdb { .. }
@@ -589,9 +592,14 @@ impl Kernel for Netlink {
                 _ => None,
             })
             .ok_or_else(|| KernelError::new(what(), "the kernel gave no MTU"))?;
+        let mac = link.attributes.iter().find_map(|a| match a {
+            LinkAttribute::Address(m) => <[u8; 6]>::try_from(m.as_slice()).ok(),
+            _ => None,
+        });
         Ok(LinkSettings {
             mtu,
             up: link.header.flags.contains(LinkFlags::Up),
+            mac,
         })
     }
 }
@@ -645,6 +653,7 @@ impl Kernel for Recorder {
         Ok(LinkSettings {
             mtu: 1500,
             up: true,
+            mac: Some([0x02, 0, 0, 0, 0, ifindex as u8]),
         })
     }
 }

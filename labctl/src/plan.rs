@@ -185,6 +185,13 @@ pub enum Action {
         ifindex: u32,
         mtu: u32,
     },
+    /// `ip link set IF address MAC` (a scenario's change; veth and vxlan
+    /// take it while up).
+    SetMac {
+        ifname: String,
+        ifindex: u32,
+        mac: [u8; 6],
+    },
     /// `ip link add NAME [netns NS] index N type vxlan id VNI ...`, sent
     /// from the underlay's namespace, whose UDP socket the device keeps
     /// wherever it lives. Moved at once into `netns` when given (under a
@@ -276,7 +283,12 @@ impl Plan {
     pub fn to_commands(&self) -> String {
         let mut out = String::new();
         for ns in &self.namespaces {
-            out.push_str(&format!("ip netns add {}\n", shell_quote(&ns.name)));
+            // No IPv6, as `up` makes its namespaces (`sys::create_netns`).
+            let name = shell_quote(&ns.name);
+            out.push_str(&format!(
+                "ip netns add {name} && ip netns exec {name} sysctl -qw \
+                 net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1\n"
+            ));
         }
         for step in &self.steps {
             out.push_str(&step.to_string());
@@ -450,7 +462,15 @@ impl fmt::Display for Step {
             }
             Action::AddAddress {
                 ifname, address, ..
-            } => write!(f, "ip -n {ns} addr add {address} dev {}", q(ifname)),
+            } => {
+                // As `up` sends it: with the broadcast address below /31.
+                let brd = if address.prefix_len() < 31 {
+                    " brd +"
+                } else {
+                    ""
+                };
+                write!(f, "ip -n {ns} addr add {address}{brd} dev {}", q(ifname))
+            }
             Action::AddHostAddress {
                 ifname, address, ..
             } => write!(
@@ -488,8 +508,12 @@ impl fmt::Display for Step {
                 };
                 let ifname = q(ifname);
                 match via {
-                    Some(via) => write!(f, "ip -n {ns} route add {dst} via {via} dev {ifname}"),
-                    None => write!(f, "ip -n {ns} route add {dst} dev {ifname}"),
+                    // `proto static`, as `up` marks its routes.
+                    Some(via) => write!(
+                        f,
+                        "ip -n {ns} route add {dst} via {via} dev {ifname} proto static"
+                    ),
+                    None => write!(f, "ip -n {ns} route add {dst} dev {ifname} proto static"),
                 }
             }
             Action::Sysctl { key, value } => {
@@ -550,6 +574,14 @@ impl fmt::Display for Step {
                     write!(f, " && ip -n {ns} link set {name} up")?;
                 }
                 Ok(())
+            }
+            Action::SetMac { ifname, mac, .. } => {
+                write!(
+                    f,
+                    "ip -n {ns} link set {} address {}",
+                    q(ifname),
+                    format_mac(mac)
+                )
             }
             Action::SetMaster { ifname, master, .. } => {
                 write!(
@@ -614,6 +646,105 @@ impl fmt::Display for Step {
                 )
             }
         }
+    }
+}
+
+/// An interface of the lab: its namespace, name and index.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Iface {
+    pub netns: String,
+    pub ifname: String,
+    pub ifindex: u32,
+}
+
+/// Every interface `up` makes, by namespace and name, and veth peers, read
+/// off the plan (which fixes every ifindex).
+pub struct Interfaces {
+    index: HashMap<(String, String), u32>,
+    peer: HashMap<(String, String), (String, String)>,
+}
+
+impl Interfaces {
+    pub fn of(plan: &Plan) -> Interfaces {
+        Interfaces::of_steps(&plan.steps)
+    }
+
+    /// Every interface the steps make.
+    pub fn of_steps(steps: &[Step]) -> Interfaces {
+        let mut index = HashMap::new();
+        let mut peer = HashMap::new();
+        for s in steps {
+            let ns = s.netns.clone();
+            match &s.action {
+                Action::LoopbackUp => {
+                    index.insert((ns, "lo".to_string()), 1);
+                }
+                Action::AddBridge { name, ifindex, .. }
+                | Action::AddDummy { name, ifindex }
+                | Action::AddVxlan {
+                    name,
+                    ifindex,
+                    netns: None,
+                    ..
+                } => {
+                    index.insert((ns, name.clone()), *ifindex);
+                }
+                Action::AddVeth {
+                    name,
+                    ifindex,
+                    peer_name,
+                    peer_netns,
+                    peer_ifindex,
+                    ..
+                } => {
+                    let a = (ns, name.clone());
+                    let b = (peer_netns.clone(), peer_name.clone());
+                    index.insert(a.clone(), *ifindex);
+                    index.insert(b.clone(), *peer_ifindex);
+                    peer.insert(a.clone(), b.clone());
+                    peer.insert(b, a);
+                }
+                // Made in the node under its final name when it stays
+                // there; a pod's is renamed inside the pod.
+                Action::AddIpvlan {
+                    name,
+                    ifindex,
+                    netns: None,
+                    ..
+                } => {
+                    index.insert((ns, name.clone()), *ifindex);
+                }
+                Action::RenameUp {
+                    ifname, ifindex, ..
+                } => {
+                    index.insert((ns, ifname.clone()), *ifindex);
+                }
+                _ => {}
+            }
+        }
+        Interfaces { index, peer }
+    }
+
+    /// Record an interface made later.
+    pub fn insert(&mut self, netns: &str, ifname: &str, ifindex: u32) {
+        self.index
+            .insert((netns.to_string(), ifname.to_string()), ifindex);
+    }
+
+    /// The interface `ifname` of namespace `netns`.
+    pub fn get(&self, netns: &str, ifname: &str) -> Option<Iface> {
+        let ifindex = *self.index.get(&(netns.to_string(), ifname.to_string()))?;
+        Some(Iface {
+            netns: netns.to_string(),
+            ifname: ifname.to_string(),
+            ifindex,
+        })
+    }
+
+    /// The other end of a veth pair.
+    pub fn peer(&self, i: &Iface) -> Option<Iface> {
+        let (ns, name) = self.peer.get(&(i.netns.clone(), i.ifname.clone()))?;
+        self.get(ns, name)
     }
 }
 
@@ -1290,7 +1421,7 @@ mod tests {
                     ifindex: 2,
                 }
             ),
-            "ip -n 'a'\\''b' route add default via 10.0.0.253 dev '$(touch /tmp/pwned)'"
+            "ip -n 'a'\\''b' route add default via 10.0.0.253 dev '$(touch /tmp/pwned)' proto static"
         );
         assert_eq!(
             step(
@@ -1391,7 +1522,9 @@ mod tests {
                 action: Action::LoopbackUp,
             }],
         };
-        let commands = "ip netns add '$(touch /tmp/pwned)'\n\
+        let commands = "ip netns add '$(touch /tmp/pwned)' && ip netns exec '$(touch /tmp/pwned)' \
+                        sysctl -qw net.ipv6.conf.all.disable_ipv6=1 \
+                        net.ipv6.conf.default.disable_ipv6=1\n\
                         ip -n '$(touch /tmp/pwned)' link set lo up\n";
         assert_eq!(p.to_commands(), commands);
         assert!(p.to_script().ends_with(&format!("set -e\n{commands}")));

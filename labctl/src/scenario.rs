@@ -401,7 +401,7 @@ pub fn run(
 }
 
 /// A link change as the report shows it: `node1/eth0: netem delay 50ms,
-/// mtu 1400, down`.
+/// mtu 1400, address 02:00:00:00:00:01, down`.
 fn change_text(c: &labctl_topology::LinkChange) -> String {
     let mut what = Vec::new();
     if let Some(n) = &c.netem {
@@ -409,6 +409,9 @@ fn change_text(c: &labctl_topology::LinkChange) -> String {
     }
     if let Some(m) = c.mtu {
         what.push(format!("mtu {m}"));
+    }
+    if let Some(mac) = &c.mac {
+        what.push(format!("address {}", labctl_topology::format_mac(mac)));
     }
     if c.down {
         what.push("down".to_string());

@@ -8,8 +8,8 @@
 
 use std::path::PathBuf;
 
-use common::{Down, Place, ensure, fails_with, gate, labctl, ok, place_for, text};
-use libtest_mimic::{Arguments, Failed, Trial};
+use common::{Down, ensure, fails_with, labctl, ok, place_for, text};
+use libtest_mimic::{Arguments, Failed};
 
 mod common;
 
@@ -189,15 +189,7 @@ fn main() {
     let args = Arguments::from_args();
     let lab = labctl_topology::load(&file(), &Default::default()).expect("impair.yaml loads");
     let place = place_for(&lab);
-    let kind = place.kind();
-    let trial = |name: &'static str, f: fn() -> Result<(), Failed>| {
-        let place = place.clone();
-        Trial::ignorable_test(name, move || match place {
-            Place::Nowhere(why) => common::ignored(why),
-            _ => gate(f),
-        })
-        .with_kind(kind.clone())
-    };
+    let trial = |name, f| common::placed_trial(&place, None, name, f);
     let trials = vec![
         trial(
             "rtt_check_fails_without_the_delay",

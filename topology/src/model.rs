@@ -264,6 +264,8 @@ pub struct LinkChange {
     /// `ip link set IF down` for the scenario.
     pub down: bool,
     pub mtu: Option<u32>,
+    /// `ip link set IF address MAC`, on this interface only.
+    pub mac: Option<[u8; 6]>,
 }
 
 /// netem's impairments on an interface's egress queue.

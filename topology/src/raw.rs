@@ -602,6 +602,8 @@ pub struct RawChange {
     pub state: Option<Spanned<RawLinkState>>,
     #[serde(default)]
     pub mtu: Option<Spanned<Scalar>>,
+    #[serde(default)]
+    pub mac: Option<Spanned<String>>,
 }
 
 impl JsonSchema for RawChange {
@@ -651,6 +653,10 @@ struct LinkChangeSchema {
     /// `ip link set IF mtu N` for the scenario (68 to 65535).
     #[schemars(range(min = 68, max = 65535))]
     mtu: Option<u32>,
+    /// `ip link set IF address MAC` for the scenario, on the named
+    /// interface only (a veth's peer keeps its own).
+    #[schemars(with = "Option<MacText>")]
+    mac: Option<String>,
 }
 
 /// netem's impairments, spelled as `tc qdisc ... netem` takes them.

@@ -1866,6 +1866,7 @@ impl Resolver<'_> {
                         c.netem.as_ref().map(|v| ("netem", v.referenced)),
                         c.state.as_ref().map(|v| ("state", v.referenced)),
                         c.mtu.as_ref().map(|v| ("mtu", v.referenced)),
+                        c.mac.as_ref().map(|v| ("mac", v.referenced)),
                     ];
                     for (key, at) in stray.into_iter().flatten() {
                         self.err(
@@ -1985,15 +1986,20 @@ impl Resolver<'_> {
                 None
             }
         };
-        if c.netem.is_none() && c.state.is_none() && c.mtu.is_none() {
+        if c.netem.is_none() && c.state.is_none() && c.mtu.is_none() && c.mac.is_none() {
             self.err(
                 &loc,
                 format!("the change of link `{text}` changes nothing"),
                 "no change",
-                Some("give it `netem: {delay: 50ms}`, `state: down` or `mtu: 1400`".into()),
+                Some(
+                    "give it `netem: {delay: 50ms}`, `state: down`, `mtu: 1400` or `mac: \
+                     02:00:00:00:00:01`"
+                        .into(),
+                ),
             );
         }
         let netem = c.netem.as_ref().and_then(|n| self.netem(n));
+        let mac = c.mac.as_ref().and_then(|m| self.mac(m));
         let mtu = c
             .mtu
             .as_ref()
@@ -2033,6 +2039,7 @@ impl Resolver<'_> {
                 .as_ref()
                 .is_some_and(|s| s.value == RawLinkState::Down),
             mtu,
+            mac,
         })
     }
 

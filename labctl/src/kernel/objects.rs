@@ -66,6 +66,12 @@ impl Netlink {
                 };
                 self.link_add(step, b.build()).await
             }
+            Action::SetMac { ifindex, mac, .. } => {
+                let msg = LinkUnspec::new_with_index(*ifindex)
+                    .address(mac.to_vec())
+                    .build();
+                self.link_set(step, msg).await
+            }
             Action::SetMaster {
                 ifindex, master, ..
             } => {

@@ -4,52 +4,9 @@
 //! vpc/nodes/pods part, so their ifindexes stay as they were; a device they
 //! made is found by the steps that made it.
 
-use std::collections::HashMap;
-
 use labctl_topology::{Lab, LinkKind, hashed_ifname};
 
-use super::{Action, IfRef, Indexes, Phase, Step};
-
-/// Every interface the steps so far create: (namespace, name) -> ifindex.
-fn created(steps: &[Step]) -> HashMap<(String, String), u32> {
-    let mut out = HashMap::new();
-    for s in steps {
-        let ns = s.netns.clone();
-        match &s.action {
-            Action::LoopbackUp => {
-                out.insert((ns, "lo".to_string()), 1);
-            }
-            Action::AddBridge { name, ifindex, .. }
-            | Action::AddDummy { name, ifindex }
-            | Action::AddIpvlan {
-                name,
-                ifindex,
-                netns: None,
-                ..
-            } => {
-                out.insert((ns, name.clone()), *ifindex);
-            }
-            Action::AddVeth {
-                name,
-                ifindex,
-                peer_name,
-                peer_netns,
-                peer_ifindex,
-                ..
-            } => {
-                out.insert((ns, name.clone()), *ifindex);
-                out.insert((peer_netns.clone(), peer_name.clone()), *peer_ifindex);
-            }
-            Action::RenameUp {
-                ifname, ifindex, ..
-            } => {
-                out.insert((ns, ifname.clone()), *ifindex);
-            }
-            _ => {}
-        }
-    }
-    out
-}
+use super::{Action, IfRef, Indexes, Interfaces, Phase, Step};
 
 /// Append the layer's steps.
 pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
@@ -57,16 +14,13 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
     if o.is_empty() {
         return;
     }
-    let mut index = created(steps);
+    let mut index = Interfaces::of_steps(steps);
     let ns = |entity: &str| lab.netns(entity);
     // Resolution checked every reference; 0 would make the kernel say
     // "no such device" rather than build something else.
-    let find = |index: &HashMap<(String, String), u32>, netns: &str, name: &str| IfRef {
+    let find = |index: &Interfaces, netns: &str, name: &str| IfRef {
         name: name.to_string(),
-        ifindex: index
-            .get(&(netns.to_string(), name.to_string()))
-            .copied()
-            .unwrap_or(0),
+        ifindex: index.get(netns, name).map_or(0, |i| i.ifindex),
     };
     let mut push = |phase, netns: String, action| {
         steps.push(Step {
@@ -79,7 +33,7 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
     for link in o.links.iter().filter(|l| l.kind == LinkKind::Bridge) {
         let netns = ns(&link.netns);
         let ifindex = idx.next(&netns);
-        index.insert((netns.clone(), link.name.clone()), ifindex);
+        index.insert(&netns, &link.name, ifindex);
         push(
             Phase::Devices,
             netns,
@@ -100,8 +54,8 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
                 let peer_ns = ns(&peer.netns);
                 let ifindex = idx.next(&netns);
                 let peer_ifindex = idx.next(&peer_ns);
-                index.insert((netns.clone(), link.name.clone()), ifindex);
-                index.insert((peer_ns.clone(), peer.name.clone()), peer_ifindex);
+                index.insert(&netns, &link.name, ifindex);
+                index.insert(&peer_ns, &peer.name, peer_ifindex);
                 push(
                     Phase::Links,
                     netns.clone(),
@@ -138,7 +92,7 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
                 } else {
                     idx.next(&netns)
                 };
-                index.insert((netns.clone(), link.name.clone()), ifindex);
+                index.insert(&netns, &link.name, ifindex);
                 // The kernel looks a new link's name up in the namespace
                 // that asks: made under a name of our own, renamed there.
                 let made_as = if moved {
@@ -182,7 +136,7 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
     }
     for link in o.links.iter().filter(|l| l.kind == LinkKind::Bridge) {
         let netns = ns(&link.netns);
-        let ifindex = index[&(netns.clone(), link.name.clone())];
+        let ifindex = find(&index, &netns, &link.name).ifindex;
         mtus.push((netns, link.name.clone(), ifindex, link.mtu));
     }
     for (netns, ifname, ifindex, master) in masters {

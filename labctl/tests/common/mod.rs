@@ -253,3 +253,23 @@ pub fn place_for(lab: &labctl::Lab) -> Place {
         )),
     }
 }
+
+/// A trial on a topology's lab: run where [`place_for`] put the lab,
+/// ignored with the reason where it cannot run. With `host_only`, a lab
+/// that would run in a VM is ignored with that reason instead (trials that
+/// read its namespaces from the host).
+pub fn placed_trial(
+    place: &Place,
+    host_only: Option<&'static str>,
+    name: &'static str,
+    f: fn() -> Result<(), Failed>,
+) -> libtest_mimic::Trial {
+    let place = place.clone();
+    let kind = place.kind();
+    libtest_mimic::Trial::ignorable_test(name, move || match (place, host_only) {
+        (Place::Nowhere(why), _) => ignored(why),
+        (Place::Vm(_), Some(why)) => ignored(why),
+        _ => gate(f),
+    })
+    .with_kind(kind)
+}
