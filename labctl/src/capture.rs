@@ -602,23 +602,33 @@ pub fn icmp_name(type_: u8, code: u8) -> String {
 /// payloads are decoded too (`inner`). `None` for other frames (LLDP, ...)
 /// or ones too short to parse.
 pub fn summarize(p: &Packet) -> Option<Flow> {
+    summarize_with(p, &[VXLAN_PORT])
+}
+
+/// Like [`summarize`], with UDP to any of `vxlan_ports` decoded as VXLAN
+/// (a lab's devices may use another port: Cilium and Flannel use 8472).
+pub fn summarize_with(p: &Packet, vxlan_ports: &[u16]) -> Option<Flow> {
     match p.link_type {
-        ARPHRD_NONE => summarize_ip(&p.data),
-        _ => summarize_ethernet(&p.data),
+        ARPHRD_NONE => flow_of(&SlicedPacket::from_ip(&p.data).ok()?, vxlan_ports),
+        _ => ethernet_with(&p.data, vxlan_ports),
     }
 }
 
 /// Decode a frame that starts with an Ethernet header.
 pub fn summarize_ethernet(frame: &[u8]) -> Option<Flow> {
-    flow_of(&SlicedPacket::from_ethernet(frame).ok()?)
+    ethernet_with(frame, &[VXLAN_PORT])
+}
+
+fn ethernet_with(frame: &[u8], vxlan_ports: &[u16]) -> Option<Flow> {
+    flow_of(&SlicedPacket::from_ethernet(frame).ok()?, vxlan_ports)
 }
 
 /// Decode a packet that starts with the IP header.
 pub fn summarize_ip(packet: &[u8]) -> Option<Flow> {
-    flow_of(&SlicedPacket::from_ip(packet).ok()?)
+    flow_of(&SlicedPacket::from_ip(packet).ok()?, &[VXLAN_PORT])
 }
 
-fn flow_of(s: &SlicedPacket<'_>) -> Option<Flow> {
+fn flow_of(s: &SlicedPacket<'_>, vxlan_ports: &[u16]) -> Option<Flow> {
     let (src, dst, ip_number): (IpAddr, IpAddr, u8) = match s.net.as_ref()? {
         NetSlice::Ipv4(ip) => (
             ip.header().source_addr().into(),
@@ -685,7 +695,7 @@ fn flow_of(s: &SlicedPacket<'_>) -> Option<Flow> {
             flow.protocol = Proto::Udp;
             flow.src_port = Some(udp.source_port());
             flow.dst_port = Some(udp.destination_port());
-            if udp.destination_port() == VXLAN_PORT {
+            if vxlan_ports.contains(&udp.destination_port()) {
                 // RFC 7348: 8-byte VXLAN header (flags with the I bit, 3
                 // reserved bytes, the 24-bit VNI, 1 reserved), then the
                 // inner Ethernet frame.
@@ -694,7 +704,10 @@ fn flow_of(s: &SlicedPacket<'_>) -> Option<Flow> {
                     .get(4..7)
                     .filter(|_| payload[0] & 0x08 != 0)
                     .map(|b| u32::from_be_bytes([0, b[0], b[1], b[2]]));
-                flow.inner = payload.get(8..).and_then(summarize_ethernet).map(Box::new);
+                flow.inner = payload
+                    .get(8..)
+                    .and_then(|f| ethernet_with(f, vxlan_ports))
+                    .map(Box::new);
             }
         }
         Some(TransportSlice::Igmp(_)) | None => {}
@@ -903,6 +916,22 @@ mod tests {
             flow.to_string(),
             "IP 10.0.0.1 > 10.0.0.2: ICMP echo request"
         );
+    }
+
+    #[test]
+    fn vxlan_on_another_port_is_decoded_when_asked() {
+        let mut payload = vec![0x08, 0, 0, 0, 0x08, 0x77, 0x3d, 0];
+        payload.extend_from_slice(&icmp_echo([10, 244, 1, 154], [10, 244, 6, 11]));
+        let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4([192, 168, 66, 226], [192, 168, 66, 221], 64)
+            .udp(54321, 8472);
+        let mut outer = Vec::new();
+        b.write(&mut outer, &payload).unwrap();
+        let p = packet(outer);
+        assert_eq!(summarize(&p).unwrap().inner, None);
+        let flow = summarize_with(&p, &[VXLAN_PORT, 8472]).unwrap();
+        assert_eq!(flow.vni, Some(0x08773d));
+        assert_eq!(flow.inner.unwrap().dst, IpAddr::from([10, 244, 6, 11]));
     }
 
     #[test]

@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 
-use labctl_topology::{Lab, LinkChange};
+use labctl_topology::{Lab, LinkChange, RouteChange};
 
 use crate::kernel::{Kernel, KernelError, LinkSettings, Netlink};
 use crate::plan::{Action, Phase, Plan, Step};
@@ -38,6 +38,12 @@ pub struct Undoable {
 pub enum ImpairError {
     #[error("link `{0}` is not an interface the lab's plan makes")]
     Unknown(String),
+    #[error("route {route} in {entity} is not one the lab's plan makes; it makes: {have}")]
+    NoRoute {
+        route: String,
+        entity: String,
+        have: String,
+    },
     #[error("start the netlink runtime: {0}")]
     Runtime(std::io::Error),
     #[error("{}", join(.0))]
@@ -206,14 +212,81 @@ fn flushed_with(plan: &Plan, i: &Iface) -> Vec<Step> {
         .collect()
 }
 
+/// The steps that delete each route for the scenario, each undone by the
+/// plan's own step that made it.
+pub fn route_steps(
+    lab: &Lab,
+    plan: &Plan,
+    routes: &[RouteChange],
+) -> Result<Vec<Undoable>, ImpairError> {
+    let text = crate::plan::route_destination;
+    routes
+        .iter()
+        .map(|r| {
+            let ns = lab.netns(&r.entity);
+            let made: Vec<(
+                &Step,
+                &ipnet::Ipv4Net,
+                &Option<std::net::Ipv4Addr>,
+                &String,
+                u32,
+            )> = plan
+                .steps
+                .iter()
+                .filter(|s| s.netns == ns)
+                .filter_map(|s| match &s.action {
+                    Action::AddRoute {
+                        destination,
+                        via,
+                        ifname,
+                        ifindex,
+                    } => Some((s, destination, via, ifname, *ifindex)),
+                    _ => None,
+                })
+                .collect();
+            let Some((add, destination, via, ifname, ifindex)) =
+                made.iter().find(|m| *m.1 == r.destination)
+            else {
+                let have: Vec<String> = made.iter().map(|m| text(m.1)).collect();
+                return Err(ImpairError::NoRoute {
+                    route: text(&r.destination),
+                    entity: r.entity.clone(),
+                    have: if have.is_empty() {
+                        "none".into()
+                    } else {
+                        have.join(", ")
+                    },
+                });
+            };
+            Ok(Undoable {
+                step: step(
+                    &ns,
+                    Action::DelRoute {
+                        destination: **destination,
+                        via: **via,
+                        ifname: (*ifname).clone(),
+                        ifindex: *ifindex,
+                    },
+                ),
+                undo: vec![Step {
+                    phase: Phase::Changes,
+                    ..(*add).clone()
+                }],
+            })
+        })
+        .collect()
+}
+
 /// Make the changes: read what they alter, then run each step in order.
 /// On a failure the steps made so far are undone and every error is
 /// returned. On success, the undoing to run after the traffic, in order.
+/// `routes` are [`route_steps`], run after the link changes.
 pub async fn apply<K: Kernel>(
     kernel: &K,
     plan: &Plan,
     changes: &[LinkChange],
     targets: &[(Iface, Option<Iface>)],
+    routes: Vec<Undoable>,
 ) -> Result<Vec<Step>, Vec<KernelError>> {
     let mut before = HashMap::new();
     for (i, peer) in targets {
@@ -225,7 +298,8 @@ pub async fn apply<K: Kernel>(
             before.insert((x.netns.clone(), x.ifindex), s);
         }
     }
-    let list = steps(plan, changes, targets, &before);
+    let mut list = steps(plan, changes, targets, &before);
+    list.extend(routes);
     let mut undo: Vec<Step> = Vec::new();
     for u in list {
         if let Err(e) = kernel.run(&u.step).await {
@@ -280,6 +354,7 @@ impl Applied {
         record: &LabState,
         lab: &Lab,
         changes: &[LinkChange],
+        routes: &[RouteChange],
     ) -> Result<Applied, ImpairError> {
         // The lab as it was brought up: under `up --name` its namespaces
         // carry that name, not the file's.
@@ -296,10 +371,12 @@ impl Applied {
         let plan = crate::plan::plan(lab);
         let ifaces = Interfaces::of(&plan);
         let targets = targets(lab, &ifaces, changes)?;
+        let route_steps = route_steps(lab, &plan, routes)?;
         let mut names: Vec<String> = targets
             .iter()
             .flat_map(|(i, p)| std::iter::once(i).chain(p.as_ref()))
             .map(|x| x.netns.clone())
+            .chain(route_steps.iter().map(|u| u.step.netns.clone()))
             .collect();
         names.sort();
         names.dedup();
@@ -310,7 +387,7 @@ impl Applied {
         let mut kernel = Netlink::new(record.mark());
         let undo = rt.block_on(async {
             kernel.attach(&names).map_err(|e| vec![e])?;
-            apply(&kernel, &plan, changes, &targets).await
+            apply(&kernel, &plan, changes, &targets, route_steps).await
         });
         let undo = undo.map_err(ImpairError::Kernel)?;
         Ok(Applied { rt, kernel, undo })
@@ -372,7 +449,13 @@ scenarios:
             ..Recorder::default()
         };
         let rt = crate::engine::runtime().unwrap();
-        let undo = rt.block_on(apply(&kernel, &plan, &sc.link_changes, &targets));
+        let undo = rt.block_on(apply(
+            &kernel,
+            &plan,
+            &sc.link_changes,
+            &targets,
+            Vec::new(),
+        ));
         if let Ok(u) = &undo {
             assert!(rt.block_on(restore(&kernel, u)).is_empty());
         }

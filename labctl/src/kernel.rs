@@ -342,6 +342,7 @@ impl Kernel for Netlink {
     async fn run(&self, step: &Step) -> Result<(), KernelError> {
         match &step.action {
             Action::AddVxlan { .. }
+            | Action::DelRoute { .. }
             | Action::SetMac { .. }
             | Action::SetMaster { .. }
             | Action::AddNeighbour { .. }

@@ -185,6 +185,14 @@ pub enum Action {
         ifindex: u32,
         mtu: u32,
     },
+    /// `ip route del DST [via GW] dev IF`: a scenario's change, undone by
+    /// the [`Action::AddRoute`] the plan made it with.
+    DelRoute {
+        destination: Ipv4Net,
+        via: Option<Ipv4Addr>,
+        ifname: String,
+        ifindex: u32,
+    },
     /// `ip link set IF address MAC` (a scenario's change; veth and vxlan
     /// take it while up).
     SetMac {
@@ -501,11 +509,7 @@ impl fmt::Display for Step {
                 ifname,
                 ..
             } => {
-                let dst = if destination.prefix_len() == 0 {
-                    "default".to_string()
-                } else {
-                    destination.to_string()
-                };
+                let dst = route_destination(destination);
                 let ifname = q(ifname);
                 match via {
                     // `proto static`, as `up` marks its routes.
@@ -574,6 +578,19 @@ impl fmt::Display for Step {
                     write!(f, " && ip -n {ns} link set {name} up")?;
                 }
                 Ok(())
+            }
+            Action::DelRoute {
+                destination,
+                via,
+                ifname,
+                ..
+            } => {
+                let dst = route_destination(destination);
+                write!(f, "ip -n {ns} route del {dst}")?;
+                if let Some(via) = via {
+                    write!(f, " via {via}")?;
+                }
+                write!(f, " dev {}", q(ifname))
             }
             Action::SetMac { ifname, mac, .. } => {
                 write!(
@@ -745,6 +762,15 @@ impl Interfaces {
     pub fn peer(&self, i: &Iface) -> Option<Iface> {
         let (ns, name) = self.peer.get(&(i.netns.clone(), i.ifname.clone()))?;
         self.get(ns, name)
+    }
+}
+
+/// A route's destination as `ip route` writes it: `default` for 0/0.
+pub fn route_destination(destination: &Ipv4Net) -> String {
+    if destination.prefix_len() == 0 {
+        "default".to_string()
+    } else {
+        destination.to_string()
     }
 }
 

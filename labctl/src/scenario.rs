@@ -204,10 +204,13 @@ pub fn run(
         scenario: sc.name.clone(),
         source,
     };
-    let impaired = if sc.link_changes.is_empty() {
+    let impaired = if sc.link_changes.is_empty() && sc.route_changes.is_empty() {
         None
     } else {
-        Some(crate::impair::Applied::make(record, lab, &sc.link_changes).map_err(impair_error)?)
+        Some(
+            crate::impair::Applied::make(record, lab, &sc.link_changes, &sc.route_changes)
+                .map_err(impair_error)?,
+        )
     };
     let taps = match capture::capture_many(&names) {
         Ok(t) => t,
@@ -269,12 +272,15 @@ pub fn run(
             .is_some_and(|e| e.1 == Role::Vpc)
     };
 
-    // Decode once; ARP and non-IPv4 are not part of the data path, nor
-    // is ARP carried in a VXLAN packet.
+    // Decode once, VXLAN on the IANA port and every port the lab's devices
+    // use; ARP and non-IPv4 are not part of the data path, nor is ARP
+    // carried in a VXLAN packet.
+    let mut vxlan_ports = lab.objects.vxlan_ports();
+    vxlan_ports.push(capture::VXLAN_PORT);
     let seen: Vec<(&Packet, Flow)> = packets
         .iter()
         .filter(|p| p.ifname != "lo")
-        .filter_map(|p| capture::summarize(p).map(|f| (p, f)))
+        .filter_map(|p| capture::summarize_with(p, &vxlan_ports).map(|f| (p, f)))
         .filter(|(_, f)| !matches!(f.innermost().protocol, Proto::Arp { .. }) && f.src.is_ipv4())
         .collect();
 
@@ -372,7 +378,12 @@ pub fn run(
             .collect(),
         ipvs: ipvs_seen,
         translations,
-        changes: sc.link_changes.iter().map(change_text).collect(),
+        changes: sc
+            .link_changes
+            .iter()
+            .map(change_text)
+            .chain(sc.route_changes.iter().map(route_change_text))
+            .collect(),
         rtt_ms: outcome
             .result
             .as_ref()
@@ -417,6 +428,12 @@ fn change_text(c: &labctl_topology::LinkChange) -> String {
         what.push("down".to_string());
     }
     format!("{}: {}", c.link, what.join(", "))
+}
+
+/// A route change as the report shows it: `node1: route default deleted`.
+fn route_change_text(c: &labctl_topology::RouteChange) -> String {
+    let dst = crate::plan::route_destination(&c.destination);
+    format!("{}: route {dst} deleted", c.entity)
 }
 
 fn request(sc: &Scenario) -> Request {

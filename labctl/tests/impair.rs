@@ -1,6 +1,6 @@
 //! Impairments on a live lab (`topologies/impair.yaml`): a scenario's
 //! netem delay is what makes its `rtt_ms` expectation pass (without it the
-//! check fails), a whole run's link changes leave the lab as it was, and
+//! check fails), a whole run's changes leave the lab as it was, and
 //! `labctl netem` puts what it says on an interface, as `tc qdisc show`
 //! reads it back. Where the host kernel lacks netem the labs run in the VM
 //! (labctl decides, as for any lab); without root or a VM kernel the trials
@@ -91,8 +91,9 @@ fn qdisc(name: &str) -> Result<String, Failed> {
     Ok(String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
-/// A run of every scenario (netem, a link down, an MTU) leaves the lab as
-/// `up` made it; then `labctl netem` by hand, read back with tc.
+/// A run of every scenario (netem, a link down, an MTU, a deleted route)
+/// leaves the lab as `up` made it; then `labctl netem` by hand, read back
+/// with tc.
 fn changes_are_undone_and_netem_by_hand() -> Result<(), Failed> {
     let name = common::unique("undo");
     let _down = Down(name.clone());
@@ -100,7 +101,7 @@ fn changes_are_undone_and_netem_by_hand() -> Result<(), Failed> {
     let before = lab_state(&name)?;
     ensure(before.contains("mtu 1500"), before.clone())?;
     let reports = run_json(&name, &[])?;
-    ensure(reports.len() == 4, format!("{reports:#?}"))?;
+    ensure(reports.len() == 5, format!("{reports:#?}"))?;
     for r in &reports {
         ensure(r["passed"] == true, format!("{r:#}"))?;
     }

@@ -235,6 +235,9 @@ pub struct Scenario {
     /// Link changes in force during this scenario, in the file's order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub link_changes: Vec<LinkChange>,
+    /// Routes deleted for this scenario, in the file's order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub route_changes: Vec<RouteChange>,
     /// The endpoint pod load balancers must pick.
     pub backend: Option<String>,
     /// The node the SLB must pick.
@@ -265,7 +268,16 @@ pub struct LinkChange {
     pub down: bool,
     pub mtu: Option<u32>,
     /// `ip link set IF address MAC`, on this interface only.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mac: Option<[u8; 6]>,
+}
+
+/// A route of the lab deleted for one scenario and added back after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RouteChange {
+    /// The entity whose namespace holds the route.
+    pub entity: String,
+    pub destination: Ipv4Net,
 }
 
 /// netem's impairments on an interface's egress queue.

@@ -604,6 +604,12 @@ pub struct RawChange {
     pub mtu: Option<Spanned<Scalar>>,
     #[serde(default)]
     pub mac: Option<Spanned<String>>,
+    #[serde(default)]
+    pub route: Option<Spanned<String>>,
+    #[serde(default, rename = "in")]
+    pub netns: Option<Spanned<String>>,
+    #[serde(default)]
+    pub delete: Option<Spanned<bool>>,
 }
 
 impl JsonSchema for RawChange {
@@ -614,9 +620,10 @@ impl JsonSchema for RawChange {
     fn json_schema(generator: &mut SchemaGenerator) -> Schema {
         let service = generator.subschema_for::<ServiceChangeSchema>();
         let link = generator.subschema_for::<LinkChangeSchema>();
+        let route = generator.subschema_for::<RouteChangeSchema>();
         json_schema!({
-            "description": "A change for one scenario, undone after it: a service's or a link's.",
-            "oneOf": [service, link]
+            "description": "A change for one scenario, undone after it: a service's, a link's or a route's.",
+            "oneOf": [service, link, route]
         })
     }
 }
@@ -657,6 +664,23 @@ struct LinkChangeSchema {
     /// interface only (a veth's peer keeps its own).
     #[schemars(with = "Option<MacText>")]
     mac: Option<String>,
+}
+
+/// A route of the lab taken away for one scenario (`ip route del`), put
+/// back after it.
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "RouteChange")]
+#[expect(dead_code, reason = "schema only: RawChange is what is parsed")]
+struct RouteChangeSchema {
+    /// The route's destination: a CIDR or `default`.
+    #[schemars(with = "RouteDestination")]
+    route: String,
+    /// The namespace (entity) whose route it is.
+    #[serde(rename = "in")]
+    netns: String,
+    /// `true`: delete it for the scenario.
+    delete: bool,
 }
 
 /// netem's impairments, spelled as `tc qdisc ... netem` takes them.

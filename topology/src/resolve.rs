@@ -1679,7 +1679,7 @@ impl Resolver<'_> {
             .server_saw_client
             .as_ref()
             .and_then(|t| self.ipv4(t, "address"));
-        let (changes, link_changes) = self.changes(&raw.changes, lab);
+        let (changes, link_changes, route_changes) = self.changes(&raw.changes, lab);
         let rtt_ms = raw
             .expect
             .rtt_ms
@@ -1759,6 +1759,7 @@ impl Resolver<'_> {
             timeout_ms: raw.timeout_ms.unwrap_or(1000),
             changes,
             link_changes,
+            route_changes,
             backend,
             via_node,
             in_cluster_external: raw.in_cluster_external,
@@ -1837,13 +1838,31 @@ impl Resolver<'_> {
         &mut self,
         raw: &[Spanned<RawChange>],
         lab: &Lab,
-    ) -> (Vec<ServiceChange>, Vec<LinkChange>) {
+    ) -> (Vec<ServiceChange>, Vec<LinkChange>, Vec<RouteChange>) {
         let mut services = Vec::new();
         let mut links: Vec<LinkChange> = Vec::new();
+        let mut routes: Vec<RouteChange> = Vec::new();
         let mut seen_links: HashMap<String, Location> = HashMap::new();
         for c in raw {
             let loc = c.referenced;
             let c = &c.value;
+            if let Some(route) = &c.route {
+                let kinds = [
+                    c.service.as_ref().map(|v| ("service", v.referenced)),
+                    c.link.as_ref().map(|v| ("link", v.referenced)),
+                ];
+                if let Some((key, at)) = kinds.into_iter().flatten().next() {
+                    self.err(
+                        &at,
+                        format!("a change is one kind: this one names a route and a {key}"),
+                        "second kind",
+                        Some("write one change per route, link or service".into()),
+                    );
+                    continue;
+                }
+                routes.extend(self.route_change(route, c, loc, lab));
+                continue;
+            }
             match (&c.service, &c.link) {
                 (Some(_), Some(link)) => self.err(
                     &link.referenced,
@@ -1853,22 +1872,17 @@ impl Resolver<'_> {
                 ),
                 (None, None) => self.err(
                     &loc,
-                    "a change names no `service:` or `link:`".into(),
+                    "a change names no `service:`, `link:` or `route:`".into(),
                     "what to change?",
                     Some(
-                        "write `{service: NAME, remove_endpoints: [POD]}` or \
-                         `{link: ENTITY/IFNAME, netem: {delay: 50ms}}`"
+                        "write `{service: NAME, remove_endpoints: [POD]}`, \
+                         `{link: ENTITY/IFNAME, netem: {delay: 50ms}}` or \
+                         `{route: DEST, in: ENTITY, delete: true}`"
                             .into(),
                     ),
                 ),
                 (Some(_), None) => {
-                    let stray = [
-                        c.netem.as_ref().map(|v| ("netem", v.referenced)),
-                        c.state.as_ref().map(|v| ("state", v.referenced)),
-                        c.mtu.as_ref().map(|v| ("mtu", v.referenced)),
-                        c.mac.as_ref().map(|v| ("mac", v.referenced)),
-                    ];
-                    for (key, at) in stray.into_iter().flatten() {
+                    for (key, at) in link_keys(c) {
                         self.err(
                             &at,
                             format!("`{key}` changes a link, and this change is a service's"),
@@ -1882,18 +1896,22 @@ impl Resolver<'_> {
                     services.extend(self.service_change(c, lab));
                 }
                 (None, Some(link)) => {
-                    let stray = [
-                        c.external_traffic_policy
-                            .as_ref()
-                            .map(|v| ("external_traffic_policy", v.referenced)),
-                        c.remove_endpoints
-                            .as_ref()
-                            .map(|v| ("remove_endpoints", v.referenced)),
+                    let route_keys = [
+                        c.netns.as_ref().map(|v| ("in", v.referenced)),
+                        c.delete.as_ref().map(|v| ("delete", v.referenced)),
                     ];
-                    for (key, at) in stray.into_iter().flatten() {
+                    let stray = service_keys(c).chain(route_keys.into_iter().flatten());
+                    for (key, at) in stray {
                         self.err(
                             &at,
-                            format!("`{key}` changes a service, and this change is a link's"),
+                            format!(
+                                "`{key}` {}, and this change is a link's",
+                                if matches!(key, "in" | "delete") {
+                                    "belongs to a route change"
+                                } else {
+                                    "changes a service"
+                                }
+                            ),
                             "service key",
                             Some("put it in a change of its own: `{service: NAME, ...}`".into()),
                         );
@@ -1915,7 +1933,70 @@ impl Resolver<'_> {
                 }
             }
         }
-        (services, links)
+        (services, links, routes)
+    }
+
+    /// `{route: DEST, in: ENTITY, delete: true}`. Whether the lab makes
+    /// that route is the plan's to say, when the change is made.
+    fn route_change(
+        &mut self,
+        route: &Text,
+        c: &RawChange,
+        loc: Location,
+        lab: &Lab,
+    ) -> Option<RouteChange> {
+        let before = self.problems.len();
+        for (key, at) in link_keys(c).chain(service_keys(c)) {
+            self.err(
+                &at,
+                format!("`{key}` is not for a route change"),
+                "not a route key",
+                Some("a route change is `{route: DEST, in: ENTITY, delete: true}`".into()),
+            );
+        }
+        let destination = if route.value.trim() == "default" {
+            Some(Ipv4Net::default())
+        } else {
+            self.network(route, "route destination")
+        };
+        let entity = match &c.netns {
+            Some(n) if lab.interfaces_of(&n.value).is_some() => Some(n.value.clone()),
+            Some(n) => {
+                let known: Vec<String> = lab.entities().into_iter().map(|(e, _)| e).collect();
+                let known: Vec<&str> = known.iter().map(String::as_str).collect();
+                self.err(
+                    &n.referenced,
+                    format!("unknown namespace, node, pod or client `{}`", n.value),
+                    "unknown namespace",
+                    Some(unknown_hint("namespace", &n.value, &known)),
+                );
+                None
+            }
+            None => {
+                self.err(
+                    &loc,
+                    format!("the change of route {} says not where", route.value),
+                    "no `in`",
+                    Some("add `in: ENTITY`, the namespace whose route it is".into()),
+                );
+                None
+            }
+        };
+        if !c.delete.as_ref().is_some_and(|d| d.value) {
+            self.err(
+                c.delete.as_ref().map_or(&loc, |d| &d.referenced),
+                format!("the change of route {} changes nothing", route.value),
+                "no change",
+                Some("`delete: true` takes the route away for the scenario".into()),
+            );
+        }
+        if self.problems.len() > before {
+            return None;
+        }
+        Some(RouteChange {
+            entity: entity?,
+            destination: destination?,
+        })
     }
 
     fn service_change(&mut self, c: &RawChange, lab: &Lab) -> Option<ServiceChange> {
@@ -2278,6 +2359,32 @@ impl Resolver<'_> {
             endpoints: all,
         })
     }
+}
+
+/// The keys of a link change that `c` has, with where.
+fn link_keys(c: &RawChange) -> impl Iterator<Item = (&'static str, Location)> {
+    [
+        c.netem.as_ref().map(|v| ("netem", v.referenced)),
+        c.state.as_ref().map(|v| ("state", v.referenced)),
+        c.mtu.as_ref().map(|v| ("mtu", v.referenced)),
+        c.mac.as_ref().map(|v| ("mac", v.referenced)),
+    ]
+    .into_iter()
+    .flatten()
+}
+
+/// The keys of a service change that `c` has (besides `service`).
+fn service_keys(c: &RawChange) -> impl Iterator<Item = (&'static str, Location)> {
+    [
+        c.external_traffic_policy
+            .as_ref()
+            .map(|v| ("external_traffic_policy", v.referenced)),
+        c.remove_endpoints
+            .as_ref()
+            .map(|v| ("remove_endpoints", v.referenced)),
+    ]
+    .into_iter()
+    .flatten()
 }
 
 fn policy(raw: Option<RawTrafficPolicy>) -> TrafficPolicy {

@@ -1863,7 +1863,10 @@ fn link_change_errors_are_located_and_say_how_to_fix() {
         "{e:#?}"
     );
     let e = impaired_errors("[{state: down}]", "{}", "icmp");
-    assert!(e[0].contains("names no `service:` or `link:`"), "{e:#?}");
+    assert!(
+        e[0].contains("names no `service:`, `link:` or `route:`"),
+        "{e:#?}"
+    );
     let e = impaired_errors("[{service: web, link: node-1/eth0}]", "{}", "icmp");
     assert!(e.iter().any(|m| m.contains("not both")), "{e:#?}");
 }
@@ -2131,4 +2134,56 @@ fn low_level_objects_sit_beside_the_cni_keys() {
     assert!(lab.objects.tc[0].mirror);
     let e = load_base(&source.replace("dev: eth0, address", "dev: eth7, address")).unwrap_err();
     assert!(e.to_string().contains("device `eth7`"), "{e}");
+}
+
+#[test]
+fn route_changes_resolve_and_their_errors_are_located() {
+    let lab = impaired(
+        "[{route: default, in: node-1, delete: true}, {route: 172.23.96.0/26, in: vpc, delete: true}]",
+        "{}",
+        "icmp",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let sc = &lab.scenarios[0];
+    assert_eq!(sc.route_changes.len(), 2);
+    assert_eq!(sc.route_changes[0].entity, "node-1");
+    assert_eq!(sc.route_changes[0].destination.prefix_len(), 0);
+    assert_eq!(
+        sc.route_changes[1].destination.to_string(),
+        "172.23.96.0/26"
+    );
+
+    let e = impaired_errors("[{route: default, in: node-1}]", "{}", "icmp");
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].contains("the change of route default changes nothing"),
+        "{e:#?}"
+    );
+    let e = impaired_errors("[{route: default, in: node-9, delete: true}]", "{}", "icmp");
+    assert!(
+        e[0].contains("unknown namespace, node, pod or client `node-9`"),
+        "{e:#?}"
+    );
+    assert!(e[0].starts_with("t.yaml:28:"), "{e:#?}");
+    let e = impaired_errors(
+        "[{route: 10.0.0.1/8, in: node-1, delete: true}]",
+        "{}",
+        "icmp",
+    );
+    assert!(e[0].contains("has host bits set"), "{e:#?}");
+    let e = impaired_errors(
+        "[{route: default, in: node-1, delete: true, link: node-1/eth0}]",
+        "{}",
+        "icmp",
+    );
+    assert!(e[0].contains("names a route and a link"), "{e:#?}");
+    let e = impaired_errors(
+        "[{link: node-1/eth0, mtu: 1400, delete: true}]",
+        "{}",
+        "icmp",
+    );
+    assert!(
+        e[0].contains("`delete` belongs to a route change"),
+        "{e:#?}"
+    );
 }

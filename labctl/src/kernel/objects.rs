@@ -66,6 +66,28 @@ impl Netlink {
                 };
                 self.link_add(step, b.build()).await
             }
+            Action::DelRoute {
+                destination,
+                via,
+                ifindex,
+                ..
+            } => {
+                let mut b = rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+                    .destination_prefix(destination.addr(), destination.prefix_len())
+                    .output_interface(*ifindex);
+                if let Some(via) = via {
+                    b = b.gateway(*via);
+                }
+                match self.handle(&step.netns) {
+                    Ok(h) => h
+                        .route()
+                        .del(b.build())
+                        .execute()
+                        .await
+                        .map_err(|e| fail(step, e)),
+                    Err(e) => Err(e),
+                }
+            }
             Action::SetMac { ifindex, mac, .. } => {
                 let msg = LinkUnspec::new_with_index(*ifindex)
                     .address(mac.to_vec())
