@@ -424,7 +424,17 @@ fn script_passes_hostile_words_intact() -> Result<(), Failed> {
                 "nud",
                 "permanent",
             ]),
-            argv(&["-n", &ns, "addr", "add", "10.0.0.2/24", "dev", h]),
+            argv(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                "10.0.0.2/24",
+                "brd",
+                "+",
+                "dev",
+                h,
+            ]),
             argv(&[
                 "-n",
                 &ns,
@@ -435,6 +445,8 @@ fn script_passes_hostile_words_intact() -> Result<(), Failed> {
                 "10.0.0.253",
                 "dev",
                 h,
+                "proto",
+                "static",
             ]),
             argv(&["netns", "exec", &ns, "sysctl", "-qw", &netns_conf]),
         ];
