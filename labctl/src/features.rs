@@ -93,6 +93,14 @@ pub fn required(lab: &Lab) -> BTreeSet<Feature> {
             need.insert(Feature::Ipvlan);
         }
     }
+    if lab
+        .objects
+        .links
+        .iter()
+        .any(|l| matches!(l.kind, labctl_topology::LinkKind::Vxlan(_)))
+    {
+        need.insert(Feature::Vxlan);
+    }
     if !lab.services.is_empty() {
         need.insert(Feature::Dummy);
         need.insert(Feature::Ipvs);

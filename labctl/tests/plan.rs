@@ -182,3 +182,14 @@ fn script_creates_every_namespace() {
     assert_eq!(p.namespaces.len(), 10);
     assert!(p.namespaces.iter().all(|n| n.name.starts_with("flannel-")));
 }
+
+/// A lab with vxlan links needs the kernel's vxlan: where the host lacks
+/// it, the lab goes to the VM like any other missing feature.
+#[test]
+fn vxlan_links_require_the_vxlan_feature() {
+    use labctl::features::{Feature, required};
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../topologies/vxlan-redirect.yaml");
+    let lab = labctl_topology::load(&path, &BTreeMap::new()).unwrap();
+    assert!(required(&lab).contains(&Feature::Vxlan));
+    assert!(!required(&flannel()).contains(&Feature::Vxlan));
+}
