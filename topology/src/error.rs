@@ -72,9 +72,30 @@ pub struct Problem {
     pub others: Vec<LabeledSpan>,
 }
 
+/// Columns past which a problem shows no source snippet, only its
+/// `file:line:column`: miette pads the underline out to the column and
+/// panics past 65535 (a fuzzed template rendered a 1,000,000-character
+/// line), and such a line is unreadable in a terminal anyway.
+pub const SNIPPET_COLUMNS: usize = 1000;
+
+/// The 1-based column of byte `offset` in `text`.
+fn column_of(text: &str, offset: usize) -> usize {
+    let offset = offset.min(text.len());
+    let start = text.as_bytes()[..offset]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    offset - start + 1
+}
+
 impl Problem {
-    /// Add a secondary labelled span.
+    /// Add a secondary labelled span (left out where the snippet would be
+    /// too wide to show, see [`SNIPPET_COLUMNS`]).
     pub(crate) fn also(mut self, span: SourceSpan, label: &str) -> Self {
+        let text = self.source_code.inner().as_str();
+        if text.is_empty() || column_of(text, span.offset() + span.len()) > SNIPPET_COLUMNS {
+            return self;
+        }
         self.others
             .push(LabeledSpan::new_with_span(Some(label.to_string()), span));
         self
@@ -271,6 +292,15 @@ impl Source {
         help: Option<String>,
     ) -> Problem {
         let (line, column) = self.line_column(span.offset());
+        let end = column_of(&self.text, span.offset() + span.len());
+        let (source_code, span) = if column.max(end) > SNIPPET_COLUMNS {
+            (
+                NamedSource::new(&self.file, Arc::new(String::new())),
+                SourceSpan::new(0.into(), 0),
+            )
+        } else {
+            (self.named.clone(), span)
+        };
         let help = if self.templated {
             let note = format!(
                 "locations refer to the rendered template; see `labctl render {}`",
@@ -290,7 +320,7 @@ impl Source {
             message: message.into(),
             label: label.into(),
             help,
-            source_code: self.named.clone(),
+            source_code,
             span,
             others: Vec::new(),
         }

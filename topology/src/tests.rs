@@ -2187,3 +2187,30 @@ fn route_changes_resolve_and_their_errors_are_located() {
         "{e:#?}"
     );
 }
+
+/// Found by the fuzzer: a problem a million columns into a rendered line
+/// made miette's graphical report (the CLI's on a terminal) panic while it
+/// padded the underline. The problem keeps its location and drops the
+/// snippet.
+#[test]
+fn a_problem_far_into_a_long_line_renders_without_a_snippet() {
+    let source = "{% set s = 'x' * 1000000 %}{range(100000) %}{{ s }}\0\0\0\0\0\0\0\u{4}";
+    let e = load_str("t.yaml", source, &vars()).unwrap_err();
+    let mut out = String::new();
+    miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::none())
+        .render_report(&mut out, &e)
+        .unwrap();
+    assert!(out.contains("t.yaml:1:1000018"), "{out}");
+    assert!(
+        out.len() < 2000,
+        "no million-character snippet: {} bytes",
+        out.len()
+    );
+    // A problem in a short line still shows its snippet.
+    let e = load_str("t.yaml", "name: lab\nnodez: []\n", &vars()).unwrap_err();
+    let mut out = String::new();
+    miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::none())
+        .render_report(&mut out, &e)
+        .unwrap();
+    assert!(out.contains("nodez: []"), "{out}");
+}
