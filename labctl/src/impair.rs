@@ -19,10 +19,12 @@
 
 use std::collections::HashMap;
 
-use labctl_topology::{Lab, LinkChange, RouteChange};
+use std::net::Ipv4Addr;
+
+use labctl_topology::{Lab, LinkChange, ObjectChange, RouteChange};
 
 use crate::kernel::{Kernel, KernelError, LinkSettings, Netlink};
-use crate::plan::{Action, Phase, Plan, Step};
+use crate::plan::{Action, IfRef, Phase, Plan, Step};
 pub use crate::plan::{Iface, Interfaces};
 use crate::state::LabState;
 
@@ -212,25 +214,46 @@ fn flushed_with(plan: &Plan, i: &Iface) -> Vec<Step> {
         .collect()
 }
 
-/// The steps that delete each route for the scenario, each undone by the
-/// plan's own step that made it.
+/// The steps of the route changes: a deleted route is undone by the
+/// plan's own step that made it, an added one by deleting it.
 pub fn route_steps(
     lab: &Lab,
     plan: &Plan,
     routes: &[RouteChange],
 ) -> Result<Vec<Undoable>, ImpairError> {
     let text = crate::plan::route_destination;
+    let ifaces = Interfaces::of(plan);
     routes
         .iter()
         .map(|r| {
             let ns = lab.netns(&r.entity);
-            let made: Vec<(
-                &Step,
-                &ipnet::Ipv4Net,
-                &Option<std::net::Ipv4Addr>,
-                &String,
-                u32,
-            )> = plan
+            if let Some(add) = &r.add {
+                let dev = ifaces
+                    .get(&ns, &add.dev)
+                    .ok_or_else(|| ImpairError::Unknown(format!("{}/{}", r.entity, add.dev)))?;
+                let (ifname, ifindex) = (dev.ifname, dev.ifindex);
+                return Ok(Undoable {
+                    step: step(
+                        &ns,
+                        Action::AddRoute {
+                            destination: r.destination,
+                            via: add.via,
+                            ifname: ifname.clone(),
+                            ifindex,
+                        },
+                    ),
+                    undo: vec![step(
+                        &ns,
+                        Action::DelRoute {
+                            destination: r.destination,
+                            via: add.via,
+                            ifname,
+                            ifindex,
+                        },
+                    )],
+                });
+            }
+            let made: Vec<(&Step, &ipnet::Ipv4Net, &Option<Ipv4Addr>, &String, u32)> = plan
                 .steps
                 .iter()
                 .filter(|s| s.netns == ns)
@@ -268,25 +291,379 @@ pub fn route_steps(
                         ifindex: *ifindex,
                     },
                 ),
-                undo: vec![Step {
-                    phase: Phase::Changes,
-                    ..(*add).clone()
-                }],
+                undo: vec![again(add)],
             })
         })
         .collect()
 }
 
+/// A plan's step, run again as a change's undoing.
+fn again(s: &Step) -> Step {
+    Step {
+        phase: Phase::Changes,
+        ..s.clone()
+    }
+}
+
+/// The namespaces an object change touches.
+fn object_namespaces(lab: &Lab, c: &ObjectChange) -> Vec<String> {
+    match c {
+        ObjectChange::Neighbour { entity, .. }
+        | ObjectChange::Fdb { entity, .. }
+        | ObjectChange::Sysctl { entity, .. } => vec![lab.netns(entity)],
+        ObjectChange::Move { pod, from, to } => {
+            vec![lab.netns(pod), lab.netns(from), lab.netns(to)]
+        }
+    }
+}
+
+/// The steps of the neighbour, FDB, sysctl changes and pod moves, each
+/// with its undoing, reading first from the kernel what they alter: a
+/// sysctl's value, a moved pod's MACs.
+///
+/// An entry the change replaces or deletes is put back as the plan makes
+/// it; one the kernel had learned is not (it is learned again), and an
+/// entry the change adds is deleted.
+///
+/// A pod moves the way a container restarts on another host with a fixed
+/// address: its veth pair is deleted (the pod's end with it) and made
+/// again from the new node's bridge, the pod's end with the same name,
+/// index, MAC, address and routes. The undoing deletes that pair and
+/// replays the plan's own steps for the pod with its MACs, so every
+/// ifindex is as `up` made it. (A bridge left without ports by the move,
+/// or its undoing, has no carrier and a zero MAC until a port comes back:
+/// the kernel's rule, which nothing but a port undoes.)
+pub async fn object_steps<K: Kernel>(
+    kernel: &K,
+    lab: &Lab,
+    plan: &Plan,
+    changes: &[ObjectChange],
+) -> Result<Vec<Undoable>, ImpairError> {
+    let ifaces = Interfaces::of(plan);
+    let dev = |ns: &str, entity: &str, name: &str| {
+        ifaces
+            .get(ns, name)
+            .ok_or_else(|| ImpairError::Unknown(format!("{entity}/{name}")))
+    };
+    let mut out = Vec::new();
+    for c in changes {
+        match c {
+            ObjectChange::Neighbour {
+                entity,
+                dev: name,
+                address,
+                lladdr,
+                state,
+            } => {
+                let ns = lab.netns(entity);
+                let d = dev(&ns, entity, name)?;
+                let made = plan.steps.iter().find(|s| {
+                    s.netns == ns
+                        && matches!(&s.action, Action::AddNeighbour { ifindex, address: a, .. }
+                            if *ifindex == d.ifindex && a == address)
+                });
+                let del = step(
+                    &ns,
+                    Action::DelNeighbour {
+                        ifname: d.ifname.clone(),
+                        ifindex: d.ifindex,
+                        address: *address,
+                    },
+                );
+                out.push(match lladdr {
+                    Some(lladdr) => Undoable {
+                        step: step(
+                            &ns,
+                            Action::AddNeighbour {
+                                ifname: d.ifname.clone(),
+                                ifindex: d.ifindex,
+                                address: *address,
+                                lladdr: *lladdr,
+                                state: *state,
+                            },
+                        ),
+                        undo: vec![made.map_or(del, again)],
+                    },
+                    None => Undoable {
+                        step: del,
+                        undo: made.map(again).into_iter().collect(),
+                    },
+                });
+            }
+            ObjectChange::Fdb {
+                entity,
+                dev: name,
+                lladdr,
+                dst,
+                master,
+                delete,
+            } => {
+                let ns = lab.netns(entity);
+                let d = dev(&ns, entity, name)?;
+                let made = plan.steps.iter().find(|s| {
+                    s.netns == ns
+                        && matches!(&s.action, Action::AddFdb { ifindex, lladdr: m, .. }
+                            if *ifindex == d.ifindex && m == lladdr)
+                });
+                let del = step(
+                    &ns,
+                    Action::DelFdb {
+                        ifname: d.ifname.clone(),
+                        ifindex: d.ifindex,
+                        lladdr: *lladdr,
+                        dst: *dst,
+                        master: *master,
+                    },
+                );
+                out.push(if *delete {
+                    Undoable {
+                        step: del,
+                        undo: made.map(again).into_iter().collect(),
+                    }
+                } else {
+                    Undoable {
+                        step: step(
+                            &ns,
+                            Action::AddFdb {
+                                ifname: d.ifname.clone(),
+                                ifindex: d.ifindex,
+                                lladdr: *lladdr,
+                                dst: *dst,
+                                master: *master,
+                            },
+                        ),
+                        undo: vec![made.map_or(del, again)],
+                    }
+                });
+            }
+            ObjectChange::Sysctl { entity, key, value } => {
+                let ns = lab.netns(entity);
+                let was = kernel
+                    .sysctl(&ns, key)
+                    .await
+                    .map_err(|e| ImpairError::Kernel(vec![e]))?;
+                let set = |value: &str| {
+                    step(
+                        &ns,
+                        Action::Sysctl {
+                            key: key.clone(),
+                            value: value.to_string(),
+                        },
+                    )
+                };
+                out.push(Undoable {
+                    step: set(value),
+                    undo: vec![set(&was)],
+                });
+            }
+            ObjectChange::Move { pod, from, to } => {
+                out.extend(move_steps(kernel, lab, plan, &ifaces, pod, from, to).await?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// See [`object_steps`].
+async fn move_steps<K: Kernel>(
+    kernel: &K,
+    lab: &Lab,
+    plan: &Plan,
+    ifaces: &Interfaces,
+    pod: &str,
+    from: &str,
+    to: &str,
+) -> Result<Vec<Undoable>, ImpairError> {
+    let (pod_ns, from_ns, to_ns) = (lab.netns(pod), lab.netns(from), lab.netns(to));
+    let unknown = || ImpairError::Unknown(format!("{pod}/host"));
+    let made = plan
+        .steps
+        .iter()
+        .find(|s| {
+            s.netns == from_ns
+                && matches!(&s.action, Action::AddVeth { peer_netns, .. } if *peer_netns == pod_ns)
+        })
+        .ok_or_else(unknown)?;
+    let Action::AddVeth {
+        name,
+        ifindex,
+        peer_ifindex,
+        ..
+    } = &made.action
+    else {
+        return Err(unknown());
+    };
+    let bridge = lab
+        .node(to)
+        .map(|n| n.bridge.clone())
+        .and_then(|b| ifaces.get(&to_ns, &b))
+        .map(|i| IfRef {
+            name: i.ifname,
+            ifindex: i.ifindex,
+        })
+        .ok_or_else(|| ImpairError::Unknown(format!("{to}'s pod bridge")))?;
+    let read = |ns: String, ifindex: u32| async move {
+        kernel
+            .link_settings(&ns, ifindex)
+            .await
+            .map(|s| s.mac)
+            .map_err(|e| ImpairError::Kernel(vec![e]))
+    };
+    let host_mac = read(from_ns.clone(), *ifindex).await?;
+    let pod_mac = read(pod_ns.clone(), *peer_ifindex).await?;
+    let with_macs = |s: &Step, netns: &str, index: u32, controller: IfRef| {
+        let mut s = again(s);
+        s.netns = netns.to_string();
+        if let Action::AddVeth {
+            ifindex,
+            mac,
+            peer_mac,
+            controller: c,
+            ..
+        } = &mut s.action
+        {
+            *ifindex = index;
+            *mac = host_mac;
+            *peer_mac = pod_mac;
+            *c = Some(controller);
+        }
+        s
+    };
+    let from_bridge = match &made.action {
+        Action::AddVeth {
+            controller: Some(c),
+            ..
+        } => c.clone(),
+        _ => return Err(unknown()),
+    };
+    // The pod's own steps (its end up, address, routes), as `up` made them.
+    let pod_steps: Vec<Step> = plan
+        .steps
+        .iter()
+        .filter(|s| s.netns == pod_ns && s.action != Action::LoopbackUp)
+        .map(again)
+        .collect();
+    let new_index = ifaces.max_index(&to_ns) + 1;
+    let mut undo_back = vec![with_macs(made, &from_ns, *ifindex, from_bridge)];
+    undo_back.extend(pod_steps.iter().cloned());
+    let mut out = vec![
+        Undoable {
+            step: step(
+                &from_ns,
+                Action::DelLink {
+                    ifname: name.clone(),
+                    ifindex: *ifindex,
+                },
+            ),
+            undo: undo_back,
+        },
+        Undoable {
+            step: with_macs(made, &to_ns, new_index, bridge),
+            undo: vec![step(
+                &to_ns,
+                Action::DelLink {
+                    ifname: name.clone(),
+                    ifindex: new_index,
+                },
+            )],
+        },
+    ];
+    out.extend(pod_steps.into_iter().map(|s| Undoable {
+        step: s,
+        undo: Vec::new(),
+    }));
+    Ok(out)
+}
+
+/// A scenario's changes as the report shows them, one line each:
+/// `node1/eth0: netem delay 50ms`, `vpc: route 172.16.0.0/24 deleted`,
+/// `worker: neighbour 10.0.0.9 dev eth0 lladdr 02:...`, `pod-a: moved from
+/// node-1 to node-2`.
+pub fn change_texts(sc: &labctl_topology::Scenario) -> Vec<String> {
+    let mac = |m: &[u8; 6]| labctl_topology::format_mac(m);
+    let route = |c: &RouteChange| {
+        let dst = crate::plan::route_destination(&c.destination);
+        match &c.add {
+            None => format!("{}: route {dst} deleted", c.entity),
+            Some(a) => {
+                let via = a.via.map(|v| format!(" via {v}")).unwrap_or_default();
+                format!("{}: route {dst}{via} dev {} added", c.entity, a.dev)
+            }
+        }
+    };
+    let object = |c: &ObjectChange| match c {
+        ObjectChange::Neighbour {
+            entity,
+            dev,
+            address,
+            lladdr: Some(l),
+            state,
+        } => format!(
+            "{entity}: neighbour {address} dev {dev} lladdr {} {}",
+            mac(l),
+            state.as_str()
+        ),
+        ObjectChange::Neighbour {
+            entity,
+            dev,
+            address,
+            lladdr: None,
+            ..
+        } => format!("{entity}: neighbour {address} dev {dev} deleted"),
+        ObjectChange::Fdb {
+            entity,
+            dev,
+            lladdr,
+            dst,
+            delete,
+            ..
+        } => {
+            let dst = dst.map(|d| format!(" dst {d}")).unwrap_or_default();
+            let what = if *delete { "deleted" } else { "added" };
+            format!("{entity}: fdb {} dev {dev}{dst} {what}", mac(lladdr))
+        }
+        ObjectChange::Sysctl { entity, key, value } => format!("{entity}: {key}={value}"),
+        ObjectChange::Move { pod, from, to } => format!("{pod}: moved from {from} to {to}"),
+    };
+    sc.link_changes
+        .iter()
+        .map(link_change_text)
+        .chain(sc.route_changes.iter().map(route))
+        .chain(sc.object_changes.iter().map(object))
+        .collect()
+}
+
+/// A link change as the report shows it: `node1/eth0: netem delay 50ms,
+/// mtu 1400, address 02:00:00:00:00:01, down`.
+fn link_change_text(c: &LinkChange) -> String {
+    let mut what = Vec::new();
+    if let Some(n) = &c.netem {
+        what.push(format!("netem {}", n.tc_args()));
+    }
+    if let Some(m) = c.mtu {
+        what.push(format!("mtu {m}"));
+    }
+    if let Some(mac) = &c.mac {
+        what.push(format!("address {}", labctl_topology::format_mac(mac)));
+    }
+    if c.down {
+        what.push("down".to_string());
+    }
+    format!("{}: {}", c.link, what.join(", "))
+}
+
 /// Make the changes: read what they alter, then run each step in order.
 /// On a failure the steps made so far are undone and every error is
 /// returned. On success, the undoing to run after the traffic, in order.
-/// `routes` are [`route_steps`], run after the link changes.
+/// `routes` are [`route_steps`], run after the link changes, `objects`
+/// [`object_steps`] after those.
 pub async fn apply<K: Kernel>(
     kernel: &K,
     plan: &Plan,
     changes: &[LinkChange],
     targets: &[(Iface, Option<Iface>)],
     routes: Vec<Undoable>,
+    objects: Vec<Undoable>,
 ) -> Result<Vec<Step>, Vec<KernelError>> {
     let mut before = HashMap::new();
     for (i, peer) in targets {
@@ -300,6 +677,7 @@ pub async fn apply<K: Kernel>(
     }
     let mut list = steps(plan, changes, targets, &before);
     list.extend(routes);
+    list.extend(objects);
     let mut undo: Vec<Step> = Vec::new();
     for u in list {
         if let Err(e) = kernel.run(&u.step).await {
@@ -349,13 +727,14 @@ pub struct Applied {
 }
 
 impl Applied {
-    /// Make a scenario's link changes on the lab `record` stands for.
+    /// Make a scenario's link, route and object changes on the lab
+    /// `record` stands for.
     pub fn make(
         record: &LabState,
         lab: &Lab,
-        changes: &[LinkChange],
-        routes: &[RouteChange],
+        sc: &labctl_topology::Scenario,
     ) -> Result<Applied, ImpairError> {
+        let (changes, routes, objects) = (&sc.link_changes, &sc.route_changes, &sc.object_changes);
         // The lab as it was brought up: under `up --name` its namespaces
         // carry that name, not the file's.
         let renamed;
@@ -377,6 +756,7 @@ impl Applied {
             .flat_map(|(i, p)| std::iter::once(i).chain(p.as_ref()))
             .map(|x| x.netns.clone())
             .chain(route_steps.iter().map(|u| u.step.netns.clone()))
+            .chain(objects.iter().flat_map(|c| object_namespaces(lab, c)))
             .collect();
         names.sort();
         names.dedup();
@@ -386,10 +766,14 @@ impl Applied {
         })?;
         let mut kernel = Netlink::new(record.mark());
         let undo = rt.block_on(async {
-            kernel.attach(&names).map_err(|e| vec![e])?;
-            apply(&kernel, &plan, changes, &targets, route_steps).await
-        });
-        let undo = undo.map_err(ImpairError::Kernel)?;
+            kernel
+                .attach(&names)
+                .map_err(|e| ImpairError::Kernel(vec![e]))?;
+            let objects = object_steps(&kernel, lab, &plan, objects).await?;
+            apply(&kernel, &plan, changes, &targets, route_steps, objects)
+                .await
+                .map_err(ImpairError::Kernel)
+        })?;
         Ok(Applied { rt, kernel, undo })
     }
 
@@ -435,8 +819,8 @@ scenarios:
     to: 10.0.0.10
     protocol: icmp
     changes:
-      - { link: n1/eth0, netem: { delay: 50ms, loss: 1% }, mtu: 1400 }
-      - { link: p1/eth0, state: down }
+      - { link: { name: n1/eth0, netem: { delay: 50ms, loss: 1% }, mtu: 1400 } }
+      - { link: { name: p1/eth0, state: down } }
 ";
 
     fn run(fail_on: Option<&str>) -> (Vec<String>, Result<Vec<Step>, Vec<KernelError>>) {
@@ -455,11 +839,114 @@ scenarios:
             &sc.link_changes,
             &targets,
             Vec::new(),
+            Vec::new(),
         ));
         if let Ok(u) = &undo {
             assert!(rt.block_on(restore(&kernel, u)).is_empty());
         }
         (kernel.log.take(), undo)
+    }
+
+    const TWO_NODES: &str = "\
+name: mv
+vpc:
+  subnets:
+    - { name: vsw, cidr: 10.0.0.0/24, gateway: 10.0.0.1 }
+  routes:
+    - { destination: 172.16.0.0/24, next_hop: n1 }
+nodes:
+  - name: n1
+    interfaces: [{ name: eth0, subnet: vsw, address: 10.0.0.10 }]
+    pod_cidr: 172.16.0.0/24
+  - name: n2
+    interfaces: [{ name: eth0, subnet: vsw, address: 10.0.0.11 }]
+    pod_cidr: 172.16.1.0/24
+pods:
+  - { name: p1, node: n1, address: 172.16.0.10 }
+scenarios:
+  - name: s
+    from: n2
+    to: 172.16.0.10
+    protocol: icmp
+    changes:
+      - { sysctl: { in: n1, key: net.ipv4.conf.all.arp_ignore, value: 1 } }
+      - { neighbour: { in: n2, dev: eth0, address: 10.0.0.10, lladdr: 02:00:00:00:00:0a } }
+      - { move: { pod: p1, to: n2 } }
+";
+
+    #[test]
+    fn object_changes_and_a_move_are_undone_as_up_made_them() {
+        let lab = labctl_topology::load_str("t.yaml", TWO_NODES, &BTreeMap::new()).unwrap();
+        let plan = crate::plan::plan(&lab);
+        let sc = &lab.scenarios[0];
+        let kernel = Recorder::default();
+        let rt = crate::engine::runtime().unwrap();
+        let objects = rt
+            .block_on(object_steps(&kernel, &lab, &plan, &sc.object_changes))
+            .unwrap();
+        let undo = rt
+            .block_on(apply(&kernel, &plan, &[], &[], Vec::new(), objects))
+            .unwrap();
+        let log = kernel.log.take();
+        let made: Vec<&str> = log
+            .iter()
+            .map(String::as_str)
+            .filter(|l| !l.contains(" show ") && !l.contains("sysctl -n"))
+            .collect();
+        let host = plan
+            .steps
+            .iter()
+            .find_map(|s| match &s.action {
+                Action::AddVeth { name, .. } if s.netns == "mv-n1" => Some(name.clone()),
+                _ => None,
+            })
+            .unwrap();
+        // The sysctl's old value is read first; the pod's MACs are kept.
+        assert!(
+            log[0].contains("sysctl -n net.ipv4.conf.all.arp_ignore"),
+            "{log:#?}"
+        );
+        assert_eq!(
+            made[0],
+            "ip netns exec mv-n1 sysctl -qw net.ipv4.conf.all.arp_ignore=1"
+        );
+        assert!(
+            made[1].starts_with("ip -n mv-n2 neigh replace 10.0.0.10 lladdr 02:00:00:00:00:0a")
+        );
+        assert_eq!(made[2], format!("ip -n mv-n1 link del {host}"));
+        assert!(
+            made[3].starts_with(&format!("ip -n mv-n2 link add {host} index "))
+                && made[3].contains("peer name eth0 netns mv-p1 index 2 address 02:00:00:00:00:02")
+                && made[3].contains("master cni0"),
+            "{}",
+            made[3]
+        );
+        assert!(
+            made.iter()
+                .any(|l| l.contains("ip -n mv-p1 addr add 172.16.0.10/24"))
+        );
+        let undo: Vec<String> = undo.iter().map(|s| s.to_string()).collect();
+        assert!(
+            undo[0].starts_with(&format!("ip -n mv-n2 link del {host}")),
+            "{undo:#?}"
+        );
+        assert!(
+            undo[1].starts_with(&format!("ip -n mv-n1 link add {host} index "))
+                && undo[1].contains("master cni0"),
+            "{undo:#?}"
+        );
+        assert!(
+            undo.iter()
+                .any(|l| l.starts_with("ip -n mv-p1 route add default"))
+        );
+        assert!(
+            undo.iter()
+                .any(|l| l.starts_with("ip -n mv-n2 neigh del 10.0.0.10 dev eth0"))
+        );
+        assert_eq!(
+            undo.last().unwrap(),
+            "ip netns exec mv-n1 sysctl -qw net.ipv4.conf.all.arp_ignore=0"
+        );
     }
 
     #[test]

@@ -63,6 +63,9 @@ pub trait Kernel {
         netns: &str,
         ifindex: u32,
     ) -> impl Future<Output = Result<LinkSettings, KernelError>>;
+    /// A sysctl's value in a namespace, like `ip netns exec NS sysctl -n
+    /// KEY`: what a sysctl change must put back.
+    fn sysctl(&self, netns: &str, key: &str) -> impl Future<Output = Result<String, KernelError>>;
 }
 
 /// What a link change alters and its undoing restores.
@@ -348,7 +351,10 @@ impl Kernel for Netlink {
             | Action::AddNeighbour { .. }
             | Action::AddFdb { .. }
             | Action::Clsact { .. }
-            | Action::TcMirred { .. } => self.run_object(step).await,
+            | Action::TcMirred { .. }
+            | Action::DelLink { .. }
+            | Action::DelNeighbour { .. }
+            | Action::DelFdb { .. } => self.run_object(step).await,
             Action::LoopbackUp => {
                 let msg = LinkUnspec::new_with_index(1).up().build();
                 self.link_set(step, msg).await
@@ -572,6 +578,21 @@ impl Kernel for Netlink {
         }
     }
 
+    async fn sysctl(&self, netns: &str, key: &str) -> Result<String, KernelError> {
+        let what = format!("ip netns exec {netns} sysctl -n {key}");
+        let fd = self
+            .fds
+            .get(netns)
+            .ok_or_else(|| KernelError::new(what.clone(), "namespace missing"))?
+            .try_clone()
+            .map_err(|e| KernelError::new(what.clone(), e))?;
+        let key = key.to_string();
+        tokio::task::spawn_blocking(move || sys::read_sysctl_in(fd, &key))
+            .await
+            .map_err(|e| KernelError::new(what.clone(), e))?
+            .map_err(|e| KernelError::new(what, e))
+    }
+
     async fn link_settings(&self, netns: &str, ifindex: u32) -> Result<LinkSettings, KernelError> {
         use netlink_packet_route::link::LinkFlags;
         let what = || format!("ip -n {netns} link show index {ifindex}");
@@ -644,6 +665,14 @@ impl Kernel for Recorder {
         }
         self.log.borrow_mut().push(text);
         Ok(())
+    }
+
+    /// Every sysctl reads `0`.
+    async fn sysctl(&self, netns: &str, key: &str) -> Result<String, KernelError> {
+        self.log
+            .borrow_mut()
+            .push(format!("ip netns exec {netns} sysctl -n {key}"));
+        Ok("0".into())
     }
 
     /// What `up` leaves on every link: MTU 1500, up.

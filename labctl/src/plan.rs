@@ -252,6 +252,24 @@ pub enum Action {
         mirror: bool,
         to: IfRef,
     },
+    /// `ip link del IF` (a scenario's change: a pod leaving its node; the
+    /// veth's other end goes with it).
+    DelLink { ifname: String, ifindex: u32 },
+    /// `ip neigh del ADDR dev IF` (a scenario's change).
+    DelNeighbour {
+        ifname: String,
+        ifindex: u32,
+        address: Ipv4Addr,
+    },
+    /// `bridge fdb del MAC dev IF [dst VTEP] master|self` (a scenario's
+    /// change).
+    DelFdb {
+        ifname: String,
+        ifindex: u32,
+        lladdr: [u8; 6],
+        dst: Option<Ipv4Addr>,
+        master: bool,
+    },
 }
 
 /// An interface of the namespace the action runs in, by name and index.
@@ -642,6 +660,28 @@ impl fmt::Display for Step {
             Action::Clsact { ifname, .. } => {
                 write!(f, "tc -n {ns} qdisc add dev {} clsact", q(ifname))
             }
+            Action::DelLink { ifname, .. } => write!(f, "ip -n {ns} link del {}", q(ifname)),
+            Action::DelNeighbour {
+                ifname, address, ..
+            } => write!(f, "ip -n {ns} neigh del {address} dev {}", q(ifname)),
+            Action::DelFdb {
+                ifname,
+                lladdr,
+                dst,
+                master,
+                ..
+            } => {
+                write!(
+                    f,
+                    "bridge -n {ns} fdb del {} dev {}",
+                    format_mac(lladdr),
+                    q(ifname)
+                )?;
+                if let Some(dst) = dst {
+                    write!(f, " dst {dst}")?;
+                }
+                write!(f, " {}", if *master { "master" } else { "self" })
+            }
             Action::TcMirred {
                 ifname,
                 hook,
@@ -756,6 +796,16 @@ impl Interfaces {
             ifname: ifname.to_string(),
             ifindex,
         })
+    }
+
+    /// The highest ifindex the plan gives in `netns` (1, `lo`, if none).
+    pub fn max_index(&self, netns: &str) -> u32 {
+        self.index
+            .iter()
+            .filter(|((ns, _), _)| ns == netns)
+            .map(|(_, i)| *i)
+            .max()
+            .unwrap_or(1)
     }
 
     /// The other end of a veth pair.

@@ -204,13 +204,13 @@ pub fn run(
         scenario: sc.name.clone(),
         source,
     };
-    let impaired = if sc.link_changes.is_empty() && sc.route_changes.is_empty() {
+    let impaired = if sc.link_changes.is_empty()
+        && sc.route_changes.is_empty()
+        && sc.object_changes.is_empty()
+    {
         None
     } else {
-        Some(
-            crate::impair::Applied::make(record, lab, &sc.link_changes, &sc.route_changes)
-                .map_err(impair_error)?,
-        )
+        Some(crate::impair::Applied::make(record, lab, sc).map_err(impair_error)?)
     };
     let taps = match capture::capture_many(&names) {
         Ok(t) => t,
@@ -378,12 +378,7 @@ pub fn run(
             .collect(),
         ipvs: ipvs_seen,
         translations,
-        changes: sc
-            .link_changes
-            .iter()
-            .map(change_text)
-            .chain(sc.route_changes.iter().map(route_change_text))
-            .collect(),
+        changes: crate::impair::change_texts(sc),
         rtt_ms: outcome
             .result
             .as_ref()
@@ -409,31 +404,6 @@ pub fn run(
     }
     report.passed = report.checks.iter().all(|c| c.ok);
     Ok(report)
-}
-
-/// A link change as the report shows it: `node1/eth0: netem delay 50ms,
-/// mtu 1400, address 02:00:00:00:00:01, down`.
-fn change_text(c: &labctl_topology::LinkChange) -> String {
-    let mut what = Vec::new();
-    if let Some(n) = &c.netem {
-        what.push(format!("netem {}", n.tc_args()));
-    }
-    if let Some(m) = c.mtu {
-        what.push(format!("mtu {m}"));
-    }
-    if let Some(mac) = &c.mac {
-        what.push(format!("address {}", labctl_topology::format_mac(mac)));
-    }
-    if c.down {
-        what.push("down".to_string());
-    }
-    format!("{}: {}", c.link, what.join(", "))
-}
-
-/// A route change as the report shows it: `node1: route default deleted`.
-fn route_change_text(c: &labctl_topology::RouteChange) -> String {
-    let dst = crate::plan::route_destination(&c.destination);
-    format!("{}: route {dst} deleted", c.entity)
 }
 
 fn request(sc: &Scenario) -> Request {

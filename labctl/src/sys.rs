@@ -316,6 +316,24 @@ pub fn process_alive(pid: u32) -> bool {
 /// a `/` uses `/` between its parts and `.` inside them
 /// (`net/ipv4/conf/eth0.100/rp_filter`), one without uses `.`.
 pub fn write_sysctl_in(ns: impl AsFd, key: &str, value: &str) -> io::Result<()> {
+    let path = sysctl_path(key)?;
+    let _back = NetnsGuard::enter(ns)?;
+    fs::write(&path, value)
+}
+
+/// Read a sysctl inside a namespace, like `ip netns exec NS sysctl -n KEY`
+/// (what a scenario's sysctl change puts back), without the line break.
+/// The same keys as [`write_sysctl_in`].
+pub fn read_sysctl_in(ns: impl AsFd, key: &str) -> io::Result<String> {
+    let path = sysctl_path(key)?;
+    let _back = NetnsGuard::enter(ns)?;
+    Ok(fs::read_to_string(&path)?
+        .trim_end_matches('\n')
+        .to_string())
+}
+
+/// The /proc/sys path of a network sysctl; see [`write_sysctl_in`].
+fn sysctl_path(key: &str) -> io::Result<PathBuf> {
     let parts: Vec<&str> = if key.contains('/') {
         key.split('/').collect()
     } else {
@@ -334,11 +352,9 @@ pub fn write_sysctl_in(ns: impl AsFd, key: &str, value: &str) -> io::Result<()> 
             format!("`{key}` is not a network sysctl: only net.* is written, inside a lab"),
         ));
     }
-    let path = parts
+    Ok(parts
         .iter()
-        .fold(PathBuf::from("/proc/sys"), |p, part| p.join(part));
-    let _back = NetnsGuard::enter(ns)?;
-    fs::write(&path, value)
+        .fold(PathBuf::from("/proc/sys"), |p, part| p.join(part)))
 }
 
 /// Wrap a netlink socket for tokio. Must run inside a tokio runtime.

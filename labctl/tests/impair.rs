@@ -66,7 +66,7 @@ fn rtt_check_fails_without_the_delay() -> Result<(), Failed> {
 /// neighbours, qdiscs.
 fn lab_state(name: &str) -> Result<String, Failed> {
     let mut out = String::new();
-    for entity in ["vpc", "node1", "web", "client"] {
+    for entity in ["vpc", "node1", "node2", "web", "api", "client"] {
         let o = ok(labctl().args([
             "exec",
             name,
@@ -91,9 +91,10 @@ fn qdisc(name: &str) -> Result<String, Failed> {
     Ok(String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
-/// A run of every scenario (netem, a link down, an MTU, a deleted route)
-/// leaves the lab as `up` made it; then `labctl netem` by hand, read back
-/// with tc.
+/// A run of every scenario (netem, a link down, an MTU, a deleted route, a
+/// pod moved to another node with routes added and sysctls set) leaves the
+/// lab as `up` made it, ifindexes and MACs included; then `labctl netem` by
+/// hand, read back with tc.
 fn changes_are_undone_and_netem_by_hand() -> Result<(), Failed> {
     let name = common::unique("undo");
     let _down = Down(name.clone());
@@ -101,7 +102,7 @@ fn changes_are_undone_and_netem_by_hand() -> Result<(), Failed> {
     let before = lab_state(&name)?;
     ensure(before.contains("mtu 1500"), before.clone())?;
     let reports = run_json(&name, &[])?;
-    ensure(reports.len() == 5, format!("{reports:#?}"))?;
+    ensure(reports.len() == 7, format!("{reports:#?}"))?;
     for r in &reports {
         ensure(r["passed"] == true, format!("{r:#}"))?;
     }
@@ -166,7 +167,7 @@ fn changes_are_undone_and_netem_by_hand() -> Result<(), Failed> {
     fails_with(
         &common::run(labctl().args(["netem", &name, "node9/eth0", "--delay", "1ms"])),
         2,
-        "has no node, pod or client `node9`; it has: vpc, node1, web, client",
+        "has no node, pod or client `node9`; it has: vpc, node1, node2, web, api, client",
     )?;
     fails_with(
         &common::run(labctl().args(["netem", &name, "node1/eth9", "--delay", "1ms"])),

@@ -235,9 +235,13 @@ pub struct Scenario {
     /// Link changes in force during this scenario, in the file's order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub link_changes: Vec<LinkChange>,
-    /// Routes deleted for this scenario, in the file's order.
+    /// Routes deleted or added for this scenario, in the file's order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub route_changes: Vec<RouteChange>,
+    /// Neighbour, FDB, sysctl changes and pod moves for this scenario, in
+    /// the file's order (made after the link and route changes).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub object_changes: Vec<ObjectChange>,
     /// The endpoint pod load balancers must pick.
     pub backend: Option<String>,
     /// The node the SLB must pick.
@@ -272,12 +276,59 @@ pub struct LinkChange {
     pub mac: Option<[u8; 6]>,
 }
 
-/// A route of the lab deleted for one scenario and added back after it.
+/// A route of the lab deleted for one scenario and added back after it,
+/// or (`add` set) a route added for the scenario and deleted after it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RouteChange {
     /// The entity whose namespace holds the route.
     pub entity: String,
     pub destination: Ipv4Net,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub add: Option<RouteAdd>,
+}
+
+/// The gateway and device of a route a scenario adds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RouteAdd {
+    pub via: Option<Ipv4Addr>,
+    pub dev: String,
+}
+
+/// A scenario's change to a kernel object other than a link or a route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ObjectChange {
+    /// `ip neigh replace ADDRESS lladdr MAC dev DEV nud STATE`, or with
+    /// `lladdr` absent `ip neigh del ADDRESS dev DEV`.
+    Neighbour {
+        entity: String,
+        dev: String,
+        address: Ipv4Addr,
+        lladdr: Option<[u8; 6]>,
+        state: NeighState,
+    },
+    /// `bridge fdb replace MAC dev DEV [dst VTEP] master|self`, or `delete`.
+    Fdb {
+        entity: String,
+        dev: String,
+        lladdr: [u8; 6],
+        dst: Option<Ipv4Addr>,
+        /// The bridge's table (a port's entry), else the device's own.
+        master: bool,
+        delete: bool,
+    },
+    /// `sysctl -w KEY=VALUE` in the entity's namespace.
+    Sysctl {
+        entity: String,
+        key: String,
+        value: String,
+    },
+    /// The pod's veth leaves `from`'s bridge for `to`'s.
+    Move {
+        pod: String,
+        from: String,
+        to: String,
+    },
 }
 
 /// netem's impairments on an interface's egress queue.

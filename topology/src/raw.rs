@@ -17,7 +17,9 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_saphyr::Spanned;
 
+mod changes;
 mod objects;
+pub use changes::*;
 pub use objects::*;
 
 /// A labctl topology: a cloud VPC with its vSwitches, the nodes (ECS
@@ -557,9 +559,10 @@ pub struct RawScenario {
     /// Per attempt, in milliseconds (default 1000).
     #[serde(default)]
     pub timeout_ms: Option<u64>,
-    /// Changes in force during this scenario only, undone after it: a
-    /// service's (as the article edits a service between two captures) or
-    /// a link's (netem impairments, link down, MTU).
+    /// Changes in force during this scenario only, undone after it, by
+    /// kind: `- service: {...}`, `- link: {...}`, `- route: {...}`,
+    /// `- neighbour: {...}`, `- fdb: {...}`, `- sysctl: {...}`,
+    /// `- move: {pod: NAME, to: NODE}`.
     #[serde(default)]
     #[schemars(with = "Vec<RawChange>")]
     pub changes: Vec<Spanned<RawChange>>,
@@ -578,109 +581,6 @@ pub struct RawScenario {
     pub in_cluster_external: Option<bool>,
     #[serde(default)]
     pub expect: RawExpect,
-}
-
-/// A change for one scenario: a service's (`service: NAME, ...`) or a
-/// link's (`link: ENTITY/IFNAME, ...`). One flat mapping whose first key
-/// says which, as users write it; the resolver checks that the keys of the
-/// other kind are absent (a derived tagged enum would lose the YAML
-/// locations of everything inside it).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawChange {
-    #[serde(default)]
-    pub service: Option<Spanned<String>>,
-    #[serde(default)]
-    pub external_traffic_policy: Option<Spanned<RawTrafficPolicy>>,
-    #[serde(default)]
-    pub remove_endpoints: Option<Spanned<Vec<Spanned<String>>>>,
-    #[serde(default)]
-    pub link: Option<Spanned<String>>,
-    #[serde(default)]
-    pub netem: Option<Spanned<RawNetem>>,
-    #[serde(default)]
-    pub state: Option<Spanned<RawLinkState>>,
-    #[serde(default)]
-    pub mtu: Option<Spanned<Scalar>>,
-    #[serde(default)]
-    pub mac: Option<Spanned<String>>,
-    #[serde(default)]
-    pub route: Option<Spanned<String>>,
-    #[serde(default, rename = "in")]
-    pub netns: Option<Spanned<String>>,
-    #[serde(default)]
-    pub delete: Option<Spanned<bool>>,
-}
-
-impl JsonSchema for RawChange {
-    fn schema_name() -> Cow<'static, str> {
-        "Change".into()
-    }
-
-    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
-        let service = generator.subschema_for::<ServiceChangeSchema>();
-        let link = generator.subschema_for::<LinkChangeSchema>();
-        let route = generator.subschema_for::<RouteChangeSchema>();
-        json_schema!({
-            "description": "A change for one scenario, undone after it: a service's, a link's or a route's.",
-            "oneOf": [service, link, route]
-        })
-    }
-}
-
-/// A change to a service for one scenario.
-#[derive(JsonSchema)]
-#[serde(deny_unknown_fields)]
-#[schemars(rename = "ServiceChange")]
-#[expect(dead_code, reason = "schema only: RawChange is what is parsed")]
-struct ServiceChangeSchema {
-    service: String,
-    external_traffic_policy: Option<RawTrafficPolicy>,
-    /// Endpoints taken out of the service (pods by name).
-    remove_endpoints: Option<Vec<String>>,
-}
-
-/// A change to a link for one scenario. On a veth pair it applies to both
-/// ends, so both directions are impaired (a 50 ms delay adds 100 ms to a
-/// round trip through it); an interface without a peer (ipvlan, a bridge)
-/// is changed alone.
-#[derive(JsonSchema)]
-#[serde(deny_unknown_fields)]
-#[schemars(rename = "LinkChange")]
-#[expect(dead_code, reason = "schema only: RawChange is what is parsed")]
-struct LinkChangeSchema {
-    /// `ENTITY/IFNAME` (as `labctl plan FILE` names interfaces) or
-    /// `POD/host` (a pod's veth on its node).
-    link: String,
-    /// Queue the link's packets through netem (`tc qdisc replace ... root
-    /// netem`).
-    netem: Option<RawNetem>,
-    /// `down`: `ip link set IF down` for the scenario.
-    state: Option<RawLinkState>,
-    /// `ip link set IF mtu N` for the scenario (68 to 65535).
-    #[schemars(range(min = 68, max = 65535))]
-    mtu: Option<u32>,
-    /// `ip link set IF address MAC` for the scenario, on the named
-    /// interface only (a veth's peer keeps its own).
-    #[schemars(with = "Option<MacText>")]
-    mac: Option<String>,
-}
-
-/// A route of the lab taken away for one scenario (`ip route del`), put
-/// back after it.
-#[derive(JsonSchema)]
-#[serde(deny_unknown_fields)]
-#[schemars(rename = "RouteChange")]
-#[expect(dead_code, reason = "schema only: RawChange is what is parsed")]
-struct RouteChangeSchema {
-    /// The route's destination: a CIDR or `default`.
-    #[schemars(with = "RouteDestination")]
-    route: String,
-    /// The namespace (entity) whose route it is.
-    #[serde(rename = "in")]
-    netns: String,
-    /// `true`: delete it for the scenario.
-    delete: bool,
 }
 
 /// netem's impairments, spelled as `tc qdisc ... netem` takes them.

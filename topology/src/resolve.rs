@@ -14,6 +14,7 @@ use crate::error::{Problem, Problems, Source, unknown_hint};
 use crate::model::*;
 use crate::raw::*;
 
+mod changes;
 mod objects;
 
 /// The limit on lab names: they prefix every namespace and generated name.
@@ -1638,9 +1639,31 @@ impl Resolver<'_> {
             );
         }
 
+        let (changes, link_changes, route_changes, object_changes) =
+            self.changes(&raw.changes, lab);
+        // Interfaces are named as they are during the scenario: a moved
+        // pod's `POD/host` is its veth on the node it moved to.
+        let moved;
+        let during = if object_changes
+            .iter()
+            .any(|c| matches!(c, ObjectChange::Move { .. }))
+        {
+            let mut l = lab.clone();
+            for c in &object_changes {
+                if let ObjectChange::Move { pod, to, .. } = c
+                    && let Some(p) = l.pods.iter_mut().find(|p| &p.name == pod)
+                {
+                    p.node = to.clone();
+                }
+            }
+            moved = l;
+            &moved
+        } else {
+            lab
+        };
         let hops = |r: &mut Self, list: &[Text]| -> Vec<String> {
             list.iter()
-                .filter_map(|h| match lab.canonical_hop(h.value.trim()) {
+                .filter_map(|h| match during.canonical_hop(h.value.trim()) {
                     Ok(c) => Some(c),
                     Err(e) => {
                         r.err(
@@ -1679,7 +1702,6 @@ impl Resolver<'_> {
             .server_saw_client
             .as_ref()
             .and_then(|t| self.ipv4(t, "address"));
-        let (changes, link_changes, route_changes) = self.changes(&raw.changes, lab);
         let rtt_ms = raw
             .expect
             .rtt_ms
@@ -1760,6 +1782,7 @@ impl Resolver<'_> {
             changes,
             link_changes,
             route_changes,
+            object_changes,
             backend,
             via_node,
             in_cluster_external: raw.in_cluster_external,
@@ -1828,299 +1851,6 @@ impl Resolver<'_> {
         (self.problems.len() == before).then(|| Range {
             min: r.min.as_ref().map(|m| m.value),
             max: r.max.as_ref().map(|m| m.value),
-        })
-    }
-
-    /// A scenario's changes, service ones and link ones apart; every key
-    /// of the wrong kind, unknown name and bad value is reported where it
-    /// stands.
-    fn changes(
-        &mut self,
-        raw: &[Spanned<RawChange>],
-        lab: &Lab,
-    ) -> (Vec<ServiceChange>, Vec<LinkChange>, Vec<RouteChange>) {
-        let mut services = Vec::new();
-        let mut links: Vec<LinkChange> = Vec::new();
-        let mut routes: Vec<RouteChange> = Vec::new();
-        let mut seen_links: HashMap<String, Location> = HashMap::new();
-        for c in raw {
-            let loc = c.referenced;
-            let c = &c.value;
-            if let Some(route) = &c.route {
-                let kinds = [
-                    c.service.as_ref().map(|v| ("service", v.referenced)),
-                    c.link.as_ref().map(|v| ("link", v.referenced)),
-                ];
-                if let Some((key, at)) = kinds.into_iter().flatten().next() {
-                    self.err(
-                        &at,
-                        format!("a change is one kind: this one names a route and a {key}"),
-                        "second kind",
-                        Some("write one change per route, link or service".into()),
-                    );
-                    continue;
-                }
-                routes.extend(self.route_change(route, c, loc, lab));
-                continue;
-            }
-            match (&c.service, &c.link) {
-                (Some(_), Some(link)) => self.err(
-                    &link.referenced,
-                    "a change is either a service's or a link's, not both".into(),
-                    "second kind",
-                    Some("write two changes: `{service: ...}` and `{link: ...}`".into()),
-                ),
-                (None, None) => self.err(
-                    &loc,
-                    "a change names no `service:`, `link:` or `route:`".into(),
-                    "what to change?",
-                    Some(
-                        "write `{service: NAME, remove_endpoints: [POD]}`, \
-                         `{link: ENTITY/IFNAME, netem: {delay: 50ms}}` or \
-                         `{route: DEST, in: ENTITY, delete: true}`"
-                            .into(),
-                    ),
-                ),
-                (Some(_), None) => {
-                    for (key, at) in link_keys(c) {
-                        self.err(
-                            &at,
-                            format!("`{key}` changes a link, and this change is a service's"),
-                            "link key",
-                            Some(
-                                "put it in a change of its own: `{link: ENTITY/IFNAME, ...}`"
-                                    .into(),
-                            ),
-                        );
-                    }
-                    services.extend(self.service_change(c, lab));
-                }
-                (None, Some(link)) => {
-                    let route_keys = [
-                        c.netns.as_ref().map(|v| ("in", v.referenced)),
-                        c.delete.as_ref().map(|v| ("delete", v.referenced)),
-                    ];
-                    let stray = service_keys(c).chain(route_keys.into_iter().flatten());
-                    for (key, at) in stray {
-                        self.err(
-                            &at,
-                            format!(
-                                "`{key}` {}, and this change is a link's",
-                                if matches!(key, "in" | "delete") {
-                                    "belongs to a route change"
-                                } else {
-                                    "changes a service"
-                                }
-                            ),
-                            "service key",
-                            Some("put it in a change of its own: `{service: NAME, ...}`".into()),
-                        );
-                    }
-                    if let Some(l) = self.link_change(link, c, loc, lab) {
-                        if let Some(first) = seen_links.get(&l.link) {
-                            let line = first.line();
-                            self.err(
-                                &link.referenced,
-                                format!("link {} is changed twice, first at line {line}", l.link),
-                                "again",
-                                Some("put everything for one link in one change".into()),
-                            );
-                        } else {
-                            seen_links.insert(l.link.clone(), link.referenced);
-                            links.push(l);
-                        }
-                    }
-                }
-            }
-        }
-        (services, links, routes)
-    }
-
-    /// `{route: DEST, in: ENTITY, delete: true}`. Whether the lab makes
-    /// that route is the plan's to say, when the change is made.
-    fn route_change(
-        &mut self,
-        route: &Text,
-        c: &RawChange,
-        loc: Location,
-        lab: &Lab,
-    ) -> Option<RouteChange> {
-        let before = self.problems.len();
-        for (key, at) in link_keys(c).chain(service_keys(c)) {
-            self.err(
-                &at,
-                format!("`{key}` is not for a route change"),
-                "not a route key",
-                Some("a route change is `{route: DEST, in: ENTITY, delete: true}`".into()),
-            );
-        }
-        let destination = if route.value.trim() == "default" {
-            Some(Ipv4Net::default())
-        } else {
-            self.network(route, "route destination")
-        };
-        let entity = match &c.netns {
-            Some(n) if lab.interfaces_of(&n.value).is_some() => Some(n.value.clone()),
-            Some(n) => {
-                let known: Vec<String> = lab.entities().into_iter().map(|(e, _)| e).collect();
-                let known: Vec<&str> = known.iter().map(String::as_str).collect();
-                self.err(
-                    &n.referenced,
-                    format!("unknown namespace, node, pod or client `{}`", n.value),
-                    "unknown namespace",
-                    Some(unknown_hint("namespace", &n.value, &known)),
-                );
-                None
-            }
-            None => {
-                self.err(
-                    &loc,
-                    format!("the change of route {} says not where", route.value),
-                    "no `in`",
-                    Some("add `in: ENTITY`, the namespace whose route it is".into()),
-                );
-                None
-            }
-        };
-        if !c.delete.as_ref().is_some_and(|d| d.value) {
-            self.err(
-                c.delete.as_ref().map_or(&loc, |d| &d.referenced),
-                format!("the change of route {} changes nothing", route.value),
-                "no change",
-                Some("`delete: true` takes the route away for the scenario".into()),
-            );
-        }
-        if self.problems.len() > before {
-            return None;
-        }
-        Some(RouteChange {
-            entity: entity?,
-            destination: destination?,
-        })
-    }
-
-    fn service_change(&mut self, c: &RawChange, lab: &Lab) -> Option<ServiceChange> {
-        let service = c.service.as_ref()?;
-        let Some(svc) = lab.services.iter().find(|s| s.name == service.value) else {
-            let known: Vec<&str> = lab.services.iter().map(|s| s.name.as_str()).collect();
-            self.err(
-                &service.referenced,
-                format!("unknown service `{}`", service.value),
-                "unknown service",
-                Some(unknown_hint("service", &service.value, &known)),
-            );
-            return None;
-        };
-        let remove: &[Spanned<String>] = c
-            .remove_endpoints
-            .as_ref()
-            .map_or(&[], |r| r.value.as_slice());
-        for e in remove {
-            if !svc.endpoints.contains(&e.value) {
-                self.err(
-                    &e.referenced,
-                    format!("`{}` is not an endpoint of service {}", e.value, svc.name),
-                    "not an endpoint",
-                    Some(format!("its endpoints: {}", svc.endpoints.join(", "))),
-                );
-            }
-        }
-        Some(ServiceChange {
-            service: svc.name.clone(),
-            external_traffic_policy: c
-                .external_traffic_policy
-                .as_ref()
-                .map(|p| policy(Some(p.value))),
-            remove_endpoints: remove.iter().map(|e| e.value.clone()).collect(),
-        })
-    }
-
-    fn link_change(
-        &mut self,
-        link: &Text,
-        c: &RawChange,
-        loc: Location,
-        lab: &Lab,
-    ) -> Option<LinkChange> {
-        let before = self.problems.len();
-        let text = link.value.trim();
-        let hop = if !text.contains('/') {
-            Err(format!(
-                "`{text}` is not an interface: write ENTITY/IFNAME (or POD/host)"
-            ))
-        } else {
-            lab.canonical_hop(text)
-        };
-        let hop = match hop {
-            Ok(h) => Some(h),
-            Err(e) => {
-                self.err(
-                    &link.referenced,
-                    e,
-                    "unknown link",
-                    Some(
-                        "links are named by one of their interfaces: ENTITY/IFNAME \
-                         (see `labctl plan FILE`), or POD/host for a pod's veth on its node"
-                            .into(),
-                    ),
-                );
-                None
-            }
-        };
-        if c.netem.is_none() && c.state.is_none() && c.mtu.is_none() && c.mac.is_none() {
-            self.err(
-                &loc,
-                format!("the change of link `{text}` changes nothing"),
-                "no change",
-                Some(
-                    "give it `netem: {delay: 50ms}`, `state: down`, `mtu: 1400` or `mac: \
-                     02:00:00:00:00:01`"
-                        .into(),
-                ),
-            );
-        }
-        let netem = c.netem.as_ref().and_then(|n| self.netem(n));
-        let mac = c.mac.as_ref().and_then(|m| self.mac(m));
-        let mtu = c
-            .mtu
-            .as_ref()
-            .and_then(|m| match m.value.0.trim().parse::<u32>() {
-                Ok(v) if (68..=65535).contains(&v) => Some(v),
-                Ok(v) => {
-                    self.err(
-                        &m.referenced,
-                        format!("mtu {v} is outside 68 to 65535"),
-                        "out of range",
-                        Some("IPv4 needs at least 68 bytes; a veth takes at most 65535".into()),
-                    );
-                    None
-                }
-                Err(_) => {
-                    self.err(
-                        &m.referenced,
-                        format!("mtu `{}` is not a number of bytes", m.value.0),
-                        "not a number",
-                        Some("write e.g. `mtu: 1400`".into()),
-                    );
-                    None
-                }
-            });
-        if self.problems.len() > before {
-            return None;
-        }
-        let hop = hop?;
-        let (entity, ifname) = hop.split_once('/')?;
-        Some(LinkChange {
-            link: hop.clone(),
-            entity: entity.to_string(),
-            ifname: ifname.to_string(),
-            netem,
-            down: c
-                .state
-                .as_ref()
-                .is_some_and(|s| s.value == RawLinkState::Down),
-            mtu,
-            mac,
         })
     }
 
@@ -2359,32 +2089,6 @@ impl Resolver<'_> {
             endpoints: all,
         })
     }
-}
-
-/// The keys of a link change that `c` has, with where.
-fn link_keys(c: &RawChange) -> impl Iterator<Item = (&'static str, Location)> {
-    [
-        c.netem.as_ref().map(|v| ("netem", v.referenced)),
-        c.state.as_ref().map(|v| ("state", v.referenced)),
-        c.mtu.as_ref().map(|v| ("mtu", v.referenced)),
-        c.mac.as_ref().map(|v| ("mac", v.referenced)),
-    ]
-    .into_iter()
-    .flatten()
-}
-
-/// The keys of a service change that `c` has (besides `service`).
-fn service_keys(c: &RawChange) -> impl Iterator<Item = (&'static str, Location)> {
-    [
-        c.external_traffic_policy
-            .as_ref()
-            .map(|v| ("external_traffic_policy", v.referenced)),
-        c.remove_endpoints
-            .as_ref()
-            .map(|v| ("remove_endpoints", v.referenced)),
-    ]
-    .into_iter()
-    .flatten()
 }
 
 fn policy(raw: Option<RawTrafficPolicy>) -> TrafficPolicy {

@@ -1482,7 +1482,7 @@ scenarios:
     to: 8.8.8.10:80
     protocol: http
     changes:
-      - { service: web, external_traffic_policy: Cluster, remove_endpoints: [b] }
+      - { service: { name: web, external_traffic_policy: Cluster, remove_endpoints: [b] } }
     backend: a
     via_node: n1
     expect:
@@ -1579,7 +1579,7 @@ fn node_ports_are_in_range_and_unique() {
 
 #[test]
 fn scenario_changes_name_known_services_and_endpoints() {
-    let src = SERVICES.replace("{ service: web,", "{ service: wbe,");
+    let src = SERVICES.replace("{ service: { name: web,", "{ service: { name: wbe,");
     let e = services_lab(&src).expect_err("should fail");
     assert!(e.to_string().contains("unknown service `wbe`"), "{e}");
     let help = e.problems()[0].help.clone().unwrap_or_default();
@@ -1738,8 +1738,8 @@ fn impaired_errors(changes: &str, expect: &str, protocol: &str) -> Vec<String> {
 #[test]
 fn link_changes_resolve() {
     let lab = impaired(
-        "[{link: node-1/eth0, netem: {delay: 50ms, jitter: 1.5ms, loss: 0.5%, rate: 10mbit, reorder: 25%}}, \
-         {link: pod-a/host, state: down}, {link: client/eth0, mtu: 1400}]",
+        "[{ link: { name: node-1/eth0, netem: {delay: 50ms, jitter: 1.5ms, loss: 0.5%, rate: 10mbit, reorder: 25%} } }, \
+         { link: { name: pod-a/host, state: down } }, { link: { name: client/eth0, mtu: 1400 } }]",
         "{rtt_ms: {min: 100, max: 2000.5}}",
         "icmp",
     )
@@ -1772,8 +1772,8 @@ fn link_changes_resolve() {
 #[test]
 fn service_changes_still_resolve_next_to_link_changes() {
     let src = SERVICES.replace(
-        "      - { service: web, external_traffic_policy: Cluster, remove_endpoints: [b] }",
-        "      - { service: web, external_traffic_policy: Cluster, remove_endpoints: [b] }\n      - { link: n1/eth0, netem: { delay: 1ms } }",
+        "      - { service: { name: web, external_traffic_policy: Cluster, remove_endpoints: [b] } }",
+        "      - { service: { name: web, external_traffic_policy: Cluster, remove_endpoints: [b] } }\n      - { link: { name: n1/eth0, netem: { delay: 1ms } } }",
     );
     assert_ne!(src, SERVICES);
     let lab = services_lab(&src).unwrap_or_else(|e| panic!("{e}"));
@@ -1784,7 +1784,11 @@ fn service_changes_still_resolve_next_to_link_changes() {
 
 #[test]
 fn link_change_errors_are_located_and_say_how_to_fix() {
-    let e = impaired_errors("[{link: node-9/eth0, state: down}]", "{}", "icmp");
+    let e = impaired_errors(
+        "[{ link: { name: node-9/eth0, state: down } }]",
+        "{}",
+        "icmp",
+    );
     assert_eq!(e.len(), 1, "{e:#?}");
     assert!(e[0].contains("t.yaml:28:"), "{e:#?}");
     assert!(
@@ -1792,12 +1796,16 @@ fn link_change_errors_are_located_and_say_how_to_fix() {
         "{e:#?}"
     );
 
-    let e = impaired_errors("[{link: node-1/eth7, state: down}]", "{}", "icmp");
+    let e = impaired_errors(
+        "[{ link: { name: node-1/eth7, state: down } }]",
+        "{}",
+        "icmp",
+    );
     assert!(
         e[0].contains("`node-1` has no interface `eth7`; it has: eth0, cni0"),
         "{e:#?}"
     );
-    let e = impaired_errors("[{link: vpc, state: down}]", "{}", "icmp");
+    let e = impaired_errors("[{ link: { name: vpc, state: down } }]", "{}", "icmp");
     assert!(e[0].contains("write ENTITY/IFNAME"), "{e:#?}");
 
     let cases = [
@@ -1818,7 +1826,7 @@ fn link_change_errors_are_located_and_say_how_to_fix() {
     ];
     for (netem, want) in cases {
         let e = impaired_errors(
-            &format!("[{{link: node-1/eth0, netem: {netem}}}]"),
+            &format!("[{{ link: {{ name: node-1/eth0, netem: {netem} }} }}]"),
             "{}",
             "icmp",
         );
@@ -1826,7 +1834,11 @@ fn link_change_errors_are_located_and_say_how_to_fix() {
         assert!(e[0].contains(want), "{netem}: want `{want}` in {e:#?}");
         assert!(e[0].contains("t.yaml:28:"), "{netem}: not located: {e:#?}");
     }
-    let e = impaired_errors("[{link: node-1/eth0, netem: {dealy: 5ms}}]", "{}", "icmp");
+    let e = impaired_errors(
+        "[{ link: { name: node-1/eth0, netem: {dealy: 5ms} } }]",
+        "{}",
+        "icmp",
+    );
     assert!(e[0].contains("dealy"), "{e:#?}");
     assert!(e[0].contains("t.yaml:28:"), "{e:#?}");
 
@@ -1836,39 +1848,53 @@ fn link_change_errors_are_located_and_say_how_to_fix() {
         ("big", "is not a number of bytes"),
     ] {
         let e = impaired_errors(
-            &format!("[{{link: node-1/eth0, mtu: {mtu}}}]"),
+            &format!("[{{ link: {{ name: node-1/eth0, mtu: {mtu} }} }}]"),
             "{}",
             "icmp",
         );
         assert!(e[0].contains(want), "{mtu}: {e:#?}");
     }
-    let e = impaired_errors("[{link: node-1/eth0, state: sideways}]", "{}", "icmp");
+    let e = impaired_errors(
+        "[{ link: { name: node-1/eth0, state: sideways } }]",
+        "{}",
+        "icmp",
+    );
     assert!(e[0].contains("sideways"), "{e:#?}");
-    let e = impaired_errors("[{link: node-1/eth0}]", "{}", "icmp");
+    let e = impaired_errors("[{ link: { name: node-1/eth0 } }]", "{}", "icmp");
     assert!(e[0].contains("changes nothing"), "{e:#?}");
     let e = impaired_errors(
-        "[{link: node-1/eth0, mtu: 1400}, {link: node-1/eth0, state: down}]",
+        "[{ link: { name: node-1/eth0, mtu: 1400 } }, { link: { name: node-1/eth0, state: down } }]",
         "{}",
         "icmp",
     );
     assert!(e[0].contains("changed twice, first at line 28"), "{e:#?}");
     let e = impaired_errors(
-        "[{link: node-1/eth0, mtu: 1400, remove_endpoints: [x]}]",
+        "[{ link: { name: node-1/eth0, mtu: 1400, remove_endpoints: [x] } }]",
         "{}",
         "icmp",
     );
     assert_eq!(e.len(), 1, "{e:#?}");
     assert!(
-        e[0].contains("`remove_endpoints` changes a service"),
+        e[0].contains("t.yaml:28:") && e[0].contains("unknown key `remove_endpoints`"),
         "{e:#?}"
     );
-    let e = impaired_errors("[{state: down}]", "{}", "icmp");
-    assert!(
-        e[0].contains("names no `service:`, `link:` or `route:`"),
-        "{e:#?}"
-    );
-    let e = impaired_errors("[{service: web, link: node-1/eth0}]", "{}", "icmp");
-    assert!(e.iter().any(|m| m.contains("not both")), "{e:#?}");
+    // The kinds are externally tagged: an unknown one lists the valid ones.
+    let e = impaired_errors("[{ state: down }]", "{}", "icmp");
+    assert!(e[0].contains("t.yaml:28:"), "{e:#?}");
+    for kind in [
+        "service",
+        "link",
+        "route",
+        "neighbour",
+        "fdb",
+        "sysctl",
+        "move",
+    ] {
+        assert!(e[0].contains(kind), "{kind}: {e:#?}");
+    }
+    // The old flat form (a kind's key beside its fields) is refused, located.
+    let e = impaired_errors("[{ link: node-1/eth0, state: down }]", "{}", "icmp");
+    assert!(e[0].contains("t.yaml:28:"), "{e:#?}");
 }
 
 #[test]
@@ -2139,7 +2165,7 @@ fn low_level_objects_sit_beside_the_cni_keys() {
 #[test]
 fn route_changes_resolve_and_their_errors_are_located() {
     let lab = impaired(
-        "[{route: default, in: node-1, delete: true}, {route: 172.23.96.0/26, in: vpc, delete: true}]",
+        "[{ route: { to: default, in: node-1, delete: true } }, { route: { to: 172.23.96.0/26, in: vpc, delete: true } }]",
         "{}",
         "icmp",
     )
@@ -2153,39 +2179,158 @@ fn route_changes_resolve_and_their_errors_are_located() {
         "172.23.96.0/26"
     );
 
-    let e = impaired_errors("[{route: default, in: node-1}]", "{}", "icmp");
+    let e = impaired_errors("[{ route: { to: default, in: node-1 } }]", "{}", "icmp");
     assert_eq!(e.len(), 1, "{e:#?}");
     assert!(
         e[0].contains("the change of route default changes nothing"),
         "{e:#?}"
     );
-    let e = impaired_errors("[{route: default, in: node-9, delete: true}]", "{}", "icmp");
+    let e = impaired_errors(
+        "[{ route: { to: default, in: node-9, delete: true } }]",
+        "{}",
+        "icmp",
+    );
     assert!(
         e[0].contains("unknown namespace, node, pod or client `node-9`"),
         "{e:#?}"
     );
     assert!(e[0].starts_with("t.yaml:28:"), "{e:#?}");
     let e = impaired_errors(
-        "[{route: 10.0.0.1/8, in: node-1, delete: true}]",
+        "[{ route: { to: 10.0.0.1/8, in: node-1, delete: true } }]",
         "{}",
         "icmp",
     );
     assert!(e[0].contains("has host bits set"), "{e:#?}");
     let e = impaired_errors(
-        "[{route: default, in: node-1, delete: true, link: node-1/eth0}]",
+        "[{ route: { to: default, in: node-1, delete: true, link: node-1/eth0 } }]",
         "{}",
         "icmp",
     );
-    assert!(e[0].contains("names a route and a link"), "{e:#?}");
+    assert!(e[0].contains("unknown key `link`"), "{e:#?}");
     let e = impaired_errors(
-        "[{link: node-1/eth0, mtu: 1400, delete: true}]",
+        "[{ route: { to: default, in: node-1, delete: true, dev: eth0 } }]",
+        "{}",
+        "icmp",
+    );
+    assert!(e[0].contains("is deleted: it needs no device"), "{e:#?}");
+    // A route added for the scenario.
+    let lab = impaired(
+        "[{ route: { to: 10.9.0.0/16, in: node-1, via: 10.0.0.1, dev: eth0 } }]",
+        "{}",
+        "icmp",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let add = lab.scenarios[0].route_changes[0].add.clone().unwrap();
+    assert_eq!(
+        (add.via, add.dev.as_str()),
+        (Some("10.0.0.1".parse().unwrap()), "eth0")
+    );
+    let e = impaired_errors(
+        "[{ route: { to: 10.9.0.0/16, in: node-1, dev: eth9 } }]",
         "{}",
         "icmp",
     );
     assert!(
-        e[0].contains("`delete` belongs to a route change"),
+        e[0].contains("t.yaml:28:") && e[0].contains("namespace node-1 has no device `eth9`"),
         "{e:#?}"
     );
+}
+
+#[test]
+fn object_changes_resolve_in_file_order() {
+    let lab = impaired(
+        "[{ neighbour: { in: node-1, dev: eth0, address: 10.0.0.9, lladdr: 02:00:00:00:00:09 } }, \
+         { neighbour: { in: node-1, dev: eth0, address: 10.0.0.8, delete: true } }, \
+         { fdb: { in: node-1, dev: cni0, lladdr: 02:00:00:00:00:0a } }, \
+         { sysctl: { in: node-1, key: net.ipv4.conf.all.arp_ignore, value: 1 } }, \
+         { move: { pod: pod-a, to: node-2 } }]",
+        "{}",
+        "icmp",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let c = &lab.scenarios[0].object_changes;
+    assert!(
+        matches!(&c[0], ObjectChange::Neighbour { entity, lladdr: Some(_), .. } if entity == "node-1"),
+        "{c:?}"
+    );
+    assert!(
+        matches!(&c[1], ObjectChange::Neighbour { lladdr: None, .. }),
+        "{c:?}"
+    );
+    assert!(
+        matches!(
+            &c[2],
+            ObjectChange::Fdb {
+                master: true,
+                delete: false,
+                ..
+            }
+        ),
+        "{c:?}"
+    );
+    assert!(
+        matches!(&c[3], ObjectChange::Sysctl { key, value, .. } if key == "net.ipv4.conf.all.arp_ignore" && value == "1"),
+        "{c:?}"
+    );
+    assert_eq!(
+        c[4],
+        ObjectChange::Move {
+            pod: "pod-a".into(),
+            from: "node-1".into(),
+            to: "node-2".into()
+        }
+    );
+}
+
+#[test]
+fn object_change_errors_are_located() {
+    let cases = [
+        (
+            "[{ neighbour: { in: node-1, dev: eth0, address: 10.0.0.9 } }]",
+            "changes nothing",
+        ),
+        (
+            "[{ neighbour: { in: node-1, dev: eth0, address: 10.0.0.9, lladdr: 02:00:00:00:00:09, delete: true } }]",
+            "is deleted: it needs no lladdr",
+        ),
+        (
+            "[{ neighbour: { in: node-7, dev: eth0, address: 10.0.0.9, delete: true } }]",
+            "unknown namespace, node, pod or client `node-7`",
+        ),
+        (
+            "[{ fdb: { in: node-1, dev: cni0, lladdr: 02:00:00:00:00:0a, dst: 10.0.0.2 } }]",
+            "`dst` is for a vxlan device's entries",
+        ),
+        (
+            "[{ sysctl: { in: node-1, key: net.core.rmem_max, value: 1 } }]",
+            "is global, not kept per network namespace",
+        ),
+        (
+            "[{ sysctl: { in: node-1, key: kernel.panic, value: 1 } }]",
+            "is not a network sysctl",
+        ),
+        (
+            "[{ move: { pod: pod-z, to: node-1 } }]",
+            "unknown pod `pod-z`",
+        ),
+        (
+            "[{ move: { pod: pod-a, to: node-1 } }]",
+            "is on node node-1 already",
+        ),
+        (
+            "[{ move: { pod: pod-a, to: node-9 } }]",
+            "unknown node `node-9`",
+        ),
+    ];
+    for (changes, want) in cases {
+        let e = impaired_errors(changes, "{}", "icmp");
+        assert_eq!(e.len(), 1, "{changes}: {e:#?}");
+        assert!(e[0].contains(want), "{changes}: want `{want}` in {e:#?}");
+        assert!(
+            e[0].contains("t.yaml:28:"),
+            "{changes}: not located: {e:#?}"
+        );
+    }
 }
 
 /// Found by the fuzzer: a problem a million columns into a rendered line

@@ -192,6 +192,72 @@ impl Netlink {
                     Err(e) => Err(e),
                 }
             }
+            Action::DelLink { ifindex, .. } => match self.handle(&step.netns) {
+                Ok(h) => h
+                    .link()
+                    .del(*ifindex)
+                    .execute()
+                    .await
+                    .map_err(|e| fail(step, e)),
+                Err(e) => Err(e),
+            },
+            Action::DelNeighbour {
+                ifindex, address, ..
+            } => {
+                let mut msg = netlink_packet_route::neighbour::NeighbourMessage::default();
+                msg.header.family = netlink_packet_route::AddressFamily::Inet;
+                msg.header.ifindex = *ifindex;
+                msg.attributes.push(
+                    netlink_packet_route::neighbour::NeighbourAttribute::Destination(
+                        netlink_packet_route::neighbour::NeighbourAddress::Inet(*address),
+                    ),
+                );
+                match self.handle(&step.netns) {
+                    Ok(h) => h
+                        .neighbours()
+                        .del(msg)
+                        .execute()
+                        .await
+                        .map_err(|e| fail(step, e)),
+                    Err(e) => Err(e),
+                }
+            }
+            Action::DelFdb {
+                ifindex,
+                lladdr,
+                dst,
+                master,
+                ..
+            } => {
+                use netlink_packet_route::neighbour::{
+                    NeighbourAddress, NeighbourAttribute, NeighbourMessage,
+                };
+                let mut msg = NeighbourMessage::default();
+                msg.header.family = netlink_packet_route::AddressFamily::Bridge;
+                msg.header.ifindex = *ifindex;
+                msg.header.flags = if *master {
+                    NeighbourFlags::Controller
+                } else {
+                    NeighbourFlags::Own
+                };
+                msg.attributes
+                    .push(NeighbourAttribute::LinkLayerAddress(lladdr.to_vec()));
+                if let Some(dst) = dst {
+                    msg.attributes
+                        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                            *dst,
+                        )));
+                }
+                match self.handle(&step.netns) {
+                    Ok(h) => h
+                        .neighbours()
+                        .del(msg)
+                        .execute()
+                        .await
+                        .map_err(|e| fail(step, e)),
+                    Err(e) => Err(e),
+                }
+            }
             _ => Err(KernelError::new(step.to_string(), "not a low-level action")),
         }
     }
