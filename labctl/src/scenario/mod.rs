@@ -1204,3 +1204,136 @@ impl Report {
         s
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(src: [u8; 4], dst: [u8; 4], protocol: Proto) -> Flow {
+        Flow {
+            src: IpAddr::from(src),
+            dst: IpAddr::from(dst),
+            protocol,
+            src_port: None,
+            dst_port: None,
+            inner: None,
+            vni: None,
+            src_mac: Some(Mac([2, 0, 0, 0, 0, 1])),
+            dst_mac: Some(Mac([2, 0, 0, 0, 0, 2])),
+            vlan: None,
+        }
+    }
+
+    const ECHO: Proto = Proto::Icmp { type_: 8, code: 0 };
+
+    /// The Kata underlay: a VXLAN packet carrying the echo request for the
+    /// pod's MAC.
+    fn vxlan_echo() -> Flow {
+        let mut inner = flow([10, 132, 2, 2], [10, 132, 2, 46], ECHO);
+        inner.dst_mac = Some(Mac([0x0a, 0x58, 0x0a, 0x84, 2, 0x2e]));
+        let mut outer = flow([192, 168, 10, 163], [192, 168, 10, 201], Proto::Udp);
+        outer.src_port = Some(40000);
+        outer.dst_port = Some(4789);
+        outer.vni = Some(555005);
+        outer.inner = Some(Box::new(inner));
+        outer
+    }
+
+    fn sighting() -> Sighting {
+        Sighting {
+            address: None,
+            src_mac: None,
+            dst_mac: None,
+            vlan: None,
+            vni: None,
+            protocol: None,
+            interfaces: Vec::new(),
+            only: false,
+        }
+    }
+
+    #[test]
+    fn untagged_rows_keep_their_text_and_tagged_ones_say_vlan() {
+        let mut f = flow([10, 0, 0, 1], [10, 0, 0, 2], ECHO);
+        assert_eq!(flow_text(&f).0, "10.0.0.1 > 10.0.0.2 icmp echo request");
+        f.vlan = Some(100);
+        assert_eq!(
+            flow_text(&f).0,
+            "vlan 100 10.0.0.1 > 10.0.0.2 icmp echo request"
+        );
+        assert_eq!(
+            flow_text(&vxlan_echo()).0,
+            "192.168.10.163:* > 192.168.10.201:4789 udp vni 555005 | 10.132.2.2 > 10.132.2.46 icmp echo request"
+        );
+    }
+
+    #[test]
+    fn arp_rows_read_like_tcpdump_and_have_unstable_counts() {
+        let req = flow(
+            [10, 132, 2, 2],
+            [10, 132, 2, 46],
+            Proto::Arp {
+                op: 1,
+                sender_mac: Some(Mac([2, 0, 0, 0, 0, 1])),
+            },
+        );
+        assert_eq!(
+            flow_text(&req),
+            ("arp who-has 10.132.2.46 tell 10.132.2.2".to_string(), false)
+        );
+        let reply = flow(
+            [10, 132, 2, 46],
+            [10, 132, 2, 2],
+            Proto::Arp {
+                op: 2,
+                sender_mac: Some(Mac([0x0a, 0x58, 0x0a, 0x84, 2, 0x2e])),
+            },
+        );
+        assert_eq!(
+            flow_text(&reply).0,
+            "arp 10.132.2.46 is-at 0a:58:0a:84:02:2e"
+        );
+    }
+
+    #[test]
+    fn filters_match_the_layer_they_name() {
+        let f = vxlan_echo();
+        let pod_mac = [0x0a, 0x58, 0x0a, 0x84, 2, 0x2e];
+        let with = |edit: &dyn Fn(&mut Sighting)| {
+            let mut s = sighting();
+            edit(&mut s);
+            matches(&f, &s)
+        };
+        // Addresses and MACs: outer or inner header.
+        assert!(with(&|s| s.address = Some(Ipv4Addr::new(10, 132, 2, 46))));
+        assert!(with(&|s| s.address = Some(Ipv4Addr::new(192, 168, 10, 163))));
+        assert!(!with(&|s| s.address = Some(Ipv4Addr::new(10, 132, 2, 47))));
+        assert!(with(&|s| s.dst_mac = Some(pod_mac)));
+        assert!(with(&|s| s.src_mac = Some([2, 0, 0, 0, 0, 1])));
+        assert!(!with(&|s| s.src_mac = Some(pod_mac)));
+        // The VNI on the VXLAN header; the protocol on the innermost packet.
+        assert!(with(&|s| s.vni = Some(555005)));
+        assert!(!with(&|s| s.vni = Some(1)));
+        assert!(with(&|s| s.protocol = Some(SightProto::Icmp)));
+        assert!(!with(&|s| s.protocol = Some(SightProto::Udp)));
+        assert!(!with(&|s| s.protocol = Some(SightProto::Arp)));
+        assert!(!with(&|s| s.vlan = Some(100)));
+        // Every filter given must match.
+        assert!(with(&|s| {
+            s.address = Some(Ipv4Addr::new(10, 132, 2, 46));
+            s.dst_mac = Some(pod_mac);
+            s.vni = Some(555005);
+        }));
+        assert!(!with(&|s| {
+            s.address = Some(Ipv4Addr::new(10, 132, 2, 46));
+            s.vni = Some(1);
+        }));
+        let mut tagged = flow([10, 0, 0, 1], [10, 0, 0, 2], ECHO);
+        tagged.vlan = Some(200);
+        let mut s = sighting();
+        s.vlan = Some(200);
+        assert!(matches(&tagged, &s));
+        s.vlan = Some(100);
+        assert!(!matches(&tagged, &s));
+    }
+}

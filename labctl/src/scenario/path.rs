@@ -272,6 +272,37 @@ mod tests {
     }
 
     #[test]
+    fn a_bridge_crossed_on_both_legs_counts_on_both() {
+        // Up from inst1's tap through br-int to the uplink, back down from
+        // the uplink through br-int to inst2's tap.
+        let masters: HashMap<String, String> = ["tap1", "tap2", "int-br-bond"]
+            .iter()
+            .map(|p| (format!("n/{p}"), "n/br-int".to_string()))
+            .collect();
+        let c = [
+            at(1, "n/tap1", In),
+            at(1, "n/int-br-bond", Out),
+            at(2, "core/eth0.100", In),
+            at(2, "core/eth0.200", Out),
+            at(3, "n/int-br-bond", In),
+            at(3, "n/tap2", Out),
+        ];
+        assert_eq!(
+            derive(&c, &masters),
+            [
+                "n/tap1",
+                "n/br-int",
+                "n/int-br-bond",
+                "core/eth0.100",
+                "core/eth0.200",
+                "n/int-br-bond",
+                "n/br-int",
+                "n/tap2"
+            ]
+        );
+    }
+
+    #[test]
     fn vxlan_underlay_hops_are_on_the_path() {
         // pod/vxlan1 sends the inner packet; the worker's ens3 and the VM's
         // ens2 carry the outer UDP packet (the caller counts it as the
