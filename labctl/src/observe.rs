@@ -1,6 +1,8 @@
 //! Reading a live lab back from the kernel: every namespace it made, with its
 //! interfaces, their kinds, MACs, addresses and bridge masters, as
-//! `ip -d addr` would show them. What `labctl status` prints.
+//! `ip -d addr` would show them. What `labctl status` prints. Also one
+//! namespace's neighbour table (`ip neigh show`), which scenarios check
+//! after their traffic.
 
 use std::collections::HashMap;
 
