@@ -838,6 +838,7 @@ fn check_neighbours(
             let hit = |n: &&observe::Neighbour| {
                 n.address == IpAddr::V4(want.address)
                     && n.lladdr.is_some()
+                    && !matches!(n.state.as_str(), "INCOMPLETE" | "FAILED")
                     && want.dev.as_ref().is_none_or(|d| *d == n.dev)
                     && want.lladdr.is_none_or(|m| n.lladdr == Some(m))
             };
