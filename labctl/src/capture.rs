@@ -9,7 +9,12 @@
 //! AF_PACKET `SOCK_RAW` socket bound to one interface with `ETH_P_ALL`, as
 //! libpcap opens them; `SO_TIMESTAMPNS` puts the kernel's timestamp in a
 //! control message; `sll_pkttype == PACKET_OUTGOING` marks what the
-//! interface sent. Frames are decoded with etherparse; a scenario's packets
+//! interface sent. The kernel takes an 802.1Q tag out of the frame into the
+//! skb's metadata before a tap sees it (always on receive, by
+//! `skb_vlan_untag`, and on transmit with tx-vlan offload), so each tap also
+//! asks for `PACKET_AUXDATA` and puts the tag back into the frame, as
+//! libpcap does: decoding, the sighting table and the pcapng file all see
+//! the frame as it was on the wire. Frames are decoded with etherparse; a scenario's packets
 //! from every namespace are written as one pcapng file with pcap-file (one
 //! interface block per tapped interface), which Wireshark, tshark and
 //! `tcpdump -r` open.
@@ -53,6 +58,14 @@ pub const VXLAN_PORT: u16 = 4789;
 /// Bytes read per packet. Veth passes GSO packets of up to 64 KiB; a longer
 /// one is cut here and keeps its real length in [`Packet::orig_len`].
 const SNAPLEN: usize = 256 * 1024;
+/// `tpacket_auxdata.tp_status` bit: `tp_vlan_tci` holds a tag
+/// (linux/if_packet.h).
+const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
+/// `tp_status` bit: `tp_vlan_tpid` holds the tag's protocol (else 0x8100).
+const TP_STATUS_VLAN_TPID_VALID: u32 = 1 << 6;
+/// 802.1Q's tag protocol identifier.
+const ETH_P_8021Q: u16 = 0x8100;
+
 /// How long the capture thread sleeps in `poll` before it looks at the stop
 /// flag again.
 const POLL_MS: u16 = 50;
@@ -345,6 +358,8 @@ fn open_tap(ifindex: u32) -> io::Result<OwnedFd> {
         None,
     )?;
     setsockopt(&fd, sockopt::ReceiveTimestampns, &true)?;
+    // The VLAN tag the kernel took out of the frame, in a control message.
+    sys::packet_auxdata_on(&fd)?;
     // Room for bursts while the thread sleeps; FORCE works past rmem_max as
     // root, the plain option is the fallback.
     if setsockopt(&fd, sockopt::RcvBufForce, &(4 << 20)).is_err() {
@@ -362,7 +377,7 @@ fn open_tap(ifindex: u32) -> io::Result<OwnedFd> {
 fn run(mut taps: Vec<Tap>, stop: &AtomicBool) -> Vec<Packet> {
     let mut packets = Vec::new();
     let mut buf = vec![0u8; SNAPLEN];
-    let mut cmsg = nix::cmsg_space!(TimeSpec);
+    let mut cmsg = nix::cmsg_space!(TimeSpec, [u8; AUXDATA_LEN]);
     loop {
         let stopping = stop.load(Ordering::SeqCst);
         if !stopping {
@@ -389,7 +404,7 @@ fn run(mut taps: Vec<Tap>, stop: &AtomicBool) -> Vec<Packet> {
 /// should be dropped.
 fn drain(tap: &Tap, buf: &mut [u8], cmsg: &mut [u8], out: &mut Vec<Packet>) -> bool {
     loop {
-        let (len, addr, ts) = {
+        let (len, addr, ts, tag) = {
             let mut iov = [IoSliceMut::new(buf)];
             match recvmsg::<LinkAddr>(
                 tap.fd.as_raw_fd(),
@@ -398,13 +413,20 @@ fn drain(tap: &Tap, buf: &mut [u8], cmsg: &mut [u8], out: &mut Vec<Packet>) -> b
                 MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC,
             ) {
                 Ok(msg) => {
-                    let ts = msg.cmsgs().ok().and_then(|mut c| {
-                        c.find_map(|m| match m {
-                            ControlMessageOwned::ScmTimestampns(t) => Some(Duration::from(t)),
-                            _ => None,
-                        })
-                    });
-                    (msg.bytes, msg.address, ts)
+                    let (mut ts, mut tag) = (None, None);
+                    for m in msg.cmsgs().into_iter().flatten() {
+                        match m {
+                            ControlMessageOwned::ScmTimestampns(t) => ts = Some(Duration::from(t)),
+                            ControlMessageOwned::Unknown(u)
+                                if u.cmsg_header.cmsg_level == libc::SOL_PACKET
+                                    && u.cmsg_header.cmsg_type == sys::PACKET_AUXDATA =>
+                            {
+                                tag = auxdata_vlan(&u.data_bytes);
+                            }
+                            _ => {}
+                        }
+                    }
+                    (msg.bytes, msg.address, ts, tag)
                 }
                 Err(Errno::EAGAIN) => return true,
                 Err(Errno::EINTR) => continue,
@@ -417,6 +439,14 @@ fn drain(tap: &Tap, buf: &mut [u8], cmsg: &mut [u8], out: &mut Vec<Packet>) -> b
         let Some(addr) = addr else { continue };
         let kept = len.min(buf.len());
         let ts = ts.unwrap_or_else(since_epoch);
+        let mut data = buf[..kept].to_vec();
+        let mut len = len;
+        if let Some((tpid, tci)) = tag
+            && matches!(addr.hatype(), ARPHRD_ETHER | ARPHRD_LOOPBACK)
+            && insert_vlan_tag(&mut data, tpid, tci)
+        {
+            len += 4;
+        }
         out.push(Packet {
             netns: tap.netns.clone(),
             ifname: tap.ifname.clone(),
@@ -430,8 +460,71 @@ fn drain(tap: &Tap, buf: &mut [u8], cmsg: &mut [u8], out: &mut Vec<Packet>) -> b
             link_type: addr.hatype(),
             ts,
             orig_len: u32::try_from(len).unwrap_or(u32::MAX),
-            data: buf[..kept].to_vec(),
+            data,
         });
+    }
+}
+
+/// Bytes of a `struct tpacket_auxdata`: tp_status, tp_len, tp_snaplen (u32),
+/// tp_mac, tp_net, tp_vlan_tci, tp_vlan_tpid (u16).
+const AUXDATA_LEN: usize = 20;
+
+/// The VLAN tag of a `PACKET_AUXDATA` control message, `(tpid, tci)`, when
+/// the kernel says it holds one. Read like libpcap's `pcap_read_packet`:
+/// a tag is valid when `TP_STATUS_VLAN_VALID` is set (a TCI of 0 with the
+/// bit set is VLAN 0, priority tagging); the TPID is 0x8100 unless
+/// `TP_STATUS_VLAN_TPID_VALID` says otherwise.
+fn auxdata_vlan(aux: &[u8]) -> Option<(u16, u16)> {
+    let u32_at = |i: usize| {
+        aux.get(i..i + 4)
+            .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let u16_at = |i: usize| aux.get(i..i + 2).map(|b| u16::from_ne_bytes([b[0], b[1]]));
+    let status = u32_at(0)?;
+    if status & TP_STATUS_VLAN_VALID == 0 {
+        return None;
+    }
+    let tci = u16_at(16)?;
+    let tpid = match u16_at(18) {
+        Some(t) if status & TP_STATUS_VLAN_TPID_VALID != 0 && t != 0 => t,
+        _ => ETH_P_8021Q,
+    };
+    Some((tpid, tci))
+}
+
+/// Put a VLAN tag back after the two MAC addresses of an Ethernet frame,
+/// where it was on the wire (libpcap does the same). False, and the frame
+/// unchanged, when it is too short to hold the addresses.
+fn insert_vlan_tag(frame: &mut Vec<u8>, tpid: u16, tci: u16) -> bool {
+    if frame.len() < 12 {
+        return false;
+    }
+    let mut tag = [0u8; 4];
+    tag[..2].copy_from_slice(&tpid.to_be_bytes());
+    tag[2..].copy_from_slice(&tci.to_be_bytes());
+    frame.splice(12..12, tag);
+    frame.truncate(SNAPLEN);
+    true
+}
+
+/// An Ethernet (MAC) address; printed `0a:58:0a:84:02:2e`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Mac(pub [u8; 6]);
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+impl Serialize for Mac {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 
@@ -506,6 +599,9 @@ pub enum Proto {
     Arp {
         /// 1 request, 2 reply.
         op: u16,
+        /// The sender's hardware address (a reply's answer: `is-at`);
+        /// `None` when it is not 6 bytes long.
+        sender_mac: Option<Mac>,
     },
     /// Another IP protocol (by number), or a later IPv4 fragment.
     Other(u8),
@@ -524,6 +620,16 @@ pub struct Flow {
     /// The VXLAN network identifier of an encapsulated packet.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vni: Option<u32>,
+    /// The Ethernet header's addresses; `None` for a packet without one
+    /// (an L3 device's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub src_mac: Option<Mac>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dst_mac: Option<Mac>,
+    /// The VLAN id of the frame's (outer) 802.1Q tag, whether it was in the
+    /// frame or in the kernel's metadata (see the module doc).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
 }
 
 impl Flow {
@@ -560,11 +666,14 @@ impl fmt::Display for Flow {
         };
         let (src, dst) = (ep(&self.src, self.src_port), ep(&self.dst, self.dst_port));
         match &self.protocol {
-            Proto::Arp { op: 1 } => {
+            Proto::Arp { op: 1, .. } => {
                 write!(f, "ARP, Request who-has {} tell {}", self.dst, self.src)?
             }
-            Proto::Arp { op: 2 } => write!(f, "ARP, Reply {} is-at ? (to {})", self.src, self.dst)?,
-            Proto::Arp { op } => write!(f, "ARP, op {op} {} > {}", self.src, self.dst)?,
+            Proto::Arp { op: 2, sender_mac } => match sender_mac {
+                Some(mac) => write!(f, "ARP, Reply {} is-at {mac} (to {})", self.src, self.dst)?,
+                None => write!(f, "ARP, Reply {} is-at ? (to {})", self.src, self.dst)?,
+            },
+            Proto::Arp { op, .. } => write!(f, "ARP, op {op} {} > {}", self.src, self.dst)?,
             Proto::Icmp { type_, code } => {
                 write!(f, "IP {src} > {dst}: ICMP {}", icmp_name(*type_, *code))?
             }
@@ -629,6 +738,16 @@ pub fn summarize_ip(packet: &[u8]) -> Option<Flow> {
 }
 
 fn flow_of(s: &SlicedPacket<'_>, vxlan_ports: &[u16]) -> Option<Flow> {
+    let mut flow = flow_of_net(s, vxlan_ports)?;
+    if let Some(etherparse::LinkSlice::Ethernet2(eth)) = &s.link {
+        flow.src_mac = Some(Mac(eth.source()));
+        flow.dst_mac = Some(Mac(eth.destination()));
+    }
+    flow.vlan = s.vlan_ids().first().map(|id| id.value());
+    Some(flow)
+}
+
+fn flow_of_net(s: &SlicedPacket<'_>, vxlan_ports: &[u16]) -> Option<Flow> {
     let (src, dst, ip_number): (IpAddr, IpAddr, u8) = match s.net.as_ref()? {
         NetSlice::Ipv4(ip) => (
             ip.header().source_addr().into(),
@@ -653,11 +772,15 @@ fn flow_of(s: &SlicedPacket<'_>, vxlan_ports: &[u16]) -> Option<Flow> {
                 dst: ip(arp.target_protocol_addr())?,
                 protocol: Proto::Arp {
                     op: arp.operation().0,
+                    sender_mac: <[u8; 6]>::try_from(arp.sender_hw_addr()).ok().map(Mac),
                 },
                 src_port: None,
                 dst_port: None,
                 inner: None,
                 vni: None,
+                src_mac: None,
+                dst_mac: None,
+                vlan: None,
             });
         }
     };
@@ -669,6 +792,9 @@ fn flow_of(s: &SlicedPacket<'_>, vxlan_ports: &[u16]) -> Option<Flow> {
         dst_port: None,
         inner: None,
         vni: None,
+        src_mac: None,
+        dst_mac: None,
+        vlan: None,
     };
     match &s.transport {
         Some(TransportSlice::Icmpv4(icmp)) => {
@@ -952,6 +1078,103 @@ mod tests {
         assert_eq!(inner.src, IpAddr::from([10, 42, 0, 1]));
         assert!(inner.is_echo_request());
         assert_eq!(flow.innermost(), inner);
+    }
+
+    /// A `tpacket_auxdata` as the kernel writes it (native endian).
+    fn auxdata(status: u32, tci: u16, tpid: u16) -> Vec<u8> {
+        let mut a = Vec::new();
+        a.extend_from_slice(&status.to_ne_bytes());
+        a.extend_from_slice(&[0; 8]); // tp_len, tp_snaplen
+        a.extend_from_slice(&[0; 4]); // tp_mac, tp_net
+        a.extend_from_slice(&tci.to_ne_bytes());
+        a.extend_from_slice(&tpid.to_ne_bytes());
+        a
+    }
+
+    #[test]
+    fn auxdata_gives_the_tag_only_when_valid() {
+        assert_eq!(auxdata_vlan(&auxdata(0, 100, 0)), None);
+        assert_eq!(
+            auxdata_vlan(&auxdata(TP_STATUS_VLAN_VALID, 100, 0)),
+            Some((0x8100, 100))
+        );
+        assert_eq!(
+            auxdata_vlan(&auxdata(
+                TP_STATUS_VLAN_VALID | TP_STATUS_VLAN_TPID_VALID,
+                0x2064,
+                0x88a8
+            )),
+            Some((0x88a8, 0x2064))
+        );
+        // VLAN 0 (priority tagging) is a tag too.
+        assert_eq!(
+            auxdata_vlan(&auxdata(TP_STATUS_VLAN_VALID, 0, 0)),
+            Some((0x8100, 0))
+        );
+        assert_eq!(auxdata_vlan(&[0; 8]), None);
+    }
+
+    #[test]
+    fn a_tag_put_back_decodes_with_vlan_and_macs() {
+        let mut frame = icmp_echo([10, 0, 0, 1], [10, 0, 0, 2]);
+        assert!(insert_vlan_tag(&mut frame, 0x8100, (3 << 13) | 200));
+        assert_eq!(&frame[12..16], &[0x81, 0x00, 0x60, 0xc8]);
+        let flow = summarize(&packet(frame)).unwrap();
+        assert_eq!(flow.vlan, Some(200));
+        assert_eq!(flow.src_mac, Some(Mac([2, 0, 0, 0, 0, 1])));
+        assert_eq!(flow.dst_mac, Some(Mac([2, 0, 0, 0, 0, 2])));
+        assert!(flow.is_echo_request());
+        let mut short = vec![1, 2, 3];
+        assert!(!insert_vlan_tag(&mut short, 0x8100, 1));
+        assert_eq!(short, [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_tag_still_in_the_frame_is_read() {
+        let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .single_vlan(etherparse::VlanId::try_new(100).unwrap())
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .icmpv4_echo_request(7, 1);
+        let mut frame = Vec::new();
+        b.write(&mut frame, b"x").unwrap();
+        let flow = summarize(&packet(frame)).unwrap();
+        assert_eq!(flow.vlan, Some(100));
+        assert!(flow.is_echo_request());
+        // An untagged frame has none.
+        let flow = summarize(&packet(icmp_echo([10, 0, 0, 1], [10, 0, 0, 2]))).unwrap();
+        assert_eq!(flow.vlan, None);
+    }
+
+    #[test]
+    fn arp_reply_carries_the_sender_mac() {
+        let b = PacketBuilder::ethernet2([0x0a, 0x58, 0x0a, 0x84, 2, 0x2e], [2, 0, 0, 0, 0, 2])
+            .arp(
+                etherparse::ArpPacket::new(
+                    etherparse::ArpHardwareId::ETHERNET,
+                    etherparse::EtherType::IPV4,
+                    etherparse::ArpOperation::REPLY,
+                    &[0x0a, 0x58, 0x0a, 0x84, 2, 0x2e],
+                    &[10, 132, 2, 46],
+                    &[2, 0, 0, 0, 0, 2],
+                    &[10, 132, 2, 2],
+                )
+                .unwrap(),
+            );
+        let mut frame = Vec::new();
+        b.write(&mut frame).unwrap();
+        let flow = summarize(&packet(frame)).unwrap();
+        assert_eq!(
+            flow.protocol,
+            Proto::Arp {
+                op: 2,
+                sender_mac: Some(Mac([0x0a, 0x58, 0x0a, 0x84, 2, 0x2e]))
+            }
+        );
+        assert_eq!(flow.dst_mac, Some(Mac([2, 0, 0, 0, 0, 2])));
+        assert_eq!(
+            flow.to_string(),
+            "ARP, Reply 10.132.2.46 is-at 0a:58:0a:84:02:2e (to 10.132.2.2)"
+        );
     }
 
     #[test]

@@ -245,6 +245,7 @@ mod tests {
             server_saw_client: None,
             path: vec!["centos/eth0".into(), "nginx/eth0".into()],
             stacks: 2,
+            devices: 2,
             table: Vec::new(),
             conntrack: Vec::new(),
             ipvs: Vec::new(),

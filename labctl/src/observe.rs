@@ -1,6 +1,8 @@
 //! Reading a live lab back from the kernel: every namespace it made, with its
 //! interfaces, their kinds, MACs, addresses and bridge masters, as
-//! `ip -d addr` would show them. What `labctl status` prints.
+//! `ip -d addr` would show them. What `labctl status` prints. Also one
+//! namespace's neighbour table (`ip neigh show`), which scenarios check
+//! after their traffic.
 
 use std::collections::HashMap;
 
@@ -150,5 +152,98 @@ async fn dump(socket: netlink_sys::Socket) -> Result<Vec<IfStatus>, rtnetlink::E
         })
         .collect();
     out.sort_by_key(|i| i.index);
+    Ok(out)
+}
+
+/// One entry of a namespace's neighbour (ARP/NDP) table, as `ip neigh
+/// show` prints it: `10.132.2.46 dev br-int lladdr 0a:58:0a:84:02:2e
+/// PERMANENT`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Neighbour {
+    pub dev: String,
+    pub address: std::net::IpAddr,
+    /// `None` while unresolved (INCOMPLETE, FAILED).
+    pub lladdr: Option<[u8; 6]>,
+    /// `ip neigh`'s word for the state: `REACHABLE`, `PERMANENT`, ...
+    pub state: String,
+}
+
+impl std::fmt::Display for Neighbour {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} dev {}", self.address, self.dev)?;
+        if let Some(mac) = &self.lladdr {
+            write!(f, " lladdr {}", format_mac(mac))?;
+        }
+        write!(f, " {}", self.state)
+    }
+}
+
+/// The neighbour table of one namespace, like `ip -n NETNS neigh show`
+/// (an RTM_GETNEIGH dump of IPv4 and IPv6 entries; the bridge FDB's
+/// AF_BRIDGE entries are not neighbours and are left out).
+pub fn neighbours_in(netns: &str) -> std::io::Result<Vec<Neighbour>> {
+    use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
+    let socket = sys::netlink_socket_in(netns)?;
+    let rt = runtime().map_err(|e| std::io::Error::other(e.to_string()))?;
+    let (links, neighs) = rt
+        .block_on(async {
+            let (conn, handle, _) = rtnetlink::from_socket(sys::tokio_socket(socket));
+            let task = tokio::spawn(conn);
+            let links: Vec<_> = handle.link().get().execute().try_collect().await?;
+            let neighs: Vec<_> = handle.neighbours().get().execute().try_collect().await?;
+            task.abort();
+            Ok::<_, rtnetlink::Error>((links, neighs))
+        })
+        .map_err(|e| std::io::Error::other(format!("dump the neighbour table: {e}")))?;
+    let names: HashMap<u32, String> = links
+        .iter()
+        .filter_map(|l| {
+            l.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some((l.header.index, n.clone())),
+                _ => None,
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for n in neighs {
+        let mut address = None;
+        let mut lladdr = None;
+        for a in &n.attributes {
+            match a {
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
+                    address = Some(std::net::IpAddr::V4(*v4))
+                }
+                NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
+                    address = Some(std::net::IpAddr::V6(*v6))
+                }
+                NeighbourAttribute::LinkLayerAddress(b) => {
+                    lladdr = <[u8; 6]>::try_from(b.as_slice()).ok()
+                }
+                _ => {}
+            }
+        }
+        let Some(address) = address else { continue };
+        let state = match n.header.state {
+            NeighbourState::Incomplete => "INCOMPLETE".to_string(),
+            NeighbourState::Reachable => "REACHABLE".to_string(),
+            NeighbourState::Stale => "STALE".to_string(),
+            NeighbourState::Delay => "DELAY".to_string(),
+            NeighbourState::Probe => "PROBE".to_string(),
+            NeighbourState::Failed => "FAILED".to_string(),
+            NeighbourState::Noarp => "NOARP".to_string(),
+            NeighbourState::Permanent => "PERMANENT".to_string(),
+            NeighbourState::None => "NONE".to_string(),
+            other => format!("{other:?}").to_uppercase(),
+        };
+        out.push(Neighbour {
+            dev: names
+                .get(&n.header.ifindex)
+                .cloned()
+                .unwrap_or_else(|| format!("if{}", n.header.ifindex)),
+            address,
+            lladdr,
+            state,
+        });
+    }
     Ok(out)
 }

@@ -472,6 +472,33 @@ pub fn packet_bind_addr(ifindex: u32, protocol: u16) -> nix::sys::socket::LinkAd
         .expect("a sockaddr_ll with family AF_PACKET is a LinkAddr")
 }
 
+/// `SOL_PACKET`/`PACKET_AUXDATA` (linux/if_packet.h).
+pub const PACKET_AUXDATA: i32 = 8;
+
+/// Ask an AF_PACKET socket for a `PACKET_AUXDATA` control message with
+/// every frame (a `tpacket_auxdata`: the VLAN tag the kernel took out of
+/// the frame, among others), as libpcap does. nix has no option for it.
+pub fn packet_auxdata_on(fd: impl AsFd) -> io::Result<()> {
+    use nix::libc;
+    let on: libc::c_int = 1;
+    // SAFETY: `on` is a live c_int and its size is passed with it; the
+    // kernel only reads it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_fd().as_raw_fd(),
+            libc::SOL_PACKET,
+            PACKET_AUXDATA,
+            (&raw const on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Every segment a TCP socket retransmitted (`tcpi_total_retrans` of its
 /// `TCP_INFO`), like `ss -ti`'s `retrans:N/TOTAL`.
 pub fn tcp_total_retrans(socket: impl AsFd) -> io::Result<u32> {

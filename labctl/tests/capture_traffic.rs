@@ -458,6 +458,66 @@ fn pcapng_reads_back_with_tcpdump() {
     assert!(text.contains("ICMP echo request"), "{text}");
 }
 
+/// A frame with an 802.1Q tag written into one end of a veth with a packet
+/// socket (this kernel has no vlan devices): the kernel takes the tag out
+/// of the frame on receive (`skb_vlan_untag`), and the tap on the peer
+/// still reports VLAN 100, the MACs, and keeps the tag in the frame.
+fn vlan_tag_and_macs_survive_the_kernel() {
+    use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockType, sendto, socket};
+    use std::os::fd::AsRawFd;
+    let ns = veth_pair("vlan");
+    let (a, b) = (ns.name(0), ns.name(1));
+    ip(&[
+        "-n",
+        b,
+        "link",
+        "set",
+        "eth0",
+        "address",
+        "02:00:00:00:00:bb",
+    ]);
+    let src = [0x02, 0, 0, 0, 0, 0xaa];
+    let dst = [0x02, 0, 0, 0, 0, 0xbb];
+    let builder = etherparse::PacketBuilder::ethernet2(src, dst)
+        .single_vlan(etherparse::VlanId::try_new(100).unwrap())
+        .ipv4([10, 9, 0, 1], [10, 9, 0, 2], 64)
+        .icmpv4_echo_request(0x4242, 1);
+    let mut frame = Vec::new();
+    builder.write(&mut frame, b"tagged").unwrap();
+    assert_eq!(&frame[12..14], &[0x81, 0x00]);
+
+    let cap = Capture::start(b, Some(&["eth0".to_string()])).unwrap();
+    labctl::sys::in_netns(a, || {
+        let ifindex = nix::net::if_::if_nametoindex("eth0").unwrap();
+        let fd = socket(
+            AddressFamily::Packet,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        let to = labctl::sys::packet_bind_addr(ifindex, 0);
+        sendto(fd.as_raw_fd(), &frame, &to, MsgFlags::empty()).unwrap();
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let packets = cap.stop();
+    let seen: Vec<(&Packet, capture::Flow)> = packets
+        .iter()
+        .filter_map(|p| Some((p, capture::summarize(p)?)))
+        .filter(|(_, f)| f.dst == ipaddr("10.9.0.2"))
+        .collect();
+    assert_eq!(seen.len(), 1, "{packets:?}");
+    let (p, f) = &seen[0];
+    assert_eq!(p.direction, Direction::In);
+    assert_eq!(f.vlan, Some(100), "{f:?}");
+    assert_eq!(f.src_mac, Some(capture::Mac(src)));
+    assert_eq!(f.dst_mac, Some(capture::Mac(dst)));
+    assert!(f.is_echo_request());
+    // The tag is back where it was on the wire, so the pcapng file has it.
+    assert_eq!(p.data, frame, "the frame as it was sent");
+}
+
 fn main() {
     let args = libtest_mimic::Arguments::from_args();
     let trials = vec![
@@ -503,6 +563,12 @@ fn main() {
         libtest_mimic::Trial::ignorable_test("vxlan_outer_and_inner_headers", || {
             common::gate(|| {
                 vxlan_outer_and_inner_headers();
+                Ok(())
+            })
+        }),
+        libtest_mimic::Trial::ignorable_test("vlan_tag_and_macs_survive_the_kernel", || {
+            common::gate(|| {
+                vlan_tag_and_macs_survive_the_kernel();
                 Ok(())
             })
         }),

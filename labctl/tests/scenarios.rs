@@ -308,6 +308,69 @@ fn broken_vpc_route_fails_f2() -> Result<(), Failed> {
     Ok(())
 }
 
+/// The new observations can fail: the fixed Kata ping (k1) with the bug's
+/// expectations and some that no run can meet. Each must be reported
+/// FAILED with what the kernel showed.
+fn observations_can_fail() -> Result<(), Failed> {
+    let source = std::fs::read_to_string(root().join("topologies/vxlan-redirect.yaml"))?;
+    let (lab, _) = source
+        .split_once("scenarios:")
+        .ok_or("vxlan-redirect.yaml has no scenarios")?;
+    let topology = format!(
+        "{lab}scenarios:
+  - name: wrong
+    from: worker
+    to: 10.132.2.46
+    protocol: icmp
+    capture: {{arp: true}}
+    expect:
+      devices: 6
+      seen_on:
+        - {{address: 10.132.2.46, dst_mac: \"7e:e5:f7:e6:f5:1a\", interfaces: [podns/vxlan0]}}
+        - {{vni: 4242, interfaces: [worker/ens3]}}
+        - {{vlan: 100, interfaces: [worker/ens3]}}
+      not_seen_on:
+        - {{address: 10.132.2.2, dst_mac: \"ee:cb:ed:8e:f9:e0\", interfaces: [podns/vxlan0]}}
+        - {{protocol: arp, interfaces: [worker/ens3]}}
+      neighbours:
+        - {{in: worker, address: 10.132.2.46, present: false}}
+        - {{in: podvm, dev: ens2, address: 192.168.10.99}}
+"
+    );
+    let dir = std::env::temp_dir().join(format!("labctl-observe-{}", unique()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("observe.yaml");
+    std::fs::write(&file, topology)?;
+    let o = labctl_on_host()
+        .args(["run", "--name", &unique()])
+        .arg(&file)
+        .output();
+    let _ = std::fs::remove_dir_all(&dir);
+    let o = o?;
+    let out = String::from_utf8_lossy(&o.stdout);
+    let expect = [
+        "FAIL wrong",
+        "[ok] result is connected",
+        "[FAILED] crosses 6 devices (got: 7)",
+        "[FAILED] 10.132.2.46 dst_mac 7e:e5:f7:e6:f5:1a seen on podns/vxlan0 (not seen on podns/vxlan0)",
+        "[FAILED] vni 4242 seen on worker/ens3",
+        "[FAILED] vlan 100 seen on worker/ens3",
+        "[FAILED] 10.132.2.2 dst_mac ee:cb:ed:8e:f9:e0 not seen on podns/vxlan0 (seen on podns/vxlan0)",
+        "[FAILED] arp not seen on worker/ens3 (seen on worker/ens3)",
+        "[FAILED] neighbour on worker: 10.132.2.46 absent (entries: 10.132.2.46 dev br-int lladdr 0a:58:0a:84:02:2e PERMANENT)",
+        "[FAILED] neighbour on podvm: 192.168.10.99 dev ens2 (no entry for 192.168.10.99)",
+    ];
+    for e in expect {
+        if !out.contains(e) {
+            return Err(format!("report lacks {e:?}:\n{out}").into());
+        }
+    }
+    if o.status.code() != Some(1) {
+        return Err(format!("exit {:?}, want 1", o.status.code()).into());
+    }
+    Ok(())
+}
+
 /// What labctl's taps saw on node-180's eth0 during F2 (ICMP) agrees with
 /// tcpdump on the same interface at the same time.
 fn capture_agrees_with_tcpdump() -> Result<(), Failed> {
@@ -399,6 +462,10 @@ fn main() {
             gate(broken_vpc_route_fails_f2)
         })
         .with_kind(host.clone()),
+    );
+    trials.push(
+        Trial::ignorable_test("observations_can_fail", || gate(observations_can_fail))
+            .with_kind(host.clone()),
     );
     trials.push(
         Trial::ignorable_test("capture_agrees_with_tcpdump", || {

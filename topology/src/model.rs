@@ -248,6 +248,9 @@ pub struct Scenario {
     pub via_node: Option<String>,
     /// Override of `Lab::ebpf`'s `in_cluster_external`.
     pub in_cluster_external: Option<bool>,
+    /// Show ARP in the sighting table (`capture: {arp: true}`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub show_arp: bool,
     pub expect: Expect,
 }
 
@@ -668,13 +671,83 @@ pub struct Expect {
     /// TCP retransmissions of the client's socket.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retransmits: Option<Range>,
+    /// Devices the request's path crosses (see the scenario's path rules).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub devices: Option<u32>,
+    /// Neighbour entries that must (not) exist after the traffic.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub neighbours: Vec<NeighbourExpect>,
 }
 
+/// Packets some interfaces must (not) see: every filter given must match.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Sighting {
-    pub address: Ipv4Addr,
+    /// Source or destination of any header (outer or VXLAN-inner).
+    pub address: Option<Ipv4Addr>,
+    /// Source MAC of any Ethernet header (outer or VXLAN-inner).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub src_mac: Option<[u8; 6]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dst_mac: Option<[u8; 6]>,
+    /// VLAN id of an 802.1Q tag of any Ethernet header.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
+    /// VXLAN network identifier.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vni: Option<u32>,
+    /// Protocol of the innermost packet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<SightProto>,
     pub interfaces: Vec<String>,
     pub only: bool,
+}
+
+impl Sighting {
+    /// The filters in words, for a report: `10.132.2.46 dst_mac
+    /// 0a:58:0a:84:02:2e`, `arp`.
+    pub fn describe(&self) -> String {
+        let mut w = Vec::new();
+        if let Some(p) = self.protocol {
+            w.push(format!("{p:?}").to_lowercase());
+        }
+        if let Some(a) = self.address {
+            w.push(a.to_string());
+        }
+        if let Some(m) = &self.src_mac {
+            w.push(format!("src_mac {}", format_mac(m)));
+        }
+        if let Some(m) = &self.dst_mac {
+            w.push(format!("dst_mac {}", format_mac(m)));
+        }
+        if let Some(v) = self.vlan {
+            w.push(format!("vlan {v}"));
+        }
+        if let Some(v) = self.vni {
+            w.push(format!("vni {v}"));
+        }
+        w.join(" ")
+    }
+}
+
+/// The protocol filter of a [`Sighting`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SightProto {
+    Arp,
+    Icmp,
+    Tcp,
+    Udp,
+}
+
+/// A neighbour entry that must (`present`) or must not exist in `entity`'s
+/// namespace after the traffic.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NeighbourExpect {
+    pub entity: String,
+    pub dev: Option<String>,
+    pub address: Ipv4Addr,
+    pub lladdr: Option<[u8; 6]>,
+    pub present: bool,
 }
 
 /// What an entity of the lab is; one network namespace each.
@@ -792,6 +865,15 @@ impl Lab {
     pub fn canonical_hop(&self, text: &str) -> Result<String, String> {
         if text == "vpc" && self.vpc.is_some() {
             return Ok("vpc".into());
+        }
+        // A switch is one hop of a path, as the VPC is.
+        if self
+            .objects
+            .namespaces
+            .iter()
+            .any(|n| n.name == text && n.role == NsRole::Switch)
+        {
+            return Ok(text.into());
         }
         let Some((entity, ifname)) = text.split_once('/') else {
             return Err(format!(

@@ -579,8 +579,24 @@ pub struct RawScenario {
     /// version: false is < 1.2.0).
     #[serde(default)]
     pub in_cluster_external: Option<bool>,
+    /// What the taps record beyond the data path.
+    #[serde(default)]
+    pub capture: RawCapture,
     #[serde(default)]
     pub expect: RawExpect,
+}
+
+/// What a scenario's taps show beyond the request and its answers.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Capture")]
+pub struct RawCapture {
+    /// Show ARP requests and replies in the sighting table (`who-has
+    /// 10.132.2.46 tell 10.132.2.2`, `10.132.2.46 is-at MAC`), so that
+    /// `seen_on` / `not_seen_on` can speak of them (`protocol: arp`).
+    /// Default false: neighbour resolution is not the data path.
+    #[serde(default)]
+    pub arp: bool,
 }
 
 /// netem's impairments, spelled as `tc qdisc ... netem` takes them.
@@ -690,16 +706,30 @@ pub struct RawExpect {
     /// request crosses, as the articles count them.
     #[serde(default)]
     pub stacks: Option<u32>,
-    /// Interfaces that must see packets to or from an address.
+    /// Interfaces that must see packets to or from an address (or with
+    /// the MACs, VLAN, VNI or protocol given).
     #[serde(default)]
-    pub seen_on: Vec<RawSighting>,
+    #[schemars(with = "Vec<RawSighting>")]
+    pub seen_on: Vec<Spanned<RawSighting>>,
     /// Interfaces that must not.
     #[serde(default)]
-    pub not_seen_on: Vec<RawSighting>,
+    #[schemars(with = "Vec<RawSighting>")]
+    pub not_seen_on: Vec<Spanned<RawSighting>>,
     /// The client address the server saw (after any NAT).
     #[serde(default)]
     #[schemars(with = "Option<Ipv4Text>")]
     pub server_saw_client: Option<Spanned<String>>,
+    /// How many devices the request's path crosses: the path as derived,
+    /// each crossing once (an interface crossed again on a return leg
+    /// counts again), the VPC and each switch once per visit, a bridge put
+    /// between two of its ports once.
+    #[serde(default)]
+    #[schemars(with = "Option<u32>", range(min = 1))]
+    pub devices: Option<Spanned<u32>>,
+    /// Neighbour (ARP) entries a namespace must hold, or must not, after
+    /// the traffic, read from the kernel like `ip neigh show`.
+    #[serde(default)]
+    pub neighbours: Vec<RawNeighbourExpect>,
     /// Conntrack entries a node must hold for the flow.
     #[serde(default)]
     pub conntrack: Vec<RawConntrackExpect>,
@@ -735,19 +765,83 @@ pub struct RawConntrackExpect {
     pub reply: Option<Spanned<String>>,
 }
 
-/// An address and interfaces, for `seen_on` / `not_seen_on`.
+/// A neighbour entry a namespace must (or must not) hold after the traffic.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "NeighbourExpect")]
+pub struct RawNeighbourExpect {
+    /// The namespace, node, pod or client whose table is read.
+    #[serde(rename = "in")]
+    #[schemars(with = "String")]
+    pub netns: Spanned<String>,
+    /// Only entries on this interface (default: any).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub dev: Option<Spanned<String>>,
+    #[schemars(with = "Ipv4Text")]
+    pub address: Spanned<String>,
+    /// Only an entry resolved to this MAC.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub lladdr: Option<Spanned<String>>,
+    /// True (default): a resolved entry (not INCOMPLETE or FAILED) matching
+    /// `address`, `dev` and `lladdr` exists. False: none does.
+    #[serde(default)]
+    pub present: Option<bool>,
+}
+
+/// Packets a set of interfaces must see (`seen_on`) or must not
+/// (`not_seen_on`). A packet matches when every filter given matches it;
+/// at least one filter is needed.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(rename = "Sighting")]
 pub struct RawSighting {
-    #[schemars(with = "Ipv4Text")]
-    pub address: Spanned<String>,
+    /// The source or destination of any header: the outer one or one
+    /// carried in VXLAN (for ARP, the sender or target address).
+    #[serde(default)]
+    #[schemars(with = "Option<Ipv4Text>")]
+    pub address: Option<Spanned<String>>,
+    /// The source MAC of any Ethernet header: the frame the interface
+    /// carried or one carried in VXLAN.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub src_mac: Option<Spanned<String>>,
+    /// Likewise the destination MAC (ff:ff:ff:ff:ff:ff for broadcast).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub dst_mac: Option<Spanned<String>>,
+    /// The VLAN id of an 802.1Q tag of any Ethernet header (the tap puts
+    /// back the tag the kernel took out of the frame).
+    #[serde(default)]
+    #[schemars(with = "Option<u16>", range(max = 4094))]
+    pub vlan: Option<Spanned<u32>>,
+    /// The VXLAN network identifier of an encapsulated packet.
+    #[serde(default)]
+    #[schemars(with = "Option<u32>", range(max = 16777215))]
+    pub vni: Option<Spanned<u32>>,
+    /// The protocol of the innermost packet: `arp` (with `capture: {arp:
+    /// true}`), `icmp`, `tcp` or `udp`.
+    #[serde(default)]
+    #[schemars(with = "Option<RawSightProto>")]
+    pub protocol: Option<Spanned<RawSightProto>>,
     /// `ENTITY/IFNAME`, `POD/host` or `vpc` (any VPC interface).
     #[schemars(with = "Vec<String>")]
     pub interfaces: Vec<Spanned<String>>,
-    /// In `seen_on`: no other interface may see the address (with no
+    /// In `seen_on`: no other interface may see such a packet (with no
     /// `interfaces`: no interface at all may, as for a service address that
     /// eBPF translates before any tap).
     #[serde(default)]
     pub only: bool,
+}
+
+/// The protocol filter of a sighting.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[schemars(rename = "SightProtocol")]
+pub enum RawSightProto {
+    Arp,
+    Icmp,
+    Tcp,
+    Udp,
 }

@@ -1682,13 +1682,88 @@ impl Resolver<'_> {
                 .collect()
         };
         let path = raw.expect.path.as_ref().map(|p| hops(self, p));
-        let sightings = |r: &mut Self, list: &[RawSighting]| -> Vec<Sighting> {
+        let show_arp = raw.capture.arp;
+        let sightings = |r: &mut Self, list: &[Spanned<RawSighting>]| -> Vec<Sighting> {
             list.iter()
-                .filter_map(|s| {
-                    let address = r.ipv4(&s.address, "address");
+                .filter_map(|spanned| {
+                    let before = r.problems.len();
+                    let s = &spanned.value;
+                    let address = s.address.as_ref().and_then(|a| r.ipv4(a, "address"));
+                    let src_mac = s.src_mac.as_ref().and_then(|m| r.filter_mac(m));
+                    let dst_mac = s.dst_mac.as_ref().and_then(|m| r.filter_mac(m));
+                    let vlan = s.vlan.as_ref().and_then(|v| {
+                        if v.value > 4094 {
+                            r.err(
+                                &v.referenced,
+                                format!("invalid vlan id {}", v.value),
+                                "out of range",
+                                Some("an 802.1Q VLAN id is 0 to 4094".into()),
+                            );
+                            return None;
+                        }
+                        Some(v.value as u16)
+                    });
+                    let vni = s.vni.as_ref().and_then(|v| {
+                        if v.value > 0xff_ffff {
+                            r.err(
+                                &v.referenced,
+                                format!("invalid vni {}", v.value),
+                                "out of range",
+                                Some(
+                                    "a VXLAN network identifier has 24 bits: 0 to 16777215".into(),
+                                ),
+                            );
+                            return None;
+                        }
+                        Some(v.value)
+                    });
+                    let protocol = s.protocol.as_ref().map(|p| {
+                        let proto = match p.value {
+                            RawSightProto::Arp => SightProto::Arp,
+                            RawSightProto::Icmp => SightProto::Icmp,
+                            RawSightProto::Tcp => SightProto::Tcp,
+                            RawSightProto::Udp => SightProto::Udp,
+                        };
+                        if proto == SightProto::Arp && !show_arp {
+                            r.err(
+                                &p.referenced,
+                                "ARP is not captured in this scenario".into(),
+                                "arp not shown",
+                                Some(
+                                    "add `capture: {arp: true}` to the scenario: taps leave ARP \
+                                     out unless asked"
+                                        .into(),
+                                ),
+                            );
+                        }
+                        proto
+                    });
+                    if s.address.is_none()
+                        && s.src_mac.is_none()
+                        && s.dst_mac.is_none()
+                        && s.vlan.is_none()
+                        && s.vni.is_none()
+                        && s.protocol.is_none()
+                    {
+                        r.err(
+                            &spanned.referenced,
+                            "a sighting needs something to look for".into(),
+                            "no filter",
+                            Some(
+                                "give at least one of address, src_mac, dst_mac, vlan, vni, \
+                                 protocol"
+                                    .into(),
+                            ),
+                        );
+                    }
                     let interfaces = hops(r, &s.interfaces);
-                    address.map(|address| Sighting {
+                    (r.problems.len() == before).then_some(Sighting {
                         address,
+                        src_mac,
+                        dst_mac,
+                        vlan,
+                        vni,
+                        protocol,
                         interfaces,
                         only: s.only,
                     })
@@ -1767,6 +1842,19 @@ impl Resolver<'_> {
                 });
             }
         }
+        let devices = raw.expect.devices.as_ref().and_then(|d| {
+            if d.value == 0 {
+                self.err(
+                    &d.referenced,
+                    "a request crosses at least one device".into(),
+                    "zero devices",
+                    Some("write the number of devices on the path, e.g. `devices: 18`".into()),
+                );
+                return None;
+            }
+            Some(d.value)
+        });
+        let neighbours = self.neighbour_expects(&raw.expect.neighbours, lab);
         if self.problems.len() > before {
             return None;
         }
@@ -1786,6 +1874,7 @@ impl Resolver<'_> {
             backend,
             via_node,
             in_cluster_external: raw.in_cluster_external,
+            show_arp,
             expect: Expect {
                 result: match raw.expect.result.unwrap_or(RawResult::Connected) {
                     RawResult::Connected => ResultKind::Connected,
@@ -1802,8 +1891,88 @@ impl Resolver<'_> {
                 conntrack,
                 rtt_ms,
                 retransmits,
+                devices,
+                neighbours,
             },
         })
+    }
+
+    /// `expect.neighbours`: a namespace of the lab, one of its interfaces,
+    /// an IPv4 address, a MAC.
+    fn neighbour_expects(
+        &mut self,
+        list: &[RawNeighbourExpect],
+        lab: &Lab,
+    ) -> Vec<NeighbourExpect> {
+        let mut out = Vec::new();
+        for n in list {
+            let before = self.problems.len();
+            let entity = n.netns.value.trim();
+            let ifs = lab.interfaces_of(entity);
+            if ifs.is_none() {
+                let entities = lab.entities();
+                let known: Vec<&str> = entities.iter().map(|(e, _)| e.as_str()).collect();
+                self.err(
+                    &n.netns.referenced,
+                    format!("unknown namespace, node, pod or client `{entity}`"),
+                    "unknown namespace",
+                    Some(unknown_hint("namespace", entity, &known)),
+                );
+            }
+            let dev = n.dev.as_ref().and_then(|d| {
+                let name = d.value.trim();
+                let ifs = ifs.as_ref()?;
+                if ifs.iter().any(|i| i == name) {
+                    Some(name.to_string())
+                } else {
+                    self.err(
+                        &d.referenced,
+                        format!("`{entity}` has no interface `{name}`"),
+                        "unknown interface",
+                        Some(format!("it has: {}", ifs.join(", "))),
+                    );
+                    None
+                }
+            });
+            let address = self.ipv4(&n.address, "address");
+            let lladdr = n.lladdr.as_ref().and_then(|m| self.filter_mac(m));
+            if self.problems.len() > before {
+                continue;
+            }
+            if let Some(address) = address {
+                out.push(NeighbourExpect {
+                    entity: entity.to_string(),
+                    dev,
+                    address,
+                    lladdr,
+                    present: n.present.unwrap_or(true),
+                });
+            }
+        }
+        out
+    }
+
+    /// A MAC address to look for: any six hex octets (broadcast and
+    /// multicast included, unlike a MAC a link is given).
+    fn filter_mac(&mut self, text: &Text) -> Option<[u8; 6]> {
+        let t = text.value.trim();
+        let parts: Vec<&str> = t.split(':').collect();
+        let mut mac = [0u8; 6];
+        let ok = parts.len() == 6
+            && parts
+                .iter()
+                .zip(mac.iter_mut())
+                .all(|(p, b)| p.len() == 2 && u8::from_str_radix(p, 16).map(|v| *b = v).is_ok());
+        if !ok {
+            self.err(
+                &text.referenced,
+                format!("invalid mac address `{t}`"),
+                "not a mac address",
+                Some("write six hex octets like 0a:58:0a:84:02:2e".to_string()),
+            );
+            return None;
+        }
+        Some(mac)
     }
 
     /// `{min, max}`: both at least 0, min not above max, whole numbers

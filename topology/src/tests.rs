@@ -2359,3 +2359,162 @@ fn a_problem_far_into_a_long_line_renders_without_a_snippet() {
         .unwrap();
     assert!(out.contains("nodez: []"), "{out}");
 }
+
+// ---- what captures and expectations can say ----------------------------
+
+/// LOW with one scenario from `a`; `extra` holds its further keys, each line
+/// indented by four spaces.
+fn observed(extra: &str) -> Result<Lab, TopologyError> {
+    let src = format!(
+        "{LOW}scenarios:\n  - name: s\n    from: a\n    to: 192.0.2.9\n    protocol: icmp\n{extra}"
+    );
+    load_str("t.yaml", &src, &vars())
+}
+
+fn observed_errors(extra: &str) -> Vec<String> {
+    match observed(extra) {
+        Ok(_) => Vec::new(),
+        Err(e) => e
+            .problems()
+            .iter()
+            .map(|p| format!("{p} [help: {}]", p.help.clone().unwrap_or_default()))
+            .collect(),
+    }
+}
+
+#[test]
+fn sighting_filters_neighbours_and_devices_resolve() {
+    let lab = observed(
+        "    capture: {arp: true}\n    expect:\n      devices: 3\n      path: [a/up0, b, b/vx0]\n      \
+         seen_on:\n        - {dst_mac: ff:ff:ff:ff:ff:ff, vlan: 100, interfaces: [b/up1]}\n        \
+         - {address: 192.0.2.9, vni: 42, src_mac: 02:00:00:00:00:09, interfaces: [a/up0]}\n      \
+         not_seen_on:\n        - {protocol: arp, interfaces: [b/vx0]}\n      \
+         neighbours:\n        - {in: b, dev: br0, address: 192.0.2.9, lladdr: 02:00:00:00:00:09}\n        \
+         - {in: a, address: 192.0.2.7, present: false}\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let sc = &lab.scenarios[0];
+    assert!(sc.show_arp);
+    assert_eq!(sc.expect.devices, Some(3));
+    // A switch is one hop of a path.
+    assert_eq!(sc.expect.path.as_deref().unwrap()[1], "b");
+    let [tagged, vxlan] = sc.expect.seen_on.as_slice() else {
+        panic!("{:?}", sc.expect.seen_on)
+    };
+    assert_eq!(tagged.address, None);
+    assert_eq!(tagged.dst_mac, Some([0xff; 6]));
+    assert_eq!(tagged.vlan, Some(100));
+    assert_eq!(vxlan.vni, Some(42));
+    assert_eq!(vxlan.src_mac, Some([2, 0, 0, 0, 0, 9]));
+    assert_eq!(
+        vxlan.describe(),
+        "192.0.2.9 src_mac 02:00:00:00:00:09 vni 42"
+    );
+    assert_eq!(sc.expect.not_seen_on[0].protocol, Some(SightProto::Arp));
+    assert_eq!(sc.expect.not_seen_on[0].describe(), "arp");
+    let [held, absent] = sc.expect.neighbours.as_slice() else {
+        panic!("{:?}", sc.expect.neighbours)
+    };
+    assert_eq!(
+        (held.entity.as_str(), held.dev.as_deref(), held.present),
+        ("b", Some("br0"), true)
+    );
+    assert_eq!(held.lladdr, Some([2, 0, 0, 0, 0, 9]));
+    assert_eq!((absent.dev.as_deref(), absent.present), (None, false));
+}
+
+#[test]
+fn bad_sighting_filters_are_located() {
+    let errs = observed_errors(
+        "    expect:\n      seen_on:\n        - {vlan: 4095, interfaces: [a/up0]}\n        \
+         - {vni: 16777216, interfaces: [a/up0]}\n        \
+         - {dst_mac: 02:00:00:00:00, interfaces: [a/up0]}\n        \
+         - {interfaces: [a/up0]}\n",
+    );
+    assert_eq!(errs.len(), 4, "{errs:#?}");
+    assert!(
+        errs[0].starts_with("t.yaml:27:18: invalid vlan id 4095") && errs[0].contains("0 to 4094"),
+        "{errs:#?}"
+    );
+    assert!(
+        errs[1].starts_with("t.yaml:28:17: invalid vni 16777216") && errs[1].contains("24 bits"),
+        "{errs:#?}"
+    );
+    assert!(
+        errs[2].starts_with("t.yaml:29:21: invalid mac address `02:00:00:00:00`"),
+        "{errs:#?}"
+    );
+    assert!(
+        errs[3].starts_with("t.yaml:30:11: a sighting needs something to look for")
+            && errs[3].contains("address, src_mac, dst_mac, vlan, vni, protocol"),
+        "{errs:#?}"
+    );
+}
+
+#[test]
+fn arp_filter_needs_arp_captured() {
+    let errs = observed_errors(
+        "    expect:\n      not_seen_on:\n        - {protocol: arp, interfaces: [b/vx0]}\n",
+    );
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(
+        errs[0].starts_with("t.yaml:27:22: ARP is not captured in this scenario")
+            && errs[0].contains("capture: {arp: true}"),
+        "{errs:#?}"
+    );
+    let errs = observed_errors("    capture: {arp: yes-please}\n");
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(errs[0].starts_with("t.yaml:25:20"), "{errs:#?}");
+    let errs = observed_errors("    capture: {vlan: true}\n");
+    assert!(
+        errs[0].starts_with("t.yaml:25:15: unknown key `vlan`"),
+        "{errs:#?}"
+    );
+    let errs = observed_errors(
+        "    capture: {arp: true}\n    expect:\n      not_seen_on:\n        - {protocol: igmp, interfaces: [b/vx0]}\n",
+    );
+    assert!(errs[0].starts_with("t.yaml:28:22"), "{errs:#?}");
+}
+
+#[test]
+fn bad_neighbour_expectations_are_located() {
+    let errs = observed_errors(
+        "    expect:\n      neighbours:\n        - {in: c, address: 192.0.2.9}\n        \
+         - {in: b, dev: eth9, address: 192.0.2.9}\n        \
+         - {in: b, address: 192.0.2.300, lladdr: zz:00:00:00:00:09}\n",
+    );
+    assert_eq!(errs.len(), 4, "{errs:#?}");
+    assert!(
+        errs[0].starts_with("t.yaml:27:16: unknown namespace, node, pod or client `c`")
+            && errs[0].contains("did you mean"),
+        "{errs:#?}"
+    );
+    assert!(
+        errs[1].starts_with("t.yaml:28:24: `b` has no interface `eth9`")
+            && errs[1].contains("it has: "),
+        "{errs:#?}"
+    );
+    assert!(
+        errs[2].starts_with("t.yaml:29:28: invalid address `192.0.2.300`"),
+        "{errs:#?}"
+    );
+    assert!(
+        errs[3].starts_with("t.yaml:29:49: invalid mac address"),
+        "{errs:#?}"
+    );
+    let errs = observed_errors("    expect:\n      neighbours:\n        - {address: 192.0.2.9}\n");
+    assert!(
+        errs[0].starts_with("t.yaml:27:12: missing field `in`"),
+        "{errs:#?}"
+    );
+}
+
+#[test]
+fn zero_devices_is_refused() {
+    let errs = observed_errors("    expect:\n      devices: 0\n");
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(
+        errs[0].starts_with("t.yaml:26:16: a request crosses at least one device"),
+        "{errs:#?}"
+    );
+}

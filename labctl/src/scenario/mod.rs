@@ -8,13 +8,18 @@
 //! what a tap recorded. Two things come from the topology instead of a
 //! capture: a bridge between two of its ports (a frame switched from port to
 //! port never shows on the bridge device itself, yet the articles name it in
-//! the path), and the VPC shown as one hop, as the articles draw it.
+//! the path), and the VPC and each switch shown as one hop, as the articles
+//! draw them. The path rules are pure code in [`path`].
 //!
 //! The golden text ([`Report::golden`]) keeps what is stable from run to run:
 //! ports from the kernel's ephemeral range (32768-60999) become `*`, and the
 //! packet counts of established TCP traffic (which depend on delayed ACKs)
-//! become `n`. ARP is left out of the table: neighbour resolution is not the
-//! data path, and its timing varies.
+//! become `n`. ARP is left out of the table unless the scenario asks for it
+//! (`capture: {arp: true}`; its counts are then `n`, its timing varies):
+//! neighbour resolution is not the data path. A tagged frame's row starts
+//! with `vlan N`.
+
+pub mod path;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -22,10 +27,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
 use std::time::Duration;
 
-use labctl_topology::{Lab, ResultKind, Role, Scenario, Traffic};
+use labctl_topology::{Lab, ResultKind, Role, Scenario, SightProto, Sighting, Traffic};
 use serde::Serialize;
 
-use crate::capture::{self, Direction, Flow, Packet, Proto};
+use crate::capture::{self, Direction, Flow, Mac, Packet, Proto};
 use crate::engine::EngineError;
 use crate::observe;
 use crate::state::LabState;
@@ -51,6 +56,12 @@ pub enum ScenarioError {
     Impair {
         scenario: String,
         source: crate::impair::ImpairError,
+    },
+    #[error("scenario `{scenario}`: read the neighbour table of {netns}: {source}")]
+    Neighbours {
+        scenario: String,
+        netns: String,
+        source: std::io::Error,
     },
     #[error("write the capture to {path}: {source}")]
     Pcap {
@@ -102,6 +113,8 @@ pub struct Report {
     pub path: Vec<String>,
     /// Network stacks crossed (namespaces other than the VPC).
     pub stacks: u32,
+    /// Devices crossed: the path's length (see [`path`]).
+    pub devices: u32,
     pub table: Vec<Row>,
     /// Per node (and `vpc`) holding any, its conntrack entries after the
     /// traffic (the tables are emptied before it), `conntrack -L` style.
@@ -266,38 +279,69 @@ pub fn run(
         let entity = entity_of.get(p.netns.as_str()).map_or("?", |e| e.0);
         format!("{entity}/{}", p.ifname)
     };
-    let in_vpc = |p: &Packet| {
-        entity_of
-            .get(p.netns.as_str())
-            .is_some_and(|e| e.1 == Role::Vpc)
+    // The folded hop of an interface: `vpc` for the VPC's, a switch's name
+    // for a switch's.
+    let group_of = |p: &Packet| -> Option<String> {
+        match entity_of.get(p.netns.as_str()) {
+            Some((_, Role::Vpc)) => Some("vpc".to_string()),
+            Some((e, Role::Switch)) => Some(e.to_string()),
+            _ => None,
+        }
     };
+    let folds: HashMap<String, String> = record
+        .namespaces
+        .iter()
+        .filter_map(|n| match n.role {
+            Role::Vpc => Some((n.entity.clone(), "vpc".to_string())),
+            Role::Switch => Some((n.entity.clone(), n.entity.clone())),
+            _ => None,
+        })
+        .collect();
 
     // Decode once, VXLAN on the IANA port and every port the lab's devices
-    // use; ARP and non-IPv4 are not part of the data path, nor is ARP
-    // carried in a VXLAN packet.
+    // use; ARP (unless asked for) and non-IPv4 are not part of the data
+    // path, nor is ARP carried in a VXLAN packet.
     let mut vxlan_ports = lab.objects.vxlan_ports();
     vxlan_ports.push(capture::VXLAN_PORT);
     let seen: Vec<(&Packet, Flow)> = packets
         .iter()
         .filter(|p| p.ifname != "lo")
         .filter_map(|p| capture::summarize_with(p, &vxlan_ports).map(|f| (p, f)))
-        .filter(|(_, f)| !matches!(f.innermost().protocol, Proto::Arp { .. }) && f.src.is_ipv4())
+        .filter(|(_, f)| {
+            (sc.show_arp || !matches!(f.innermost().protocol, Proto::Arp { .. })) && f.src.is_ipv4()
+        })
         .collect();
 
-    let path = derive_path(&seen, sc, &hop, &in_vpc, &masters);
-    let stacks = {
-        let mut entities: Vec<&str> = path
-            .iter()
-            .filter(|h| *h != "vpc")
-            .filter_map(|h| h.split('/').next())
-            .collect();
-        entities.dedup();
-        let mut unique = entities.clone();
-        unique.sort();
-        unique.dedup();
-        unique.len() as u32
-    };
-    let table = sighting_table(&seen, &path, &hop, &masters);
+    let crossings: Vec<path::Crossing> = seen
+        .iter()
+        .filter(|(_, f)| is_request(f, sc))
+        .map(|(p, _)| path::Crossing {
+            ts: p.ts,
+            hop: hop(p),
+            group: group_of(p),
+            direction: p.direction,
+        })
+        .collect();
+    let path = path::derive(&crossings, &masters);
+    let stacks = path::stacks(&path);
+    let devices = path.len() as u32;
+    let table = sighting_table(&seen, &path, &hop, &masters, &folds);
+    // Neighbour tables the expectations name, read after the traffic.
+    let mut neighbours: HashMap<String, Vec<observe::Neighbour>> = HashMap::new();
+    for n in &sc.expect.neighbours {
+        if neighbours.contains_key(&n.entity) {
+            continue;
+        }
+        let netns = record
+            .netns_of(&n.entity)
+            .map_or_else(|| lab.netns(&n.entity), |ns| ns.name.clone());
+        let table = observe::neighbours_in(&netns).map_err(|source| ScenarioError::Neighbours {
+            scenario: sc.name.clone(),
+            netns: netns.clone(),
+            source,
+        })?;
+        neighbours.insert(n.entity.clone(), table);
+    }
     // The request's flows (every attempt, every hop), client socket and
     // destination as the captures saw them: an IPVS connection is this
     // request's only when both ends match one, not an earlier scenario's
@@ -371,6 +415,7 @@ pub fn run(
         server_saw_client: saw,
         path,
         stacks,
+        devices,
         table,
         conntrack: ct
             .iter()
@@ -388,7 +433,12 @@ pub fn run(
         checks: Vec::new(),
         passed: false,
     };
-    report.checks = check(sc, &report, &seen, &hop, &in_vpc);
+    let at = |p: &Packet, want: &str| match group_of(p) {
+        Some(g) if g == want => true,
+        _ => hop(p) == want,
+    };
+    report.checks = check(sc, &report, &seen, &at, &hop, &group_of);
+    report.checks.extend(check_neighbours(sc, &neighbours));
     report.checks.extend(check_conntrack(sc, &ct));
     if let Some(dir) = opts.pcap {
         write_pcapng(dir, &report, &packets, &entity_of)?;
@@ -445,86 +495,6 @@ fn is_ephemeral(port: u16) -> bool {
     conntrack::EPHEMERAL_PORTS.contains(&port)
 }
 
-/// The request's route: the interfaces that saw it, ordered by the time
-/// they first did, VPC interfaces folded into one `vpc` hop, and a bridge
-/// put between two of its ports when the request went from one to the
-/// other.
-fn derive_path(
-    seen: &[(&Packet, Flow)],
-    sc: &Scenario,
-    hop: &dyn Fn(&Packet) -> String,
-    in_vpc: &dyn Fn(&Packet) -> bool,
-    masters: &HashMap<String, String>,
-) -> Vec<String> {
-    // Every sighting of the request, in the order the kernel made them. A
-    // hop counts once, at its first sighting; the VPC may come back (a node
-    // forwarding to another node through it), but only on the way to a hop
-    // not seen yet, or to one seen only the other way (an ENI the request
-    // left by and comes back in by, through the SLB: a hairpin), so
-    // retransmissions add nothing.
-    let mut sightings: Vec<((Duration, u8), String, Direction)> = seen
-        .iter()
-        .filter(|(_, f)| is_request(f, sc))
-        .map(|(p, _)| {
-            let full = hop(p);
-            let key = when(p, &full, masters);
-            let h = if in_vpc(p) { "vpc".to_string() } else { full };
-            (key, h, p.direction)
-        })
-        .collect();
-    sightings.sort_by_key(|(key, ..)| *key);
-    let mut first: Vec<String> = Vec::new();
-    let mut visits: Vec<(String, Direction)> = Vec::new();
-    let mut pending_vpc = false;
-    for (_, h, direction) in sightings {
-        if h == "vpc" {
-            if first.last().is_none_or(|last| last != "vpc") {
-                pending_vpc = true;
-            }
-            continue;
-        }
-        let hairpin = pending_vpc && !visits.contains(&(h.clone(), direction));
-        visits.push((h.clone(), direction));
-        if first.contains(&h) && !hairpin {
-            pending_vpc = false;
-            continue;
-        }
-        if std::mem::take(&mut pending_vpc) && first.last().is_none_or(|last| last != "vpc") {
-            first.push("vpc".into());
-        }
-        first.push(h);
-    }
-    if pending_vpc {
-        first.push("vpc".into());
-    }
-    let mut path: Vec<String> = Vec::new();
-    for h in first {
-        if let (Some(prev), Some(bridge)) = (path.last(), masters.get(&h))
-            && masters.get(prev) == Some(bridge)
-            && !path.contains(bridge)
-        {
-            path.push(bridge.clone());
-        }
-        path.push(h);
-    }
-    path
-}
-
-/// When a tap saw a packet, for ordering. Within one namespace the kernel
-/// stamps a packet once and every tap there sees the same time; such ties
-/// are ordered the way the stack moves a packet: in on a bridge port, in on
-/// the bridge, out of the bridge, out of a port (or any other interface).
-fn when(p: &Packet, hop: &str, masters: &HashMap<String, String>) -> (Duration, u8) {
-    let is_bridge = masters.values().any(|b| b == hop);
-    let rank = match (p.direction, is_bridge) {
-        (Direction::In, false) => 0,
-        (Direction::In, true) => 1,
-        (Direction::Out, true) => 2,
-        (Direction::Out, false) => 3,
-    };
-    (p.ts, rank)
-}
-
 /// Where the request came from when it reached the last hop.
 fn last_request_source(
     seen: &[(&Packet, Flow)],
@@ -566,16 +536,26 @@ fn flow_text(f: &Flow) -> (String, bool) {
         }
         Proto::Udp => ("udp".into(), true),
         Proto::Icmpv6 { type_, .. } => (format!("icmp6 type {type_}"), true),
-        Proto::Arp { op } => (format!("arp op {op}"), true),
+        // Neighbour resolution repeats on its own timers: counts vary.
+        Proto::Arp { op, sender_mac } => {
+            let text = match (op, sender_mac) {
+                (1, _) => format!("arp who-has {} tell {}", f.dst, f.src),
+                (2, Some(mac)) => format!("arp {} is-at {mac}", f.src),
+                (2, None) => format!("arp {} is-at ?", f.src),
+                (op, _) => format!("arp op {op} {} > {}", f.src, f.dst),
+            };
+            return (vlan_text(f, text), false);
+        }
         Proto::Other(n) => (format!("ip-proto-{n}"), true),
     };
-    let mut text = format!(
+    let text = format!(
         "{}{} > {}{} {proto}",
         f.src,
         port_text(f.src_port),
         f.dst,
         port_text(f.dst_port)
     );
+    let mut text = vlan_text(f, text);
     let mut stable = stable;
     if let Some(inner) = &f.inner {
         let (i, s) = flow_text(inner);
@@ -588,13 +568,23 @@ fn flow_text(f: &Flow) -> (String, bool) {
     (text, stable)
 }
 
+/// A flow's text with its frame's VLAN tag in front, when it has one.
+fn vlan_text(f: &Flow, text: String) -> String {
+    match f.vlan {
+        Some(v) => format!("vlan {v} {text}"),
+        None => text,
+    }
+}
+
 /// Per interface and direction, the flows seen with their counts. Rows come
-/// in path order, then by first sighting.
+/// in path order (an interface of a folded entity where its group is), then
+/// by first sighting.
 fn sighting_table(
     seen: &[(&Packet, Flow)],
     path: &[String],
     hop: &dyn Fn(&Packet) -> String,
     masters: &HashMap<String, String>,
+    folds: &HashMap<String, String>,
 ) -> Vec<Row> {
     let mut rows: Vec<((Duration, u8), Row)> = Vec::new();
     let mut index: HashMap<(String, Direction, String), usize> = HashMap::new();
@@ -606,7 +596,7 @@ fn sighting_table(
             None => {
                 index.insert(key.clone(), rows.len());
                 rows.push((
-                    when(p, &key.0, masters),
+                    path::when(p.ts, p.direction, &key.0, masters),
                     Row {
                         interface: key.0,
                         direction: match p.direction {
@@ -622,11 +612,10 @@ fn sighting_table(
         }
     }
     let rank = |iface: &str| {
-        let fold = if iface.starts_with("vpc/") {
-            "vpc"
-        } else {
-            iface
-        };
+        let fold = iface
+            .split_once('/')
+            .and_then(|(entity, _)| folds.get(entity))
+            .map_or(iface, String::as_str);
         path.iter().position(|h| h == fold).unwrap_or(usize::MAX)
     };
     // Interfaces in path order (others after, by first sighting); rows of
@@ -642,35 +631,55 @@ fn sighting_table(
     rows.into_iter().map(|(_, r)| r).collect()
 }
 
-/// Does any packet on this hop (`vpc` = any VPC interface) carry `addr`?
+/// Does any packet on this hop (`vpc` or a switch: any of its interfaces)
+/// match the sighting's filters?
 fn hop_sees(
     seen: &[(&Packet, Flow)],
-    hop: &dyn Fn(&Packet) -> String,
-    in_vpc: &dyn Fn(&Packet) -> bool,
+    at: &dyn Fn(&Packet, &str) -> bool,
     want: &str,
-    addr: Ipv4Addr,
+    s: &Sighting,
 ) -> bool {
-    seen.iter().any(|(p, f)| {
-        let here = if want == "vpc" {
-            in_vpc(p)
-        } else {
-            hop(p) == want
-        };
-        here && carries(f, addr)
-    })
+    seen.iter().any(|(p, f)| at(p, want) && matches(f, s))
 }
 
-fn carries(f: &Flow, addr: Ipv4Addr) -> bool {
-    let a = IpAddr::V4(addr);
-    f.src == a || f.dst == a || f.inner.as_ref().is_some_and(|i| carries(i, addr))
+/// Does a packet match every filter of a sighting? Addresses, MACs and
+/// VLAN ids match on any header (the outer one or one carried in VXLAN),
+/// the VNI on the VXLAN header, the protocol on the innermost packet.
+fn matches(f: &Flow, s: &Sighting) -> bool {
+    let any = |test: &dyn Fn(&Flow) -> bool| layers(f).any(test);
+    s.address.is_none_or(|a| {
+        let a = IpAddr::V4(a);
+        any(&|l| l.src == a || l.dst == a)
+    }) && s
+        .src_mac
+        .is_none_or(|m| any(&|l| l.src_mac == Some(Mac(m))))
+        && s.dst_mac
+            .is_none_or(|m| any(&|l| l.dst_mac == Some(Mac(m))))
+        && s.vlan.is_none_or(|v| any(&|l| l.vlan == Some(v)))
+        && s.vni.is_none_or(|v| any(&|l| l.vni == Some(v)))
+        && s.protocol.is_none_or(|want| {
+            matches!(
+                (want, &f.innermost().protocol),
+                (SightProto::Arp, Proto::Arp { .. })
+                    | (SightProto::Icmp, Proto::Icmp { .. })
+                    | (SightProto::Tcp, Proto::Tcp { .. })
+                    | (SightProto::Udp, Proto::Udp)
+            )
+        })
+}
+
+/// A flow and the flows it carries, outermost first.
+fn layers(f: &Flow) -> impl Iterator<Item = &Flow> {
+    std::iter::successors(Some(f), |l| l.inner.as_deref())
 }
 
 fn check(
     sc: &Scenario,
     r: &Report,
     seen: &[(&Packet, Flow)],
+    at: &dyn Fn(&Packet, &str) -> bool,
     hop: &dyn Fn(&Packet) -> String,
-    in_vpc: &dyn Fn(&Packet) -> bool,
+    group_of: &dyn Fn(&Packet) -> Option<String>,
 ) -> Vec<Check> {
     let mut out = Vec::new();
     let mut push = |what: String, ok: bool, detail: Option<String>| {
@@ -700,17 +709,25 @@ fn check(
             Some(format!("got: {}", r.stacks)),
         );
     }
+    if let Some(n) = sc.expect.devices {
+        push(
+            format!("crosses {n} devices"),
+            r.devices == n,
+            Some(format!("got: {}", r.devices)),
+        );
+    }
     for s in &sc.expect.seen_on {
+        let what = s.describe();
         let missing: Vec<&str> = s
             .interfaces
             .iter()
-            .filter(|i| !hop_sees(seen, hop, in_vpc, i, s.address))
+            .filter(|i| !hop_sees(seen, at, i, s))
             .map(String::as_str)
             .collect();
         let label = match (s.only, s.interfaces.is_empty()) {
-            (true, true) => format!("{} seen on no interface", s.address),
-            (true, false) => format!("{} seen only on {}", s.address, s.interfaces.join(", ")),
-            (false, _) => format!("{} seen on {}", s.address, s.interfaces.join(", ")),
+            (true, true) => format!("{what} seen on no interface"),
+            (true, false) => format!("{what} seen only on {}", s.interfaces.join(", ")),
+            (false, _) => format!("{what} seen on {}", s.interfaces.join(", ")),
         };
         let mut detail = Vec::new();
         if !missing.is_empty() {
@@ -719,8 +736,8 @@ fn check(
         if s.only {
             let mut extra: Vec<String> = seen
                 .iter()
-                .filter(|(_, f)| carries(f, s.address))
-                .map(|(p, _)| if in_vpc(p) { "vpc".to_string() } else { hop(p) })
+                .filter(|(_, f)| matches(f, s))
+                .map(|(p, _)| group_of(p).unwrap_or_else(|| hop(p)))
                 .filter(|h| !s.interfaces.contains(h))
                 .collect();
             extra.sort();
@@ -735,11 +752,11 @@ fn check(
         let hits: Vec<&str> = s
             .interfaces
             .iter()
-            .filter(|i| hop_sees(seen, hop, in_vpc, i, s.address))
+            .filter(|i| hop_sees(seen, at, i, s))
             .map(String::as_str)
             .collect();
         push(
-            format!("{} not seen on {}", s.address, s.interfaces.join(", ")),
+            format!("{} not seen on {}", s.describe(), s.interfaces.join(", ")),
             hits.is_empty(),
             Some(format!("seen on {}", hits.join(", "))),
         );
@@ -776,6 +793,58 @@ fn check(
         );
     }
     out
+}
+
+/// The scenario's neighbour expectations against the tables read back.
+fn check_neighbours(
+    sc: &Scenario,
+    tables: &HashMap<String, Vec<observe::Neighbour>>,
+) -> Vec<Check> {
+    sc.expect
+        .neighbours
+        .iter()
+        .map(|want| {
+            let table = tables.get(&want.entity).map_or(&[][..], Vec::as_slice);
+            let hit = |n: &&observe::Neighbour| {
+                n.address == IpAddr::V4(want.address)
+                    && n.lladdr.is_some()
+                    && !matches!(n.state.as_str(), "INCOMPLETE" | "FAILED")
+                    && want.dev.as_ref().is_none_or(|d| *d == n.dev)
+                    && want.lladdr.is_none_or(|m| n.lladdr == Some(m))
+            };
+            let found: Vec<String> = table.iter().filter(hit).map(ToString::to_string).collect();
+            let ok = found.is_empty() != want.present;
+            let mut what = format!("neighbour on {}: {}", want.entity, want.address);
+            if let Some(d) = &want.dev {
+                let _ = write!(what, " dev {d}");
+            }
+            if let Some(m) = &want.lladdr {
+                let _ = write!(what, " lladdr {}", labctl_topology::format_mac(m));
+            }
+            if !want.present {
+                what.push_str(" absent");
+            }
+            let detail = if want.present {
+                let same: Vec<String> = table
+                    .iter()
+                    .filter(|n| n.address == IpAddr::V4(want.address))
+                    .map(ToString::to_string)
+                    .collect();
+                if same.is_empty() {
+                    format!("no entry for {}", want.address)
+                } else {
+                    format!("entries: {}", same.join("; "))
+                }
+            } else {
+                format!("entries: {}", found.join("; "))
+            };
+            Check {
+                what,
+                ok,
+                detail: (!ok).then_some(detail),
+            }
+        })
+        .collect()
 }
 
 /// What one namespace's services showed after the traffic.
@@ -1104,5 +1173,138 @@ impl Report {
             }
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(src: [u8; 4], dst: [u8; 4], protocol: Proto) -> Flow {
+        Flow {
+            src: IpAddr::from(src),
+            dst: IpAddr::from(dst),
+            protocol,
+            src_port: None,
+            dst_port: None,
+            inner: None,
+            vni: None,
+            src_mac: Some(Mac([2, 0, 0, 0, 0, 1])),
+            dst_mac: Some(Mac([2, 0, 0, 0, 0, 2])),
+            vlan: None,
+        }
+    }
+
+    const ECHO: Proto = Proto::Icmp { type_: 8, code: 0 };
+
+    /// The Kata underlay: a VXLAN packet carrying the echo request for the
+    /// pod's MAC.
+    fn vxlan_echo() -> Flow {
+        let mut inner = flow([10, 132, 2, 2], [10, 132, 2, 46], ECHO);
+        inner.dst_mac = Some(Mac([0x0a, 0x58, 0x0a, 0x84, 2, 0x2e]));
+        let mut outer = flow([192, 168, 10, 163], [192, 168, 10, 201], Proto::Udp);
+        outer.src_port = Some(40000);
+        outer.dst_port = Some(4789);
+        outer.vni = Some(555005);
+        outer.inner = Some(Box::new(inner));
+        outer
+    }
+
+    fn sighting() -> Sighting {
+        Sighting {
+            address: None,
+            src_mac: None,
+            dst_mac: None,
+            vlan: None,
+            vni: None,
+            protocol: None,
+            interfaces: Vec::new(),
+            only: false,
+        }
+    }
+
+    #[test]
+    fn untagged_rows_keep_their_text_and_tagged_ones_say_vlan() {
+        let mut f = flow([10, 0, 0, 1], [10, 0, 0, 2], ECHO);
+        assert_eq!(flow_text(&f).0, "10.0.0.1 > 10.0.0.2 icmp echo request");
+        f.vlan = Some(100);
+        assert_eq!(
+            flow_text(&f).0,
+            "vlan 100 10.0.0.1 > 10.0.0.2 icmp echo request"
+        );
+        assert_eq!(
+            flow_text(&vxlan_echo()).0,
+            "192.168.10.163:* > 192.168.10.201:4789 udp vni 555005 | 10.132.2.2 > 10.132.2.46 icmp echo request"
+        );
+    }
+
+    #[test]
+    fn arp_rows_read_like_tcpdump_and_have_unstable_counts() {
+        let req = flow(
+            [10, 132, 2, 2],
+            [10, 132, 2, 46],
+            Proto::Arp {
+                op: 1,
+                sender_mac: Some(Mac([2, 0, 0, 0, 0, 1])),
+            },
+        );
+        assert_eq!(
+            flow_text(&req),
+            ("arp who-has 10.132.2.46 tell 10.132.2.2".to_string(), false)
+        );
+        let reply = flow(
+            [10, 132, 2, 46],
+            [10, 132, 2, 2],
+            Proto::Arp {
+                op: 2,
+                sender_mac: Some(Mac([0x0a, 0x58, 0x0a, 0x84, 2, 0x2e])),
+            },
+        );
+        assert_eq!(
+            flow_text(&reply).0,
+            "arp 10.132.2.46 is-at 0a:58:0a:84:02:2e"
+        );
+    }
+
+    #[test]
+    fn filters_match_the_layer_they_name() {
+        let f = vxlan_echo();
+        let pod_mac = [0x0a, 0x58, 0x0a, 0x84, 2, 0x2e];
+        let with = |edit: &dyn Fn(&mut Sighting)| {
+            let mut s = sighting();
+            edit(&mut s);
+            matches(&f, &s)
+        };
+        // Addresses and MACs: outer or inner header.
+        assert!(with(&|s| s.address = Some(Ipv4Addr::new(10, 132, 2, 46))));
+        assert!(with(&|s| s.address = Some(Ipv4Addr::new(192, 168, 10, 163))));
+        assert!(!with(&|s| s.address = Some(Ipv4Addr::new(10, 132, 2, 47))));
+        assert!(with(&|s| s.dst_mac = Some(pod_mac)));
+        assert!(with(&|s| s.src_mac = Some([2, 0, 0, 0, 0, 1])));
+        assert!(!with(&|s| s.src_mac = Some(pod_mac)));
+        // The VNI on the VXLAN header; the protocol on the innermost packet.
+        assert!(with(&|s| s.vni = Some(555005)));
+        assert!(!with(&|s| s.vni = Some(1)));
+        assert!(with(&|s| s.protocol = Some(SightProto::Icmp)));
+        assert!(!with(&|s| s.protocol = Some(SightProto::Udp)));
+        assert!(!with(&|s| s.protocol = Some(SightProto::Arp)));
+        assert!(!with(&|s| s.vlan = Some(100)));
+        // Every filter given must match.
+        assert!(with(&|s| {
+            s.address = Some(Ipv4Addr::new(10, 132, 2, 46));
+            s.dst_mac = Some(pod_mac);
+            s.vni = Some(555005);
+        }));
+        assert!(!with(&|s| {
+            s.address = Some(Ipv4Addr::new(10, 132, 2, 46));
+            s.vni = Some(1);
+        }));
+        let mut tagged = flow([10, 0, 0, 1], [10, 0, 0, 2], ECHO);
+        tagged.vlan = Some(200);
+        let mut s = sighting();
+        s.vlan = Some(200);
+        assert!(matches(&tagged, &s));
+        s.vlan = Some(100);
+        assert!(!matches(&tagged, &s));
     }
 }

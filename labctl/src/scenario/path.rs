@@ -1,0 +1,321 @@
+//! The request's path, derived from what the taps saw: pure code on plain
+//! values (no sockets, no root), so every rule below has a unit test.
+//!
+//! A path is the list of hops the request crossed, in the order the kernel
+//! stamped them. A hop is an interface `ENTITY/IFNAME`, or a folded group:
+//! every interface of the VPC is the one hop `vpc`, every interface of a
+//! namespace with role `switch` the one hop named after it, as the
+//! articles draw a cloud network or a top-of-rack switch. Rules:
+//!
+//! - A hop counts at its first crossing. It counts again when the request
+//!   crosses it later the other way with other hops in between (a return
+//!   leg: up a bond to a router and back down the same bond on another
+//!   VLAN; an ENI the request left by and comes back in by through the
+//!   SLB). A crossing the same way as an earlier one adds nothing, so
+//!   retransmissions, which repeat the whole walk, add nothing.
+//! - A folded group counts once per visit: consecutive crossings inside it
+//!   are one hop, and it is written only on the way to a hop that counts
+//!   (or at the end of the path, where the request was lost inside it).
+//! - A bridge goes between two of its ports when the request went from one
+//!   to the other: a frame switched port to port never shows on the bridge
+//!   device, yet the articles name it.
+//! - The outer UDP packet of a VXLAN-encapsulated request is the request
+//!   (the caller's `is_request` looks through the encapsulation), so the
+//!   underlay's interfaces are hops of the path.
+//!
+//! The device count of `expect.devices` is the path's length: each crossing
+//! once, a folded group once per visit, a bridge put in between once.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::capture::Direction;
+
+/// One tap's sighting of the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Crossing {
+    /// The kernel's timestamp.
+    pub ts: Duration,
+    /// `ENTITY/IFNAME`.
+    pub hop: String,
+    /// The folded hop this interface belongs to (`vpc`, a switch's name).
+    pub group: Option<String>,
+    pub direction: Direction,
+}
+
+/// When a tap saw a packet, for ordering. Within one namespace the kernel
+/// stamps a packet once and every tap there sees the same time; such ties
+/// are ordered the way the stack moves a packet: in on a bridge port, in on
+/// the bridge, out of the bridge, out of a port (or any other interface).
+pub fn when(
+    ts: Duration,
+    direction: Direction,
+    hop: &str,
+    masters: &HashMap<String, String>,
+) -> (Duration, u8) {
+    let is_bridge = masters.values().any(|b| b == hop);
+    let rank = match (direction, is_bridge) {
+        (Direction::In, false) => 0,
+        (Direction::In, true) => 1,
+        (Direction::Out, true) => 2,
+        (Direction::Out, false) => 3,
+    };
+    (ts, rank)
+}
+
+/// The request's route from its crossings (in any order); `masters` maps a
+/// bridge port `ENTITY/PORT` to its bridge `ENTITY/BRIDGE`. See the module
+/// doc for the rules.
+pub fn derive(crossings: &[Crossing], masters: &HashMap<String, String>) -> Vec<String> {
+    let mut sorted: Vec<&Crossing> = crossings.iter().collect();
+    sorted.sort_by_key(|c| when(c.ts, c.direction, &c.hop, masters));
+    let mut first: Vec<String> = Vec::new();
+    // Every crossing so far, as (hop, direction).
+    let mut visits: Vec<(&str, Direction)> = Vec::new();
+    // A folded group entered since the last hop that counted.
+    let mut pending: Option<&str> = None;
+    for c in sorted {
+        if let Some(g) = c.group.as_deref() {
+            if first.last().is_none_or(|last| last != g) {
+                pending = Some(g);
+            }
+            continue;
+        }
+        let h = c.hop.as_str();
+        let counted = first.iter().any(|f| f == h);
+        let new_way = !visits.contains(&(h, c.direction));
+        visits.push((h, c.direction));
+        // Back the other way after other hops (or a group): a return leg.
+        let revisit =
+            counted && new_way && (pending.is_some() || first.last().is_some_and(|l| l != h));
+        if counted && !revisit {
+            pending = None;
+            continue;
+        }
+        if let Some(g) = pending.take()
+            && first.last().is_none_or(|last| last != g)
+        {
+            first.push(g.to_string());
+        }
+        first.push(h.to_string());
+    }
+    if let Some(g) = pending {
+        first.push(g.to_string());
+    }
+    let mut path: Vec<String> = Vec::new();
+    for h in first {
+        if let (Some(prev), Some(bridge)) = (path.last(), masters.get(&h))
+            && masters.get(prev) == Some(bridge)
+            && path.last() != Some(bridge)
+        {
+            path.push(bridge.clone());
+        }
+        path.push(h);
+    }
+    path
+}
+
+/// Network stacks the path crosses: its namespaces (the VPC and switches
+/// folded), each once.
+pub fn stacks(path: &[String]) -> u32 {
+    let mut entities: Vec<&str> = path
+        .iter()
+        .filter(|h| *h != "vpc" && h.contains('/'))
+        .filter_map(|h| h.split('/').next())
+        .collect();
+    entities.sort_unstable();
+    entities.dedup();
+    entities.len() as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: u64, hop: &str, direction: Direction) -> Crossing {
+        Crossing {
+            ts: Duration::from_millis(ms),
+            hop: hop.into(),
+            group: None,
+            direction,
+        }
+    }
+
+    fn folded(ms: u64, hop: &str, group: &str, direction: Direction) -> Crossing {
+        Crossing {
+            group: Some(group.into()),
+            ..at(ms, hop, direction)
+        }
+    }
+
+    use Direction::{In, Out};
+
+    #[test]
+    fn hops_in_timestamp_order_with_ties_by_direction() {
+        let c = [
+            at(2, "b/eth0", Out),
+            at(1, "a/eth0", Out),
+            at(2, "b/eth1", In),
+        ];
+        assert_eq!(derive(&c, &HashMap::new()), ["a/eth0", "b/eth1", "b/eth0"]);
+    }
+
+    #[test]
+    fn retransmissions_add_nothing() {
+        let walk = |t: u64| [at(t, "a/eth0", Out), at(t + 1, "b/eth0", In)];
+        let c: Vec<Crossing> = walk(0)
+            .into_iter()
+            .chain(walk(1000))
+            .chain(walk(2000))
+            .collect();
+        assert_eq!(derive(&c, &HashMap::new()), ["a/eth0", "b/eth0"]);
+    }
+
+    #[test]
+    fn a_return_leg_over_the_same_bond_counts_twice() {
+        // inst1 up through its node's bond (VLAN 100) to a router, back down
+        // the same bond (VLAN 200) to inst2; then the retransmission.
+        let walk = |t: u64| {
+            [
+                at(t, "node/bond0", Out),
+                at(t + 1, "core/eth0.100", In),
+                at(t + 2, "core/eth0.200", Out),
+                at(t + 3, "node/bond0", In),
+                at(t + 4, "inst2/eth0", In),
+            ]
+        };
+        let c: Vec<Crossing> = walk(0).into_iter().chain(walk(1000)).collect();
+        assert_eq!(
+            derive(&c, &HashMap::new()),
+            [
+                "node/bond0",
+                "core/eth0.100",
+                "core/eth0.200",
+                "node/bond0",
+                "inst2/eth0"
+            ]
+        );
+    }
+
+    #[test]
+    fn in_and_out_of_one_interface_back_to_back_is_one_crossing() {
+        // A router forwarding out of the interface it received on: nothing
+        // in between, so no return leg.
+        let c = [
+            at(1, "r/eth0", In),
+            at(2, "r/eth0", Out),
+            at(3, "b/eth0", In),
+        ];
+        assert_eq!(derive(&c, &HashMap::new()), ["r/eth0", "b/eth0"]);
+    }
+
+    #[test]
+    fn switch_folds_into_one_hop_per_visit() {
+        let c = [
+            at(1, "node/bond0", Out),
+            folded(2, "tor/p1", "tor", In),
+            folded(2, "tor/p9", "tor", Out),
+            at(3, "core/eth0.100", In),
+            at(4, "core/eth0.200", Out),
+            folded(5, "tor/p9", "tor", In),
+            folded(5, "tor/p1", "tor", Out),
+            at(6, "node/bond0", In),
+        ];
+        let path = derive(&c, &HashMap::new());
+        assert_eq!(
+            path,
+            [
+                "node/bond0",
+                "tor",
+                "core/eth0.100",
+                "core/eth0.200",
+                "tor",
+                "node/bond0"
+            ]
+        );
+        // The devices a request crossed: each crossing once.
+        assert_eq!(path.len(), 6);
+        assert_eq!(stacks(&path), 2);
+    }
+
+    #[test]
+    fn vpc_hairpin_brings_an_eni_back() {
+        let c = [
+            at(1, "node1/eth0", Out),
+            folded(2, "vpc/eni1", "vpc", In),
+            folded(3, "vpc/eni1", "vpc", Out),
+            at(4, "node1/eth0", In),
+        ];
+        assert_eq!(
+            derive(&c, &HashMap::new()),
+            ["node1/eth0", "vpc", "node1/eth0"]
+        );
+    }
+
+    #[test]
+    fn a_request_lost_in_a_group_ends_there() {
+        let c = [at(1, "a/eth0", Out), folded(2, "vpc/x", "vpc", In)];
+        assert_eq!(derive(&c, &HashMap::new()), ["a/eth0", "vpc"]);
+    }
+
+    #[test]
+    fn bridge_goes_between_two_of_its_ports() {
+        let masters: HashMap<String, String> = [
+            ("n/veth1".to_string(), "n/br0".to_string()),
+            ("n/veth2".to_string(), "n/br0".to_string()),
+        ]
+        .into();
+        let c = [at(1, "n/veth1", In), at(1, "n/veth2", Out)];
+        let path = derive(&c, &masters);
+        assert_eq!(path, ["n/veth1", "n/br0", "n/veth2"]);
+        assert_eq!(path.len(), 3, "the bridge counts as a device");
+    }
+
+    #[test]
+    fn a_bridge_crossed_on_both_legs_counts_on_both() {
+        // Up from inst1's tap through br-int to the uplink, back down from
+        // the uplink through br-int to inst2's tap.
+        let masters: HashMap<String, String> = ["tap1", "tap2", "int-br-bond"]
+            .iter()
+            .map(|p| (format!("n/{p}"), "n/br-int".to_string()))
+            .collect();
+        let c = [
+            at(1, "n/tap1", In),
+            at(1, "n/int-br-bond", Out),
+            at(2, "core/eth0.100", In),
+            at(2, "core/eth0.200", Out),
+            at(3, "n/int-br-bond", In),
+            at(3, "n/tap2", Out),
+        ];
+        assert_eq!(
+            derive(&c, &masters),
+            [
+                "n/tap1",
+                "n/br-int",
+                "n/int-br-bond",
+                "core/eth0.100",
+                "core/eth0.200",
+                "n/int-br-bond",
+                "n/br-int",
+                "n/tap2"
+            ]
+        );
+    }
+
+    #[test]
+    fn vxlan_underlay_hops_are_on_the_path() {
+        // pod/vxlan1 sends the inner packet; the worker's ens3 and the VM's
+        // ens2 carry the outer UDP packet (the caller counts it as the
+        // request), podns/vxlan0 receives the inner one.
+        let c = [
+            at(1, "pod/vxlan1", Out),
+            at(1, "worker/ens3", Out),
+            at(2, "podvm/ens2", In),
+            at(2, "podns/vxlan0", In),
+        ];
+        assert_eq!(
+            derive(&c, &HashMap::new()),
+            ["pod/vxlan1", "worker/ens3", "podvm/ens2", "podns/vxlan0"]
+        );
+    }
+}
