@@ -279,7 +279,7 @@ fn run_all(
                 suite
                     .cases
                     .push(junit::Case::error(&sc.name, &e, started.elapsed()));
-                return Err(Failure::new(Exit::Failed, e));
+                return Err(Failure::new(scenario_exit(&e), e));
             }
         };
         let file = golden::file_for(&golden_dir, &sc.name);
@@ -535,5 +535,16 @@ impl Exchange {
 impl Drop for Exchange {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The exit code of a scenario that could not run: the engine's, where the
+/// engine said why (an unbuilt eBPF object is the environment's fault).
+fn scenario_exit(e: &scenario::ScenarioError) -> Exit {
+    match e {
+        scenario::ScenarioError::Engine(e) | scenario::ScenarioError::Program { source: e, .. } => {
+            super::engine_exit(e)
+        }
+        _ => Exit::Failed,
     }
 }
