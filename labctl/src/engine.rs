@@ -171,11 +171,7 @@ pub fn up(
             limit,
         });
     }
-    if lab.ebpf.is_some() {
-        // An unbuilt object is the environment's fault: said before
-        // anything is made.
-        crate::lb::check_built().map_err(EngineError::Ebpf)?;
-    }
+    preflight(lab)?;
     if !lab.services.is_empty() {
         // IPVS and br_netfilter: the probe loads their modules (nothing
         // else would load br_netfilter) and sees them built in too.
@@ -219,6 +215,17 @@ pub fn up(
         actions: plan.steps.len(),
         elapsed: start.elapsed(),
     })
+}
+
+/// What a lab needs of this build, checked before anything is made (and
+/// before a VM is booted for it): the eBPF programs, for a lab with
+/// `ebpf:`. Missing, it is the environment's fault (exit 4), not a failed
+/// kernel action.
+pub fn preflight(lab: &Lab) -> Result<(), EngineError> {
+    if lab.ebpf.is_some() {
+        crate::lb::check_built().map_err(EngineError::Ebpf)?;
+    }
+    Ok(())
 }
 
 /// Run a plan: namespaces first, then each phase with its steps concurrent.

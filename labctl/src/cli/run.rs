@@ -178,6 +178,7 @@ pub fn run(args: Args) -> Result {
         return exit(in_vm(vm)?);
     }
     let brought_up = if existing.is_none() {
+        engine::preflight(&lab)?;
         if let Some(kernel) = args.place.decide(&lab)? {
             let mut argv = vm_argv("up", &args.file, &args.vars, &lab.name);
             argv.insert(1, "-q".into());
