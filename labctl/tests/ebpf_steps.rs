@@ -7,6 +7,8 @@
 //!   and hook through the one executor: `tc filter show` in each pod lists
 //!   `lb_egress` on egress and `lb_ingress` on ingress, direct-action, and
 //!   the programs are pinned beside the maps.
+//! - The plan's `tc filter add ... object-pinned` lines, run with bash
+//!   after deleting `up`'s filters, give the same `tc filter show`.
 //! - A `BpfMaps` step run on the lab that is up through
 //!   `engine::apply_steps` (as a scenario's overrides are) leaves exactly
 //!   its services in the maps, read back as `labctl show lb` reads them,
@@ -87,7 +89,9 @@ fn steps_attach_and_program_a_live_lab() -> Result<(), Failed> {
         for (hook, program) in [("egress", "lb_egress"), ("ingress", "lb_ingress")] {
             let shown = tc_filters(&ns, hook)?;
             ensure(
-                shown.contains(&format!("bpf chain 0 handle 0x1 {program} direct-action")),
+                shown.contains(&format!(
+                    "bpf chain 0 handle 0x1 {program}:[*fsobj] direct-action"
+                )),
                 format!("{ns} {hook}: no {program} direct-action filter:\n{shown}"),
             )?;
             ensure(
@@ -98,6 +102,39 @@ fn steps_attach_and_program_a_live_lab() -> Result<(), Failed> {
             )?;
         }
     }
+
+    // The plan's own `tc` lines, run with bash on the server pod after
+    // deleting what `up` attached, attach the same: `tc filter show` is
+    // the same, program ids included (both use the pinned programs).
+    let lab = labctl_topology::load(&file, &Default::default())?;
+    let lab = labctl::Lab {
+        name: name.clone(),
+        ..lab
+    };
+    let server = format!("{name}-server");
+    let lines: Vec<String> = labctl::plan::plan(&lab)
+        .steps
+        .iter()
+        .filter(|s| s.netns == server && matches!(s.action, Action::BpfAttach { .. }))
+        .map(|s| s.to_string())
+        .collect();
+    ensure(lines.len() == 2, format!("two attach steps: {lines:?}"))?;
+    let by_up = [
+        tc_filters(&server, "egress")?,
+        tc_filters(&server, "ingress")?,
+    ];
+    for hook in ["egress", "ingress"] {
+        ok(Command::new("tc").args(["-n", &server, "filter", "del", "dev", "eth0", hook]))?;
+    }
+    ok(Command::new("bash").args(["-c", &format!("set -e\n{}", lines.join("\n"))]))?;
+    let by_script = [
+        tc_filters(&server, "egress")?,
+        tc_filters(&server, "ingress")?,
+    ];
+    ensure(
+        by_up == by_script,
+        format!("up attached {by_up:?}, the script {by_script:?}"),
+    )?;
 
     let record = labctl::state::load(&name)?.ok_or("the lab has no record")?;
     let service = labctl::lb::BpfService {

@@ -21,13 +21,24 @@ use crate::plan::{Action, Step};
 const CLSACT_INGRESS: u32 = 0xffff_fff2;
 const CLSACT_EGRESS: u32 = 0xffff_fff3;
 
+/// The name `tc` gives a filter of a pinned program: the pin's file name
+/// and `[*fsobj]` (iproute2's `bpf_load_common`), so `tc filter show` is
+/// the same whether `up` or the plan's script attached it.
+pub fn filter_name(pin: &str) -> String {
+    let base = std::path::Path::new(pin)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!("{base}:[*fsobj]")
+}
+
 /// The cls_bpf filter request for a program's fd: protocol all, the
 /// kernel's priority (49152 for a hook's first filter, as `tc` without
-/// `prio`), direct action, named after the program as aya names it.
+/// `prio`), direct action, named `name` ([`filter_name`]).
 pub fn attach_message(
     ifindex: u32,
     hook: labctl_topology::TcHook,
-    program: &str,
+    name: &str,
     fd: u32,
 ) -> NetlinkMessage<RouteNetlinkMessage> {
     let parent = match hook {
@@ -44,7 +55,7 @@ pub fn attach_message(
         .push(TcAttribute::Kind(TcFilterBpf::KIND.to_string()));
     msg.attributes.push(TcAttribute::Options(vec![
         TcOption::Bpf(TcFilterBpfOption::ProgFd(fd)),
-        TcOption::Bpf(TcFilterBpfOption::ProgName(program.to_string())),
+        TcOption::Bpf(TcFilterBpfOption::ProgName(name.to_string())),
         TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
     ]));
     let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewTrafficFilter(msg));
@@ -88,7 +99,7 @@ impl Netlink {
                     .map_err(|e| KernelError::new(step.to_string(), e))?;
                 let raw = u32::try_from(fd.as_raw_fd())
                     .map_err(|e| KernelError::new(step.to_string(), e))?;
-                let req = attach_message(*ifindex, *hook, program, raw);
+                let req = attach_message(*ifindex, *hook, &filter_name(pin), raw);
                 // The fd stays open until the kernel has answered.
                 let result = self.send_ebpf(step, req).await;
                 drop(fd);
