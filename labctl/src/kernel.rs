@@ -5,6 +5,13 @@
 //! Nothing here opens a socket in, or changes, the host's own namespace: the
 //! only sockets are those [`crate::sys::create_netns`] opens inside the
 //! namespaces it has just made.
+//!
+//! Kinds whose kernel side is more than one rtnetlink call keep it in a file
+//! of their own: [`ebpf`] (load and pin, cls_bpf filters, map contents),
+//! [`ipvs`] (a namespace's IPVS table), [`nft`] (`nft -f -` inside a
+//! namespace), and the low-level layer's objects. The eBPF pins live on
+//! labctl's bpffs, not in a namespace; every other write is inside the
+//! lab's namespaces.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
