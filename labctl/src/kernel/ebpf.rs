@@ -131,3 +131,58 @@ impl Netlink {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `up` sends for `tc filter add dev eth0 egress protocol all bpf
+    /// da object-pinned .../lb_egress`: cls_bpf on clsact's egress, all
+    /// protocols, the kernel's priority, the fd, tc's name, direct action.
+    #[test]
+    fn attach_message_is_tcs_request() {
+        let pin = "/run/labctl/bpf/labctl/lab/lb_egress";
+        assert_eq!(filter_name(pin), "lb_egress:[*fsobj]");
+        let req = attach_message(7, labctl_topology::TcHook::Egress, &filter_name(pin), 42);
+        assert_eq!(
+            req.header.flags,
+            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
+        );
+        let netlink_packet_core::NetlinkPayload::InnerMessage(
+            RouteNetlinkMessage::NewTrafficFilter(msg),
+        ) = req.payload
+        else {
+            panic!("not a new filter: {req:?}")
+        };
+        assert_eq!(msg.header.index, 7);
+        assert_eq!(u32::from(msg.header.parent), CLSACT_EGRESS);
+        // Priority 0 (the kernel picks 49152), protocol ETH_P_ALL in
+        // network order.
+        assert_eq!(msg.header.info, u32::from(0x0003u16.to_be()));
+        assert!(msg.attributes.contains(&TcAttribute::Kind("bpf".into())));
+        let options = msg
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                TcAttribute::Options(o) => Some(o.clone()),
+                _ => None,
+            })
+            .expect("options");
+        assert_eq!(
+            options,
+            vec![
+                TcOption::Bpf(TcFilterBpfOption::ProgFd(42)),
+                TcOption::Bpf(TcFilterBpfOption::ProgName("lb_egress:[*fsobj]".into())),
+                TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
+            ]
+        );
+        let ingress = attach_message(7, labctl_topology::TcHook::Ingress, "x", 1);
+        let netlink_packet_core::NetlinkPayload::InnerMessage(
+            RouteNetlinkMessage::NewTrafficFilter(msg),
+        ) = ingress.payload
+        else {
+            panic!()
+        };
+        assert_eq!(u32::from(msg.header.parent), CLSACT_INGRESS);
+    }
+}
