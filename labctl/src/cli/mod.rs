@@ -113,7 +113,10 @@ pub fn engine_exit(e: &EngineError) -> Exit {
         EngineError::AlreadyUp { .. } | EngineError::NotUp(_) | EngineError::Conflict(_) => {
             Exit::State
         }
-        EngineError::NotRoot | EngineError::FileLimit { .. } => Exit::Environment,
+        // Missing kernel modules are the machine's, like a missing root.
+        EngineError::NotRoot | EngineError::FileLimit { .. } | EngineError::Modules(_) => {
+            Exit::Environment
+        }
         EngineError::Ebpf(e) => show::lb_exit(e),
         _ => Exit::Failed,
     }
