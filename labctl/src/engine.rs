@@ -11,7 +11,7 @@ use labctl_topology::Lab;
 
 use crate::fault::fault_point;
 use crate::kernel::{Kernel, KernelError, Netlink};
-use crate::plan::{Phase, Plan, plan};
+use crate::plan::{Phase, Plan, Step, plan};
 use crate::serve::{self, ServeError};
 use crate::state::{self, LabState, ServeState, StateError};
 use crate::sys;
@@ -56,8 +56,10 @@ pub enum EngineError {
     Apply(Vec<KernelError>, Box<Rollback>),
     #[error("{0}; {1}")]
     Serve(ServeError, Box<Rollback>),
-    #[error("eBPF load balancer: {0}; {1}")]
-    Ebpf(String, Box<Rollback>),
+    #[error("eBPF load balancer: {0}")]
+    Ebpf(#[source] crate::lb::LbError),
+    #[error("{n} kernel action(s) failed:\n  {list}", n = .0.len(), list = join(.0))]
+    Steps(Vec<KernelError>),
     #[error("removing the lab left {} error(s):\n  {}", .0.len(), join(.0))]
     Teardown(Vec<KernelError>),
     #[error(
@@ -169,6 +171,7 @@ pub fn up(
             limit,
         });
     }
+    preflight(lab)?;
     if !lab.services.is_empty() {
         // IPVS and br_netfilter: the probe loads their modules (nothing
         // else would load br_netfilter) and sees them built in too.
@@ -194,11 +197,6 @@ pub fn up(
         return Err(EngineError::Apply(errors, rollback(&record)));
     }
     fault_point("configured");
-    if lab.ebpf.is_some()
-        && let Err(e) = crate::lb::setup(lab)
-    {
-        return Err(EngineError::Ebpf(e.to_string(), rollback(&record)));
-    }
     let served = serve::specs(lab, &plan.namespaces);
     if !served.is_empty() {
         let pid = match serve::spawn(&lab.name, &served) {
@@ -219,6 +217,17 @@ pub fn up(
     })
 }
 
+/// What a lab needs of this build, checked before anything is made (and
+/// before a VM is booted for it): the eBPF programs, for a lab with
+/// `ebpf:`. Missing, it is the environment's fault (exit 4), not a failed
+/// kernel action.
+pub fn preflight(lab: &Lab) -> Result<(), EngineError> {
+    if lab.ebpf.is_some() {
+        crate::lb::check_built().map_err(EngineError::Ebpf)?;
+    }
+    Ok(())
+}
+
 /// Run a plan: namespaces first, then each phase with its steps concurrent.
 /// Stops after the first phase with failures and returns all of them.
 pub async fn execute<K: Kernel>(
@@ -234,22 +243,53 @@ pub async fn execute<K: Kernel>(
     for phase in Phase::ALL {
         let steps: Vec<_> = plan.phase(phase).collect();
         progress.stage(phase_name(phase), steps.len());
-        let errors: Vec<KernelError> = futures::stream::iter(steps)
-            .map(|step| kernel.run(step))
-            .buffer_unordered(IN_FLIGHT)
-            .filter_map(|r| async move {
-                progress.advance(1);
-                r.err()
-            })
-            .collect()
-            .await;
-        if !errors.is_empty() {
-            return Err(errors);
-        }
+        run_steps(kernel, steps, progress).await?;
         fault_point(phase_name(phase));
     }
     kernel.settle().await;
     Ok(())
+}
+
+/// Run independent steps concurrently; every failure is returned.
+pub async fn run_steps<'a, K: Kernel>(
+    kernel: &K,
+    steps: impl IntoIterator<Item = &'a Step>,
+    progress: &dyn Progress,
+) -> Result<(), Vec<KernelError>> {
+    let errors: Vec<KernelError> = futures::stream::iter(steps)
+        .map(|step| kernel.run(step))
+        .buffer_unordered(IN_FLIGHT)
+        .filter_map(|r| async move {
+            progress.advance(1);
+            r.err()
+        })
+        .collect()
+        .await;
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+/// Run independent steps on a lab that is up (a scenario's re-programming
+/// of its services and eBPF maps) through the same [`Kernel`] as `up`:
+/// sockets are opened only in the namespaces the steps name, each checked
+/// to carry the lab's mark first.
+pub fn apply_steps(record: &LabState, steps: &[Step]) -> Result<(), EngineError> {
+    if steps.is_empty() {
+        return Ok(());
+    }
+    let mut names: Vec<String> = steps.iter().map(|s| s.netns.clone()).collect();
+    names.sort();
+    names.dedup();
+    runtime()?
+        .block_on(async {
+            let mut kernel = Netlink::new(record.mark());
+            kernel.attach(&names).map_err(|e| vec![e])?;
+            run_steps(&kernel, steps, &Quiet).await
+        })
+        .map_err(EngineError::Steps)
 }
 
 fn phase_name(phase: Phase) -> &'static str {
@@ -260,6 +300,7 @@ fn phase_name(phase: Phase) -> &'static str {
         Phase::Addresses => "addresses",
         Phase::Routes => "routes",
         Phase::Sysctls => "sysctls",
+        Phase::Ebpf => "ebpf",
         Phase::Services => "services",
         Phase::Changes => "changes",
     }

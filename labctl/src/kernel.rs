@@ -5,6 +5,13 @@
 //! Nothing here opens a socket in, or changes, the host's own namespace: the
 //! only sockets are those [`crate::sys::create_netns`] opens inside the
 //! namespaces it has just made.
+//!
+//! Kinds whose kernel side is more than one rtnetlink call keep it in a file
+//! of their own: [`ebpf`] (load and pin, cls_bpf filters, map contents),
+//! [`ipvs`] (a namespace's IPVS table), [`nft`] (`nft -f -` inside a
+//! namespace), and the low-level layer's objects. The eBPF pins live on
+//! labctl's bpffs, not in a namespace; every other write is inside the
+//! lab's namespaces.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -25,6 +32,9 @@ use rtnetlink::{
 use crate::plan::{Action, NsSpec, Step};
 use crate::sys;
 
+pub mod ebpf;
+pub mod ipvs;
+pub mod nft;
 mod objects;
 
 /// A kernel action that failed, with its iproute2 equivalent.
@@ -269,6 +279,16 @@ impl Netlink {
     }
 }
 
+/// A step's first line: what errors name for a step that spans several
+/// (a table, a heredoc).
+fn first_line(step: &Step) -> String {
+    step.to_string()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// A step's netlink failure, with the step as its iproute2 command.
 fn fail(step: &Step, e: rtnetlink::Error) -> KernelError {
     KernelError::new(step.to_string(), netlink_message(e))
@@ -426,19 +446,28 @@ impl Kernel for Netlink {
                 };
                 self.link_add(step, b.build()).await
             }
-            Action::IpvsTable { .. } | Action::Nftables { .. } => {
-                // IPVS is generic netlink on a socket of its own, nft a
-                // process: both started inside the namespace by a thread of
-                // our own.
-                let (netns, action) = (step.netns.clone(), step.action.clone());
-                // The first line names the command; the whole table is in
-                // `labctl plan`.
-                let text = step.to_string();
-                let what = text.lines().next().unwrap_or_default().to_string();
-                tokio::task::spawn_blocking(move || crate::services::apply(&netns, &action))
+            Action::BpfLoad { .. } | Action::BpfAttach { .. } | Action::BpfMaps { .. } => {
+                self.run_ebpf(step).await
+            }
+            Action::IpvsTable { services } => {
+                // IPVS is generic netlink on a socket of its own, opened
+                // inside the namespace by a thread of our own. The first
+                // line names the command; the whole table is in `labctl
+                // plan`.
+                let (netns, services) = (step.netns.clone(), services.clone());
+                let what = first_line(step);
+                tokio::task::spawn_blocking(move || ipvs::apply(&netns, &services, &what))
                     .await
-                    .map_err(|e| KernelError::new(what.clone(), e))?
-                    .map_err(|e| KernelError::new(what, e))
+                    .map_err(|e| KernelError::new(first_line(step), e))?
+            }
+            Action::Nftables { ruleset } => {
+                // nft is a process, started inside the namespace by a
+                // thread of our own.
+                let (netns, ruleset) = (step.netns.clone(), ruleset.clone());
+                let what = first_line(step);
+                tokio::task::spawn_blocking(move || nft::apply(&netns, &ruleset, &what))
+                    .await
+                    .map_err(|e| KernelError::new(first_line(step), e))?
             }
             Action::RenameUp {
                 ifname, ifindex, ..
@@ -643,6 +672,9 @@ fn netlink_message(e: rtnetlink::Error) -> String {
 #[derive(Default)]
 pub struct Recorder {
     pub log: RefCell<Vec<String>>,
+    /// Every step sent, with its payload (the addresses, tables, pins and
+    /// map entries the real kernel would get), in the order sent.
+    pub sent: RefCell<Vec<Step>>,
     /// Make the step whose iproute2 text contains this fail.
     pub fail_on: Option<String>,
 }
@@ -664,6 +696,7 @@ impl Kernel for Recorder {
             return Err(KernelError::new(text, "File exists (os error 17)"));
         }
         self.log.borrow_mut().push(text);
+        self.sent.borrow_mut().push(step.clone());
         Ok(())
     }
 

@@ -4,18 +4,21 @@
 //! endpoint on egress and back on ingress, so the service address is seen
 //! on no interface.
 //!
-//! `up` loads the programs once per lab with their maps pinned under
-//! [`pin_dir`] (every pod shares one service table), attaches both
-//! programs to each pod's eth0 inside the pod's namespace and fills the
-//! maps from the topology ([`program`]; scenarios call it again with their
-//! overrides). The programs are attached with netlink tc (clsact + `tc
-//! filter ... bpf da`), so they outlive labctl and go away with the pods'
-//! namespaces; `down` removes the pins ([`teardown`]). `labctl show lb` and
-//! `labctl monitor` open the pinned maps from later processes.
+//! Every write is a step of the lab's plan, run by the one executor
+//! through the [`crate::kernel::Kernel`] seam (see [`crate::plan::ebpf`]):
+//! `BpfLoad` loads the programs once per lab and pins them and their maps
+//! under [`pin_dir`] (every pod shares one service table; [`load`]),
+//! `BpfAttach` puts a pinned program on a pod's eth0 with a netlink tc
+//! filter (clsact + `tc filter ... bpf da object-pinned`), and `BpfMaps`
+//! writes the services from the topology, or a scenario's overrides
+//! ([`wanted`], [`program_maps`]). The filters outlive labctl and go away
+//! with the pods' namespaces; `down` removes the pins ([`teardown`]).
+//! `labctl show lb` and `labctl monitor` open the pinned maps from later
+//! processes. This module holds the appliers and readers, never a plan.
 
 use std::fs::File;
 use std::io;
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -54,26 +57,6 @@ pub enum LbError {
         /// Where its maps would be pinned.
         pin_dir: PathBuf,
     },
-    /// A pod's namespace could not be entered.
-    #[error("enter network namespace {netns}: {source}")]
-    Netns {
-        /// The namespace.
-        netns: String,
-        /// The error.
-        #[source]
-        source: io::Error,
-    },
-    /// Attaching the programs to a pod failed.
-    #[error("attach the load balancer to {pod}/{ifname}: {source}")]
-    Attach {
-        /// The pod.
-        pod: String,
-        /// Its interface.
-        ifname: String,
-        /// The loader's error.
-        #[source]
-        source: labctl_lb::Error,
-    },
     /// Another load-balancer step failed.
     #[error("{action}: {source}")]
     Lb {
@@ -107,7 +90,7 @@ fn lb_err(action: impl Into<String>) -> impl FnOnce(labctl_lb::Error) -> LbError
 }
 
 /// Serialises mounting the bpffs and creating a pin directory (in
-/// [`setup`]) with unmounting it once empty (in [`teardown`]), so one
+/// [`load`]) with unmounting it once empty (in [`teardown`]), so one
 /// lab's `down` never unmounts the bpffs under another lab's `up`.
 fn bpffs_lock() -> Result<Flock<File>, LbError> {
     let mount = Path::new(DEFAULT_BPFFS);
@@ -123,66 +106,38 @@ fn bpffs_lock() -> Result<Flock<File>, LbError> {
     Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| lock_err(e.into()))
 }
 
-/// Loads the programs for `lab` with their maps pinned in [`pin_dir`],
-/// attaches them to every pod's eth0 and programs the services; nothing
-/// for a lab without `ebpf:`. Like `bpftool prog loadall ... pinmaps DIR`,
-/// then per pod `ip netns exec POD tc filter add dev eth0 {egress,ingress}
-/// bpf da ...`.
-pub fn setup(lab: &Lab) -> Result<(), LbError> {
-    if lab.ebpf.is_none() {
-        return Ok(());
-    }
-    if !labctl_lb::programs_built() {
-        // The loader says why before touching the file system: fail here,
-        // before mounting anything.
-        if let Err(e) = Lb::load_pinned(&pin_dir(&lab.name)) {
-            return Err(lb_err("load the eBPF programs")(e));
-        }
-    }
-    let result = load_attach_program(lab);
-    if result.is_err() {
-        // The caller deletes the namespaces (and with them the filters);
-        // the pins and the mount are ours to remove.
-        let _ = release(&lab.name);
-    }
-    result
-}
-
-fn load_attach_program(lab: &Lab) -> Result<(), LbError> {
-    let dir = pin_dir(&lab.name);
+/// Loads the programs with their maps and the programs themselves pinned
+/// in `pin_dir` (the applier of [`crate::plan::Action::BpfLoad`]): mounts
+/// labctl's bpffs if the host has none there, removes pins a crashed lab of
+/// the same name left (its services, or an older map layout), then like
+/// `bpftool prog loadall OBJ PIN_DIR type classifier pinmaps PIN_DIR`.
+/// Blocking; nothing here depends on the calling thread's namespace.
+pub fn load(pin_dir: &Path) -> Result<(), LbError> {
+    // Why it cannot, before touching the file system.
+    check_built()?;
     let mut lb = {
         let _lock = bpffs_lock()?;
         labctl_lb::ensure_bpffs(Path::new(DEFAULT_BPFFS))
             .map_err(lb_err(format!("mount a bpffs at {DEFAULT_BPFFS}")))?;
-        // Pins left by a lab of the same name that crashed before `down`
-        // would carry its services (or an older map layout): start afresh.
-        labctl_lb::remove_pins(&dir)
-            .map_err(lb_err(format!("remove stale pins in {}", dir.display())))?;
-        Lb::load_pinned(&dir).map_err(lb_err("load the eBPF programs"))?
+        labctl_lb::remove_pins(pin_dir).map_err(lb_err(format!(
+            "remove stale pins in {}",
+            pin_dir.display()
+        )))?;
+        Lb::load_pinned(pin_dir).map_err(lb_err("load the eBPF programs"))?
     };
-    attach_all(lab, &mut lb)?;
-    // The filters hold the programs and maps from here on.
-    drop(lb);
-    program(lab, &Overrides::default())
+    lb.pin_programs().map_err(lb_err("pin the eBPF programs"))
 }
 
-/// Attaches to every pod, each from a thread inside the pod's namespace
-/// (interface names resolve in the thread's namespace).
-fn attach_all(lab: &Lab, lb: &mut Lb) -> Result<(), LbError> {
-    for pod in &lab.pods {
-        let netns = lab.netns(&pod.name);
-        crate::sys::in_netns(&netns, || lb.attach(&pod.ifname))
-            .map_err(|source| LbError::Netns {
-                netns: netns.clone(),
-                source,
-            })?
-            .map_err(|source| LbError::Attach {
-                pod: pod.name.clone(),
-                ifname: pod.ifname.clone(),
-                source,
-            })?;
+/// Whether this build can load the programs; the reason when it cannot,
+/// checked by `up` before it makes anything.
+pub fn check_built() -> Result<(), LbError> {
+    if labctl_lb::programs_built() {
+        Ok(())
+    } else {
+        Err(LbError::NotBuilt {
+            reason: labctl_lb::skip_reason().to_owned(),
+        })
     }
-    Ok(())
 }
 
 /// Opens the lab's pinned maps.
@@ -197,18 +152,38 @@ pub fn open(lab: &str) -> Result<LbMaps, LbError> {
     LbMaps::open(&dir).map_err(lb_err(format!("open the maps of lab `{lab}`")))
 }
 
-/// One load-balancer service: frontend, backends in slot order, pinned slot.
-type Wanted = (labctl_lb::Service, Vec<SocketAddrV4>, Option<u32>);
+/// One frontend as the maps hold it (the payload of
+/// [`crate::plan::Action::BpfMaps`]): its backends in slot order, and the
+/// slot every new flow must take.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BpfService {
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub backends: Vec<SocketAddrV4>,
+    pub pinned: Option<u32>,
+}
+
+impl BpfService {
+    /// The frontend, `vip:port/proto`.
+    pub fn frontend(&self) -> labctl_lb::Service {
+        let proto = match self.protocol {
+            Protocol::Tcp => Proto::Tcp,
+            Protocol::Udp => Proto::Udp,
+        };
+        labctl_lb::Service::new(self.vip, self.port, proto)
+    }
+}
 
 /// What the maps should hold for `lab` under `o`: every service's
 /// ClusterIP (and, with in-cluster external access, its external and
 /// load-balancer addresses) per port, to its endpoints' `address:targetPort`.
-fn wanted(lab: &Lab, o: &Overrides) -> Vec<Wanted> {
+pub fn wanted(lab: &Lab, o: &Overrides) -> Vec<BpfService> {
     let in_cluster_external = o
         .in_cluster_external
         .or(lab.ebpf.map(|e| e.in_cluster_external))
         .unwrap_or(false);
-    let mut out: Vec<Wanted> = Vec::new();
+    let mut out: Vec<BpfService> = Vec::new();
     for svc in crate::services::effective(lab, &o.changes) {
         let pods: Vec<_> = svc.endpoints.iter().filter_map(|e| lab.pod(e)).collect();
         let pinned = o
@@ -222,43 +197,46 @@ fn wanted(lab: &Lab, o: &Overrides) -> Vec<Wanted> {
             vips.extend(svc.load_balancer_ip);
         }
         for port in &svc.ports {
-            let proto = match port.protocol {
-                Protocol::Tcp => Proto::Tcp,
-                Protocol::Udp => Proto::Udp,
-            };
             let backends: Vec<SocketAddrV4> = pods
                 .iter()
                 .map(|p| SocketAddrV4::new(p.address.addr(), port.target_port))
                 .collect();
             for vip in &vips {
-                let frontend = labctl_lb::Service::new(*vip, port.port, proto);
+                let s = BpfService {
+                    vip: *vip,
+                    port: port.port,
+                    protocol: port.protocol,
+                    backends: backends.clone(),
+                    pinned,
+                };
                 // A frontend declared twice: the later service wins.
-                out.retain(|(f, _, _)| *f != frontend);
-                out.push((frontend, backends.clone(), pinned));
+                out.retain(|w| w.frontend() != s.frontend());
+                out.push(s);
             }
         }
     }
     out
 }
 
-/// Makes the lab's maps hold exactly the services the topology gives under
-/// `o` (like `cilium service update` per frontend and `cilium service
-/// delete` for the rest), pins `o.backend` where it is an endpoint, and
-/// flushes the remembered flows so the next packets choose afresh.
-pub fn program(lab: &Lab, o: &Overrides) -> Result<(), LbError> {
-    let mut maps = open(&lab.name)?;
-    let wanted = wanted(lab, o);
+/// Makes the maps pinned in `pin_dir` hold exactly `wanted` (the applier
+/// of [`crate::plan::Action::BpfMaps`]; like `cilium service update` per
+/// frontend and `cilium service delete` for the rest), and flushes the
+/// remembered flows so the next packets choose afresh.
+pub fn program_maps(pin_dir: &Path, wanted: &[BpfService]) -> Result<(), LbError> {
+    let mut maps =
+        LbMaps::open(pin_dir).map_err(lb_err(format!("open the maps in {}", pin_dir.display())))?;
     let existing = maps
         .services()
         .map_err(lb_err("list the programmed services"))?;
     for entry in existing {
-        if !wanted.iter().any(|(f, _, _)| *f == entry.service) {
+        if !wanted.iter().any(|w| w.frontend() == entry.service) {
             maps.remove_service(entry.service)
                 .map_err(lb_err(format!("remove service {}", entry.service)))?;
         }
     }
-    for (frontend, backends, pinned) in &wanted {
-        maps.set_service(*frontend, backends, *pinned)
+    for w in wanted {
+        let frontend = w.frontend();
+        maps.set_service(frontend, &w.backends, w.pinned)
             .map_err(lb_err(format!("program service {frontend}")))?;
     }
     maps.flush_flows().map_err(lb_err("flush remembered flows"))
@@ -353,9 +331,9 @@ services:
             .unwrap_or_else(|e| panic!("test topology loads: {e:?}"));
         let w = wanted(&lab, &Overrides::default());
         assert_eq!(w.len(), 1, "{w:?}");
-        assert_eq!(w[0].0.to_string(), "192.168.27.242:80/TCP");
-        assert_eq!(w[0].1.len(), 2);
-        assert_eq!(w[0].2, None);
+        assert_eq!(w[0].frontend().to_string(), "192.168.27.242:80/TCP");
+        assert_eq!(w[0].backends.len(), 2);
+        assert_eq!(w[0].pinned, None);
         let o = Overrides {
             backend: Some("server2".into()),
             in_cluster_external: Some(true),
@@ -363,7 +341,7 @@ services:
         };
         let w = wanted(&lab, &o);
         assert_eq!(w.len(), 2, "{w:?}");
-        assert!(w.iter().all(|(_, _, p)| *p == Some(1)));
+        assert!(w.iter().all(|s| s.pinned == Some(1)));
         let o = Overrides {
             changes: vec![labctl_topology::ServiceChange {
                 service: "web".into(),
@@ -374,7 +352,7 @@ services:
             ..Overrides::default()
         };
         let w = wanted(&lab, &o);
-        assert_eq!(w[0].1.len(), 1);
-        assert_eq!(w[0].2, None, "a removed endpoint is not pinned");
+        assert_eq!(w[0].backends.len(), 1);
+        assert_eq!(w[0].pinned, None, "a removed endpoint is not pinned");
     }
 }

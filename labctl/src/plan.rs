@@ -18,7 +18,9 @@ use ipnet::Ipv4Net;
 use labctl_topology::{Attachment, Lab, Role, format_mac};
 use serde::Serialize;
 
+pub mod ebpf;
 mod objects;
+pub mod services;
 
 /// A network namespace the lab creates.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -49,6 +51,10 @@ pub enum Phase {
     Services,
     /// After the services, whose modules bring some keys (`net.ipv4.vs`).
     Sysctls,
+    /// The eBPF load balancer's programs on each pod's interface and its
+    /// maps' contents, once the programs are loaded and pinned (in
+    /// [`Phase::Services`]; see [`ebpf`]).
+    Ebpf,
     /// A scenario's link changes and their undoing ([`crate::impair`]), on
     /// a lab that is up: never part of `up`'s plan, so not in
     /// [`Phase::ALL`].
@@ -56,7 +62,7 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub const ALL: [Phase; 7] = [
+    pub const ALL: [Phase; 8] = [
         Phase::Devices,
         Phase::Links,
         Phase::Stacked,
@@ -64,6 +70,7 @@ impl Phase {
         Phase::Routes,
         Phase::Services,
         Phase::Sysctls,
+        Phase::Ebpf,
     ];
 }
 
@@ -269,6 +276,31 @@ pub enum Action {
         lladdr: [u8; 6],
         dst: Option<Ipv4Addr>,
         master: bool,
+    },
+    /// `bpftool prog loadall OBJ PIN_DIR type classifier pinmaps PIN_DIR`,
+    /// after mounting the bpffs if missing and removing stale pins: the
+    /// load balancer's programs and maps, pinned once for the whole lab
+    /// ([`crate::lb::load`]).
+    BpfLoad { object: String, pin_dir: String },
+    /// `tc filter add dev IF ingress|egress protocol all bpf direct-action
+    /// object-pinned PIN`: a pinned program on a pod's interface, as a
+    /// netlink cls_bpf filter holding its own reference to the program
+    /// (the clsact qdisc is an [`Action::Clsact`] before it).
+    BpfAttach {
+        ifname: String,
+        ifindex: u32,
+        hook: labctl_topology::TcHook,
+        /// The program's name (`lb_egress`, `lb_ingress`).
+        program: String,
+        /// Where [`Action::BpfLoad`] pinned it.
+        pin: String,
+    },
+    /// `bpftool map update pinned PIN_DIR/MAP key hex .. value hex ..` for
+    /// every backend slot and service: the maps hold exactly `services`
+    /// afterwards and no remembered flow ([`crate::lb::program_maps`]).
+    BpfMaps {
+        pin_dir: String,
+        services: Vec<crate::lb::BpfService>,
     },
 }
 
@@ -702,6 +734,11 @@ impl fmt::Display for Step {
                     q(&to.name)
                 )
             }
+            Action::BpfLoad { object, pin_dir } => ebpf::fmt_load(f, object, pin_dir),
+            Action::BpfAttach {
+                ifname, hook, pin, ..
+            } => ebpf::fmt_attach(f, &self.netns, ifname, *hook, pin),
+            Action::BpfMaps { pin_dir, services } => ebpf::fmt_maps(f, pin_dir, services),
         }
     }
 }
@@ -1103,6 +1140,7 @@ pub fn plan(lab: &Lab) -> Plan {
     // Pods: veth from the node's bridge into the pod, or an ipvlan slave of
     // the node's ENI moved into the pod; eth0 inside.
     let mut host_slaves: HashMap<(String, String), u32> = HashMap::new();
+    let mut pod_ifindex: HashMap<String, u32> = HashMap::new();
     for pod in &lab.pods {
         let node_ns = lab.netns(&pod.node);
         let pod_ns = lab.netns(&pod.name);
@@ -1224,6 +1262,7 @@ pub fn plan(lab: &Lab) -> Plan {
                 pod_index
             }
         };
+        pod_ifindex.insert(pod.name.clone(), pod_index);
         // Inside the pod, whatever the attachment: its address and routes.
         push(
             Phase::Addresses,
@@ -1349,9 +1388,10 @@ pub fn plan(lab: &Lab) -> Plan {
                 },
             );
         }
-        steps.extend(crate::services::steps(lab, &Default::default()));
-        steps.extend(crate::services::sysctl_steps(lab));
+        steps.extend(services::steps(lab, &Default::default()));
+        steps.extend(services::sysctl_steps(lab));
     }
+    steps.extend(ebpf::steps(lab, &pod_ifindex));
     // Last, so the ifindexes of everything above stay what they were.
     objects::steps(lab, &mut idx, &mut steps);
 

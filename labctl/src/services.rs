@@ -2,13 +2,15 @@
 //! front of them.
 //!
 //! What the kernel gets is computed here as plain values (IPVS tables and
-//! nftables rulesets per namespace), so tests read them without root and the
-//! same steps serve `up` and a scenario's temporary changes
-//! ([`Overrides`]): each step replaces its namespace's whole table, as
-//! kube-proxy's sync loop does.
+//! nftables rulesets per namespace), so tests read them without root; the
+//! plan turns them into steps ([`crate::plan::services`]) that serve `up`
+//! and a scenario's temporary changes ([`Overrides`]) alike, each replacing
+//! its namespace's whole table, as kube-proxy's sync loop does. The kernel
+//! side (IPVS over generic netlink, `nft -f`) is in `kernel/ipvs.rs` and
+//! `kernel/nft.rs`; this module plans and applies nothing.
 //!
-//! kube-proxy's modes sit behind [`ServiceProxy`]. The one shipped is
-//! [`KubeProxyIpvs`], what the Flannel article runs: every service address
+//! kube-proxy's modes sit behind [`crate::plan::services::ServiceProxy`].
+//! The one shipped is kube-proxy's IPVS mode, what the Flannel article runs: every service address
 //! on the node's dummy `kube-ipvs0`, an IPVS virtual service per address and
 //! port with the endpoints as NAT real servers (all of them, or only the
 //! node's own for `externalTrafficPolicy: Local` on external addresses and
@@ -38,8 +40,6 @@ use std::net::Ipv4Addr;
 
 use labctl_topology::{Lab, Node, Protocol, Service, ServiceChange, TrafficPolicy};
 use serde::Serialize;
-
-use crate::plan::{Action, Phase, Step};
 
 /// kube-proxy's masquerade mark (`--iptables-masquerade-bit=14`).
 pub const MASQUERADE_MARK: u32 = 0x4000;
@@ -95,49 +95,6 @@ impl Overrides {
             && self.backend.is_none()
             && self.via_node.is_none()
             && self.in_cluster_external.is_none()
-    }
-}
-
-/// A service proxy mode: what it programs in one node.
-pub trait ServiceProxy {
-    /// The steps that replace the node's service programming.
-    fn node_steps(
-        &self,
-        lab: &Lab,
-        services: &[Service],
-        node: &Node,
-        pin: Option<Ipv4Addr>,
-    ) -> Vec<Step>;
-}
-
-/// kube-proxy `--proxy-mode=ipvs`; see the module doc.
-pub struct KubeProxyIpvs;
-
-impl ServiceProxy for KubeProxyIpvs {
-    fn node_steps(
-        &self,
-        lab: &Lab,
-        services: &[Service],
-        node: &Node,
-        pin: Option<Ipv4Addr>,
-    ) -> Vec<Step> {
-        let netns = lab.netns(&node.name);
-        vec![
-            Step {
-                phase: Phase::Services,
-                netns: netns.clone(),
-                action: Action::IpvsTable {
-                    services: node_table(lab, services, node, pin),
-                },
-            },
-            Step {
-                phase: Phase::Services,
-                netns,
-                action: Action::Nftables {
-                    ruleset: node_ruleset(lab, services),
-                },
-            },
-        ]
     }
 }
 
@@ -399,7 +356,16 @@ pub fn slb_table(
 }
 
 /// Why a scenario's pins cannot hold.
-pub fn check_overrides(lab: &Lab, o: &Overrides) -> Result<(), String> {
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OverrideError {
+    #[error(
+        "via_node {0}: the node is in no SLB server group (under Local policy only nodes with an endpoint are)"
+    )]
+    NotInServerGroup(String),
+}
+
+/// Whether a scenario's pins can hold.
+pub fn check_overrides(lab: &Lab, o: &Overrides) -> Result<(), OverrideError> {
     let services = effective(lab, &o.changes);
     if let Some(n) = &o.via_node {
         let in_some = services
@@ -407,175 +373,10 @@ pub fn check_overrides(lab: &Lab, o: &Overrides) -> Result<(), String> {
             .filter(|s| s.load_balancer_ip.is_some())
             .any(|s| server_group(lab, s).iter().any(|g| &g.name == n));
         if !in_some {
-            return Err(format!(
-                "via_node {n}: the node is in no SLB server group (under Local policy only nodes with an endpoint are)"
-            ));
+            return Err(OverrideError::NotInServerGroup(n.clone()));
         }
     }
     Ok(())
-}
-
-/// Every step that (re)programs the lab's services under `overrides`: per
-/// node the proxy's steps, and the SLB in the VPC.
-pub fn steps(lab: &Lab, overrides: &Overrides) -> Vec<Step> {
-    if lab.services.is_empty() {
-        return Vec::new();
-    }
-    let services = effective(lab, &overrides.changes);
-    let pin = overrides
-        .backend
-        .as_deref()
-        .and_then(|p| lab.pod(p))
-        .map(|p| p.address.addr());
-    let proxy = KubeProxyIpvs;
-    let mut out: Vec<Step> = lab
-        .nodes
-        .iter()
-        .flat_map(|n| proxy.node_steps(lab, &services, n, pin))
-        .collect();
-    if services.iter().any(|s| s.load_balancer_ip.is_some()) {
-        out.push(Step {
-            phase: Phase::Services,
-            netns: lab.netns("vpc"),
-            action: Action::IpvsTable {
-                services: slb_table(
-                    lab,
-                    &services,
-                    overrides.via_node.as_deref(),
-                    overrides.backend.as_deref(),
-                ),
-            },
-        });
-    }
-    out
-}
-
-/// The sysctls kube-proxy sets on a node (and the VPC's bridges kept plain
-/// switches), written after the services exist: the `net.ipv4.vs` and
-/// `net.bridge` keys appear with their modules.
-pub fn sysctl_steps(lab: &Lab) -> Vec<Step> {
-    if lab.services.is_empty() {
-        return Vec::new();
-    }
-    let mut out = Vec::new();
-    let mut push = |netns: String, key: &str, value: &str| {
-        out.push(Step {
-            phase: Phase::Sysctls,
-            netns,
-            action: Action::Sysctl {
-                key: key.into(),
-                value: value.into(),
-            },
-        })
-    };
-    for n in &lab.nodes {
-        push(lab.netns(&n.name), "net.ipv4.vs.conntrack", "1");
-        push(
-            lab.netns(&n.name),
-            "net.bridge.bridge-nf-call-iptables",
-            "1",
-        );
-    }
-    if lab.vpc.is_some() {
-        push(lab.netns("vpc"), "net.bridge.bridge-nf-call-iptables", "0");
-    }
-    out
-}
-
-/// Run an [`Action::IpvsTable`] or [`Action::Nftables`] in a named lab
-/// namespace, on a thread of our own (never a runtime thread). Other
-/// actions are not ours: an error.
-pub fn apply(netns: &str, action: &Action) -> Result<(), String> {
-    match action {
-        Action::IpvsTable { services } => apply_ipvs(netns, services),
-        Action::Nftables { ruleset } => apply_nft(netns, ruleset),
-        other => Err(format!("not a service action: {other:?}")),
-    }
-}
-
-/// [`apply`] every step, each namespace on a thread of its own; all errors.
-pub fn apply_all(steps: &[Step]) -> Result<(), String> {
-    let errors: Vec<String> = std::thread::scope(|s| {
-        let handles: Vec<_> = steps
-            .iter()
-            .map(|step| {
-                s.spawn(move || {
-                    apply(&step.netns, &step.action).map_err(|e| format!("{}: {e}", step.netns))
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .filter_map(|h| h.join().expect("service thread panicked").err())
-            .collect()
-    });
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(format!("program services: {}", errors.join("; ")))
-    }
-}
-
-fn apply_ipvs(netns: &str, table: &[VirtualService]) -> Result<(), String> {
-    use crate::ipvs;
-    let mut ipvs = ipvs::Ipvs::open_in(netns).map_err(|e| e.to_string())?;
-    ipvs.flush().map_err(|e| e.to_string())?;
-    for vs in table {
-        let proto = match vs.protocol {
-            Protocol::Tcp => ipvs::Protocol::Tcp,
-            Protocol::Udp => ipvs::Protocol::Udp,
-        };
-        let service = ipvs::Service::new(proto, vs.address, vs.port);
-        ipvs.add_service(&service).map_err(|e| e.to_string())?;
-        for d in &vs.dests {
-            let mut dest = ipvs::Dest::new(d.address, d.port);
-            dest.weight = d.weight;
-            ipvs.add_dest(&service, &dest).map_err(|e| e.to_string())?;
-        }
-    }
-    Ok(())
-}
-
-/// `ip netns exec NETNS nft -f -`: a child forked by a thread inside the
-/// namespace starts there.
-fn apply_nft(netns: &str, ruleset: &str) -> Result<(), String> {
-    crate::sys::in_netns(netns, || nft(ruleset))
-        .map_err(|e| format!("enter namespace {netns}: {e}"))?
-}
-
-/// `nft -f -` with `ruleset` on its standard input.
-fn nft(ruleset: &str) -> Result<(), String> {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => {
-                "nft not found: install the nftables package (./lab does)".to_string()
-            }
-            _ => format!("run nft: {e}"),
-        })?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(ruleset.as_bytes())
-        .map_err(|e| format!("write to nft: {e}"))?;
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("run nft: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "nft -f: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
 }
 
 #[cfg(test)]
@@ -679,7 +480,7 @@ mod tests {
             }],
             ..Overrides::default()
         };
-        let err = check_overrides(&lab, &o).unwrap_err();
+        let err = check_overrides(&lab, &o).unwrap_err().to_string();
         assert!(
             err.contains("node-180 is in no SLB server group") || err.contains("via_node node-180"),
             "{err}"

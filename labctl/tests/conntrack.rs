@@ -72,13 +72,8 @@ fn track_connections(ns: &str) -> Result<(), Failed> {
         }
     }
     ";
-    labctl::services::apply(
-        ns,
-        &labctl::plan::Action::Nftables {
-            ruleset: ruleset.into(),
-        },
-    )
-    .map_err(|e| format!("track connections in {ns}: {e}").into())
+    labctl::kernel::nft::apply(ns, ruleset, "nft -f -")
+        .map_err(|e| format!("track connections in {ns}: {e}").into())
 }
 
 /// A real TCP connection in the dump, decoded and formatted; `flush_in`

@@ -45,7 +45,11 @@ fn every_topology_plan_snapshot() {
         }
         let lab = labctl_topology::load(&file, &BTreeMap::new())
             .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-        insta::assert_snapshot!(format!("{stem}_plan"), plan(&lab).to_script());
+        // The eBPF object's path is the build's (its OUT_DIR).
+        let script = plan(&lab)
+            .to_script()
+            .replace(labctl_lb::OBJECT_PATH, "[labctl-lb object]");
+        insta::assert_snapshot!(format!("{stem}_plan"), script);
     }
 }
 
@@ -192,4 +196,143 @@ fn vxlan_links_require_the_vxlan_feature() {
     let lab = labctl_topology::load(&path, &BTreeMap::new()).unwrap();
     assert!(required(&lab).contains(&Feature::Vxlan));
     assert!(!required(&flannel()).contains(&Feature::Vxlan));
+}
+
+fn terway(vars: &[(&str, &str)]) -> labctl::Lab {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../topologies/terway-ipvlan-ebpf.yaml");
+    let vars: BTreeMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    labctl_topology::load(&path, &vars).expect("terway-ipvlan-ebpf.yaml loads")
+}
+
+/// The eBPF load balancer is part of the plan: loaded once, then on every
+/// pod's eth0 after its clsact qdisc, then the maps; the fake kernel is
+/// sent the pins and the map contents the real one would get.
+#[test]
+fn ebpf_load_attach_and_maps_go_through_the_executor() {
+    let lab = terway(&[]);
+    let p = plan(&lab);
+    let mut k = Recorder::default();
+    block_on(execute(&p, &mut k, &Quiet)).expect("fake kernel accepts the plan");
+    let sent = k.sent.into_inner();
+    assert_eq!(sent.len(), p.steps.len());
+    let pin_dir = labctl::lb::pin_dir(&lab.name).display().to_string();
+    let pos = |f: &dyn Fn(&Action) -> bool| sent.iter().position(|s| f(&s.action));
+    let load = pos(&|a| matches!(a, Action::BpfLoad { .. })).expect("a load step");
+    assert_eq!(
+        sent.iter()
+            .filter(|s| matches!(s.action, Action::BpfLoad { .. }))
+            .count(),
+        1,
+        "the programs are loaded once per lab"
+    );
+    match &sent[load].action {
+        Action::BpfLoad { object, pin_dir: d } => {
+            assert_eq!(object, labctl_lb::OBJECT_PATH);
+            assert_eq!(d, &pin_dir);
+        }
+        _ => unreachable!(),
+    }
+    for pod in &lab.pods {
+        let ns = lab.netns(&pod.name);
+        let clsact = sent
+            .iter()
+            .position(|s| s.netns == ns && matches!(s.action, Action::Clsact { .. }))
+            .unwrap_or_else(|| panic!("no clsact in {ns}"));
+        let attaches: Vec<usize> = sent
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.netns == ns && matches!(s.action, Action::BpfAttach { .. }))
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(attaches.len(), 2, "egress and ingress in {ns}");
+        for i in attaches {
+            assert!(i > clsact && i > load, "{}", sent[i]);
+            let Action::BpfAttach {
+                ifname,
+                ifindex,
+                program,
+                pin,
+                ..
+            } = &sent[i].action
+            else {
+                unreachable!()
+            };
+            assert_eq!(ifname, &pod.ifname);
+            assert_eq!(pin, &format!("{pin_dir}/{program}"));
+            // The index the plan gave the pod's interface.
+            let addr = p
+                .steps
+                .iter()
+                .find_map(|s| match &s.action {
+                    Action::AddAddress {
+                        ifindex: x,
+                        address,
+                        ..
+                    } if s.netns == ns && *address == pod.address => Some(*x),
+                    _ => None,
+                })
+                .unwrap();
+            assert_eq!(*ifindex, addr);
+        }
+    }
+    let maps = pos(&|a| matches!(a, Action::BpfMaps { .. })).expect("a maps step");
+    assert!(maps > load);
+    let Action::BpfMaps { services, .. } = &sent[maps].action else {
+        unreachable!()
+    };
+    // Terway 1.2.0: the ClusterIP and, in-cluster, the SLB address, both
+    // to nginx's address and port, no pinned backend.
+    let frontends: Vec<String> = services.iter().map(|s| s.frontend().to_string()).collect();
+    assert_eq!(
+        frontends,
+        ["192.168.27.242:80/TCP", "47.243.139.183:80/TCP"]
+    );
+    assert!(
+        services
+            .iter()
+            .all(|s| s.backends == ["10.0.3.38:80".parse().unwrap()] && s.pinned.is_none())
+    );
+    // Before Terway 1.2.0 only the ClusterIP.
+    let old = plan(&terway(&[("terway", "1.1.0")]));
+    let n = old
+        .steps
+        .iter()
+        .find_map(|s| match &s.action {
+            Action::BpfMaps { services, .. } => Some(services.len()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+/// A scenario's overrides become one maps step for the executor, with the
+/// pinned backend; the script's lines for it are the maps' bytes.
+#[test]
+fn scenario_overrides_program_the_maps_as_a_step() {
+    let lab = terway(&[]);
+    let o = labctl::services::Overrides {
+        backend: Some("nginx-j7dqz".into()),
+        in_cluster_external: Some(false),
+        ..Default::default()
+    };
+    let step = labctl::plan::ebpf::map_step(&lab, &o, Phase::Changes).expect("an ebpf lab");
+    let Action::BpfMaps { services, .. } = &step.action else {
+        panic!("{step:?}")
+    };
+    assert_eq!(services.len(), 1);
+    assert_eq!(services[0].pinned, Some(0));
+    let text = step.to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].starts_with("bpftool map update pinned /run/labctl/bpf/labctl/terway/LB_BACKENDS key hex c0 a8 1b f2 00 50 06 00"), "{text}");
+    assert!(
+        lines[1].ends_with("value hex 01 00 00 00 00 00 00 00"),
+        "pinned to slot 0: {text}"
+    );
+    // A lab without `ebpf:` has no such step.
+    assert!(labctl::plan::ebpf::map_step(&flannel(), &o, Phase::Changes).is_none());
 }

@@ -143,6 +143,19 @@ pub enum Error {
         /// The limit.
         max: u32,
     },
+    /// A program could not be pinned, or its pin opened.
+    #[error("{action} {program} at {path}: {source}")]
+    Pin {
+        /// The program's name.
+        program: &'static str,
+        /// `pin` or `open the pinned`.
+        action: &'static str,
+        /// The pin.
+        path: PathBuf,
+        /// aya's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// Several teardown steps failed; all are reported.
     #[error("tear down: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Teardown(Vec<Error>),

@@ -29,6 +29,7 @@ mod maps;
 use std::{
     fmt,
     net::Ipv4Addr,
+    os::fd::{AsFd as _, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -42,10 +43,15 @@ use aya::{
 
 pub use bpffs::{DEFAULT_BPFFS, ensure_bpffs, is_bpffs, remove_pins, unmount_bpffs};
 pub use error::{Error, Result};
-pub use maps::{Direction, FlowEntry, LbEvent, LbMaps, ServiceEntry};
+pub use maps::{Direction, FlowEntry, LbEvent, LbMaps, MapUpdate, ServiceEntry, service_updates};
 
 /// The BPF object built by build.rs (empty when the toolchain was missing).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/labctl-lb"));
+
+/// Where build.rs left the object this build embeds (an empty file when it
+/// was not built): what `bpftool prog loadall` is given in the script
+/// `labctl plan -o script` writes, so the script loads the same programs.
+pub const OBJECT_PATH: &str = concat!(env!("OUT_DIR"), "/labctl-lb");
 
 /// Why build.rs did not build the object, or empty.
 const SKIP_REASON: &str = env!("LABCTL_LB_SKIP_REASON");
@@ -53,6 +59,11 @@ const SKIP_REASON: &str = env!("LABCTL_LB_SKIP_REASON");
 /// Whether this build carries the BPF object (see ebpf/setup.sh).
 pub fn programs_built() -> bool {
     !OBJECT.is_empty()
+}
+
+/// Why build.rs did not build the object (empty when it did).
+pub const fn skip_reason() -> &'static str {
+    SKIP_REASON
 }
 
 /// A transport protocol the load balancer translates.
@@ -146,6 +157,17 @@ impl Program {
         }
     }
 
+    /// Where [`Lb::pin_programs`] pins it: `pin_dir/NAME`, as `bpftool prog
+    /// loadall OBJ PIN_DIR` names its pins.
+    pub fn pin_path(self, pin_dir: &Path) -> PathBuf {
+        pin_dir.join(self.name())
+    }
+
+    /// The program of this name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
+    }
+
     const fn attach_type(self) -> TcAttachType {
         match self {
             Self::Egress => TcAttachType::Egress,
@@ -219,6 +241,37 @@ impl Lb {
         })
     }
 
+    /// Pins both programs as [`Program::pin_path`] in the pin directory,
+    /// replacing pins of an earlier load; like the program half of
+    /// `bpftool prog loadall OBJ PIN_DIR`. A pinned program stays loaded
+    /// after this process exits, so a later step (or `tc filter add ... bpf
+    /// da object-pinned PIN`) attaches it by path ([`pinned_program`]).
+    pub fn pin_programs(&mut self) -> Result<()> {
+        for program in Program::ALL {
+            let path = program.pin_path(&self.pin_dir);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(Error::Io {
+                        path,
+                        action: "remove",
+                        source,
+                    });
+                }
+            }
+            classifier(&mut self.ebpf, program)?
+                .pin(&path)
+                .map_err(|e| Error::Pin {
+                    program: program.name(),
+                    action: "pin",
+                    path: path.clone(),
+                    source: Box::new(e),
+                })?;
+        }
+        Ok(())
+    }
+
     /// Attaches `lb_egress` and `lb_ingress` to `ifname` with netlink tc,
     /// replacing filters of the same name left by an earlier attach; like
     /// `tc qdisc add dev IF clsact` and
@@ -289,6 +342,25 @@ impl Lb {
             frame: out,
         })
     }
+}
+
+/// A file descriptor of `program` pinned at `path` (`BPF_OBJ_GET`; see
+/// [`Lb::pin_programs`]), for a netlink tc filter's `TCA_BPF_FD`: what
+/// `tc filter add ... bpf da object-pinned PIN` sends. The filter holds its
+/// own reference, so the descriptor may be closed once it is attached.
+pub fn pinned_program(path: &Path, program: Program) -> Result<OwnedFd> {
+    let path = path.to_owned();
+    let pin_err = |source: Box<dyn std::error::Error + Send + Sync>| Error::Pin {
+        program: program.name(),
+        action: "open the pinned",
+        path: path.clone(),
+        source,
+    };
+    let prog = SchedClassifier::from_pin(&path).map_err(|e| pin_err(Box::new(e)))?;
+    let fd = prog.fd().map_err(|e| pin_err(Box::new(e)))?;
+    fd.as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| pin_err(Box::new(e)))
 }
 
 /// Removes the load balancer's tc filters from `ifname` (in the calling

@@ -164,6 +164,73 @@ fn endpoint(addr: SocketAddrV4) -> Endpoint {
     }
 }
 
+/// One map entry to write, as `bpftool map update pinned PIN key hex ..
+/// value hex ..` writes it: the bytes are the `repr(C)` structs of the
+/// common crate in the kernel's (native) layout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapUpdate {
+    /// The map's pin name (`LB_SERVICES`, `LB_BACKENDS`).
+    pub map: &'static str,
+    /// The key's bytes.
+    pub key: Vec<u8>,
+    /// The value's bytes.
+    pub value: Vec<u8>,
+}
+
+fn service_key_bytes(key: ServiceKey) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8);
+    out.extend(key.addr.to_ne_bytes());
+    out.extend(key.port.to_ne_bytes());
+    out.extend([key.proto, key.pad]);
+    out
+}
+
+/// The entries [`LbMaps::set_service`] writes for `service`, in its order
+/// (every backend slot, then the service with the count that exposes
+/// them), as bytes: what `labctl plan -o script` prints as `bpftool map
+/// update` lines. Slots above `backends.len()` left by a larger earlier
+/// set are not in it: `set_service` removes them, a fresh map has none.
+pub fn service_updates(
+    service: Service,
+    backends: &[SocketAddrV4],
+    pinned: Option<u32>,
+) -> Result<Vec<MapUpdate>> {
+    let count = u32::try_from(backends.len())
+        .ok()
+        .filter(|&n| n <= MAX_BACKENDS)
+        .ok_or_else(|| Error::TooManyBackends {
+            service: service.to_string(),
+            count: backends.len(),
+            max: MAX_BACKENDS,
+        })?;
+    let pinned = pin_slot(service, pinned, count)?;
+    let key = service.key();
+    let mut out = Vec::new();
+    for (index, backend) in (0u32..).zip(backends) {
+        let e = endpoint(*backend);
+        let mut k = service_key_bytes(key);
+        k.extend(index.to_ne_bytes());
+        let mut v = Vec::with_capacity(8);
+        v.extend(e.addr.to_ne_bytes());
+        v.extend(e.port.to_ne_bytes());
+        v.extend(e.pad.to_ne_bytes());
+        out.push(MapUpdate {
+            map: MAP_BACKENDS,
+            key: k,
+            value: v,
+        });
+    }
+    let mut v = Vec::with_capacity(8);
+    v.extend(count.to_ne_bytes());
+    v.extend(pinned.to_ne_bytes());
+    out.push(MapUpdate {
+        map: MAP_SERVICES,
+        key: service_key_bytes(key),
+        value: v,
+    });
+    Ok(out)
+}
+
 /// The load balancer's pinned maps, opened by path.
 pub struct LbMaps {
     pin_dir: PathBuf,
@@ -414,6 +481,32 @@ impl LbMaps {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn service_updates_are_the_structs_bytes() {
+        let svc = Service::new(Ipv4Addr::new(192, 168, 27, 242), 80, Proto::Tcp);
+        let backends = [
+            SocketAddrV4::new(Ipv4Addr::new(10, 0, 3, 38), 8080),
+            SocketAddrV4::new(Ipv4Addr::new(10, 0, 3, 39), 8080),
+        ];
+        let u = service_updates(svc, &backends, Some(1)).unwrap();
+        assert_eq!(u.len(), 3);
+        assert_eq!(u[0].map, MAP_BACKENDS);
+        assert_eq!(u[0].key.len(), size_of::<BackendKey>());
+        assert_eq!(u[0].value.len(), size_of::<Endpoint>());
+        // Address and port in network order, the slot index native.
+        assert_eq!(&u[1].key[..8], &[192, 168, 27, 242, 0, 80, 6, 0]);
+        assert_eq!(&u[1].key[8..], &1u32.to_ne_bytes());
+        assert_eq!(u[1].value, [10, 0, 3, 39, 0x1f, 0x90, 0, 0]);
+        assert_eq!(u[2].map, MAP_SERVICES);
+        assert_eq!(u[2].key.len(), size_of::<ServiceKey>());
+        assert_eq!(u[2].value.len(), size_of::<common::Service>());
+        assert_eq!(&u[2].value[..4], &2u32.to_ne_bytes());
+        assert_eq!(&u[2].value[4..], &1u32.to_ne_bytes());
+        let u = service_updates(svc, &backends, None).unwrap();
+        assert_eq!(&u[2].value[4..], &NO_PIN.to_ne_bytes());
+        assert!(service_updates(svc, &backends, Some(2)).is_err());
+    }
 
     fn flow() -> FlowEntry {
         FlowEntry {

@@ -100,14 +100,25 @@ impl From<EngineError> for Failure {
             EngineError::State(e) => return state_failure(e),
             e => e,
         };
-        let code = match &e {
-            EngineError::AlreadyUp { .. } | EngineError::NotUp(_) | EngineError::Conflict(_) => {
-                Exit::State
-            }
-            EngineError::NotRoot | EngineError::FileLimit { .. } => Exit::Environment,
-            _ => Exit::Failed,
-        };
+        let code = engine_exit(&e);
         Failure::new(code, e)
+    }
+}
+
+/// The exit code of an engine error (a state error's is [`state_failure`]'s).
+pub fn engine_exit(e: &EngineError) -> Exit {
+    match e {
+        EngineError::State(labctl::state::StateError::BadName(_)) => Exit::Usage,
+        EngineError::State(labctl::state::StateError::Busy { .. }) => Exit::State,
+        EngineError::AlreadyUp { .. } | EngineError::NotUp(_) | EngineError::Conflict(_) => {
+            Exit::State
+        }
+        // Missing kernel modules are the machine's, like a missing root.
+        EngineError::NotRoot | EngineError::FileLimit { .. } | EngineError::Modules(_) => {
+            Exit::Environment
+        }
+        EngineError::Ebpf(e) => show::lb_exit(e),
+        _ => Exit::Failed,
     }
 }
 

@@ -178,6 +178,7 @@ pub fn run(args: Args) -> Result {
         return exit(in_vm(vm)?);
     }
     let brought_up = if existing.is_none() {
+        engine::preflight(&lab)?;
         if let Some(kernel) = args.place.decide(&lab)? {
             let mut argv = vm_argv("up", &args.file, &args.vars, &lab.name);
             argv.insert(1, "-q".into());
@@ -279,7 +280,7 @@ fn run_all(
                 suite
                     .cases
                     .push(junit::Case::error(&sc.name, &e, started.elapsed()));
-                return Err(Failure::new(Exit::Failed, e));
+                return Err(Failure::new(scenario_exit(&e), e));
             }
         };
         let file = golden::file_for(&golden_dir, &sc.name);
@@ -535,5 +536,16 @@ impl Exchange {
 impl Drop for Exchange {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The exit code of a scenario that could not run: the engine's, where the
+/// engine said why (an unbuilt eBPF object is the environment's fault).
+fn scenario_exit(e: &scenario::ScenarioError) -> Exit {
+    match e {
+        scenario::ScenarioError::Engine(e) | scenario::ScenarioError::Program { source: e, .. } => {
+            super::engine_exit(e)
+        }
+        _ => Exit::Failed,
     }
 }

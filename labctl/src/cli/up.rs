@@ -47,6 +47,7 @@ pub fn run(args: Args) -> Result {
             .map_err(|e| Failure::new(Exit::Usage, format!("--name: {e}")))?;
         lab.name = name;
     }
+    engine::preflight(&lab)?;
     if let Some(kernel) = args.place.decide(&lab)? {
         let t = std::time::Instant::now();
         let mut argv = vm_argv("up", &args.file, &args.vars, &lab.name);

@@ -31,8 +31,9 @@ use labctl_topology::{Lab, ResultKind, Role, Scenario, SightProto, Sighting, Tra
 use serde::Serialize;
 
 use crate::capture::{self, Direction, Flow, Mac, Packet, Proto};
-use crate::engine::EngineError;
+use crate::engine::{self, EngineError};
 use crate::observe;
+use crate::services::Overrides;
 use crate::state::LabState;
 use crate::traffic::{self, Failure, Kind, Request};
 use crate::{conntrack, ipvs, lb, services};
@@ -52,6 +53,16 @@ pub enum ScenarioError {
     NoSender(String),
     #[error("scenario `{scenario}`: {message}")]
     Services { scenario: String, message: String },
+    #[error("scenario `{scenario}`: {source}")]
+    Overrides {
+        scenario: String,
+        source: services::OverrideError,
+    },
+    #[error("scenario `{scenario}`: program the services: {source}")]
+    Program {
+        scenario: String,
+        source: EngineError,
+    },
     #[error("scenario `{scenario}`: link changes: {source}")]
     Impair {
         scenario: String,
@@ -176,19 +187,25 @@ pub fn run(
         .map(|n| (n.entity.clone(), n.name.clone()))
         .collect();
     let overrides = services::Overrides::of(sc);
+    // Services and the eBPF load balancer's maps, programmed afresh with
+    // the scenario's changes and pins (remembered flows emptied), through
+    // the executor `up` uses.
+    let program_error = |source| ScenarioError::Program {
+        scenario: sc.name.clone(),
+        source,
+    };
     if with_services {
-        services::check_overrides(lab, &overrides).map_err(service_error)?;
-        services::apply_all(&services::steps(lab, &overrides)).map_err(service_error)?;
+        services::check_overrides(lab, &overrides).map_err(|source| ScenarioError::Overrides {
+            scenario: sc.name.clone(),
+            source,
+        })?;
+    }
+    engine::apply_steps(record, &program_steps(lab, &overrides)).map_err(program_error)?;
+    if with_services {
         for (_, ns) in &service_ns {
             conntrack::flush_in(ns)
                 .map_err(|e| service_error(format!("empty conntrack in {ns}: {e}")))?;
         }
-    }
-    // The eBPF load balancer, likewise programmed afresh (its remembered
-    // flows emptied) with the scenario's changes, pin and Terway setting.
-    if lab.ebpf.is_some() {
-        lb::program(lab, &overrides)
-            .map_err(|e| service_error(format!("program eBPF services: {e}")))?;
     }
 
     let entity_of: HashMap<&str, (&str, Role)> = record
@@ -444,16 +461,23 @@ pub fn run(
         write_pcapng(dir, &report, &packets, &entity_of)?;
     }
     // Leave the services as the topology says.
-    if lab.ebpf.is_some() && !overrides.is_empty() {
-        lb::program(lab, &services::Overrides::default())
-            .map_err(|e| service_error(format!("restore eBPF services: {e}")))?;
-    }
-    if with_services && !overrides.is_empty() {
-        services::apply_all(&services::steps(lab, &services::Overrides::default()))
-            .map_err(service_error)?;
+    if !overrides.is_empty() {
+        engine::apply_steps(record, &program_steps(lab, &Overrides::default()))
+            .map_err(program_error)?;
     }
     report.passed = report.checks.iter().all(|c| c.ok);
     Ok(report)
+}
+
+/// The steps that program the services and the eBPF maps under `o`.
+fn program_steps(lab: &Lab, o: &Overrides) -> Vec<crate::plan::Step> {
+    let mut steps = crate::plan::services::steps(lab, o);
+    steps.extend(crate::plan::ebpf::map_step(
+        lab,
+        o,
+        crate::plan::Phase::Changes,
+    ));
+    steps
 }
 
 fn request(sc: &Scenario) -> Request {

@@ -1,0 +1,64 @@
+//! The kernel side of [`Action::Nftables`]: `ip netns exec NETNS nft -f -`
+//! with the step's script on standard input. nft is a child forked by a
+//! thread of our own inside the namespace, so it starts there.
+//!
+//! [`Action::Nftables`]: crate::plan::Action::Nftables
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+
+use super::KernelError;
+
+/// Why `nft -f -` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    #[error("nft not found: install the nftables package (./lab does)")]
+    NotFound,
+    #[error("enter namespace {netns}: {source}")]
+    Netns {
+        netns: String,
+        source: std::io::Error,
+    },
+    #[error("run nft: {0}")]
+    Run(std::io::Error),
+    #[error("nft -f: {0}")]
+    Refused(String),
+}
+
+/// Run `ruleset` with `nft -f -` inside the named lab namespace. Blocking:
+/// run it on a thread of our own, never a runtime thread. `what` names
+/// the step in errors.
+pub fn apply(netns: &str, ruleset: &str, what: &str) -> Result<(), KernelError> {
+    crate::sys::in_netns(netns, || nft(ruleset))
+        .map_err(|source| NftError::Netns {
+            netns: netns.to_string(),
+            source,
+        })
+        .and_then(|r| r)
+        .map_err(|e| KernelError::new(what, e))
+}
+
+/// `nft -f -` with `ruleset` on its standard input.
+fn nft(ruleset: &str) -> Result<(), NftError> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => NftError::NotFound,
+            _ => NftError::Run(e),
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(ruleset.as_bytes()).map_err(NftError::Run)?;
+    }
+    let out = child.wait_with_output().map_err(NftError::Run)?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(NftError::Refused(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ))
+    }
+}

@@ -1,0 +1,122 @@
+//! Kubernetes services as plan steps: per node the steps of the service
+//! proxy ([`ServiceProxy`], kube-proxy's IPVS mode), the SLB's IPVS table
+//! in the VPC, and the sysctls they need. The tables themselves are
+//! computed in [`crate::services`]; these steps carry them to the executor
+//! for `up` and for a scenario's re-programming alike.
+
+use std::net::Ipv4Addr;
+
+use labctl_topology::{Lab, Node, Service};
+
+use super::{Action, Phase, Step};
+use crate::services::{Overrides, effective, node_ruleset, node_table, slb_table};
+
+/// A service proxy mode: what it programs in one node.
+pub trait ServiceProxy {
+    /// The steps that replace the node's service programming.
+    fn node_steps(
+        &self,
+        lab: &Lab,
+        services: &[Service],
+        node: &Node,
+        pin: Option<Ipv4Addr>,
+    ) -> Vec<Step>;
+}
+
+/// kube-proxy `--proxy-mode=ipvs`; see the module doc.
+pub struct KubeProxyIpvs;
+
+impl ServiceProxy for KubeProxyIpvs {
+    fn node_steps(
+        &self,
+        lab: &Lab,
+        services: &[Service],
+        node: &Node,
+        pin: Option<Ipv4Addr>,
+    ) -> Vec<Step> {
+        let netns = lab.netns(&node.name);
+        vec![
+            Step {
+                phase: Phase::Services,
+                netns: netns.clone(),
+                action: Action::IpvsTable {
+                    services: node_table(lab, services, node, pin),
+                },
+            },
+            Step {
+                phase: Phase::Services,
+                netns,
+                action: Action::Nftables {
+                    ruleset: node_ruleset(lab, services),
+                },
+            },
+        ]
+    }
+}
+
+/// Every step that (re)programs the lab's services under `overrides`: per
+/// node the proxy's steps, and the SLB in the VPC.
+pub fn steps(lab: &Lab, overrides: &Overrides) -> Vec<Step> {
+    if lab.services.is_empty() {
+        return Vec::new();
+    }
+    let services = effective(lab, &overrides.changes);
+    let pin = overrides
+        .backend
+        .as_deref()
+        .and_then(|p| lab.pod(p))
+        .map(|p| p.address.addr());
+    let proxy = KubeProxyIpvs;
+    let mut out: Vec<Step> = lab
+        .nodes
+        .iter()
+        .flat_map(|n| proxy.node_steps(lab, &services, n, pin))
+        .collect();
+    if services.iter().any(|s| s.load_balancer_ip.is_some()) {
+        out.push(Step {
+            phase: Phase::Services,
+            netns: lab.netns("vpc"),
+            action: Action::IpvsTable {
+                services: slb_table(
+                    lab,
+                    &services,
+                    overrides.via_node.as_deref(),
+                    overrides.backend.as_deref(),
+                ),
+            },
+        });
+    }
+    out
+}
+
+/// The sysctls kube-proxy sets on a node (and the VPC's bridges kept plain
+/// switches), written after the services exist: the `net.ipv4.vs` and
+/// `net.bridge` keys appear with their modules.
+pub fn sysctl_steps(lab: &Lab) -> Vec<Step> {
+    if lab.services.is_empty() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut push = |netns: String, key: &str, value: &str| {
+        out.push(Step {
+            phase: Phase::Sysctls,
+            netns,
+            action: Action::Sysctl {
+                key: key.into(),
+                value: value.into(),
+            },
+        })
+    };
+    for n in &lab.nodes {
+        push(lab.netns(&n.name), "net.ipv4.vs.conntrack", "1");
+        push(
+            lab.netns(&n.name),
+            "net.bridge.bridge-nf-call-iptables",
+            "1",
+        );
+    }
+    if lab.vpc.is_some() {
+        push(lab.netns("vpc"), "net.bridge.bridge-nf-call-iptables", "0");
+    }
+    out
+}
