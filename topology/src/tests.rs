@@ -2479,3 +2479,23 @@ fn a_host_global_sysctl_is_refused() {
     let e = kinds_errors("{in: h, key: net.ipv4", "{in: q, key: net.ipv4");
     assert!(e[0].contains("unknown namespace `q`"), "{e:#?}");
 }
+
+#[test]
+fn a_bare_namespace_serves_ports_like_a_pod() {
+    let lab = load_str(
+        "t.yaml",
+        &KINDS.replace(
+            "  - name: h\n",
+            "  - name: h\n    ports: [80, {port: 53, protocol: udp}]\n",
+        ),
+        &vars(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(lab.objects.namespaces[0].ports.len(), 2);
+    let e = kinds_errors("  - name: h\n", "  - name: h\n    ports: [80, 80]\n");
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].starts_with("t.yaml:4:17: namespace h lists port 80/tcp twice"),
+        "{e:#?}"
+    );
+}

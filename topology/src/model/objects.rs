@@ -59,6 +59,8 @@ impl Objects {
 pub struct Namespace {
     pub name: String,
     pub role: NsRole,
+    /// What the built-in server answers on in it, like a pod's ports.
+    pub ports: Vec<super::Port>,
 }
 
 /// What a bare namespace stands for in reports.

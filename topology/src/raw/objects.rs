@@ -31,6 +31,11 @@ pub struct RawNamespace {
     /// What it stands for in reports (default `host`).
     #[serde(default)]
     pub role: Option<RawNsRole>,
+    /// Ports it serves while the lab is up, like a pod's: `80` (tcp) or
+    /// `{port: 53, protocol: udp}`.
+    #[serde(default)]
+    #[schemars(with = "Vec<super::RawPort>")]
+    pub ports: Vec<Spanned<super::RawPort>>,
 }
 
 /// What a bare namespace stands for.

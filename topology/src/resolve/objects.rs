@@ -79,7 +79,11 @@ impl Resolver<'_> {
     pub(super) fn objects(&mut self, raw: &RawTopology, lab: &Lab) -> Objects {
         let mut out = Objects::default();
         for n in &raw.namespaces {
+            let ports = self
+                .served_ports(&format!("namespace {}", n.name.value), &n.ports)
+                .unwrap_or_default();
             out.namespaces.push(Namespace {
+                ports,
                 name: n.name.value.clone(),
                 role: match n.role.unwrap_or(RawNsRole::Host) {
                     RawNsRole::Host => NsRole::Host,
