@@ -13,8 +13,10 @@ use std::fmt;
 use std::io;
 
 use labctl_topology::{Attachment, Lab};
-use netlink_packet_route::link::IpVlanMode;
-use rtnetlink::{LinkBridge, LinkDummy, LinkIpVlan, LinkVeth, LinkVxlan};
+use netlink_packet_route::link::{IpVlanMode, MacVlanMode};
+use rtnetlink::{
+    LinkBond, LinkBridge, LinkDummy, LinkIpVlan, LinkMacVlan, LinkVeth, LinkVlan, LinkVxlan,
+};
 use serde::Serialize;
 
 use crate::sys;
@@ -41,10 +43,18 @@ pub enum Feature {
     /// The netem qdisc (CONFIG_NET_SCH_NETEM), for scenarios' link
     /// impairments.
     Netem,
+    /// 802.1Q VLAN devices (CONFIG_VLAN_8021Q).
+    Vlan,
+    /// Bonds (CONFIG_BONDING).
+    Bond,
+    /// macvlan devices (CONFIG_MACVLAN).
+    Macvlan,
+    /// Bridges that forward by VLAN (CONFIG_BRIDGE_VLAN_FILTERING).
+    BridgeVlanFiltering,
 }
 
 impl Feature {
-    pub const ALL: [Feature; 8] = [
+    pub const ALL: [Feature; 12] = [
         Feature::Veth,
         Feature::Bridge,
         Feature::Vxlan,
@@ -53,6 +63,10 @@ impl Feature {
         Feature::Ipvs,
         Feature::BrNetfilter,
         Feature::Netem,
+        Feature::Vlan,
+        Feature::Bond,
+        Feature::Macvlan,
+        Feature::BridgeVlanFiltering,
     ];
 
     /// The kernel config option and module that provide it.
@@ -66,6 +80,10 @@ impl Feature {
             Feature::Ipvs => ("CONFIG_IP_VS", "ip_vs"),
             Feature::BrNetfilter => ("CONFIG_BRIDGE_NETFILTER", "br_netfilter"),
             Feature::Netem => ("CONFIG_NET_SCH_NETEM", "sch_netem"),
+            Feature::Vlan => ("CONFIG_VLAN_8021Q", "8021q"),
+            Feature::Bond => ("CONFIG_BONDING", "bonding"),
+            Feature::Macvlan => ("CONFIG_MACVLAN", "macvlan"),
+            Feature::BridgeVlanFiltering => ("CONFIG_BRIDGE_VLAN_FILTERING", "bridge"),
         }
     }
 }
@@ -81,6 +99,10 @@ impl fmt::Display for Feature {
             Feature::Ipvs => "ipvs",
             Feature::BrNetfilter => "br_netfilter",
             Feature::Netem => "netem",
+            Feature::Vlan => "vlan",
+            Feature::Bond => "bond",
+            Feature::Macvlan => "macvlan",
+            Feature::BridgeVlanFiltering => "bridge-vlan-filtering",
         })
     }
 }
@@ -93,13 +115,18 @@ pub fn required(lab: &Lab) -> BTreeSet<Feature> {
             need.insert(Feature::Ipvlan);
         }
     }
-    if lab
-        .objects
-        .links
-        .iter()
-        .any(|l| matches!(l.kind, labctl_topology::LinkKind::Vxlan(_)))
-    {
-        need.insert(Feature::Vxlan);
+    for link in &lab.objects.links {
+        use labctl_topology::LinkKind;
+        match &link.kind {
+            LinkKind::Vxlan(_) => need.insert(Feature::Vxlan),
+            LinkKind::Vlan(_) => need.insert(Feature::Vlan),
+            LinkKind::Bond(_) => need.insert(Feature::Bond),
+            LinkKind::Dummy => need.insert(Feature::Dummy),
+            LinkKind::Macvlan(_) => need.insert(Feature::Macvlan),
+            LinkKind::Ipvlan(_) => need.insert(Feature::Ipvlan),
+            LinkKind::Bridge(b) if b.vlan_filtering => need.insert(Feature::BridgeVlanFiltering),
+            LinkKind::Veth { .. } | LinkKind::Bridge(_) => false,
+        };
     }
     if !lab.services.is_empty() {
         need.insert(Feature::Dummy);
@@ -181,6 +208,30 @@ fn probe_on_this_thread(list: &[Feature]) -> io::Result<Vec<Probe>> {
                         .execute()
                         .await;
                     Some(LinkIpVlan::new(&name, 100, IpVlanMode::L2).build())
+                }
+                Feature::Bond => Some(LinkBond::new(&name).build()),
+                Feature::BridgeVlanFiltering => {
+                    Some(LinkBridge::new(&name).vlan_filtering(true).build())
+                }
+                // A vlan or macvlan needs a parent: a veth end of the
+                // scratch namespace, as for ipvlan.
+                Feature::Vlan | Feature::Macvlan => {
+                    let parent = format!("{name}v");
+                    let index = 102 + i as u32;
+                    let _ = handle
+                        .link()
+                        .add(
+                            LinkVeth::new(&parent, &format!("{parent}p"))
+                                .index(index)
+                                .build(),
+                        )
+                        .execute()
+                        .await;
+                    Some(if *f == Feature::Vlan {
+                        LinkVlan::new(&name, index, 42).build()
+                    } else {
+                        LinkMacVlan::new(&name, index, MacVlanMode::Bridge).build()
+                    })
                 }
                 // A netem qdisc on a veth of the scratch namespace (never
                 // a host interface); the kernel loads sch_netem on demand.

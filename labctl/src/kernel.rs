@@ -32,10 +32,15 @@ use rtnetlink::{
 use crate::plan::{Action, NsSpec, Step};
 use crate::sys;
 
+pub mod bond;
+pub mod bridge;
 pub mod ebpf;
 pub mod ipvs;
+pub mod macvlan;
 pub mod nft;
 mod objects;
+pub mod route;
+pub mod vlan;
 
 /// A kernel action that failed, with its iproute2 equivalent.
 #[derive(Debug, thiserror::Error)]
@@ -375,6 +380,14 @@ impl Kernel for Netlink {
             | Action::DelLink { .. }
             | Action::DelNeighbour { .. }
             | Action::DelFdb { .. } => self.run_object(step).await,
+            Action::AddVlan(a) => a.apply(self, step).await,
+            Action::AddBond(a) => a.apply(self, step).await,
+            Action::Enslave(a) => a.apply(self, step).await,
+            Action::AddOffParent(a) => a.apply(self, step).await,
+            Action::AddVlanBridge(a) => a.apply(self, step).await,
+            Action::SetPort(a) => a.apply(self, step).await,
+            Action::BridgeVlan(a) => a.apply(self, step).await,
+            Action::AddNsRoute(a) => a.apply(self, step).await,
             Action::LoopbackUp => {
                 let msg = LinkUnspec::new_with_index(1).up().build();
                 self.link_set(step, msg).await

@@ -302,6 +302,24 @@ pub enum Action {
         pin_dir: String,
         services: Vec<crate::lb::BpfService>,
     },
+    /// An 802.1Q sub-interface ([`crate::kernel::vlan`]).
+    AddVlan(crate::kernel::vlan::AddVlan),
+    /// A bond ([`crate::kernel::bond`]).
+    AddBond(crate::kernel::bond::AddBond),
+    /// A slave joins its bond, down while it does ([`crate::kernel::bond`]).
+    Enslave(crate::kernel::bond::Enslave),
+    /// A macvlan, or an ipvlan of the low-level layer, made off its parent
+    /// ([`crate::kernel::macvlan`]).
+    AddOffParent(crate::kernel::macvlan::AddOffParent),
+    /// A VLAN-filtering bridge ([`crate::kernel::bridge`]).
+    AddVlanBridge(crate::kernel::bridge::AddVlanBridge),
+    /// A bridge port's flags ([`crate::kernel::bridge`]).
+    SetPort(crate::kernel::bridge::SetPort),
+    /// A VLAN of a bridge port or bridge ([`crate::kernel::bridge`]).
+    BridgeVlan(crate::kernel::bridge::AddBridgeVlan),
+    /// A route with a table, metric, scope, onlink or several next hops
+    /// ([`crate::kernel::route`]).
+    AddNsRoute(crate::kernel::route::AddNsRoute),
 }
 
 /// An interface of the namespace the action runs in, by name and index.
@@ -739,6 +757,14 @@ impl fmt::Display for Step {
                 ifname, hook, pin, ..
             } => ebpf::fmt_attach(f, &self.netns, ifname, *hook, pin),
             Action::BpfMaps { pin_dir, services } => ebpf::fmt_maps(f, pin_dir, services),
+            Action::AddVlan(a) => a.command(&ns, f),
+            Action::AddBond(a) => a.command(&ns, f),
+            Action::Enslave(a) => a.command(&ns, f),
+            Action::AddOffParent(a) => a.command(&ns, f),
+            Action::AddVlanBridge(a) => a.command(&ns, f),
+            Action::SetPort(a) => a.command(&ns, f),
+            Action::BridgeVlan(a) => a.command(&ns, f),
+            Action::AddNsRoute(a) => a.command(&ns, f),
         }
     }
 }
@@ -812,6 +838,18 @@ impl Interfaces {
                     ifname, ifindex, ..
                 } => {
                     index.insert((ns, ifname.clone()), *ifindex);
+                }
+                Action::AddVlan(a) => {
+                    index.insert((ns, a.name.clone()), a.ifindex);
+                }
+                Action::AddBond(a) => {
+                    index.insert((ns, a.name.clone()), a.ifindex);
+                }
+                Action::AddVlanBridge(a) => {
+                    index.insert((ns, a.name.clone()), a.ifindex);
+                }
+                Action::AddOffParent(a) if a.netns.is_none() => {
+                    index.insert((ns, a.name.clone()), a.ifindex);
                 }
                 _ => {}
             }

@@ -34,13 +34,14 @@ pub use crate::state::Served;
 
 /// What a lab serves: one entry per pod that declares ports, in pod order.
 pub fn specs(lab: &Lab, namespaces: &[NsSpec]) -> Vec<Served> {
-    lab.pods
-        .iter()
-        .filter(|pod| !pod.ports.is_empty())
-        .filter_map(|pod| {
-            let ns = namespaces.iter().find(|n| n.entity == pod.name)?;
-            let mut ports: Vec<(u16, Proto)> = pod
-                .ports
+    // Pods and the low-level layer's bare namespaces serve alike.
+    let pods = lab.pods.iter().map(|p| (&p.name, &p.ports));
+    let bare = lab.objects.namespaces.iter().map(|n| (&n.name, &n.ports));
+    pods.chain(bare)
+        .filter(|(_, ports)| !ports.is_empty())
+        .filter_map(|(name, served)| {
+            let ns = namespaces.iter().find(|n| &n.entity == name)?;
+            let mut ports: Vec<(u16, Proto)> = served
                 .iter()
                 .map(|p| {
                     let proto = match p.protocol {

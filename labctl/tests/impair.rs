@@ -76,10 +76,23 @@ fn lab_state(name: &str) -> Result<String, Failed> {
             "-c",
             "ip -o link; ip -o addr; ip route; ip neigh show nud permanent; tc qdisc show",
         ]))?;
-        out.push_str(&format!(
-            "## {entity}\n{}",
-            String::from_utf8_lossy(&o.stdout)
-        ));
+        // The operational state word (`state UNKNOWN`, `state UP`) is
+        // left out: a bridge's goes from UNKNOWN to UP when the kernel's
+        // link watcher gets to it, up to a second after `up`. The flags
+        // (UP, LOWER_UP, NO-CARRIER) stay.
+        let text = String::from_utf8_lossy(&o.stdout);
+        let text: Vec<String> = text
+            .lines()
+            .map(|l| match l.find(" state ") {
+                Some(i) => {
+                    let rest = &l[i + " state ".len()..];
+                    let end = rest.find(' ').unwrap_or(rest.len());
+                    format!("{}{}", &l[..i], &rest[end..])
+                }
+                None => l.to_string(),
+            })
+            .collect();
+        out.push_str(&format!("## {entity}\n{}\n", text.join("\n")));
     }
     Ok(out)
 }

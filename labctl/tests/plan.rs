@@ -336,3 +336,58 @@ fn scenario_overrides_program_the_maps_as_a_step() {
     // A lab without `ebpf:` has no such step.
     assert!(labctl::plan::ebpf::map_step(&flannel(), &o, Phase::Changes).is_none());
 }
+
+fn bond_vlan() -> labctl::Lab {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../topologies/bond-vlan.yaml");
+    labctl_topology::load(&path, &BTreeMap::new()).expect("bond-vlan.yaml loads")
+}
+
+/// The bond-vlan lab needs what this host's kernel lacks (so it goes to
+/// the VM), and its plan orders what the kernel requires: a slave joins
+/// its bond after both exist and before it is brought up again, a port's
+/// vlans come after it joined the bridge, a vlan after its parent bond.
+#[test]
+fn bond_vlan_plan_is_ordered_as_the_kernel_requires() {
+    use labctl::features::{Feature, required};
+    let lab = bond_vlan();
+    let need = required(&lab);
+    for f in [Feature::Bond, Feature::Vlan, Feature::BridgeVlanFiltering] {
+        assert!(need.contains(&f), "{f}: {need:?}");
+    }
+    assert!(!need.contains(&Feature::Vxlan));
+    let p = plan(&lab);
+    let phase_of = |pred: &dyn Fn(&Action) -> bool| {
+        let s = p.steps.iter().find(|s| pred(&s.action));
+        s.unwrap_or_else(|| panic!("no such step in {:#?}", p.steps))
+            .phase
+    };
+    let bond = phase_of(&|a| matches!(a, Action::AddBond(_)));
+    let veth = phase_of(&|a| matches!(a, Action::AddVeth { name, .. } if name == "eth1"));
+    let enslave = phase_of(&|a| matches!(a, Action::Enslave(e) if e.ifname == "eth1"));
+    let vlan = phase_of(&|a| matches!(a, Action::AddVlan(v) if v.id == 200));
+    let master = phase_of(&|a| matches!(a, Action::SetMaster { ifname, .. } if ifname == "swp3"));
+    let port_vlan = phase_of(&|a| matches!(a, Action::BridgeVlan(v) if v.ifname == "swp3"));
+    assert!(
+        bond < veth && veth < enslave,
+        "{bond:?} {veth:?} {enslave:?}"
+    );
+    assert!(bond < vlan);
+    assert!(master < port_vlan);
+    // A slave is never made with its bond as controller (it would be up).
+    assert!(!p.steps.iter().any(|s| matches!(
+        &s.action,
+        Action::AddVeth { controller: Some(c), .. } if c.name == "bond0"
+    )));
+    let script = p.to_script();
+    for line in [
+        "ip -n bond-vlan-server link add bond0 index 2 address 02:00:00:00:00:10 type bond mode active-backup miimon 100",
+        "ip -n bond-vlan-server link set eth0 down && ip -n bond-vlan-server link set eth0 master bond0 && ip -n bond-vlan-server link set eth0 up",
+        "ip -n bond-vlan-server link add link bond0 name bond0.100 index 5 type vlan id 100",
+        "type bridge mcast_snooping 0 vlan_filtering 1 vlan_default_pvid 0",
+        "bridge -n bond-vlan-tor vlan add vid 100 dev swp3 pvid untagged",
+        "ip -n bond-vlan-b route add default via 10.200.0.1 proto static",
+        "ip netns exec bond-vlan-server sysctl -qw net.ipv4.ip_forward=1",
+    ] {
+        assert!(script.contains(line), "no `{line}` in\n{script}");
+    }
+}

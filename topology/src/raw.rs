@@ -61,7 +61,8 @@ pub struct RawTopology {
     #[serde(default)]
     pub namespaces: Vec<RawNamespace>,
     /// Links of any kind in any namespace (`- veth: {...}`, `- vxlan:
-    /// {...}`, `- bridge: {...}`).
+    /// {...}`, `- bridge: {...}`, `- vlan`, `- bond`, `- dummy`, `-
+    /// macvlan`, `- ipvlan`).
     #[serde(default)]
     pub links: Vec<RawLink>,
     /// Addresses on any link; the same address may be in two namespaces.
@@ -79,6 +80,9 @@ pub struct RawTopology {
     /// Match-all tc filters with mirred redirect or mirror.
     #[serde(default)]
     pub tc: Vec<RawTc>,
+    /// Sysctls of any namespace, kept per network namespace by the kernel.
+    #[serde(default)]
+    pub sysctls: Vec<RawNsSysctl>,
 }
 
 /// The eBPF service load balancer's settings.

@@ -1117,9 +1117,14 @@ impl Resolver<'_> {
     }
 
     fn ports(&mut self, raw: &RawPod) -> Option<Vec<Port>> {
+        self.served_ports(&format!("pod {}", raw.name.value), &raw.ports)
+    }
+
+    /// The ports a pod or bare namespace serves; `who` names it.
+    fn served_ports(&mut self, who: &str, list: &[Spanned<RawPort>]) -> Option<Vec<Port>> {
         let mut ports = Vec::new();
         let mut ok = true;
-        for p in &raw.ports {
+        for p in list {
             let protocol = match p.value.protocol {
                 RawProtocol::Tcp => Protocol::Tcp,
                 RawProtocol::Udp => Protocol::Udp,
@@ -1144,10 +1149,7 @@ impl Resolver<'_> {
             } else if ports.contains(&port) {
                 self.err(
                     &p.referenced,
-                    format!(
-                        "pod {} lists port {}/{proto} twice",
-                        raw.name.value, port.port
-                    ),
+                    format!("{who} lists port {}/{proto} twice", port.port),
                     "duplicate port",
                     None,
                 );

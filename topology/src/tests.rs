@@ -200,7 +200,7 @@ fn unknown_top_level_key() {
         e,
         "t.yaml:2:1: unknown key `servicez`, expected one of: name, vpc, nodes, pods, clients, \
          services, scenarios, ebpf, \
-         namespaces, links, addresses, routes, neighbours, fdb, tc"
+         namespaces, links, addresses, routes, neighbours, fdb, tc, sysctls"
     );
 }
 
@@ -2031,14 +2031,15 @@ fn nodes_without_a_vpc_are_refused() {
 fn an_unknown_link_kind_lists_the_kinds() {
     let e = low_errors(
         "  - bridge: {name: br0, in: b}",
-        "  - bond: {name: br0, in: b}",
+        "  - tap: {name: br0, in: b}",
     );
     assert_eq!(e.len(), 1, "{e:#?}");
     assert!(e[0].starts_with("t.yaml:8:5: "), "{e:#?}");
-    assert!(
-        e[0].contains("veth") && e[0].contains("bridge") && e[0].contains("vxlan"),
-        "{e:#?}"
-    );
+    for kind in [
+        "veth", "bridge", "vxlan", "vlan", "bond", "dummy", "macvlan", "ipvlan",
+    ] {
+        assert!(e[0].contains(kind), "{kind}: {e:#?}");
+    }
 }
 
 #[test]
@@ -2088,16 +2089,16 @@ fn a_port_of_a_missing_bridge_is_located() {
     let e = low_errors("master: br0}", "master: br9}");
     assert_eq!(e.len(), 1, "{e:#?}");
     assert!(
-        e[0].starts_with("t.yaml:7:63: no bridge `br9` in namespace b"),
+        e[0].starts_with("t.yaml:7:63: no bridge or bond `br9` in namespace b"),
         "{e:#?}"
     );
     assert!(e[0].contains("did you mean `br0`?"), "{e:#?}");
     // A master that exists and is no bridge.
     let e = low_errors("{name: br0, in: b}", "{name: br1, in: b}");
-    assert!(e[0].contains("no bridge `br0`"), "{e:#?}");
+    assert!(e[0].contains("no bridge or bond `br0`"), "{e:#?}");
     let e = low_errors("master: br0}", "master: lo}");
     assert!(
-        e[0].contains("master `lo` in namespace b is not a bridge"),
+        e[0].contains("master `lo` in namespace b is not a bridge or a bond"),
         "{e:#?}"
     );
 }
@@ -2516,5 +2517,289 @@ fn zero_devices_is_refused() {
     assert!(
         errs[0].starts_with("t.yaml:26:16: a request crosses at least one device"),
         "{errs:#?}"
+    );
+}
+
+// ---- the layer's other link kinds, bridge vlans, routes and sysctls ------
+
+/// A host with a bond of two veths and a vlan on it, a switch with a
+/// vlan-filtering bridge, and one of each other kind. Every error test
+/// below breaks one line of it.
+const KINDS: &str = "\
+name: kinds
+namespaces:
+  - name: h
+  - name: s
+    role: switch
+links:
+  - veth: {name: eth0, in: h, master: bond0, peer: {name: p0, in: s, master: br0, port: {vlans: [{id: 100}, {id: 200}]}}}
+  - veth: {name: eth1, in: h, master: bond0, peer: {name: p1, in: s, master: br0, port: {learning: false, vlans: [{id: 100, pvid: true, untagged: true}]}}}
+  - bond: {name: bond0, in: h, mode: active-backup, miimon: 100}
+  - vlan: {name: bond0.100, in: h, parent: bond0, id: 100}
+  - bridge: {name: br0, in: s, vlan_filtering: true, vlan_default_pvid: 0, vlans: [{id: 100}]}
+  - dummy: {name: d0, in: h, state: down, mac: 02:00:00:00:00:d0}
+  - dummy: {name: d1, in: h}
+  - macvlan: {name: mv0, in: s, parent: d0, parent_in: h, mode: private}
+  - ipvlan: {name: iv0, in: s, parent: d1, parent_in: h, mode: l3}
+addresses:
+  - {in: h, dev: bond0.100, address: 10.0.100.1/24}
+routes:
+  - {in: h, to: 10.9.0.0/16, via: 10.0.100.254}
+  - {in: h, to: 10.8.0.0/16, metric: 10, table: 100, nexthops: [{via: 10.0.100.253, dev: bond0.100}, {via: 10.0.100.254, dev: bond0.100, weight: 3}]}
+  - {in: h, to: 10.7.0.0/16, dev: d1, scope: link}
+sysctls:
+  - {in: h, key: net.ipv4.conf.all.rp_filter, value: 0}
+  - {in: s, key: net/ipv4/conf/bond0.100/arp_ignore, value: \"1\"}
+";
+
+fn kinds_errors(from: &str, to: &str) -> Vec<String> {
+    let source = KINDS.replacen(from, to, 1);
+    assert_ne!(source, KINDS, "`{from}` is not in KINDS");
+    match load_str("t.yaml", &source, &vars()) {
+        Ok(_) => Vec::new(),
+        Err(e) => e
+            .problems()
+            .iter()
+            .map(|p| format!("{p} [help: {}]", p.help.clone().unwrap_or_default()))
+            .collect(),
+    }
+}
+
+#[test]
+fn every_link_kind_resolves_with_its_options() {
+    let lab = load_str("t.yaml", KINDS, &vars()).unwrap_or_else(|e| panic!("{e}"));
+    let o = &lab.objects;
+    let kinds: Vec<&str> = o.links.iter().map(|l| l.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "veth", "veth", "bond", "vlan", "bridge", "dummy", "dummy", "macvlan", "ipvlan"
+        ]
+    );
+    // A slave's master is the bond; the peers are ports of the bridge.
+    assert_eq!(o.links[0].master.as_deref(), Some("bond0"));
+    let LinkKind::Veth { peer } = &o.links[1].kind else {
+        panic!("{:?}", o.links[1])
+    };
+    let port = peer.port.as_ref().unwrap();
+    assert_eq!(port.learning, Some(false));
+    assert_eq!(
+        port.vlans,
+        [BridgeVlan {
+            id: 100,
+            pvid: true,
+            untagged: true
+        }]
+    );
+    let LinkKind::Bond(b) = &o.links[2].kind else {
+        panic!()
+    };
+    assert_eq!((b.mode, b.miimon), (BondMode::ActiveBackup, Some(100)));
+    assert_eq!(
+        o.links[3].kind,
+        LinkKind::Vlan(Vlan {
+            parent: "bond0".into(),
+            id: 100
+        })
+    );
+    let LinkKind::Bridge(br) = &o.links[4].kind else {
+        panic!()
+    };
+    assert!(br.vlan_filtering);
+    assert_eq!(br.vlan_default_pvid, Some(0));
+    assert_eq!(br.vlans.len(), 1);
+    assert!(!o.links[5].up && o.links[6].up);
+    // Made in its parent's namespace, living in `in`.
+    assert_eq!(
+        (o.links[7].made_in(), o.links[7].netns.as_str()),
+        ("h", "s")
+    );
+    let LinkKind::Ipvlan(i) = &o.links[8].kind else {
+        panic!()
+    };
+    assert_eq!(i.mode, IpvlanMode::L3);
+    // Routes: a gateway only; ECMP in table 100; a scoped device route.
+    assert!(o.routes[0].dev.is_none() && !o.routes[0].is_plain());
+    assert_eq!(o.routes[1].nexthops.len(), 2);
+    assert_eq!(o.routes[1].nexthops[0].weight, 1);
+    assert_eq!(o.routes[1].nexthops[1].weight, 3);
+    assert_eq!(
+        (o.routes[1].table, o.routes[1].metric),
+        (Some(100), Some(10))
+    );
+    assert_eq!(o.routes[2].scope, Some(RouteScope::Link));
+    assert_eq!(o.sysctls.len(), 2);
+    assert_eq!(o.sysctls[0].value, "0");
+    assert_eq!(
+        lab.interfaces_of("s").unwrap(),
+        ["p0", "p1", "br0", "mv0", "iv0"]
+    );
+}
+
+#[test]
+fn a_new_kind_in_an_unknown_namespace_is_located() {
+    let e = kinds_errors("{name: bond0.100, in: h,", "{name: bond0.100, in: x,");
+    // The address and next hops on it, too: bond0.100 is no device of h.
+    assert_eq!(e.len(), 4, "{e:#?}");
+    assert!(
+        e[0].starts_with("t.yaml:10:33: unknown namespace `x`"),
+        "{e:#?}"
+    );
+    assert!(e[1].contains("device `bond0.100`"), "{e:#?}");
+    let e = kinds_errors("parent: d0, parent_in: h,", "parent: d0, parent_in: hh,");
+    assert!(e[0].contains("unknown namespace `hh`"), "{e:#?}");
+    assert!(e[0].contains("did you mean `h`?"), "{e:#?}");
+}
+
+#[test]
+fn a_slave_of_a_missing_bond_is_located() {
+    let e = kinds_errors("in: h, master: bond0,", "in: h, master: bond9,");
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].starts_with("t.yaml:7:39: no bridge or bond `bond9` in namespace h"),
+        "{e:#?}"
+    );
+    assert!(e[0].contains("did you mean `bond0`?"), "{e:#?}");
+    // A bond's slave is no bridge port: no fdb `master` entry, no port
+    // options.
+    let e = kinds_errors(
+        "{name: eth0, in: h, master: bond0,",
+        "{name: eth0, in: h, master: bond0, port: {isolated: true},",
+    );
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].contains("`eth0` has port options, but its master `bond0` is a bond"),
+        "{e:#?}"
+    );
+}
+
+#[test]
+fn a_vlan_on_a_missing_parent_or_with_a_bad_id_is_located() {
+    let e = kinds_errors("parent: bond0, id: 100}", "parent: bond7, id: 100}");
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].starts_with("t.yaml:10:44: the vlan's parent `bond7` is no device of namespace h"),
+        "{e:#?}"
+    );
+    assert!(e[0].contains("did you mean `bond0`?"), "{e:#?}");
+    for bad in ["0", "4095"] {
+        let e = kinds_errors(
+            "parent: bond0, id: 100}",
+            &format!("parent: bond0, id: {bad}}}"),
+        );
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert!(
+            e[0].starts_with(&format!("t.yaml:10:55: vlan id {bad} is out of range")),
+            "{e:#?}"
+        );
+        assert!(e[0].contains("1 to 4094"), "{e:#?}");
+    }
+    // A port's vlan id too.
+    let e = kinds_errors(
+        "vlans: [{id: 100}, {id: 200}]",
+        "vlans: [{id: 100}, {id: 5000}]",
+    );
+    assert!(e[0].contains("vlan id 5000 is out of range"), "{e:#?}");
+    // A parent made in the same phase.
+    let e = kinds_errors(
+        "parent: d0, parent_in: h",
+        "parent: bond0.100, parent_in: h",
+    );
+    assert!(
+        e[0].contains("parent `bond0.100` is a stacked link of this layer"),
+        "{e:#?}"
+    );
+}
+
+#[test]
+fn port_options_need_a_bridge_master_and_vlans_need_filtering() {
+    let e = kinds_errors(
+        "{name: d1, in: h}",
+        "{name: d1, in: h, port: {learning: false}}",
+    );
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].starts_with(
+            "t.yaml:13:36: `d1` has port options, but it has no master: they are a bridge port's"
+        ),
+        "{e:#?}"
+    );
+    let e = kinds_errors("vlan_filtering: true, vlan_default_pvid: 0, ", "");
+    assert_eq!(e.len(), 3, "{e:#?}");
+    assert!(
+        e[0].contains("`p0` has vlans, but its bridge `br0` does not filter by vlan"),
+        "{e:#?}"
+    );
+    assert!(
+        e[2].contains("bridge br0 has vlan settings but no vlan_filtering"),
+        "{e:#?}"
+    );
+    let e = kinds_errors(
+        "{id: 100}, {id: 200}",
+        "{id: 100, pvid: true}, {id: 200, pvid: true}",
+    );
+    assert!(e[0].contains("vlan 200 is a second pvid"), "{e:#?}");
+    let e = kinds_errors("mode: l3}", "mode: l3, mac: 02:00:00:00:00:01}");
+    assert!(e[0].contains("ipvlan iv0 cannot have a MAC"), "{e:#?}");
+}
+
+#[test]
+fn a_nexthop_on_a_missing_device_is_located() {
+    let e = kinds_errors(
+        "{via: 10.0.100.253, dev: bond0.100}",
+        "{via: 10.0.100.253, dev: bond0.200}",
+    );
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].starts_with(
+            "t.yaml:20:90: the next hop names device `bond0.200`, which namespace h does not have"
+        ),
+        "{e:#?}"
+    );
+    let e = kinds_errors("weight: 3}", "weight: 0}");
+    assert!(e[0].contains("next hop weight 0 is out of range"), "{e:#?}");
+    let e = kinds_errors("to: 10.9.0.0/16, via: 10.0.100.254}", "to: 10.9.0.0/16}");
+    assert!(e[0].contains("says neither `via` nor `dev`"), "{e:#?}");
+    let e = kinds_errors("table: 100, nexthops", "dev: d1, nexthops");
+    assert!(e[0].contains("both `nexthops` and its own"), "{e:#?}");
+    let e = kinds_errors("via: 10.0.100.254}", "via: 10.0.100.254, scope: host}");
+    assert!(e[0].contains("has a gateway and scope host"), "{e:#?}");
+    let e = kinds_errors("table: 100,", "table: 0,");
+    assert!(e[0].contains("routing table 0"), "{e:#?}");
+}
+
+#[test]
+fn a_host_global_sysctl_is_refused() {
+    let e = kinds_errors("key: net.ipv4.conf.all.rp_filter", "key: net.core.rmem_max");
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].starts_with(
+            "t.yaml:23:18: sysctl `net.core.rmem_max` is global, not kept per network namespace"
+        ),
+        "{e:#?}"
+    );
+    let e = kinds_errors("key: net.ipv4.conf.all.rp_filter", "key: kernel.hostname");
+    assert!(e[0].contains("is not a network sysctl"), "{e:#?}");
+    let e = kinds_errors("{in: h, key: net.ipv4", "{in: q, key: net.ipv4");
+    assert!(e[0].contains("unknown namespace `q`"), "{e:#?}");
+}
+
+#[test]
+fn a_bare_namespace_serves_ports_like_a_pod() {
+    let lab = load_str(
+        "t.yaml",
+        &KINDS.replace(
+            "  - name: h\n",
+            "  - name: h\n    ports: [80, {port: 53, protocol: udp}]\n",
+        ),
+        &vars(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(lab.objects.namespaces[0].ports.len(), 2);
+    let e = kinds_errors("  - name: h\n", "  - name: h\n    ports: [80, 80]\n");
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].starts_with("t.yaml:4:17: namespace h lists port 80/tcp twice"),
+        "{e:#?}"
     );
 }

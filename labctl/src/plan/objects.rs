@@ -7,8 +7,15 @@
 use labctl_topology::{Lab, LinkKind, hashed_ifname};
 
 use super::{Action, IfRef, Indexes, Interfaces, Phase, Step};
+use crate::kernel::{bond, bridge, macvlan, route, vlan};
 
 /// Append the layer's steps.
+///
+/// Phases: bridges and bonds (devices), veths and dummies (links), vxlans,
+/// vlans, macvlans and ipvlans and bond slaves joining (stacked: their
+/// parents and bonds exist, a slave is down until it has joined), masters,
+/// MTUs, addresses and renames (addresses), port options, VLANs, routes,
+/// neighbours, FDB and tc (routes), sysctls and `state: down` last.
 pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
     let o = &lab.objects;
     if o.is_empty() {
@@ -29,33 +36,78 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
             action,
         })
     };
+    let is_bond = |netns: &str, name: &str| {
+        o.links
+            .iter()
+            .any(|l| l.netns == netns && l.name == name && matches!(l.kind, LinkKind::Bond(_)))
+    };
 
-    for link in o.links.iter().filter(|l| l.kind == LinkKind::Bridge) {
+    // Masters first, in file order: their ports and slaves name them.
+    for link in &o.links {
         let netns = ns(&link.netns);
-        let ifindex = idx.next(&netns);
-        index.insert(&netns, &link.name, ifindex);
-        push(
-            Phase::Devices,
-            netns,
-            Action::AddBridge {
+        let action = match &link.kind {
+            LinkKind::Bridge(b) if b.vlan_filtering => {
+                let ifindex = idx.next(&netns);
+                Action::AddVlanBridge(bridge::AddVlanBridge {
+                    name: link.name.clone(),
+                    ifindex,
+                    mac: link.mac,
+                    default_pvid: b.vlan_default_pvid,
+                })
+            }
+            LinkKind::Bridge(_) => Action::AddBridge {
                 name: link.name.clone(),
-                ifindex,
+                ifindex: idx.next(&netns),
                 mac: link.mac,
             },
-        );
+            LinkKind::Bond(b) => Action::AddBond(bond::AddBond {
+                name: link.name.clone(),
+                ifindex: idx.next(&netns),
+                mac: link.mac,
+                mode: b.mode,
+                miimon: b.miimon,
+            }),
+            _ => continue,
+        };
+        let ifindex = match &action {
+            Action::AddBridge { ifindex, .. } => *ifindex,
+            Action::AddVlanBridge(a) => a.ifindex,
+            Action::AddBond(a) => a.ifindex,
+            _ => unreachable!("only masters above"),
+        };
+        index.insert(&netns, &link.name, ifindex);
+        push(Phase::Devices, netns, action);
     }
     let mut mtus = Vec::new();
-    let mut masters = Vec::new();
+    // (namespace, name, ifindex, master, port options, up)
+    let mut ends = Vec::new();
     for link in &o.links {
         let netns = ns(&link.netns);
         match &link.kind {
-            LinkKind::Bridge => {}
+            LinkKind::Bridge(_) | LinkKind::Bond(_) => {
+                let ifindex = find(&index, &netns, &link.name).ifindex;
+                ends.push((
+                    netns.clone(),
+                    link.name.clone(),
+                    ifindex,
+                    link.master.clone(),
+                    link.port.clone(),
+                    link.up,
+                ));
+                mtus.push((netns, link.name.clone(), ifindex, link.mtu));
+            }
             LinkKind::Veth { peer } => {
                 let peer_ns = ns(&peer.netns);
                 let ifindex = idx.next(&netns);
                 let peer_ifindex = idx.next(&peer_ns);
                 index.insert(&netns, &link.name, ifindex);
                 index.insert(&peer_ns, &peer.name, peer_ifindex);
+                // A bond's slave joins later, while down (bond::Enslave).
+                let controller = link
+                    .master
+                    .as_ref()
+                    .filter(|m| !is_bond(&link.netns, m))
+                    .map(|m| find(&index, &netns, m));
                 push(
                     Phase::Links,
                     netns.clone(),
@@ -63,59 +115,160 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
                         name: link.name.clone(),
                         ifindex,
                         mac: link.mac,
-                        controller: link.master.as_ref().map(|m| find(&index, &netns, m)),
+                        controller,
                         peer_name: peer.name.clone(),
                         peer_netns: peer_ns.clone(),
                         peer_ifindex,
                         peer_mac: peer.mac,
                     },
                 );
-                push(
-                    Phase::Addresses,
-                    peer_ns.clone(),
-                    Action::LinkUp {
-                        ifname: peer.name.clone(),
-                        ifindex: peer_ifindex,
-                    },
-                );
+                if peer.up {
+                    push(
+                        Phase::Addresses,
+                        peer_ns.clone(),
+                        Action::LinkUp {
+                            ifname: peer.name.clone(),
+                            ifindex: peer_ifindex,
+                        },
+                    );
+                }
                 mtus.push((netns.clone(), link.name.clone(), ifindex, link.mtu));
                 mtus.push((peer_ns.clone(), peer.name.clone(), peer_ifindex, peer.mtu));
-                if let Some(m) = &peer.master {
-                    masters.push((peer_ns, peer.name.clone(), peer_ifindex, m.clone()));
-                }
+                let near_master = link.master.clone().filter(|m| is_bond(&link.netns, m));
+                ends.push((
+                    netns,
+                    link.name.clone(),
+                    ifindex,
+                    near_master,
+                    link.port.clone(),
+                    link.up,
+                ));
+                ends.push((
+                    peer_ns,
+                    peer.name.clone(),
+                    peer_ifindex,
+                    peer.master.clone(),
+                    peer.port.clone(),
+                    // A down peer is never brought up, unless joining a
+                    // bond does it.
+                    peer.up
+                        || !peer
+                            .master
+                            .as_ref()
+                            .is_some_and(|m| is_bond(&peer.netns, m)),
+                ));
             }
-            LinkKind::Vxlan(x) => {
-                let underlay = ns(&x.underlay);
-                let moved = underlay != netns;
+            LinkKind::Dummy => {
+                let ifindex = idx.next(&netns);
+                index.insert(&netns, &link.name, ifindex);
+                push(
+                    Phase::Links,
+                    netns.clone(),
+                    Action::AddDummy {
+                        name: link.name.clone(),
+                        ifindex,
+                    },
+                );
+                if let Some(mac) = link.mac {
+                    // A dummy takes a new MAC while up (IFF_LIVE_ADDR_CHANGE).
+                    push(
+                        Phase::Stacked,
+                        netns.clone(),
+                        Action::SetMac {
+                            ifname: link.name.clone(),
+                            ifindex,
+                            mac,
+                        },
+                    );
+                }
+                ends.push((
+                    netns.clone(),
+                    link.name.clone(),
+                    ifindex,
+                    link.master.clone(),
+                    link.port.clone(),
+                    link.up,
+                ));
+                mtus.push((netns, link.name.clone(), ifindex, link.mtu));
+            }
+            LinkKind::Vlan(v) => {
+                let ifindex = idx.next(&netns);
+                let parent = find(&index, &netns, &v.parent);
+                index.insert(&netns, &link.name, ifindex);
+                push(
+                    Phase::Stacked,
+                    netns.clone(),
+                    Action::AddVlan(vlan::AddVlan {
+                        name: link.name.clone(),
+                        ifindex,
+                        parent,
+                        id: v.id,
+                        mac: link.mac,
+                    }),
+                );
+                ends.push((
+                    netns.clone(),
+                    link.name.clone(),
+                    ifindex,
+                    link.master.clone(),
+                    link.port.clone(),
+                    link.up,
+                ));
+                mtus.push((netns, link.name.clone(), ifindex, link.mtu));
+            }
+            LinkKind::Vxlan(_) | LinkKind::Macvlan(_) | LinkKind::Ipvlan(_) => {
+                let made_in = ns(link.made_in());
+                let moved = made_in != netns;
                 let ifindex = if moved {
-                    idx.next_in_both(&underlay, &netns)
+                    idx.next_in_both(&made_in, &netns)
                 } else {
                     idx.next(&netns)
                 };
-                index.insert(&netns, &link.name, ifindex);
                 // The kernel looks a new link's name up in the namespace
                 // that asks: made under a name of our own, renamed there.
                 let made_as = if moved {
-                    hashed_ifname("vx", &format!("{}/{}", link.netns, link.name))
+                    let prefix = match &link.kind {
+                        LinkKind::Vxlan(_) => "vx",
+                        LinkKind::Macvlan(_) => "mv",
+                        _ => "iv",
+                    };
+                    hashed_ifname(prefix, &format!("{}/{}", link.netns, link.name))
                 } else {
                     link.name.clone()
                 };
-                push(
-                    Phase::Stacked,
-                    underlay.clone(),
-                    Action::AddVxlan {
+                let action = match &link.kind {
+                    LinkKind::Vxlan(x) => Action::AddVxlan {
                         name: made_as.clone(),
                         ifindex,
                         netns: moved.then(|| netns.clone()),
                         mac: link.mac,
                         id: x.id,
-                        dev: x.dev.as_ref().map(|d| find(&index, &underlay, d)),
+                        dev: x.dev.as_ref().map(|d| find(&index, &made_in, d)),
                         local: x.local,
                         remote: x.remote,
                         port: x.port,
                         learning: x.learning,
                     },
-                );
+                    LinkKind::Macvlan(m) => Action::AddOffParent(macvlan::AddOffParent {
+                        name: made_as.clone(),
+                        ifindex,
+                        parent: find(&index, &made_in, &m.parent),
+                        netns: moved.then(|| netns.clone()),
+                        mac: link.mac,
+                        mode: macvlan::Mode::Macvlan(m.mode),
+                    }),
+                    LinkKind::Ipvlan(i) => Action::AddOffParent(macvlan::AddOffParent {
+                        name: made_as.clone(),
+                        ifindex,
+                        parent: find(&index, &made_in, &i.parent),
+                        netns: moved.then(|| netns.clone()),
+                        mac: link.mac,
+                        mode: macvlan::Mode::Ipvlan(i.mode),
+                    }),
+                    _ => unreachable!("matched above"),
+                };
+                index.insert(&netns, &link.name, ifindex);
+                push(Phase::Stacked, made_in, action);
                 if moved {
                     push(
                         Phase::Addresses,
@@ -127,29 +280,77 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
                         },
                     );
                 }
-                if let Some(m) = &link.master {
-                    masters.push((netns.clone(), link.name.clone(), ifindex, m.clone()));
-                }
+                ends.push((
+                    netns.clone(),
+                    link.name.clone(),
+                    ifindex,
+                    link.master.clone(),
+                    link.port.clone(),
+                    link.up,
+                ));
                 mtus.push((netns, link.name.clone(), ifindex, link.mtu));
             }
         }
     }
-    for link in o.links.iter().filter(|l| l.kind == LinkKind::Bridge) {
-        let netns = ns(&link.netns);
-        let ifindex = find(&index, &netns, &link.name).ifindex;
-        mtus.push((netns, link.name.clone(), ifindex, link.mtu));
-    }
-    for (netns, ifname, ifindex, master) in masters {
-        let master = find(&index, &netns, &master);
-        push(
-            Phase::Addresses,
-            netns,
-            Action::SetMaster {
-                ifname,
-                ifindex,
-                master,
-            },
-        );
+    let mut downs = Vec::new();
+    for (netns, ifname, ifindex, master, port, up) in ends {
+        if let Some(m) = &master {
+            let master = find(&index, &netns, m);
+            let bonded = o.links.iter().any(|l| {
+                ns(&l.netns) == netns && l.name == *m && matches!(l.kind, LinkKind::Bond(_))
+            });
+            if bonded {
+                push(
+                    Phase::Stacked,
+                    netns.clone(),
+                    Action::Enslave(bond::Enslave {
+                        ifname: ifname.clone(),
+                        ifindex,
+                        bond: master,
+                    }),
+                );
+            } else {
+                push(
+                    Phase::Addresses,
+                    netns.clone(),
+                    Action::SetMaster {
+                        ifname: ifname.clone(),
+                        ifindex,
+                        master,
+                    },
+                );
+            }
+        }
+        if let Some(p) = &port {
+            if p.has_flags() {
+                push(
+                    Phase::Routes,
+                    netns.clone(),
+                    Action::SetPort(bridge::SetPort {
+                        ifname: ifname.clone(),
+                        ifindex,
+                        learning: p.learning,
+                        neigh_suppress: p.neigh_suppress,
+                        isolated: p.isolated,
+                    }),
+                );
+            }
+            for v in &p.vlans {
+                push(
+                    Phase::Routes,
+                    netns.clone(),
+                    Action::BridgeVlan(bridge::AddBridgeVlan {
+                        ifname: ifname.clone(),
+                        ifindex,
+                        vlan: *v,
+                        bridge_self: false,
+                    }),
+                );
+            }
+        }
+        if !up {
+            downs.push((netns, ifname, ifindex));
+        }
     }
     for (netns, ifname, ifindex, mtu) in mtus {
         if let Some(mtu) = mtu {
@@ -179,17 +380,37 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
     }
     for r in &o.routes {
         let netns = ns(&r.netns);
-        let dev = find(&index, &netns, &r.dev);
-        push(
-            Phase::Routes,
-            netns,
-            Action::AddRoute {
+        let action = match &r.dev {
+            Some(dev) if r.is_plain() => {
+                let dev = find(&index, &netns, dev);
+                Action::AddRoute {
+                    destination: r.destination,
+                    via: r.via,
+                    ifname: dev.name,
+                    ifindex: dev.ifindex,
+                }
+            }
+            _ => Action::AddNsRoute(route::AddNsRoute {
                 destination: r.destination,
                 via: r.via,
-                ifname: dev.name,
-                ifindex: dev.ifindex,
-            },
-        );
+                dev: r.dev.as_ref().map(|d| find(&index, &netns, d)),
+                onlink: r.onlink,
+                table: r.table,
+                metric: r.metric,
+                scope: r.scope,
+                nexthops: r
+                    .nexthops
+                    .iter()
+                    .map(|h| route::NextHop {
+                        via: h.via,
+                        dev: find(&index, &netns, &h.dev),
+                        weight: h.weight,
+                        onlink: h.onlink,
+                    })
+                    .collect(),
+            }),
+        };
+        push(Phase::Routes, netns, action);
     }
     for n in &o.neighbours {
         let netns = ns(&n.netns);
@@ -248,5 +469,38 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
                 to,
             },
         );
+    }
+    for link in &o.links {
+        if let LinkKind::Bridge(b) = &link.kind {
+            let netns = ns(&link.netns);
+            let ifindex = find(&index, &netns, &link.name).ifindex;
+            for v in &b.vlans {
+                push(
+                    Phase::Routes,
+                    netns.clone(),
+                    Action::BridgeVlan(bridge::AddBridgeVlan {
+                        ifname: link.name.clone(),
+                        ifindex,
+                        vlan: *v,
+                        bridge_self: true,
+                    }),
+                );
+            }
+        }
+    }
+    for s in &o.sysctls {
+        push(
+            Phase::Sysctls,
+            ns(&s.netns),
+            Action::Sysctl {
+                key: s.key.clone(),
+                value: s.value.clone(),
+            },
+        );
+    }
+    // Last: a link left down took part in everything above (a port, a
+    // slave) as the kernel allows a down link to.
+    for (netns, ifname, ifindex) in downs {
+        push(Phase::Sysctls, netns, Action::LinkDown { ifname, ifindex });
     }
 }

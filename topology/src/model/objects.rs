@@ -17,6 +17,7 @@ pub struct Objects {
     pub neighbours: Vec<Neighbour>,
     pub fdb: Vec<Fdb>,
     pub tc: Vec<Tc>,
+    pub sysctls: Vec<NsSysctl>,
 }
 
 impl Objects {
@@ -58,6 +59,8 @@ impl Objects {
 pub struct Namespace {
     pub name: String,
     pub role: NsRole,
+    /// What the built-in server answers on in it, like a pod's ports.
+    pub ports: Vec<super::Port>,
 }
 
 /// What a bare namespace stands for in reports.
@@ -76,17 +79,57 @@ pub struct Link {
     pub name: String,
     pub mac: Option<[u8; 6]>,
     pub mtu: Option<u32>,
-    /// A bridge of the same namespace.
+    /// A bridge or a bond of the same namespace.
     pub master: Option<String>,
+    /// Bridge-port options (only with a bridge master).
+    pub port: Option<PortOptions>,
+    /// Left up (`state: up`, the default).
+    pub up: bool,
     pub kind: LinkKind,
 }
 
+impl Link {
+    /// Made in another namespace than the one it lives in, and moved (a
+    /// vxlan's underlay, a macvlan's or ipvlan's parent).
+    pub fn made_in(&self) -> &str {
+        match &self.kind {
+            LinkKind::Vxlan(x) => &x.underlay,
+            LinkKind::Macvlan(m) => &m.parent_netns,
+            LinkKind::Ipvlan(i) => &i.parent_netns,
+            _ => &self.netns,
+        }
+    }
+}
+
+/// A link's kind and what only that kind has. One variant per kind (the
+/// registry of kinds is `raw::RawLink`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LinkKind {
     Veth { peer: VethPeer },
-    Bridge,
+    Bridge(BridgeOptions),
     Vxlan(Vxlan),
+    Vlan(Vlan),
+    Bond(Bond),
+    Dummy,
+    Macvlan(Macvlan),
+    Ipvlan(Ipvlan),
+}
+
+impl LinkKind {
+    /// The kind as `ip link add ... type KIND` names it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LinkKind::Veth { .. } => "veth",
+            LinkKind::Bridge(_) => "bridge",
+            LinkKind::Vxlan(_) => "vxlan",
+            LinkKind::Vlan(_) => "vlan",
+            LinkKind::Bond(_) => "bond",
+            LinkKind::Dummy => "dummy",
+            LinkKind::Macvlan(_) => "macvlan",
+            LinkKind::Ipvlan(_) => "ipvlan",
+        }
+    }
 }
 
 /// The far end of a veth pair.
@@ -97,6 +140,140 @@ pub struct VethPeer {
     pub mac: Option<[u8; 6]>,
     pub mtu: Option<u32>,
     pub master: Option<String>,
+    pub port: Option<PortOptions>,
+    pub up: bool,
+}
+
+/// What a bridge is made with.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct BridgeOptions {
+    pub vlan_filtering: bool,
+    /// The pvid a new port gets (`None`: the kernel's 1; 0: none).
+    pub vlan_default_pvid: Option<u16>,
+    /// VLANs of the bridge device itself (`self`).
+    pub vlans: Vec<BridgeVlan>,
+}
+
+/// One VLAN of a bridge or port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct BridgeVlan {
+    pub id: u16,
+    pub pvid: bool,
+    pub untagged: bool,
+}
+
+/// A bridge port's options; `None` leaves the kernel's default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PortOptions {
+    pub learning: Option<bool>,
+    pub neigh_suppress: Option<bool>,
+    pub isolated: Option<bool>,
+    pub vlans: Vec<BridgeVlan>,
+}
+
+impl PortOptions {
+    /// Any flag to set (`ip link set DEV type bridge_slave ...`).
+    pub fn has_flags(&self) -> bool {
+        self.learning.is_some() || self.neigh_suppress.is_some() || self.isolated.is_some()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Vlan {
+    /// A device of the same namespace.
+    pub parent: String,
+    pub id: u16,
+}
+
+/// A bond's mode, as iproute2 names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub enum BondMode {
+    #[serde(rename = "balance-rr")]
+    BalanceRr,
+    #[serde(rename = "active-backup")]
+    ActiveBackup,
+    #[serde(rename = "balance-xor")]
+    BalanceXor,
+    #[serde(rename = "broadcast")]
+    Broadcast,
+    #[serde(rename = "802.3ad")]
+    Lacp,
+    #[serde(rename = "balance-tlb")]
+    BalanceTlb,
+    #[serde(rename = "balance-alb")]
+    BalanceAlb,
+}
+
+impl BondMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BondMode::BalanceRr => "balance-rr",
+            BondMode::ActiveBackup => "active-backup",
+            BondMode::BalanceXor => "balance-xor",
+            BondMode::Broadcast => "broadcast",
+            BondMode::Lacp => "802.3ad",
+            BondMode::BalanceTlb => "balance-tlb",
+            BondMode::BalanceAlb => "balance-alb",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Bond {
+    pub mode: BondMode,
+    pub miimon: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MacvlanMode {
+    Bridge,
+    Private,
+    Vepa,
+    Passthru,
+}
+
+impl MacvlanMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MacvlanMode::Bridge => "bridge",
+            MacvlanMode::Private => "private",
+            MacvlanMode::Vepa => "vepa",
+            MacvlanMode::Passthru => "passthru",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Macvlan {
+    /// The parent's namespace, where the device is made.
+    pub parent_netns: String,
+    pub parent: String,
+    pub mode: MacvlanMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IpvlanMode {
+    L2,
+    L3,
+}
+
+impl IpvlanMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IpvlanMode::L2 => "l2",
+            IpvlanMode::L3 => "l3",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Ipvlan {
+    /// The parent's namespace, where the device is made.
+    pub parent_netns: String,
+    pub parent: String,
+    pub mode: IpvlanMode,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -124,7 +301,65 @@ pub struct NsRoute {
     pub netns: String,
     pub destination: Ipv4Net,
     pub via: Option<Ipv4Addr>,
+    /// The output device; `None` when the kernel finds it from `via`, or
+    /// with `nexthops`.
+    pub dev: Option<String>,
+    pub metric: Option<u32>,
+    /// `None`: the main table.
+    pub table: Option<u32>,
+    /// `None`: the kernel's default for the route.
+    pub scope: Option<RouteScope>,
+    pub onlink: bool,
+    /// ECMP next hops (then `via` and `dev` are `None`).
+    pub nexthops: Vec<NextHop>,
+}
+
+impl NsRoute {
+    /// A plain `ip route add TO [via VIA] dev DEV`: no option of the ones
+    /// the layer added later.
+    pub fn is_plain(&self) -> bool {
+        self.dev.is_some()
+            && self.metric.is_none()
+            && self.table.is_none()
+            && self.scope.is_none()
+            && !self.onlink
+            && self.nexthops.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteScope {
+    Global,
+    Link,
+    Host,
+}
+
+impl RouteScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteScope::Global => "global",
+            RouteScope::Link => "link",
+            RouteScope::Host => "host",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct NextHop {
+    pub via: Option<Ipv4Addr>,
     pub dev: String,
+    /// As `ip route` writes it, 1 to 256 (the kernel keeps weight - 1).
+    pub weight: u16,
+    pub onlink: bool,
+}
+
+/// A sysctl of one namespace.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NsSysctl {
+    pub netns: String,
+    pub key: String,
+    pub value: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]

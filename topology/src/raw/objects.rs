@@ -7,12 +7,17 @@
 //! keeps the YAML locations inside those, where an internally tagged enum
 //! (`kind: veth`) would lose them. A new kind is one variant here, one in
 //! `model::objects::LinkKind` and one arm in `resolve::objects`.
+//!
+//! Every kind has the common fields `name`, `in`, `mac`, `mtu`, `master`
+//! (a bridge or a bond of the same namespace), `port` (bridge-port options,
+//! with a bridge master) and `state`, written out in each struct: serde's
+//! `flatten` would lose the locations and the unknown-field errors.
 
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use super::{CidrText, EntityName, IfName, Ipv4Text, MacText, RouteDestination};
+use super::{CidrText, EntityName, IfName, Ipv4Text, MacText, RawLinkState, RouteDestination};
 
 /// A bare network namespace.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -26,6 +31,11 @@ pub struct RawNamespace {
     /// What it stands for in reports (default `host`).
     #[serde(default)]
     pub role: Option<RawNsRole>,
+    /// Ports it serves while the lab is up, like a pod's: `80` (tcp) or
+    /// `{port: 53, protocol: udp}`.
+    #[serde(default)]
+    #[schemars(with = "Vec<super::RawPort>")]
+    pub ports: Vec<Spanned<super::RawPort>>,
 }
 
 /// What a bare namespace stands for.
@@ -54,6 +64,53 @@ pub enum RawLink {
     /// A VXLAN device, created in its underlay's namespace (whose socket
     /// sends the UDP) and living in `in`, as the kernel allows.
     Vxlan(RawVxlan),
+    /// An 802.1Q sub-interface of a parent device of the same namespace.
+    Vlan(RawVlan),
+    /// A bond; its slaves name it as their `master`.
+    Bond(RawBond),
+    /// A dummy device: a place for addresses, up with no carrier problem.
+    Dummy(RawDummy),
+    /// A macvlan device off a parent (which may be in another namespace).
+    Macvlan(RawMacvlan),
+    /// An ipvlan device off a parent (which may be in another namespace).
+    Ipvlan(RawIpvlan),
+}
+
+/// A VLAN of a VLAN-filtering bridge or of one of its ports (`bridge vlan
+/// add vid ID [pvid] [untagged]`).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "BridgeVlan")]
+pub struct RawBridgeVlan {
+    /// 1 to 4094.
+    #[schemars(with = "u16", range(min = 1, max = 4094))]
+    pub id: Spanned<u16>,
+    /// Untagged frames arriving here belong to this VLAN.
+    #[serde(default)]
+    pub pvid: bool,
+    /// Frames of this VLAN leave here without a tag.
+    #[serde(default)]
+    pub untagged: bool,
+}
+
+/// Options of a bridge port (`ip link set DEV type bridge_slave ...`,
+/// `bridge vlan add ... dev DEV`): only on a link whose master is a bridge.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "BridgePort")]
+pub struct RawBridgePort {
+    /// Learn source MACs seen on this port (the kernel's default: on).
+    #[serde(default)]
+    pub learning: Option<bool>,
+    /// Answer ARP for known neighbours instead of flooding it (default off).
+    #[serde(default)]
+    pub neigh_suppress: Option<bool>,
+    /// Reach only non-isolated ports (default off).
+    #[serde(default)]
+    pub isolated: Option<bool>,
+    /// The port's VLANs, for a bridge with `vlan_filtering`.
+    #[serde(default)]
+    pub vlans: Vec<RawBridgeVlan>,
 }
 
 /// A veth pair.
@@ -73,10 +130,16 @@ pub struct RawVeth {
     #[serde(default)]
     #[schemars(with = "Option<u32>", range(min = 68, max = 65535))]
     pub mtu: Option<Spanned<u32>>,
-    /// A bridge of the same namespace this end is a port of.
+    /// A bridge or bond of the same namespace this end is a port of.
     #[serde(default)]
     #[schemars(with = "Option<IfName>")]
     pub master: Option<Spanned<String>>,
+    /// Bridge-port options, with a bridge `master`.
+    #[serde(default)]
+    #[schemars(with = "Option<RawBridgePort>")]
+    pub port: Option<Spanned<RawBridgePort>>,
+    #[serde(default)]
+    pub state: Option<RawLinkState>,
     pub peer: RawVethPeer,
 }
 
@@ -99,6 +162,11 @@ pub struct RawVethPeer {
     #[serde(default)]
     #[schemars(with = "Option<IfName>")]
     pub master: Option<Spanned<String>>,
+    #[serde(default)]
+    #[schemars(with = "Option<RawBridgePort>")]
+    pub port: Option<Spanned<RawBridgePort>>,
+    #[serde(default)]
+    pub state: Option<RawLinkState>,
 }
 
 /// A bridge.
@@ -117,6 +185,22 @@ pub struct RawBridge {
     #[serde(default)]
     #[schemars(with = "Option<u32>", range(min = 68, max = 65535))]
     pub mtu: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub state: Option<RawLinkState>,
+    /// Forward by VLAN (802.1Q): each port carries the VLANs its `port:
+    /// {vlans: ...}` lists (`vlan_filtering 1`).
+    #[serde(default)]
+    #[schemars(with = "Option<bool>")]
+    pub vlan_filtering: Option<Spanned<bool>>,
+    /// The VLAN a new port gets as its untagged pvid (the kernel's default
+    /// 1; 0 for none), with `vlan_filtering`.
+    #[serde(default)]
+    #[schemars(with = "Option<u16>", range(max = 4094))]
+    pub vlan_default_pvid: Option<Spanned<u16>>,
+    /// VLANs of the bridge device itself (`bridge vlan add dev BR vid N
+    /// self`): what its own addresses send and receive.
+    #[serde(default)]
+    pub vlans: Vec<RawBridgeVlan>,
 }
 
 /// A VXLAN device (`ip link add NAME type vxlan id VNI ...`).
@@ -167,6 +251,233 @@ pub struct RawVxlan {
     #[serde(default)]
     #[schemars(with = "Option<IfName>")]
     pub master: Option<Spanned<String>>,
+    #[serde(default)]
+    #[schemars(with = "Option<RawBridgePort>")]
+    pub port: Option<Spanned<RawBridgePort>>,
+    #[serde(default)]
+    pub state: Option<RawLinkState>,
+}
+
+/// An 802.1Q VLAN sub-interface (`ip link add link PARENT name NAME type
+/// vlan id ID`).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Vlan")]
+pub struct RawVlan {
+    #[schemars(with = "IfName")]
+    pub name: Spanned<String>,
+    #[serde(rename = "in")]
+    #[schemars(with = "String")]
+    pub netns: Spanned<String>,
+    /// The device of the same namespace whose frames carry the tag.
+    #[schemars(with = "IfName")]
+    pub parent: Spanned<String>,
+    /// The VLAN id, 1 to 4094.
+    #[schemars(with = "u16", range(min = 1, max = 4094))]
+    pub id: Spanned<u16>,
+    #[serde(default)]
+    #[schemars(with = "Option<MacText>")]
+    pub mac: Option<Spanned<String>>,
+    #[serde(default)]
+    #[schemars(with = "Option<u32>", range(min = 68, max = 65535))]
+    pub mtu: Option<Spanned<u32>>,
+    /// A bridge or bond of the same namespace this link is a port of.
+    #[serde(default)]
+    #[schemars(with = "Option<IfName>")]
+    pub master: Option<Spanned<String>>,
+    /// Bridge-port options, with a bridge `master`.
+    #[serde(default)]
+    #[schemars(with = "Option<RawBridgePort>")]
+    pub port: Option<Spanned<RawBridgePort>>,
+    #[serde(default)]
+    pub state: Option<RawLinkState>,
+}
+/// How a bond spreads and fails over (`mode`, as iproute2 names it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[schemars(rename = "BondMode")]
+pub enum RawBondMode {
+    #[serde(rename = "balance-rr")]
+    BalanceRr,
+    #[serde(rename = "active-backup")]
+    ActiveBackup,
+    #[serde(rename = "balance-xor")]
+    BalanceXor,
+    #[serde(rename = "broadcast")]
+    Broadcast,
+    #[serde(rename = "802.3ad")]
+    Lacp,
+    #[serde(rename = "balance-tlb")]
+    BalanceTlb,
+    #[serde(rename = "balance-alb")]
+    BalanceAlb,
+}
+
+/// A bond (`ip link add NAME type bond mode MODE [miimon MS]`); links join
+/// it with `master: NAME`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Bond")]
+pub struct RawBond {
+    #[schemars(with = "IfName")]
+    pub name: Spanned<String>,
+    #[serde(rename = "in")]
+    #[schemars(with = "String")]
+    pub netns: Spanned<String>,
+    /// Default `balance-rr`, the kernel's.
+    #[serde(default)]
+    pub mode: Option<RawBondMode>,
+    /// Link monitoring interval in milliseconds (0 or absent: none).
+    #[serde(default)]
+    pub miimon: Option<u32>,
+    #[serde(default)]
+    #[schemars(with = "Option<MacText>")]
+    pub mac: Option<Spanned<String>>,
+    #[serde(default)]
+    #[schemars(with = "Option<u32>", range(min = 68, max = 65535))]
+    pub mtu: Option<Spanned<u32>>,
+    /// A bridge or bond of the same namespace this link is a port of.
+    #[serde(default)]
+    #[schemars(with = "Option<IfName>")]
+    pub master: Option<Spanned<String>>,
+    /// Bridge-port options, with a bridge `master`.
+    #[serde(default)]
+    #[schemars(with = "Option<RawBridgePort>")]
+    pub port: Option<Spanned<RawBridgePort>>,
+    #[serde(default)]
+    pub state: Option<RawLinkState>,
+}
+/// A dummy device (`ip link add NAME type dummy`).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Dummy")]
+pub struct RawDummy {
+    #[schemars(with = "IfName")]
+    pub name: Spanned<String>,
+    #[serde(rename = "in")]
+    #[schemars(with = "String")]
+    pub netns: Spanned<String>,
+    #[serde(default)]
+    #[schemars(with = "Option<MacText>")]
+    pub mac: Option<Spanned<String>>,
+    #[serde(default)]
+    #[schemars(with = "Option<u32>", range(min = 68, max = 65535))]
+    pub mtu: Option<Spanned<u32>>,
+    /// A bridge or bond of the same namespace this link is a port of.
+    #[serde(default)]
+    #[schemars(with = "Option<IfName>")]
+    pub master: Option<Spanned<String>>,
+    /// Bridge-port options, with a bridge `master`.
+    #[serde(default)]
+    #[schemars(with = "Option<RawBridgePort>")]
+    pub port: Option<Spanned<RawBridgePort>>,
+    #[serde(default)]
+    pub state: Option<RawLinkState>,
+}
+/// A macvlan's mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[schemars(rename = "MacvlanMode")]
+pub enum RawMacvlanMode {
+    /// Siblings reach each other inside the parent.
+    Bridge,
+    /// Siblings never reach each other.
+    Private,
+    /// Everything goes out of the parent, siblings via the switch.
+    Vepa,
+    /// The one macvlan takes over the parent.
+    Passthru,
+}
+
+/// A macvlan device (`ip link add link PARENT name NAME type macvlan mode
+/// MODE`).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Macvlan")]
+pub struct RawMacvlan {
+    #[schemars(with = "IfName")]
+    pub name: Spanned<String>,
+    /// Where it lives.
+    #[serde(rename = "in")]
+    #[schemars(with = "String")]
+    pub netns: Spanned<String>,
+    /// Its parent device, in `parent_in`.
+    #[schemars(with = "IfName")]
+    pub parent: Spanned<String>,
+    /// The parent's namespace, where the device is made before it is moved
+    /// to `in`. Default: `in`.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub parent_in: Option<Spanned<String>>,
+    /// Default `bridge`.
+    #[serde(default)]
+    pub mode: Option<RawMacvlanMode>,
+    #[serde(default)]
+    #[schemars(with = "Option<MacText>")]
+    pub mac: Option<Spanned<String>>,
+    #[serde(default)]
+    #[schemars(with = "Option<u32>", range(min = 68, max = 65535))]
+    pub mtu: Option<Spanned<u32>>,
+    /// A bridge or bond of the same namespace this link is a port of.
+    #[serde(default)]
+    #[schemars(with = "Option<IfName>")]
+    pub master: Option<Spanned<String>>,
+    /// Bridge-port options, with a bridge `master`.
+    #[serde(default)]
+    #[schemars(with = "Option<RawBridgePort>")]
+    pub port: Option<Spanned<RawBridgePort>>,
+    #[serde(default)]
+    pub state: Option<RawLinkState>,
+}
+/// An ipvlan's mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[schemars(rename = "IpvlanMode")]
+pub enum RawIpvlanMode {
+    /// Switches by IP address, frames keep the parent's MAC.
+    L2,
+    /// Routes in the parent's namespace: no broadcast, no ARP.
+    L3,
+}
+
+/// An ipvlan device (`ip link add link PARENT name NAME type ipvlan mode
+/// MODE`).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Ipvlan")]
+pub struct RawIpvlan {
+    #[schemars(with = "IfName")]
+    pub name: Spanned<String>,
+    /// Where it lives.
+    #[serde(rename = "in")]
+    #[schemars(with = "String")]
+    pub netns: Spanned<String>,
+    /// Its parent device, in `parent_in`.
+    #[schemars(with = "IfName")]
+    pub parent: Spanned<String>,
+    /// The parent's namespace, where the device is made before it is moved
+    /// to `in` (Terway's pods). Default: `in`.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub parent_in: Option<Spanned<String>>,
+    /// Default `l2`.
+    #[serde(default)]
+    pub mode: Option<RawIpvlanMode>,
+    #[serde(default)]
+    #[schemars(with = "Option<MacText>")]
+    pub mac: Option<Spanned<String>>,
+    #[serde(default)]
+    #[schemars(with = "Option<u32>", range(min = 68, max = 65535))]
+    pub mtu: Option<Spanned<u32>>,
+    /// A bridge or bond of the same namespace this link is a port of.
+    #[serde(default)]
+    #[schemars(with = "Option<IfName>")]
+    pub master: Option<Spanned<String>>,
+    /// Bridge-port options, with a bridge `master`.
+    #[serde(default)]
+    #[schemars(with = "Option<RawBridgePort>")]
+    pub port: Option<Spanned<RawBridgePort>>,
+    #[serde(default)]
+    pub state: Option<RawLinkState>,
 }
 
 /// `ip addr add ADDRESS dev DEV` in a namespace. The same address may be in
@@ -185,7 +496,9 @@ pub struct RawAddress {
     pub address: Spanned<String>,
 }
 
-/// `ip route add TO [via VIA] dev DEV` in a namespace.
+/// `ip route add TO [via VIA] [dev DEV] [onlink] [table N] [metric N]
+/// [scope S]` in a namespace, or with several `nexthops` (ECMP): `ip route
+/// add TO nexthop via A dev D weight W nexthop ...`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(rename = "NamespaceRoute")]
@@ -199,8 +512,73 @@ pub struct RawNsRoute {
     #[serde(default)]
     #[schemars(with = "Option<Ipv4Text>")]
     pub via: Option<Spanned<String>>,
+    /// The output device; may be left out when `via` is given (the kernel
+    /// finds it from the gateway), or with `nexthops`.
+    #[serde(default)]
+    #[schemars(with = "Option<IfName>")]
+    pub dev: Option<Spanned<String>>,
+    /// The route's priority, lower wins (`metric`).
+    #[serde(default)]
+    pub metric: Option<u32>,
+    /// A routing table by number (default the main table, 254).
+    #[serde(default)]
+    #[schemars(with = "Option<u32>", range(min = 1))]
+    pub table: Option<Spanned<u32>>,
+    /// Default: `link` without a gateway, `global` with one.
+    #[serde(default)]
+    pub scope: Option<RawRouteScope>,
+    /// The gateway is on the link even though no address says so.
+    #[serde(default)]
+    pub onlink: bool,
+    /// Several next hops, chosen by flow hash (ECMP, RTA_MULTIPATH),
+    /// instead of `via`/`dev`.
+    #[serde(default)]
+    pub nexthops: Vec<RawNextHop>,
+}
+
+/// A route's scope, as `ip route ... scope S` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[schemars(rename = "RouteScope")]
+pub enum RawRouteScope {
+    Global,
+    Link,
+    Host,
+}
+
+/// One next hop of an ECMP route.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "NextHop")]
+pub struct RawNextHop {
+    #[serde(default)]
+    #[schemars(with = "Option<Ipv4Text>")]
+    pub via: Option<Spanned<String>>,
     #[schemars(with = "IfName")]
     pub dev: Spanned<String>,
+    /// 1 to 256 (default 1): its share of the flows.
+    #[serde(default)]
+    #[schemars(with = "Option<u16>", range(min = 1, max = 256))]
+    pub weight: Option<Spanned<u16>>,
+    #[serde(default)]
+    pub onlink: bool,
+}
+
+/// A sysctl of one namespace (`ip netns exec NS sysctl -w KEY=VALUE`):
+/// only keys the kernel keeps per network namespace.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "NamespaceSysctl")]
+pub struct RawNsSysctl {
+    #[serde(rename = "in")]
+    #[schemars(with = "String")]
+    pub netns: Spanned<String>,
+    /// A dotted name (`net.ipv4.conf.br-int.arp_ignore`), or with slashes
+    /// when an interface name has dots (`net/ipv4/conf/bond0.100/rp_filter`).
+    #[schemars(with = "String")]
+    pub key: Spanned<String>,
+    #[schemars(with = "super::SysctlValue")]
+    pub value: Spanned<super::SysctlValue>,
 }
 
 /// The state of a neighbour entry, as `ip neigh` spells it.

@@ -24,7 +24,32 @@ enum Dev {
     Bridge,
     Veth,
     Vxlan,
+    /// A bond: a master for its slaves.
+    Bond,
+    /// A dummy device.
+    Dummy,
+    /// A vlan, macvlan or ipvlan of the layer: made in the same phase as
+    /// the others and vxlans, so not a parent of one of them.
+    Stacked,
 }
+
+impl Dev {
+    /// The kind of link this is, for messages.
+    fn what(self) -> &'static str {
+        match self {
+            Dev::Cni => "device",
+            Dev::Bridge => "bridge",
+            Dev::Veth => "veth",
+            Dev::Vxlan => "vxlan",
+            Dev::Bond => "bond",
+            Dev::Dummy => "dummy",
+            Dev::Stacked => "stacked link",
+        }
+    }
+}
+
+/// A link's names as the pre-pass claimed them: (own, veth peer's).
+type Claimed = (bool, bool);
 
 /// The devices known so far, per namespace.
 #[derive(Default)]
@@ -54,7 +79,11 @@ impl Resolver<'_> {
     pub(super) fn objects(&mut self, raw: &RawTopology, lab: &Lab) -> Objects {
         let mut out = Objects::default();
         for n in &raw.namespaces {
+            let ports = self
+                .served_ports(&format!("namespace {}", n.name.value), &n.ports)
+                .unwrap_or_default();
             out.namespaces.push(Namespace {
+                ports,
                 name: n.name.value.clone(),
                 role: match n.role.unwrap_or(RawNsRole::Host) {
                     RawNsRole::Host => NsRole::Host,
@@ -87,17 +116,60 @@ impl Resolver<'_> {
             devices.by_ns.insert(ns.clone(), v);
         }
 
-        // Bridges first, so a port may come before its bridge in the file.
-        for link in &raw.links {
+        // Every link's name is claimed before any reference is resolved, so
+        // a port, slave or vlan may come before its bridge, bond or parent
+        // in the file. Masters first: their names are what ports look up.
+        let mut claimed: Vec<Claimed> = vec![(false, false); raw.links.len()];
+        for (i, link) in raw.links.iter().enumerate() {
             // An unknown namespace is reported once, by `link` below.
-            if let RawLink::Bridge(b) = link
-                && known.contains(&b.netns.value)
-            {
-                self.claim_dev(&mut devices, &b.netns, &b.name, Dev::Bridge, "bridge");
+            let (netns, name, dev, kind) = match link {
+                RawLink::Bridge(b) => (&b.netns, &b.name, Dev::Bridge, "bridge"),
+                RawLink::Bond(b) => (&b.netns, &b.name, Dev::Bond, "bond"),
+                _ => continue,
+            };
+            if known.contains(&netns.value) {
+                claimed[i].0 = self.claim_dev(&mut devices, netns, name, dev, kind);
             }
         }
-        for link in &raw.links {
-            if let Some(l) = self.link(link, &known, &mut devices) {
+        for (i, link) in raw.links.iter().enumerate() {
+            let (netns, name, dev, kind) = match link {
+                RawLink::Bridge(_) | RawLink::Bond(_) => continue,
+                RawLink::Veth(v) => {
+                    if known.contains(&v.peer.netns.value) && known.contains(&v.netns.value) {
+                        claimed[i].0 =
+                            self.claim_dev(&mut devices, &v.netns, &v.name, Dev::Veth, "veth");
+                        claimed[i].1 = self.claim_dev(
+                            &mut devices,
+                            &v.peer.netns,
+                            &v.peer.name,
+                            Dev::Veth,
+                            "veth peer",
+                        );
+                    }
+                    continue;
+                }
+                RawLink::Vxlan(x) => (&x.netns, &x.name, Dev::Vxlan, "vxlan"),
+                RawLink::Vlan(x) => (&x.netns, &x.name, Dev::Stacked, "vlan"),
+                RawLink::Dummy(x) => (&x.netns, &x.name, Dev::Dummy, "dummy"),
+                RawLink::Macvlan(x) => (&x.netns, &x.name, Dev::Stacked, "macvlan"),
+                RawLink::Ipvlan(x) => (&x.netns, &x.name, Dev::Stacked, "ipvlan"),
+            };
+            if known.contains(&netns.value) {
+                claimed[i].0 = self.claim_dev(&mut devices, netns, name, dev, kind);
+            }
+        }
+        let filtering: Vec<(String, String)> = raw
+            .links
+            .iter()
+            .filter_map(|l| match l {
+                RawLink::Bridge(b) if b.vlan_filtering.as_ref().is_some_and(|f| f.value) => {
+                    Some((b.netns.value.clone(), b.name.value.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        for (link, claimed) in raw.links.iter().zip(claimed) {
+            if let Some(l) = self.link(link, known.as_slice(), &devices, claimed, &filtering) {
                 out.links.push(l);
             }
         }
@@ -131,23 +203,18 @@ impl Resolver<'_> {
             }
         }
         for r in &raw.routes {
-            let netns = self.namespace_ref(&r.netns, &known);
-            let dev = netns && self.dev_ref(&devices, &r.netns, &r.dev, "route");
-            let destination = if r.to.value.trim() == "default" {
-                Some(ipnet::Ipv4Net::default())
-            } else {
-                self.network(&r.to, "route destination")
-            };
-            let via = match &r.via {
-                Some(v) => self.ipv4(v, "route gateway").map(Some),
-                None => Some(None),
-            };
-            if let (true, Some(destination), Some(via)) = (dev, destination, via) {
-                out.routes.push(NsRoute {
-                    netns: r.netns.value.clone(),
-                    destination,
-                    via,
-                    dev: r.dev.value.clone(),
+            if let Some(r) = self.ns_route(r, &known, &devices) {
+                out.routes.push(r);
+            }
+        }
+        for s in &raw.sysctls {
+            let netns = self.namespace_ref(&s.netns, &known);
+            let ok = self.sysctl(&s.key.value, &s.value, &s.key.referenced);
+            if netns && ok {
+                out.sysctls.push(NsSysctl {
+                    netns: s.netns.value.clone(),
+                    key: s.key.value.clone(),
+                    value: s.value.value.0.clone(),
                 });
             }
         }
@@ -172,23 +239,16 @@ impl Resolver<'_> {
         }
         // Ports as the file declares them, whether or not their bridge
         // resolved: one mistake, one message.
-        let mut ports: Vec<(String, String)> = Vec::new();
-        for link in &raw.links {
-            match link {
-                RawLink::Veth(v) => {
-                    if v.master.is_some() {
-                        ports.push((v.netns.value.clone(), v.name.value.clone()));
-                    }
-                    if v.peer.master.is_some() {
-                        ports.push((v.peer.netns.value.clone(), v.peer.name.value.clone()));
-                    }
-                }
-                RawLink::Vxlan(x) if x.master.is_some() => {
-                    ports.push((x.netns.value.clone(), x.name.value.clone()));
-                }
-                _ => {}
-            }
-        }
+        // A bond's slave is no bridge port.
+        let ports: Vec<(String, String)> = raw
+            .links
+            .iter()
+            .flat_map(ends)
+            .filter(|(netns, _, master)| {
+                master.is_some_and(|m| devices.get(&netns.value, &m.value) != Some(Dev::Bond))
+            })
+            .map(|(netns, name, _)| (netns.value.clone(), name.value.clone()))
+            .collect();
         for f in &raw.fdb {
             if let Some(e) = self.fdb(f, &known, &devices, &ports) {
                 out.fdb.push(e);
@@ -280,46 +340,202 @@ impl Resolver<'_> {
         true
     }
 
-    /// A bridge of `netns` to be a port of.
+    /// A bridge or bond of `netns` to be a port or slave of: its name,
+    /// and whether it is a bridge.
     fn master_ref(
         &mut self,
         devices: &Devices,
         netns: &Text,
         master: &Option<Text>,
-    ) -> Option<Option<String>> {
+    ) -> Option<Option<(String, bool)>> {
         let Some(m) = master else { return Some(None) };
         match devices.get(&netns.value, &m.value) {
-            Some(Dev::Bridge) => Some(Some(m.value.clone())),
+            Some(Dev::Bridge) => Some(Some((m.value.clone(), true))),
+            Some(Dev::Bond) => Some(Some((m.value.clone(), false))),
             Some(_) => {
                 self.err(
                     &m.referenced,
                     format!(
-                        "master `{}` in namespace {} is not a bridge",
+                        "master `{}` in namespace {} is not a bridge or a bond",
                         m.value, netns.value
                     ),
-                    "not a bridge",
-                    Some("a link's master is a bridge of its own namespace".into()),
+                    "not a bridge or a bond",
+                    Some("a link's master is a bridge or a bond of its own namespace".into()),
                 );
                 None
             }
             None => {
-                let bridges: Vec<&str> = devices
+                let masters: Vec<&str> = devices
                     .by_ns
                     .get(&netns.value)
                     .map(|v| {
                         v.iter()
-                            .filter(|(_, d, _)| *d == Dev::Bridge)
+                            .filter(|(_, d, _)| matches!(d, Dev::Bridge | Dev::Bond))
                             .map(|(n, _, _)| n.as_str())
                             .collect()
                     })
                     .unwrap_or_default();
                 self.err(
                     &m.referenced,
-                    format!("no bridge `{}` in namespace {}", m.value, netns.value),
-                    "unknown bridge",
-                    Some(unknown_hint("bridge", &m.value, &bridges)),
+                    format!(
+                        "no bridge or bond `{}` in namespace {}",
+                        m.value, netns.value
+                    ),
+                    "unknown master",
+                    Some(unknown_hint("master", &m.value, &masters)),
                 );
                 None
+            }
+        }
+    }
+
+    /// A link end's master and port options, checked together: options
+    /// only on a bridge's port, vlans only on a vlan-filtering bridge's.
+    fn master_port(
+        &mut self,
+        devices: &Devices,
+        netns: &Text,
+        name: &Text,
+        master: &Option<Text>,
+        port: &Option<serde_saphyr::Spanned<RawBridgePort>>,
+        filtering: &[(String, String)],
+    ) -> Option<(Option<String>, Option<PortOptions>)> {
+        let master = self.master_ref(devices, netns, master)?;
+        let Some(p) = port else {
+            return Some((master.map(|(m, _)| m), None));
+        };
+        let bridge = match &master {
+            Some((m, true)) => m.clone(),
+            other => {
+                let why = match other {
+                    Some((m, _)) => format!("its master `{m}` is a bond"),
+                    None => "it has no master".to_string(),
+                };
+                self.err(
+                    &p.referenced,
+                    format!(
+                        "`{}` has port options, but {why}: they are a bridge port's",
+                        name.value
+                    ),
+                    "not a bridge port",
+                    Some("give the link a bridge `master`, or drop `port`".into()),
+                );
+                return None;
+            }
+        };
+        let vlans = self.bridge_vlans(&p.value.vlans)?;
+        if let Some(v) = p.value.vlans.first()
+            && !filtering
+                .iter()
+                .any(|(ns, b)| *ns == netns.value && *b == bridge)
+        {
+            self.err(
+                &v.id.referenced,
+                format!(
+                    "`{}` has vlans, but its bridge `{bridge}` does not filter by vlan",
+                    name.value
+                ),
+                "vlans without vlan_filtering",
+                Some(format!("add `vlan_filtering: true` to bridge {bridge}")),
+            );
+            return None;
+        }
+        Some((
+            Some(bridge),
+            Some(PortOptions {
+                learning: p.value.learning,
+                neigh_suppress: p.value.neigh_suppress,
+                isolated: p.value.isolated,
+                vlans,
+            }),
+        ))
+    }
+
+    /// A list of bridge VLANs: ids 1 to 4094, each once, one pvid.
+    fn bridge_vlans(&mut self, raw: &[RawBridgeVlan]) -> Option<Vec<BridgeVlan>> {
+        let mut out: Vec<BridgeVlan> = Vec::new();
+        let mut ok = true;
+        for v in raw {
+            if !self.vlan_id(&v.id) {
+                ok = false;
+                continue;
+            }
+            if out.iter().any(|o| o.id == v.id.value) {
+                self.err(
+                    &v.id.referenced,
+                    format!("vlan {} is listed twice", v.id.value),
+                    "duplicate vlan",
+                    None,
+                );
+                ok = false;
+                continue;
+            }
+            if v.pvid && out.iter().any(|o| o.pvid) {
+                self.err(
+                    &v.id.referenced,
+                    format!("vlan {} is a second pvid", v.id.value),
+                    "two pvids",
+                    Some("untagged frames arriving on a port belong to one vlan".into()),
+                );
+                ok = false;
+                continue;
+            }
+            out.push(BridgeVlan {
+                id: v.id.value,
+                pvid: v.pvid,
+                untagged: v.untagged,
+            });
+        }
+        ok.then_some(out)
+    }
+
+    /// An 802.1Q id: 1 to 4094.
+    fn vlan_id(&mut self, id: &serde_saphyr::Spanned<u16>) -> bool {
+        if (1..=4094).contains(&id.value) {
+            return true;
+        }
+        self.err(
+            &id.referenced,
+            format!("vlan id {} is out of range", id.value),
+            "bad vlan id",
+            Some("802.1Q vlan ids are 1 to 4094 (0 and 4095 are reserved)".into()),
+        );
+        false
+    }
+
+    /// The parent of a vlan, macvlan or ipvlan: a device of `netns` that
+    /// exists before the phase that makes stacked links.
+    fn parent_ref(&mut self, devices: &Devices, netns: &Text, parent: &Text, kind: &str) -> bool {
+        match devices.get(&netns.value, &parent.value) {
+            Some(d @ (Dev::Stacked | Dev::Vxlan)) => {
+                self.err(
+                    &parent.referenced,
+                    format!(
+                        "the {kind}'s parent `{}` is a {} of this layer, made in the same phase",
+                        parent.value,
+                        d.what()
+                    ),
+                    "stacked parent",
+                    Some(
+                        "a parent is a veth, bond, bridge, dummy or a device of the                          vpc/nodes/pods keys"
+                            .into(),
+                    ),
+                );
+                false
+            }
+            Some(_) => true,
+            None => {
+                let names = devices.names(&netns.value);
+                self.err(
+                    &parent.referenced,
+                    format!(
+                        "the {kind}'s parent `{}` is no device of namespace {}",
+                        parent.value, netns.value
+                    ),
+                    "unknown parent",
+                    Some(unknown_hint("device", &parent.value, &names)),
+                );
+                false
             }
         }
     }
@@ -353,56 +569,113 @@ impl Resolver<'_> {
         self.mac(text)
     }
 
-    fn link(&mut self, raw: &RawLink, known: &[String], devices: &mut Devices) -> Option<Link> {
+    fn link(
+        &mut self,
+        raw: &RawLink,
+        known: &[String],
+        devices: &Devices,
+        claimed: Claimed,
+        filtering: &[(String, String)],
+    ) -> Option<Link> {
+        let up = |state: Option<RawLinkState>| state != Some(RawLinkState::Down);
         match raw {
             RawLink::Bridge(b) => {
                 let ok = self.namespace_ref(&b.netns, known);
                 let mac = self.opt_mac(&b.mac);
                 let mtu = self.mtu(&b.mtu);
-                ok.then_some(())?;
+                let vlan_filtering = b.vlan_filtering.as_ref().is_some_and(|f| f.value);
+                let pvid = match &b.vlan_default_pvid {
+                    Some(p) if p.value > 4094 => {
+                        self.err(
+                            &p.referenced,
+                            format!("vlan_default_pvid {} is out of range", p.value),
+                            "bad vlan id",
+                            Some("0 (no default vlan) or a vlan id, 1 to 4094".into()),
+                        );
+                        None
+                    }
+                    Some(p) => Some(Some(p.value)),
+                    None => Some(None),
+                };
+                let vlans = self.bridge_vlans(&b.vlans);
+                let needs_filtering = b
+                    .vlan_default_pvid
+                    .as_ref()
+                    .map(|p| &p.referenced)
+                    .or(b.vlans.first().map(|v| &v.id.referenced));
+                if let (false, Some(at)) = (vlan_filtering, needs_filtering) {
+                    self.err(
+                        at,
+                        format!(
+                            "bridge {} has vlan settings but no vlan_filtering",
+                            b.name.value
+                        ),
+                        "vlans without vlan_filtering",
+                        Some("add `vlan_filtering: true`".into()),
+                    );
+                    return None;
+                }
+                (ok && claimed.0).then_some(())?;
                 Some(Link {
                     netns: b.netns.value.clone(),
                     name: b.name.value.clone(),
                     mac: mac?,
                     mtu: mtu?,
                     master: None,
-                    kind: LinkKind::Bridge,
+                    port: None,
+                    up: up(b.state),
+                    kind: LinkKind::Bridge(BridgeOptions {
+                        vlan_filtering,
+                        vlan_default_pvid: pvid?,
+                        vlans: vlans?,
+                    }),
                 })
             }
             RawLink::Veth(v) => {
                 let here = self.namespace_ref(&v.netns, known);
                 let there = self.namespace_ref(&v.peer.netns, known);
-                let a = here && self.claim_dev(devices, &v.netns, &v.name, Dev::Veth, "veth");
-                let b = there
-                    && self.claim_dev(devices, &v.peer.netns, &v.peer.name, Dev::Veth, "veth peer");
+                let (a, b) = claimed;
                 let mac = self.opt_mac(&v.mac);
                 let peer_mac = self.opt_mac(&v.peer.mac);
                 let mtu = self.mtu(&v.mtu);
                 let peer_mtu = self.mtu(&v.peer.mtu);
                 let master = if a {
-                    self.master_ref(devices, &v.netns, &v.master)
+                    self.master_port(devices, &v.netns, &v.name, &v.master, &v.port, filtering)
                 } else {
                     None
                 };
                 let peer_master = if b {
-                    self.master_ref(devices, &v.peer.netns, &v.peer.master)
+                    self.master_port(
+                        devices,
+                        &v.peer.netns,
+                        &v.peer.name,
+                        &v.peer.master,
+                        &v.peer.port,
+                        filtering,
+                    )
                 } else {
                     None
                 };
-                (a && b).then_some(())?;
+                (here && there && a && b).then_some(())?;
+                let (master, port) = master?;
+                let (peer_master, peer_port) = peer_master?;
                 Some(Link {
                     netns: v.netns.value.clone(),
                     name: v.name.value.clone(),
                     mac: mac?,
                     mtu: mtu?,
-                    master: master?,
+                    master,
+                    port,
+                    up: up(v.state),
                     kind: LinkKind::Veth {
                         peer: VethPeer {
                             netns: v.peer.netns.value.clone(),
                             name: v.peer.name.value.clone(),
                             mac: peer_mac?,
                             mtu: peer_mtu?,
-                            master: peer_master?,
+                            master: peer_master,
+                            port: peer_port,
+                            up: up(v.peer.state),
                         },
                     },
                 })
@@ -467,20 +740,22 @@ impl Resolver<'_> {
                 };
                 let mac = self.opt_mac(&x.mac);
                 let mtu = self.mtu(&x.mtu);
-                let claimed =
-                    here && self.claim_dev(devices, &x.netns, &x.name, Dev::Vxlan, "vxlan");
+                let claimed = here && claimed.0;
                 let master = if claimed {
-                    self.master_ref(devices, &x.netns, &x.master)
+                    self.master_port(devices, &x.netns, &x.name, &x.master, &x.port, filtering)
                 } else {
                     None
                 };
                 (claimed && under && x.id.value <= 0x00ff_ffff).then_some(())?;
+                let (master, bridge_port) = master?;
                 Some(Link {
                     netns: x.netns.value.clone(),
                     name: x.name.value.clone(),
                     mac: mac?,
                     mtu: mtu?,
-                    master: master?,
+                    master,
+                    port: bridge_port,
+                    up: up(x.state),
                     kind: LinkKind::Vxlan(Vxlan {
                         underlay: underlay.value.clone(),
                         id: x.id.value,
@@ -492,7 +767,253 @@ impl Resolver<'_> {
                     }),
                 })
             }
+            RawLink::Vlan(v) => {
+                let here = self.namespace_ref(&v.netns, known);
+                let parent = here && self.parent_ref(devices, &v.netns, &v.parent, "vlan");
+                let id = self.vlan_id(&v.id);
+                let kind = LinkKind::Vlan(Vlan {
+                    parent: v.parent.value.clone(),
+                    id: v.id.value,
+                });
+                let c = Common::of_vlan(v);
+                (parent && id).then_some(())?;
+                self.common(c, known, devices, claimed.0, filtering, kind)
+            }
+            RawLink::Bond(b) => {
+                let kind = LinkKind::Bond(Bond {
+                    mode: match b.mode.unwrap_or(RawBondMode::BalanceRr) {
+                        RawBondMode::BalanceRr => BondMode::BalanceRr,
+                        RawBondMode::ActiveBackup => BondMode::ActiveBackup,
+                        RawBondMode::BalanceXor => BondMode::BalanceXor,
+                        RawBondMode::Broadcast => BondMode::Broadcast,
+                        RawBondMode::Lacp => BondMode::Lacp,
+                        RawBondMode::BalanceTlb => BondMode::BalanceTlb,
+                        RawBondMode::BalanceAlb => BondMode::BalanceAlb,
+                    },
+                    miimon: b.miimon.filter(|m| *m > 0),
+                });
+                self.common(
+                    Common::of_bond(b),
+                    known,
+                    devices,
+                    claimed.0,
+                    filtering,
+                    kind,
+                )
+            }
+            RawLink::Dummy(d) => self.common(
+                Common::of_dummy(d),
+                known,
+                devices,
+                claimed.0,
+                filtering,
+                LinkKind::Dummy,
+            ),
+            RawLink::Macvlan(m) => {
+                let parent_netns = m.parent_in.as_ref().unwrap_or(&m.netns);
+                let there = self.namespace_ref(parent_netns, known);
+                let parent = there && self.parent_ref(devices, parent_netns, &m.parent, "macvlan");
+                let kind = LinkKind::Macvlan(Macvlan {
+                    parent_netns: parent_netns.value.clone(),
+                    parent: m.parent.value.clone(),
+                    mode: match m.mode.unwrap_or(RawMacvlanMode::Bridge) {
+                        RawMacvlanMode::Bridge => MacvlanMode::Bridge,
+                        RawMacvlanMode::Private => MacvlanMode::Private,
+                        RawMacvlanMode::Vepa => MacvlanMode::Vepa,
+                        RawMacvlanMode::Passthru => MacvlanMode::Passthru,
+                    },
+                });
+                let c = Common::of_macvlan(m);
+                let link = self.common(c, known, devices, claimed.0, filtering, kind);
+                parent.then_some(link)?
+            }
+            RawLink::Ipvlan(i) => {
+                let parent_netns = i.parent_in.as_ref().unwrap_or(&i.netns);
+                let there = self.namespace_ref(parent_netns, known);
+                let parent = there && self.parent_ref(devices, parent_netns, &i.parent, "ipvlan");
+                let kind = LinkKind::Ipvlan(Ipvlan {
+                    parent_netns: parent_netns.value.clone(),
+                    parent: i.parent.value.clone(),
+                    mode: match i.mode.unwrap_or(RawIpvlanMode::L2) {
+                        RawIpvlanMode::L2 => IpvlanMode::L2,
+                        RawIpvlanMode::L3 => IpvlanMode::L3,
+                    },
+                });
+                if let Some(m) = &i.mac {
+                    self.err(
+                        &m.referenced,
+                        format!("ipvlan {} cannot have a MAC of its own", i.name.value),
+                        "ipvlan mac",
+                        Some("an ipvlan sends with its parent's MAC; drop `mac`".into()),
+                    );
+                    return None;
+                }
+                let c = Common::of_ipvlan(i);
+                let link = self.common(c, known, devices, claimed.0, filtering, kind);
+                parent.then_some(link)?
+            }
         }
+    }
+
+    /// The fields every kind of link has, checked.
+    fn common(
+        &mut self,
+        c: Common<'_>,
+        known: &[String],
+        devices: &Devices,
+        claimed: bool,
+        filtering: &[(String, String)],
+        kind: LinkKind,
+    ) -> Option<Link> {
+        let here = self.namespace_ref(c.netns, known);
+        let mac = self.opt_mac(c.mac);
+        let mtu = self.mtu(c.mtu);
+        let master = if here && claimed {
+            self.master_port(devices, c.netns, c.name, c.master, c.port, filtering)
+        } else {
+            None
+        };
+        if let (LinkKind::Bond(_), Some(m)) = (&kind, c.master)
+            && devices.get(&c.netns.value, &m.value) == Some(Dev::Bond)
+        {
+            self.err(
+                &m.referenced,
+                format!(
+                    "bond {} cannot be a slave of bond {}",
+                    c.name.value, m.value
+                ),
+                "bond in a bond",
+                Some("the kernel refuses to enslave a bond to a bond".into()),
+            );
+            return None;
+        }
+        (here && claimed).then_some(())?;
+        let (master, port) = master?;
+        Some(Link {
+            netns: c.netns.value.clone(),
+            name: c.name.value.clone(),
+            mac: mac?,
+            mtu: mtu?,
+            master,
+            port,
+            up: c.state != Some(RawLinkState::Down),
+            kind,
+        })
+    }
+
+    /// A route of the layer: a namespace, a destination, and a gateway, a
+    /// device or next hops that exist there.
+    fn ns_route(&mut self, r: &RawNsRoute, known: &[String], devices: &Devices) -> Option<NsRoute> {
+        let netns = self.namespace_ref(&r.netns, known);
+        let mut ok = netns;
+        if let Some(d) = &r.dev {
+            ok &= netns && self.dev_ref(devices, &r.netns, d, "route");
+        }
+        let destination = if r.to.value.trim() == "default" {
+            Some(ipnet::Ipv4Net::default())
+        } else {
+            self.network(&r.to, "route destination")
+        };
+        let via = match &r.via {
+            Some(v) => self.ipv4(v, "route gateway").map(Some),
+            None => Some(None),
+        };
+        let mut nexthops = Vec::new();
+        for h in &r.nexthops {
+            let dev = netns && self.dev_ref(devices, &r.netns, &h.dev, "next hop");
+            let via = match &h.via {
+                Some(v) => self.ipv4(v, "next hop gateway").map(Some),
+                None => Some(None),
+            };
+            let weight = match &h.weight {
+                Some(w) if !(1..=256).contains(&w.value) => {
+                    self.err(
+                        &w.referenced,
+                        format!("next hop weight {} is out of range", w.value),
+                        "bad weight",
+                        Some("a next hop's weight is 1 to 256".into()),
+                    );
+                    None
+                }
+                Some(w) => Some(w.value),
+                None => Some(1),
+            };
+            match (dev, via, weight) {
+                (true, Some(via), Some(weight)) => nexthops.push(NextHop {
+                    via,
+                    dev: h.dev.value.clone(),
+                    weight,
+                    onlink: h.onlink,
+                }),
+                _ => ok = false,
+            }
+        }
+        if !r.nexthops.is_empty() {
+            if let Some(extra) = r.via.as_ref().or(r.dev.as_ref()) {
+                self.err(
+                    &extra.referenced,
+                    format!(
+                        "the route to {} has both `nexthops` and its own `via`/`dev`",
+                        r.to.value
+                    ),
+                    "nexthops and via",
+                    Some("give each next hop its `via` and `dev`, and none to the route".into()),
+                );
+                ok = false;
+            }
+        } else if r.via.is_none() && r.dev.is_none() {
+            self.err(
+                &r.to.referenced,
+                format!("the route to {} says neither `via` nor `dev`", r.to.value),
+                "no next hop",
+                Some("write `via: GATEWAY`, `dev: DEVICE`, both, or `nexthops`".into()),
+            );
+            ok = false;
+        }
+        let table = match &r.table {
+            Some(t) if t.value == 0 => {
+                self.err(
+                    &t.referenced,
+                    "routing table 0".into(),
+                    "bad table",
+                    Some("a table is 1 to 4294967295; the main one is 254".into()),
+                );
+                None
+            }
+            Some(t) => Some(Some(t.value)),
+            None => Some(None),
+        };
+        let scope = r.scope.map(|s| match s {
+            RawRouteScope::Global => RouteScope::Global,
+            RawRouteScope::Link => RouteScope::Link,
+            RawRouteScope::Host => RouteScope::Host,
+        });
+        let gateway = r.via.is_some() || r.nexthops.iter().any(|h| h.via.is_some());
+        if scope.is_some_and(|s| s != RouteScope::Global) && gateway {
+            self.err(
+                &r.to.referenced,
+                format!(
+                    "the route to {} has a gateway and scope {}",
+                    r.to.value,
+                    scope.map_or("", |s| s.as_str())
+                ),
+                "gateway out of scope",
+                Some("a route through a gateway has scope global (the kernel's default)".into()),
+            );
+            ok = false;
+        }
+        (ok).then_some(())?;
+        Some(NsRoute {
+            netns: r.netns.value.clone(),
+            destination: destination?,
+            via: via?,
+            dev: r.dev.as_ref().map(|d| d.value.clone()),
+            metric: r.metric,
+            table: table?,
+            scope,
+            onlink: r.onlink,
+            nexthops,
+        })
     }
 
     fn fdb(
@@ -590,6 +1111,54 @@ impl Resolver<'_> {
             mirror,
             to: to.value.clone(),
         })
+    }
+}
+
+/// The fields every kind of link but veth, bridge and vxlan shares, by
+/// reference (serde's `flatten` would lose their locations).
+struct Common<'a> {
+    netns: &'a Text,
+    name: &'a Text,
+    mac: &'a Option<Text>,
+    mtu: &'a Option<serde_saphyr::Spanned<u32>>,
+    master: &'a Option<Text>,
+    port: &'a Option<serde_saphyr::Spanned<RawBridgePort>>,
+    state: Option<RawLinkState>,
+}
+
+macro_rules! common_of {
+    ($($f:ident: $t:ty),*) => {
+        impl<'a> Common<'a> {
+            $(fn $f(x: &'a $t) -> Self {
+                Common {
+                    netns: &x.netns,
+                    name: &x.name,
+                    mac: &x.mac,
+                    mtu: &x.mtu,
+                    master: &x.master,
+                    port: &x.port,
+                    state: x.state,
+                }
+            })*
+        }
+    };
+}
+common_of!(of_vlan: RawVlan, of_bond: RawBond, of_dummy: RawDummy, of_macvlan: RawMacvlan, of_ipvlan: RawIpvlan);
+
+/// A link's ends (one, or a veth's two): namespace, name and master.
+fn ends(link: &RawLink) -> Vec<(&Text, &Text, Option<&Text>)> {
+    match link {
+        RawLink::Veth(v) => vec![
+            (&v.netns, &v.name, v.master.as_ref()),
+            (&v.peer.netns, &v.peer.name, v.peer.master.as_ref()),
+        ],
+        RawLink::Bridge(b) => vec![(&b.netns, &b.name, None)],
+        RawLink::Vxlan(x) => vec![(&x.netns, &x.name, x.master.as_ref())],
+        RawLink::Vlan(x) => vec![(&x.netns, &x.name, x.master.as_ref())],
+        RawLink::Bond(x) => vec![(&x.netns, &x.name, x.master.as_ref())],
+        RawLink::Dummy(x) => vec![(&x.netns, &x.name, x.master.as_ref())],
+        RawLink::Macvlan(x) => vec![(&x.netns, &x.name, x.master.as_ref())],
+        RawLink::Ipvlan(x) => vec![(&x.netns, &x.name, x.master.as_ref())],
     }
 }
 

@@ -1,0 +1,146 @@
+//! The layer's routes with options: the payload of [`Action::AddNsRoute`],
+//! its iproute2 text and its netlink call (rtnetlink's
+//! `RouteMessageBuilder`, with `RTA_MULTIPATH` for several next hops).
+//!
+//! A plain `to`/`via`/`dev` route stays an [`Action::AddRoute`], as every
+//! other part of the plan makes them.
+//!
+//! [`Action::AddNsRoute`]: crate::plan::Action::AddNsRoute
+//! [`Action::AddRoute`]: crate::plan::Action::AddRoute
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::Ipv4Net;
+use labctl_topology::RouteScope;
+use netlink_packet_route::route::RouteScope as NlScope;
+use rtnetlink::{RouteMessageBuilder, RouteNextHopBuilder};
+use serde::Serialize;
+
+use super::{KernelError, Netlink, fail};
+use crate::plan::{IfRef, Step, route_destination, shell_quote as q};
+
+/// One next hop of an ECMP route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NextHop {
+    pub via: Option<Ipv4Addr>,
+    pub dev: IfRef,
+    /// As iproute2 writes it, 1 to 256.
+    pub weight: u16,
+    pub onlink: bool,
+}
+
+/// `ip route add DST [via GW] [dev IF] [onlink] [table T] [metric M]
+/// [scope S] proto static [nexthop via GW dev IF weight W [onlink] ...]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AddNsRoute {
+    pub destination: Ipv4Net,
+    pub via: Option<Ipv4Addr>,
+    pub dev: Option<IfRef>,
+    pub onlink: bool,
+    pub table: Option<u32>,
+    pub metric: Option<u32>,
+    pub scope: Option<RouteScope>,
+    pub nexthops: Vec<NextHop>,
+}
+
+impl AddNsRoute {
+    /// The iproute2 command in namespace `ns` (already quoted).
+    pub fn command(&self, ns: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "ip -n {ns} route add {}",
+            route_destination(&self.destination)
+        )?;
+        if let Some(via) = self.via {
+            write!(f, " via {via}")?;
+        }
+        if let Some(dev) = &self.dev {
+            write!(f, " dev {}", q(&dev.name))?;
+        }
+        if self.onlink {
+            write!(f, " onlink")?;
+        }
+        if let Some(t) = self.table {
+            write!(f, " table {t}")?;
+        }
+        if let Some(m) = self.metric {
+            write!(f, " metric {m}")?;
+        }
+        if let Some(s) = self.scope {
+            write!(f, " scope {}", s.as_str())?;
+        }
+        // `proto static`, as `up` marks its routes.
+        write!(f, " proto static")?;
+        for h in &self.nexthops {
+            write!(f, " nexthop")?;
+            if let Some(via) = h.via {
+                write!(f, " via {via}")?;
+            }
+            write!(f, " dev {} weight {}", q(&h.dev.name), h.weight)?;
+            if h.onlink {
+                write!(f, " onlink")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The scope iproute2 gives a route it is not told one for: link
+    /// without a gateway, global (universe) with one.
+    fn scope(&self) -> NlScope {
+        match self.scope {
+            Some(RouteScope::Global) => NlScope::Universe,
+            Some(RouteScope::Link) => NlScope::Link,
+            Some(RouteScope::Host) => NlScope::Host,
+            None if self.via.is_some() || self.nexthops.iter().any(|h| h.via.is_some()) => {
+                NlScope::Universe
+            }
+            None => NlScope::Link,
+        }
+    }
+
+    pub(super) async fn apply(&self, nl: &Netlink, step: &Step) -> Result<(), KernelError> {
+        let d = &self.destination;
+        let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(d.addr(), d.prefix_len())
+            .scope(self.scope());
+        if let Some(via) = self.via {
+            b = b.gateway(via);
+        }
+        if let Some(dev) = &self.dev {
+            b = b.output_interface(dev.ifindex);
+        }
+        if self.onlink {
+            b = b.onlink();
+        }
+        if let Some(t) = self.table {
+            b = b.table_id(t);
+        }
+        if let Some(m) = self.metric {
+            b = b.priority(m);
+        }
+        if !self.nexthops.is_empty() {
+            let mut hops = Vec::new();
+            for h in &self.nexthops {
+                let mut nh = RouteNextHopBuilder::new_ipv4().interface(h.dev.ifindex);
+                if let Some(via) = h.via {
+                    nh = nh
+                        .via(IpAddr::V4(via))
+                        .map_err(|e| KernelError::new(step.to_string(), e))?;
+                }
+                if h.onlink {
+                    nh = nh.onlink();
+                }
+                // The kernel keeps weight - 1 (rtnh_hops).
+                hops.push(nh.weight((h.weight - 1) as u8).build());
+            }
+            b = b.multipath(hops);
+        }
+        nl.handle(&step.netns)?
+            .route()
+            .add(b.build())
+            .execute()
+            .await
+            .map_err(|e| fail(step, e))
+    }
+}
