@@ -14,7 +14,7 @@ use netlink_packet_route::tc::{
     TcAttribute, TcBpfFlags, TcFilterBpf, TcFilterBpfOption, TcHandle, TcMessage, TcOption,
 };
 
-use super::{KernelError, Netlink, fail, first_line as what};
+use super::{KernelError, Netlink, first_line as what};
 use crate::plan::{Action, Step};
 
 /// `TC_H_MIN_INGRESS` / `TC_H_MIN_EGRESS` under clsact's `ffff:`.
@@ -101,34 +101,12 @@ impl Netlink {
                     .map_err(|e| KernelError::new(step.to_string(), e))?;
                 let req = attach_message(*ifindex, *hook, &filter_name(pin), raw);
                 // The fd stays open until the kernel has answered.
-                let result = self.send_ebpf(step, req).await;
+                let result = self.send(step, req).await;
                 drop(fd);
                 result
             }
             _ => Err(KernelError::new(step.to_string(), "not an eBPF action")),
         }
-    }
-
-    /// Send a request built by hand and wait for the kernel's answer.
-    async fn send_ebpf(
-        &self,
-        step: &Step,
-        req: NetlinkMessage<RouteNetlinkMessage>,
-    ) -> Result<(), KernelError> {
-        use futures::StreamExt;
-        let mut h = self.handle(&step.netns)?.clone();
-        let mut answers = h.request(req).map_err(|e| fail(step, e))?;
-        while let Some(m) = answers.next().await {
-            if let netlink_packet_core::NetlinkPayload::Error(e) = m.payload
-                && let Some(code) = e.code
-            {
-                return Err(KernelError::new(
-                    step.to_string(),
-                    std::io::Error::from_raw_os_error(-code.get()),
-                ));
-            }
-        }
-        Ok(())
     }
 }
 

@@ -262,8 +262,9 @@ impl Netlink {
         }
     }
 
-    /// Send a request built by hand and wait for the kernel's answer.
-    async fn send(
+    /// Send a request built by hand and wait for the kernel's answer (the
+    /// clsact qdisc here, the cls_bpf filter in `ebpf`).
+    pub(super) async fn send(
         &self,
         step: &Step,
         req: NetlinkMessage<RouteNetlinkMessage>,
