@@ -38,6 +38,9 @@ pub struct IfStatus {
     pub up: bool,
     /// The bridge this interface is a port of.
     pub master: Option<String>,
+    /// The device of the same namespace a vlan, macvlan or ipvlan sits on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lower: Option<String>,
     pub addresses: Vec<String>,
 }
 
@@ -129,8 +132,16 @@ async fn dump(socket: netlink_sys::Socket) -> Result<Vec<IfStatus>, rtnetlink::E
                 mac: None,
                 up: l.header.flags.contains(LinkFlags::Up),
                 master: None,
+                lower: None,
                 addresses: by_index.remove(&l.header.index).unwrap_or_default(),
             };
+            // IFLA_LINK names a device of this namespace only without a
+            // link-netnsid (a veth's names its peer, maybe elsewhere).
+            let elsewhere = l
+                .attributes
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::LinkNetNsId(_)));
+            let mut lower = None;
             for attr in &l.attributes {
                 match attr {
                     LinkAttribute::Address(mac) if mac.len() == 6 && s.kind != "loopback" => {
@@ -138,6 +149,7 @@ async fn dump(socket: netlink_sys::Socket) -> Result<Vec<IfStatus>, rtnetlink::E
                         s.mac = Some(format_mac(&mac));
                     }
                     LinkAttribute::Controller(i) => s.master = names.get(i).cloned(),
+                    LinkAttribute::Link(i) if !elsewhere => lower = names.get(i).cloned(),
                     LinkAttribute::LinkInfo(infos) => {
                         for info in infos {
                             if let LinkInfo::Kind(kind) = info {
@@ -147,6 +159,9 @@ async fn dump(socket: netlink_sys::Socket) -> Result<Vec<IfStatus>, rtnetlink::E
                     }
                     _ => {}
                 }
+            }
+            if matches!(s.kind.as_str(), "vlan" | "macvlan" | "ipvlan") {
+                s.lower = lower;
             }
             s
         })

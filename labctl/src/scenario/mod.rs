@@ -216,17 +216,40 @@ pub fn run(
     let sender = record
         .netns_of(&sc.from)
         .ok_or_else(|| ScenarioError::NoSender(sc.name.clone()))?;
-    // Bridge membership, read back from the kernel: `entity/port` -> bridge.
-    let masters: HashMap<String, String> = observe::lab_status(record)?
-        .into_iter()
+    // Bridge and bond membership and the devices vlans sit on, read back
+    // from the kernel: `entity/port` -> bridge, and each device's height in
+    // its namespace's stack (see `path::when`).
+    let status = observe::lab_status(record)?;
+    let masters: HashMap<String, String> = status
+        .iter()
         .flat_map(|ns| {
-            let entity = ns.entity;
-            ns.interfaces.into_iter().filter_map(move |i| {
+            let entity = &ns.entity;
+            ns.interfaces.iter().filter_map(move |i| {
                 i.master
+                    .as_ref()
                     .map(|m| (format!("{entity}/{}", i.name), format!("{entity}/{m}")))
             })
         })
         .collect();
+    let lowers: Vec<(String, String)> = status
+        .iter()
+        .flat_map(|ns| {
+            let entity = &ns.entity;
+            ns.interfaces.iter().flat_map(move |i| {
+                let me = format!("{entity}/{}", i.name);
+                let over = i
+                    .master
+                    .as_ref()
+                    .map(|m| (format!("{entity}/{m}"), me.clone()));
+                let under = i
+                    .lower
+                    .as_ref()
+                    .map(|l| (me.clone(), format!("{entity}/{l}")));
+                over.into_iter().chain(under)
+            })
+        })
+        .collect();
+    let levels = path::levels(&lowers);
 
     let names: Vec<String> = record.namespaces.iter().map(|n| n.name.clone()).collect();
     // Link changes last before the traffic, undone first after it.
@@ -332,17 +355,21 @@ pub fn run(
     let crossings: Vec<path::Crossing> = seen
         .iter()
         .filter(|(_, f)| is_request(f, sc))
-        .map(|(p, _)| path::Crossing {
-            ts: p.ts,
-            hop: hop(p),
-            group: group_of(p),
-            direction: p.direction,
+        .map(|(p, _)| {
+            let hop = hop(p);
+            path::Crossing {
+                ts: p.ts,
+                level: levels.get(&hop).copied().unwrap_or(0),
+                hop,
+                group: group_of(p),
+                direction: p.direction,
+            }
         })
         .collect();
     let path = path::derive(&crossings, &masters);
     let stacks = path::stacks(&path);
     let devices = path.len() as u32;
-    let table = sighting_table(&seen, &path, &hop, &masters, &folds);
+    let table = sighting_table(&seen, &path, &hop, &levels, &folds);
     // Neighbour tables the expectations name, read after the traffic.
     let mut neighbours: HashMap<String, Vec<observe::Neighbour>> = HashMap::new();
     for n in &sc.expect.neighbours {
@@ -607,7 +634,7 @@ fn sighting_table(
     seen: &[(&Packet, Flow)],
     path: &[String],
     hop: &dyn Fn(&Packet) -> String,
-    masters: &HashMap<String, String>,
+    levels: &HashMap<String, u8>,
     folds: &HashMap<String, String>,
 ) -> Vec<Row> {
     let mut rows: Vec<((Duration, u8), Row)> = Vec::new();
@@ -620,7 +647,7 @@ fn sighting_table(
             None => {
                 index.insert(key.clone(), rows.len());
                 rows.push((
-                    path::when(p.ts, p.direction, &key.0, masters),
+                    path::when(p.ts, p.direction, levels.get(&key.0).copied().unwrap_or(0)),
                     Row {
                         interface: key.0,
                         direction: match p.direction {

@@ -41,26 +41,54 @@ pub struct Crossing {
     /// The folded hop this interface belongs to (`vpc`, a switch's name).
     pub group: Option<String>,
     pub direction: Direction,
+    /// The interface's height in its namespace's device stack ([`levels`]);
+    /// a bridge of `masters` counts at least 1.
+    pub level: u8,
 }
 
 /// When a tap saw a packet, for ordering. Within one namespace the kernel
 /// stamps a packet once and every tap there sees the same time; such ties
-/// are ordered the way the stack moves a packet: in on a bridge port, in on
-/// the bridge, out of the bridge, out of a port (or any other interface).
-pub fn when(
-    ts: Duration,
-    direction: Direction,
-    hop: &str,
-    masters: &HashMap<String, String>,
-) -> (Duration, u8) {
-    let is_bridge = masters.values().any(|b| b == hop);
-    let rank = match (direction, is_bridge) {
-        (Direction::In, false) => 0,
-        (Direction::In, true) => 1,
-        (Direction::Out, true) => 2,
-        (Direction::Out, false) => 3,
+/// are ordered the way the stack moves a packet: coming in from the bottom
+/// of the namespace's device stack up (a bond's slave, the bond, the vlan
+/// on it; a bridge port, the bridge), going out from the top down. `level`
+/// is the device's height in that stack ([`levels`]).
+pub fn when(ts: Duration, direction: Direction, level: u8) -> (Duration, u8) {
+    let level = level.min(MAX_LEVEL);
+    let rank = match direction {
+        Direction::In => level,
+        Direction::Out => 2 * MAX_LEVEL + 1 - level,
     };
     (ts, rank)
+}
+
+/// The highest stack a namespace is thought to have; deeper is cut here.
+const MAX_LEVEL: u8 = 8;
+
+/// Each device's height in its namespace's stack, from (upper, lower)
+/// pairs (`ENTITY/IFNAME`): 0 for a device with nothing below it, else one
+/// more than the highest device below it. A cycle, which the kernel does
+/// not make, stops at [`MAX_LEVEL`].
+pub fn levels(pairs: &[(String, String)]) -> HashMap<String, u8> {
+    fn height(dev: &str, below: &HashMap<&str, Vec<&str>>, depth: u8) -> u8 {
+        if depth >= MAX_LEVEL {
+            return MAX_LEVEL;
+        }
+        below.get(dev).map_or(0, |v| {
+            1 + v
+                .iter()
+                .map(|l| height(l, below, depth + 1))
+                .max()
+                .unwrap_or(0)
+        })
+    }
+    let mut below: HashMap<&str, Vec<&str>> = HashMap::new();
+    for (upper, lower) in pairs {
+        below.entry(upper).or_default().push(lower);
+    }
+    below
+        .keys()
+        .map(|d| (d.to_string(), height(d, &below, 0).min(MAX_LEVEL)))
+        .collect()
 }
 
 /// The request's route from its crossings (in any order); `masters` maps a
@@ -68,7 +96,11 @@ pub fn when(
 /// doc for the rules.
 pub fn derive(crossings: &[Crossing], masters: &HashMap<String, String>) -> Vec<String> {
     let mut sorted: Vec<&Crossing> = crossings.iter().collect();
-    sorted.sort_by_key(|c| when(c.ts, c.direction, &c.hop, masters));
+    let is_master = |h: &str| masters.values().any(|b| b == h);
+    sorted.sort_by_key(|c| {
+        let level = c.level.max(u8::from(is_master(&c.hop)));
+        when(c.ts, c.direction, level)
+    });
     let mut first: Vec<String> = Vec::new();
     // Every crossing so far, as (hop, direction).
     let mut visits: Vec<(&str, Direction)> = Vec::new();
@@ -138,6 +170,7 @@ mod tests {
             hop: hop.into(),
             group: None,
             direction,
+            level: 0,
         }
     }
 
@@ -149,6 +182,57 @@ mod tests {
     }
 
     use Direction::{In, Out};
+
+    /// Up a bond's slave to the bond to a vlan on it, stamped once: the
+    /// stack order, lowest first coming in and highest first going out,
+    /// whatever order the taps were read in.
+    #[test]
+    fn stacked_devices_tie_bottom_up_in_and_top_down_out() {
+        let pairs: Vec<(String, String)> = [
+            ("s/bond0", "s/eth0"),
+            ("s/bond0", "s/eth1"),
+            ("s/bond0.100", "s/bond0"),
+            ("s/bond0.200", "s/bond0"),
+        ]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        let levels = levels(&pairs);
+        assert_eq!(levels["s/bond0"], 1);
+        assert_eq!(levels["s/bond0.100"], 2);
+        assert!(!levels.contains_key("s/eth0"));
+        let with = |mut c: Crossing| {
+            c.level = levels.get(&c.hop).copied().unwrap_or(0);
+            c
+        };
+        let crossings: Vec<Crossing> = [
+            at(1, "a/eth0", Out),
+            at(2, "s/bond0.100", In),
+            at(2, "s/bond0", In),
+            at(2, "s/eth0", In),
+            at(2, "s/eth0", Out),
+            at(2, "s/bond0", Out),
+            at(2, "s/bond0.200", Out),
+        ]
+        .into_iter()
+        .map(with)
+        .collect();
+        assert_eq!(
+            derive(&crossings, &HashMap::new()),
+            [
+                "a/eth0",
+                "s/eth0",
+                "s/bond0",
+                "s/bond0.100",
+                "s/bond0.200",
+                "s/bond0",
+                "s/eth0"
+            ]
+        );
+        // A cycle (which the kernel never makes) ends.
+        let cycle = super::levels(&[("x".into(), "y".into()), ("y".into(), "x".into())]);
+        assert!(cycle["x"] <= MAX_LEVEL);
+    }
 
     #[test]
     fn hops_in_timestamp_order_with_ties_by_direction() {
