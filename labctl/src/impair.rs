@@ -314,6 +314,7 @@ fn object_namespaces(lab: &Lab, c: &ObjectChange) -> Vec<String> {
         ObjectChange::Move { pod, from, to } => {
             vec![lab.netns(pod), lab.netns(from), lab.netns(to)]
         }
+        ObjectChange::Tc { entity, .. } => vec![lab.netns(entity)],
     }
 }
 
@@ -458,6 +459,88 @@ pub async fn object_steps<K: Kernel>(
             }
             ObjectChange::Move { pod, from, to } => {
                 out.extend(move_steps(kernel, lab, plan, &ifaces, pod, from, to).await?);
+            }
+            ObjectChange::Tc {
+                entity,
+                dev: name,
+                hook,
+                mirror,
+                to,
+            } => {
+                let ns = lab.netns(entity);
+                let d = dev(&ns, entity, name)?;
+                // The lab's filters on this hook: what a deletion takes and
+                // its undoing puts back.
+                let made: Vec<Step> = plan
+                    .steps
+                    .iter()
+                    .filter(|s| {
+                        s.netns == ns
+                            && matches!(&s.action, Action::TcMirred { ifindex, hook: h, .. }
+                                if *ifindex == d.ifindex && h == hook)
+                    })
+                    .map(again)
+                    .collect();
+                let has_clsact = plan.steps.iter().any(|s| {
+                    s.netns == ns
+                        && matches!(&s.action, Action::Clsact { ifindex, .. } if *ifindex == d.ifindex)
+                });
+                let del = step(
+                    &ns,
+                    Action::DelTcFilters {
+                        ifname: d.ifname.clone(),
+                        ifindex: d.ifindex,
+                        hook: *hook,
+                    },
+                );
+                match to {
+                    None => out.push(Undoable {
+                        step: del,
+                        undo: made,
+                    }),
+                    Some(to) => {
+                        let t = dev(&ns, entity, to)?;
+                        if !has_clsact {
+                            out.push(Undoable {
+                                step: step(
+                                    &ns,
+                                    Action::Clsact {
+                                        ifname: d.ifname.clone(),
+                                        ifindex: d.ifindex,
+                                    },
+                                ),
+                                undo: vec![step(
+                                    &ns,
+                                    Action::DelClsact {
+                                        ifname: d.ifname.clone(),
+                                        ifindex: d.ifindex,
+                                    },
+                                )],
+                            });
+                        }
+                        let mut undo = Vec::new();
+                        if has_clsact {
+                            undo.push(del);
+                            undo.extend(made);
+                        }
+                        out.push(Undoable {
+                            step: step(
+                                &ns,
+                                Action::TcMirred {
+                                    ifname: d.ifname.clone(),
+                                    ifindex: d.ifindex,
+                                    hook: *hook,
+                                    mirror: *mirror,
+                                    to: IfRef {
+                                        name: t.ifname,
+                                        ifindex: t.ifindex,
+                                    },
+                                },
+                            ),
+                            undo,
+                        });
+                    }
+                }
             }
         }
     }
@@ -624,6 +707,25 @@ pub fn change_texts(sc: &labctl_topology::Scenario) -> Vec<String> {
         }
         ObjectChange::Sysctl { entity, key, value } => format!("{entity}: {key}={value}"),
         ObjectChange::Move { pod, from, to } => format!("{pod}: moved from {from} to {to}"),
+        ObjectChange::Tc {
+            entity,
+            dev,
+            hook,
+            mirror,
+            to,
+        } => {
+            let hook = match hook {
+                labctl_topology::TcHook::Ingress => "ingress",
+                labctl_topology::TcHook::Egress => "egress",
+            };
+            match to {
+                None => format!("{entity}: tc filters on {dev} {hook} deleted"),
+                Some(to) => {
+                    let what = if *mirror { "mirror" } else { "redirect" };
+                    format!("{entity}: tc on {dev} {hook}: {what} to {to}")
+                }
+            }
+        }
     };
     sc.link_changes
         .iter()

@@ -379,7 +379,9 @@ impl Kernel for Netlink {
             | Action::TcMirred { .. }
             | Action::DelLink { .. }
             | Action::DelNeighbour { .. }
-            | Action::DelFdb { .. } => self.run_object(step).await,
+            | Action::DelFdb { .. }
+            | Action::DelTcFilters { .. }
+            | Action::DelClsact { .. } => self.run_object(step).await,
             Action::AddVlan(a) => a.apply(self, step).await,
             Action::AddBond(a) => a.apply(self, step).await,
             Action::Enslave(a) => a.apply(self, step).await,

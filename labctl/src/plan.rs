@@ -268,6 +268,16 @@ pub enum Action {
         ifindex: u32,
         address: Ipv4Addr,
     },
+    /// `tc filter del dev IF ingress|egress`: every filter of the hook (a
+    /// scenario's change, undone by the plan's own filters).
+    DelTcFilters {
+        ifname: String,
+        ifindex: u32,
+        hook: labctl_topology::TcHook,
+    },
+    /// `tc qdisc del dev IF clsact`, its filters with it (undoing a
+    /// scenario's filter on a device the lab gave no clsact).
+    DelClsact { ifname: String, ifindex: u32 },
     /// `bridge fdb del MAC dev IF [dst VTEP] master|self` (a scenario's
     /// change).
     DelFdb {
@@ -711,6 +721,16 @@ impl fmt::Display for Step {
                 write!(f, "tc -n {ns} qdisc add dev {} clsact", q(ifname))
             }
             Action::DelLink { ifname, .. } => write!(f, "ip -n {ns} link del {}", q(ifname)),
+            Action::DelTcFilters { ifname, hook, .. } => {
+                let hook = match hook {
+                    labctl_topology::TcHook::Ingress => "ingress",
+                    labctl_topology::TcHook::Egress => "egress",
+                };
+                write!(f, "tc -n {ns} filter del dev {} {hook}", q(ifname))
+            }
+            Action::DelClsact { ifname, .. } => {
+                write!(f, "tc -n {ns} qdisc del dev {} clsact", q(ifname))
+            }
             Action::DelNeighbour {
                 ifname, address, ..
             } => write!(f, "ip -n {ns} neigh del {address} dev {}", q(ifname)),

@@ -158,12 +158,14 @@ fn a_run_with_a_mac_change_leaves_the_lab_as_it_was() -> Result<(), Failed> {
         .arg(file()))?;
     let reports: serde_json::Value = serde_json::from_slice(&o.stdout)?;
     let reports = reports.as_array().cloned().unwrap_or_default();
-    ensure(reports.len() == 2, format!("{reports:#?}"))?;
+    ensure(reports.len() == 3, format!("{reports:#?}"))?;
     // The bug with the change (its expectation: a timeout), then the fix
-    // on the same lab once the change is undone.
+    // on the same lab once the change is undone, then the pod's redirect
+    // deleted for a scenario (and put back: the tc filters are compared).
     ensure(
         reports[0]["scenario"] == "k0-vxlan0-own-mac-drops"
-            && reports[1]["scenario"] == "k1-ping-through-the-redirects",
+            && reports[1]["scenario"] == "k1-ping-through-the-redirects"
+            && reports[2]["scenario"] == "k2-redirect-removed",
         format!("{reports:#?}"),
     )?;
     for r in &reports {

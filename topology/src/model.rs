@@ -332,6 +332,15 @@ pub enum ObjectChange {
         from: String,
         to: String,
     },
+    /// `tc filter add dev DEV HOOK ... mirred egress redirect|mirror dev
+    /// TO` (`to` set, with `mirror`), or `tc filter del dev DEV HOOK`.
+    Tc {
+        entity: String,
+        dev: String,
+        hook: TcHook,
+        mirror: bool,
+        to: Option<String>,
+    },
 }
 
 /// netem's impairments on an interface's egress queue.

@@ -2803,3 +2803,56 @@ fn a_bare_namespace_serves_ports_like_a_pod() {
         "{e:#?}"
     );
 }
+
+#[test]
+fn tc_changes_resolve_and_their_errors_are_located() {
+    let lab = impaired(
+        "[{ tc: { in: node-1, dev: eth0, hook: ingress, delete: true } }, \
+         { tc: { in: node-1, dev: eth0, hook: egress, mirror: cni0 } }]",
+        "{}",
+        "icmp",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let c = &lab.scenarios[0].object_changes;
+    assert!(
+        matches!(
+            &c[0],
+            ObjectChange::Tc {
+                to: None,
+                hook: TcHook::Ingress,
+                ..
+            }
+        ),
+        "{c:?}"
+    );
+    assert!(
+        matches!(&c[1], ObjectChange::Tc { to: Some(t), mirror: true, .. } if t == "cni0"),
+        "{c:?}"
+    );
+    for (changes, want) in [
+        (
+            "[{ tc: { in: node-1, dev: eth0, hook: ingress } }]",
+            "changes nothing",
+        ),
+        (
+            "[{ tc: { in: node-1, dev: eth0, hook: ingress, redirect: eth9 } }]",
+            "namespace node-1 has no device `eth9`",
+        ),
+        (
+            "[{ tc: { in: node-1, dev: eth0, hook: ingress, redirect: cni0, delete: true } }]",
+            "are deleted: they need no target",
+        ),
+        (
+            "[{ tc: { in: node-1, dev: eth0, hook: ingress, redirect: cni0, mirror: cni0 } }]",
+            "both redirects and mirrors",
+        ),
+    ] {
+        let e = impaired_errors(changes, "{}", "icmp");
+        assert_eq!(e.len(), 1, "{changes}: {e:#?}");
+        assert!(e[0].contains(want), "{changes}: want `{want}` in {e:#?}");
+        assert!(
+            e[0].contains("t.yaml:28:"),
+            "{changes}: not located: {e:#?}"
+        );
+    }
+}

@@ -258,6 +258,30 @@ impl Netlink {
                     Err(e) => Err(e),
                 }
             }
+            Action::DelTcFilters { ifindex, hook, .. } => {
+                let parent = match hook {
+                    labctl_topology::TcHook::Ingress => CLSACT_INGRESS,
+                    labctl_topology::TcHook::Egress => CLSACT_EGRESS,
+                };
+                match self.handle(&step.netns) {
+                    Ok(h) => h
+                        .traffic_filter(*ifindex as i32)
+                        .del()
+                        .parent(parent)
+                        .execute()
+                        .await
+                        .map_err(|e| fail(step, e)),
+                    Err(e) => Err(e),
+                }
+            }
+            Action::DelClsact { ifindex, .. } => {
+                let mut msg = TcMessage::with_index(*ifindex as i32);
+                msg.header.parent = TcHandle::INGRESS;
+                msg.header.handle = TcHandle::from(0xffff_0000);
+                let mut req = NetlinkMessage::from(RouteNetlinkMessage::DelQueueDiscipline(msg));
+                req.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+                self.send(step, req).await
+            }
             _ => Err(KernelError::new(step.to_string(), "not a low-level action")),
         }
     }

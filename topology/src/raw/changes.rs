@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::{
-    IfName, Ipv4Text, MacText, RawLinkState, RawNeighState, RawNetem, RawTrafficPolicy,
+    IfName, Ipv4Text, MacText, RawLinkState, RawNeighState, RawNetem, RawTcHook, RawTrafficPolicy,
     RouteDestination, Scalar, SysctlValue,
 };
 
@@ -32,6 +32,9 @@ pub enum RawChange {
     Fdb(RawFdbChange),
     /// A per-namespace sysctl set for the scenario.
     Sysctl(RawSysctlChange),
+    /// A match-all mirred filter added on a hook, or the hook's filters
+    /// deleted.
+    Tc(RawTcChange),
     /// A pod moved to another node, keeping its MAC and address.
     Move(RawMoveChange),
 }
@@ -189,4 +192,29 @@ pub struct RawMoveChange {
     /// The node it moves to.
     #[schemars(with = "String")]
     pub to: Spanned<String>,
+}
+
+/// `- tc: {in: NS, dev: DEV, hook: ingress, delete: true}` deletes the
+/// hook's filters for the scenario (`tc filter del dev DEV ingress`) and
+/// puts the lab's back after it; `- tc: {in, dev, hook, redirect: TO}` (or
+/// `mirror: TO`) adds a match-all mirred filter, taken away after.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "TcChange")]
+pub struct RawTcChange {
+    #[serde(rename = "in")]
+    #[schemars(with = "String")]
+    pub netns: Spanned<String>,
+    #[schemars(with = "IfName")]
+    pub dev: Spanned<String>,
+    pub hook: RawTcHook,
+    #[serde(default)]
+    #[schemars(with = "Option<IfName>")]
+    pub redirect: Option<Spanned<String>>,
+    #[serde(default)]
+    #[schemars(with = "Option<IfName>")]
+    pub mirror: Option<Spanned<String>>,
+    #[serde(default)]
+    #[schemars(with = "Option<bool>")]
+    pub delete: Option<Spanned<bool>>,
 }

@@ -51,6 +51,7 @@ impl Resolver<'_> {
                 RawChange::Fdb(f) => out.3.extend(self.fdb_change(f, lab)),
                 RawChange::Sysctl(s) => out.3.extend(self.sysctl_change(s, lab)),
                 RawChange::Move(m) => out.3.extend(self.move_change(m, lab)),
+                RawChange::Tc(t) => out.3.extend(self.tc_change(t, lab)),
             }
         }
         out
@@ -481,6 +482,69 @@ impl Resolver<'_> {
             pod: pod.name.clone(),
             from: pod.node.clone(),
             to: m.to.value.clone(),
+        })
+    }
+
+    fn tc_change(&mut self, t: &RawTcChange, lab: &Lab) -> Option<ObjectChange> {
+        let before = self.problems.len();
+        let entity = self.change_entity(&t.netns, lab);
+        let dev = entity
+            .as_deref()
+            .and_then(|e| self.change_dev(e, &t.dev, lab));
+        let delete = t.delete.as_ref().is_some_and(|d| d.value);
+        let target = match (&t.redirect, &t.mirror) {
+            (Some(r), None) => Some((r, false)),
+            (None, Some(m)) => Some((m, true)),
+            (Some(_), Some(m)) => {
+                self.err(
+                    &m.referenced,
+                    "a tc filter both redirects and mirrors".into(),
+                    "redirect or mirror",
+                    Some("write two changes, or keep one of `redirect` and `mirror`".into()),
+                );
+                None
+            }
+            (None, None) => None,
+        };
+        let to = match (target, delete) {
+            (Some((to, _)), true) => {
+                self.err(
+                    &to.referenced,
+                    format!(
+                        "the filters on `{}` are deleted: they need no target",
+                        t.dev.value
+                    ),
+                    "delete or add",
+                    Some("keep `redirect`/`mirror` to add a filter, or `delete: true`".into()),
+                );
+                None
+            }
+            (Some((to, _)), false) => entity.as_deref().and_then(|e| self.change_dev(e, to, lab)),
+            (None, true) => None,
+            (None, false) => {
+                if self.problems.len() == before {
+                    self.err(
+                        &t.dev.referenced,
+                        format!("the tc change on `{}` changes nothing", t.dev.value),
+                        "no change",
+                        Some("add `redirect: DEV` or `mirror: DEV`, or `delete: true`".into()),
+                    );
+                }
+                None
+            }
+        };
+        if self.problems.len() > before {
+            return None;
+        }
+        Some(ObjectChange::Tc {
+            entity: entity?,
+            dev: dev?,
+            hook: match t.hook {
+                RawTcHook::Ingress => TcHook::Ingress,
+                RawTcHook::Egress => TcHook::Egress,
+            },
+            mirror: target.is_some_and(|(_, m)| m),
+            to,
         })
     }
 }
