@@ -469,14 +469,17 @@ pub async fn object_steps<K: Kernel>(
             } => {
                 let ns = lab.netns(entity);
                 let d = dev(&ns, entity, name)?;
-                // The lab's filters on this hook: what a deletion takes and
-                // its undoing puts back.
+                // The lab's filters on this hook, mirred and eBPF (an `ebpf:`
+                // lab's service programs): what a deletion takes and its
+                // undoing puts back.
                 let made: Vec<Step> = plan
                     .steps
                     .iter()
                     .filter(|s| {
                         s.netns == ns
-                            && matches!(&s.action, Action::TcMirred { ifindex, hook: h, .. }
+                            && matches!(&s.action,
+                                Action::TcMirred { ifindex, hook: h, .. }
+                                | Action::BpfAttach { ifindex, hook: h, .. }
                                 if *ifindex == d.ifindex && h == hook)
                     })
                     .map(again)
