@@ -311,6 +311,32 @@ fn broken_vpc_route_fails_f2() -> Result<(), Failed> {
 /// The new observations can fail: the fixed Kata ping (k1) with the bug's
 /// expectations and some that no run can meet. Each must be reported
 /// FAILED with what the kernel showed.
+/// The Kata lab's bug comes from the article's cause: with OVN's ARP
+/// responder taken away (`--var arp_responder=off`) the worker's ARP
+/// crosses the tunnel, vxlan0 answers with its own MAC, and the same ping
+/// that times out in P1 connects (the variant's expectations say what the
+/// kernel must show: ARP on vxlan0, the worker's neighbour at vxlan0's MAC).
+fn kata_without_arp_responder_connects() -> Result<(), Failed> {
+    let o = labctl_on_host()
+        .args(["run", "--name", &unique(), "-o", "json"])
+        .args(["--var", "arp_responder=off"])
+        .arg(root().join("topologies/kata-peer-pods.yaml"))
+        .arg("p1-worker-pings-pod")
+        .output()?;
+    let reports: serde_json::Value = serde_json::from_slice(&o.stdout).map_err(|e| {
+        format!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    })?;
+    let r = &reports[0];
+    if r["scenario"] != "p1-worker-pings-pod" || r["result"] != "connected" || r["passed"] != true {
+        return Err(format!("without the ARP responder P1 should connect:\n{r:#}").into());
+    }
+    Ok(())
+}
+
 fn observations_can_fail() -> Result<(), Failed> {
     let source = std::fs::read_to_string(root().join("topologies/vxlan-redirect.yaml"))?;
     let (lab, _) = source
@@ -460,6 +486,12 @@ fn main() {
     trials.push(
         Trial::ignorable_test("broken_vpc_route_fails_f2", || {
             gate(broken_vpc_route_fails_f2)
+        })
+        .with_kind(host.clone()),
+    );
+    trials.push(
+        Trial::ignorable_test("kata_without_arp_responder_connects", || {
+            gate(kata_without_arp_responder_connects)
         })
         .with_kind(host.clone()),
     );
