@@ -127,6 +127,23 @@ pub struct UpReport {
     pub elapsed: Duration,
 }
 
+/// What identifies the build of `lab`: a CRC-32 of its plan's commands
+/// (`labctl plan -o script`) and of the ports it serves, as hex. Two files,
+/// or one file under two `--var` values, that build the same lab have the
+/// same digest.
+pub fn plan_digest(lab: &Lab) -> String {
+    digest_of(lab, &plan(lab))
+}
+
+fn digest_of(lab: &Lab, plan: &Plan) -> String {
+    let mut h = crc32fast::Hasher::new();
+    h.update(plan.to_commands().as_bytes());
+    for served in serve::specs(lab, &plan.namespaces) {
+        h.update(format!("{}{:?}", served.netns, served.ports).as_bytes());
+    }
+    format!("{:08x}", h.finalize())
+}
+
 /// Bring a lab up on the host kernel.
 pub fn up(
     lab: &Lab,
@@ -186,6 +203,7 @@ pub fn up(
 
     // Record first: from here on, whatever exists is listed for `down`.
     let mut record = LabState::new(&lab.name, file, plan.namespaces.clone());
+    record.plan_digest = Some(digest_of(lab, &plan));
     state::save(&record)?;
     fault_point("recorded");
 

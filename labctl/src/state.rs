@@ -125,6 +125,13 @@ pub struct LabState {
     /// for labs whose pods declare no ports).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serve: Option<ServeState>,
+    /// A digest of what `up` built: the plan's commands and the ports it
+    /// serves ([`crate::engine::plan_digest`]). `run` on a lab that is up
+    /// refuses a file or `--var` whose plan differs, rather than checking
+    /// one lab's scenarios against another build. Absent in older records
+    /// and on the host for a lab in a VM (the VM's own record has it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_digest: Option<String>,
     /// What [`load`] dropped from the file as not this lab's, in words.
     #[serde(skip)]
     pub rejected: Vec<String>,
@@ -153,6 +160,7 @@ impl LabState {
             vm: None,
             namespaces,
             serve: None,
+            plan_digest: None,
             rejected: Vec::new(),
         }
     }

@@ -282,6 +282,27 @@ fn killed_up_then_down(n: usize, point: &'static str) -> Result<(), Failed> {
 }
 
 /// Two labs from the same file, under different names, at the same time.
+/// `run` on a lab that is up uses it only if it is the file's build: the
+/// same file under another `--var` is refused (its scenarios would be
+/// checked against a lab the file no longer describes), the lab untouched;
+/// the file as it was built runs on it.
+fn run_refuses_a_lab_built_otherwise() -> Result<(), Failed> {
+    let lab = unique("digest");
+    let _down = up(&lab)?;
+    let [_, _, file] = flannel();
+    let o = run(labctl()
+        .args(["run", "--name", &lab, "--var", "services=on"])
+        .arg(&file)
+        .arg("f1-pod-ip-same-node"));
+    fails_with(&o, 2, "is up, but not as")?;
+    ensure(netns_of(&lab).len() == 10, format!("{:?}", netns_of(&lab)))?;
+    ok(labctl()
+        .args(["run", "--name", &lab])
+        .args(flannel())
+        .arg("f1-pod-ip-same-node"))?;
+    Ok(())
+}
+
 fn two_labs_at_once() -> Result<(), Failed> {
     let (a, b) = (unique("two-a"), unique("two-b"));
     let _ga = up(&a)?;
@@ -496,6 +517,9 @@ fn main() {
         Trial::ignorable_test("flannel_up_ping_down", || gate(flannel_up_ping_down)),
         Trial::ignorable_test("served_ports_up_to_down", || gate(served_ports_up_to_down)),
         Trial::ignorable_test("two_labs_at_once", || gate(two_labs_at_once)),
+        Trial::ignorable_test("run_refuses_a_lab_built_otherwise", || {
+            gate(run_refuses_a_lab_built_otherwise)
+        }),
         Trial::ignorable_test("foreign_namespace_conflict", || {
             gate(foreign_namespace_conflict)
         }),

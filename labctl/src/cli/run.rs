@@ -109,6 +109,22 @@ pub fn run(args: Args) -> Result {
     }
 
     let existing = state::load(&lab.name).map_err(super::state_failure)?;
+    // A lab that is up is used as it is: only if it is this file's build.
+    if let Some(built) = existing.as_ref().and_then(|r| r.plan_digest.as_deref())
+        && built != engine::plan_digest(&lab)
+    {
+        return Err(Failure::new(
+            Exit::Usage,
+            format!(
+                "lab `{}` is up, but not as {} builds it now (the file or its --var values \
+                 changed since `up`): take it down first (`labctl down {}`), or give the \
+                 run a lab of its own with --name",
+                lab.name,
+                args.file.display(),
+                lab.name
+            ),
+        ));
+    }
     if let Some(dir) = &args.pcap {
         std::fs::create_dir_all(dir).map_err(|e| {
             Failure::new(
