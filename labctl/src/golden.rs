@@ -246,6 +246,7 @@ mod tests {
             path: vec!["centos/eth0".into(), "nginx/eth0".into()],
             stacks: 2,
             devices: 2,
+            hops: Vec::new(),
             table: Vec::new(),
             conntrack: Vec::new(),
             ipvs: Vec::new(),

@@ -683,6 +683,10 @@ pub struct Expect {
     /// Devices the request's path crosses (see the scenario's path rules).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub devices: Option<u32>,
+    /// Hops of the request: devices stacked on one another and switches
+    /// crossed in a row counted once (see the scenario's path rules).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hops: Option<u32>,
     /// Neighbour entries that must (not) exist after the traffic.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub neighbours: Vec<NeighbourExpect>,

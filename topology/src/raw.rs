@@ -730,6 +730,15 @@ pub struct RawExpect {
     #[serde(default)]
     #[schemars(with = "Option<u32>", range(min = 1))]
     pub devices: Option<Spanned<u32>>,
+    /// How many hops the request makes, counted as a network engineer
+    /// counts them on a drawing: the path's devices, where a device and the
+    /// one stacked right on or under it (a vlan on its parent, a bond on
+    /// its active slave) crossed one after the other are one hop (a NIC, a
+    /// gateway sub-interface), and switches crossed one after the other
+    /// are one hop (the switched network). The report lists the hops.
+    #[serde(default)]
+    #[schemars(with = "Option<u32>", range(min = 1))]
+    pub hops: Option<Spanned<u32>>,
     /// Neighbour (ARP) entries a namespace must hold, or must not, after
     /// the traffic, read from the kernel like `ip neigh show`.
     #[serde(default)]

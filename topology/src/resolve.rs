@@ -1856,6 +1856,18 @@ impl Resolver<'_> {
             }
             Some(d.value)
         });
+        let hops = raw.expect.hops.as_ref().and_then(|d| {
+            if d.value == 0 {
+                self.err(
+                    &d.referenced,
+                    "a request makes at least one hop".into(),
+                    "zero hops",
+                    Some("write the number of hops on the path, e.g. `hops: 18`".into()),
+                );
+                return None;
+            }
+            Some(d.value)
+        });
         let neighbours = self.neighbour_expects(&raw.expect.neighbours, lab);
         if self.problems.len() > before {
             return None;
@@ -1894,6 +1906,7 @@ impl Resolver<'_> {
                 rtt_ms,
                 retransmits,
                 devices,
+                hops,
                 neighbours,
             },
         })

@@ -2520,6 +2520,16 @@ fn zero_devices_is_refused() {
     );
 }
 
+#[test]
+fn zero_hops_is_refused() {
+    let errs = observed_errors("    expect:\n      hops: 0\n");
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(
+        errs[0].starts_with("t.yaml:26:13: a request makes at least one hop"),
+        "{errs:#?}"
+    );
+}
+
 // ---- the layer's other link kinds, bridge vlans, routes and sysctls ------
 
 /// A host with a bond of two veths and a vlan on it, a switch with a

@@ -126,6 +126,10 @@ pub struct Report {
     pub stacks: u32,
     /// Devices crossed: the path's length (see [`path`]).
     pub devices: u32,
+    /// The hops of the path as [`path::hops`] counts them, each in words,
+    /// for a scenario that expects `hops` (else empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hops: Vec<String>,
     pub table: Vec<Row>,
     /// Per node (and `vpc`) holding any, its conntrack entries after the
     /// traffic (the tables are emptied before it), `conntrack -L` style.
@@ -369,6 +373,38 @@ pub fn run(
     let path = path::derive(&crossings, &masters);
     let stacks = path::stacks(&path);
     let devices = path.len() as u32;
+    let hops: Vec<String> = if sc.expect.hops.is_some() {
+        // Stacked devices: a vlan (or macvlan) on its parent, a bond on its
+        // slaves; a bridge's ports are hops of their own.
+        let bonds: Vec<(String, String)> = status
+            .iter()
+            .flat_map(|ns| {
+                let entity = &ns.entity;
+                ns.interfaces.iter().filter_map(move |i| {
+                    let master = i.master.as_ref()?;
+                    let is_bond = ns
+                        .interfaces
+                        .iter()
+                        .any(|m| &m.name == master && m.kind == "bond");
+                    is_bond.then(|| (format!("{entity}/{master}"), format!("{entity}/{}", i.name)))
+                })
+            })
+            .collect();
+        let vlans = status.iter().flat_map(|ns| {
+            let entity = &ns.entity;
+            ns.interfaces.iter().filter_map(move |i| {
+                let lower = i.lower.as_ref()?;
+                Some((format!("{entity}/{}", i.name), format!("{entity}/{lower}")))
+            })
+        });
+        let stacked: Vec<(String, String)> = bonds.into_iter().chain(vlans).collect();
+        path::hops(&path, &stacked)
+            .iter()
+            .map(|h| path::hop_text(h))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let table = sighting_table(&seen, &path, &hop, &levels, &folds);
     // Neighbour tables the expectations name, read after the traffic.
     let mut neighbours: HashMap<String, Vec<observe::Neighbour>> = HashMap::new();
@@ -460,6 +496,7 @@ pub fn run(
         path,
         stacks,
         devices,
+        hops,
         table,
         conntrack: ct
             .iter()
@@ -765,6 +802,13 @@ fn check(
             format!("crosses {n} devices"),
             r.devices == n,
             Some(format!("got: {}", r.devices)),
+        );
+    }
+    if let Some(n) = sc.expect.hops {
+        push(
+            format!("makes {n} hops"),
+            r.hops.len() == n as usize,
+            Some(format!("got: {}", r.hops.len())),
         );
     }
     for s in &sc.expect.seen_on {
@@ -1111,6 +1155,9 @@ impl Report {
         }
         let _ = writeln!(s, "path: {}", self.path.join(" -> "));
         let _ = writeln!(s, "stacks: {}", self.stacks);
+        if !self.hops.is_empty() {
+            let _ = writeln!(s, "hops ({}): {}", self.hops.len(), self.hops.join(" -> "));
+        }
         let _ = writeln!(s, "sightings:");
         let width = self.interface_width();
         for r in &self.table {
@@ -1196,6 +1243,14 @@ impl Report {
             self.stacks,
             self.path.join(" -> ")
         );
+        if !self.hops.is_empty() {
+            let _ = writeln!(
+                s,
+                "  hops ({}): {}",
+                self.hops.len(),
+                self.hops.join(" -> ")
+            );
+        }
         let width = self.interface_width();
         for r in &self.table {
             let _ = writeln!(

@@ -104,12 +104,14 @@ pub fn derive(crossings: &[Crossing], masters: &HashMap<String, String>) -> Vec<
     let mut first: Vec<String> = Vec::new();
     // Every crossing so far, as (hop, direction).
     let mut visits: Vec<(&str, Direction)> = Vec::new();
-    // A folded group entered since the last hop that counted.
-    let mut pending: Option<&str> = None;
+    // The folded groups entered since the last hop that counted, in order
+    // (a ToR, then the aggregation switch above it).
+    let mut pending: Vec<&str> = Vec::new();
     for c in sorted {
         if let Some(g) = c.group.as_deref() {
-            if first.last().is_none_or(|last| last != g) {
-                pending = Some(g);
+            let last = pending.last().copied().or(first.last().map(String::as_str));
+            if last != Some(g) {
+                pending.push(g);
             }
             continue;
         }
@@ -119,21 +121,15 @@ pub fn derive(crossings: &[Crossing], masters: &HashMap<String, String>) -> Vec<
         visits.push((h, c.direction));
         // Back the other way after other hops (or a group): a return leg.
         let revisit =
-            counted && new_way && (pending.is_some() || first.last().is_some_and(|l| l != h));
+            counted && new_way && (!pending.is_empty() || first.last().is_some_and(|l| l != h));
         if counted && !revisit {
-            pending = None;
+            pending.clear();
             continue;
         }
-        if let Some(g) = pending.take()
-            && first.last().is_none_or(|last| last != g)
-        {
-            first.push(g.to_string());
-        }
+        first.extend(pending.drain(..).map(String::from));
         first.push(h.to_string());
     }
-    if let Some(g) = pending {
-        first.push(g.to_string());
-    }
+    first.extend(pending.drain(..).map(String::from));
     let mut path: Vec<String> = Vec::new();
     for h in first {
         if let (Some(prev), Some(bridge)) = (path.last(), masters.get(&h))
@@ -145,6 +141,57 @@ pub fn derive(crossings: &[Crossing], masters: &HashMap<String, String>) -> Vec<
         path.push(h);
     }
     path
+}
+
+/// The path as a network engineer counts hops on a drawing (the articles'
+/// "18 hops"), each hop the path's devices it stands for: a device and the
+/// one stacked right under or on it (`stacked` holds such upper/lower
+/// pairs: a vlan and its parent, a bond and its slave; not a bridge and
+/// its ports) crossed one after the other are one hop, a NIC or a gateway
+/// sub-interface; folded groups (switches, the VPC) crossed one after the
+/// other are one hop, the switched network. A hop joins a device to the
+/// last one before it only, so a router's trunk, in by one vlan and out by
+/// another, is two hops.
+pub fn hops(path: &[String], stacked: &[(String, String)]) -> Vec<Vec<String>> {
+    let related = |a: &str, b: &str| {
+        stacked
+            .iter()
+            .any(|(u, l)| (u == a && l == b) || (u == b && l == a))
+    };
+    let folded = |h: &str| !h.contains('/');
+    let mut out: Vec<Vec<String>> = Vec::new();
+    for h in path {
+        let joins = out
+            .last()
+            .and_then(|hop| hop.last())
+            .is_some_and(|last| (folded(last) && folded(h)) || related(last, h));
+        match out.last_mut() {
+            Some(hop) if joins => hop.push(h.clone()),
+            _ => out.push(vec![h.clone()]),
+        }
+    }
+    out
+}
+
+/// One hop of [`hops`] in words: its devices joined by `+`, the namespace
+/// said once (`core/eth0+eth0.100`, `tor1+agg`).
+pub fn hop_text(hop: &[String]) -> String {
+    let mut out = String::new();
+    let mut entity: Option<&str> = None;
+    for (i, h) in hop.iter().enumerate() {
+        if i > 0 {
+            out.push('+');
+        }
+        match h.split_once('/') {
+            Some((e, dev)) if entity == Some(e) => out.push_str(dev),
+            Some((e, _)) => {
+                entity = Some(e);
+                out.push_str(h);
+            }
+            None => out.push_str(h),
+        }
+    }
+    out
 }
 
 /// Network stacks the path crosses: its namespaces (the VPC and switches
@@ -232,6 +279,84 @@ mod tests {
         // A cycle (which the kernel never makes) ends.
         let cycle = super::levels(&[("x".into(), "y".into()), ("y".into(), "x".into())]);
         assert!(cycle["x"] <= MAX_LEVEL);
+    }
+
+    /// Two switches in a row (a ToR, then the aggregation switch) are two
+    /// hops of the path, in the order crossed, each once.
+    #[test]
+    fn switches_in_a_row_are_each_a_hop() {
+        let c = [
+            at(1, "a/eth0", Out),
+            folded(2, "tor1/swp1", "tor1", In),
+            folded(2, "tor1/uplink", "tor1", Out),
+            folded(3, "agg/swp1", "agg", In),
+            folded(3, "agg/swp3", "agg", Out),
+            at(4, "r/eth0", In),
+            at(5, "r/eth0", Out),
+            folded(6, "agg/swp3", "agg", In),
+            folded(6, "agg/swp2", "agg", Out),
+            folded(7, "tor2/uplink", "tor2", In),
+            folded(7, "tor2/swp2", "tor2", Out),
+            at(8, "b/eth0", In),
+        ];
+        assert_eq!(
+            derive(&c, &HashMap::new()),
+            ["a/eth0", "tor1", "agg", "r/eth0", "agg", "tor2", "b/eth0"]
+        );
+    }
+
+    /// Ctrip's count: a bond and its slave are one NIC, a router's trunk
+    /// with each gateway sub-interface one hop per vlan, switches in a row
+    /// one hop, a bridge and its ports apart.
+    #[test]
+    fn hops_join_stacked_devices_and_switches_in_a_row() {
+        let path: Vec<String> = [
+            "i/eth0",
+            "c/tap",
+            "c/br",
+            "c/bond0",
+            "c/eth0",
+            "tor1",
+            "agg",
+            "r/eth0",
+            "r/eth0.100",
+            "r/eth0.200",
+            "r/eth0",
+            "agg",
+            "tor2",
+            "d/eth0",
+            "d/bond0",
+        ]
+        .iter()
+        .map(|h| h.to_string())
+        .collect();
+        let stacked: Vec<(String, String)> = [
+            ("c/bond0", "c/eth0"),
+            ("d/bond0", "d/eth0"),
+            ("r/eth0.100", "r/eth0"),
+            ("r/eth0.200", "r/eth0"),
+        ]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        let hops = hops(&path, &stacked);
+        let text: Vec<String> = hops.iter().map(|h| hop_text(h)).collect();
+        assert_eq!(
+            text,
+            [
+                "i/eth0",
+                "c/tap",
+                "c/br",
+                "c/bond0+eth0",
+                "tor1+agg",
+                "r/eth0+eth0.100",
+                "r/eth0.200+eth0",
+                "agg+tor2",
+                "d/eth0+bond0"
+            ]
+        );
+        // Nothing stacked: one hop a device.
+        assert_eq!(super::hops(&path, &[]).len(), path.len() - 2);
     }
 
     #[test]
