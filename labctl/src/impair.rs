@@ -167,6 +167,35 @@ pub fn steps(
                     .collect(),
             });
         }
+        if c.up {
+            // Up with what the kernel flushed when the lab left it down;
+            // down again after (which flushes them again).
+            let (name, index) = (i.ifname.clone(), i.ifindex);
+            if before.get(&(i.netns.clone(), index)).is_some_and(|b| !b.up) {
+                out.push(Undoable {
+                    step: step(
+                        &i.netns,
+                        Action::LinkUp {
+                            ifname: name.clone(),
+                            ifindex: index,
+                        },
+                    ),
+                    undo: vec![step(
+                        &i.netns,
+                        Action::LinkDown {
+                            ifname: name,
+                            ifindex: index,
+                        },
+                    )],
+                });
+                for again in flushed_with(plan, i) {
+                    out.push(Undoable {
+                        step: again,
+                        undo: Vec::new(),
+                    });
+                }
+            }
+        }
         if c.down {
             let (name, index) = (i.ifname.clone(), i.ifindex);
             let mut undo = Vec::new();
@@ -205,6 +234,12 @@ fn flushed_with(plan: &Plan, i: &Iface) -> Vec<Step> {
             Action::AddRoute { ifindex, .. }
             | Action::SelfNeighbour { ifindex, .. }
             | Action::AddNeighbour { ifindex, .. } => *ifindex == i.ifindex,
+            // An ECMP route goes only when its every next hop does.
+            Action::AddNsRoute(r) => {
+                r.dev.as_ref().is_some_and(|d| d.ifindex == i.ifindex)
+                    || !r.nexthops.is_empty()
+                        && r.nexthops.iter().all(|h| h.dev.ifindex == i.ifindex)
+            }
             _ => false,
         })
         .map(|s| Step {
@@ -253,6 +288,25 @@ pub fn route_steps(
                     )],
                 });
             }
+            // A route of the low-level layer: taken away by destination,
+            // table and metric, whatever its next hops.
+            if let Some((add, a)) =
+                plan.steps
+                    .iter()
+                    .filter(|s| s.netns == ns)
+                    .find_map(|s| match &s.action {
+                        Action::AddNsRoute(a) if a.destination == r.destination => Some((s, a)),
+                        _ => None,
+                    })
+            {
+                return Ok(Undoable {
+                    step: step(
+                        &ns,
+                        Action::DelNsRoute(crate::kernel::route::DelNsRoute::of(a)),
+                    ),
+                    undo: vec![again(add)],
+                });
+            }
             let made: Vec<(&Step, &ipnet::Ipv4Net, &Option<Ipv4Addr>, &String, u32)> = plan
                 .steps
                 .iter()
@@ -270,7 +324,15 @@ pub fn route_steps(
             let Some((add, destination, via, ifname, ifindex)) =
                 made.iter().find(|m| *m.1 == r.destination)
             else {
-                let have: Vec<String> = made.iter().map(|m| text(m.1)).collect();
+                let layer =
+                    plan.steps
+                        .iter()
+                        .filter(|s| s.netns == ns)
+                        .filter_map(|s| match &s.action {
+                            Action::AddNsRoute(a) => Some(text(&a.destination)),
+                            _ => None,
+                        });
+                let have: Vec<String> = made.iter().map(|m| text(m.1)).chain(layer).collect();
                 return Err(ImpairError::NoRoute {
                     route: text(&r.destination),
                     entity: r.entity.clone(),
@@ -403,8 +465,8 @@ pub async fn object_steps<K: Kernel>(
                 let d = dev(&ns, entity, name)?;
                 let made = plan.steps.iter().find(|s| {
                     s.netns == ns
-                        && matches!(&s.action, Action::AddFdb { ifindex, lladdr: m, .. }
-                            if *ifindex == d.ifindex && m == lladdr)
+                        && matches!(&s.action, Action::AddFdb { ifindex, lladdr: m, master: t, .. }
+                            if *ifindex == d.ifindex && m == lladdr && t == master)
                 });
                 let del = step(
                     &ns,
@@ -753,6 +815,9 @@ fn link_change_text(c: &LinkChange) -> String {
     }
     if c.down {
         what.push("down".to_string());
+    }
+    if c.up {
+        what.push("up".to_string());
     }
     format!("{}: {}", c.link, what.join(", "))
 }

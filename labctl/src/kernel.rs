@@ -390,6 +390,7 @@ impl Kernel for Netlink {
             Action::SetPort(a) => a.apply(self, step).await,
             Action::BridgeVlan(a) => a.apply(self, step).await,
             Action::AddNsRoute(a) => a.apply(self, step).await,
+            Action::DelNsRoute(a) => a.apply(self, step).await,
             Action::LoopbackUp => {
                 let msg = LinkUnspec::new_with_index(1).up().build();
                 self.link_set(step, msg).await

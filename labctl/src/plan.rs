@@ -330,6 +330,9 @@ pub enum Action {
     /// A route with a table, metric, scope, onlink or several next hops
     /// ([`crate::kernel::route`]).
     AddNsRoute(crate::kernel::route::AddNsRoute),
+    /// A layer route deleted by destination, table and metric (a
+    /// scenario's change).
+    DelNsRoute(crate::kernel::route::DelNsRoute),
 }
 
 /// An interface of the namespace the action runs in, by name and index.
@@ -785,6 +788,7 @@ impl fmt::Display for Step {
             Action::SetPort(a) => a.command(&ns, f),
             Action::BridgeVlan(a) => a.command(&ns, f),
             Action::AddNsRoute(a) => a.command(&ns, f),
+            Action::DelNsRoute(a) => a.command(&ns, f),
         }
     }
 }

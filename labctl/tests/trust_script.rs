@@ -277,6 +277,7 @@ fn hostile_plan() -> Plan {
                 },
                 id: 100,
                 mac: None,
+                parent_up: true,
             }),
             Action::AddBond(labctl::kernel::bond::AddBond {
                 name: h.into(),

@@ -273,6 +273,11 @@ pub struct LinkChange {
     pub netem: Option<Netem>,
     /// `ip link set IF down` for the scenario.
     pub down: bool,
+    /// `ip link set IF up` for the scenario: a link the lab leaves down
+    /// (a pod restarted elsewhere), with the routes and neighbour entries
+    /// the lab makes through it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub up: bool,
     pub mtu: Option<u32>,
     /// `ip link set IF address MAC`, on this interface only.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -673,6 +678,9 @@ pub struct Expect {
     pub seen_on: Vec<Sighting>,
     pub not_seen_on: Vec<Sighting>,
     pub server_saw_client: Option<Ipv4Addr>,
+    /// The entity whose built-in server must answer (HTTP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub served_by: Option<String>,
     pub conntrack: Vec<ConntrackExpect>,
     /// The client's round-trip time, in milliseconds.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -723,6 +723,12 @@ pub struct RawExpect {
     #[serde(default)]
     #[schemars(with = "Option<Ipv4Text>")]
     pub server_saw_client: Option<Spanned<String>>,
+    /// The pod or namespace whose built-in server answered (HTTP): which
+    /// endpoint served, e.g. a pod restarted elsewhere with the same
+    /// address.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub served_by: Option<Spanned<String>>,
     /// How many devices the request's path crosses: the path as derived,
     /// each crossing once (an interface crossed again on a return leg
     /// counts again), the VPC and each switch once per visit, a bridge put

@@ -1779,6 +1779,50 @@ impl Resolver<'_> {
             .server_saw_client
             .as_ref()
             .and_then(|t| self.ipv4(t, "address"));
+        let served_by = raw.expect.served_by.as_ref().and_then(|b| {
+            let name = &b.value;
+            let serves = lab
+                .pods
+                .iter()
+                .any(|p| &p.name == name && !p.ports.is_empty())
+                || lab
+                    .objects
+                    .namespaces
+                    .iter()
+                    .any(|n| &n.name == name && !n.ports.is_empty());
+            if !serves {
+                let known: Vec<&str> = lab
+                    .pods
+                    .iter()
+                    .filter(|p| !p.ports.is_empty())
+                    .map(|p| p.name.as_str())
+                    .chain(
+                        lab.objects
+                            .namespaces
+                            .iter()
+                            .filter(|n| !n.ports.is_empty())
+                            .map(|n| n.name.as_str()),
+                    )
+                    .collect();
+                self.err(
+                    &b.referenced,
+                    format!("`{name}` is no pod or namespace that serves ports"),
+                    "serves nothing",
+                    Some(unknown_hint("server", name, &known)),
+                );
+                return None;
+            }
+            if traffic != Traffic::Http {
+                self.err(
+                    &b.referenced,
+                    "only an HTTP answer says who served it".into(),
+                    "not HTTP",
+                    Some("use `protocol: http`, or leave `served_by` out".into()),
+                );
+                return None;
+            }
+            Some(name.clone())
+        });
         let rtt_ms = raw
             .expect
             .rtt_ms
@@ -1902,6 +1946,7 @@ impl Resolver<'_> {
                 seen_on,
                 not_seen_on,
                 server_saw_client,
+                served_by,
                 conntrack,
                 rtt_ms,
                 retransmits,

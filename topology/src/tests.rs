@@ -2283,6 +2283,55 @@ fn object_changes_resolve_in_file_order() {
     );
 }
 
+/// An FDB change goes in the table the lab's own entries would: on a
+/// vxlan that is a bridge port, the bridge's without a VTEP, the vxlan's
+/// own with one (EVPN's two entries per remote MAC).
+#[test]
+fn fdb_changes_on_a_vxlan_port_take_the_labs_tables() {
+    let src = "\
+name: evpn
+namespaces:
+  - name: leaf
+links:
+  - bridge: {name: br0, in: leaf}
+  - vxlan: {name: vx0, in: leaf, id: 42, local: 192.0.2.1, master: br0}
+scenarios:
+  - name: s
+    from: leaf
+    to: 192.0.2.9
+    protocol: icmp
+    changes:
+      - fdb: {in: leaf, dev: vx0, lladdr: 02:00:00:00:00:09}
+      - fdb: {in: leaf, dev: vx0, lladdr: 02:00:00:00:00:09, dst: 192.0.2.2, delete: true}
+    expect: {result: connected}
+";
+    let lab = load_str("t.yaml", src, &vars()).unwrap_or_else(|e| panic!("{e}"));
+    let c = &lab.scenarios[0].object_changes;
+    assert!(
+        matches!(
+            &c[0],
+            ObjectChange::Fdb {
+                master: true,
+                dst: None,
+                ..
+            }
+        ),
+        "{c:?}"
+    );
+    assert!(
+        matches!(
+            &c[1],
+            ObjectChange::Fdb {
+                master: false,
+                dst: Some(_),
+                delete: true,
+                ..
+            }
+        ),
+        "{c:?}"
+    );
+}
+
 #[test]
 fn object_change_errors_are_located() {
     let cases = [
@@ -2516,6 +2565,28 @@ fn zero_devices_is_refused() {
     assert_eq!(errs.len(), 1, "{errs:#?}");
     assert!(
         errs[0].starts_with("t.yaml:26:16: a request crosses at least one device"),
+        "{errs:#?}"
+    );
+}
+
+#[test]
+fn served_by_names_a_server_of_an_http_scenario() {
+    let errs = observed_errors("    expect:\n      served_by: a\n");
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(
+        errs[0].starts_with("t.yaml:26:18: `a` is no pod or namespace that serves ports"),
+        "{errs:#?}"
+    );
+    // A serving namespace, but ICMP: nobody's server answers a ping.
+    let src = format!(
+        "{}scenarios:\n  - name: s\n    from: a\n    to: 192.0.2.9\n    protocol: icmp\n    \
+         expect:\n      served_by: b\n",
+        LOW.replace("    role: switch\n", "    role: switch\n    ports: [80]\n")
+    );
+    let e = load_str("t.yaml", &src, &vars()).expect_err("icmp has no server");
+    let errs: Vec<String> = e.problems().iter().map(|p| p.to_string()).collect();
+    assert!(
+        errs.len() == 1 && errs[0].contains("only an HTTP answer says who served it"),
         "{errs:#?}"
     );
 }

@@ -1,11 +1,13 @@
-//! The layer's routes with options: the payload of [`Action::AddNsRoute`],
-//! its iproute2 text and its netlink call (rtnetlink's
-//! `RouteMessageBuilder`, with `RTA_MULTIPATH` for several next hops).
+//! The layer's routes with options: the payload of [`Action::AddNsRoute`]
+//! and [`Action::DelNsRoute`], their iproute2 text and their netlink calls
+//! (rtnetlink's `RouteMessageBuilder`, with `RTA_MULTIPATH` for several
+//! next hops).
 //!
 //! A plain `to`/`via`/`dev` route stays an [`Action::AddRoute`], as every
 //! other part of the plan makes them.
 //!
 //! [`Action::AddNsRoute`]: crate::plan::Action::AddNsRoute
+//! [`Action::DelNsRoute`]: crate::plan::Action::DelNsRoute
 //! [`Action::AddRoute`]: crate::plan::Action::AddRoute
 
 use std::fmt;
@@ -139,6 +141,61 @@ impl AddNsRoute {
         nl.handle(&step.netns)?
             .route()
             .add(b.build())
+            .execute()
+            .await
+            .map_err(|e| fail(step, e))
+    }
+}
+
+/// `ip route del DST [table T] [metric M]`: the layer's route to `DST` in
+/// that table at that metric, whatever its next hops (a scenario's change
+/// taking an ECMP route away; [`AddNsRoute`] puts it back).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DelNsRoute {
+    pub destination: Ipv4Net,
+    pub table: Option<u32>,
+    pub metric: Option<u32>,
+}
+
+impl DelNsRoute {
+    /// What takes away the route `add` makes.
+    pub fn of(add: &AddNsRoute) -> Self {
+        DelNsRoute {
+            destination: add.destination,
+            table: add.table,
+            metric: add.metric,
+        }
+    }
+
+    /// The iproute2 command in namespace `ns` (already quoted).
+    pub fn command(&self, ns: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "ip -n {ns} route del {}",
+            route_destination(&self.destination)
+        )?;
+        if let Some(t) = self.table {
+            write!(f, " table {t}")?;
+        }
+        if let Some(m) = self.metric {
+            write!(f, " metric {m}")?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn apply(&self, nl: &Netlink, step: &Step) -> Result<(), KernelError> {
+        let d = &self.destination;
+        let mut b =
+            RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(d.addr(), d.prefix_len());
+        if let Some(t) = self.table {
+            b = b.table_id(t);
+        }
+        if let Some(m) = self.metric {
+            b = b.priority(m);
+        }
+        nl.handle(&step.netns)?
+            .route()
+            .del(b.build())
             .execute()
             .await
             .map_err(|e| fail(step, e))

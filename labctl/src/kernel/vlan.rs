@@ -7,7 +7,7 @@
 use std::fmt;
 
 use labctl_topology::format_mac;
-use rtnetlink::LinkVlan;
+use rtnetlink::{LinkUnspec, LinkVlan};
 use serde::Serialize;
 
 use super::{KernelError, Netlink};
@@ -24,12 +24,20 @@ pub struct AddVlan {
     pub parent: IfRef,
     pub id: u16,
     pub mac: Option<[u8; 6]>,
+    /// Bring the parent up first: a veth's far end, which the plan brings
+    /// up only with the addresses, after this phase; the kernel refuses
+    /// to open a vlan on a lower device that is down (`ENETDOWN`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub parent_up: bool,
 }
 
 impl AddVlan {
     /// The iproute2 command in namespace `ns` (already quoted).
     pub fn command(&self, ns: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let name = q(&self.name);
+        if self.parent_up {
+            write!(f, "ip -n {ns} link set {} up && ", q(&self.parent.name))?;
+        }
         write!(
             f,
             "ip -n {ns} link add link {} name {name} index {}",
@@ -47,6 +55,10 @@ impl AddVlan {
     }
 
     pub(super) async fn apply(&self, nl: &Netlink, step: &Step) -> Result<(), KernelError> {
+        if self.parent_up {
+            let up = LinkUnspec::new_with_index(self.parent.ifindex).up().build();
+            nl.link_set(step, up).await?;
+        }
         let mut b = LinkVlan::new(&self.name, self.parent.ifindex, self.id)
             .index(self.ifindex)
             .up();

@@ -194,6 +194,18 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
             LinkKind::Vlan(v) => {
                 let ifindex = idx.next(&netns);
                 let parent = find(&index, &netns, &v.parent);
+                // A veth's far end comes up with the addresses, after this
+                // phase: the vlan step brings it up first.
+                let parent_up = link.up
+                    && o.links.iter().any(|l| match &l.kind {
+                        LinkKind::Veth { peer: p } => {
+                            ns(&p.netns) == netns
+                                && p.name == v.parent
+                                && p.up
+                                && !p.master.as_ref().is_some_and(|m| is_bond(&p.netns, m))
+                        }
+                        _ => false,
+                    });
                 index.insert(&netns, &link.name, ifindex);
                 push(
                     Phase::Stacked,
@@ -204,6 +216,7 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
                         parent,
                         id: v.id,
                         mac: link.mac,
+                        parent_up,
                     }),
                 );
                 ends.push((

@@ -876,6 +876,16 @@ fn check(
             }),
         );
     }
+    if let Some(by) = &sc.expect.served_by {
+        push(
+            format!("served by {by}"),
+            r.served_by.as_ref() == Some(by),
+            Some(format!(
+                "got: {}",
+                r.served_by.as_deref().unwrap_or("no server's answer")
+            )),
+        );
+    }
     if let Some(addr) = sc.expect.server_saw_client {
         push(
             format!("server saw client {addr}"),

@@ -416,3 +416,12 @@ pub struct Tc {
     pub mirror: bool,
     pub to: String,
 }
+
+/// Which table an FDB entry goes in, the one rule for the lab's entries and
+/// a scenario's changes: a bridge port's entry is its bridge's (`master`);
+/// a vxlan device's is its own (`self`, with the remote VTEP), unless the
+/// vxlan is a bridge port and the entry names no VTEP (then it says which
+/// port the MAC is behind, in the bridge's table).
+pub fn fdb_in_bridge(vxlan: bool, bridge_port: bool, has_dst: bool) -> bool {
+    !vxlan || bridge_port && !has_dst
+}

@@ -288,6 +288,10 @@ impl Resolver<'_> {
                 .state
                 .as_ref()
                 .is_some_and(|s| s.value == RawLinkState::Down),
+            up: c
+                .state
+                .as_ref()
+                .is_some_and(|s| s.value == RawLinkState::Up),
             mtu,
             mac,
         })
@@ -375,11 +379,18 @@ impl Resolver<'_> {
             return None;
         }
         let dst = dst?;
+        let (entity, dev) = (entity?, dev?);
+        let vxlan_port = is_vxlan
+            && lab
+                .objects
+                .links
+                .iter()
+                .any(|l| l.netns == entity && l.name == dev && l.master.is_some());
         Some(ObjectChange::Fdb {
-            entity: entity?,
-            dev: dev?,
+            master: crate::model::fdb_in_bridge(is_vxlan, vxlan_port, dst.is_some()),
+            entity,
+            dev,
             lladdr: lladdr?,
-            master: !is_vxlan,
             dst,
             delete: f.delete.as_ref().is_some_and(|d| d.value),
         })

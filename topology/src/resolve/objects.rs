@@ -1052,7 +1052,7 @@ impl Resolver<'_> {
         }
         // A vxlan device's own table unless it is a bridge port (Kata's
         // case is a bridge port's entry in the bridge's table).
-        let master = !vxlan || is_port && f.dst.is_none();
+        let master = crate::model::fdb_in_bridge(vxlan, is_port, f.dst.is_some());
         if master && !is_port && kind != Some(Dev::Cni) {
             self.err(
                 &f.dev.referenced,
