@@ -1,5 +1,6 @@
 //! Compiles `ebpf/programs` for the BPF target with aya-build and leaves the
-//! object at `$OUT_DIR/labctl-lb`, which the crate embeds.
+//! objects at `$OUT_DIR/labctl-lb` (the load balancer) and
+//! `$OUT_DIR/labctl-route` (the overlay router), which the crate embeds.
 //!
 //! Without the BPF toolchain (nightly + rust-src + bpf-linker, installed by
 //! `ebpf/setup.sh`), or with `AYA_BUILD_SKIP=1`, an empty placeholder is
@@ -13,7 +14,7 @@ use std::{
     process::Command,
 };
 
-const OBJECT: &str = "labctl-lb";
+const OBJECTS: [&str; 2] = ["labctl-lb", "labctl-route"];
 const SKIP_REASON: &str = "LABCTL_LB_SKIP_REASON";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -21,7 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ebpf_dir = manifest_dir.parent().ok_or("no parent of ebpf/lb")?;
     let programs = ebpf_dir.join("programs");
     let common = ebpf_dir.join("common");
-    let out = PathBuf::from(env::var("OUT_DIR")?).join(OBJECT);
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     println!("cargo:rerun-if-changed={}", common.display());
     println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
     println!("cargo:rerun-if-env-changed=PATH");
@@ -37,7 +38,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rustc-env={SKIP_REASON}={reason}");
         // Always the empty placeholder: an object left in OUT_DIR by an
         // earlier build may be stale and must not be embedded.
-        fs::write(&out, [])?;
+        for object in OBJECTS {
+            fs::write(out_dir.join(object), [])?;
+        }
         return Ok(());
     }
     println!("cargo:rustc-env={SKIP_REASON}=");

@@ -240,7 +240,13 @@ pub fn up(
 /// `ebpf:`. Missing, it is the environment's fault (exit 4), not a failed
 /// kernel action.
 pub fn preflight(lab: &Lab) -> Result<(), EngineError> {
-    if lab.ebpf.is_some() {
+    let routes = lab
+        .objects
+        .tc
+        .iter()
+        .any(|t| matches!(t.action, labctl_topology::TcAction::Bpf { .. }))
+        || !lab.objects.bpf_maps.is_empty();
+    if lab.ebpf.is_some() || routes {
         crate::lb::check_built().map_err(EngineError::Ebpf)?;
     }
     Ok(())
@@ -445,6 +451,12 @@ fn teardown(record: &LabState) -> Teardown {
     if let Err(e) = crate::lb::teardown(&record.lab) {
         out.errors.push(KernelError::new(
             format!("rm -r {}", crate::lb::pin_dir(&record.lab).display()),
+            e,
+        ));
+    }
+    if let Err(e) = crate::route::teardown(&record.lab) {
+        out.errors.push(KernelError::new(
+            format!("rm -r {}", crate::route::lab_dir(&record.lab).display()),
             e,
         ));
     }

@@ -462,9 +462,11 @@ impl Kernel for Netlink {
                 };
                 self.link_add(step, b.build()).await
             }
-            Action::BpfLoad { .. } | Action::BpfAttach { .. } | Action::BpfMaps { .. } => {
-                self.run_ebpf(step).await
-            }
+            Action::BpfLoad { .. }
+            | Action::BpfAttach { .. }
+            | Action::BpfMaps { .. }
+            | Action::RouteLoad { .. }
+            | Action::RouteMaps { .. } => self.run_ebpf(step).await,
             Action::IpvsTable { services } => {
                 // IPVS is generic netlink on a socket of its own, opened
                 // inside the namespace by a thread of our own. The first

@@ -57,6 +57,19 @@ pub enum LbError {
         /// Where its maps would be pinned.
         pin_dir: PathBuf,
     },
+    /// No router maps are pinned for the namespace.
+    #[error(
+        "`{entity}` of lab `{lab}` runs no eBPF router ({} is missing): is the lab up, and does its topology give `{entity}` a `tc: ... bpf:` program or `bpf_maps`?",
+        .pin_dir.display()
+    )]
+    NoRouter {
+        /// The lab.
+        lab: String,
+        /// The node asked about.
+        entity: String,
+        /// Where its maps would be pinned.
+        pin_dir: PathBuf,
+    },
     /// Another load-balancer step failed.
     #[error("{action}: {source}")]
     Lb {
@@ -92,7 +105,7 @@ fn lb_err(action: impl Into<String>) -> impl FnOnce(labctl_lb::Error) -> LbError
 /// Serialises mounting the bpffs and creating a pin directory (in
 /// [`load`]) with unmounting it once empty (in [`teardown`]), so one
 /// lab's `down` never unmounts the bpffs under another lab's `up`.
-fn bpffs_lock() -> Result<Flock<File>, LbError> {
+pub(crate) fn bpffs_lock() -> Result<Flock<File>, LbError> {
     let mount = Path::new(DEFAULT_BPFFS);
     let path = mount.parent().unwrap_or(mount).join(".bpf.lock");
     let lock_err = |source| LbError::Lock {

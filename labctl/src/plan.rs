@@ -20,6 +20,7 @@ use serde::Serialize;
 
 pub mod ebpf;
 mod objects;
+pub mod route;
 pub mod services;
 
 /// A network namespace the lab creates.
@@ -223,6 +224,8 @@ pub enum Action {
         remote: Option<Ipv4Addr>,
         port: u16,
         learning: bool,
+        /// Collect metadata (`external`): no VNI of its own, `id` is 0.
+        external: bool,
     },
     /// `ip link set IF master BRIDGE`
     SetMaster {
@@ -311,6 +314,17 @@ pub enum Action {
     BpfMaps {
         pin_dir: String,
         services: Vec<crate::lb::BpfService>,
+    },
+    /// `bpftool prog loadall OBJ PIN_DIR type classifier pinmaps PIN_DIR`
+    /// for the overlay router: its programs and maps pinned in one node's
+    /// directory ([`crate::route::load`]).
+    RouteLoad { object: String, pin_dir: String },
+    /// `bpftool map update pinned PIN_DIR/MAP ...` for each endpoint,
+    /// tunnel and the VXLAN device: the router maps of one node hold
+    /// exactly `tables` afterwards ([`crate::route::program_maps`]).
+    RouteMaps {
+        pin_dir: String,
+        tables: crate::route::Tables,
     },
     /// An 802.1Q sub-interface ([`crate::kernel::vlan`]).
     AddVlan(crate::kernel::vlan::AddVlan),
@@ -631,6 +645,7 @@ impl fmt::Display for Step {
                 remote,
                 port,
                 learning,
+                external,
             } => {
                 let name = q(name);
                 write!(f, "ip -n {ns} link add {name}")?;
@@ -641,7 +656,11 @@ impl fmt::Display for Step {
                 if let Some(mac) = mac {
                     write!(f, " address {}", format_mac(mac))?;
                 }
-                write!(f, " type vxlan id {id}")?;
+                if *external {
+                    write!(f, " type vxlan external")?;
+                } else {
+                    write!(f, " type vxlan id {id}")?;
+                }
                 if let Some(dev) = dev {
                     write!(f, " dev {}", q(&dev.name))?;
                 }
@@ -780,6 +799,8 @@ impl fmt::Display for Step {
                 ifname, hook, pin, ..
             } => ebpf::fmt_attach(f, &self.netns, ifname, *hook, pin),
             Action::BpfMaps { pin_dir, services } => ebpf::fmt_maps(f, pin_dir, services),
+            Action::RouteLoad { object, pin_dir } => ebpf::fmt_load(f, object, pin_dir),
+            Action::RouteMaps { pin_dir, tables } => route::fmt_maps(f, pin_dir, tables),
             Action::AddVlan(a) => a.command(&ns, f),
             Action::AddBond(a) => a.command(&ns, f),
             Action::Enslave(a) => a.command(&ns, f),

@@ -45,9 +45,10 @@ fn every_topology_plan_snapshot() {
         }
         let lab = labctl_topology::load(&file, &BTreeMap::new())
             .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-        // The eBPF object's path is the build's (its OUT_DIR).
+        // The eBPF objects' paths are the build's (its OUT_DIR).
         let script = plan(&lab)
             .to_script()
+            .replace(labctl_lb::ROUTE_OBJECT_PATH, "[labctl-route object]")
             .replace(labctl_lb::OBJECT_PATH, "[labctl-lb object]");
         insta::assert_snapshot!(format!("{stem}_plan"), script);
     }

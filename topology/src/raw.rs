@@ -77,9 +77,14 @@ pub struct RawTopology {
     /// Forwarding database entries of bridges and vxlan devices.
     #[serde(default)]
     pub fdb: Vec<RawFdb>,
-    /// Match-all tc filters with mirred redirect or mirror.
+    /// tc filters: match-all with mirred redirect or mirror, or one of
+    /// labctl's eBPF programs.
     #[serde(default)]
     pub tc: Vec<RawTc>,
+    /// The contents of the eBPF router's maps, per namespace (`tc: ... bpf:
+    /// route_from_*`): endpoints, tunnels and the vxlan device.
+    #[serde(default)]
+    pub bpf_maps: Vec<RawBpfMaps>,
     /// Sysctls of any namespace, kept per network namespace by the kernel.
     #[serde(default)]
     pub sysctls: Vec<RawNsSysctl>,

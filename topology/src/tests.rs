@@ -200,7 +200,7 @@ fn unknown_top_level_key() {
         e,
         "t.yaml:2:1: unknown key `servicez`, expected one of: name, vpc, nodes, pods, clients, \
          services, scenarios, ebpf, \
-         namespaces, links, addresses, routes, neighbours, fdb, tc, sysctls"
+         namespaces, links, addresses, routes, neighbours, fdb, tc, bpf_maps, sysctls"
     );
 }
 
@@ -2158,7 +2158,10 @@ fn low_level_objects_sit_beside_the_cni_keys() {
     );
     let lab = load_base(&source).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(lab.objects.addresses[0].netns, "node-1");
-    assert!(lab.objects.tc[0].mirror);
+    assert!(matches!(
+        &lab.objects.tc[0].action,
+        TcAction::Mirred { mirror: true, .. }
+    ));
     let e = load_base(&source.replace("dev: eth0, address", "dev: eth7, address")).unwrap_err();
     assert!(e.to_string().contains("device `eth7`"), "{e}");
 }
@@ -2936,4 +2939,146 @@ fn tc_changes_resolve_and_their_errors_are_located() {
             "{changes}: not located: {e:#?}"
         );
     }
+}
+
+/// A small Cilium VXLAN node: an external vxlan, a pod's veth with both
+/// MACs, the router's programs and maps.
+const CIL: &str = "\
+name: cil
+namespaces:
+  - name: node
+  - name: pod
+links:
+  - veth: {name: eth0, in: pod, mac: 0a:58:0a:f4:01:9a, peer: {name: lxc1, in: node, mac: 0e:1b:52:8e:74:8f}}
+  - veth: {name: up0, in: node, peer: {name: up1, in: pod}}
+  - vxlan: {name: cilium_vxlan, in: node, external: true, dstport: 8472}
+tc:
+  - {in: node, dev: lxc1, hook: ingress, bpf: route_from_container}
+bpf_maps:
+  - in: node
+    tunnel_dev: cilium_vxlan
+    endpoints: [{address: 10.244.1.154, dev: lxc1, identity: 48312}]
+    tunnels: [{prefix: 10.244.6.0/24, remote: 192.168.66.221}]
+";
+
+fn cil_errors(from: &str, to: &str) -> Vec<String> {
+    let source = CIL.replacen(from, to, 1);
+    assert_ne!(source, CIL, "`{from}` is not in CIL");
+    match load_str("t.yaml", &source, &vars()) {
+        Ok(_) => Vec::new(),
+        Err(e) => e
+            .problems()
+            .iter()
+            .map(|p| format!("{p} [help: {}]", p.help.clone().unwrap_or_default()))
+            .collect(),
+    }
+}
+
+/// One located error containing `want`.
+fn assert_one_error(e: &[String], want: &str, at: &str) {
+    assert_eq!(e.len(), 1, "want one error `{want}`: {e:#?}");
+    assert!(e[0].contains(want), "want `{want}`: {e:#?}");
+    assert!(e[0].starts_with(at), "want it at {at}: {e:#?}");
+}
+
+#[test]
+fn cilium_router_objects_resolve() {
+    let lab = load_str("t.yaml", CIL, &vars()).unwrap_or_else(|e| panic!("{e}"));
+    let o = &lab.objects;
+    let LinkKind::Vxlan(x) = &o.links[2].kind else {
+        panic!("{:?}", o.links[2])
+    };
+    assert!(x.external);
+    assert_eq!((x.id, x.port), (0, 8472));
+    assert_eq!(
+        o.tc[0].action,
+        TcAction::Bpf {
+            program: "route_from_container".into()
+        }
+    );
+    let m = &o.bpf_maps[0];
+    assert_eq!(m.tunnel_dev.as_deref(), Some("cilium_vxlan"));
+    let e = &m.endpoints[0];
+    assert_eq!(e.address, std::net::Ipv4Addr::new(10, 244, 1, 154));
+    // The lxc's MAC is the peer's here, the pod's the link's own.
+    assert_eq!(e.lxc_mac, [0x0e, 0x1b, 0x52, 0x8e, 0x74, 0x8f]);
+    assert_eq!(e.pod_mac, [0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x9a]);
+    assert_eq!(e.identity, 48312);
+    assert_eq!(m.tunnels[0].prefix.to_string(), "10.244.6.0/24");
+}
+
+#[test]
+fn vxlan_needs_an_id_or_external_not_both() {
+    let e = cil_errors("external: true, dstport", "dstport");
+    // And the maps' tunnel_dev is no external device any more.
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert!(
+        e[0].starts_with("t.yaml:8:19: vxlan cilium_vxlan has no `id`"),
+        "{e:#?}"
+    );
+    assert!(e[0].contains("`external: true`"), "{e:#?}");
+    assert!(e[1].contains("is no `external` vxlan"), "{e:#?}");
+    let e = cil_errors("external: true, dstport", "external: true, id: 5, dstport");
+    assert_one_error(&e, "is `external` and has an `id`", "t.yaml:8:");
+}
+
+#[test]
+fn tc_bpf_names_one_of_our_programs_alone() {
+    let e = cil_errors("bpf: route_from_container", "bpf: route_to_mars");
+    assert_one_error(&e, "unknown eBPF program `route_to_mars`", "t.yaml:10:");
+    assert!(
+        e[0].contains("route_from_overlay"),
+        "lists the valid ones: {e:#?}"
+    );
+    let e = cil_errors(
+        "bpf: route_from_container",
+        "bpf: route_from_container, redirect: up0",
+    );
+    assert_one_error(&e, "both runs an eBPF program and redirects", "t.yaml:10:");
+}
+
+#[test]
+fn bpf_maps_namespace_and_tunnel_dev_are_checked() {
+    let e = cil_errors("  - in: node\n", "  - in: nod\n");
+    assert_one_error(&e, "unknown namespace `nod`", "t.yaml:12:");
+    let e = cil_errors("tunnel_dev: cilium_vxlan", "tunnel_dev: vx9");
+    assert_one_error(&e, "names device `vx9`", "t.yaml:13:");
+    let e = cil_errors("tunnel_dev: cilium_vxlan", "tunnel_dev: up0");
+    assert_one_error(&e, "tunnel_dev `up0` is no `external` vxlan", "t.yaml:13:");
+    let twice = format!("{CIL}  - {{in: node}}\n");
+    let e = match load_str("t.yaml", &twice, &vars()) {
+        Ok(_) => panic!("accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("namespace node has `bpf_maps` twice"), "{e}");
+    assert!(e.contains("t.yaml:16:"), "{e}");
+}
+
+#[test]
+fn bpf_endpoints_are_checked() {
+    let e = cil_errors("identity: 48312", "identity: 16777216");
+    assert_one_error(&e, "identity 16777216 is no VNI", "t.yaml:14:");
+    let e = cil_errors("identity: 48312", "identity: 0");
+    assert_one_error(&e, "identity 0 is no VNI", "t.yaml:14:");
+    let e = cil_errors("dev: lxc1, identity", "dev: lxc9, identity");
+    assert_one_error(&e, "names device `lxc9`", "t.yaml:14:");
+    let e = cil_errors("dev: lxc1, identity", "dev: cilium_vxlan, identity");
+    assert_one_error(&e, "is no veth end of the `links`", "t.yaml:14:");
+    let e = cil_errors("dev: lxc1, identity", "dev: up0, identity");
+    assert_one_error(&e, "need a `mac` each", "t.yaml:14:");
+    let e = cil_errors("address: 10.244.1.154", "address: 10.244.1");
+    assert_one_error(&e, "invalid endpoint address", "t.yaml:14:");
+    let e = cil_errors(
+        "identity: 48312}]",
+        "identity: 48312}, {address: 10.244.1.154, dev: lxc1, identity: 7}]",
+    );
+    assert_one_error(&e, "endpoint 10.244.1.154 is twice", "t.yaml:14:");
+}
+
+#[test]
+fn bpf_tunnels_are_checked() {
+    let e = cil_errors("prefix: 10.244.6.0/24", "prefix: 10.244.6.1/24");
+    assert_one_error(&e, "has host bits set", "t.yaml:15:");
+    let e = cil_errors("remote: 192.168.66.221", "remote: 192.168.66.221/24");
+    assert_one_error(&e, "must be a plain ipv4 address", "t.yaml:15:");
 }

@@ -1,5 +1,6 @@
 //! Map keys, map values and ring-buffer events shared by the tc programs in
-//! `ebpf/programs` and their loader `labctl-lb`.
+//! `ebpf/programs` (the load balancer's and the overlay router's) and their
+//! loader `labctl-lb`.
 //!
 //! Everything is `#[repr(C)]` plain old data with explicit padding fields,
 //! so both sides agree on the layout byte for byte and no uninitialised
@@ -138,6 +139,59 @@ pub struct Event {
     pub direction: u8,
 }
 
+/// Name of the overlay router's endpoint map (pod IPv4 address, network
+/// order -> [`RouteEndpoint`]), like Cilium's endpoint map
+/// (`cilium bpf endpoint list`).
+pub const MAP_ROUTE_ENDPOINTS: &str = "ROUTE_ENDPOINTS";
+/// Name of the overlay router's tunnel map (LPM trie: node CIDR ->
+/// [`RouteTunnel`]), like Cilium's tunnel map (`cilium bpf tunnel list`).
+pub const MAP_ROUTE_TUNNELS: &str = "ROUTE_TUNNELS";
+/// Name of the overlay router's one-slot configuration array
+/// ([`RouteConfig`]), what Cilium compiles into its programs.
+pub const MAP_ROUTE_CONFIG: &str = "ROUTE_CONFIG";
+/// Every map the router pins.
+pub const ROUTE_PINNED_MAPS: [&str; 3] = [MAP_ROUTE_ENDPOINTS, MAP_ROUTE_TUNNELS, MAP_ROUTE_CONFIG];
+/// Maximum number of local endpoints of a node.
+pub const MAX_ROUTE_ENDPOINTS: u32 = 1024;
+/// Maximum number of remote node CIDRs.
+pub const MAX_ROUTE_TUNNELS: u32 = 1024;
+
+/// A local endpoint (a pod on this node), the value of the endpoint map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct RouteEndpoint {
+    /// The ifindex of the pod's host-side device (`lxc...`): traffic for
+    /// the pod is redirected out of it.
+    pub ifindex: u32,
+    /// The pod's security identity: the VNI of what it sends to other
+    /// nodes.
+    pub identity: u32,
+    /// The host-side device's MAC: the source of frames delivered to the
+    /// pod (Cilium's `node_mac` of the endpoint).
+    pub lxc_mac: [u8; 6],
+    /// The pod's own MAC: the destination of frames delivered to it.
+    pub pod_mac: [u8; 6],
+}
+
+/// A remote node CIDR's tunnel endpoint, the value of the tunnel map. Its
+/// key is an LPM trie key: the prefix length, then the CIDR's address in
+/// network order (aya's `Key<u32>` on both sides).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct RouteTunnel {
+    /// The remote node's underlay IPv4 address, network order.
+    pub remote: u32,
+}
+
+/// The router's configuration, slot 0 of `ROUTE_CONFIG`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct RouteConfig {
+    /// The ifindex of the node's collect-metadata VXLAN device
+    /// (`cilium_vxlan`); 0 when unset, and then nothing is encapsulated.
+    pub tunnel_ifindex: u32,
+}
+
 /// Hash of a flow's 5-tuple (fields as in the packet), used to pick a backend
 /// slot: `flow_hash(..) % count`. Deterministic, so userspace and tests can
 /// predict the choice. A murmur3-style finaliser over the folded tuple: cheap
@@ -177,7 +231,10 @@ pub const fn port_from_be(port: u16) -> u16 {
 
 #[cfg(feature = "user")]
 mod pod {
-    use super::{BackendKey, Endpoint, Event, FlowKey, Service, ServiceKey};
+    use super::{
+        BackendKey, Endpoint, Event, FlowKey, RouteConfig, RouteEndpoint, RouteTunnel, Service,
+        ServiceKey,
+    };
 
     // SAFETY: each type is `repr(C)`, `Copy`, made of integers only, with
     // explicit padding fields, so every bit pattern is valid and there are
@@ -193,6 +250,12 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Event {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for RouteEndpoint {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for RouteTunnel {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for RouteConfig {}
 }
 
 // No implicit padding anywhere: the sizes equal the sum of the fields.
@@ -202,3 +265,6 @@ const _: () = assert!(size_of::<BackendKey>() == 12);
 const _: () = assert!(size_of::<Endpoint>() == 8);
 const _: () = assert!(size_of::<FlowKey>() == 16);
 const _: () = assert!(size_of::<Event>() == 20);
+const _: () = assert!(size_of::<RouteEndpoint>() == 20);
+const _: () = assert!(size_of::<RouteTunnel>() == 4);
+const _: () = assert!(size_of::<RouteConfig>() == 4);

@@ -15,6 +15,9 @@
 //! - [`LbMaps`]: the userspace view of the pinned maps (services, backend
 //!   pinning, flows, events), usable from any later labctl process, like
 //!   `cilium bpf lb list`;
+//! - [`Router`] / [`RouteMaps`]: the same for the overlay router, Cilium's
+//!   VXLAN data path (SCENARIOS.md section 4), a second object so the load
+//!   balancer's programs and maps stay as they are; loaded once per node;
 //! - [`ensure_bpffs`] / [`remove_pins`]: the host may have no
 //!   `/sys/fs/bpf`, so labctl mounts its own bpffs and removes what it pinned.
 //!
@@ -25,6 +28,7 @@
 mod bpffs;
 mod error;
 mod maps;
+mod route;
 
 use std::{
     fmt,
@@ -44,6 +48,9 @@ use aya::{
 pub use bpffs::{DEFAULT_BPFFS, ensure_bpffs, is_bpffs, remove_pins, unmount_bpffs};
 pub use error::{Error, Result};
 pub use maps::{Direction, FlowEntry, LbEvent, LbMaps, MapUpdate, ServiceEntry, service_updates};
+pub use route::{
+    EndpointEntry, ROUTE_OBJECT_PATH, RouteMaps, RouteProgram, RouteTables, Router, TunnelEntry,
+};
 
 /// The BPF object built by build.rs (empty when the toolchain was missing).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/labctl-lb"));
@@ -208,35 +215,9 @@ impl Lb {
     /// table. `pin_dir` is created if missing and must be on a bpffs (see
     /// [`ensure_bpffs`]). Like `bpftool prog loadall ... pinmaps pin_dir`.
     pub fn load_pinned(pin_dir: &Path) -> Result<Self> {
-        if !programs_built() {
-            return Err(Error::NotBuilt {
-                reason: SKIP_REASON.to_owned(),
-            });
-        }
-        std::fs::create_dir_all(pin_dir).map_err(|source| Error::Io {
-            path: pin_dir.to_owned(),
-            action: "create",
-            source,
-        })?;
-        if !is_bpffs(pin_dir)? {
-            return Err(Error::NotBpffs {
-                dir: pin_dir.to_owned(),
-            });
-        }
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(pin_dir)
-            .load(OBJECT)
-            .map_err(|source| Error::Load {
-                pin_dir: pin_dir.to_owned(),
-                source: Box::new(source),
-            })?;
-        for program in Program::ALL {
-            classifier(&mut ebpf, program)?
-                .load()
-                .map_err(|e| load_error(program, e))?;
-        }
+        let names = Program::ALL.map(Program::name);
         Ok(Self {
-            ebpf,
+            ebpf: load_object(OBJECT, pin_dir, &names)?,
             pin_dir: pin_dir.to_owned(),
         })
     }
@@ -247,29 +228,11 @@ impl Lb {
     /// after this process exits, so a later step (or `tc filter add ... bpf
     /// da object-pinned PIN`) attaches it by path ([`pinned_program`]).
     pub fn pin_programs(&mut self) -> Result<()> {
-        for program in Program::ALL {
-            let path = program.pin_path(&self.pin_dir);
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(Error::Io {
-                        path,
-                        action: "remove",
-                        source,
-                    });
-                }
-            }
-            classifier(&mut self.ebpf, program)?
-                .pin(&path)
-                .map_err(|e| Error::Pin {
-                    program: program.name(),
-                    action: "pin",
-                    path: path.clone(),
-                    source: Box::new(e),
-                })?;
-        }
-        Ok(())
+        pin_programs(
+            &mut self.ebpf,
+            &self.pin_dir,
+            &Program::ALL.map(Program::name),
+        )
     }
 
     /// Attaches `lb_egress` and `lb_ingress` to `ifname` with netlink tc,
@@ -299,17 +262,17 @@ impl Lb {
         }
         detach_filters(ifname)?;
         for program in Program::ALL {
-            let prog = classifier(&mut self.ebpf, program)?;
+            let prog = classifier(&mut self.ebpf, program.name())?;
             let id = prog
                 .attach_with_options(
                     ifname,
                     program.attach_type(),
                     TcAttachOptions::Netlink(NlOptions::default()),
                 )
-                .map_err(|e| program_error(program, format!("attach to {ifname}"), e))?;
-            let link = prog
-                .take_link(id)
-                .map_err(|e| program_error(program, format!("take the link on {ifname}"), e))?;
+                .map_err(|e| program_error(program.name(), format!("attach to {ifname}"), e))?;
+            let link = prog.take_link(id).map_err(|e| {
+                program_error(program.name(), format!("take the link on {ifname}"), e)
+            })?;
             // Dropping the link would delete the filter; a netlink link is
             // plain data (ifindex, priority, handle), so forgetting it leaks
             // nothing and leaves the filter in place.
@@ -322,25 +285,7 @@ impl Lb {
     /// `BPF_PROG_TEST_RUN`, like `bpftool prog run`; maps are used and
     /// updated as for a real packet.
     pub fn test_run(&self, program: Program, frame: &[u8]) -> Result<TestRunOutput> {
-        let prog: &SchedClassifier = self
-            .ebpf
-            .program(program.name())
-            .ok_or_else(|| missing(program))?
-            .try_into()
-            .map_err(|e| program_error(program, "find".to_owned(), e))?;
-        // The programs never grow a packet.
-        let mut out = vec![0; frame.len() + 256];
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(frame);
-        opts.data_out = Some(&mut out);
-        let result = prog
-            .test_run(opts)
-            .map_err(|e| program_error(program, "test-run".to_owned(), e))?;
-        out.truncate(result.data_size_out as usize);
-        Ok(TestRunOutput {
-            action: result.return_value,
-            frame: out,
-        })
+        test_run(&self.ebpf, program.name(), frame)
     }
 }
 
@@ -348,10 +293,10 @@ impl Lb {
 /// [`Lb::pin_programs`]), for a netlink tc filter's `TCA_BPF_FD`: what
 /// `tc filter add ... bpf da object-pinned PIN` sends. The filter holds its
 /// own reference, so the descriptor may be closed once it is attached.
-pub fn pinned_program(path: &Path, program: Program) -> Result<OwnedFd> {
+pub fn pinned_program(path: &Path, program: &'static str) -> Result<OwnedFd> {
     let path = path.to_owned();
     let pin_err = |source: Box<dyn std::error::Error + Send + Sync>| Error::Pin {
-        program: program.name(),
+        program,
         action: "open the pinned",
         path: path.clone(),
         source,
@@ -383,29 +328,112 @@ fn detach_filters(ifname: &str) -> Result<()> {
     Ok(())
 }
 
-fn classifier(ebpf: &mut Ebpf, program: Program) -> Result<&mut SchedClassifier> {
-    ebpf.program_mut(program.name())
+/// Loads `object` (one of the embedded objects) with its maps pinned in
+/// `pin_dir` (reused when already pinned there), and its classifiers
+/// `programs` into the kernel. `pin_dir` is created if missing and must be
+/// on a bpffs.
+fn load_object(object: &[u8], pin_dir: &Path, programs: &[&'static str]) -> Result<Ebpf> {
+    if object.is_empty() {
+        return Err(Error::NotBuilt {
+            reason: SKIP_REASON.to_owned(),
+        });
+    }
+    std::fs::create_dir_all(pin_dir).map_err(|source| Error::Io {
+        path: pin_dir.to_owned(),
+        action: "create",
+        source,
+    })?;
+    if !is_bpffs(pin_dir)? {
+        return Err(Error::NotBpffs {
+            dir: pin_dir.to_owned(),
+        });
+    }
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(pin_dir)
+        .load(object)
+        .map_err(|source| Error::Load {
+            pin_dir: pin_dir.to_owned(),
+            source: Box::new(source),
+        })?;
+    for &program in programs {
+        classifier(&mut ebpf, program)?
+            .load()
+            .map_err(|e| load_error(program, e))?;
+    }
+    Ok(ebpf)
+}
+
+/// Pins each of `programs` as `pin_dir/NAME`, replacing older pins.
+fn pin_programs(ebpf: &mut Ebpf, pin_dir: &Path, programs: &[&'static str]) -> Result<()> {
+    for &program in programs {
+        let path = pin_dir.join(program);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(Error::Io {
+                    path,
+                    action: "remove",
+                    source,
+                });
+            }
+        }
+        classifier(ebpf, program)?
+            .pin(&path)
+            .map_err(|e| Error::Pin {
+                program,
+                action: "pin",
+                path: path.clone(),
+                source: Box::new(e),
+            })?;
+    }
+    Ok(())
+}
+
+fn classifier<'a>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut SchedClassifier> {
+    ebpf.program_mut(program)
         .ok_or_else(|| missing(program))?
         .try_into()
         .map_err(|e| program_error(program, "find".to_owned(), e))
 }
 
-fn missing(program: Program) -> Error {
-    Error::NoProgram {
-        program: program.name(),
-    }
+/// Runs the classifier `program` of `ebpf` once on `frame` with
+/// `BPF_PROG_TEST_RUN`.
+fn test_run(ebpf: &Ebpf, program: &'static str, frame: &[u8]) -> Result<TestRunOutput> {
+    let prog: &SchedClassifier = ebpf
+        .program(program)
+        .ok_or_else(|| missing(program))?
+        .try_into()
+        .map_err(|e| program_error(program, "find".to_owned(), e))?;
+    // The programs never grow a packet.
+    let mut out = vec![0; frame.len() + 256];
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(frame);
+    opts.data_out = Some(&mut out);
+    let result = prog
+        .test_run(opts)
+        .map_err(|e| program_error(program, "test-run".to_owned(), e))?;
+    out.truncate(result.data_size_out as usize);
+    Ok(TestRunOutput {
+        action: result.return_value,
+        frame: out,
+    })
 }
 
-fn program_error(program: Program, action: String, source: ProgramError) -> Error {
+fn missing(program: &'static str) -> Error {
+    Error::NoProgram { program }
+}
+
+fn program_error(program: &'static str, action: String, source: ProgramError) -> Error {
     Error::Program {
-        program: program.name(),
+        program,
         action,
         source: Box::new(source),
     }
 }
 
 /// Keeps the verifier's conclusion: the end of its log says why.
-fn load_error(program: Program, e: ProgramError) -> Error {
+fn load_error(program: &'static str, e: ProgramError) -> Error {
     match e {
         ProgramError::LoadError {
             io_error,
@@ -415,7 +443,7 @@ fn load_error(program: Program, e: ProgramError) -> Error {
             let lines: Vec<&str> = log.lines().collect();
             let tail = lines[lines.len().saturating_sub(20)..].join("\n");
             Error::Verifier {
-                program: program.name(),
+                program,
                 error: io_error,
                 log_tail: tail,
             }

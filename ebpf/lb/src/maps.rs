@@ -249,7 +249,7 @@ impl fmt::Debug for LbMaps {
     }
 }
 
-fn open<T: TryFrom<Map, Error = MapError>>(pin_dir: &Path, name: &str) -> Result<T> {
+pub(crate) fn open<T: TryFrom<Map, Error = MapError>>(pin_dir: &Path, name: &str) -> Result<T> {
     let path = pin_dir.join(name);
     let err = |source| Error::OpenMap {
         path: path.clone(),

@@ -1,6 +1,8 @@
 //! `labctl show`: kernel tables of one namespace of a lab (conntrack, IPVS),
-//! read back the way `conntrack -L` and `ipvsadm -Ln` show them, and the
-//! lab's eBPF load-balancer maps, the way `cilium bpf lb list` does.
+//! read back the way `conntrack -L` and `ipvsadm -Ln` show them, the lab's
+//! eBPF load-balancer maps, the way `cilium bpf lb list` does, and a node's
+//! eBPF router maps, the way `cilium bpf endpoint list` and `cilium bpf
+//! tunnel list` do.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -35,6 +37,47 @@ enum What {
     /// `(pinned: BACKEND)` when every new flow goes to one backend. Only for
     /// labs whose topology has `ebpf:`.
     Lb(LbArgs),
+    /// A node's eBPF router maps (Cilium's VXLAN data path), like
+    /// `cilium bpf endpoint list` and `cilium bpf tunnel list` in that
+    /// node's agent.
+    ///
+    /// Endpoints: `ADDRESS ifindex N identity ID mac POD_MAC lxc mac
+    /// LXC_MAC`; tunnels: `CIDR -> NODE_IP`; and the ifindex of the VXLAN
+    /// device cross-node packets leave by. Only for namespaces whose
+    /// topology runs the router (`tc: ... bpf:` or `bpf_maps`).
+    Route(RouteArgs),
+}
+
+#[derive(clap::Args)]
+struct RouteArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value = "table")]
+    output: Format,
+}
+
+/// `-o json` of `show route`.
+#[derive(Serialize)]
+struct RouteView {
+    endpoints: Vec<RouteEndpointView>,
+    tunnels: Vec<RouteTunnelView>,
+    tunnel_ifindex: u32,
+}
+
+#[derive(Serialize)]
+struct RouteEndpointView {
+    address: Ipv4Addr,
+    ifindex: u32,
+    identity: u32,
+    mac: String,
+    lxc_mac: String,
+}
+
+#[derive(Serialize)]
+struct RouteTunnelView {
+    prefix: String,
+    remote: Ipv4Addr,
 }
 
 /// Which namespace.
@@ -113,6 +156,7 @@ pub fn run(args: Args) -> Result {
         What::Conntrack(a) => show_conntrack(a),
         What::Ipvs(a) => show_ipvs(a),
         What::Lb(a) => show_lb(a),
+        What::Route(a) => show_route(a),
     }
 }
 
@@ -258,7 +302,7 @@ fn show_ipvs(args: IpvsArgs) -> Result {
 /// state, a missing toolchain the environment.
 pub(super) fn lb_exit(e: &labctl::lb::LbError) -> Exit {
     match e {
-        labctl::lb::LbError::NotLoaded { .. } => Exit::State,
+        labctl::lb::LbError::NotLoaded { .. } | labctl::lb::LbError::NoRouter { .. } => Exit::State,
         labctl::lb::LbError::NotBuilt { .. } => Exit::Environment,
         _ => failed(),
     }
@@ -336,6 +380,64 @@ fn show_lb(args: LbArgs) -> Result {
         services.len(),
         flows.len(),
         args.lab
+    );
+    Ok(())
+}
+
+fn show_route(args: RouteArgs) -> Result {
+    let record = super::record(&args.target.lab)?;
+    if let Some(vm) = &record.vm {
+        return super::forward(vm, vm_argv("route", &args.target, args.output, &[]));
+    }
+    // Checks the entity, listing the lab's when unknown.
+    netns(&record, &args.target)?;
+    let tables = labctl::route::tables(&args.target.lab, &args.target.entity)
+        .map_err(|e| Failure::new(lb_exit(&e), e))?;
+    let mac = labctl_topology::format_mac;
+    if args.output == Format::Json {
+        let view = RouteView {
+            endpoints: tables
+                .endpoints
+                .iter()
+                .map(|e| RouteEndpointView {
+                    address: e.address,
+                    ifindex: e.ifindex,
+                    identity: e.identity,
+                    mac: mac(&e.pod_mac),
+                    lxc_mac: mac(&e.lxc_mac),
+                })
+                .collect(),
+            tunnels: tables
+                .tunnels
+                .iter()
+                .map(|t| RouteTunnelView {
+                    prefix: format!("{}/{}", t.prefix, t.prefix_len),
+                    remote: t.remote,
+                })
+                .collect(),
+            tunnel_ifindex: tables.tunnel_ifindex,
+        };
+        let json = serde_json::to_string_pretty(&view).expect("router maps are JSON");
+        println!("{json}");
+        return Ok(());
+    }
+    println!("endpoints:");
+    for e in &tables.endpoints {
+        println!("  {e}");
+    }
+    println!("tunnels:");
+    for t in &tables.tunnels {
+        println!("  {t}");
+    }
+    match tables.tunnel_ifindex {
+        0 => println!("tunnel device: none (nothing is encapsulated)"),
+        i => println!("tunnel device: ifindex {i}"),
+    }
+    eprintln!(
+        "{} endpoints, {} tunnels in the router maps of {}",
+        tables.endpoints.len(),
+        tables.tunnels.len(),
+        args.target.entity
     );
     Ok(())
 }

@@ -1,6 +1,8 @@
-//! The kernel side of the eBPF load balancer's steps ([`crate::plan::ebpf`]):
-//! `BpfLoad` and `BpfMaps` are bpf(2) calls on the pins ([`crate::lb::load`],
-//! [`crate::lb::program_maps`]) made on a blocking thread; `BpfAttach` is
+//! The kernel side of the eBPF steps ([`crate::plan::ebpf`],
+//! [`crate::plan::route`]): `BpfLoad`, `BpfMaps`, `RouteLoad` and
+//! `RouteMaps` are bpf(2) calls on the pins ([`crate::lb::load`],
+//! [`crate::lb::program_maps`], [`crate::route::load`],
+//! [`crate::route::program_maps`]) made on a blocking thread; `BpfAttach` is
 //! one `RTM_NEWTFILTER` on the pod namespace's rtnetlink handle carrying
 //! the pinned program's fd, like `tc filter add dev IF ingress|egress
 //! protocol all bpf direct-action object-pinned PIN`.
@@ -84,6 +86,23 @@ impl Netlink {
                     .map_err(|e| KernelError::new(what.clone(), e))?
                     .map_err(|e| KernelError::new(what, e))
             }
+            Action::RouteLoad { pin_dir, .. } => {
+                let dir = PathBuf::from(pin_dir);
+                let what = what(step);
+                tokio::task::spawn_blocking(move || crate::route::load(&dir))
+                    .await
+                    .map_err(|e| KernelError::new(what.clone(), e))?
+                    .map_err(|e| KernelError::new(what, e))
+            }
+            Action::RouteMaps { pin_dir, tables } => {
+                let dir = PathBuf::from(pin_dir);
+                let tables = tables.clone();
+                let what = what(step);
+                tokio::task::spawn_blocking(move || crate::route::program_maps(&dir, &tables))
+                    .await
+                    .map_err(|e| KernelError::new(what.clone(), e))?
+                    .map_err(|e| KernelError::new(what, e))
+            }
             Action::BpfAttach {
                 ifindex,
                 hook,
@@ -91,9 +110,12 @@ impl Netlink {
                 pin,
                 ..
             } => {
-                let which = labctl_lb::Program::from_name(program).ok_or_else(|| {
-                    KernelError::new(step.to_string(), "not a program of the load balancer")
-                })?;
+                let which = labctl_lb::Program::from_name(program)
+                    .map(labctl_lb::Program::name)
+                    .or_else(|| labctl_lb::RouteProgram::from_name(program).map(|p| p.name()))
+                    .ok_or_else(|| {
+                        KernelError::new(step.to_string(), "not one of labctl's eBPF programs")
+                    })?;
                 // A bpf(2) call on the bpffs, not a namespace's: made here.
                 let fd = labctl_lb::pinned_program(std::path::Path::new(pin), which)
                     .map_err(|e| KernelError::new(step.to_string(), e))?;

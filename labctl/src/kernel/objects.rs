@@ -38,11 +38,17 @@ impl Netlink {
                 remote,
                 port,
                 learning,
+                external,
             } => {
                 let mut b = LinkVxlan::new(name, *id)
                     .index(*ifindex)
                     .port(*port)
                     .learning(*learning);
+                if *external {
+                    // IFLA_VXLAN_COLLECT_METADATA; the id sent is 0, which
+                    // the kernel ignores for such a device.
+                    b = b.collect_metadata(true);
+                }
                 if let Some(dev) = dev {
                     b = b.dev(dev.ifindex);
                 }

@@ -4,7 +4,7 @@
 //! vpc/nodes/pods part, so their ifindexes stay as they were; a device they
 //! made is found by the steps that made it.
 
-use labctl_topology::{Lab, LinkKind, hashed_ifname};
+use labctl_topology::{Lab, LinkKind, TcAction, hashed_ifname};
 
 use super::{Action, IfRef, Indexes, Interfaces, Phase, Step};
 use crate::kernel::{bond, bridge, macvlan, route, vlan};
@@ -261,6 +261,7 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
                         remote: x.remote,
                         port: x.port,
                         learning: x.learning,
+                        external: x.external,
                     },
                     LinkKind::Macvlan(m) => Action::AddOffParent(macvlan::AddOffParent {
                         name: made_as.clone(),
@@ -470,7 +471,11 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
                 },
             );
         }
-        let to = find(&index, &netns, &t.to);
+        // eBPF filters are the router's steps (below).
+        let TcAction::Mirred { mirror, to } = &t.action else {
+            continue;
+        };
+        let to = find(&index, &netns, to);
         push(
             Phase::Routes,
             netns,
@@ -478,10 +483,13 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
                 ifname: dev.name,
                 ifindex: dev.ifindex,
                 hook: t.hook,
-                mirror: t.mirror,
+                mirror: *mirror,
                 to,
             },
         );
+    }
+    for step in super::route::steps(lab, &index) {
+        push(step.phase, step.netns, step.action);
     }
     for link in &o.links {
         if let LinkKind::Bridge(b) = &link.kind {

@@ -18,6 +18,8 @@ pub struct Objects {
     pub fdb: Vec<Fdb>,
     pub tc: Vec<Tc>,
     pub sysctls: Vec<NsSysctl>,
+    /// The eBPF router's maps, one entry per namespace.
+    pub bpf_maps: Vec<BpfMaps>,
 }
 
 impl Objects {
@@ -280,7 +282,10 @@ pub struct Ipvlan {
 pub struct Vxlan {
     /// The namespace of its UDP socket (`in` when not given).
     pub underlay: String,
+    /// The VNI (0 for an external device, which has none).
     pub id: u32,
+    /// Collect metadata: VNI and remote per packet, from its tunnel key.
+    pub external: bool,
     /// A device of the underlay namespace.
     pub dev: Option<String>,
     pub local: Option<Ipv4Addr>,
@@ -412,9 +417,54 @@ pub struct Tc {
     pub netns: String,
     pub dev: String,
     pub hook: TcHook,
-    /// Mirror (a copy) rather than redirect (the packet itself).
-    pub mirror: bool,
-    pub to: String,
+    pub action: TcAction,
+}
+
+/// What a tc filter does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TcAction {
+    /// Match-all with mirred: mirror (a copy) or redirect (the packet
+    /// itself) out of `to`.
+    Mirred { mirror: bool, to: String },
+    /// One of labctl's eBPF programs ([`TC_BPF_PROGRAMS`]), direct action.
+    Bpf { program: String },
+}
+
+/// The eBPF programs a `tc` entry may name: the overlay router's (the
+/// `labctl-lb` crate's `RouteProgram`s; a labctl test keeps both lists
+/// equal).
+pub const TC_BPF_PROGRAMS: [&str; 2] = ["route_from_container", "route_from_overlay"];
+
+/// The eBPF router's maps of one namespace.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BpfMaps {
+    pub netns: String,
+    /// The external vxlan device cross-node packets are sent out of.
+    pub tunnel_dev: Option<String>,
+    pub endpoints: Vec<BpfEndpoint>,
+    pub tunnels: Vec<BpfTunnel>,
+}
+
+/// A local endpoint: a pod behind a veth end of the namespace.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BpfEndpoint {
+    pub address: Ipv4Addr,
+    /// The pod's host-side veth end.
+    pub dev: String,
+    /// That end's MAC.
+    pub lxc_mac: [u8; 6],
+    /// The pod's end's MAC.
+    pub pod_mac: [u8; 6],
+    /// The security identity, the VNI of what the pod sends across nodes.
+    pub identity: u32,
+}
+
+/// A remote node CIDR and the underlay address it is tunnelled to.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BpfTunnel {
+    pub prefix: Ipv4Net,
+    pub remote: Ipv4Addr,
 }
 
 /// Which table an FDB entry goes in, the one rule for the lab's entries and

@@ -219,9 +219,17 @@ pub struct RawVxlan {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub underlay: Option<Spanned<String>>,
-    /// The VNI, 0 to 16777215.
-    #[schemars(with = "u32", range(max = 16777215))]
-    pub id: Spanned<u32>,
+    /// The VNI, 0 to 16777215; required unless `external`.
+    #[serde(default)]
+    #[schemars(with = "Option<u32>", range(max = 16777215))]
+    pub id: Option<Spanned<u32>>,
+    /// A collect-metadata device (`external`, IFLA_VXLAN_COLLECT_METADATA):
+    /// no VNI of its own, each packet's tunnel key (set by an eBPF program,
+    /// as Cilium's `cilium_vxlan`) gives its VNI and remote, and received
+    /// packets keep theirs. Default false.
+    #[serde(default)]
+    #[schemars(with = "Option<bool>")]
+    pub external: Option<Spanned<bool>>,
     /// A device of the underlay namespace to send through (`dev`).
     #[serde(default)]
     #[schemars(with = "Option<IfName>")]
@@ -644,9 +652,10 @@ pub enum RawTcHook {
     Egress,
 }
 
-/// A match-all tc filter (`u32 match u32 0 0`, which every kernel has) with
-/// a mirred action: every packet of `dev`'s hook is redirected to, or a
-/// copy sent out of, another device of the namespace.
+/// A tc filter on `dev`'s hook, one of: a match-all filter (`u32 match u32
+/// 0 0`, which every kernel has) with a mirred action, every packet
+/// redirected to, or a copy sent out of, another device of the namespace;
+/// or one of labctl's eBPF programs in direct-action mode (`bpf`).
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(rename = "Tc")]
@@ -665,4 +674,67 @@ pub struct RawTc {
     #[serde(default)]
     #[schemars(with = "Option<IfName>")]
     pub mirror: Option<Spanned<String>>,
+    /// `bpf direct-action` with one of labctl's programs, loaded once per
+    /// namespace with maps of its own (`bpf_maps`):
+    /// `route_from_container` (a pod's host-side device, ingress) or
+    /// `route_from_overlay` (a collect-metadata vxlan device, ingress):
+    /// Cilium's VXLAN data path.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub bpf: Option<Spanned<String>>,
+}
+
+/// What the eBPF router's maps of one namespace hold (`bpf_maps`), as a
+/// Cilium agent fills its node's: like `cilium bpf endpoint list` and
+/// `cilium bpf tunnel list`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "BpfMaps")]
+pub struct RawBpfMaps {
+    /// The namespace (a node) whose programs use these maps.
+    #[serde(rename = "in")]
+    #[schemars(with = "String")]
+    pub netns: Spanned<String>,
+    /// The namespace's `external` vxlan device, which `route_from_container`
+    /// sends cross-node packets out of; without it nothing is encapsulated.
+    #[serde(default)]
+    #[schemars(with = "Option<IfName>")]
+    pub tunnel_dev: Option<Spanned<String>>,
+    /// Local endpoints: pods whose host-side device is in this namespace.
+    #[serde(default)]
+    pub endpoints: Vec<RawBpfEndpoint>,
+    /// Other nodes' pod CIDRs and the underlay address each is tunnelled to.
+    #[serde(default)]
+    pub tunnels: Vec<RawBpfTunnel>,
+}
+
+/// A local endpoint of the router's endpoint map.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "BpfEndpoint")]
+pub struct RawBpfEndpoint {
+    /// The pod's address.
+    #[schemars(with = "Ipv4Text")]
+    pub address: Spanned<String>,
+    /// The pod's host-side veth end (`lxc...`) in this namespace; both ends
+    /// need a `mac`: the map holds them, and delivered frames carry them.
+    #[schemars(with = "IfName")]
+    pub dev: Spanned<String>,
+    /// The pod's security identity, 1 to 16777215: the VNI of what it sends
+    /// to other nodes.
+    #[schemars(with = "u32", range(min = 1, max = 16777215))]
+    pub identity: Spanned<u32>,
+}
+
+/// A remote node CIDR of the router's tunnel map.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "BpfTunnel")]
+pub struct RawBpfTunnel {
+    /// The node's pod CIDR, e.g. 10.244.6.0/24.
+    #[schemars(with = "CidrText")]
+    pub prefix: Spanned<String>,
+    /// The node's underlay address, the outer destination.
+    #[schemars(with = "Ipv4Text")]
+    pub remote: Spanned<String>,
 }

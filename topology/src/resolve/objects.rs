@@ -259,6 +259,11 @@ impl Resolver<'_> {
                 out.tc.push(t);
             }
         }
+        for m in &raw.bpf_maps {
+            if let Some(m) = self.bpf_maps(m, raw, &known, &devices, &out.bpf_maps) {
+                out.bpf_maps.push(m);
+            }
+        }
         out
     }
 
@@ -706,14 +711,48 @@ impl Resolver<'_> {
                     Some(_) => None,
                     None => Some(None),
                 };
-                if x.id.value > 0x00ff_ffff {
-                    self.err(
-                        &x.id.referenced,
-                        format!("vni {} does not fit in 24 bits", x.id.value),
-                        "bad vni",
-                        Some("a VXLAN network identifier is 0 to 16777215".into()),
-                    );
-                }
+                let external = x.external.as_ref().is_some_and(|e| e.value);
+                let id = match (&x.id, &x.external) {
+                    (Some(id), Some(e)) if e.value => {
+                        // iproute2 refuses the same ("both 'external' and
+                        // vni cannot be specified").
+                        self.err(
+                            &id.referenced,
+                            format!("vxlan {} is `external` and has an `id`", x.name.value),
+                            "external and id",
+                            Some(
+                                "an external device takes each packet's VNI from its tunnel \
+                                 key: remove `id`, or `external`"
+                                    .into(),
+                            ),
+                        );
+                        None
+                    }
+                    (Some(id), _) if id.value > 0x00ff_ffff => {
+                        self.err(
+                            &id.referenced,
+                            format!("vni {} does not fit in 24 bits", id.value),
+                            "bad vni",
+                            Some("a VXLAN network identifier is 0 to 16777215".into()),
+                        );
+                        None
+                    }
+                    (Some(id), _) => Some(id.value),
+                    (None, _) if external => Some(0),
+                    (None, _) => {
+                        self.err(
+                            &x.name.referenced,
+                            format!("vxlan {} has no `id`", x.name.value),
+                            "no vni",
+                            Some(
+                                "give it `id: VNI`, or `external: true` for a collect-metadata \
+                                 device whose VNI an eBPF program sets per packet"
+                                    .into(),
+                            ),
+                        );
+                        None
+                    }
+                };
                 let local = match &x.local {
                     Some(l) => self.ipv4(l, "vxlan local address").map(Some),
                     None => Some(None),
@@ -746,7 +785,8 @@ impl Resolver<'_> {
                 } else {
                     None
                 };
-                (claimed && under && x.id.value <= 0x00ff_ffff).then_some(())?;
+                (claimed && under).then_some(())?;
+                let id = id?;
                 let (master, bridge_port) = master?;
                 Some(Link {
                     netns: x.netns.value.clone(),
@@ -758,7 +798,8 @@ impl Resolver<'_> {
                     up: up(x.state),
                     kind: LinkKind::Vxlan(Vxlan {
                         underlay: underlay.value.clone(),
-                        id: x.id.value,
+                        id,
+                        external,
                         dev: dev?,
                         local: local?,
                         remote: remote?,
@@ -1077,10 +1118,34 @@ impl Resolver<'_> {
     fn tc(&mut self, t: &RawTc, known: &[String], devices: &Devices) -> Option<Tc> {
         let netns = self.namespace_ref(&t.netns, known);
         let dev = netns && self.dev_ref(devices, &t.netns, &t.dev, "tc filter");
-        let (to, mirror) = match (&t.redirect, &t.mirror) {
-            (Some(r), None) => (r, false),
-            (None, Some(m)) => (m, true),
-            (Some(_), Some(m)) => {
+        let hook = match t.hook {
+            RawTcHook::Ingress => TcHook::Ingress,
+            RawTcHook::Egress => TcHook::Egress,
+        };
+        let (to, mirror) = match (&t.redirect, &t.mirror, &t.bpf) {
+            (None, None, Some(b)) => {
+                if !TC_BPF_PROGRAMS.contains(&b.value.as_str()) {
+                    self.err(
+                        &b.referenced,
+                        format!("unknown eBPF program `{}`", b.value),
+                        "unknown program",
+                        Some(unknown_hint("program", &b.value, &TC_BPF_PROGRAMS)),
+                    );
+                    return None;
+                }
+                dev.then_some(())?;
+                return Some(Tc {
+                    netns: t.netns.value.clone(),
+                    dev: t.dev.value.clone(),
+                    hook,
+                    action: TcAction::Bpf {
+                        program: b.value.clone(),
+                    },
+                });
+            }
+            (Some(r), None, None) => (r, false),
+            (None, Some(m), None) => (m, true),
+            (Some(_), Some(m), None) => {
                 self.err(
                     &m.referenced,
                     "a tc filter both redirects and mirrors".into(),
@@ -1089,12 +1154,21 @@ impl Resolver<'_> {
                 );
                 return None;
             }
-            (None, None) => {
+            (_, _, Some(b)) => {
+                self.err(
+                    &b.referenced,
+                    "a tc filter both runs an eBPF program and redirects or mirrors".into(),
+                    "bpf or mirred",
+                    Some("write two filters, or keep one of `bpf`, `redirect` and `mirror`".into()),
+                );
+                return None;
+            }
+            (None, None, None) => {
                 self.err(
                     &t.dev.referenced,
                     format!("the tc filter on `{}` has no action", t.dev.value),
                     "no action",
-                    Some("add `redirect: DEV` or `mirror: DEV`".into()),
+                    Some("add `redirect: DEV`, `mirror: DEV` or `bpf: PROGRAM`".into()),
                 );
                 return None;
             }
@@ -1104,13 +1178,194 @@ impl Resolver<'_> {
         Some(Tc {
             netns: t.netns.value.clone(),
             dev: t.dev.value.clone(),
-            hook: match t.hook {
-                RawTcHook::Ingress => TcHook::Ingress,
-                RawTcHook::Egress => TcHook::Egress,
+            hook,
+            action: TcAction::Mirred {
+                mirror,
+                to: to.value.clone(),
             },
-            mirror,
-            to: to.value.clone(),
         })
+    }
+
+    /// The eBPF router's maps of one namespace: each endpoint's device a
+    /// veth end there whose two MACs are given, each tunnel a CIDR, the
+    /// tunnel device an external vxlan of the namespace.
+    fn bpf_maps(
+        &mut self,
+        m: &RawBpfMaps,
+        raw: &RawTopology,
+        known: &[String],
+        devices: &Devices,
+        done: &[BpfMaps],
+    ) -> Option<BpfMaps> {
+        if !self.namespace_ref(&m.netns, known) {
+            return None;
+        }
+        let ns = &m.netns.value;
+        if done.iter().any(|d| &d.netns == ns) {
+            self.err(
+                &m.netns.referenced,
+                format!("namespace {ns} has `bpf_maps` twice"),
+                "second bpf_maps",
+                Some("one entry per namespace: merge their endpoints and tunnels".into()),
+            );
+            return None;
+        }
+        let mut ok = true;
+        let tunnel_dev = match &m.tunnel_dev {
+            None => None,
+            Some(d) if !self.dev_ref(devices, &m.netns, d, "bpf_maps tunnel_dev") => {
+                ok = false;
+                None
+            }
+            Some(d) => {
+                let external = raw.links.iter().any(|l| {
+                    matches!(l, RawLink::Vxlan(x)
+                        if &x.netns.value == ns && x.name.value == d.value
+                            && x.external.as_ref().is_some_and(|e| e.value))
+                });
+                if !external {
+                    self.err(
+                        &d.referenced,
+                        format!(
+                            "tunnel_dev `{}` is no `external` vxlan device of namespace {ns}",
+                            d.value
+                        ),
+                        "not an external vxlan",
+                        Some(
+                            "name a vxlan link of this namespace with `external: true`: the \
+                             program sets each packet's tunnel key on it"
+                                .into(),
+                        ),
+                    );
+                    ok = false;
+                }
+                Some(d.value.clone())
+            }
+        };
+        let mut endpoints: Vec<BpfEndpoint> = Vec::new();
+        for e in &m.endpoints {
+            let address = self.ipv4(&e.address, "endpoint address");
+            if e.identity.value == 0 || e.identity.value > 0x00ff_ffff {
+                self.err(
+                    &e.identity.referenced,
+                    format!(
+                        "identity {} is no VNI: it must be 1 to 16777215",
+                        e.identity.value
+                    ),
+                    "bad identity",
+                    Some(
+                        "the identity is sent as the VXLAN network identifier (24 bits); \
+                         Cilium's pod identities start at 256"
+                            .into(),
+                    ),
+                );
+                ok = false;
+            }
+            let macs = self.veth_macs(&m.netns, &e.dev, raw, devices);
+            let (Some(address), Some((lxc_mac, pod_mac))) = (address, macs) else {
+                ok = false;
+                continue;
+            };
+            if endpoints.iter().any(|x| x.address == address) {
+                self.err(
+                    &e.address.referenced,
+                    format!("endpoint {address} is twice in the maps of namespace {ns}"),
+                    "duplicate endpoint",
+                    Some("one entry per pod address".into()),
+                );
+                ok = false;
+                continue;
+            }
+            endpoints.push(BpfEndpoint {
+                address,
+                dev: e.dev.value.clone(),
+                lxc_mac,
+                pod_mac,
+                identity: e.identity.value,
+            });
+        }
+        let mut tunnels = Vec::new();
+        for t in &m.tunnels {
+            let prefix = self.network(&t.prefix, "tunnel prefix");
+            let remote = self.ipv4(&t.remote, "tunnel remote");
+            match (prefix, remote) {
+                (Some(prefix), Some(remote)) => tunnels.push(BpfTunnel { prefix, remote }),
+                _ => ok = false,
+            }
+        }
+        ok.then(|| BpfMaps {
+            netns: ns.clone(),
+            tunnel_dev,
+            endpoints,
+            tunnels,
+        })
+    }
+
+    /// The MACs of the veth pair `dev` of `netns` is an end of: (that
+    /// end's, the other end's), both given in the file.
+    fn veth_macs(
+        &mut self,
+        netns: &Text,
+        dev: &Text,
+        raw: &RawTopology,
+        devices: &Devices,
+    ) -> Option<([u8; 6], [u8; 6])> {
+        let ns = &netns.value;
+        let pair = raw.links.iter().find_map(|l| match l {
+            RawLink::Veth(v) if &v.netns.value == ns && v.name.value == dev.value => {
+                Some((&v.mac, &v.peer.mac))
+            }
+            RawLink::Veth(v) if &v.peer.netns.value == ns && v.peer.name.value == dev.value => {
+                Some((&v.peer.mac, &v.mac))
+            }
+            _ => None,
+        });
+        let Some((here, there)) = pair else {
+            if devices.get(ns, &dev.value).is_none() {
+                self.dev_ref(devices, netns, dev, "endpoint");
+            } else {
+                self.err(
+                    &dev.referenced,
+                    format!(
+                        "endpoint device `{}` is no veth end of the `links` in namespace {ns}",
+                        dev.value
+                    ),
+                    "not a veth",
+                    Some(
+                        "name the pod's host-side veth end (`lxc...`): its MACs go in the map"
+                            .into(),
+                    ),
+                );
+            }
+            return None;
+        };
+        let (Some(here), Some(there)) = (here, there) else {
+            self.err(
+                &dev.referenced,
+                format!(
+                    "endpoint device `{}` and its veth peer need a `mac` each",
+                    dev.value
+                ),
+                "no mac",
+                Some(
+                    "give both ends of the veth a `mac`: the endpoint map holds them and \
+                     delivered frames carry them"
+                        .into(),
+                ),
+            );
+            return None;
+        };
+        // A bad MAC was reported with its link: parsed quietly here.
+        let parse = |t: &Text| -> Option<[u8; 6]> {
+            let mut mac = [0u8; 6];
+            let parts: Vec<&str> = t.value.trim().split(':').collect();
+            (parts.len() == 6).then_some(())?;
+            for (p, b) in parts.iter().zip(mac.iter_mut()) {
+                *b = u8::from_str_radix(p, 16).ok()?;
+            }
+            Some(mac)
+        };
+        Some((parse(here)?, parse(there)?))
     }
 }
 

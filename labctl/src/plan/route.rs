@@ -1,0 +1,111 @@
+//! The eBPF overlay router of a lab as plan steps ([`crate::route`]): for
+//! every namespace whose `tc:` runs one of the router's programs or that
+//! has `bpf_maps`, load the object once with its own pin directory
+//! (`RouteLoad`); attach each `tc: ... bpf:` program (`BpfAttach`, the load
+//! balancer's action, on a pinned program); and fill the maps
+//! (`RouteMaps`) with the ifindexes this plan gave the devices. Written by
+//! hand because the lab's devices and their ifindexes are only known here;
+//! `labctl plan -o script` prints the `bpftool` and `tc` commands that do
+//! the same (as [`super::ebpf`] does for the load balancer).
+
+use std::fmt;
+
+use labctl_topology::{Lab, TcAction};
+
+use super::{Action, Interfaces, Phase, Step, shell_quote};
+use crate::route::{self, Endpoint, Tables};
+
+/// The router's steps, after the layer's devices are planned (`index`
+/// holds their ifindexes).
+pub(super) fn steps(lab: &Lab, index: &Interfaces) -> Vec<Step> {
+    let o = &lab.objects;
+    let mut users: Vec<&str> = Vec::new();
+    let bpf_tc = o.tc.iter().filter_map(|t| match &t.action {
+        TcAction::Bpf { program } => Some((t, program)),
+        TcAction::Mirred { .. } => None,
+    });
+    for (t, _) in bpf_tc.clone() {
+        if !users.contains(&t.netns.as_str()) {
+            users.push(&t.netns);
+        }
+    }
+    for m in &o.bpf_maps {
+        if !users.contains(&m.netns.as_str()) {
+            users.push(&m.netns);
+        }
+    }
+    let pin_dir = |entity: &str| route::pin_dir(&lab.name, entity);
+    let ifindex = |netns: &str, name: &str| index.get(netns, name).map_or(0, |i| i.ifindex);
+    let mut out = Vec::new();
+    for entity in &users {
+        out.push(Step {
+            phase: Phase::Services,
+            netns: lab.netns(entity),
+            action: Action::RouteLoad {
+                object: labctl_lb::ROUTE_OBJECT_PATH.to_string(),
+                pin_dir: pin_dir(entity).display().to_string(),
+            },
+        });
+    }
+    for (t, program) in bpf_tc {
+        let netns = lab.netns(&t.netns);
+        out.push(Step {
+            phase: Phase::Ebpf,
+            action: Action::BpfAttach {
+                ifname: t.dev.clone(),
+                ifindex: ifindex(&netns, &t.dev),
+                hook: t.hook,
+                program: program.clone(),
+                pin: pin_dir(&t.netns).join(program).display().to_string(),
+            },
+            netns,
+        });
+    }
+    for m in &o.bpf_maps {
+        let netns = lab.netns(&m.netns);
+        let tables = Tables {
+            endpoints: m
+                .endpoints
+                .iter()
+                .map(|e| Endpoint {
+                    address: e.address,
+                    ifindex: ifindex(&netns, &e.dev),
+                    identity: e.identity,
+                    lxc_mac: e.lxc_mac,
+                    pod_mac: e.pod_mac,
+                })
+                .collect(),
+            tunnels: m.tunnels.iter().map(|t| (t.prefix, t.remote)).collect(),
+            tunnel_ifindex: m.tunnel_dev.as_ref().map_or(0, |d| ifindex(&netns, d)),
+        };
+        out.push(Step {
+            phase: Phase::Ebpf,
+            netns,
+            action: Action::RouteMaps {
+                pin_dir: pin_dir(&m.netns).display().to_string(),
+                tables,
+            },
+        });
+    }
+    out
+}
+
+/// `RouteMaps`' commands: one `bpftool map update` a line, endpoints,
+/// tunnels, then the VXLAN device's slot. In fresh maps (`up`) that is all
+/// there is to do; the executor also removes entries not listed.
+pub(super) fn fmt_maps(f: &mut fmt::Formatter<'_>, pin_dir: &str, tables: &Tables) -> fmt::Result {
+    let dir = std::path::Path::new(pin_dir);
+    for (i, u) in tables.to_lb().updates().iter().enumerate() {
+        if i > 0 {
+            writeln!(f)?;
+        }
+        write!(
+            f,
+            "bpftool map update pinned {} key hex {} value hex {}",
+            shell_quote(&dir.join(u.map).display().to_string()),
+            super::ebpf::hex(&u.key),
+            super::ebpf::hex(&u.value)
+        )?;
+    }
+    Ok(())
+}
