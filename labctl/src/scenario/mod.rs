@@ -359,7 +359,7 @@ pub fn run(
     let crossings: Vec<path::Crossing> = seen
         .iter()
         .filter(|(_, f)| is_request(f, sc))
-        .map(|(p, _)| {
+        .map(|(p, f)| {
             let hop = hop(p);
             path::Crossing {
                 ts: p.ts,
@@ -367,10 +367,12 @@ pub fn run(
                 hop,
                 group: group_of(p),
                 direction: p.direction,
+                vlan: f.vlan,
             }
         })
         .collect();
-    let path = path::derive(&crossings, &masters);
+    let tagged = path::derive_tagged(&crossings, &masters);
+    let path: Vec<String> = tagged.iter().map(|(h, _)| h.clone()).collect();
     let stacks = path::stacks(&path);
     let devices = path.len() as u32;
     let hops: Vec<String> = if sc.expect.hops.is_some() {
@@ -398,9 +400,14 @@ pub fn run(
             })
         });
         let stacked: Vec<(String, String)> = bonds.into_iter().chain(vlans).collect();
+        let mut at = 0;
         path::hops(&path, &stacked)
             .iter()
-            .map(|h| path::hop_text(h))
+            .map(|h| {
+                let text = format!("{}{}", path::hop_text(h), path::hop_vlans(h, &tagged, at));
+                at += h.len();
+                text
+            })
             .collect()
     } else {
         Vec::new()

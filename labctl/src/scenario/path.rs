@@ -44,6 +44,8 @@ pub struct Crossing {
     /// The interface's height in its namespace's device stack ([`levels`]);
     /// a bridge of `masters` counts at least 1.
     pub level: u8,
+    /// The 802.1Q tag the frame carried there, if any.
+    pub vlan: Option<u16>,
 }
 
 /// When a tap saw a packet, for ordering. Within one namespace the kernel
@@ -95,50 +97,66 @@ pub fn levels(pairs: &[(String, String)]) -> HashMap<String, u8> {
 /// bridge port `ENTITY/PORT` to its bridge `ENTITY/BRIDGE`. See the module
 /// doc for the rules.
 pub fn derive(crossings: &[Crossing], masters: &HashMap<String, String>) -> Vec<String> {
+    derive_tagged(crossings, masters)
+        .into_iter()
+        .map(|(h, _)| h)
+        .collect()
+}
+
+/// [`derive`], each hop with the 802.1Q tag the request carried at the
+/// crossing that made it a hop (a folded group: where the request entered
+/// it; a bridge put in between: none).
+pub fn derive_tagged(
+    crossings: &[Crossing],
+    masters: &HashMap<String, String>,
+) -> Vec<(String, Option<u16>)> {
     let mut sorted: Vec<&Crossing> = crossings.iter().collect();
     let is_master = |h: &str| masters.values().any(|b| b == h);
     sorted.sort_by_key(|c| {
         let level = c.level.max(u8::from(is_master(&c.hop)));
         when(c.ts, c.direction, level)
     });
-    let mut first: Vec<String> = Vec::new();
+    let mut first: Vec<(String, Option<u16>)> = Vec::new();
     // Every crossing so far, as (hop, direction).
     let mut visits: Vec<(&str, Direction)> = Vec::new();
     // The folded groups entered since the last hop that counted, in order
     // (a ToR, then the aggregation switch above it).
-    let mut pending: Vec<&str> = Vec::new();
+    let mut pending: Vec<(&str, Option<u16>)> = Vec::new();
     for c in sorted {
         if let Some(g) = c.group.as_deref() {
-            let last = pending.last().copied().or(first.last().map(String::as_str));
+            let last = pending
+                .last()
+                .map(|p| p.0)
+                .or(first.last().map(|f| f.0.as_str()));
             if last != Some(g) {
-                pending.push(g);
+                pending.push((g, c.vlan));
             }
             continue;
         }
         let h = c.hop.as_str();
-        let counted = first.iter().any(|f| f == h);
+        let counted = first.iter().any(|f| f.0 == h);
         let new_way = !visits.contains(&(h, c.direction));
         visits.push((h, c.direction));
         // Back the other way after other hops (or a group): a return leg.
         let revisit =
-            counted && new_way && (!pending.is_empty() || first.last().is_some_and(|l| l != h));
+            counted && new_way && (!pending.is_empty() || first.last().is_some_and(|l| l.0 != h));
         if counted && !revisit {
             pending.clear();
             continue;
         }
-        first.extend(pending.drain(..).map(String::from));
-        first.push(h.to_string());
+        first.extend(pending.drain(..).map(|(g, v)| (g.to_string(), v)));
+        first.push((h.to_string(), c.vlan));
     }
-    first.extend(pending.drain(..).map(String::from));
-    let mut path: Vec<String> = Vec::new();
-    for h in first {
-        if let (Some(prev), Some(bridge)) = (path.last(), masters.get(&h))
+    first.extend(pending.drain(..).map(|(g, v)| (g.to_string(), v)));
+    let mut path: Vec<(String, Option<u16>)> = Vec::new();
+    for (h, vlan) in first {
+        if let (Some((prev, _)), Some(bridge)) = (path.last(), masters.get(&h))
             && masters.get(prev) == Some(bridge)
-            && path.last() != Some(bridge)
+            && path.last().map(|p| &p.0) != Some(bridge)
         {
-            path.push(bridge.clone());
+            path.push((bridge.clone(), None));
         }
-        path.push(h);
+        path.push((h, vlan));
     }
     path
 }
@@ -171,6 +189,25 @@ pub fn hops(path: &[String], stacked: &[(String, String)]) -> Vec<Vec<String>> {
         }
     }
     out
+}
+
+/// The tags of a hop's devices in [`derive_tagged`]'s path, in words: ``,
+/// ` [vlan 100]`, or ` [vlan 100, 200]` where its devices carried several.
+pub fn hop_vlans(hop: &[String], tagged: &[(String, Option<u16>)], at: usize) -> String {
+    let mut tags: Vec<u16> = Vec::new();
+    for (k, _) in hop.iter().enumerate() {
+        if let Some((_, Some(v))) = tagged.get(at + k)
+            && !tags.contains(v)
+        {
+            tags.push(*v);
+        }
+    }
+    if tags.is_empty() {
+        String::new()
+    } else {
+        let list: Vec<String> = tags.iter().map(u16::to_string).collect();
+        format!(" [vlan {}]", list.join(", "))
+    }
 }
 
 /// One hop of [`hops`] in words: its devices joined by `+`, the namespace
@@ -218,6 +255,7 @@ mod tests {
             group: None,
             direction,
             level: 0,
+            vlan: None,
         }
     }
 
@@ -279,6 +317,54 @@ mod tests {
         // A cycle (which the kernel never makes) ends.
         let cycle = super::levels(&[("x".into(), "y".into()), ("y".into(), "x".into())]);
         assert!(cycle["x"] <= MAX_LEVEL);
+    }
+
+    /// A router's trunk, in on VLAN 100 and out on VLAN 200: each hop
+    /// says the tag the request carried on its devices there.
+    #[test]
+    fn hops_say_the_vlan_seen_at_each() {
+        let tag = |mut c: Crossing, v: Option<u16>| {
+            c.vlan = v;
+            c
+        };
+        let c = [
+            at(1, "a/eth0", Out),
+            tag(folded(2, "sw/p1", "sw", In), Some(100)),
+            tag(folded(2, "sw/p2", "sw", Out), Some(100)),
+            tag(at(3, "r/eth0", In), Some(100)),
+            at(4, "r/eth0.100", In),
+            at(5, "r/eth0.200", Out),
+            tag(at(6, "r/eth0", Out), Some(200)),
+            tag(folded(7, "sw/p2", "sw", In), Some(200)),
+            tag(folded(7, "sw/p3", "sw", Out), Some(200)),
+            at(8, "b/eth0", In),
+        ];
+        let tagged = derive_tagged(&c, &HashMap::new());
+        let path: Vec<String> = tagged.iter().map(|t| t.0.clone()).collect();
+        let stacked = [
+            ("r/eth0.100".to_string(), "r/eth0".to_string()),
+            ("r/eth0.200".to_string(), "r/eth0".to_string()),
+        ];
+        let mut at = 0;
+        let text: Vec<String> = hops(&path, &stacked)
+            .iter()
+            .map(|h| {
+                let t = format!("{}{}", hop_text(h), hop_vlans(h, &tagged, at));
+                at += h.len();
+                t
+            })
+            .collect();
+        assert_eq!(
+            text,
+            [
+                "a/eth0",
+                "sw [vlan 100]",
+                "r/eth0+eth0.100 [vlan 100]",
+                "r/eth0.200+eth0 [vlan 200]",
+                "sw [vlan 200]",
+                "b/eth0"
+            ]
+        );
     }
 
     /// Two switches in a row (a ToR, then the aggregation switch) are two
