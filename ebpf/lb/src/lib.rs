@@ -223,13 +223,17 @@ impl Lb {
                 dir: pin_dir.to_owned(),
             });
         }
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(pin_dir)
-            .load(OBJECT)
-            .map_err(|source| Error::Load {
-                pin_dir: pin_dir.to_owned(),
-                source: Box::new(source),
-            })?;
+        // The object's BTF maps carry no pinning attribute (libbpf's
+        // `pinmaps` pins them all by name): pin each by its name here too.
+        let paths = labctl_ebpf_common::PINNED_MAPS.map(|name| (name, pin_dir.join(name)));
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(|source| Error::Load {
+            pin_dir: pin_dir.to_owned(),
+            source: Box::new(source),
+        })?;
         for program in Program::ALL {
             classifier(&mut ebpf, program)?
                 .load()
