@@ -116,13 +116,9 @@ impl Drop for Down {
 /// labctl, named in `LABCTL_TEST_LABCTL`) that a rebuild on the host cannot
 /// replace under it. The VM is killed after ten minutes.
 pub fn in_vm(kernel: &str, name: &str, prelude: &str, with_labctl: bool) -> Result<String, Failed> {
-    let (passed, out) = in_vm_args(
-        kernel,
-        name,
-        &format!("--exact {name}"),
-        prelude,
-        with_labctl,
-    )?;
+    let limit = std::time::Duration::from_secs(600);
+    let args = format!("--exact {name}");
+    let (passed, out) = in_vm_args(kernel, name, &args, prelude, with_labctl, limit)?;
     if passed && out.contains("1 passed") {
         Ok(out)
     } else {
@@ -134,15 +130,16 @@ pub fn in_vm(kernel: &str, name: &str, prelude: &str, with_labctl: bool) -> Resu
 /// filter, `--skip`s) inside one VM, as [`in_vm`] does for one trial:
 /// whether the run passed and its output, for the caller to read each
 /// trial's line from. `tag` names the copies. Several trials in one boot:
-/// a boot is slow (software emulation), the trials in it are not.
+/// a boot is slow (software emulation). The VM is killed after `limit`.
 pub fn in_vm_args(
     kernel: &str,
     tag: &str,
     args: &str,
     prelude: &str,
     with_labctl: bool,
+    limit: std::time::Duration,
 ) -> Result<(bool, String), Failed> {
-    use std::time::{Duration, Instant};
+    use std::time::Instant;
     struct Remove(Vec<std::path::PathBuf>);
     impl Drop for Remove {
         fn drop(&mut self) {
@@ -194,7 +191,6 @@ pub fn in_vm_args(
         .stderr(std::fs::File::create(&err_path)?)
         .process_group(0)
         .spawn()?;
-    let limit = Duration::from_secs(600);
     let t = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait()? {
@@ -205,7 +201,7 @@ pub fn in_vm_args(
             let _ = child.wait();
             break None;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(std::time::Duration::from_millis(100));
     };
     let out = std::fs::read_to_string(&out_path).unwrap_or_default();
     let err = std::fs::read_to_string(&err_path).unwrap_or_default();
