@@ -612,7 +612,13 @@ impl fmt::Display for Step {
                         f,
                         "ip -n {ns} route add {dst} via {via} dev {ifname} proto static"
                     ),
-                    None => write!(f, "ip -n {ns} route add {dst} dev {ifname} proto static"),
+                    // `scope global`: `up` sends rtnetlink's default,
+                    // universe, where `ip` alone would give a route
+                    // without a gateway scope link.
+                    None => write!(
+                        f,
+                        "ip -n {ns} route add {dst} dev {ifname} scope global proto static"
+                    ),
                 }
             }
             Action::Sysctl { key, value } => {

@@ -1,64 +1,361 @@
-//! The low-level layer on live labs (`topologies/vxlan-redirect.yaml`,
-//! `topologies/bond-vlan.yaml`): the lab `labctl plan -o script` builds
-//! with bash is the lab `up` builds, object for object as the kernel
-//! reports them (links with their kind, MAC, MTU, master, bond and bridge
-//! details and link-netns; bridge vlans; addresses; routes; permanent
-//! neighbours; static FDB entries; tc filters), and a whole run, whose
-//! first scenario changes a MAC, leaves the lab as it was. Without root the
-//! trials are ignored with the reason; bond-vlan's run in the VM where the
-//! host lacks bonds, vlans or vlan filtering.
+//! Shipped topologies on live labs. For each one in [`TOPOLOGIES`], the
+//! lab `labctl plan -o script` builds with bash is the lab `up` builds,
+//! object for object as the kernel reports them: in every namespace of the
+//! lab, links (kind, MAC, MTU, master, bond, bridge, vlan, ipvlan and vxlan
+//! details, link-netns), bridge vlans, addresses, routes, permanent
+//! neighbours, static FDB entries, qdiscs and tc filters (the eBPF ones by
+//! program name and tag), the nft ruleset, the IPVS table and the IPv4
+//! sysctls; and the lab's pinned eBPF programs and maps (type, name, tag,
+//! sizes, the maps' contents). And a whole run of vxlan-redirect, whose
+//! first scenario changes a MAC, leaves the lab as it was.
+//!
+//! A lab runs where its kernel features are ([`common::place_for`]): the
+//! trials whose labs need a VM all run in one VM boot, whichever of them
+//! starts first boots it. Without root the trials are ignored with the
+//! reason.
 
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Mutex;
 
 use common::{Down, Place, ensure, labctl, ok, place_for};
-use libtest_mimic::{Arguments, Failed};
+use libtest_mimic::{Arguments, Failed, Trial};
 
 mod common;
 
-fn topology(stem: &str) -> PathBuf {
+/// A shipped topology the script trial builds both ways.
+struct Topology {
+    /// The file's stem under `topologies/`.
+    stem: &'static str,
+    /// Template variables (`--var`), to keep a generated lab small.
+    vars: &'static [(&'static str, &'static str)],
+    /// Text the state of `up`'s lab must contain: proof that the
+    /// comparison sees the topology's interesting objects.
+    wants: &'static [&'static str],
+}
+
+/// Adding a topology to the trial is one entry here.
+const TOPOLOGIES: &[Topology] = &[
+    Topology {
+        stem: "vxlan-redirect",
+        vars: &[],
+        wants: &[
+            "vxlan id 555005 remote 192.168.10.201",
+            "link-netns LAB-worker",
+            "master br-int",
+            "0a:58:0a:84:02:2e dev 8b7266486ea2861 master br-int static",
+            "10.132.2.46 dev br-int lladdr 0a:58:0a:84:02:2e PERMANENT",
+            "action order 1: mirred (Egress Redirect to device vxlan1) stolen",
+        ],
+    },
+    Topology {
+        stem: "bond-vlan",
+        vars: &[],
+        wants: &[
+            "bond mode active-backup active_slave eth0 miimon 100",
+            "master bond0 state UP",
+            "vlan protocol 802.1Q id 100",
+            "vlan_filtering 1",
+            "swp3              100 PVID Egress Untagged",
+            "default via 10.200.0.1 dev eth0 proto static",
+        ],
+    },
+    Topology {
+        stem: "flannel",
+        vars: &[],
+        wants: &[
+            "## node-180\n",
+            "-A -t 192.168.13.23:80 -s rr",
+            "-a -t 192.168.13.23:80 -r 172.23.96.163:80 -m -w 1",
+            "table ip kube-proxy {",
+            "meta mark & 0x00004000 == 0x00004000 masquerade",
+            "172.23.96.64/26 via 10.0.1.216 dev vsw-b proto static",
+            "kube-ipvs0",
+        ],
+    },
+    Topology {
+        stem: "terway-ipvlan-ebpf",
+        vars: &[],
+        wants: &[
+            "ipvlan  mode l2 bridge",
+            "-a -t 47.243.139.183:80 -r 10.0.3.38:80 -m -w 1",
+            "table bridge vswitch {",
+            "lb_egress:[*fsobj] direct-action not_in_hw id ID name lb_egress tag",
+            "lb_ingress:[*fsobj] direct-action not_in_hw id ID name lb_ingress tag",
+            "prog lb_egress: sched_cls name lb_egress tag",
+            "map LB_SERVICES: hash key 8 value 8 max_entries 1024 flags 0 name LB_SERVICES",
+            "key c0 a8 1b f2 00 50 06 00 value 01 00 00 00 ff ff ff ff",
+            "map LB_EVENTS: ringbuf key 0 value 0 max_entries 262144",
+            "filters of eth0",
+            "conf/all/arp_ignore:1",
+        ],
+    },
+    Topology {
+        stem: "ipvs-ipvlan",
+        vars: &[],
+        wants: &[
+            "ipvlan  mode l2 bridge",
+            "-a -t 192.168.27.242:80 -r 10.0.3.38:80 -m -w 1",
+            "10.0.3.15/32 scope host ipvl_",
+            "table ip kube-proxy {",
+        ],
+    },
+    Topology {
+        stem: "impair",
+        vars: &[],
+        wants: &[
+            "## node2\n",
+            "172.16.1.0/24 via 10.0.0.11 dev vsw proto static",
+            "master cni0",
+            "ip_forward:1",
+        ],
+    },
+    Topology {
+        stem: "scale",
+        vars: &[("nodes", "2"), ("pods", "3")],
+        wants: &["## pod1-2\n", "10.101.0.4/16", "master cni0"],
+    },
+];
+
+fn path(stem: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../topologies/{stem}.yaml"))
 }
 
-fn file() -> PathBuf {
-    topology("vxlan-redirect")
+fn trial_name(t: &Topology) -> String {
+    format!("script_builds_what_up_builds::{}", t.stem)
 }
 
-const ENTITIES: [&str; 4] = ["worker", "pod", "podvm", "podns"];
-const BOND_VLAN_ENTITIES: [&str; 4] = ["server", "tor", "a", "b"];
+/// `--var k=v` for each of `t`'s variables.
+fn var_args(t: &Topology) -> Vec<String> {
+    t.vars
+        .iter()
+        .flat_map(|(k, v)| ["--var".to_string(), format!("{k}={v}")])
+        .collect()
+}
 
-/// Everything the layer makes in each namespace of lab `name`, as iproute2
-/// prints it, with the lab's name taken out (so two labs compare) and
-/// labctl's ownership alias dropped. Bridge vlans by device, in name
-/// order: `bridge vlan show` lists ports in the order they joined, which
-/// `up` (concurrent within a phase) does not fix. Ifindexes stay: both
-/// ways request the same ones.
+/// The namespaces of lab `name` (`NAME-ENTITY`), by entity, sorted.
+fn namespaces(name: &str) -> Result<Vec<String>, Failed> {
+    let o = ok(Command::new("ip").args(["netns", "list"]))?;
+    let prefix = format!("{name}-");
+    let mut out: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter_map(|ns| ns.strip_prefix(&prefix))
+        .map(str::to_string)
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// What a namespace holds, as iproute2, tc, nft, ipvsadm and procfs print
+/// it; labctl's ownership alias dropped, and the bpf filters' program ids
+/// (each load gets new ones; the name and tag say which program it is).
+/// Qdiscs sorted, filters (of the devices with a clsact or ingress qdisc,
+/// where the labs put them) and bridge vlans by device in name order: `tc
+/// qdisc show` lists devices in the order they joined the namespace and
+/// `bridge vlan show` ports in the order they joined the bridge, which
+/// `up` (concurrent within a phase) does not fix. The IPVS table in `ipvsadm
+/// -S` form, a line per service or real server, sorted (the kernel lists
+/// them in hash order). Ifindexes stay: both ways request the same ones.
+/// Few processes: in the VM (software emulation) each costs.
+const NAMESPACE_STATE: &str = "\
+ip -o -d link | sed -e 's/ alias [^ ]*//' -e 's/ numtxqueues.*//' \
+  -e 's/ [a-z_]*timer *[0-9.]*//g'
+ip -o addr; ip route; ip neigh show nud permanent
+bridge fdb show | grep -v permanent
+echo '# tc'
+tc qdisc show | sort
+for d in $(tc qdisc show | sed -n 's/^qdisc \\(clsact\\|ingress\\) ffff: dev \\([^ ]*\\) .*/\\2/p' | sort); do
+  echo \"filters of $d\"; tc filter show dev $d ingress; tc filter show dev $d egress
+done | sed -e 's/ not_in_hw id [0-9]* / not_in_hw id ID /'
+for d in $(ls /sys/class/net); do echo \"vlan show dev $d\"; done | bridge -force -batch -
+echo '# nft'
+nft list ruleset
+echo '# ipvs'
+if [ -e /proc/net/ip_vs ]; then ipvsadm -S -n | sort; fi
+echo '# sysctl'
+cd /proc/sys/net/ipv4 && grep -r '' ip_forward conf neigh/*/proxy_delay | sort
+";
+
+/// Everything lab `name` has in the kernel: each namespace's state
+/// ([`NAMESPACE_STATE`]) and its pinned eBPF objects ([`bpf_state`]), with
+/// the lab's name replaced by `LAB` so two labs compare.
 fn state(name: &str) -> Result<String, Failed> {
-    state_of(name, &ENTITIES)
+    let mut out = String::new();
+    for entity in namespaces(name)? {
+        let ns = format!("{name}-{entity}");
+        let o = ok(Command::new("ip").args(["netns", "exec", &ns, "sh", "-c", NAMESPACE_STATE]))?;
+        out.push_str(&format!(
+            "## {entity}\n{}",
+            String::from_utf8_lossy(&o.stdout)
+        ));
+    }
+    out.push_str(&bpf_state(name)?);
+    Ok(out.replace(name, "LAB"))
 }
 
-fn state_of(name: &str, entities: &[&str]) -> Result<String, Failed> {
-    let mut out = String::new();
-    for entity in entities {
-        let ns = format!("{name}-{entity}");
-        let o = ok(Command::new("ip").args([
-            "netns",
-            "exec",
-            &ns,
-            "sh",
-            "-c",
-            "ip -o -d link | sed -e 's/ alias [^ ]*//' -e 's/ numtxqueues.*//' \
-             -e 's/ [a-z_]*timer *[0-9.]*//g'; \
-             ip -o addr; ip route; ip neigh show nud permanent; \
-             bridge fdb show | grep -v permanent; \
-             for d in $(ls /sys/class/net); do tc filter show dev $d ingress; \
-             bridge vlan show dev $d; \
-             tc filter show dev $d egress; done",
-        ]))?;
-        let text = String::from_utf8_lossy(&o.stdout).replace(name, "LAB");
-        out.push_str(&format!("## {entity}\n{text}"));
+/// The kernel updates a link's operational state (`state UP`) from a work
+/// item that runs up to a second after the change (linkwatch), so a lab
+/// read right after it was made may still change: how long to wait before
+/// reading it again, and how many times.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(1100);
+const SETTLE_TRIES: usize = 4;
+
+/// [`state`] once it stops changing: two reads [`SETTLE`] apart agree.
+fn settled_state(name: &str) -> Result<String, Failed> {
+    let mut last = state(name)?;
+    for _ in 0..SETTLE_TRIES {
+        std::thread::sleep(SETTLE);
+        let now = state(name)?;
+        if now == last {
+            return Ok(now);
+        }
+        last = now;
+    }
+    Err(format!("lab {name} still changes:\n{last}").into())
+}
+
+fn bpftool_json(args: &[&str]) -> Result<serde_json::Value, Failed> {
+    let o = ok(Command::new("bpftool").arg("-j").args(args))?;
+    Ok(serde_json::from_slice(&o.stdout)?)
+}
+
+/// A JSON string as it is, anything else as JSON.
+fn text(v: &serde_json::Value) -> String {
+    v.as_str().map_or_else(|| v.to_string(), str::to_string)
+}
+
+fn hex(v: &serde_json::Value) -> String {
+    v.as_array()
+        .map(|bytes| {
+            bytes
+                .iter()
+                .map(|b| b.as_str().unwrap_or("?").trim_start_matches("0x"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|| v.to_string())
+}
+
+/// The lab's pins under its pin directory (`labctl::lb::pin_dir`), as
+/// bpftool reads them: each program's type, name, tag, sizes and the names
+/// of the maps it uses; each map's type, name, flags, sizes and, for hash
+/// maps, its entries sorted (the kernel iterates in hash order). Ids and
+/// load times, which every load changes, are left out.
+fn bpf_state(name: &str) -> Result<String, Failed> {
+    let dir = labctl::lb::pin_dir(name);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(String::new());
+    };
+    let mut pins: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    pins.sort();
+    let mut out = String::from("## bpf\n");
+    for pin in pins {
+        let p = pin.display().to_string();
+        let file = pin.file_name().unwrap_or_default().to_string_lossy();
+        if let Ok(prog) = bpftool_json(&["prog", "show", "pinned", &p]) {
+            let mut maps = Vec::new();
+            for id in prog["map_ids"].as_array().into_iter().flatten() {
+                let m = bpftool_json(&["map", "show", "id", &id.to_string()])?;
+                maps.push(m["name"].as_str().unwrap_or("?").to_string());
+            }
+            maps.sort();
+            out.push_str(&format!(
+                "prog {file}: {} name {} tag {} gpl {} xlated {} jited {} maps {}\n",
+                text(&prog["type"]),
+                text(&prog["name"]),
+                text(&prog["tag"]),
+                prog["gpl_compatible"],
+                prog["bytes_xlated"],
+                prog["bytes_jited"],
+                maps.join(",")
+            ));
+            continue;
+        }
+        let map = bpftool_json(&["map", "show", "pinned", &p])?;
+        let kind = map["type"].as_str().unwrap_or("?");
+        out.push_str(&format!(
+            "map {file}: {kind} key {} value {} max_entries {} flags {} name {}\n",
+            map["bytes_key"],
+            map["bytes_value"],
+            map["max_entries"],
+            map["flags"],
+            text(&map["name"])
+        ));
+        if kind.contains("hash") {
+            let dump = bpftool_json(&["map", "dump", "pinned", &p])?;
+            let mut rows: Vec<String> = dump
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| format!("  key {} value {}\n", hex(&e["key"]), hex(&e["value"])))
+                .collect();
+            rows.sort();
+            out.extend(rows);
+        }
     }
     Ok(out)
+}
+
+/// `mac` (`a:b:..`, octets of one or two hex digits as iproute2's bridge
+/// ids print them) with two digits an octet, if it is a MAC.
+fn canonical_mac(mac: &str) -> Option<String> {
+    let octets: Vec<&str> = mac.split(':').collect();
+    let hex = |o: &&str| (1..=2).contains(&o.len()) && o.chars().all(|c| c.is_ascii_hexdigit());
+    (octets.len() == 6 && octets.iter().all(hex)).then(|| {
+        octets
+            .iter()
+            .map(|o| format!("{:0>2}", o.to_ascii_lowercase()))
+            .collect::<Vec<_>>()
+            .join(":")
+    })
+}
+
+/// Every MAC in `text`, canonical.
+fn macs(text: &str) -> HashSet<String> {
+    text.split(|c: char| !(c.is_ascii_hexdigit() || c == ':'))
+        .filter_map(canonical_mac)
+        .collect()
+}
+
+/// `state` with each MAC the kernel chose at random replaced by `RANDOM`:
+/// a MAC that is not in `fixed` (the MACs the plan names) and not a group
+/// or zero address. Links without a `mac:` get random ones, and a bridge
+/// takes its lowest port's, so two builds of the same topology differ
+/// there and nowhere else; MACs the topology fixes are compared.
+fn mask_random_macs(state: &str, fixed: &HashSet<String>) -> String {
+    let mut out = String::with_capacity(state.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        // A bridge id is PRIORITY.MAC.
+        let (prio, mac) = match word.rsplit_once('.') {
+            Some((p, m)) => (format!("{p}."), m),
+            None => (String::new(), word.as_str()),
+        };
+        match canonical_mac(mac) {
+            Some(m)
+                if !fixed.contains(&m)
+                    && m != "00:00:00:00:00:00"
+                    && u8::from_str_radix(&m[..2], 16).is_ok_and(|b| b & 1 == 0) =>
+            {
+                out.push_str(&prio);
+                out.push_str("RANDOM");
+            }
+            _ => out.push_str(word),
+        }
+        word.clear();
+    };
+    for c in state.chars() {
+        if c.is_ascii_hexdigit() || c == ':' || c == '.' {
+            word.push(c);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
 }
 
 fn differ(what: &str, a: &str, b: &str) -> Result<(), Failed> {
@@ -71,91 +368,99 @@ fn differ(what: &str, a: &str, b: &str) -> Result<(), Failed> {
     Err(format!("{what}:\n{diff}").into())
 }
 
-/// Namespaces made by a script, removed however the trial ends.
-struct ScriptLab(String, &'static [&'static str]);
+/// Namespaces and eBPF pins made by a script, removed however the trial
+/// ends (no `labctl down`: the script leaves no state).
+struct ScriptLab(String);
 
 impl Drop for ScriptLab {
     fn drop(&mut self) {
-        for entity in self.1 {
+        for entity in namespaces(&self.0).unwrap_or_default() {
             let _ = Command::new("ip")
                 .args(["netns", "del", &format!("{}-{entity}", self.0)])
                 .output();
         }
+        let _ = std::fs::remove_dir_all(labctl::lb::pin_dir(&self.0));
     }
 }
 
-fn script_builds_what_up_builds() -> Result<(), Failed> {
-    script_builds_what_up_builds_for(
-        &file(),
-        &ENTITIES,
-        &[
-            "vxlan id 555005 remote 192.168.10.201",
-            "link-netns LAB-worker",
-            "master br-int",
-            "0a:58:0a:84:02:2e dev 8b7266486ea2861 master br-int static",
-            "10.132.2.46 dev br-int lladdr 0a:58:0a:84:02:2e PERMANENT",
-            "action order 1: mirred (Egress Redirect to device vxlan1) stolen",
-        ],
-    )
-}
-
-fn bond_vlan_script_builds_what_up_builds() -> Result<(), Failed> {
-    script_builds_what_up_builds_for(
-        &topology("bond-vlan"),
-        &BOND_VLAN_ENTITIES,
-        &[
-            "bond mode active-backup active_slave eth0 miimon 100",
-            "master bond0 state UP",
-            "vlan protocol 802.1Q id 100",
-            "vlan_filtering 1",
-            "swp3              100 PVID Egress Untagged",
-            "default via 10.200.0.1 dev eth0 proto static",
-        ],
-    )
-}
-
-fn script_builds_what_up_builds_for(
-    file: &std::path::Path,
-    entities: &'static [&'static str],
-    wants: &[&str],
-) -> Result<(), Failed> {
-    let name = common::unique("objup");
+/// Builds topology `i` of [`TOPOLOGIES`] both ways, as labs named after
+/// `i`: several of these trials run at once.
+fn script_builds_what_up_builds(i: usize) -> Result<(), Failed> {
+    let t = &TOPOLOGIES[i];
+    let file = path(t.stem);
+    let vars = var_args(t);
+    let name = common::unique(&format!("up{i}"));
     let _down = Down(name.clone());
-    ok(labctl().args(["up", "-q", "--name", &name]).arg(file))?;
-    let by_up = state_of(&name, entities)?;
-    for want in wants {
-        ensure(by_up.contains(want), format!("no `{want}` in:\n{by_up}"))?;
-    }
+    ok(labctl()
+        .args(["up", "-q", "--name", &name])
+        .args(&vars)
+        .arg(&file))?;
+    let by_up = state(&name)?;
 
-    let other = common::unique("objsh");
-    let _gone = ScriptLab(other.clone(), entities);
+    let other = common::unique(&format!("sh{i}"));
+    let _gone = ScriptLab(other.clone());
     let script = ok(labctl()
         .args(["plan", "-o", "script", "--name", &other])
-        .arg(file))?;
+        .args(&vars)
+        .arg(&file))?;
     let path = std::env::temp_dir().join(format!("{other}.sh"));
     std::fs::write(&path, &script.stdout)?;
-    ok(Command::new("bash").arg(&path))?;
+    let ran = ok(Command::new("bash").arg(&path));
     let _ = std::fs::remove_file(&path);
-    let by_script = state_of(&other, entities)?;
-    differ(
+    ran?;
+    let fixed = macs(&String::from_utf8_lossy(&script.stdout));
+    let (mut by_up, mut by_script) = (by_up, state(&other)?);
+    // A difference may be the kernel still settling (see [`SETTLE`]):
+    // read both again before calling it one.
+    for _ in 0..SETTLE_TRIES {
+        if mask_random_macs(&by_up, &fixed) == mask_random_macs(&by_script, &fixed) {
+            break;
+        }
+        std::thread::sleep(SETTLE);
+        (by_up, by_script) = (state(&name)?, state(&other)?);
+    }
+    let missing: Vec<&str> = t
+        .wants
+        .iter()
+        .copied()
+        .filter(|w| !by_up.contains(w))
+        .collect();
+    let same = differ(
         "the script's lab differs from up's",
-        &by_up.replace(&name, "LAB"),
-        &by_script,
-    )
+        &mask_random_macs(&by_up, &fixed),
+        &mask_random_macs(&by_script, &fixed),
+    );
+    match (missing.is_empty(), same) {
+        (true, same) => same,
+        (false, same) => Err(format!(
+            "up's lab lacks {missing:?}; {}:\n{by_up}",
+            same.err()
+                .map_or("the two labs agree".into(), |e| format!("{e:?}"))
+        )
+        .into()),
+    }
 }
+
+fn vxlan_redirect() -> PathBuf {
+    path("vxlan-redirect")
+}
+
+const MAC_TRIAL: &str = "a_run_with_a_mac_change_leaves_the_lab_as_it_was";
 
 fn a_run_with_a_mac_change_leaves_the_lab_as_it_was() -> Result<(), Failed> {
     let name = common::unique("objmac");
     let _down = Down(name.clone());
-    ok(labctl().args(["up", "-q", "--name", &name]).arg(file()))?;
-    let before = state(&name)?;
+    ok(labctl()
+        .args(["up", "-q", "--name", &name])
+        .arg(vxlan_redirect()))?;
+    let before = settled_state(&name)?;
     ensure(
         before.contains("vxlan0@if3: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1400"),
         before.clone(),
     )?;
     let o = ok(labctl()
         .args(["run", "--name", &name, "-o", "json"])
-        .arg(file()))?;
+        .arg(vxlan_redirect()))?;
     let reports: serde_json::Value = serde_json::from_slice(&o.stdout)?;
     let reports = reports.as_array().cloned().unwrap_or_default();
     ensure(reports.len() == 3, format!("{reports:#?}"))?;
@@ -171,39 +476,131 @@ fn a_run_with_a_mac_change_leaves_the_lab_as_it_was() -> Result<(), Failed> {
     for r in &reports {
         ensure(r["passed"] == true, format!("{r:#}"))?;
     }
-    let after = state(&name)?;
+    let after = settled_state(&name)?;
     differ("the lab changed", &before, &after)
+}
+
+/// How long the one VM run of every VM-placed trial may take.
+const VM_LIMIT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
+/// The one VM run per kernel of every trial placed in a VM, by kernel:
+/// whether it passed and its output.
+static VM_RUNS: Mutex<BTreeMap<String, (bool, String)>> = Mutex::new(BTreeMap::new());
+
+/// Trial `trial`'s outcome in the VM run of every trial placed on
+/// `kernel` (booted by the first of them to get here; `others` are the
+/// trials not placed there, skipped in it).
+fn in_shared_vm(kernel: &str, trial: &str, others: &[String]) -> Result<(), Failed> {
+    let mut runs = VM_RUNS.lock().unwrap_or_else(|e| e.into_inner());
+    if !runs.contains_key(kernel) {
+        // Every trial but `others`, by exact name (a `--skip` is a
+        // substring otherwise), one at a time: the VM has two slow CPUs.
+        let mut args = String::from("--exact --test-threads 1");
+        for o in others {
+            args.push_str(&format!(" --skip {o}"));
+        }
+        // A failed boot or a timeout is every trial's outcome: no second
+        // boot.
+        let run = common::in_vm_args(kernel, "script", &args, "", true, VM_LIMIT)
+            .unwrap_or_else(|e| (false, format!("{e:?}")));
+        runs.insert(kernel.to_string(), run);
+    }
+    let (passed, out) = &runs[kernel];
+    // libtest-mimic's line: `test [KIND] NAME<padding> ... ok`.
+    let outcome = out.lines().find_map(|l| {
+        let l = l.strip_prefix("test ")?;
+        let l = l.split_once("] ").map_or(l, |(_, rest)| rest);
+        let (name, outcome) = l.split_once(" ... ")?;
+        (name.trim_end() == trial).then_some(outcome)
+    });
+    match outcome {
+        Some("ok") => Ok(()),
+        _ => Err(format!(
+            "in the VM ({kernel}), {trial} did not pass (run passed: {passed}):\n{out}"
+        )
+        .into()),
+    }
+}
+
+/// The masking keeps what the plan fixes and hides only the kernel's
+/// random choices, in both spellings iproute2 prints.
+fn masking_hides_only_random_macs() -> Result<(), Failed> {
+    let fixed = macs("ip link add a address 02:00:00:00:00:0a type veth");
+    let state = "link/ether 02:00:00:00:00:0a brd ff:ff:ff:ff:ff:ff\n\
+                 link/ether 5e:11:22:33:44:05 bridge_id 8000.5e:11:22:33:44:5 \
+                 designated_root 8000.2:0:0:0:0:a group_address 01:80:c2:00:00:00\n";
+    let masked = mask_random_macs(state, &fixed);
+    let want = "link/ether 02:00:00:00:00:0a brd ff:ff:ff:ff:ff:ff\n\
+                link/ether RANDOM bridge_id 8000.RANDOM \
+                designated_root 8000.2:0:0:0:0:a group_address 01:80:c2:00:00:00\n";
+    differ("masked", want, &masked)?;
+    // A fixed MAC that changed is a difference.
+    let other = state.replace("02:00:00:00:00:0a", "02:00:00:00:00:0b");
+    ensure(
+        mask_random_macs(&other, &fixed) != masked,
+        "a changed fixed MAC was masked",
+    )
 }
 
 fn main() {
     let args = Arguments::from_args();
-    let lab = labctl_topology::load(&file(), &Default::default()).expect("vxlan-redirect loads");
-    let place = place_for(&lab);
-    // Both trials reach into the namespaces from here.
-    let why = "the host kernel lacks a feature of vxlan-redirect.yaml; these trials read its \
+    let vxlan = labctl_topology::load(&vxlan_redirect(), &Default::default())
+        .expect("vxlan-redirect loads");
+    let why = "the host kernel lacks a feature of vxlan-redirect.yaml; this trial reads its \
                namespaces from the host";
-    let trial = |name, f| common::placed_trial(&place, Some(why), name, f);
     let mut trials = vec![
-        trial("script_builds_what_up_builds", script_builds_what_up_builds),
-        trial(
-            "a_run_with_a_mac_change_leaves_the_lab_as_it_was",
+        Trial::test(
+            "masking_hides_only_random_macs",
+            masking_hides_only_random_macs,
+        ),
+        common::placed_trial(
+            &place_for(&vxlan),
+            Some(why),
+            MAC_TRIAL,
             a_run_with_a_mac_change_leaves_the_lab_as_it_was,
         ),
     ];
-    // bond-vlan needs bonds, vlans and vlan filtering: in a VM where the
-    // host lacks them, the trial runs there whole (labctl and the reads).
-    let bond_vlan = labctl_topology::load(&topology("bond-vlan"), &Default::default())
-        .expect("bond-vlan loads");
-    const BOND_VLAN: &str = "bond_vlan_script_builds_what_up_builds";
-    let place = place_for(&bond_vlan);
-    let kind = place.kind();
-    trials.push(
-        libtest_mimic::Trial::ignorable_test(BOND_VLAN, move || match place {
-            Place::Here => common::gate(bond_vlan_script_builds_what_up_builds),
-            Place::Vm(k) => common::gate(|| common::in_vm(&k, BOND_VLAN, "", true).map(|_| ())),
-            Place::Nowhere(why) => common::ignored(why),
+    // Where each topology's lab runs; a lab placed in a VM runs there
+    // whole (labctl, the script and the reads).
+    let places: Vec<(String, Place)> = TOPOLOGIES
+        .iter()
+        .map(|t| {
+            let vars = t
+                .vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let lab = labctl_topology::load(&path(t.stem), &vars)
+                .unwrap_or_else(|e| panic!("{} loads: {e}", t.stem));
+            (trial_name(t), place_for(&lab))
         })
-        .with_kind(kind),
-    );
+        .collect();
+    for (i, (name, place)) in places.iter().enumerate() {
+        let kind = place.kind();
+        let place = place.clone();
+        // The trials the VM run of this one skips: the mac-change trial
+        // and those placed elsewhere.
+        let others: Vec<String> = places
+            .iter()
+            .filter(|(_, p)| match (p, &place) {
+                (Place::Vm(a), Place::Vm(b)) => a != b,
+                _ => true,
+            })
+            .map(|(n, _)| n.clone())
+            .chain([
+                MAC_TRIAL.to_string(),
+                "masking_hides_only_random_macs".into(),
+            ])
+            .collect();
+        let trial = name.clone();
+        trials.push(
+            Trial::ignorable_test(name.clone(), move || match place {
+                Place::Here => common::gate(|| script_builds_what_up_builds(i)),
+                Place::Vm(k) => common::gate(|| in_shared_vm(&k, &trial, &others)),
+                Place::Nowhere(why) => common::ignored(why),
+            })
+            .with_kind(kind),
+        );
+    }
     libtest_mimic::run(&args, trials).exit();
 }

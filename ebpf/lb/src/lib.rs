@@ -217,7 +217,7 @@ impl Lb {
     pub fn load_pinned(pin_dir: &Path) -> Result<Self> {
         let names = Program::ALL.map(Program::name);
         Ok(Self {
-            ebpf: load_object(OBJECT, pin_dir, &names)?,
+            ebpf: load_object(OBJECT, pin_dir, &names, &labctl_ebpf_common::PINNED_MAPS)?,
             pin_dir: pin_dir.to_owned(),
         })
     }
@@ -332,7 +332,16 @@ fn detach_filters(ifname: &str) -> Result<()> {
 /// `pin_dir` (reused when already pinned there), and its classifiers
 /// `programs` into the kernel. `pin_dir` is created if missing and must be
 /// on a bpffs.
-fn load_object(object: &[u8], pin_dir: &Path, programs: &[&'static str]) -> Result<Ebpf> {
+/// Load `object` with its maps pinned in `pin_dir`: `btf_maps` (BTF map
+/// definitions, which carry no pinning attribute: each pinned by its name,
+/// as `bpftool prog loadall ... pinmaps` does) and legacy maps declared
+/// pinned by name; then load `programs`.
+fn load_object(
+    object: &[u8],
+    pin_dir: &Path,
+    programs: &[&'static str],
+    btf_maps: &[&str],
+) -> Result<Ebpf> {
     if object.is_empty() {
         return Err(Error::NotBuilt {
             reason: SKIP_REASON.to_owned(),
@@ -348,8 +357,16 @@ fn load_object(object: &[u8], pin_dir: &Path, programs: &[&'static str]) -> Resu
             dir: pin_dir.to_owned(),
         });
     }
-    let mut ebpf = EbpfLoader::new()
-        .default_map_pin_directory(pin_dir)
+    let paths: Vec<(&str, std::path::PathBuf)> = btf_maps
+        .iter()
+        .map(|name| (*name, pin_dir.join(name)))
+        .collect();
+    let mut loader = EbpfLoader::new();
+    loader.default_map_pin_directory(pin_dir);
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader
         .load(object)
         .map_err(|source| Error::Load {
             pin_dir: pin_dir.to_owned(),

@@ -217,7 +217,12 @@ impl Router {
     /// `bpftool prog loadall OBJ PIN_DIR type classifier pinmaps PIN_DIR`.
     pub fn load_pinned(pin_dir: &Path) -> Result<Self> {
         Ok(Self {
-            ebpf: crate::load_object(OBJECT, pin_dir, &RouteProgram::ALL.map(RouteProgram::name))?,
+            ebpf: crate::load_object(
+                OBJECT,
+                pin_dir,
+                &RouteProgram::ALL.map(RouteProgram::name),
+                &[],
+            )?,
             pin_dir: pin_dir.to_owned(),
         })
     }

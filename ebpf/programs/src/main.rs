@@ -33,8 +33,8 @@
 use aya_ebpf::helpers::bpf_redirect_neigh;
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
-    macros::{classifier, map},
-    maps::{HashMap, LruHashMap, RingBuf},
+    btf_maps::{HashMap, LruHashMap, RingBuf},
+    macros::{btf_map, classifier},
     programs::TcContext,
 };
 use labctl_ebpf_common::{
@@ -42,23 +42,32 @@ use labctl_ebpf_common::{
     MAX_FLOWS, MAX_SERVICES, PROTO_TCP, PROTO_UDP, Service, ServiceKey, flow_hash,
 };
 
-#[map]
-static LB_SERVICES: HashMap<ServiceKey, Service> = HashMap::pinned(MAX_SERVICES, 0);
+// BTF map definitions (the `.maps` section), not aya's legacy `maps`
+// section: libbpf 1.0 and later refuse the legacy ones, and the script of
+// `labctl plan -o script` loads this object with `bpftool prog loadall`,
+// which pins every map itself (`pinmaps`). labctl's loader pins them by
+// name too (`labctl_lb::Lb::load_pinned`), so both ways share one layout.
 
-#[map]
-static LB_BACKENDS: HashMap<BackendKey, Endpoint> = HashMap::pinned(MAX_BACKENDS, 0);
+#[btf_map]
+static LB_SERVICES: HashMap<ServiceKey, Service, { MAX_SERVICES as usize }> = HashMap::new();
+
+#[btf_map]
+static LB_BACKENDS: HashMap<BackendKey, Endpoint, { MAX_BACKENDS as usize }> = HashMap::new();
 
 /// client + service -> backend: keeps a connection on its backend even when
 /// the backend set or the pin changes (Cilium's CT entry plays this role).
-#[map]
-static LB_CONNS: LruHashMap<FlowKey, Endpoint> = LruHashMap::pinned(MAX_FLOWS, 0);
+#[btf_map]
+static LB_CONNS: LruHashMap<FlowKey, Endpoint, { MAX_FLOWS as usize }> = LruHashMap::new();
 
 /// client + backend -> service: the reverse translation for replies.
-#[map]
-static LB_FLOWS: LruHashMap<FlowKey, Endpoint> = LruHashMap::pinned(MAX_FLOWS, 0);
+#[btf_map]
+static LB_FLOWS: LruHashMap<FlowKey, Endpoint, { MAX_FLOWS as usize }> = LruHashMap::new();
 
-#[map]
-static LB_EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
+/// Events of [`Event`]. The element type is `()`: a ring buffer's value
+/// size is 0, and libbpf refuses a definition whose `value` type says
+/// otherwise ("conflicting value size").
+#[btf_map]
+static LB_EVENTS: RingBuf<(), { EVENTS_BYTES as usize }> = RingBuf::new();
 
 // tc verdicts (linux/pkt_cls.h), as the classifier returns them.
 const TC_ACT_OK: i32 = 0;
@@ -192,7 +201,7 @@ fn emit(t: &Tuple, client: (u32, u16), service: &Endpoint, backend: &Endpoint, d
         direction,
     };
     // A full ring buffer loses the event, never the packet.
-    let _ = LB_EVENTS.output::<Event>(&event, 0);
+    let _ = LB_EVENTS.output_untyped::<Event>(&event, 0);
 }
 
 /// Service translation on the way out of the pod.

@@ -95,10 +95,10 @@ fn home(lab: &Lab) -> Option<String> {
 /// `BpfLoad`'s command: the bpffs mounted if missing, stale pins removed,
 /// the object loaded with programs and maps pinned in the pin directory.
 ///
-/// Unverified here (this machine has no bpftool): the object's maps are
-/// aya's legacy `maps`-section definitions, which libbpf 1.0 and later
-/// (bpftool 7) may refuse to load. The `tc ... object-pinned` lines are
-/// verified (`tests/ebpf_steps.rs` runs them).
+/// The object's maps are BTF map definitions, which the libbpf of
+/// `bpftool` (1.0 and later) loads; `pinmaps` pins each under its name,
+/// where `up`'s loader pins them too. `tests/objects.rs` runs this line and
+/// compares the programs, maps and contents with `up`'s.
 pub(super) fn fmt_load(f: &mut fmt::Formatter<'_>, object: &str, pin_dir: &str) -> fmt::Result {
     let mount = shell_quote(labctl_lb::DEFAULT_BPFFS);
     let (object, dir) = (shell_quote(object), shell_quote(pin_dir));

@@ -116,7 +116,30 @@ impl Drop for Down {
 /// labctl, named in `LABCTL_TEST_LABCTL`) that a rebuild on the host cannot
 /// replace under it. The VM is killed after ten minutes.
 pub fn in_vm(kernel: &str, name: &str, prelude: &str, with_labctl: bool) -> Result<String, Failed> {
-    use std::time::{Duration, Instant};
+    let limit = std::time::Duration::from_secs(600);
+    let args = format!("--exact {name}");
+    let (passed, out) = in_vm_args(kernel, name, &args, prelude, with_labctl, limit)?;
+    if passed && out.contains("1 passed") {
+        Ok(out)
+    } else {
+        Err(format!("in the VM ({kernel}): {out}").into())
+    }
+}
+
+/// Run the calling test binary with the libtest arguments `args` (a
+/// filter, `--skip`s) inside one VM, as [`in_vm`] does for one trial:
+/// whether the run passed and its output, for the caller to read each
+/// trial's line from. `tag` names the copies. Several trials in one boot:
+/// a boot is slow (software emulation). The VM is killed after `limit`.
+pub fn in_vm_args(
+    kernel: &str,
+    tag: &str,
+    args: &str,
+    prelude: &str,
+    with_labctl: bool,
+    limit: std::time::Duration,
+) -> Result<(bool, String), Failed> {
+    use std::time::Instant;
     struct Remove(Vec<std::path::PathBuf>);
     impl Drop for Remove {
         fn drop(&mut self) {
@@ -133,8 +156,8 @@ pub fn in_vm(kernel: &str, name: &str, prelude: &str, with_labctl: bool) -> Resu
         .unwrap_or_default()
         .to_string_lossy()
         .into_owned();
-    let copy = dir.join(format!("{stem}-{}-{name}", std::process::id()));
-    let labctl_copy = dir.join(format!("{stem}-{}-{name}-labctl", std::process::id()));
+    let copy = dir.join(format!("{stem}-{}-{tag}", std::process::id()));
+    let labctl_copy = dir.join(format!("{stem}-{}-{tag}-labctl", std::process::id()));
     let _remove = Remove(vec![copy.clone(), labctl_copy.clone()]);
     std::fs::copy(&exe, &copy)?;
     let mut env = String::from("LABCTL_IN_VM=1");
@@ -162,13 +185,12 @@ pub fn in_vm(kernel: &str, name: &str, prelude: &str, with_labctl: bool) -> Resu
     let _remove_out = Remove(vec![out_path.clone(), err_path.clone()]);
     let mut child = cmd
         .arg("--exec")
-        .arg(format!("{prelude} {env} {} --exact {name}", copy.display()))
+        .arg(format!("{prelude} {env} {} {args}", copy.display()))
         .stdin(std::process::Stdio::null())
         .stdout(std::fs::File::create(&out_path)?)
         .stderr(std::fs::File::create(&err_path)?)
         .process_group(0)
         .spawn()?;
-    let limit = Duration::from_secs(600);
     let t = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait()? {
@@ -179,13 +201,13 @@ pub fn in_vm(kernel: &str, name: &str, prelude: &str, with_labctl: bool) -> Resu
             let _ = child.wait();
             break None;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(std::time::Duration::from_millis(100));
     };
     let out = std::fs::read_to_string(&out_path).unwrap_or_default();
     let err = std::fs::read_to_string(&err_path).unwrap_or_default();
     match status {
-        Some(s) if s.success() && out.contains("1 passed") => Ok(out),
-        Some(s) => Err(format!("in the VM ({kernel}), {s}:\n{out}{err}").into()),
+        Some(s) if s.success() => Ok((true, out)),
+        Some(s) => Ok((false, format!("{s}:\n{out}{err}"))),
         None => Err(format!(
             "in the VM ({kernel}): still running after {limit:?}; killed:\n{out}{err}"
         )
