@@ -17,7 +17,10 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
-use labctl_lb::{DEFAULT_BPFFS, EndpointEntry, RouteMaps, RouteTables, Router, TunnelEntry};
+use labctl_lb::{
+    DEFAULT_BPFFS, EndpointEntry, RedirectMode, RouteMaps, RouteTables, Router, TunnelEntry,
+};
+use labctl_topology::BpfRedirect;
 use serde::Serialize;
 
 use crate::lb::LbError;
@@ -55,6 +58,16 @@ pub struct Tables {
     pub tunnels: Vec<(Ipv4Net, Ipv4Addr)>,
     /// The VXLAN device's ifindex, 0 for none.
     pub tunnel_ifindex: u32,
+    /// Local delivery: `bpf_redirect` or `bpf_redirect_peer`.
+    pub redirect: BpfRedirect,
+}
+
+/// The loader's form of a topology's `redirect`.
+pub fn redirect_mode(r: BpfRedirect) -> RedirectMode {
+    match r {
+        BpfRedirect::Egress => RedirectMode::Egress,
+        BpfRedirect::Peer => RedirectMode::Peer,
+    }
 }
 
 impl Tables {
@@ -82,6 +95,7 @@ impl Tables {
                 })
                 .collect(),
             tunnel_ifindex: self.tunnel_ifindex,
+            redirect: redirect_mode(self.redirect),
         }
     }
 }
@@ -200,10 +214,12 @@ mod tests {
                 Ipv4Addr::new(192, 168, 66, 221),
             )],
             tunnel_ifindex: 4,
+            redirect: BpfRedirect::Peer,
         };
         let lb = t.to_lb();
         assert_eq!(lb.tunnels[0].prefix, Ipv4Addr::new(10, 244, 6, 0));
         assert_eq!(lb.tunnels[0].prefix_len, 24);
         assert_eq!(lb.tunnel_ifindex, 4);
+        assert_eq!(lb.redirect, RedirectMode::Peer);
     }
 }

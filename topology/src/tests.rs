@@ -3055,6 +3055,38 @@ fn bpf_maps_namespace_and_tunnel_dev_are_checked() {
 }
 
 #[test]
+fn bpf_maps_redirect_defaults_to_egress_and_takes_peer() {
+    let lab = load_str("t.yaml", CIL, &vars()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(lab.objects.bpf_maps[0].redirect, BpfRedirect::Egress);
+    for (text, want) in [("egress", BpfRedirect::Egress), ("peer", BpfRedirect::Peer)] {
+        let source = CIL.replacen(
+            "tunnel_dev: cilium_vxlan",
+            &format!("tunnel_dev: cilium_vxlan\n    redirect: {text}"),
+            1,
+        );
+        let lab = load_str("t.yaml", &source, &vars()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(lab.objects.bpf_maps[0].redirect, want, "{text}");
+    }
+}
+
+#[test]
+fn bpf_maps_redirect_is_egress_or_peer() {
+    let e = cil_errors(
+        "tunnel_dev: cilium_vxlan",
+        "tunnel_dev: cilium_vxlan\n    redirect: sideways",
+    );
+    assert_one_error(&e, "unknown variant `sideways`", "t.yaml:14:15:");
+    assert!(e[0].contains("egress") && e[0].contains("peer"), "{e:#?}");
+    // A near miss is named.
+    let e = cil_errors(
+        "tunnel_dev: cilium_vxlan",
+        "tunnel_dev: cilium_vxlan\n    redirect: peers",
+    );
+    assert_one_error(&e, "unknown variant `peers`", "t.yaml:14:");
+    assert!(e[0].contains("did you mean `peer`?"), "{e:#?}");
+}
+
+#[test]
 fn bpf_endpoints_are_checked() {
     let e = cil_errors("identity: 48312", "identity: 16777216");
     assert_one_error(&e, "identity 16777216 is no VNI", "t.yaml:14:");

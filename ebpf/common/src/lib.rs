@@ -190,7 +190,19 @@ pub struct RouteConfig {
     /// The ifindex of the node's collect-metadata VXLAN device
     /// (`cilium_vxlan`); 0 when unset, and then nothing is encapsulated.
     pub tunnel_ifindex: u32,
+    /// How a packet for a local endpoint is delivered:
+    /// [`ROUTE_REDIRECT_EGRESS`] (0, also any unknown value) or
+    /// [`ROUTE_REDIRECT_PEER`].
+    pub redirect: u32,
 }
+
+/// Local delivery by `bpf_redirect(lxc, 0)`: out of the endpoint's `lxc`
+/// device, whose tap sees the frame leave, into the pod.
+pub const ROUTE_REDIRECT_EGRESS: u32 = 0;
+/// Local delivery by `bpf_redirect_peer(lxc, 0)` (5.10): straight into the
+/// ingress of the `lxc` device's peer, the pod's `eth0`; the `lxc` device
+/// sees nothing. Valid from tc ingress only, where both programs run.
+pub const ROUTE_REDIRECT_PEER: u32 = 1;
 
 /// Hash of a flow's 5-tuple (fields as in the packet), used to pick a backend
 /// slot: `flow_hash(..) % count`. Deterministic, so userspace and tests can
@@ -267,4 +279,4 @@ const _: () = assert!(size_of::<FlowKey>() == 16);
 const _: () = assert!(size_of::<Event>() == 20);
 const _: () = assert!(size_of::<RouteEndpoint>() == 20);
 const _: () = assert!(size_of::<RouteTunnel>() == 4);
-const _: () = assert!(size_of::<RouteConfig>() == 4);
+const _: () = assert!(size_of::<RouteConfig>() == 8);

@@ -47,9 +47,12 @@ use aya::{
 
 pub use bpffs::{DEFAULT_BPFFS, ensure_bpffs, is_bpffs, remove_pins, unmount_bpffs};
 pub use error::{Error, Result};
+/// The router's config map, the slot `labctl plan -o script` annotates.
+pub use labctl_ebpf_common::MAP_ROUTE_CONFIG;
 pub use maps::{Direction, FlowEntry, LbEvent, LbMaps, MapUpdate, ServiceEntry, service_updates};
 pub use route::{
-    EndpointEntry, ROUTE_OBJECT_PATH, RouteMaps, RouteProgram, RouteTables, Router, TunnelEntry,
+    EndpointEntry, ROUTE_OBJECT_PATH, RedirectMode, RouteMaps, RouteProgram, RouteTables, Router,
+    TunnelEntry,
 };
 
 /// The BPF object built by build.rs (empty when the toolchain was missing).

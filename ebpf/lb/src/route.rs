@@ -20,8 +20,8 @@ use aya::{
     maps::{Array, HashMap, MapData, lpm_trie::Key, lpm_trie::LpmTrie},
 };
 use labctl_ebpf_common::{
-    self as common, MAP_ROUTE_CONFIG, MAP_ROUTE_ENDPOINTS, MAP_ROUTE_TUNNELS, RouteConfig,
-    RouteEndpoint, RouteTunnel,
+    self as common, MAP_ROUTE_CONFIG, MAP_ROUTE_ENDPOINTS, MAP_ROUTE_TUNNELS,
+    ROUTE_REDIRECT_EGRESS, ROUTE_REDIRECT_PEER, RouteConfig, RouteEndpoint, RouteTunnel,
 };
 
 use crate::{Error, Result, TestRunOutput, maps::MapUpdate};
@@ -148,8 +148,64 @@ impl fmt::Display for TunnelEntry {
     }
 }
 
-/// What a node's maps hold: its endpoints, the remote CIDRs, and the
-/// VXLAN device to encapsulate through (0: none).
+/// How the router delivers a packet to a local endpoint (Cilium's two
+/// ways, seed 002's host networking).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum RedirectMode {
+    /// `bpf_redirect(lxc, 0)`: out of the endpoint's `lxc` device, whose
+    /// tap sees the frame leave with the rewritten MACs, into the pod.
+    #[default]
+    Egress,
+    /// `bpf_redirect_peer(lxc, 0)`: straight into the pod's `eth0`
+    /// ingress; the `lxc` device sees nothing.
+    Peer,
+}
+
+impl RedirectMode {
+    /// The mode's name, as the topology's `redirect:` spells it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Egress => "egress",
+            Self::Peer => "peer",
+        }
+    }
+
+    /// The value of `RouteConfig::redirect`.
+    pub const fn value(self) -> u32 {
+        match self {
+            Self::Egress => ROUTE_REDIRECT_EGRESS,
+            Self::Peer => ROUTE_REDIRECT_PEER,
+        }
+    }
+
+    /// The mode the program takes a config value for: peer for
+    /// [`ROUTE_REDIRECT_PEER`], egress for anything else.
+    pub const fn from_value(value: u32) -> Self {
+        if value == ROUTE_REDIRECT_PEER {
+            Self::Peer
+        } else {
+            Self::Egress
+        }
+    }
+
+    /// The helper the program calls.
+    pub const fn helper(self) -> &'static str {
+        match self {
+            Self::Egress => "bpf_redirect",
+            Self::Peer => "bpf_redirect_peer",
+        }
+    }
+}
+
+impl fmt::Display for RedirectMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a node's maps hold: its endpoints, the remote CIDRs, the VXLAN
+/// device to encapsulate through (0: none) and how local endpoints are
+/// delivered to.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RouteTables {
     /// Local endpoints, by address.
@@ -158,6 +214,8 @@ pub struct RouteTables {
     pub tunnels: Vec<TunnelEntry>,
     /// The ifindex of the node's VXLAN device.
     pub tunnel_ifindex: u32,
+    /// Local delivery.
+    pub redirect: RedirectMode,
 }
 
 impl RouteTables {
@@ -188,10 +246,12 @@ impl RouteTables {
                 value: common::addr_be(t.remote.octets()).to_ne_bytes().to_vec(),
             });
         }
+        let mut config = self.tunnel_ifindex.to_ne_bytes().to_vec();
+        config.extend(self.redirect.value().to_ne_bytes());
         out.push(MapUpdate {
             map: MAP_ROUTE_CONFIG,
             key: 0u32.to_ne_bytes().to_vec(),
-            value: self.tunnel_ifindex.to_ne_bytes().to_vec(),
+            value: config,
         });
         out
     }
@@ -330,6 +390,7 @@ impl RouteMaps {
         }
         let config = RouteConfig {
             tunnel_ifindex: tables.tunnel_ifindex,
+            redirect: tables.redirect.value(),
         };
         self.config
             .set(0, config, 0)
@@ -360,15 +421,15 @@ impl RouteMaps {
             });
         }
         tunnels.sort();
-        let tunnel_ifindex = self
+        let config = self
             .config
             .get(&0, 0)
-            .map_err(map_err(MAP_ROUTE_CONFIG, "read"))?
-            .tunnel_ifindex;
+            .map_err(map_err(MAP_ROUTE_CONFIG, "read"))?;
         Ok(RouteTables {
             endpoints,
             tunnels,
-            tunnel_ifindex,
+            tunnel_ifindex: config.tunnel_ifindex,
+            redirect: RedirectMode::from_value(config.redirect),
         })
     }
 }
@@ -404,6 +465,7 @@ mod tests {
                 remote: Ipv4Addr::new(192, 168, 66, 221),
             }],
             tunnel_ifindex: 9,
+            redirect: RedirectMode::Peer,
         };
         let u = tables.updates();
         assert_eq!(u.len(), 3);
@@ -419,7 +481,22 @@ mod tests {
         assert_eq!(u[1].key, key);
         assert_eq!(u[1].value, [192, 168, 66, 221]);
         assert_eq!(u[2].map, MAP_ROUTE_CONFIG);
-        assert_eq!(u[2].value, 9u32.to_ne_bytes());
+        let mut config = 9u32.to_ne_bytes().to_vec();
+        config.extend(1u32.to_ne_bytes());
+        assert_eq!(u[2].value, config);
+    }
+
+    /// Egress is the default and what a config slot the program does not
+    /// know means; the names are the topology's.
+    #[test]
+    fn redirect_modes_round_trip_their_values() {
+        assert_eq!(RedirectMode::default(), RedirectMode::Egress);
+        for m in [RedirectMode::Egress, RedirectMode::Peer] {
+            assert_eq!(RedirectMode::from_value(m.value()), m);
+        }
+        assert_eq!(RedirectMode::from_value(7), RedirectMode::Egress);
+        assert_eq!(RedirectMode::Peer.to_string(), "peer");
+        assert_eq!(RedirectMode::Peer.helper(), "bpf_redirect_peer");
     }
 
     #[test]

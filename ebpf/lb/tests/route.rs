@@ -10,6 +10,14 @@
 //! on real devices; here the encap direction is told apart from the other
 //! verdicts by what each input must give.
 //!
+//! Local delivery in `peer` mode (`bpf_redirect_peer`, seed 002's host
+//! networking) gives the same verdict and frame as `egress` mode under
+//! `BPF_PROG_TEST_RUN`, which records neither the target nor the helper's
+//! peer flag: here it is proved that the verifier takes the program, that
+//! the mode is read from the config (and not the encap path's business),
+//! and that the maps hold it; the `cilium-host-routing` scenarios prove on
+//! real devices that the `lxc` device then sees nothing.
+//!
 //! Each trial gets its own pin directory on a bpffs this binary mounts and
 //! removes. Without root or without the BPF object the trials are ignored
 //! with the reason; with `LABCTL_REQUIRE_ALL=1` they fail instead.
@@ -20,7 +28,9 @@ use std::{
 };
 
 use etherparse::PacketBuilder;
-use labctl_lb::{EndpointEntry, RouteMaps, RouteProgram, RouteTables, Router, TunnelEntry};
+use labctl_lb::{
+    EndpointEntry, RedirectMode, RouteMaps, RouteProgram, RouteTables, Router, TunnelEntry,
+};
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 
 type TestResult = Result<(), Failed>;
@@ -54,7 +64,7 @@ fn main() {
     let require_all = std::env::var("LABCTL_REQUIRE_ALL").is_ok_and(|v| v == "1");
 
     type Body = fn(&Fixture) -> TestResult;
-    let cases: [(&str, Body); 8] = [
+    let cases: [(&str, Body); 10] = [
         ("encap_to_a_remote_node_cidr_redirects", encap),
         (
             "encap_needs_a_tunnel_device_and_a_known_sender",
@@ -62,6 +72,11 @@ fn main() {
         ),
         ("decap_delivers_to_the_local_endpoint", decap),
         ("local_endpoint_is_delivered_from_container", local_delivery),
+        (
+            "peer_mode_delivers_locally_with_a_redirect",
+            peer_local_delivery,
+        ),
+        ("peer_mode_leaves_encap_and_overlay_alone", peer_encap),
         ("unknown_destination_passes_untouched", unknown_destination),
         ("non_ipv4_passes_untouched", non_ipv4),
         ("expiring_ttl_is_dropped", ttl_expired),
@@ -128,6 +143,7 @@ fn node01() -> RouteTables {
             remote: NODE02,
         }],
         tunnel_ifindex: 9,
+        redirect: RedirectMode::Egress,
     }
 }
 
@@ -260,6 +276,60 @@ fn local_delivery(f: &Fixture) -> TestResult {
     )
 }
 
+/// The same in `peer` mode: `bpf_redirect_peer(lxc, 0)` answers
+/// `TC_ACT_REDIRECT` (a flag it does not take would give `TC_ACT_SHOT`)
+/// with the frame rewritten alike, from the container and from the
+/// overlay (both tc ingress, where the helper is valid).
+fn peer_local_delivery(f: &Fixture) -> TestResult {
+    let mut tables = node01();
+    tables.redirect = RedirectMode::Peer;
+    f.program(&tables)?;
+    expect(
+        f.run(RouteProgram::FromContainer, &from_a(A2))?,
+        TC_ACT_REDIRECT,
+        &ping(LXC_A2_MAC, A2_MAC, A, A2, 63),
+        "A -> A2, peer mode",
+    )?;
+    let inner = ping([2, 0, 0, 0, 0, 0xb], [2, 0, 0, 0, 0, 0xc], B, A, 64);
+    expect(
+        f.run(RouteProgram::FromOverlay, &inner)?,
+        TC_ACT_REDIRECT,
+        &ping(LXC_A_MAC, A_MAC, B, A, 63),
+        "B -> A from the overlay, peer mode",
+    )?;
+    // An expiring TTL is still dropped before any redirect.
+    let (action, _) = f.run(
+        RouteProgram::FromContainer,
+        &ping(A_MAC, LXC_A_MAC, A, A2, 1),
+    )?;
+    if action != TC_ACT_SHOT {
+        return Err(format!("TTL 1, peer mode: verdict {action} (expected {TC_ACT_SHOT})").into());
+    }
+    Ok(())
+}
+
+/// The mode is local delivery's only: in `peer` mode A -> B is still
+/// encapsulated untouched, and unknown destinations still pass.
+fn peer_encap(f: &Fixture) -> TestResult {
+    let mut tables = node01();
+    tables.redirect = RedirectMode::Peer;
+    f.program(&tables)?;
+    let frame = from_a(B);
+    expect(
+        f.run(RouteProgram::FromContainer, &frame)?,
+        TC_ACT_REDIRECT,
+        &frame,
+        "A -> B, peer mode",
+    )?;
+    let other = from_a(Ipv4Addr::new(10, 244, 7, 1));
+    expect(
+        f.run(RouteProgram::FromContainer, &other)?,
+        TC_ACT_OK,
+        &other,
+        "A -> 10.244.7.1, peer mode",
+    )
+}
+
 /// A destination neither local nor in a tunnel prefix goes on to the
 /// node's stack untouched, from either side.
 fn unknown_destination(f: &Fixture) -> TestResult {
@@ -324,6 +394,8 @@ fn maps_round_trip(f: &Fixture) -> TestResult {
     let mut fewer = node01();
     fewer.endpoints.truncate(1);
     fewer.tunnels.clear();
+    // The delivery mode is kept in the config slot with the device.
+    fewer.redirect = RedirectMode::Peer;
     f.program(&fewer)?;
     let got = maps.tables().map_err(|e| e.to_string())?;
     if got != fewer {

@@ -19,24 +19,31 @@
 //! Delivery to an endpoint is Cilium's `ipv4_local_delivery`: the TTL is
 //! decremented (the node routes), the source MAC becomes the endpoint's
 //! `lxc` MAC and the destination the pod's own, and the frame is
-//! redirected out of the `lxc` device, so it arrives in the pod. Neither
-//! `cilium_host` nor `cilium_net` is on the way, and the node needs no
-//! route per pod.
+//! redirected to the pod, in one of Cilium's two ways (the node's
+//! `ROUTE_CONFIG` says which; seed 002's host networking, SCENARIOS.md
+//! section 5 K4): `bpf_redirect(lxc, 0)` sends it out of the `lxc` device,
+//! whose tap sees it leave, into the pod; `bpf_redirect_peer(lxc, 0)` puts
+//! it straight on the ingress of the device's peer, the pod's `eth0`, and
+//! the `lxc` device sees nothing (only valid from tc ingress, where both
+//! programs run). Neither `cilium_host` nor `cilium_net` is on the way, and
+//! the node needs no route, neighbour entry or bridge per pod.
 //!
 //! Helpers used: map lookup, skb load/store bytes, l3 csum replace,
-//! `bpf_skb_set_tunnel_key` (4.3) and `bpf_redirect` (4.4).
+//! `bpf_skb_set_tunnel_key` (4.3), `bpf_redirect` (4.4) and
+//! `bpf_redirect_peer` (5.10).
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     bindings::{BPF_F_ZERO_CSUM_TX, bpf_tunnel_key},
-    helpers::{bpf_redirect, bpf_skb_set_tunnel_key},
+    helpers::{bpf_redirect, bpf_redirect_peer, bpf_skb_set_tunnel_key},
     macros::{classifier, map},
     maps::{Array, HashMap, LpmTrie, lpm_trie::Key},
     programs::TcContext,
 };
 use labctl_ebpf_common::{
-    MAX_ROUTE_ENDPOINTS, MAX_ROUTE_TUNNELS, RouteConfig, RouteEndpoint, RouteTunnel,
+    MAX_ROUTE_ENDPOINTS, MAX_ROUTE_TUNNELS, ROUTE_REDIRECT_PEER, RouteConfig, RouteEndpoint,
+    RouteTunnel,
 };
 
 /// Pod IPv4 address (network order) -> local endpoint.
@@ -47,7 +54,8 @@ static ROUTE_ENDPOINTS: HashMap<u32, RouteEndpoint> = HashMap::pinned(MAX_ROUTE_
 #[map]
 static ROUTE_TUNNELS: LpmTrie<u32, RouteTunnel> = LpmTrie::pinned(MAX_ROUTE_TUNNELS, 0);
 
-/// Slot 0: the VXLAN device to encapsulate through.
+/// Slot 0: the VXLAN device to encapsulate through, and how local
+/// endpoints are delivered to.
 #[map]
 static ROUTE_CONFIG: Array<RouteConfig> = Array::pinned(1, 0);
 
@@ -97,8 +105,10 @@ fn endpoint(addr: u32) -> Option<RouteEndpoint> {
 }
 
 /// Cilium's `ipv4_local_delivery`: TTL - 1, MACs of the endpoint's veth
-/// pair, out of its `lxc` device into the pod. A packet whose TTL runs out
-/// is dropped (Cilium would answer with an ICMP error).
+/// pair, then out of its `lxc` device into the pod (`bpf_redirect`) or,
+/// when the config says so, straight into the pod's `eth0`
+/// (`bpf_redirect_peer`). A packet whose TTL runs out is dropped (Cilium
+/// would answer with an ICMP error).
 #[inline(always)]
 fn deliver(ctx: &mut TcContext, ep: &RouteEndpoint) -> Result<i32, i64> {
     let ttl: u8 = ctx.load(ETH_HLEN + IP_TTL)?;
@@ -120,8 +130,18 @@ fn deliver(ctx: &mut TcContext, ep: &RouteEndpoint) -> Result<i32, i64> {
     macs[..6].copy_from_slice(&ep.pod_mac);
     macs[6..].copy_from_slice(&ep.lxc_mac);
     ctx.store(0, &macs, 0)?;
-    // SAFETY: a helper call with plain integers.
-    Ok(unsafe { bpf_redirect(ep.ifindex, 0) } as i32)
+    let peer = ROUTE_CONFIG
+        .get(0)
+        .is_some_and(|c| c.redirect == ROUTE_REDIRECT_PEER);
+    let action = if peer {
+        // SAFETY: a helper call with plain integers; both programs run on
+        // tc ingress, where `bpf_redirect_peer` is valid.
+        unsafe { bpf_redirect_peer(ep.ifindex, 0) }
+    } else {
+        // SAFETY: a helper call with plain integers.
+        unsafe { bpf_redirect(ep.ifindex, 0) }
+    };
+    Ok(action as i32)
 }
 
 /// What a pod sends, on its `lxc` device's tc ingress.
@@ -206,8 +226,8 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
-/// The license the kernel sees. `bpf_skb_set_tunnel_key` and
-/// `bpf_redirect` are not GPL-only, so the project's own license is
+/// The license the kernel sees. `bpf_skb_set_tunnel_key`, `bpf_redirect`
+/// and `bpf_redirect_peer` are not GPL-only, so the project's own license is
 /// declared.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]

@@ -63,6 +63,9 @@ struct RouteView {
     endpoints: Vec<RouteEndpointView>,
     tunnels: Vec<RouteTunnelView>,
     tunnel_ifindex: u32,
+    /// Local delivery: `egress` (`bpf_redirect`) or `peer`
+    /// (`bpf_redirect_peer`).
+    redirect: &'static str,
 }
 
 #[derive(Serialize)]
@@ -416,6 +419,7 @@ fn show_route(args: RouteArgs) -> Result {
                 })
                 .collect(),
             tunnel_ifindex: tables.tunnel_ifindex,
+            redirect: tables.redirect.name(),
         };
         let json = serde_json::to_string_pretty(&view).expect("router maps are JSON");
         println!("{json}");
@@ -433,6 +437,11 @@ fn show_route(args: RouteArgs) -> Result {
         0 => println!("tunnel device: none (nothing is encapsulated)"),
         i => println!("tunnel device: ifindex {i}"),
     }
+    println!(
+        "local delivery: {} ({})",
+        tables.redirect,
+        tables.redirect.helper()
+    );
     eprintln!(
         "{} endpoints, {} tunnels in the router maps of {}",
         tables.endpoints.len(),

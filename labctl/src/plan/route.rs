@@ -77,6 +77,7 @@ pub(super) fn steps(lab: &Lab, index: &Interfaces) -> Vec<Step> {
                 .collect(),
             tunnels: m.tunnels.iter().map(|t| (t.prefix, t.remote)).collect(),
             tunnel_ifindex: m.tunnel_dev.as_ref().map_or(0, |d| ifindex(&netns, d)),
+            redirect: m.redirect,
         };
         out.push(Step {
             phase: Phase::Ebpf,
@@ -91,8 +92,9 @@ pub(super) fn steps(lab: &Lab, index: &Interfaces) -> Vec<Step> {
 }
 
 /// `RouteMaps`' commands: one `bpftool map update` a line, endpoints,
-/// tunnels, then the VXLAN device's slot. In fresh maps (`up`) that is all
-/// there is to do; the executor also removes entries not listed.
+/// tunnels, then the config slot (the VXLAN device and the local delivery,
+/// whose helper a comment names). In fresh maps (`up`) that is all there is
+/// to do; the executor also removes entries not listed.
 pub(super) fn fmt_maps(f: &mut fmt::Formatter<'_>, pin_dir: &str, tables: &Tables) -> fmt::Result {
     let dir = std::path::Path::new(pin_dir);
     for (i, u) in tables.to_lb().updates().iter().enumerate() {
@@ -106,6 +108,16 @@ pub(super) fn fmt_maps(f: &mut fmt::Formatter<'_>, pin_dir: &str, tables: &Table
             super::ebpf::hex(&u.key),
             super::ebpf::hex(&u.value)
         )?;
+        if u.map == labctl_lb::MAP_ROUTE_CONFIG {
+            let mode = route::redirect_mode(tables.redirect);
+            write!(
+                f,
+                "  # tunnel ifindex {}, local delivery {} ({})",
+                tables.tunnel_ifindex,
+                mode.helper(),
+                mode
+            )?;
+        }
     }
     Ok(())
 }

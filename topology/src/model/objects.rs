@@ -444,6 +444,19 @@ pub struct BpfMaps {
     pub tunnel_dev: Option<String>,
     pub endpoints: Vec<BpfEndpoint>,
     pub tunnels: Vec<BpfTunnel>,
+    /// How local endpoints are delivered to.
+    pub redirect: BpfRedirect,
+}
+
+/// The eBPF router's local delivery: Cilium's `bpf_redirect` to the
+/// endpoint's `lxc` device (`egress`, the default) or `bpf_redirect_peer`
+/// into the pod's `eth0` (`peer`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BpfRedirect {
+    #[default]
+    Egress,
+    Peer,
 }
 
 /// A local endpoint: a pod behind a veth end of the namespace.

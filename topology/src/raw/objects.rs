@@ -706,6 +706,24 @@ pub struct RawBpfMaps {
     /// Other nodes' pod CIDRs and the underlay address each is tunnelled to.
     #[serde(default)]
     pub tunnels: Vec<RawBpfTunnel>,
+    /// How a packet for a local endpoint is delivered (default `egress`):
+    /// `egress`, `bpf_redirect` out of its `lxc` device (whose tap sees it
+    /// leave) into the pod; `peer`, `bpf_redirect_peer` straight into the
+    /// pod's `eth0` (the `lxc` device sees nothing).
+    #[serde(default)]
+    pub redirect: Option<RawBpfRedirect>,
+}
+
+/// The eBPF router's local delivery (`bpf_maps` `redirect`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[schemars(rename = "BpfRedirect")]
+pub enum RawBpfRedirect {
+    /// `bpf_redirect(lxc, 0)`: out of the endpoint's `lxc` device.
+    Egress,
+    /// `bpf_redirect_peer(lxc, 0)`: into the ingress of its peer, the
+    /// pod's `eth0`.
+    Peer,
 }
 
 /// A local endpoint of the router's endpoint map.

@@ -1293,11 +1293,16 @@ impl Resolver<'_> {
                 _ => ok = false,
             }
         }
+        let redirect = match m.redirect {
+            None | Some(RawBpfRedirect::Egress) => BpfRedirect::Egress,
+            Some(RawBpfRedirect::Peer) => BpfRedirect::Peer,
+        };
         ok.then(|| BpfMaps {
             netns: ns.clone(),
             tunnel_dev,
             endpoints,
             tunnels,
+            redirect,
         })
     }
 
