@@ -369,12 +369,10 @@ fn load_object(
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
-    let mut ebpf = loader
-        .load(object)
-        .map_err(|source| Error::Load {
-            pin_dir: pin_dir.to_owned(),
-            source: Box::new(source),
-        })?;
+    let mut ebpf = loader.load(object).map_err(|source| Error::Load {
+        pin_dir: pin_dir.to_owned(),
+        source: Box::new(source),
+    })?;
     for &program in programs {
         classifier(&mut ebpf, program)?
             .load()
