@@ -281,7 +281,7 @@ impl Router {
                 OBJECT,
                 pin_dir,
                 &RouteProgram::ALL.map(RouteProgram::name),
-                &[],
+                &labctl_ebpf_common::ROUTE_PINNED_MAPS,
             )?,
             pin_dir: pin_dir.to_owned(),
         })

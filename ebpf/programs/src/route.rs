@@ -36,9 +36,9 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_ZERO_CSUM_TX, bpf_tunnel_key},
+    btf_maps::{Array, HashMap, LpmTrie, lpm_trie::Key},
     helpers::{bpf_redirect, bpf_redirect_peer, bpf_skb_set_tunnel_key},
-    macros::{classifier, map},
-    maps::{Array, HashMap, LpmTrie, lpm_trie::Key},
+    macros::{btf_map, classifier},
     programs::TcContext,
 };
 use labctl_ebpf_common::{
@@ -46,18 +46,23 @@ use labctl_ebpf_common::{
     RouteTunnel,
 };
 
+// BTF map definitions, as the load balancer's (see main.rs): bpftool's
+// libbpf (1.0+), which the plan's script loads the object with, refuses
+// legacy map sections; the loaders pin each map by its name.
+
 /// Pod IPv4 address (network order) -> local endpoint.
-#[map]
-static ROUTE_ENDPOINTS: HashMap<u32, RouteEndpoint> = HashMap::pinned(MAX_ROUTE_ENDPOINTS, 0);
+#[btf_map]
+static ROUTE_ENDPOINTS: HashMap<u32, RouteEndpoint, { MAX_ROUTE_ENDPOINTS as usize }> =
+    HashMap::new();
 
 /// Remote node CIDR -> that node's underlay address.
-#[map]
-static ROUTE_TUNNELS: LpmTrie<u32, RouteTunnel> = LpmTrie::pinned(MAX_ROUTE_TUNNELS, 0);
+#[btf_map]
+static ROUTE_TUNNELS: LpmTrie<u32, RouteTunnel, { MAX_ROUTE_TUNNELS as usize }> = LpmTrie::new();
 
 /// Slot 0: the VXLAN device to encapsulate through, and how local
 /// endpoints are delivered to.
-#[map]
-static ROUTE_CONFIG: Array<RouteConfig> = Array::pinned(1, 0);
+#[btf_map]
+static ROUTE_CONFIG: Array<RouteConfig, 1> = Array::new();
 
 // tc verdicts (linux/pkt_cls.h).
 const TC_ACT_OK: i32 = 0;
@@ -165,7 +170,7 @@ fn try_from_container(ctx: &mut TcContext) -> Result<i32, i64> {
     let Some(source) = endpoint(saddr) else {
         return Ok(TC_ACT_OK);
     };
-    let Some(tunnel) = ROUTE_TUNNELS.get(Key::new(32, daddr)).copied() else {
+    let Some(tunnel) = ROUTE_TUNNELS.get(&Key::new(32, daddr)).copied() else {
         return Ok(TC_ACT_OK);
     };
     let Some(config) = ROUTE_CONFIG.get(0).copied() else {
