@@ -194,7 +194,9 @@ fn namespaces(name: &str) -> Result<Vec<String>, Failed> {
 /// What a namespace holds, as iproute2, tc, nft, ipvsadm and procfs print
 /// it; labctl's ownership alias dropped, and the bpf filters' program ids
 /// (each load gets new ones; the name and tag say which program it is).
-/// Qdiscs sorted, filters (of the devices with a clsact or ingress qdisc,
+/// Neighbour and FDB entries sorted (the kernel lists them in the order
+/// they were made, which `up`'s concurrent steps do not fix). Qdiscs
+/// sorted, filters (of the devices with a clsact or ingress qdisc,
 /// where the labs put them) and bridge vlans by device in name order: `tc
 /// qdisc show` lists devices in the order they joined the namespace and
 /// `bridge vlan show` ports in the order they joined the bridge, which
@@ -205,8 +207,8 @@ fn namespaces(name: &str) -> Result<Vec<String>, Failed> {
 const NAMESPACE_STATE: &str = "\
 ip -o -d link | sed -e 's/ alias [^ ]*//' -e 's/ numtxqueues.*//' \
   -e 's/ [a-z_]*timer *[0-9.]*//g'
-ip -o addr; ip route; ip neigh show nud permanent
-bridge fdb show | grep -e ' static' -e ' dst '
+ip -o addr; ip route; ip neigh show nud permanent | sort
+bridge fdb show | grep -e ' static' -e ' dst ' | sort
 echo '# tc'
 tc qdisc show | sort
 for d in $(tc qdisc show | sed -n 's/^qdisc \\(clsact\\|ingress\\) ffff: dev \\([^ ]*\\) .*/\\2/p' | sort); do

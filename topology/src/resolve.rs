@@ -1888,30 +1888,16 @@ impl Resolver<'_> {
                 });
             }
         }
-        let devices = raw.expect.devices.as_ref().and_then(|d| {
-            if d.value == 0 {
-                self.err(
-                    &d.referenced,
-                    "a request crosses at least one device".into(),
-                    "zero devices",
-                    Some("write the number of devices on the path, e.g. `devices: 18`".into()),
-                );
-                return None;
-            }
-            Some(d.value)
-        });
-        let hops = raw.expect.hops.as_ref().and_then(|d| {
-            if d.value == 0 {
-                self.err(
-                    &d.referenced,
-                    "a request makes at least one hop".into(),
-                    "zero hops",
-                    Some("write the number of hops on the path, e.g. `hops: 18`".into()),
-                );
-                return None;
-            }
-            Some(d.value)
-        });
+        let devices = self.positive_count(
+            raw.expect.devices.as_ref(),
+            "a request crosses at least one device",
+            "devices",
+        );
+        let hops = self.positive_count(
+            raw.expect.hops.as_ref(),
+            "a request makes at least one hop",
+            "hops",
+        );
         let neighbours = self.neighbour_expects(&raw.expect.neighbours, lab);
         if self.problems.len() > before {
             return None;
@@ -1955,6 +1941,28 @@ impl Resolver<'_> {
                 neighbours,
             },
         })
+    }
+
+    /// An expectation's count of the path (`devices`, `hops`): at least 1.
+    fn positive_count(
+        &mut self,
+        n: Option<&Spanned<u32>>,
+        message: &str,
+        key: &str,
+    ) -> Option<u32> {
+        let n = n?;
+        if n.value == 0 {
+            self.err(
+                &n.referenced,
+                message.into(),
+                &format!("zero {key}"),
+                Some(format!(
+                    "write the number of {key} on the path, e.g. `{key}: 18`"
+                )),
+            );
+            return None;
+        }
+        Some(n.value)
     }
 
     /// `expect.neighbours`: a namespace of the lab, one of its interfaces,
