@@ -779,10 +779,7 @@ pub fn change_texts(sc: &labctl_topology::Scenario) -> Vec<String> {
             mirror,
             to,
         } => {
-            let hook = match hook {
-                labctl_topology::TcHook::Ingress => "ingress",
-                labctl_topology::TcHook::Egress => "egress",
-            };
+            let hook = hook.as_str();
             match to {
                 None => format!("{entity}: tc filters on {dev} {hook} deleted"),
                 Some(to) => {

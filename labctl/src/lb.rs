@@ -299,10 +299,17 @@ pub fn teardown(lab_name: &str) -> Result<(), LbError> {
 fn release(lab_name: &str) -> Result<(), LbError> {
     let dir = pin_dir(lab_name);
     labctl_lb::remove_pins(&dir).map_err(lb_err(format!("remove pins in {}", dir.display())))?;
+    release_mount(LABS_DIR)
+}
+
+/// After a lab's pins under `DEFAULT_BPFFS/sub` are gone: remove `sub` and
+/// unmount labctl's bpffs, each only once nothing of another lab is left
+/// there (the load balancer's and the router's teardown share this).
+pub(crate) fn release_mount(sub: &str) -> Result<(), LbError> {
     let _lock = bpffs_lock()?;
     let mount = Path::new(DEFAULT_BPFFS);
     // Fails while another lab has its pins there: then the mount stays.
-    let _ = std::fs::remove_dir(mount.join(LABS_DIR));
+    let _ = std::fs::remove_dir(mount.join(sub));
     labctl_lb::unmount_bpffs(mount)
         .map_err(lb_err(format!("unmount the bpffs at {DEFAULT_BPFFS}")))?;
     Ok(())

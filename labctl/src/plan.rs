@@ -750,10 +750,7 @@ impl fmt::Display for Step {
             }
             Action::DelLink { ifname, .. } => write!(f, "ip -n {ns} link del {}", q(ifname)),
             Action::DelTcFilters { ifname, hook, .. } => {
-                let hook = match hook {
-                    labctl_topology::TcHook::Ingress => "ingress",
-                    labctl_topology::TcHook::Egress => "egress",
-                };
+                let hook = hook.as_str();
                 write!(f, "tc -n {ns} filter del dev {} {hook}", q(ifname))
             }
             Action::DelClsact { ifname, .. } => {
@@ -787,10 +784,7 @@ impl fmt::Display for Step {
                 to,
                 ..
             } => {
-                let hook = match hook {
-                    labctl_topology::TcHook::Ingress => "ingress",
-                    labctl_topology::TcHook::Egress => "egress",
-                };
+                let hook = hook.as_str();
                 let what = if *mirror { "mirror" } else { "redirect" };
                 write!(
                     f,

@@ -173,14 +173,7 @@ pub fn teardown(lab: &str) -> Result<(), LbError> {
     if let Some(e) = first {
         return Err(err(format!("remove router pins in {}", dir.display()))(e));
     }
-    let _lock = crate::lb::bpffs_lock()?;
-    let mount = Path::new(DEFAULT_BPFFS);
-    // Fails while another lab has routers: then it stays, and so does the
-    // mount, which is unmounted only once empty.
-    let _ = std::fs::remove_dir(mount.join(LABS_DIR));
-    labctl_lb::unmount_bpffs(mount)
-        .map_err(err(format!("unmount the bpffs at {DEFAULT_BPFFS}")))?;
-    Ok(())
+    crate::lb::release_mount(LABS_DIR)
 }
 
 #[cfg(test)]

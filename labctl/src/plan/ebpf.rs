@@ -118,10 +118,7 @@ pub(super) fn fmt_attach(
     hook: TcHook,
     pin: &str,
 ) -> fmt::Result {
-    let hook = match hook {
-        TcHook::Ingress => "ingress",
-        TcHook::Egress => "egress",
-    };
+    let hook = hook.as_str();
     write!(
         f,
         "tc -n {} filter add dev {} {hook} protocol all bpf direct-action object-pinned {}",

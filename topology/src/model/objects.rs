@@ -412,6 +412,16 @@ pub enum TcHook {
     Egress,
 }
 
+impl TcHook {
+    /// As tc names it: `ingress`, `egress`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TcHook::Ingress => "ingress",
+            TcHook::Egress => "egress",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Tc {
     pub netns: String,
