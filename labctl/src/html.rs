@@ -28,6 +28,9 @@ pub struct ScenarioView {
     pub description: Option<String>,
     pub from: String,
     pub to: String,
+    /// `icmp`, `tcp`, `http` or `udp`.
+    #[serde(default)]
+    pub traffic: Option<String>,
     /// `connected`, `refused`, ...; absent for a local error.
     #[serde(default)]
     pub result: Option<String>,
@@ -35,8 +38,17 @@ pub struct ScenarioView {
     pub detail: String,
     #[serde(default)]
     pub served_by: Option<String>,
+    /// The client address the server saw.
+    #[serde(default)]
+    pub server_saw_client: Option<String>,
     #[serde(default)]
     pub path: Vec<String>,
+    /// Network stacks crossed.
+    #[serde(default)]
+    pub stacks: u32,
+    /// The path's hops in words, for a scenario that expects `hops`.
+    #[serde(default)]
+    pub hops: Vec<String>,
     #[serde(default)]
     pub table: Vec<RowView>,
     #[serde(default)]

@@ -11,6 +11,7 @@ pub use labctl_topology::Lab;
 pub mod capture;
 pub mod channel;
 pub mod conntrack;
+pub mod diff;
 pub mod engine;
 mod fault;
 pub mod features;

@@ -111,3 +111,77 @@ fn completions_and_man_page_cover_every_subcommand() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("bash"));
 }
+
+/// `diff`'s command line is checked before anything runs (and before
+/// root is needed): each nonsense has its one message and the usage code.
+#[test]
+fn diff_refuses_sides_that_do_not_make_two_labs() {
+    let kata = topo("kata-peer-pods.yaml");
+    let cases: &[(&[&str], &str)] = &[
+        (&[], "nothing to compare"),
+        (&["--var", "arp_responder=off"], "nothing to compare"),
+        (
+            &["--var", "arp_responder=on", "--var", "arp_responder=on"],
+            "given twice with the same value",
+        ),
+        (
+            &[
+                "--var",
+                "arp_responder=on",
+                "--var",
+                "arp_responder=off",
+                "--var",
+                "arp_responder=x",
+            ],
+            "is given 3 times",
+        ),
+        // `yes` is not `off`: the file makes the same lab of both.
+        (
+            &["--var", "arp_responder=on", "--var", "arp_responder=yes"],
+            "make the same lab",
+        ),
+        (
+            &[
+                "--var",
+                "arp_responder=on",
+                "--var",
+                "arp_responder=off",
+                "nope",
+            ],
+            "neither side has a scenario `nope`",
+        ),
+        (
+            &[
+                "--var",
+                "arp_responder=on",
+                "--var",
+                "arp_responder=off",
+                "--name",
+                "x;rm -rf /",
+            ],
+            "--name: side A would run as lab",
+        ),
+    ];
+    for (args, want) in cases {
+        let o = labctl()
+            .arg("diff")
+            .arg(&kata)
+            .args(*args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: want `{want}` in {err}");
+        assert!(o.stdout.is_empty(), "{args:?}");
+    }
+    // Two files, one of them given twice with a var varying too.
+    let o = labctl()
+        .arg("diff")
+        .arg(&kata)
+        .arg(topo("cilium-host-routing.yaml"))
+        .args(["--var", "x=1", "--var", "x=2"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("two topology files make the two sides"));
+}

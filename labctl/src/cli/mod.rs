@@ -10,6 +10,7 @@ use labctl::engine::EngineError;
 use labctl_topology::Lab;
 
 mod completions;
+mod diff;
 mod down;
 mod exec;
 mod graph;
@@ -45,6 +46,7 @@ enum Command {
     Plan(plan::Args),
     Graph(graph::Args),
     Run(run::Args),
+    Diff(diff::Args),
     Kernel(kernel::Args),
     Show(show::Args),
     Monitor(monitor::Args),
@@ -198,6 +200,7 @@ pub fn main() -> ExitCode {
         Command::Plan(a) => plan::run(a),
         Command::Graph(a) => graph::run(a),
         Command::Run(a) => run::run(a),
+        Command::Diff(a) => diff::run(a),
         Command::Completions(a) => completions::completions(a),
         Command::Man(a) => completions::man(a),
         Command::Kernel(a) => kernel::run(a),
@@ -345,6 +348,18 @@ pub struct Where {
 }
 
 impl Where {
+    /// These options again, for a `labctl` command run on their behalf.
+    pub fn argv(&self) -> Vec<String> {
+        let mut argv = Vec::new();
+        if self.vm {
+            argv.push("--vm".into());
+        }
+        if let Some(k) = &self.kernel {
+            argv.push(format!("--kernel={k}"));
+        }
+        argv
+    }
+
     /// The VM kernel to use, or `None` for the host. Without --vm/--kernel
     /// the host is used when its kernel has every feature the lab needs;
     /// otherwise an installed VM kernel is, and the user is told so.
