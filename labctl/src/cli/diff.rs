@@ -75,6 +75,23 @@ struct Side {
 pub fn run(args: Args) -> Result {
     let usage = |msg: String| Failure::new(Exit::Usage, msg);
     let two_files = args.rest.first().is_some_and(|r| Path::new(r).is_file());
+    // A file here named like a scenario of FILE: say so rather than guess.
+    // Side A's vars are each key's first value either way.
+    if two_files && !args.rest[0].contains('/') {
+        let mut first = BTreeMap::new();
+        for (k, v) in &args.vars.vars {
+            first.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        let lab = labctl_topology::load(&args.file, &first)?;
+        if lab.scenarios.iter().any(|s| s.name == args.rest[0]) {
+            return Err(usage(format!(
+                "`{0}` is both a file here and a scenario of {1}: write `./{0}` for the \
+                 file; to compare the scenario, run diff from another directory",
+                args.rest[0],
+                args.file.display()
+            )));
+        }
+    }
     let (vars_a, vars_b) =
         diff::sides(&args.vars.vars, two_files).map_err(|e| usage(e.to_string()))?;
     let (file_b, wanted) = match (two_files, args.rest.split_first()) {
@@ -83,14 +100,6 @@ pub fn run(args: Args) -> Result {
     };
     let lab_a = labctl_topology::load(&args.file, &vars_a)?;
     let lab_b = labctl_topology::load(&file_b, &vars_b)?;
-    if two_files && lab_a.scenarios.iter().any(|s| s.name == args.rest[0]) {
-        return Err(usage(format!(
-            "`{0}` is both a file and a scenario of {1}: write `./{0}` to compare with the \
-             file, or leave the file out of this directory to run the scenario",
-            args.rest[0],
-            args.file.display()
-        )));
-    }
     // The same lab twice would differ only by chance (timing).
     let rendered = |f: &Path, v| labctl_topology::render(f, v).ok();
     if rendered(&args.file, &vars_a) == rendered(&file_b, &vars_b) {
@@ -253,6 +262,15 @@ fn run_side(side: &Side, place: &Where) -> Result<Vec<ScenarioView>> {
     // Reports, whether or not each passed its own checks (`run` exits 1
     // when one did not): the side ran.
     if let Ok(views) = serde_json::from_slice::<Vec<ScenarioView>>(&out.stdout) {
+        let failed = views.iter().filter(|v| !v.passed).count();
+        if failed > 0 {
+            eprintln!(
+                "labctl diff: side {}: {failed} of {} scenario(s) failed their own checks \
+                 (above); the diff compares what they did",
+                side.name,
+                views.len()
+            );
+        }
         return Ok(views);
     }
     let how = match out.status.code() {
