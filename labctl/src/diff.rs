@@ -930,6 +930,18 @@ mod tests {
         insta::assert_snapshot!(d.render());
     }
 
+    /// `-o json` is for machines: its shape is a contract.
+    #[test]
+    fn the_json_names_each_side_status_and_aspect() {
+        let d = compare(
+            side(&[("arp_responder", "on")], "k-a", 2),
+            &[p1(true), p4()],
+            side(&[("arp_responder", "off")], "k-b", 1),
+            &[p4()],
+        );
+        insta::assert_snapshot!(serde_json::to_string_pretty(&d).unwrap());
+    }
+
     #[test]
     fn two_files_may_send_to_different_addresses() {
         let a = p4();

@@ -19,8 +19,9 @@ use serde::Deserialize;
 
 use crate::graph::{Element, Graph, Overlay};
 
-/// What the page shows of one scenario's report, as `run -o json` writes
-/// it (fields it does not know are ignored, so the report can grow).
+/// What the page (and `labctl diff`) reads of one scenario's report, as
+/// `run -o json` writes it (fields it does not know are ignored, so the
+/// report can grow).
 #[derive(Debug, Clone, Deserialize)]
 pub struct ScenarioView {
     pub scenario: String,
