@@ -73,6 +73,42 @@ struct Side {
 }
 
 pub fn run(args: Args) -> Result {
+    let (a, b) = sides(&args)?;
+    if !labctl::sys::is_root() {
+        return Err(EngineError::NotRoot.into());
+    }
+    // Fresh labs only: a lab that is up under a side's name is someone's.
+    for s in [&a, &b] {
+        if labctl::state::load(&s.lab)
+            .map_err(super::state_failure)?
+            .is_some()
+        {
+            return Err(Failure::new(
+                Exit::State,
+                format!(
+                    "lab `{}` is up; diff runs each side in a lab of its own: take it down \
+                     (`labctl down {}`) or give another --name",
+                    s.lab, s.lab
+                ),
+            ));
+        }
+    }
+    let ra = run_side(&a, &args.place)?;
+    let rb = run_side(&b, &args.place)?;
+    let result = diff::compare(summary(&a, &ra), &ra, summary(&b, &rb), &rb);
+    match args.output {
+        Format::Text => print!("{}", result.render()),
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&result).expect("a diff is JSON")
+        ),
+    }
+    Ok(())
+}
+
+/// The two sides the command line asks for, checked before anything runs
+/// (and before root is needed): each nonsense a usage error.
+fn sides(args: &Args) -> Result<(Side, Side)> {
     let usage = |msg: String| Failure::new(Exit::Usage, msg);
     let two_files = args.rest.first().is_some_and(|r| Path::new(r).is_file());
     // A file here named like a scenario of FILE: say so rather than guess.
@@ -133,8 +169,12 @@ pub fn run(args: Args) -> Result {
         Some(p) => p.clone(),
         None => default_prefix(&lab_a.name),
     };
-    let side = |name, file: &Path, vars: BTreeMap<String, String>, lab: &Lab| -> Result<Side> {
-        let lab_name = format!("{prefix}-{}", name_suffix(name));
+    let side = |name: &'static str,
+                file: &Path,
+                vars: BTreeMap<String, String>,
+                lab: &Lab|
+     -> Result<Side> {
+        let lab_name = format!("{prefix}-{}", name.to_lowercase());
         labctl_topology::check_lab_name(&lab_name).map_err(|e| {
             usage(format!(
                 "--name: side {name} would run as lab `{lab_name}`, and {e}"
@@ -162,40 +202,7 @@ pub fn run(args: Args) -> Result {
     };
     let a = side("A", &args.file, vars_a, &lab_a)?;
     let b = side("B", &file_b, vars_b, &lab_b)?;
-    if !labctl::sys::is_root() {
-        return Err(EngineError::NotRoot.into());
-    }
-    // Fresh labs only: a lab that is up under a side's name is someone's.
-    for s in [&a, &b] {
-        if labctl::state::load(&s.lab)
-            .map_err(super::state_failure)?
-            .is_some()
-        {
-            return Err(Failure::new(
-                Exit::State,
-                format!(
-                    "lab `{}` is up; diff runs each side in a lab of its own: take it down \
-                     (`labctl down {}`) or give another --name",
-                    s.lab, s.lab
-                ),
-            ));
-        }
-    }
-    let ra = run_side(&a, &args.place)?;
-    let rb = run_side(&b, &args.place)?;
-    let result = diff::compare(summary(&a, &ra), &ra, summary(&b, &rb), &rb);
-    match args.output {
-        Format::Text => print!("{}", result.render()),
-        Format::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&result).expect("a diff is JSON")
-        ),
-    }
-    Ok(())
-}
-
-fn name_suffix(side: &str) -> &'static str {
-    if side == "A" { "a" } else { "b" }
+    Ok((a, b))
 }
 
 /// Side A's lab name, cut so that `-a` fits the lab name limit.
