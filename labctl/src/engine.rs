@@ -193,7 +193,10 @@ pub fn up(
         // IPVS and br_netfilter: the probe loads their modules (nothing
         // else would load br_netfilter) and sees them built in too.
         use crate::features::{Feature, missing_message, probe};
-        let modules = [Feature::Ipvs, Feature::BrNetfilter].into_iter().collect();
+        let modules = [Feature::Ipvs, Feature::BrNetfilter]
+            .into_iter()
+            .filter(|f| *f != Feature::Ipvs || lab.uses_ipvs())
+            .collect();
         let probes = probe(&modules).map_err(|e| EngineError::Modules(e.to_string()))?;
         let missing: Vec<_> = probes.iter().filter(|p| !p.present).collect();
         if !missing.is_empty() {

@@ -128,9 +128,13 @@ pub fn required(lab: &Lab) -> BTreeSet<Feature> {
             LinkKind::Veth { .. } | LinkKind::Bridge(_) => false,
         };
     }
-    if !lab.services.is_empty() {
+    if lab.uses_kube_ipvs() {
         need.insert(Feature::Dummy);
+    }
+    if lab.uses_ipvs() {
         need.insert(Feature::Ipvs);
+    }
+    if !lab.services.is_empty() {
         need.insert(Feature::BrNetfilter);
     }
     if lab

@@ -1342,6 +1342,20 @@ pub fn plan(lab: &Lab) -> Plan {
                         ifindex: pod_index,
                     },
                 );
+                if lab.node(&pod.node).is_some_and(|n| n.hairpin_mode) {
+                    push(
+                        Phase::Addresses,
+                        &node_ns,
+                        Action::SetPort(crate::kernel::bridge::SetPort {
+                            ifname: host_ifname.clone(),
+                            ifindex: host_index,
+                            learning: None,
+                            neigh_suppress: None,
+                            isolated: None,
+                            hairpin: Some(true),
+                        }),
+                    );
+                }
                 pod_index
             }
         };
@@ -1432,7 +1446,7 @@ pub fn plan(lab: &Lab) -> Plan {
     // on a dummy kube-ipvs0; the SLB's addresses local to the VPC router;
     // then the IPVS tables and rules (crate::services).
     if !lab.services.is_empty() {
-        for node in &lab.nodes {
+        for node in lab.nodes.iter().filter(|_| lab.uses_kube_ipvs()) {
             let ns = lab.netns(&node.name);
             let ifindex = idx.next(&ns);
             // After the ENIs, as kube-proxy adds it to a running node: when

@@ -38,7 +38,11 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
-use labctl_topology::{Lab, Node, Protocol, Service, ServiceChange, TrafficPolicy};
+use labctl_topology::{
+    KubeProxy, Lab, Node, Protocol, Service, ServiceChange, ServicePort, TrafficPolicy,
+};
+
+pub mod nftables;
 use serde::Serialize;
 
 /// kube-proxy's masquerade mark (`--iptables-masquerade-bit=14`).
@@ -139,6 +143,56 @@ fn real_servers(dests: Vec<(Ipv4Addr, u16)>, pin: Option<Ipv4Addr>) -> Vec<RealS
         .collect()
 }
 
+/// A service port's endpoints as one node's kube-proxy sorts them
+/// (kube-proxy's `CategorizeEndpoints`): those Cluster policy uses, those
+/// a Local policy uses (the node's own), and whether it has any at all.
+pub(crate) struct Categorized {
+    pub cluster: Vec<(Ipv4Addr, u16)>,
+    pub local: Vec<(Ipv4Addr, u16)>,
+    pub any: bool,
+}
+
+pub(crate) fn categorize(lab: &Lab, svc: &Service, port: &ServicePort, node: &Node) -> Categorized {
+    let pods: Vec<_> = svc.endpoints.iter().filter_map(|e| lab.pod(e)).collect();
+    let ep = |p: &&labctl_topology::Pod| (p.address.addr(), port.target_port);
+    let internal_local = svc.internal_traffic_policy == TrafficPolicy::Local;
+    let external_local = svc.external_traffic_policy == TrafficPolicy::Local;
+    let external = svc.externally_accessible();
+    let uses_cluster = !internal_local || (external && !external_local);
+    let uses_local = internal_local || (external && external_local);
+    Categorized {
+        cluster: if uses_cluster {
+            pods.iter().map(ep).collect()
+        } else {
+            Vec::new()
+        },
+        local: if uses_local {
+            pods.iter()
+                .filter(|p| p.node == node.name)
+                .map(ep)
+                .collect()
+        } else {
+            Vec::new()
+        },
+        any: !pods.is_empty(),
+    }
+}
+
+/// The real servers of one IPVS virtual service (kube-proxy's IPVS
+/// `syncEndpoint`): for a Local policy the node's own endpoints, or, on a
+/// node with none, since 1.21 the cluster's (kubernetes#97081: "allow
+/// access from local pods even if no local endpoints exist"), before it
+/// none at all.
+fn ipvs_endpoints(c: &Categorized, only_local: bool, kp: &KubeProxy) -> Vec<(Ipv4Addr, u16)> {
+    if !only_local {
+        c.cluster.clone()
+    } else if !c.local.is_empty() || !kp.local_falls_back_to_cluster() {
+        c.local.clone()
+    } else {
+        c.cluster.clone()
+    }
+}
+
 /// kube-proxy's IPVS table on one node.
 pub fn node_table(
     lab: &Lab,
@@ -146,23 +200,15 @@ pub fn node_table(
     node: &Node,
     pin: Option<Ipv4Addr>,
 ) -> Vec<VirtualService> {
+    let kp = &lab.kube_proxy;
     let mut out = Vec::new();
     for svc in services {
-        let pods: Vec<_> = svc.endpoints.iter().filter_map(|e| lab.pod(e)).collect();
         for port in &svc.ports {
-            let all: Vec<(Ipv4Addr, u16)> = pods
-                .iter()
-                .map(|p| (p.address.addr(), port.target_port))
-                .collect();
-            let local: Vec<(Ipv4Addr, u16)> = pods
-                .iter()
-                .filter(|p| p.node == node.name)
-                .map(|p| (p.address.addr(), port.target_port))
-                .collect();
-            let external = match svc.external_traffic_policy {
-                TrafficPolicy::Cluster => &all,
-                TrafficPolicy::Local => &local,
-            };
+            let c = categorize(lab, svc, port, node);
+            let internal =
+                ipvs_endpoints(&c, svc.internal_traffic_policy == TrafficPolicy::Local, kp);
+            let external =
+                ipvs_endpoints(&c, svc.external_traffic_policy == TrafficPolicy::Local, kp);
             let mut add =
                 |address: Ipv4Addr, port_no: u16, what: &str, dests: &Vec<(Ipv4Addr, u16)>| {
                     out.push(VirtualService {
@@ -173,16 +219,16 @@ pub fn node_table(
                         dests: real_servers(dests.clone(), pin),
                     });
                 };
-            add(svc.cluster_ip, port.port, "cluster ip", &all);
+            add(svc.cluster_ip, port.port, "cluster ip", &internal);
             for ip in &svc.external_ips {
-                add(*ip, port.port, "external ip", external);
+                add(*ip, port.port, "external ip", &external);
             }
             if let Some(ip) = svc.load_balancer_ip {
-                add(ip, port.port, "load balancer ip", external);
+                add(ip, port.port, "load balancer ip", &external);
             }
             if let Some(np) = port.node_port {
                 for a in node_addresses(node) {
-                    add(a, np, "node port", external);
+                    add(a, np, "node port", &external);
                 }
             }
         }
@@ -190,16 +236,16 @@ pub fn node_table(
     out
 }
 
-fn l4(p: Protocol) -> &'static str {
+pub(crate) fn l4(p: Protocol) -> &'static str {
     match p {
         Protocol::Tcp => "tcp",
         Protocol::Udp => "udp",
     }
 }
 
-/// kube-proxy's masquerade rules, the same on every node, as an `nft -f`
-/// script that replaces the `ip kube-proxy` table.
-pub fn node_ruleset(lab: &Lab, services: &[Service]) -> String {
+/// kube-proxy's IPVS-mode iptables rules on `node` (masquerading), as an
+/// `nft -f` script that replaces the `ip kube-proxy` table.
+pub fn node_ruleset(lab: &Lab, services: &[Service], node: &Node) -> String {
     let pod_cidrs: BTreeSet<String> = lab
         .nodes
         .iter()
@@ -256,6 +302,40 @@ pub fn node_ruleset(lab: &Lab, services: &[Service]) -> String {
             }
         }
     }
+    // KUBE-LOOP-BACK: a local endpoint reaching its own service gets its
+    // own connection back; masqueraded, the reply returns through the node
+    // to be translated back (kube-proxy's IPVS proxier, KUBE-POSTROUTING).
+    let mut loop_back = BTreeSet::new();
+    for svc in services {
+        for port in &svc.ports {
+            for p in svc.endpoints.iter().filter_map(|e| lab.pod(e)) {
+                if p.node == node.name {
+                    let a = p.address.addr();
+                    loop_back.insert(format!(
+                        "{a} . {} . {} . {a}",
+                        l4(port.protocol),
+                        port.target_port
+                    ));
+                }
+            }
+        }
+    }
+    let loop_back_set = if loop_back.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "\tset loop-back {{\n\
+             \t\ttype ipv4_addr . inet_proto . inet_service . ipv4_addr\n\
+             \t\telements = {{ {} }}\n\
+             \t}}\n",
+            loop_back.into_iter().collect::<Vec<_>>().join(", ")
+        )
+    };
+    let loop_back_rule = if loop_back_set.is_empty() {
+        ""
+    } else {
+        "\t\tip daddr . meta l4proto . th dport . ip saddr @loop-back masquerade\n"
+    };
     replace_table(
         "ip kube-proxy",
         &format!(
@@ -270,11 +350,13 @@ pub fn node_ruleset(lab: &Lab, services: &[Service]) -> String {
          \tchain services {{\n\
          {rules}\
          \t}}\n\
+         {loop_back_set}\
          \tchain mark-for-masquerade {{\n\
          \t\tmeta mark set meta mark | {MASQUERADE_MARK:#010x}\n\
          \t}}\n\
          \tchain nat-postrouting {{\n\
          \t\ttype nat hook postrouting priority 100; policy accept;\n\
+         {loop_back_rule}\
          \t\tmeta mark & {MASQUERADE_MARK:#010x} == {MASQUERADE_MARK:#010x} masquerade\n\
          \t}}\n"
         ),
@@ -491,7 +573,7 @@ mod tests {
     fn masquerade_follows_kube_proxy() {
         let lab = flannel();
         let services = effective(&lab, &[]);
-        let rules = node_ruleset(&lab, &services);
+        let rules = node_ruleset(&lab, &services, lab.node("node-180").unwrap());
         // Cluster policy: external IP, load balancer IP and node port marked.
         assert!(rules.contains("ip daddr 8.219.164.24 tcp dport 80 jump mark-for-masquerade"));
         assert!(rules.contains("fib daddr type local tcp dport 30875 jump mark-for-masquerade"));
@@ -501,5 +583,109 @@ mod tests {
         // ClusterIPs only from outside the pod network.
         assert!(rules.contains("ip daddr 192.168.13.23 tcp dport 80 ip saddr != { 172.23.96.0/26"));
         assert!(rules.contains("meta mark & 0x00004000 == 0x00004000 masquerade"));
+    }
+
+    fn flannel_with(vars: &[(&str, &str)]) -> Lab {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/flannel.yaml");
+        let vars = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        labctl_topology::load(&path, &vars).expect("flannel.yaml loads")
+    }
+
+    #[test]
+    fn local_policy_falls_back_to_all_endpoints_from_1_21() {
+        // nginx1 is Local; node-180 has none of its pods.
+        for (version, want) in [("1.20", 0), ("1.21", 3), ("1.35", 3)] {
+            let lab = flannel_with(&[("kube_proxy", version)]);
+            let services = effective(&lab, &[]);
+            let n180 = node_table(&lab, &services, lab.node("node-180").unwrap(), None);
+            assert_eq!(
+                table(&n180, "8.219.164.113", 80).dests.len(),
+                want,
+                "kube-proxy {version}"
+            );
+            // A node with a local endpoint keeps only its own, in every version.
+            let n216 = node_table(&lab, &services, lab.node("node-216").unwrap(), None);
+            assert_eq!(
+                dests(table(&n216, "10.0.1.216", 32580)),
+                ["172.23.96.82:80/1"]
+            );
+        }
+    }
+
+    #[test]
+    fn internal_local_policy_keeps_clusterip_traffic_on_the_node() {
+        let mut lab = flannel_with(&[("kube_proxy", "1.35")]);
+        let nginx2 = lab
+            .services
+            .iter_mut()
+            .find(|s| s.name == "nginx2")
+            .unwrap();
+        nginx2.internal_traffic_policy = TrafficPolicy::Local;
+        let services = effective(&lab, &[]);
+        let n216 = node_table(&lab, &services, lab.node("node-216").unwrap(), None);
+        assert_eq!(
+            dests(table(&n216, "192.168.13.25", 80)),
+            ["172.23.96.82:80/1"]
+        );
+        // External traffic (Cluster) still goes to both.
+        assert_eq!(dests(table(&n216, "10.0.1.216", 30875)).len(), 2);
+        let rules = nftables::node_ruleset(&lab, &services, lab.node("node-180").unwrap(), None);
+        // node-180 has no nginx2 pod: its ClusterIP is dropped there, its
+        // node port still served.
+        assert!(
+            rules.contains("no-endpoint-services { 192.168.13.25 . tcp . 80 : drop }"),
+            "{rules}"
+        );
+        assert!(
+            rules.contains(
+                "service-nodeports { tcp . 30875 : goto external-default/nginx2/tcp/p80 }"
+            )
+        );
+    }
+
+    #[test]
+    fn ipvs_masquerades_hairpin_traffic_of_local_endpoints() {
+        let lab = flannel();
+        let services = effective(&lab, &[]);
+        let n180 = node_ruleset(&lab, &services, lab.node("node-180").unwrap());
+        assert!(
+            n180.contains("elements = { 172.23.96.24 . tcp . 80 . 172.23.96.24 }"),
+            "{n180}"
+        );
+        assert!(
+            n180.contains("ip daddr . meta l4proto . th dport . ip saddr @loop-back masquerade")
+        );
+        let n206 = node_ruleset(&lab, &services, lab.node("node-206").unwrap());
+        assert!(
+            n206.contains(
+                "172.23.96.163 . tcp . 80 . 172.23.96.163, 172.23.96.164 . tcp . 80 . 172.23.96.164"
+            ),
+            "{n206}"
+        );
+        assert!(!n206.contains("172.23.96.24 . tcp"));
+    }
+
+    #[test]
+    fn nftables_ruleset_of_node_180() {
+        let lab = flannel_with(&[("proxy", "nftables")]);
+        let services = effective(&lab, &[]);
+        let node = lab.node("node-180").unwrap();
+        insta::assert_snapshot!(nftables::node_ruleset(&lab, &services, node, None));
+        // A pin points every slot of the choice at the pinned endpoint.
+        let pinned = nftables::node_ruleset(
+            &lab,
+            &services,
+            node,
+            Some("172.23.96.164".parse().unwrap()),
+        );
+        assert!(pinned.contains(
+            "numgen random mod 3 vmap { 0 : goto endpoint-default/nginx1/tcp/p80__172.23.96.164/80, \
+             1 : goto endpoint-default/nginx1/tcp/p80__172.23.96.164/80, \
+             2 : goto endpoint-default/nginx1/tcp/p80__172.23.96.164/80 }"
+        ), "{pinned}");
     }
 }

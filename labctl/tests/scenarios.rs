@@ -102,6 +102,8 @@ const VARIANTS: &[(&str, &[&str])] = &[
     ("kata-peer-pods", &["arp_responder=off"]),
     ("ctrip-vlan", &["legacy=true"]),
     ("cilium-host-routing", &["redirect=peer"]),
+    ("flannel", &["proxy=nftables"]),
+    ("flannel", &["kube_proxy=1.35"]),
 ];
 
 fn var_map(vars: &[&str]) -> BTreeMap<String, String> {

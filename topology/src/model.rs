@@ -29,6 +29,8 @@ pub struct Lab {
     pub pods: Vec<Pod>,
     pub clients: Vec<Client>,
     pub services: Vec<Service>,
+    /// How kube-proxy programs the services.
+    pub kube_proxy: KubeProxy,
     pub scenarios: Vec<Scenario>,
     /// eBPF service load balancing on every pod's eth0, when set.
     pub ebpf: Option<Ebpf>,
@@ -44,9 +46,51 @@ pub struct Ebpf {
     pub in_cluster_external: bool,
 }
 
-/// A Kubernetes service, programmed on every node like kube-proxy's IPVS
-/// mode: the ClusterIP on a dummy `kube-ipvs0`, an IPVS virtual service per
-/// port with the endpoints as real servers (NAT).
+/// kube-proxy: its mode and the version whose behaviour it has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct KubeProxy {
+    pub mode: ProxyMode,
+    /// The minor version N of kube-proxy 1.N.
+    pub minor: u32,
+    /// `--service-cluster-ip-range`, when given.
+    pub service_cidr: Option<Ipv4Net>,
+}
+
+impl KubeProxy {
+    /// The oldest and newest kube-proxy whose behaviour labctl models.
+    pub const MINORS: std::ops::RangeInclusive<u32> = 20..=35;
+    /// The first kube-proxy with the nftables mode (alpha in 1.29).
+    pub const NFTABLES_SINCE: u32 = 29;
+
+    /// IPVS mode: whether `externalTrafficPolicy: Local` falls back to all
+    /// endpoints on a node without a local one (kubernetes#97081, 1.21).
+    pub fn local_falls_back_to_cluster(&self) -> bool {
+        self.minor >= 21
+    }
+}
+
+impl Default for KubeProxy {
+    fn default() -> Self {
+        KubeProxy {
+            mode: ProxyMode::Ipvs,
+            minor: *Self::MINORS.end(),
+            service_cidr: None,
+        }
+    }
+}
+
+/// kube-proxy's `--proxy-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyMode {
+    Ipvs,
+    Nftables,
+}
+
+/// A Kubernetes service, programmed on every node by kube-proxy: in IPVS
+/// mode the ClusterIP on a dummy `kube-ipvs0` and an IPVS virtual service
+/// per port with the endpoints as real servers (NAT); in nftables mode
+/// verdict maps and DNAT chains in the `ip kube-proxy` table.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Service {
     pub name: String,
@@ -55,6 +99,7 @@ pub struct Service {
     /// The SLB's address, for a LoadBalancer service.
     pub load_balancer_ip: Option<Ipv4Addr>,
     pub external_traffic_policy: TrafficPolicy,
+    pub internal_traffic_policy: TrafficPolicy,
     pub ports: Vec<ServicePort>,
     /// Endpoint pods, by name (those named and those selected by label, in
     /// the file's pod order).
@@ -62,6 +107,15 @@ pub struct Service {
 }
 
 impl Service {
+    /// Whether traffic reaches it other than by its ClusterIP (external or
+    /// load balancer addresses, node ports): kube-proxy's
+    /// `ExternallyAccessible`.
+    pub fn externally_accessible(&self) -> bool {
+        !self.external_ips.is_empty()
+            || self.load_balancer_ip.is_some()
+            || self.ports.iter().any(|p| p.node_port.is_some())
+    }
+
     /// The addresses kube-proxy puts on `kube-ipvs0` for this service.
     pub fn addresses(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
         std::iter::once(self.cluster_ip)
@@ -70,7 +124,7 @@ impl Service {
     }
 }
 
-/// `externalTrafficPolicy`.
+/// `externalTrafficPolicy` and `internalTrafficPolicy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub enum TrafficPolicy {
     Cluster,
@@ -128,6 +182,11 @@ pub struct Node {
     pub pod_cidr: Option<Ipv4Net>,
     /// Name of the pod bridge (default `cni0`).
     pub bridge: String,
+    /// Hairpin mode on the pods' bridge ports (the CNI bridge plugin's
+    /// `hairpinMode`, which Flannel's CNI configuration turns on): a pod
+    /// reaching itself through a translated address gets its frames back
+    /// by the port they left by.
+    pub hairpin_mode: bool,
     /// First host address of `pod_cidr`, held by the bridge.
     pub pod_gateway: Option<Ipv4Addr>,
     /// Default route of the node: the gateway of its first interface's subnet.
@@ -796,6 +855,18 @@ impl From<NsRole> for Role {
 }
 
 impl Lab {
+    /// Whether the nodes hold kube-proxy's IPVS mode (`kube-ipvs0`, IPVS
+    /// virtual services): services under `proxy: ipvs`.
+    pub fn uses_kube_ipvs(&self) -> bool {
+        !self.services.is_empty() && self.kube_proxy.mode == ProxyMode::Ipvs
+    }
+
+    /// Whether IPVS is needed at all: kube-proxy's IPVS mode, or the SLB
+    /// (IPVS in the VPC) in front of a LoadBalancer service.
+    pub fn uses_ipvs(&self) -> bool {
+        self.uses_kube_ipvs() || self.services.iter().any(|s| s.load_balancer_ip.is_some())
+    }
+
     /// The network namespace name of an entity (`<lab>-<entity>`), as
     /// `ip netns list` shows it.
     pub fn netns(&self, entity: &str) -> String {
@@ -866,7 +937,7 @@ impl Lab {
                     }
                 }
             }
-            if !self.services.is_empty() {
+            if self.uses_kube_ipvs() {
                 v.push(KUBE_IPVS.to_string());
             }
             return Some(v);

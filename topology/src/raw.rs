@@ -45,10 +45,26 @@ pub struct RawTopology {
     /// Hosts outside the VPC, linked to the VPC router.
     #[serde(default)]
     pub clients: Vec<RawClient>,
-    /// Kubernetes services, programmed on every node the way kube-proxy's
-    /// IPVS mode does.
+    /// Kubernetes services, programmed on every node the way kube-proxy
+    /// does (`proxy`, `kube_proxy`).
     #[serde(default)]
     pub services: Vec<RawService>,
+    /// kube-proxy's mode: `ipvs` (default) or `nftables`.
+    #[serde(default)]
+    pub proxy: Option<RawProxyMode>,
+    /// kube-proxy's version, `"1.N"` from 1.20 to 1.35 (default 1.35), for
+    /// the behaviour that changed between versions: `externalTrafficPolicy:
+    /// Local` in IPVS mode falls back to all endpoints on a node without a
+    /// local one since 1.21; the nftables mode exists since 1.29.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub kube_proxy: Option<Spanned<String>>,
+    /// The service CIDR (`--service-cluster-ip-range`): kube-proxy's
+    /// nftables mode drops traffic to its unallocated addresses. Every
+    /// service's ClusterIP must be in it.
+    #[serde(default)]
+    #[schemars(with = "Option<CidrText>")]
+    pub service_cidr: Option<Spanned<String>>,
     /// Traffic scenarios (from the articles) and what they must show.
     #[serde(default)]
     pub scenarios: Vec<RawScenario>,
@@ -128,6 +144,12 @@ pub struct RawService {
     /// no masquerade, and the SLB forwards only to nodes with an endpoint.
     #[serde(default)]
     pub external_traffic_policy: Option<RawTrafficPolicy>,
+    /// `internalTrafficPolicy`: `Cluster` (default) sends ClusterIP traffic
+    /// to every endpoint, `Local` only to the client node's own (none: the
+    /// traffic is dropped, or in IPVS mode sent to all when the external
+    /// policy is Cluster, as kube-proxy's IPVS proxier does).
+    #[serde(default)]
+    pub internal_traffic_policy: Option<RawTrafficPolicy>,
     pub ports: Vec<RawServicePort>,
     /// The pods behind the service, by name.
     #[serde(default)]
@@ -138,6 +160,18 @@ pub struct RawService {
     #[serde(default)]
     #[schemars(with = "Option<BTreeMap<String, String>>")]
     pub selector: Option<Spanned<BTreeMap<String, String>>>,
+}
+
+/// kube-proxy's `--proxy-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[schemars(rename = "ProxyMode")]
+pub enum RawProxyMode {
+    /// IPVS virtual services, service addresses on the dummy `kube-ipvs0`,
+    /// masquerading in nftables (kube-proxy's iptables rules).
+    Ipvs,
+    /// kube-proxy's nftables proxier: the `ip kube-proxy` table alone.
+    Nftables,
 }
 
 /// `externalTrafficPolicy`, spelled as Kubernetes does.
@@ -232,6 +266,11 @@ pub struct RawNode {
     #[serde(default)]
     #[schemars(with = "Option<IfName>")]
     pub bridge: Option<Spanned<String>>,
+    /// Hairpin mode on the pods' bridge ports, the CNI bridge plugin's
+    /// `hairpinMode` (default true, as Flannel's CNI configuration sets
+    /// it): without it a pod reaching its own service gets no reply.
+    #[serde(default)]
+    pub hairpin_mode: Option<bool>,
     /// Sysctls of the node's namespace (`net.ipv4.ip_forward` is 1 unless
     /// set here): only those the kernel keeps per network namespace
     /// (`net.ipv4.*`, `net.ipv6.*`, `net.netfilter.*`, ...).

@@ -190,6 +190,7 @@ pub(crate) fn resolve(src: &Source, raw: RawTopology) -> Result<Lab, Problems> {
         pods,
         clients,
         services: Vec::new(),
+        kube_proxy: r.kube_proxy(&raw),
         scenarios: Vec::new(),
         ebpf: raw.ebpf.as_ref().map(|e| Ebpf {
             in_cluster_external: e.in_cluster_external.unwrap_or(true),
@@ -202,6 +203,44 @@ pub(crate) fn resolve(src: &Source, raw: RawTopology) -> Result<Lab, Problems> {
     for raw_service in &raw.services {
         if let Some(svc) = r.service(raw_service, &raw.pods, &mut node_ports) {
             lab.services.push(svc);
+        }
+    }
+    if lab.kube_proxy.minor < 22 {
+        for svc in &lab.services {
+            let raw_svc = raw.services.iter().find(|r| r.name.value == svc.name);
+            if let Some(raw_svc) = raw_svc
+                && svc.internal_traffic_policy == TrafficPolicy::Local
+            {
+                r.err(
+                    &raw_svc.name.referenced,
+                    format!(
+                        "service {}: internalTrafficPolicy Local needs kube-proxy 1.22 or later",
+                        svc.name
+                    ),
+                    "kube-proxy too old",
+                    Some(format!(
+                        "kube-proxy 1.{} has no internalTrafficPolicy (alpha in 1.21, on by default from 1.22)",
+                        lab.kube_proxy.minor
+                    )),
+                );
+            }
+        }
+    }
+    if let (Some(cidr), Some(text)) = (lab.kube_proxy.service_cidr, &raw.service_cidr) {
+        for svc in lab
+            .services
+            .iter()
+            .filter(|s| !cidr.contains(&s.cluster_ip))
+        {
+            r.err(
+                &text.referenced,
+                format!(
+                    "service {}: ClusterIP {} is outside the service cidr {cidr}",
+                    svc.name, svc.cluster_ip
+                ),
+                "ClusterIP outside",
+                Some("widen `service_cidr` or give the service a ClusterIP inside it".into()),
+            );
         }
     }
     // Scenarios refer to interfaces, so they resolve against the built lab.
@@ -381,6 +420,136 @@ impl Resolver<'_> {
             self.vpc_ifnames
                 .insert(name.to_string(), Owner { what, loc: *loc });
         }
+    }
+
+    /// A scenario's `backend:` must be an endpoint (after the scenario's
+    /// own changes) of a service the scenario addresses, by one of its
+    /// addresses and ports or by a node port on a node's address.
+    fn backend_serves(
+        &mut self,
+        pod: &str,
+        text: &Spanned<String>,
+        (target, port): (Ipv4Addr, Option<u16>),
+        changes: &[ServiceChange],
+        lab: &Lab,
+    ) {
+        let node_address = lab
+            .nodes
+            .iter()
+            .flat_map(|n| &n.interfaces)
+            .any(|i| i.address.is_some_and(|a| a.addr() == target));
+        let addressed: Vec<&Service> = lab
+            .services
+            .iter()
+            .filter(|s| {
+                s.ports.iter().any(|p| {
+                    let by_address =
+                        port.is_none_or(|x| x == p.port) && s.addresses().any(|a| a == target);
+                    let by_node_port = node_address && port.is_some() && p.node_port == port;
+                    by_address || by_node_port
+                })
+            })
+            .collect();
+        if addressed.is_empty() {
+            let to = match port {
+                Some(p) => format!("{target}:{p}"),
+                None => target.to_string(),
+            };
+            self.err(
+                &text.referenced,
+                format!("backend {pod}: {to} is no service's address and port"),
+                "no service here",
+                Some("`backend` pins the endpoint a service picks; send to a service address, or remove it".into()),
+            );
+            return;
+        }
+        let endpoints = |s: &Service| -> Vec<String> {
+            let removed: Vec<&String> = changes
+                .iter()
+                .filter(|c| c.service == s.name)
+                .flat_map(|c| &c.remove_endpoints)
+                .collect();
+            s.endpoints
+                .iter()
+                .filter(|e| !removed.contains(e))
+                .cloned()
+                .collect()
+        };
+        if addressed
+            .iter()
+            .any(|s| endpoints(s).iter().any(|e| e == pod))
+        {
+            return;
+        }
+        let listed: Vec<String> = addressed
+            .iter()
+            .map(|s| format!("{}: {}", s.name, endpoints(s).join(", ")))
+            .collect();
+        let names: Vec<&str> = addressed.iter().map(|s| s.name.as_str()).collect();
+        self.err(
+            &text.referenced,
+            format!(
+                "backend {pod} is not an endpoint of service {}",
+                names.join(", ")
+            ),
+            "not an endpoint",
+            Some(format!(
+                "pick one of the endpoints (after this scenario's changes): {}",
+                listed.join("; ")
+            )),
+        );
+    }
+
+    // ---- kube-proxy ----------------------------------------------------
+
+    /// `proxy`, `kube_proxy` and `service_cidr`.
+    fn kube_proxy(&mut self, raw: &RawTopology) -> KubeProxy {
+        let mut kp = KubeProxy::default();
+        if let Some(RawProxyMode::Nftables) = raw.proxy {
+            kp.mode = ProxyMode::Nftables;
+        }
+        let (oldest, newest) = (*KubeProxy::MINORS.start(), *KubeProxy::MINORS.end());
+        if let Some(text) = &raw.kube_proxy {
+            let t = text.value.trim();
+            let minor = t
+                .strip_prefix("1.")
+                .filter(|m| !m.is_empty() && m.len() <= 2 && m.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|m| m.parse::<u32>().ok());
+            match minor {
+                Some(m) if KubeProxy::MINORS.contains(&m) => kp.minor = m,
+                Some(_) => self.err(
+                    &text.referenced,
+                    format!("kube-proxy {t} is not modelled"),
+                    "unknown version",
+                    Some(format!("labctl models kube-proxy 1.{oldest} to 1.{newest}")),
+                ),
+                None => self.err(
+                    &text.referenced,
+                    format!("invalid kube-proxy version `{t}`"),
+                    "not a version",
+                    Some(format!(
+                        "write a minor version in quotes, e.g. \"1.{newest}\""
+                    )),
+                ),
+            }
+            if kp.mode == ProxyMode::Nftables
+                && minor.is_some_and(|m| m < KubeProxy::NFTABLES_SINCE)
+            {
+                self.err(
+                    &text.referenced,
+                    format!("kube-proxy {t} has no nftables mode"),
+                    "too old for nftables",
+                    Some(format!(
+                        "kube-proxy's nftables mode exists since 1.{}; use `proxy: ipvs` or a later version",
+                        KubeProxy::NFTABLES_SINCE
+                    )),
+                );
+            }
+        }
+        if let Some(text) = &raw.service_cidr {
+            kp.service_cidr = self.network(text, "service cidr");
+        }
+        kp
     }
 
     // ---- text -> values ----------------------------------------------
@@ -929,6 +1098,7 @@ impl Resolver<'_> {
                 interfaces,
                 pod_cidr: info.pod_cidr,
                 bridge,
+                hairpin_mode: raw.hairpin_mode.unwrap_or(true),
                 pod_gateway: info.pod_gateway,
                 default_gateway,
                 sysctls,
@@ -1860,6 +2030,9 @@ impl Resolver<'_> {
             }
         };
         let backend = entity(self, &raw.backend, &pods, "pod");
+        if let (Some(pod), Some(target), Some(text)) = (&backend, target, &raw.backend) {
+            self.backend_serves(pod, text, (target, port), &changes, lab);
+        }
         let via_node = entity(self, &raw.via_node, &nodes, "node");
         let mut conntrack = Vec::new();
         for c in &raw.expect.conntrack {
@@ -2322,6 +2495,7 @@ impl Resolver<'_> {
             external_ips,
             load_balancer_ip: load_balancer_ip.flatten(),
             external_traffic_policy: policy(raw.external_traffic_policy),
+            internal_traffic_policy: policy(raw.internal_traffic_policy),
             ports,
             endpoints: all,
         })

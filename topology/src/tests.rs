@@ -188,7 +188,7 @@ fn unknown_key_lists_valid_keys() {
     assert_eq!(
         e,
         "t.yaml:13:5: unknown key `pod_cidrr`, expected one of: name, interfaces, pod_cidr, \
-         bridge, sysctls"
+         bridge, hairpin_mode, sysctls"
     );
     assert!(help.starts_with("did you mean `pod_cidr`?"), "{help}");
 }
@@ -199,7 +199,7 @@ fn unknown_top_level_key() {
     assert_eq!(
         e,
         "t.yaml:2:1: unknown key `servicez`, expected one of: name, vpc, nodes, pods, clients, \
-         services, scenarios, ebpf, \
+         services, proxy, kube_proxy, service_cidr, scenarios, ebpf, \
          namespaces, links, addresses, routes, neighbours, fdb, tc, bpf_maps, sysctls"
     );
 }
@@ -3113,4 +3113,106 @@ fn bpf_tunnels_are_checked() {
     assert_one_error(&e, "has host bits set", "t.yaml:15:");
     let e = cil_errors("remote: 192.168.66.221", "remote: 192.168.66.221/24");
     assert_one_error(&e, "must be a plain ipv4 address", "t.yaml:15:");
+}
+
+// ---- kube-proxy mode, version, backends ---------------------------------
+
+/// The problems of SERVICES with `from` replaced by `to`, one line each.
+fn services_problems(from: &str, to: &str) -> Vec<String> {
+    let source = SERVICES.replacen(from, to, 1);
+    assert_ne!(source, SERVICES, "`{from}` is not in SERVICES");
+    match services_lab(&source) {
+        Ok(_) => Vec::new(),
+        Err(e) => e
+            .problems()
+            .iter()
+            .map(|p| format!("{p} | help: {}", p.help.clone().unwrap_or_default()))
+            .collect(),
+    }
+}
+
+#[test]
+fn kube_proxy_defaults_to_the_newest_ipvs() {
+    let lab = services_lab(SERVICES).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(lab.kube_proxy.mode, ProxyMode::Ipvs);
+    assert_eq!(lab.kube_proxy.minor, 35);
+    assert!(lab.uses_kube_ipvs());
+    let lab = services_lab(&SERVICES.replacen("services:", "proxy: nftables\nservices:", 1))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(lab.kube_proxy.mode, ProxyMode::Nftables);
+    assert!(!lab.uses_kube_ipvs());
+    // The SLB in front of the load balancer address is still IPVS.
+    assert!(lab.uses_ipvs());
+}
+
+#[test]
+fn kube_proxy_versions_are_checked() {
+    let p = services_problems("services:", "kube_proxy: \"1.19\"\nservices:");
+    assert!(p[0].contains("kube-proxy 1.19 is not modelled"), "{p:?}");
+    let p = services_problems("services:", "kube_proxy: 1.2x\nservices:");
+    assert!(p[0].contains("invalid kube-proxy version `1.2x`"), "{p:?}");
+    let p = services_problems(
+        "services:",
+        "proxy: nftables\nkube_proxy: \"1.28\"\nservices:",
+    );
+    assert!(
+        p[0].contains("kube-proxy 1.28 has no nftables mode"),
+        "{p:?}"
+    );
+    assert!(
+        services_problems(
+            "services:",
+            "proxy: nftables\nkube_proxy: \"1.29\"\nservices:"
+        )
+        .is_empty()
+    );
+    let p = services_problems(
+        "    external_traffic_policy: Local\n",
+        "    external_traffic_policy: Local\n    internal_traffic_policy: Local\n",
+    );
+    assert!(p.is_empty(), "{p:?}");
+    let p = services_problems(
+        "services:\n  - name: web\n    cluster_ip: 192.168.0.10\n",
+        "kube_proxy: \"1.21\"\nservices:\n  - name: web\n    cluster_ip: 192.168.0.10\n    internal_traffic_policy: Local\n",
+    );
+    assert!(
+        p[0].contains("internalTrafficPolicy Local needs kube-proxy 1.22"),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn clusterips_must_be_in_the_service_cidr() {
+    let p = services_problems("services:", "service_cidr: 192.168.1.0/24\nservices:");
+    assert!(
+        p[0].contains("ClusterIP 192.168.0.10 is outside the service cidr 192.168.1.0/24"),
+        "{p:?}"
+    );
+    assert!(services_problems("services:", "service_cidr: 192.168.0.0/16\nservices:").is_empty());
+}
+
+#[test]
+fn backend_must_be_an_endpoint_of_the_service_addressed() {
+    // c is no endpoint of web.
+    let p = services_problems("    backend: a\n", "    backend: c\n");
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(
+        p[0].contains("backend c is not an endpoint of service web"),
+        "{p:?}"
+    );
+    assert!(p[0].contains("web: a"), "the scenario removed b: {p:?}");
+    // b is, but the scenario's change removes it.
+    let p = services_problems("    backend: a\n", "    backend: b\n");
+    assert!(
+        p[0].contains("backend b is not an endpoint of service web"),
+        "{p:?}"
+    );
+    // Not a service address at all.
+    let p = services_problems("    to: 8.8.8.10:80\n", "    to: 172.16.1.10:80\n");
+    assert!(
+        p[0].contains("172.16.1.10:80 is no service's address and port"),
+        "{p:?}"
+    );
+    // By node port on a node's address.
+    assert!(services_problems("    to: 8.8.8.10:80\n", "    to: 10.0.0.2:30080\n").is_empty());
 }

@@ -1,5 +1,6 @@
-//! `labctl show`: kernel tables of one namespace of a lab (conntrack, IPVS),
-//! read back the way `conntrack -L` and `ipvsadm -Ln` show them, the lab's
+//! `labctl show`: kernel tables of one namespace of a lab (conntrack, IPVS,
+//! nftables), read back the way `conntrack -L`, `ipvsadm -Ln` and `nft list
+//! ruleset` show them, the lab's
 //! eBPF load-balancer maps, the way `cilium bpf lb list` does, and a node's
 //! eBPF router maps, the way `cilium bpf endpoint list` and `cilium bpf
 //! tunnel list` do.
@@ -30,6 +31,12 @@ enum What {
     /// The IPVS virtual services and their real servers, like
     /// `ip netns exec NS ipvsadm -Ln`.
     Ipvs(IpvsArgs),
+    /// The nftables ruleset, like `ip netns exec NS nft list ruleset`:
+    /// kube-proxy's `ip kube-proxy` table (both modes), the lab's own
+    /// tables.
+    ///
+    /// `-o json` prints `nft -j list ruleset`.
+    Nft(IpvsArgs),
     /// The eBPF load balancer's services and backends, like
     /// `cilium bpf lb list`, and the flows it remembers.
     ///
@@ -158,6 +165,7 @@ pub fn run(args: Args) -> Result {
     match args.what {
         What::Conntrack(a) => show_conntrack(a),
         What::Ipvs(a) => show_ipvs(a),
+        What::Nft(a) => show_nft(a),
         What::Lb(a) => show_lb(a),
         What::Route(a) => show_route(a),
     }
@@ -298,6 +306,26 @@ fn show_ipvs(args: IpvsArgs) -> Result {
         return Ok(());
     }
     print!("{}", ipvs::format_table(&services));
+    Ok(())
+}
+
+fn show_nft(args: IpvsArgs) -> Result {
+    let record = super::record(&args.target.lab)?;
+    if let Some(vm) = &record.vm {
+        return super::forward(vm, vm_argv("nft", &args.target, args.output, &[]));
+    }
+    let ns = netns(&record, &args.target)?;
+    let text = labctl::kernel::nft::list(ns, args.output == Format::Json).map_err(|e| {
+        let code = match e {
+            labctl::kernel::nft::NftError::NotFound => Exit::Environment,
+            _ => failed(),
+        };
+        Failure::new(code, format!("nftables in {ns}: {e}"))
+    })?;
+    print!("{text}");
+    if !text.ends_with('\n') {
+        println!();
+    }
     Ok(())
 }
 

@@ -75,6 +75,9 @@ pub struct SetPort {
     pub learning: Option<bool>,
     pub neigh_suppress: Option<bool>,
     pub isolated: Option<bool>,
+    /// `hairpin`: frames may leave by the port they came in by (the CNI
+    /// bridge plugin's `hairpinMode`).
+    pub hairpin: Option<bool>,
 }
 
 impl SetPort {
@@ -90,6 +93,7 @@ impl SetPort {
             ("learning", self.learning),
             ("neigh_suppress", self.neigh_suppress),
             ("isolated", self.isolated),
+            ("hairpin", self.hairpin),
         ] {
             if let Some(v) = value {
                 write!(f, " {word} {}", on(v))?;
@@ -108,6 +112,9 @@ impl SetPort {
         }
         if let Some(v) = self.isolated {
             b = b.isolated(v);
+        }
+        if let Some(v) = self.hairpin {
+            b = b.hairpin(v);
         }
         nl.handle(&step.netns)?
             .link()

@@ -38,6 +38,36 @@ pub fn apply(netns: &str, ruleset: &str, what: &str) -> Result<(), KernelError> 
         .map_err(|e| KernelError::new(what, e))
 }
 
+/// `nft list ruleset` (with `json`, `nft -j list ruleset`) inside the named
+/// lab namespace: what a person would read there. Blocking.
+pub fn list(netns: &str, json: bool) -> Result<String, NftError> {
+    crate::sys::in_netns(netns, || {
+        let mut cmd = Command::new("nft");
+        if json {
+            cmd.arg("-j");
+        }
+        let out = cmd
+            .args(["list", "ruleset"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => NftError::NotFound,
+                _ => NftError::Run(e),
+            })?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(NftError::Refused(
+                String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            ))
+        }
+    })
+    .map_err(|source| NftError::Netns {
+        netns: netns.to_string(),
+        source,
+    })?
+}
+
 /// `nft -f -` with `ruleset` on its standard input.
 fn nft(ruleset: &str) -> Result<(), NftError> {
     let mut child = Command::new("nft")

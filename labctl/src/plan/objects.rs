@@ -346,6 +346,7 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
                         learning: p.learning,
                         neigh_suppress: p.neigh_suppress,
                         isolated: p.isolated,
+                        hairpin: None,
                     }),
                 );
             }

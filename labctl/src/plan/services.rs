@@ -6,13 +6,13 @@
 
 use std::net::Ipv4Addr;
 
-use labctl_topology::{Lab, Node, Service};
+use labctl_topology::{Lab, Node, ProxyMode, Service};
 
 use super::{Action, Phase, Step};
 use crate::services::{Overrides, effective, node_ruleset, node_table, slb_table};
 
 /// A service proxy mode: what it programs in one node.
-pub trait ServiceProxy {
+pub trait ServiceProxy: Sync {
     /// The steps that replace the node's service programming.
     fn node_steps(
         &self,
@@ -47,10 +47,40 @@ impl ServiceProxy for KubeProxyIpvs {
                 phase: Phase::Services,
                 netns,
                 action: Action::Nftables {
-                    ruleset: node_ruleset(lab, services),
+                    ruleset: node_ruleset(lab, services, node),
                 },
             },
         ]
+    }
+}
+
+/// kube-proxy `--proxy-mode=nftables`: the `ip kube-proxy` table alone
+/// ([`crate::services::nftables`]).
+pub struct KubeProxyNftables;
+
+impl ServiceProxy for KubeProxyNftables {
+    fn node_steps(
+        &self,
+        lab: &Lab,
+        services: &[Service],
+        node: &Node,
+        pin: Option<Ipv4Addr>,
+    ) -> Vec<Step> {
+        vec![Step {
+            phase: Phase::Services,
+            netns: lab.netns(&node.name),
+            action: Action::Nftables {
+                ruleset: crate::services::nftables::node_ruleset(lab, services, node, pin),
+            },
+        }]
+    }
+}
+
+/// The lab's proxy mode.
+pub fn proxy(lab: &Lab) -> &'static dyn ServiceProxy {
+    match lab.kube_proxy.mode {
+        ProxyMode::Ipvs => &KubeProxyIpvs,
+        ProxyMode::Nftables => &KubeProxyNftables,
     }
 }
 
@@ -66,7 +96,7 @@ pub fn steps(lab: &Lab, overrides: &Overrides) -> Vec<Step> {
         .as_deref()
         .and_then(|p| lab.pod(p))
         .map(|p| p.address.addr());
-    let proxy = KubeProxyIpvs;
+    let proxy = proxy(lab);
     let mut out: Vec<Step> = lab
         .nodes
         .iter()
@@ -108,7 +138,9 @@ pub fn sysctl_steps(lab: &Lab) -> Vec<Step> {
         })
     };
     for n in &lab.nodes {
-        push(lab.netns(&n.name), "net.ipv4.vs.conntrack", "1");
+        if lab.uses_kube_ipvs() {
+            push(lab.netns(&n.name), "net.ipv4.vs.conntrack", "1");
+        }
         push(
             lab.netns(&n.name),
             "net.bridge.bridge-nf-call-iptables",
