@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use labctl_topology::{Lab, ResultKind, Role, Scenario, SightProto, Sighting, Traffic};
 use serde::Serialize;
@@ -156,6 +156,33 @@ pub struct Report {
     /// golden file's) are added with [`Report::add_check`], which keeps it
     /// so: a report never says PASS above a failed check.
     pub passed: bool,
+    /// Where the run's time went; in no report text (it varies).
+    #[serde(skip)]
+    pub timings: Timings,
+}
+
+/// Where one run of a scenario spent its time, for the `scenario` bench.
+/// Everything but [`Timings::traffic`] is the run's fixed overhead.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timings {
+    /// Services programmed and conntrack emptied, interfaces read back,
+    /// the scenario's changes made, the taps opened.
+    pub set_up: Duration,
+    /// The client, from its first packet to its answer, error or timeout.
+    pub traffic: Duration,
+    /// From the client's end to the last packet read: what is still in
+    /// flight, then the lab quiet.
+    pub capture: Duration,
+    /// Taps closed, changes undone, kernel state read back, the report
+    /// made and the services left as the topology says.
+    pub teardown: Duration,
+}
+
+impl Timings {
+    /// Everything but the traffic.
+    pub fn overhead(&self) -> Duration {
+        self.set_up + self.capture + self.teardown
+    }
 }
 
 /// Options of one run.
@@ -178,6 +205,8 @@ pub fn run(
     sc: &Scenario,
     opts: &RunOptions,
 ) -> Result<Report, ScenarioError> {
+    let started = Instant::now();
+    let mut timings = Timings::default();
     let with_services = !lab.services.is_empty();
     let service_error = |message: String| ScenarioError::Services {
         scenario: sc.name.clone(),
@@ -281,9 +310,15 @@ pub fn run(
             });
         }
     };
+    let client_at = Instant::now();
+    timings.set_up = client_at - started;
     let outcome = traffic::run_client(&sender.name, &request(sc));
+    let client_done = Instant::now();
+    timings.traffic = client_done - client_at;
     std::thread::sleep(SETTLE);
     let packets = taps.stop();
+    let captured = Instant::now();
+    timings.capture = captured - client_done;
     if let Some(i) = impaired {
         i.undo().map_err(impair_error)?;
     }
@@ -520,6 +555,7 @@ pub fn run(
         retransmits: outcome.result.as_ref().ok().and_then(|ok| ok.retransmits),
         checks: Vec::new(),
         passed: false,
+        timings,
     };
     let at = |p: &Packet, want: &str| match group_of(p) {
         Some(g) if g == want => true,
@@ -537,6 +573,7 @@ pub fn run(
             .map_err(program_error)?;
     }
     report.passed = report.checks.iter().all(|c| c.ok);
+    report.timings.teardown = captured.elapsed();
     Ok(report)
 }
 
