@@ -224,6 +224,49 @@ fn tcp_refused_served_and_http_body() {
     servers.stop();
 }
 
+/// A TCP client returns once the server has closed too: a capture stopped
+/// the moment the client returns already holds the server's FIN, although
+/// this server closes 100 ms after it reads the client's (until a server
+/// closes, the kernel delays even its ACK). What a scenario's end on quiet
+/// relies on.
+fn tcp_client_returns_after_the_servers_fin() {
+    use std::io::Read;
+    let ns = veth_pair("fin");
+    let listener =
+        labctl::sys::in_netns(ns.name(1), || std::net::TcpListener::bind("0.0.0.0:8080"))
+            .unwrap()
+            .unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        while conn.read(&mut [0u8; 64]).unwrap() > 0 {}
+        std::thread::sleep(Duration::from_millis(100));
+    });
+    let cap = Capture::start(ns.name(0), Some(&["eth0".to_string()])).unwrap();
+    let out = traffic::run_client(
+        ns.name(0),
+        &Request::new(Kind::TcpConnect, addr("10.1.0.2:8080")),
+    );
+    let packets = cap.stop();
+    server.join().unwrap();
+    let local = out.result.expect("connects").local.unwrap();
+    let fin = |from: SocketAddr, dir: Direction| {
+        packets.iter().any(|p| {
+            p.direction == dir
+                && capture::summarize(p).is_some_and(|f| {
+                    f.src == from.ip()
+                        && f.src_port == Some(from.port())
+                        && matches!(f.protocol, Wire::Tcp { flags }
+                            if flags.has(capture::TcpFlags::FIN))
+                })
+        })
+    };
+    assert!(fin(local, Direction::Out), "our FIN");
+    assert!(
+        fin(addr("10.1.0.2:8080"), Direction::In),
+        "the server's FIN"
+    );
+}
+
 fn udp_echo_and_refused() {
     let ns = veth_pair("udp");
     let servers = Servers::start(ns.name(1), &[(5353, Proto::Udp)]).unwrap();
@@ -536,6 +579,12 @@ fn main() {
         libtest_mimic::Trial::ignorable_test("tcp_refused_served_and_http_body", || {
             common::gate(|| {
                 tcp_refused_served_and_http_body();
+                Ok(())
+            })
+        }),
+        libtest_mimic::Trial::ignorable_test("tcp_client_returns_after_the_servers_fin", || {
+            common::gate(|| {
+                tcp_client_returns_after_the_servers_fin();
                 Ok(())
             })
         }),
