@@ -5,9 +5,14 @@
 //! the wall time of `labctl run topologies/flannel.yaml --var services=off`
 //! (up, 4 scenarios, down; target at most 0.8 s), next to `labctl up` and
 //! `labctl down` of the same lab in the same run: what the scenarios add.
+//! The baseline, in the same run: one scenario (Flannel's F2 over HTTP)
+//! done by hand with the usual tools, a `tcpdump` on every interface of
+//! every namespace (started, each waited for until it listens), `curl`
+//! from the client's namespace, every `tcpdump` stopped; beside labctl's
+//! whole run of that scenario, and the ratio.
 //! Figures are printed, never asserted: machines here are shared and noisy,
 //! so each is the median of several runs, with the load average printed.
-//! Needs root.
+//! Needs root, and tcpdump and curl for the baseline.
 //!
 //! Run: `cargo bench -p labctl --bench scenario` (`-- --runs N`, default 5).
 
@@ -99,6 +104,68 @@ fn split(file: &Path, vars: &[&str], runs: usize, n: usize) -> Vec<(String, Vec<
     out
 }
 
+/// The baseline: `tcpdump -i IF` in every namespace of the lab for every
+/// interface, `curl` from `from` to `url` once all listen, then each
+/// tcpdump stopped (SIGINT) and waited for.
+fn by_hand(namespaces: &[String], from: &str, url: &str) -> (Duration, usize) {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let t = Instant::now();
+    let mut dumps = Vec::new();
+    for ns in namespaces {
+        let links = Command::new("ip")
+            .args(["-n", ns, "-o", "link", "show"])
+            .output()
+            .expect("ip link");
+        for line in String::from_utf8_lossy(&links.stdout).lines() {
+            let Some(name) = line.split(": ").nth(1) else {
+                continue;
+            };
+            let name = name.split('@').next().unwrap_or(name);
+            let mut child = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    ns,
+                    "tcpdump",
+                    "-i",
+                    name,
+                    "-nn",
+                    "-w",
+                    "/dev/null",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("tcpdump");
+            let err = child.stderr.take().expect("stderr");
+            dumps.push((child, BufReader::new(err)));
+        }
+    }
+    for (_, err) in &mut dumps {
+        let mut line = String::new();
+        while err.read_line(&mut line).unwrap_or(0) > 0 && !line.contains("listening on") {
+            line.clear();
+        }
+    }
+    let curl = Command::new("ip")
+        .args(["netns", "exec", from, "curl", "-s", "-o", "/dev/null", url])
+        .status()
+        .expect("curl");
+    assert!(curl.success(), "curl {url} from {from}");
+    for (child, _) in &dumps {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+    }
+    let count = dumps.len();
+    for (mut child, _) in dumps {
+        let _ = child.wait();
+    }
+    (t.elapsed(), count)
+}
+
 fn main() {
     // `cargo test --benches` passes nothing; `cargo bench` passes --bench.
     if !std::env::args().any(|a| a == "--bench") {
@@ -156,11 +223,52 @@ fn main() {
         ms(*overheads.last().expect("scenarios ran")),
     );
 
+    // The baseline: F2 over HTTP by hand, and the same scenario by labctl.
+    let file = topo("flannel.yaml");
+    let name = lab_name(8);
+    let vars = ["--var", "services=off"];
+    timed(
+        labctl()
+            .args(["up", "-q", "--name", &name])
+            .args(vars)
+            .arg(&file),
+    );
+    let record = labctl::state::load(&name)
+        .expect("lab state")
+        .expect("lab is up");
+    let values = [("services".to_string(), "off".to_string())].into();
+    let lab = labctl_topology::load(&file, &values).expect("topology loads");
+    let f2 = lab
+        .scenarios
+        .iter()
+        .find(|s| s.name == "f2-pod-ip-other-node")
+        .expect("flannel has F2");
+    let namespaces: Vec<String> = record.namespaces.iter().map(|n| n.name.clone()).collect();
+    let client = record.netns_of(&f2.from).expect("F2's client").name.clone();
+    let url = format!("http://{}:{}/", f2.target, f2.port.unwrap_or(80));
+    let (mut ours, mut theirs, mut dumps) = (Vec::new(), Vec::new(), 0);
+    for _ in 0..runs {
+        let t = Instant::now();
+        let report = scenario::run(&record, &lab, f2, &RunOptions::default()).expect("F2 runs");
+        labctl::capture::wait_closed();
+        ours.push(t.elapsed());
+        assert!(report.passed, "{}", report.render());
+        let (took, count) = by_hand(&namespaces, &client, &url);
+        theirs.push(took);
+        dumps = count;
+    }
+    timed(labctl().args(["down", "-q", &name]));
+    let (ours, theirs) = (median(ours), median(theirs));
+    println!(
+        "F2 over HTTP by hand ({dumps} tcpdumps, curl): {} ms; by labctl (taps closed too): {} ms; {:.1}x faster",
+        ms(theirs),
+        ms(ours),
+        theirs.as_secs_f64() / ours.as_secs_f64()
+    );
+
     // The whole command, as a user waits for it; `up` and `down` alone
     // beside it show what the four scenarios add.
-    let file = topo("flannel.yaml");
     let name = lab_name(9);
-    let vars = ["--var", "services=off"];
     let (mut run, mut up, mut down) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
         run.push(timed(
