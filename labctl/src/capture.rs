@@ -18,18 +18,22 @@
 //! from every namespace are written as one pcapng file with pcap-file (one
 //! interface block per tapped interface), which Wireshark, tshark and
 //! `tcpdump -r` open.
+//!
+//! One thread polls all the taps of a capture; it stops when asked, or
+//! once the lab has been quiet for a while ([`MultiCapture::stop_when_quiet`],
+//! how a scenario ends instead of a fixed wait), and closes its taps in
+//! the background ([`wait_closed`]).
 
 use std::fmt;
 use std::fs::File;
 use std::io::{self, BufWriter, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixDatagram;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use nix::errno::Errno;
@@ -66,8 +70,7 @@ const TP_STATUS_VLAN_TPID_VALID: u32 = 1 << 6;
 /// 802.1Q's tag protocol identifier.
 const ETH_P_8021Q: u16 = 0x8100;
 
-/// How long the capture thread sleeps in `poll` before it looks at the stop
-/// flag again.
+/// How long [`timestamps_switched_on`] waits for its datagram each try.
 const POLL_MS: u16 = 50;
 
 /// Which way a packet crossed the interface.
@@ -122,7 +125,7 @@ impl Capture {
 
     /// Stop and return every packet seen, in timestamp order.
     pub fn stop(self) -> Vec<Packet> {
-        self.inner.stop()
+        self.inner.finish(Duration::ZERO, Duration::ZERO)
     }
 }
 
@@ -135,9 +138,36 @@ impl MultiCapture {
     /// Stop all captures together and return their packets in timestamp
     /// order.
     pub fn stop(self) -> Vec<Packet> {
-        self.inner.stop()
+        self.inner.finish(Duration::ZERO, Duration::ZERO)
+    }
+
+    /// Stop once the lab is quiet: no tap has seen a packet for `quiet`,
+    /// counted from this call or from the last packet, whichever is later;
+    /// at the latest `most` after this call. Returns the packets in
+    /// timestamp order.
+    pub fn stop_when_quiet(self, quiet: Duration, most: Duration) -> Vec<Packet> {
+        self.inner.finish(quiet, most)
     }
 }
+
+/// Wait until the taps of every stopped capture are closed.
+///
+/// Closing an AF_PACKET socket waits for an RCU grace period
+/// (`packet_release` calls `synchronize_net`), about 12 ms here: 33 taps
+/// closed one by one took 400 ms. A stopped capture closes its taps each
+/// on a thread of its own, so the grace periods overlap (22-30 ms for 33),
+/// and returns its packets without waiting for that. Only its own taps are
+/// ever read, so a capture started meanwhile never sees another's packets;
+/// a tap still open keeps its namespace alive, so `down` calls this first.
+pub fn wait_closed() {
+    let closing = std::mem::take(&mut *CLOSING.lock().unwrap_or_else(|e| e.into_inner()));
+    for t in closing {
+        let _ = t.join();
+    }
+}
+
+/// The threads closing stopped captures' taps; see [`wait_closed`].
+static CLOSING: Mutex<Vec<JoinHandle<()>>> = Mutex::new(Vec::new());
 
 /// Start capturing on every interface of each namespace at once; one thread
 /// enters the namespaces in turn to open the sockets (a socket stays in the
@@ -169,17 +199,35 @@ struct Tap {
     fd: OwnedFd,
 }
 
+/// When the capture thread is to stop, once asked to.
+#[derive(Debug, Clone, Copy)]
+struct Finish {
+    /// When it was asked.
+    asked: Instant,
+    /// Stop after this long without a packet (since `asked` at first).
+    quiet: Duration,
+    /// Stop at this time whatever the taps see.
+    latest: Instant,
+}
+
 /// The capture thread and how to stop it.
 struct Running {
-    stop: Arc<AtomicBool>,
-    thread: JoinHandle<Vec<Packet>>,
+    finish: Arc<Mutex<Option<Finish>>>,
+    /// A datagram here wakes the thread out of `poll` at once.
+    wake: UnixDatagram,
+    packets: mpsc::Receiver<Vec<Packet>>,
+    /// Taken by [`Running::finish`].
+    thread: Option<JoinHandle<()>>,
 }
 
 impl Running {
     fn spawn(specs: Vec<TapSpec>) -> io::Result<Running> {
-        let stop = Arc::new(AtomicBool::new(false));
+        let finish = Arc::new(Mutex::new(None));
+        let (wake, woken) = UnixDatagram::pair()?;
+        woken.set_nonblocking(true)?;
         let (ready_tx, ready_rx) = mpsc::channel();
-        let flag = Arc::clone(&stop);
+        let (packets_tx, packets) = mpsc::channel();
+        let asked = Arc::clone(&finish);
         let thread = std::thread::Builder::new()
             .name("labctl-capture".into())
             .spawn(move || {
@@ -188,18 +236,25 @@ impl Running {
                 let probe = timestamps_switched_on();
                 let taps = open_all(&specs);
                 drop(probe);
-                let taps = match taps {
+                let mut taps = match taps {
                     Ok(taps) => taps,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
-                        return Vec::new();
+                        return;
                     }
                 };
                 let _ = ready_tx.send(Ok(()));
-                run(taps, &flag)
+                let seen = run(&mut taps, &woken, &asked);
+                let _ = packets_tx.send(seen);
+                close_all(taps);
             })?;
         match ready_rx.recv() {
-            Ok(Ok(())) => Ok(Running { stop, thread }),
+            Ok(Ok(())) => Ok(Running {
+                finish,
+                wake,
+                packets,
+                thread: Some(thread),
+            }),
             Ok(Err(e)) => {
                 let _ = thread.join();
                 Err(e)
@@ -210,13 +265,64 @@ impl Running {
         }
     }
 
-    fn stop(self) -> Vec<Packet> {
-        self.stop.store(true, Ordering::SeqCst);
-        let mut packets = self.thread.join().unwrap_or_default();
+    /// Ask the thread to stop as [`MultiCapture::stop_when_quiet`] says,
+    /// take its packets, and leave it closing the taps (see
+    /// [`wait_closed`]).
+    fn finish(mut self, quiet: Duration, most: Duration) -> Vec<Packet> {
+        self.ask(quiet, most);
+        let mut packets = self.packets.recv().unwrap_or_default();
+        if let Some(thread) = self.thread.take() {
+            let mut closing = CLOSING.lock().unwrap_or_else(|e| e.into_inner());
+            closing.retain(|t| !t.is_finished());
+            closing.push(thread);
+        }
         // Stable: packets with equal timestamps keep their per-socket order.
         packets.sort_by_key(|p| p.ts);
         packets
     }
+
+    fn ask(&self, quiet: Duration, most: Duration) {
+        let asked = Instant::now();
+        let mut finish = self.finish.lock().unwrap_or_else(|e| e.into_inner());
+        if finish.is_none() {
+            *finish = Some(Finish {
+                asked,
+                quiet,
+                latest: asked + most,
+            });
+        }
+        // One datagram on a fresh socket pair: never blocks.
+        let _ = self.wake.send(&[1]);
+    }
+}
+
+impl Drop for Running {
+    /// A capture dropped unstopped stops at once, its packets thrown away.
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            self.ask(Duration::ZERO, Duration::ZERO);
+            CLOSING
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(thread);
+        }
+    }
+}
+
+/// Close every tap at once, each on a thread of its own (see
+/// [`wait_closed`]).
+fn close_all(taps: Vec<Tap>) {
+    std::thread::scope(|s| {
+        for tap in taps {
+            let closer = std::thread::Builder::new()
+                .name("labctl-tap-close".into())
+                .spawn_scoped(s, move || drop(tap));
+            // Without a thread, close it here.
+            if let Err(e) = closer {
+                eprintln!("labctl: warning: close a tap on this thread: {e}");
+            }
+        }
+    });
 }
 
 /// How long to wait for the kernel to start stamping packets.
@@ -372,29 +478,55 @@ fn open_tap(ifindex: u32) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Poll the taps until the stop flag is set, then drain them once more so
-/// that everything the kernel queued before `stop()` is returned.
-fn run(mut taps: Vec<Tap>, stop: &AtomicBool) -> Vec<Packet> {
+/// Read the taps as packets come until asked to finish and the finish
+/// time has come (see [`Finish`]), then drain them once more so that
+/// everything the kernel queued before is returned. Broken taps are
+/// dropped from `taps`.
+fn run(taps: &mut Vec<Tap>, woken: &UnixDatagram, asked: &Mutex<Option<Finish>>) -> Vec<Packet> {
     let mut packets = Vec::new();
     let mut buf = vec![0u8; SNAPLEN];
     let mut cmsg = nix::cmsg_space!(TimeSpec, [u8; AUXDATA_LEN]);
+    // When a drain last found packets.
+    let mut last_packet: Option<Instant> = None;
     loop {
-        let stopping = stop.load(Ordering::SeqCst);
-        if !stopping {
-            let mut fds: Vec<PollFd> = taps
-                .iter()
-                .map(|t| PollFd::new(t.fd.as_fd(), PollFlags::POLLIN))
-                .collect();
-            match poll(&mut fds, PollTimeout::from(POLL_MS)) {
-                Ok(_) | Err(Errno::EINTR) => {}
-                // Cannot happen with valid fds; do not spin.
-                Err(_) => std::thread::sleep(Duration::from_millis(POLL_MS.into())),
+        let finish = *asked.lock().unwrap_or_else(|e| e.into_inner());
+        let timeout = match finish {
+            None => PollTimeout::NONE,
+            Some(f) => {
+                let quiet_from = last_packet.map_or(f.asked, |t| t.max(f.asked));
+                let end = (quiet_from + f.quiet).min(f.latest);
+                let left = end.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    taps.retain(|tap| drain(tap, &mut buf, &mut cmsg, &mut packets));
+                    return packets;
+                }
+                // Rounded up: a timeout of 0 ms would spin.
+                PollTimeout::try_from(left.as_micros().div_ceil(1000)).unwrap_or(PollTimeout::MAX)
             }
+        };
+        let mut fds: Vec<PollFd> = taps
+            .iter()
+            .map(|t| PollFd::new(t.fd.as_fd(), PollFlags::POLLIN))
+            .chain(std::iter::once(PollFd::new(
+                woken.as_fd(),
+                PollFlags::POLLIN,
+            )))
+            .collect();
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            // Cannot happen with valid fds; do not spin.
+            Err(_) => std::thread::sleep(Duration::from_millis(1)),
         }
+        drop(fds);
+        while woken.recv(&mut [0u8; 8]).is_ok() {}
         // Read every socket until it is empty: cheap, and nothing is missed
         // between the poll and the drain.
+        let before = packets.len();
         taps.retain(|tap| drain(tap, &mut buf, &mut cmsg, &mut packets));
-        if stopping || taps.is_empty() {
+        if packets.len() > before {
+            last_packet = Some(Instant::now());
+        }
+        if taps.is_empty() {
             return packets;
         }
     }

@@ -355,6 +355,9 @@ pub fn down(lab: &str) -> Result<DownReport, EngineError> {
         return Err(EngineError::NotRoot);
     }
     let _lock = state::lock(lab)?;
+    // Taps of this process's scenarios still closing would keep the lab's
+    // namespaces alive past their removal.
+    crate::capture::wait_closed();
     // Teardown holds every namespace of the lab open for a moment.
     sys::raise_nofile_limit();
     let Some(record) = state::load(lab)? else {

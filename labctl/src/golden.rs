@@ -260,6 +260,7 @@ mod tests {
                 detail: None,
             }],
             passed: true,
+            timings: Default::default(),
         }
     }
 

@@ -50,6 +50,9 @@ const TICK: Duration = Duration::from_millis(100);
 const IDLE: Duration = Duration::from_secs(10);
 /// Largest HTTP response a client reads.
 const MAX_RESPONSE: usize = 1 << 20;
+/// How long a TCP client waits for the server's FIN after sending its own
+/// (see [`close`]): what a scenario used to wait after every client.
+const CLOSE_WAIT: Duration = Duration::from_millis(300);
 
 /// Servers listening in one namespace; see [`Servers::start`].
 pub struct Servers {
@@ -507,12 +510,52 @@ fn connect(req: &Request) -> Result<(TcpStream, Duration), Failure> {
 
 fn tcp_connect(req: &Request) -> Result<Success, Failure> {
     let (stream, rtt) = connect(req)?;
-    Ok(Success {
+    let success = Success {
         rtt,
         local: stream.local_addr().ok(),
         retransmits: sys::tcp_total_retrans(&stream).ok(),
         ..Success::default()
-    })
+    };
+    close(stream);
+    Ok(success)
+}
+
+/// Close a connection the client is done with, and return once the
+/// server has closed its side too (or after [`CLOSE_WAIT`]).
+///
+/// The segments are those of `close()`: our FIN, then the server's ACK and
+/// FIN, then our last ACK, which the kernel sends as the FIN arrives
+/// (RFC 9293 3.6, `tcp_fin`). Unread data keeps `close()`'s answer, a RST.
+/// Waiting for the server's FIN is what lets a scenario end its capture
+/// on an event: that FIN leaves only when the server's program has read
+/// our FIN and closed (until then the kernel delays its ACK, up to 40 ms
+/// and more), and once the client has it, it has crossed every hop; only
+/// our last ACK, sent by the kernel at once, is left in flight.
+fn close(stream: TcpStream) {
+    let mut probe = [0u8; 1];
+    let unread =
+        stream.set_nonblocking(true).is_ok() && stream.peek(&mut probe).is_ok_and(|n| n > 0);
+    if unread
+        || stream.set_nonblocking(false).is_err()
+        || stream.shutdown(std::net::Shutdown::Write).is_err()
+    {
+        return;
+    }
+    let deadline = Instant::now() + CLOSE_WAIT;
+    let mut stream = stream;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match stream.read(&mut buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // EOF (the server's FIN) or an error; data after our FIN, which
+            // no labctl server sends, ends the wait too.
+            Ok(_) | Err(_) => return,
+        }
+    }
 }
 
 fn http_get(req: &Request) -> Result<Success, Failure> {
@@ -563,7 +606,7 @@ fn http_get(req: &Request) -> Result<Success, Failure> {
         }
     })?;
     let (served_by, client_seen) = parse_served_body(&body).unzip();
-    Ok(Success {
+    let success = Success {
         retransmits: sys::tcp_total_retrans(&stream).ok(),
         rtt: t0.elapsed(),
         local,
@@ -572,7 +615,9 @@ fn http_get(req: &Request) -> Result<Success, Failure> {
         client_seen,
         body: Some(body),
         ..Success::default()
-    })
+    };
+    close(stream);
+    Ok(success)
 }
 
 /// Whether a response holds its head and `Content-Length` bytes of body.

@@ -174,6 +174,8 @@ fn first_packet_is_ordered_by_the_kernel() {
                 .map(|p| (p.netns.as_str(), p.direction, p.ts))
                 .collect::<Vec<_>>()
         );
+        // Stopped captures close their taps in the background.
+        capture::wait_closed();
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -222,6 +224,98 @@ fn tcp_refused_served_and_http_body() {
     assert!(seen.contains(&local), "{seen:?} lacks {local}");
     assert!(seen.contains(&http_local), "{seen:?} lacks {http_local}");
     servers.stop();
+}
+
+/// A TCP client returns once the server has closed too: a capture stopped
+/// the moment the client returns already holds the server's FIN, although
+/// this server closes 100 ms after it reads the client's (until a server
+/// closes, the kernel delays even its ACK). What a scenario's end on quiet
+/// relies on.
+fn tcp_client_returns_after_the_servers_fin() {
+    use std::io::Read;
+    let ns = veth_pair("fin");
+    let listener =
+        labctl::sys::in_netns(ns.name(1), || std::net::TcpListener::bind("0.0.0.0:8080"))
+            .unwrap()
+            .unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        while conn.read(&mut [0u8; 64]).unwrap() > 0 {}
+        std::thread::sleep(Duration::from_millis(100));
+    });
+    let cap = Capture::start(ns.name(0), Some(&["eth0".to_string()])).unwrap();
+    let out = traffic::run_client(
+        ns.name(0),
+        &Request::new(Kind::TcpConnect, addr("10.1.0.2:8080")),
+    );
+    let packets = cap.stop();
+    server.join().unwrap();
+    let local = out.result.expect("connects").local.unwrap();
+    let fin = |from: SocketAddr, dir: Direction| {
+        packets.iter().any(|p| {
+            p.direction == dir
+                && capture::summarize(p).is_some_and(|f| {
+                    f.src == from.ip()
+                        && f.src_port == Some(from.port())
+                        && matches!(f.protocol, Wire::Tcp { flags }
+                            if flags.has(capture::TcpFlags::FIN))
+                })
+        })
+    };
+    assert!(fin(local, Direction::Out), "our FIN");
+    assert!(
+        fin(addr("10.1.0.2:8080"), Direction::In),
+        "the server's FIN"
+    );
+}
+
+/// A capture asked to stop when quiet still records what comes within the
+/// quiet window, ends soon after the lab goes quiet, and ends at the bound
+/// when it never does.
+fn capture_stops_when_the_lab_is_quiet() {
+    let ns = veth_pair("quiet");
+    let names = ns.names.clone();
+    let ping_after = |delay: Duration, count: usize| {
+        let a = ns.name(0).to_string();
+        std::thread::spawn(move || {
+            for _ in 0..count {
+                std::thread::sleep(delay);
+                let out = traffic::run_client(&a, &Request::ping(ipaddr("10.1.0.2")));
+                assert!(out.is_success(), "{out:?}");
+            }
+        })
+    };
+    // A ping 50 ms into a 300 ms window is recorded; the capture ends about
+    // 300 ms after it, well before the 5 s bound.
+    let cap = capture::capture_many(&names).unwrap();
+    let late = ping_after(Duration::from_millis(50), 1);
+    let t = Instant::now();
+    let packets = cap.stop_when_quiet(Duration::from_millis(300), Duration::from_secs(5));
+    let took = t.elapsed();
+    late.join().unwrap();
+    let replies = icmp_flows(&packets)
+        .iter()
+        .filter(|(_, f)| f.is_echo_reply())
+        .count();
+    assert_eq!(replies, 2, "the late ping's reply, out of b and into a");
+    assert!(took >= Duration::from_millis(340), "ended early: {took:?}");
+    assert!(took < Duration::from_secs(3), "not on quiet: {took:?}");
+    capture::wait_closed();
+
+    // A ping every 20 ms for 0.8 s: never 100 ms quiet, so the 400 ms bound.
+    let cap = capture::capture_many(&names).unwrap();
+    let busy = ping_after(Duration::from_millis(20), 40);
+    let t = Instant::now();
+    let packets = cap.stop_when_quiet(Duration::from_millis(100), Duration::from_millis(400));
+    let took = t.elapsed();
+    busy.join().unwrap();
+    assert!(!packets.is_empty());
+    assert!(took >= Duration::from_millis(400), "{took:?}");
+    assert!(
+        took < Duration::from_millis(1500),
+        "past the bound: {took:?}"
+    );
+    capture::wait_closed();
 }
 
 fn udp_echo_and_refused() {
@@ -536,6 +630,18 @@ fn main() {
         libtest_mimic::Trial::ignorable_test("tcp_refused_served_and_http_body", || {
             common::gate(|| {
                 tcp_refused_served_and_http_body();
+                Ok(())
+            })
+        }),
+        libtest_mimic::Trial::ignorable_test("tcp_client_returns_after_the_servers_fin", || {
+            common::gate(|| {
+                tcp_client_returns_after_the_servers_fin();
+                Ok(())
+            })
+        }),
+        libtest_mimic::Trial::ignorable_test("capture_stops_when_the_lab_is_quiet", || {
+            common::gate(|| {
+                capture_stops_when_the_lab_is_quiet();
                 Ok(())
             })
         }),

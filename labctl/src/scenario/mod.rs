@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use labctl_topology::{Lab, ResultKind, Role, Scenario, SightProto, Sighting, Traffic};
 use serde::Serialize;
@@ -38,9 +38,37 @@ use crate::state::LabState;
 use crate::traffic::{self, Failure, Kind, Request};
 use crate::{conntrack, ipvs, lb, services};
 
-/// How long the taps keep running after the client is done, so replies and
-/// connection teardown in flight are recorded too.
-const SETTLE: Duration = Duration::from_millis(300);
+/// The capture ends once no tap has seen a packet for this long after the
+/// client is done (see [`quiet_window`]). What can still be in flight then
+/// is only what the kernel forwards on its own, in softirq, without a
+/// program to wake: the client has its answer, the ICMP error or RST that
+/// ended it, or (TCP) the server's FIN, so only its last ACK is left (see
+/// `traffic::close`). Each hop of that takes microseconds; 30 ms leaves
+/// room for a softirq pushed to ksoftirqd on a loaded 2-core machine.
+const QUIET: Duration = Duration::from_millis(30);
+
+/// The longest the taps keep running after the client: the fixed wait
+/// every scenario had before it ended on quiet, kept as the bound for a
+/// lab that never goes quiet.
+const SETTLE_MAX: Duration = Duration::from_millis(300);
+
+/// How long the lab must be quiet to end the scenario's capture. A packet
+/// held by netem is in no tap until it leaves the qdisc (taps see what a
+/// device sends, after its qdisc): each netem delay, with its jitter, is
+/// added for both ends of the link. Loss, reordering or a rate limit can
+/// hold a packet for a retransmission timeout: such a scenario keeps the
+/// whole fixed wait.
+fn quiet_window(changes: &[labctl_topology::LinkChange]) -> Duration {
+    let netems = changes.iter().filter_map(|c| c.netem.as_ref());
+    let mut window = QUIET;
+    for n in netems {
+        if !n.loss.is_zero() || !n.reorder.is_zero() || n.rate_bps > 0 {
+            return SETTLE_MAX;
+        }
+        window += 2 * Duration::from_nanos(n.delay_ns.saturating_add(n.jitter_ns));
+    }
+    window.min(SETTLE_MAX)
+}
 
 /// Why a scenario could not be run at all (as opposed to failing).
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +184,33 @@ pub struct Report {
     /// golden file's) are added with [`Report::add_check`], which keeps it
     /// so: a report never says PASS above a failed check.
     pub passed: bool,
+    /// Where the run's time went; in no report text (it varies).
+    #[serde(skip)]
+    pub timings: Timings,
+}
+
+/// Where one run of a scenario spent its time, for the `scenario` bench.
+/// Everything but [`Timings::traffic`] is the run's fixed overhead.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timings {
+    /// Services programmed and conntrack emptied, interfaces read back,
+    /// the scenario's changes made, the taps opened.
+    pub set_up: Duration,
+    /// The client, from its first packet to its answer, error or timeout.
+    pub traffic: Duration,
+    /// From the client's end to the last packet read: what is still in
+    /// flight, then the lab quiet.
+    pub capture: Duration,
+    /// Taps closed, changes undone, kernel state read back, the report
+    /// made and the services left as the topology says.
+    pub teardown: Duration,
+}
+
+impl Timings {
+    /// Everything but the traffic.
+    pub fn overhead(&self) -> Duration {
+        self.set_up + self.capture + self.teardown
+    }
 }
 
 /// Options of one run.
@@ -178,6 +233,8 @@ pub fn run(
     sc: &Scenario,
     opts: &RunOptions,
 ) -> Result<Report, ScenarioError> {
+    let started = Instant::now();
+    let mut timings = Timings::default();
     let with_services = !lab.services.is_empty();
     let service_error = |message: String| ScenarioError::Services {
         scenario: sc.name.clone(),
@@ -281,9 +338,14 @@ pub fn run(
             });
         }
     };
+    let client_at = Instant::now();
+    timings.set_up = client_at - started;
     let outcome = traffic::run_client(&sender.name, &request(sc));
-    std::thread::sleep(SETTLE);
-    let packets = taps.stop();
+    let client_done = Instant::now();
+    timings.traffic = client_done - client_at;
+    let packets = taps.stop_when_quiet(quiet_window(&sc.link_changes), SETTLE_MAX);
+    let captured = Instant::now();
+    timings.capture = captured - client_done;
     if let Some(i) = impaired {
         i.undo().map_err(impair_error)?;
     }
@@ -520,6 +582,7 @@ pub fn run(
         retransmits: outcome.result.as_ref().ok().and_then(|ok| ok.retransmits),
         checks: Vec::new(),
         passed: false,
+        timings,
     };
     let at = |p: &Packet, want: &str| match group_of(p) {
         Some(g) if g == want => true,
@@ -537,6 +600,7 @@ pub fn run(
             .map_err(program_error)?;
     }
     report.passed = report.checks.iter().all(|c| c.ok);
+    report.timings.teardown = captured.elapsed();
     Ok(report)
 }
 
@@ -1319,6 +1383,48 @@ mod tests {
     }
 
     const ECHO: Proto = Proto::Icmp { type_: 8, code: 0 };
+
+    fn netem_change(edit: impl Fn(&mut labctl_topology::Netem)) -> labctl_topology::LinkChange {
+        let mut netem = labctl_topology::Netem {
+            delay_ns: 0,
+            jitter_ns: 0,
+            loss: Default::default(),
+            rate_bps: 0,
+            reorder: Default::default(),
+        };
+        edit(&mut netem);
+        labctl_topology::LinkChange {
+            link: "node1/eth0".into(),
+            entity: "node1".into(),
+            ifname: "eth0".into(),
+            netem: Some(netem),
+            down: false,
+            up: false,
+            mtu: None,
+            mac: None,
+        }
+    }
+
+    #[test]
+    fn netem_delays_widen_the_quiet_window_and_loss_keeps_the_fixed_wait() {
+        assert_eq!(quiet_window(&[]), QUIET);
+        let mut down = netem_change(|_| {});
+        down.netem = None;
+        down.down = true;
+        assert_eq!(quiet_window(&[down]), QUIET);
+        // Both ends of the link hold a packet for delay plus jitter.
+        let delayed = netem_change(|n| {
+            n.delay_ns = 50_000_000;
+            n.jitter_ns = 5_000_000;
+        });
+        assert_eq!(quiet_window(&[delayed]), QUIET + Duration::from_millis(110));
+        let slow = netem_change(|n| n.delay_ns = 1_000_000_000);
+        assert_eq!(quiet_window(&[slow]), SETTLE_MAX);
+        let lossy = netem_change(|n| n.loss = labctl_topology::Percent(1));
+        assert_eq!(quiet_window(&[lossy]), SETTLE_MAX);
+        let paced = netem_change(|n| n.rate_bps = 1_000_000);
+        assert_eq!(quiet_window(&[paced]), SETTLE_MAX);
+    }
 
     /// The Kata underlay: a VXLAN packet carrying the echo request for the
     /// pod's MAC.
