@@ -1019,6 +1019,7 @@ mod tests {
             retransmits: None,
             checks: Vec::new(),
             passed: true,
+            timings: Default::default(),
         };
         let v: ScenarioView =
             serde_json::from_value(serde_json::to_value(&report).unwrap()).unwrap();
