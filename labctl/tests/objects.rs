@@ -73,6 +73,29 @@ const TOPOLOGIES: &[Topology] = &[
             "meta mark & 0x00004000 == 0x00004000 masquerade",
             "172.23.96.64/26 via 10.0.1.216 dev vsw-b proto static",
             "kube-ipvs0",
+            "@loop-back masquerade",
+            "hairpin on",
+        ],
+    },
+    Topology {
+        stem: "flannel",
+        vars: &[("proxy", "nftables")],
+        wants: &[
+            "## node-180\n",
+            "numgen random mod 3 vmap",
+            "goto external-default/nginx1/tcp/p80",
+            "ip daddr 192.168.0.0/16 drop comment \"Drop traffic to unallocated ClusterIPs\"",
+            "hairpin on",
+        ],
+    },
+    Topology {
+        stem: "kube-proxy-nftables",
+        vars: &[],
+        wants: &[
+            "## test-node\n",
+            "numgen random mod 2 vmap",
+            "fib saddr type local goto service-default/svc-local/tcp/p80",
+            "hairpin on",
         ],
     },
     Topology {

@@ -235,6 +235,18 @@ pub fn run(
 ) -> Result<Report, ScenarioError> {
     let started = Instant::now();
     let mut timings = Timings::default();
+    // The lab as it was brought up: under `up --name` its namespaces
+    // carry that name, not the file's, and the service steps name them.
+    let renamed;
+    let lab = if lab.name == record.lab {
+        lab
+    } else {
+        renamed = Lab {
+            name: record.lab.clone(),
+            ..lab.clone()
+        };
+        &renamed
+    };
     let with_services = !lab.services.is_empty();
     let service_error = |message: String| ScenarioError::Services {
         scenario: sc.name.clone(),
@@ -367,11 +379,18 @@ pub fn run(
         for (entity, ns) in &service_ns {
             let entries = conntrack::dump_in(ns)
                 .map_err(|e| service_error(format!("read conntrack in {ns}: {e}")))?;
-            let table = ipvs::Ipvs::open_in(ns)
-                .and_then(|mut i| i.services())
-                .map_err(|e| service_error(format!("read IPVS in {ns}: {e}")))?;
-            let conns = ipvs::connections_in(ns)
-                .map_err(|e| service_error(format!("read IPVS connections in {ns}: {e}")))?;
+            // No IPVS to read where nothing uses it (kube-proxy's nftables
+            // mode without an SLB): the kernel need not even have it.
+            let (table, conns) = if lab.uses_ipvs() {
+                let table = ipvs::Ipvs::open_in(ns)
+                    .and_then(|mut i| i.services())
+                    .map_err(|e| service_error(format!("read IPVS in {ns}: {e}")))?;
+                let conns = ipvs::connections_in(ns)
+                    .map_err(|e| service_error(format!("read IPVS connections in {ns}: {e}")))?;
+                (table, conns)
+            } else {
+                (Vec::new(), Vec::new())
+            };
             service_state.push(ServiceState {
                 entity: entity.clone(),
                 conntrack: entries,
