@@ -193,6 +193,48 @@ impl std::fmt::Display for Neighbour {
     }
 }
 
+/// Drop the neighbour entries of one namespace that are still unresolved
+/// or have failed (INCOMPLETE, FAILED), and with them the packets queued
+/// on them: a scenario whose traffic timed out must not hand its queued
+/// request to the next one, delivered when the link it was waiting for
+/// comes back (what a SYN of impair's i3 did to i4). Resolved entries stay,
+/// as a lab in use keeps them (forgetting those too would show the next
+/// scenario's ARP exchanges, a different story than the articles tell).
+/// Entries gone meanwhile (ENOENT) are what was asked.
+pub fn drop_unresolved_neighbours_in(netns: &str) -> std::io::Result<()> {
+    use netlink_packet_route::AddressFamily;
+    use netlink_packet_route::neighbour::NeighbourState;
+    let socket = sys::netlink_socket_in(netns)?;
+    let rt = runtime().map_err(|e| std::io::Error::other(e.to_string()))?;
+    rt.block_on(async {
+        let (conn, handle, _) = rtnetlink::from_socket(sys::tokio_socket(socket));
+        let task = tokio::spawn(conn);
+        let entries: Vec<_> = handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Inet)
+            .execute()
+            .try_collect()
+            .await?;
+        let unresolved = entries.into_iter().filter(|n| {
+            matches!(
+                n.header.state,
+                NeighbourState::Incomplete | NeighbourState::Failed
+            )
+        });
+        for n in unresolved {
+            match handle.neighbours().del(n).execute().await {
+                Err(rtnetlink::Error::NetlinkError(m))
+                    if m.code.is_some_and(|c| c.get() == -nix::libc::ENOENT) => {}
+                r => r?,
+            }
+        }
+        task.abort();
+        Ok::<_, rtnetlink::Error>(())
+    })
+    .map_err(|e| std::io::Error::other(format!("drop unresolved neighbours: {e}")))
+}
+
 /// The neighbour table of one namespace, like `ip -n NETNS neigh show`
 /// (an RTM_GETNEIGH dump of IPv4 and IPv6 entries; the bridge FDB's
 /// AF_BRIDGE entries are not neighbours and are left out).

@@ -273,6 +273,14 @@ pub fn run(
             source,
         })?;
     }
+    // Requests an earlier scenario left queued on an unresolved neighbour
+    // are dropped, so they cannot arrive during this one.
+    for ns in &record.namespaces {
+        observe::drop_unresolved_neighbours_in(&ns.name).map_err(|e| ScenarioError::Services {
+            scenario: sc.name.clone(),
+            message: format!("reset {}: {e}", ns.name),
+        })?;
+    }
     engine::apply_steps(record, &program_steps(lab, &overrides)).map_err(program_error)?;
     if with_services {
         for (_, ns) in &service_ns {
