@@ -317,7 +317,7 @@ fn hostile_plan() -> Plan {
                 learning: Some(false),
                 neigh_suppress: None,
                 isolated: None,
-                hairpin: Some(true),
+                hairpin: None,
             }),
             Action::AddNsRoute(labctl::kernel::route::AddNsRoute {
                 destination: "10.8.0.0/16".parse().unwrap(),
