@@ -904,16 +904,8 @@ impl Applied {
         let (changes, routes, objects) = (&sc.link_changes, &sc.route_changes, &sc.object_changes);
         // The lab as it was brought up: under `up --name` its namespaces
         // carry that name, not the file's.
-        let renamed;
-        let lab = if lab.name == record.lab {
-            lab
-        } else {
-            renamed = Lab {
-                name: record.lab.clone(),
-                ..lab.clone()
-            };
-            &renamed
-        };
+        let named = lab.named(&record.lab);
+        let lab: &Lab = &named;
         let plan = crate::plan::plan(lab);
         let ifaces = Interfaces::of(&plan);
         let targets = targets(lab, &ifaces, changes)?;

@@ -855,6 +855,19 @@ impl From<NsRole> for Role {
 }
 
 impl Lab {
+    /// This lab as brought up under `name` (`up --name`): its namespaces
+    /// carry that name, not the file's. Borrowed when the names agree.
+    pub fn named(&self, name: &str) -> std::borrow::Cow<'_, Lab> {
+        if self.name == name {
+            std::borrow::Cow::Borrowed(self)
+        } else {
+            std::borrow::Cow::Owned(Lab {
+                name: name.to_string(),
+                ..self.clone()
+            })
+        }
+    }
+
     /// Whether the nodes hold kube-proxy's IPVS mode (`kube-ipvs0`, IPVS
     /// virtual services): services under `proxy: ipvs`.
     pub fn uses_kube_ipvs(&self) -> bool {

@@ -237,16 +237,8 @@ pub fn run(
     let mut timings = Timings::default();
     // The lab as it was brought up: under `up --name` its namespaces
     // carry that name, not the file's, and the service steps name them.
-    let renamed;
-    let lab = if lab.name == record.lab {
-        lab
-    } else {
-        renamed = Lab {
-            name: record.lab.clone(),
-            ..lab.clone()
-        };
-        &renamed
-    };
+    let named = lab.named(&record.lab);
+    let lab: &Lab = &named;
     let with_services = !lab.services.is_empty();
     let service_error = |message: String| ScenarioError::Services {
         scenario: sc.name.clone(),
