@@ -193,17 +193,22 @@ impl std::fmt::Display for Neighbour {
     }
 }
 
-/// Drop the neighbour entries of one namespace that are still unresolved
-/// or have failed (INCOMPLETE, FAILED), and with them the packets queued
-/// on them: a scenario whose traffic timed out must not hand its queued
-/// request to the next one, delivered when the link it was waiting for
-/// comes back (what a SYN of impair's i3 did to i4). Resolved entries stay,
-/// as a lab in use keeps them (forgetting those too would show the next
-/// scenario's ARP exchanges, a different story than the articles tell).
-/// Entries gone meanwhile (ENOENT) are what was asked.
-pub fn drop_unresolved_neighbours_in(netns: &str) -> std::io::Result<()> {
+/// Forget what one namespace has learned of its neighbours: every IPv4
+/// entry but the PERMANENT and NOARP ones (which the lab or the kernel
+/// wrote, not learned) is deleted, and with the unresolved ones the
+/// packets queued on them. Each scenario then starts from the neighbour
+/// table `up` left, whatever ran before it: a request an earlier scenario
+/// left queued cannot arrive during this one (what a SYN of impair's i3 did
+/// to i4), and a path that depends on whether an entry is usable (Flannel's
+/// br_netfilter bridges a de-NATed reply straight to the port only with a
+/// cached entry, and otherwise routes it out of cni0) is the same alone as
+/// in a run of the whole file. The addresses in `keep` stay: entries the
+/// topology declares with a state the kernel ages (`reachable`). Entries
+/// gone meanwhile (ENOENT) are what was asked.
+pub fn forget_neighbours_in(netns: &str, keep: &[std::net::Ipv4Addr]) -> std::io::Result<()> {
     use netlink_packet_route::AddressFamily;
     use netlink_packet_route::neighbour::NeighbourState;
+    use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
     let socket = sys::netlink_socket_in(netns)?;
     let rt = runtime().map_err(|e| std::io::Error::other(e.to_string()))?;
     rt.block_on(async {
@@ -216,13 +221,18 @@ pub fn drop_unresolved_neighbours_in(netns: &str) -> std::io::Result<()> {
             .execute()
             .try_collect()
             .await?;
-        let unresolved = entries.into_iter().filter(|n| {
-            matches!(
+        let declared = |n: &netlink_packet_route::neighbour::NeighbourMessage| {
+            n.attributes.iter().any(|a| {
+                matches!(a, NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) if keep.contains(ip))
+            })
+        };
+        let learned = entries.into_iter().filter(|n| {
+            !matches!(
                 n.header.state,
-                NeighbourState::Incomplete | NeighbourState::Failed
-            )
+                NeighbourState::Permanent | NeighbourState::Noarp
+            ) && !declared(n)
         });
-        for n in unresolved {
+        for n in learned {
             match handle.neighbours().del(n).execute().await {
                 Err(rtnetlink::Error::NetlinkError(m))
                     if m.code.is_some_and(|c| c.get() == -nix::libc::ENOENT) => {}
@@ -232,7 +242,7 @@ pub fn drop_unresolved_neighbours_in(netns: &str) -> std::io::Result<()> {
         task.abort();
         Ok::<_, rtnetlink::Error>(())
     })
-    .map_err(|e| std::io::Error::other(format!("drop unresolved neighbours: {e}")))
+    .map_err(|e| std::io::Error::other(format!("forget neighbours: {e}")))
 }
 
 /// The neighbour table of one namespace, like `ip -n NETNS neigh show`

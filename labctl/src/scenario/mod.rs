@@ -265,10 +265,17 @@ pub fn run(
             source,
         })?;
     }
-    // Requests an earlier scenario left queued on an unresolved neighbour
-    // are dropped, so they cannot arrive during this one.
+    // What earlier scenarios taught the neighbour tables (and the requests
+    // they left queued) is forgotten: each starts as if run alone.
     for ns in &record.namespaces {
-        observe::drop_unresolved_neighbours_in(&ns.name).map_err(|e| ScenarioError::Services {
+        let keep: Vec<_> = lab
+            .objects
+            .neighbours
+            .iter()
+            .filter(|n| lab.netns(&n.netns) == ns.name)
+            .map(|n| n.address)
+            .collect();
+        observe::forget_neighbours_in(&ns.name, &keep).map_err(|e| ScenarioError::Services {
             scenario: sc.name.clone(),
             message: format!("reset {}: {e}", ns.name),
         })?;
