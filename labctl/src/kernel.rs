@@ -169,7 +169,7 @@ pub fn wait_links_ready_in(
 pub struct Netlink {
     handles: HashMap<String, Handle>,
     fds: HashMap<String, OwnedFd>,
-    /// Threads used to create namespaces.
+    /// Threads used to create namespaces ([`sys::workers`] unless set).
     pub threads: usize,
     /// The lab's ownership mark, put on every namespace it creates
     /// ([`crate::owner`]).
@@ -180,7 +180,7 @@ impl Netlink {
     /// A kernel that marks every namespace it creates with `mark`.
     pub fn new(mark: String) -> Self {
         Netlink {
-            threads: 4,
+            threads: sys::workers(),
             mark,
             ..Default::default()
         }

@@ -24,6 +24,14 @@ pub fn netns_path(name: &str) -> PathBuf {
     Path::new(NETNS_RUN_DIR).join(name)
 }
 
+/// How many threads work on namespaces at once (creating them, opening
+/// sockets in them): one per core this process may run on. Their work is
+/// nearly all kernel time under global locks (`rtnl`, the mount lock, the
+/// sysctl lock), so threads beyond the cores only wait on each other.
+pub fn workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// Open a named namespace (`/run/netns/NAME`).
 pub fn open_netns(name: &str) -> io::Result<OwnedFd> {
     Ok(File::open(netns_path(name))?.into())
