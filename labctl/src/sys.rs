@@ -159,12 +159,6 @@ pub fn create_netns(
         MsFlags::MS_BIND,
         None::<&str>,
     )?;
-    // No IPv6 in labs (the articles have none): without it no link-local
-    // addresses, router solicitations or MLD reports appear in captures.
-    // Set before any device exists, so `default` covers them all.
-    for conf in ["all", "default"] {
-        let _ = fs::write(format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6"), "1");
-    }
     let fd: OwnedFd = File::open("/proc/thread-self/ns/net")?.into();
     // Many requests are in flight per namespace; room for their answers.
     socket.set_rx_buf_sz(4 << 20)?;

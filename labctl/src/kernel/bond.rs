@@ -17,7 +17,7 @@ use netlink_packet_route::link::BondMode as NlBondMode;
 use rtnetlink::{LinkBond, LinkUnspec};
 use serde::Serialize;
 
-use super::{KernelError, Netlink};
+use super::{KernelError, Made, Netlink};
 use crate::plan::{IfRef, Step, shell_quote as q};
 
 /// `ip link add NAME index N [address MAC] type bond mode MODE [miimon
@@ -66,7 +66,12 @@ impl AddBond {
         if let Some(mac) = &self.mac {
             b = b.address(mac.to_vec());
         }
-        nl.link_add(step, b.build()).await
+        let made = Made {
+            netns: &step.netns,
+            ifindex: self.ifindex,
+            name: &self.name,
+        };
+        nl.link_add(step, b.build(), &[made]).await
     }
 }
 

@@ -19,7 +19,7 @@ use netlink_packet_route::link::BridgeVlanInfoFlags;
 use rtnetlink::{LinkBridge, LinkBridgePort, LinkBridgeVlan};
 use serde::Serialize;
 
-use super::{KernelError, Netlink, fail};
+use super::{KernelError, Made, Netlink, fail};
 use crate::plan::{Step, shell_quote as q};
 
 /// `ip link add NAME index N [address MAC] type bridge mcast_snooping 0
@@ -62,7 +62,12 @@ impl AddVlanBridge {
         if let Some(mac) = &self.mac {
             b = b.address(mac.to_vec());
         }
-        nl.link_add(step, b.build()).await
+        let made = Made {
+            netns: &step.netns,
+            ifindex: self.ifindex,
+            name: &self.name,
+        };
+        nl.link_add(step, b.build(), &[made]).await
     }
 }
 

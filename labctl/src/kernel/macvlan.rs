@@ -18,7 +18,7 @@ use netlink_packet_route::link::{IpVlanMode, MacVlanMode};
 use rtnetlink::{LinkIpVlan, LinkMacVlan};
 use serde::Serialize;
 
-use super::{KernelError, Netlink};
+use super::{KernelError, Made, Netlink};
 use crate::plan::{IfRef, Step, shell_quote as q};
 
 /// The kinds made off a parent device.
@@ -113,6 +113,11 @@ impl AddOffParent {
                 .build()
             }
         };
-        nl.link_add(step, msg).await
+        let made = Made {
+            netns: self.netns.as_deref().unwrap_or(&step.netns),
+            ifindex: index,
+            name: &self.name,
+        };
+        nl.link_add(step, msg, &[made]).await
     }
 }

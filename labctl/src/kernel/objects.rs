@@ -70,7 +70,12 @@ impl Netlink {
                     },
                     None => b.up(),
                 };
-                self.link_add(step, b.build()).await
+                let made = super::Made {
+                    netns: netns.as_deref().unwrap_or(&step.netns),
+                    ifindex: *ifindex,
+                    name,
+                };
+                self.link_add(step, b.build(), &[made]).await
             }
             Action::DelRoute {
                 destination,

@@ -10,7 +10,7 @@ use labctl_topology::format_mac;
 use rtnetlink::{LinkUnspec, LinkVlan};
 use serde::Serialize;
 
-use super::{KernelError, Netlink};
+use super::{KernelError, Made, Netlink};
 use crate::plan::{IfRef, Step, shell_quote as q};
 
 /// `ip link add link PARENT name NAME index N [address MAC] type vlan id
@@ -65,6 +65,11 @@ impl AddVlan {
         if let Some(mac) = &self.mac {
             b = b.address(mac.to_vec());
         }
-        nl.link_add(step, b.build()).await
+        let made = Made {
+            netns: &step.netns,
+            ifindex: self.ifindex,
+            name: &self.name,
+        };
+        nl.link_add(step, b.build(), &[made]).await
     }
 }
