@@ -63,7 +63,7 @@ pub enum EngineError {
     #[error("removing the lab left {} error(s):\n  {}", .0.len(), join(.0))]
     Teardown(Vec<KernelError>),
     #[error(
-        "lab `{lab}` needs about {need} open files (two per namespace) but this process may open only {limit}; raise the hard limit (`ulimit -Hn`, LimitNOFILE= or /etc/security/limits.conf) or build a smaller lab"
+        "lab `{lab}` needs about {need} open files (one per namespace) but this process may open only {limit}; raise the hard limit (`ulimit -Hn`, LimitNOFILE= or /etc/security/limits.conf) or build a smaller lab"
     )]
     FileLimit { lab: String, need: u64, limit: u64 },
 }
@@ -178,9 +178,9 @@ pub fn up(
         source,
     })?;
     let limit = sys::raise_nofile_limit();
-    // A namespace handle and a netlink socket per namespace, and room for
-    // everything else (the runtime, captures, the state file).
-    let need = 2 * plan.namespaces.len() as u64 + 256;
+    // A netlink socket per namespace, and room for everything else (the
+    // runtime, captures, the state file).
+    let need = plan.namespaces.len() as u64 + 256;
     if need > limit {
         return Err(EngineError::FileLimit {
             lab: lab.name.clone(),

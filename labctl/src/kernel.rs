@@ -185,8 +185,10 @@ pub fn wait_links_ready_in(
 /// The real kernel, through rtnetlink.
 #[derive(Default)]
 pub struct Netlink {
+    /// A netlink socket's handle per namespace: the one descriptor held
+    /// per namespace. A namespace's own handle (for a veth peer or a link
+    /// moved into it) is opened by name when needed and closed after.
     handles: HashMap<String, Handle>,
-    fds: HashMap<String, OwnedFd>,
     /// Threads used to create namespaces ([`sys::workers`] unless set).
     pub threads: usize,
     /// The lab's ownership mark, put on every namespace it creates
@@ -208,6 +210,18 @@ impl Netlink {
         self.handles
             .get(netns)
             .ok_or_else(|| KernelError::new(netns, "namespace was not created by this run"))
+    }
+
+    /// A handle on one of this run's namespaces (`/run/netns/NAME`), for a
+    /// link made into it or a thread to enter it. Kept only while the
+    /// request that names it runs: holding one per namespace as well as
+    /// its socket would need two descriptors per namespace, and 10,000
+    /// pods would not fit under a 20,000 open-file limit.
+    fn netns_fd(&self, step: &Step, netns: &str) -> Result<OwnedFd, KernelError> {
+        self.handle(netns)
+            .map_err(|e| KernelError::new(step.to_string(), e.message))?;
+        sys::open_netns(netns)
+            .map_err(|e| KernelError::new(step.to_string(), format!("open netns {netns}: {e}")))
     }
 
     /// Open sockets in namespaces that exist already (a lab that is up),
@@ -234,12 +248,10 @@ impl Netlink {
                 }
             }
             let what = || format!("ip netns exec {name}");
-            let fd = sys::open_netns(name).map_err(|e| KernelError::new(what(), e))?;
             let socket = sys::netlink_socket_in(name).map_err(|e| KernelError::new(what(), e))?;
             let (conn, handle, _) = rtnetlink::from_socket(sys::tokio_socket(socket));
             tokio::spawn(conn);
             self.handles.insert(name.clone(), handle);
-            self.fds.insert(name.clone(), fd);
         }
         Ok(())
     }
@@ -488,8 +500,7 @@ impl Kernel for Netlink {
                 Ok(Created(ns)) => {
                     let (conn, handle, _) = rtnetlink::from_socket(sys::tokio_socket(ns.socket));
                     tokio::spawn(conn);
-                    self.handles.insert(ns.name.clone(), handle);
-                    self.fds.insert(ns.name, ns.fd);
+                    self.handles.insert(ns.name, handle);
                 }
                 Err(e) => errors.push(e),
             }
@@ -564,10 +575,9 @@ impl Kernel for Netlink {
                 peer_ifindex,
                 peer_mac,
             } => {
-                let peer_fd = self
-                    .fds
-                    .get(peer_netns)
-                    .ok_or_else(|| KernelError::new(step.to_string(), "peer namespace missing"))?;
+                // Open until the kernel has the request: the number goes
+                // in the message.
+                let peer_fd = self.netns_fd(step, peer_netns)?;
                 let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
                     .name(peer_name.clone())
                     .index(*peer_ifindex)
@@ -598,7 +608,9 @@ impl Kernel for Netlink {
                         name: peer_name,
                     },
                 ];
-                self.link_add(step, b.build(), &made).await
+                let done = self.link_add(step, b.build(), &made).await;
+                drop(peer_fd);
+                done
             }
             Action::AddDummy { name, ifindex } => {
                 let msg = LinkDummy::new(name).index(*ifindex).up().build();
@@ -616,13 +628,13 @@ impl Kernel for Netlink {
                 netns,
             } => {
                 let mut b = LinkIpVlan::new(name, parent.ifindex, IpVlanMode::L2).index(*ifindex);
+                // Open until the kernel has the request.
+                let mut target_fd = None;
                 b = match netns {
                     // Made here, off the node's ENI, living in the pod.
                     Some(target) => {
-                        let fd = self.fds.get(target).ok_or_else(|| {
-                            KernelError::new(step.to_string(), "pod namespace missing")
-                        })?;
-                        b.setns_by_fd(fd.as_raw_fd())
+                        target_fd = Some(self.netns_fd(step, target)?);
+                        b.setns_by_fd(target_fd.as_ref().map_or(-1, |fd| fd.as_raw_fd()))
                     }
                     None => b.up(),
                 };
@@ -631,7 +643,9 @@ impl Kernel for Netlink {
                     ifindex: *ifindex,
                     name,
                 };
-                self.link_add(step, b.build(), &[made]).await
+                let done = self.link_add(step, b.build(), &[made]).await;
+                drop(target_fd);
+                done
             }
             Action::BpfLoad { .. }
             | Action::BpfAttach { .. }
@@ -778,15 +792,9 @@ impl Kernel for Netlink {
                 self.link_set(step, msg).await
             }
             Action::Sysctl { key, value } => {
-                let fd = self
-                    .fds
-                    .get(&step.netns)
-                    .ok_or_else(|| KernelError::new(step.to_string(), "namespace missing"))?;
                 // Entering a namespace is for a thread of our own, never a
                 // runtime thread.
-                let fd = fd
-                    .try_clone()
-                    .map_err(|e| KernelError::new(step.to_string(), e))?;
+                let fd = self.netns_fd(step, &step.netns)?;
                 let (key, value) = (key.clone(), value.clone());
                 tokio::task::spawn_blocking(move || sys::write_sysctl_in(fd, &key, &value))
                     .await
@@ -798,12 +806,9 @@ impl Kernel for Netlink {
 
     async fn sysctl(&self, netns: &str, key: &str) -> Result<String, KernelError> {
         let what = format!("ip netns exec {netns} sysctl -n {key}");
-        let fd = self
-            .fds
-            .get(netns)
-            .ok_or_else(|| KernelError::new(what.clone(), "namespace missing"))?
-            .try_clone()
-            .map_err(|e| KernelError::new(what.clone(), e))?;
+        self.handle(netns)
+            .map_err(|e| KernelError::new(what.clone(), e.message))?;
+        let fd = sys::open_netns(netns).map_err(|e| KernelError::new(what.clone(), e))?;
         let key = key.to_string();
         tokio::task::spawn_blocking(move || sys::read_sysctl_in(fd, &key))
             .await

@@ -116,11 +116,10 @@ pub fn prepare_run_dir() -> io::Result<()> {
 /// ([`crate::owner`]).
 pub const PLACEHOLDER_MODE: u32 = 0o444;
 
-/// A namespace just created, with what the executor keeps of it.
+/// A namespace just created, with what the executor keeps of it: one
+/// descriptor, its socket.
 pub struct NewNetns {
     pub name: String,
-    /// Handle on the namespace (for moving veth peers into it).
-    pub fd: OwnedFd,
     /// A NETLINK_ROUTE socket bound inside the namespace.
     pub socket: netlink_sys::Socket,
 }
@@ -159,12 +158,10 @@ pub fn create_netns(
         MsFlags::MS_BIND,
         None::<&str>,
     )?;
-    let fd: OwnedFd = File::open("/proc/thread-self/ns/net")?.into();
     // Many requests are in flight per namespace; room for their answers.
     socket.set_rx_buf_sz(4 << 20)?;
     Ok(NewNetns {
         name: name.to_string(),
-        fd,
         socket,
     })
 }
@@ -367,9 +364,10 @@ pub fn tokio_socket(socket: netlink_sys::Socket) -> netlink_sys::TokioSocket {
     unsafe { netlink_sys::TokioSocket::from_raw_fd(fd) }
 }
 
-/// Raise the open-file limit to its hard maximum: a big lab keeps a namespace
-/// handle and a netlink socket per namespace open. Returns the limit now in
-/// force.
+/// Raise the open-file limit to its hard maximum: a big lab keeps a netlink
+/// socket per namespace open while it is built, and `down` holds each
+/// namespace for a moment. Only this process's soft limit changes. Returns
+/// the limit now in force.
 pub fn raise_nofile_limit() -> u64 {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     match getrlimit(Resource::RLIMIT_NOFILE) {

@@ -70,15 +70,12 @@ impl AddOffParent {
     }
 
     pub(super) async fn apply(&self, nl: &Netlink, step: &Step) -> Result<(), KernelError> {
-        let fd = match &self.netns {
-            Some(target) => Some(
-                nl.fds
-                    .get(target)
-                    .ok_or_else(|| KernelError::new(step.to_string(), "namespace missing"))?
-                    .as_raw_fd(),
-            ),
+        // Open until the kernel has the request: the number goes in it.
+        let target_fd = match &self.netns {
+            Some(target) => Some(nl.netns_fd(step, target)?),
             None => None,
         };
+        let fd = target_fd.as_ref().map(|fd| fd.as_raw_fd());
         let (parent, index) = (self.parent.ifindex, self.ifindex);
         let mac = self.mac.map(|m| m.to_vec());
         // The two builders are different types: each finished here.
@@ -118,6 +115,8 @@ impl AddOffParent {
             ifindex: index,
             name: &self.name,
         };
-        nl.link_add(step, msg, &[made]).await
+        let done = nl.link_add(step, msg, &[made]).await;
+        drop(target_fd);
+        done
     }
 }

@@ -61,13 +61,14 @@ impl Netlink {
                 if let Some(mac) = mac {
                     b = b.address(mac.to_vec());
                 }
-                b = match netns {
-                    Some(target) => match self.fds.get(target) {
-                        Some(fd) => b.setns_by_fd(fd.as_raw_fd()),
-                        None => {
-                            return Err(KernelError::new(step.to_string(), "namespace missing"));
-                        }
-                    },
+                // Open until the kernel has the request: the number goes
+                // in it.
+                let target_fd = match netns {
+                    Some(target) => Some(self.netns_fd(step, target)?),
+                    None => None,
+                };
+                b = match &target_fd {
+                    Some(fd) => b.setns_by_fd(fd.as_raw_fd()),
                     None => b.up(),
                 };
                 let made = super::Made {
@@ -75,7 +76,9 @@ impl Netlink {
                     ifindex: *ifindex,
                     name,
                 };
-                self.link_add(step, b.build(), &[made]).await
+                let done = self.link_add(step, b.build(), &[made]).await;
+                drop(target_fd);
+                done
             }
             Action::DelRoute {
                 destination,
