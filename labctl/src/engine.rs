@@ -179,7 +179,7 @@ pub fn up(
     })?;
     let limit = sys::raise_nofile_limit();
     // A netlink socket per namespace, and room for everything else (the
-    // runtime, captures, the state file).
+    // runtime, the workers' placeholder files, captures, the state file).
     let need = plan.namespaces.len() as u64 + 256;
     if need > limit {
         return Err(EngineError::FileLimit {

@@ -471,13 +471,14 @@ impl Kernel for Netlink {
                 .chunks(chunk)
                 .map(|part| {
                     s.spawn(move || {
+                        let mut placeholders = sys::Placeholders::default();
                         part.iter()
                             .enumerate()
                             .map(|(i, ns)| {
                                 if i == part.len() / 2 {
                                     crate::fault::fault_point("half-namespaces");
                                 }
-                                sys::create_netns(&ns.name, mark, |socket| {
+                                sys::create_netns(&ns.name, mark, &mut placeholders, |socket| {
                                     crate::owner::set_loopback_alias(socket, mark)
                                 })
                                 .map(Created)
