@@ -429,17 +429,18 @@ pub struct Teardown {
 /// Only namespaces carrying the lab's mark are touched ([`crate::owner`]):
 /// a name someone else took meanwhile is left, and said so.
 fn teardown(record: &LabState) -> Teardown {
-    use crate::owner::{Owner, netns_owner};
+    use crate::owner::{Owner, netns_owners};
     let mark = record.mark();
     let mut out = Teardown::default();
     let mut ours = Vec::new();
-    for ns in &record.namespaces {
-        match netns_owner(&ns.name, &mark) {
+    let names: Vec<&str> = record.namespaces.iter().map(|n| n.name.as_str()).collect();
+    for (name, owner) in names.iter().zip(netns_owners(&names, &mark)) {
+        match owner {
             Owner::Gone => {}
-            Owner::Ours => ours.push(ns.name.as_str()),
+            Owner::Ours => ours.push(*name),
             Owner::Foreign(why) => out
                 .left
-                .push(format!("namespace `{}` left alone: {why}", ns.name)),
+                .push(format!("namespace `{name}` left alone: {why}")),
         }
     }
     // Identities outlive names: the sweep after the deletion finds a
