@@ -63,6 +63,13 @@ pub enum EngineError {
     #[error("removing the lab left {} error(s):\n  {}", .0.len(), join(.0))]
     Teardown(Vec<KernelError>),
     #[error(
+        "lab `{lab}` is down, but {source}: something outside the lab holds them (a process that entered one, a socket still closing); the kernel frees them when it lets go"
+    )]
+    NotReleased {
+        lab: String,
+        source: crate::release::WaitError,
+    },
+    #[error(
         "lab `{lab}` needs about {need} open files (one per namespace) but this process may open only {limit}; raise the hard limit (`ulimit -Hn`, LimitNOFILE= or /etc/security/limits.conf) or build a smaller lab"
     )]
     FileLimit { lab: String, need: u64, limit: u64 },
@@ -341,6 +348,9 @@ pub struct DownReport {
     /// What was left alone, and why (not the lab's, or a VM that did not
     /// answer and was stopped by force).
     pub left: Vec<String>,
+    /// With a wait: how long the kernel took to release the namespaces
+    /// after they were let go.
+    pub released: Option<Duration>,
 }
 
 /// How long `down` waits for `labctl down` inside a lab's VM.
@@ -349,8 +359,11 @@ const VM_DOWN_DEADLINE: Duration = Duration::from_secs(120);
 const VM_GRACE: Duration = Duration::from_secs(15);
 
 /// Remove a lab: every process inside it and every namespace its state
-/// lists that carries the lab's mark, then the state itself.
-pub fn down(lab: &str) -> Result<DownReport, EngineError> {
+/// lists that carries the lab's mark, then the state itself. With `wait`,
+/// then wait up to that long until the kernel has released those
+/// namespaces ([`crate::release`]), not only queued them; a lab in a VM
+/// has none on the host to wait for.
+pub fn down(lab: &str, wait: Option<Duration>) -> Result<DownReport, EngineError> {
     if !sys::is_root() {
         return Err(EngineError::NotRoot);
     }
@@ -379,25 +392,59 @@ pub fn down(lab: &str) -> Result<DownReport, EngineError> {
         }
         left.extend(vm.stop(&record.mark(), grace, false));
         state::remove(lab)?;
-        return Ok(DownReport { removed: 0, left });
+        return Ok(DownReport {
+            removed: 0,
+            left,
+            released: None,
+        });
     }
-    let t = teardown(&record);
+    let mut t = teardown(&record);
+    // Ids for the namespaces while they are still held: after, a freed one
+    // cannot be named.
+    let watch = wait.map(|_| watch(&t.held));
+    let let_go = Instant::now();
+    drop(std::mem::take(&mut t.held));
     left.extend(t.left);
     if !t.errors.is_empty() {
         return Err(EngineError::Teardown(t.errors));
     }
     let _ = std::fs::remove_file(serve::log_path(lab));
     state::remove(lab)?;
+    let released = match (watch, wait) {
+        (Some(watch), Some(limit)) => {
+            watch
+                .and_then(|w| w.wait(limit))
+                .map_err(|source| EngineError::NotReleased {
+                    lab: lab.to_string(),
+                    source,
+                })?;
+            Some(let_go.elapsed())
+        }
+        _ => None,
+    };
     Ok(DownReport {
         removed: t.removed,
         left,
+        released,
     })
+}
+
+/// A [`crate::release::Watch`] holding an id for each namespace in `held`.
+fn watch(
+    held: &[std::os::fd::OwnedFd],
+) -> Result<crate::release::Watch, crate::release::WaitError> {
+    let mut watch = crate::release::Watch::new()?;
+    for ns in held {
+        watch.add(ns)?;
+    }
+    Ok(watch)
 }
 
 /// Undo a failed `up`: tear down what is the lab's, and forget the lab
 /// unless something of it survived.
 fn rollback(record: &LabState) -> Box<Rollback> {
-    let teardown = teardown(record);
+    let mut teardown = teardown(record);
+    teardown.held.clear();
     let kept = !teardown.errors.is_empty();
     if !kept {
         let _ = std::fs::remove_file(serve::log_path(&record.lab));
@@ -417,6 +464,9 @@ pub struct Teardown {
     pub errors: Vec<KernelError>,
     /// Names the record lists that are not the lab's, and why.
     pub left: Vec<String>,
+    /// A handle on each namespace removed, which keeps the kernel from
+    /// freeing it: dropping them lets the kernel release the namespaces.
+    pub held: Vec<std::os::fd::OwnedFd>,
 }
 
 /// Kill every process in the lab's namespaces (the built-in servers, a
@@ -476,7 +526,7 @@ fn teardown(record: &LabState) -> Teardown {
         }
     }
     out.errors.extend(kill_processes(&ids));
-    drop(held);
+    out.held = held;
     out
 }
 

@@ -227,6 +227,26 @@ pub fn in_netns<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> io::Result
     })
 }
 
+/// Run `f` on a short-lived thread of our own inside a new, unnamed
+/// network namespace, like `unshare -n`; the thread returns to where it
+/// was and ends. The namespace lives on only while something `f` returns
+/// holds it (a socket opened inside, [`open_own_netns`]'s handle).
+pub fn in_new_netns<T: Send>(f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let _back = NetnsGuard::unshare()?;
+            f()
+        })
+        .join()
+        .unwrap_or_else(|_| panic!("thread inside a new network namespace panicked"))
+    })
+}
+
+/// A handle on the calling thread's network namespace.
+pub fn open_own_netns() -> io::Result<OwnedFd> {
+    Ok(File::open("/proc/thread-self/ns/net")?.into())
+}
+
 /// Open a NETLINK_ROUTE socket inside an existing named namespace.
 pub fn netlink_socket_in(name: &str) -> io::Result<netlink_sys::Socket> {
     in_netns(name, || {
