@@ -104,6 +104,13 @@ impl Watch {
     pub fn wait(mut self, limit: Duration) -> Result<(), WaitError> {
         let deadline = Instant::now() + limit;
         self.until_empty(deadline, limit)?;
+        self.sentinel(deadline, limit)
+    }
+
+    /// Give a new namespace of our own an id, let it go and wait until its
+    /// cleanup has begun: every namespace let go before has had its
+    /// cleanup begin too (in the same `cleanup_net` or an earlier one).
+    fn sentinel(&mut self, deadline: Instant, limit: Duration) -> Result<(), WaitError> {
         let sentinel = sys::in_new_netns(sys::open_own_netns)?;
         self.add(&sentinel)?;
         drop(sentinel);
@@ -138,4 +145,17 @@ impl Watch {
             wire::Failure::Reply(r) => io::Error::other(r),
         })
     }
+}
+
+/// Wait, up to `limit`, until the kernel has released every namespace let
+/// go before this call, when nothing else holds any of them (what is held
+/// is not queued, and this cannot see it): a sentinel's cleanup begun
+/// means theirs have, a second one's that theirs have ended. For
+/// namespaces removed by someone else, such as the `ip netns delete`s of a
+/// benchmark's baseline; `down` knows its own and uses [`Watch`].
+pub fn wait_let_go(limit: Duration) -> Result<(), WaitError> {
+    let deadline = Instant::now() + limit;
+    let mut watch = Watch::new()?;
+    watch.sentinel(deadline, limit)?;
+    watch.sentinel(deadline, limit)
 }
