@@ -62,9 +62,7 @@ pub enum EngineError {
     Steps(Vec<KernelError>),
     #[error("removing the lab left {} error(s):\n  {}", .0.len(), join(.0))]
     Teardown(Vec<KernelError>),
-    #[error(
-        "lab `{lab}` is down, but {source}: something outside the lab holds them (a process that entered one, a socket still closing); the kernel frees them when it lets go"
-    )]
+    #[error("lab `{lab}` is down, but {source}")]
     NotReleased {
         lab: String,
         source: crate::release::WaitError,

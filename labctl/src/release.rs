@@ -54,9 +54,13 @@ pub struct Watch {
 /// Why a wait ended without every namespace released.
 #[derive(Debug, thiserror::Error)]
 pub enum WaitError {
-    #[error("{left} namespace(s) still not released by the kernel after {limit:?}")]
+    #[error(
+        "{left} of its namespaces still not released by the kernel after {limit:?}: something outside the lab holds them (a process that entered one, a socket still closing), and the kernel frees them when it lets go"
+    )]
     Timeout { left: usize, limit: Duration },
-    #[error("{0}")]
+    #[error("the kernel was still cleaning up after its namespaces {limit:?} later")]
+    Cleanup { limit: Duration },
+    #[error("their release by the kernel could not be watched: {0}")]
     Io(#[from] io::Error),
 }
 
@@ -114,7 +118,10 @@ impl Watch {
         let sentinel = sys::in_new_netns(sys::open_own_netns)?;
         self.add(&sentinel)?;
         drop(sentinel);
-        self.until_empty(deadline, limit)
+        self.until_empty(deadline, limit).map_err(|e| match e {
+            WaitError::Timeout { limit, .. } => WaitError::Cleanup { limit },
+            e => e,
+        })
     }
 
     fn until_empty(&mut self, deadline: Instant, limit: Duration) -> Result<(), WaitError> {
