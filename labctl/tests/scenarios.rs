@@ -104,6 +104,7 @@ const VARIANTS: &[(&str, &[&str])] = &[
     ("cilium-host-routing", &["redirect=peer"]),
     ("flannel", &["proxy=nftables"]),
     ("flannel", &["kube_proxy=1.35"]),
+    ("flannel", &["backend=vxlan"]),
 ];
 
 fn var_map(vars: &[&str]) -> BTreeMap<String, String> {
