@@ -29,8 +29,8 @@ use rtnetlink::{
     RouteMessageBuilder,
 };
 
-use crate::plan::{Action, NsSpec, Step};
 use crate::sys;
+use step::{Action, NsSpec, Step};
 
 pub mod bond;
 pub mod bridge;
@@ -40,6 +40,7 @@ pub mod macvlan;
 pub mod nft;
 mod objects;
 pub mod route;
+pub mod step;
 pub mod vlan;
 
 /// A kernel action that failed, with its iproute2 equivalent.
