@@ -262,8 +262,8 @@ fn alone(v: &ScenarioView, status: Status) -> Entry {
 
 fn request(v: &ScenarioView) -> String {
     match &v.traffic {
-        Some(t) => format!("{} -> {} ({t})", v.from, v.to),
-        None => format!("{} -> {}", v.from, v.to),
+        Some(t) => format!("{} -> {} ({t})", v.sender(), v.to),
+        None => format!("{} -> {}", v.sender(), v.to),
     }
 }
 
@@ -994,6 +994,7 @@ mod tests {
             scenario: "s".into(),
             description: None,
             from: "a".into(),
+            source: Some(Ipv4Addr::new(10, 0, 0, 1)),
             to: "10.0.0.2:80".into(),
             traffic: labctl_topology::Traffic::Http,
             result: Some(labctl_topology::ResultKind::Connected),
@@ -1026,6 +1027,7 @@ mod tests {
         assert_eq!(v.traffic.as_deref(), Some("http"));
         assert_eq!(v.result.as_deref(), Some("connected"));
         assert_eq!(v.server_saw_client.as_deref(), Some("10.0.0.1"));
+        assert_eq!(request(&v), "a (10.0.0.1) -> 10.0.0.2:80 (http)");
         assert_eq!((v.stacks, v.hops.len(), v.table.len()), (2, 1, 1));
         assert_eq!(
             (v.conntrack.len(), v.ipvs.len(), v.translations.len()),

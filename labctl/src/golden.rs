@@ -237,6 +237,7 @@ mod tests {
             scenario: "s1".into(),
             description: None,
             from: "centos".into(),
+            source: None,
             to: "172.23.96.24".into(),
             traffic: labctl_topology::Traffic::Icmp,
             result: Some(labctl_topology::ResultKind::Connected),
@@ -314,6 +315,31 @@ mod tests {
         assert_eq!(check(&mut r, &missing), Golden::Missing);
         assert!(r.passed);
         assert_eq!(r.checks.len(), 1);
+    }
+
+    /// A chosen source address shows beside the sender, in the golden
+    /// text and the report; without one both read as they always did.
+    #[test]
+    fn the_sender_shows_its_source_address_only_when_chosen() {
+        let mut r = passing_report();
+        assert!(
+            r.golden().contains("\nfrom: centos\nto: "),
+            "{}",
+            r.golden()
+        );
+        assert!(r.render().contains("\n  centos -> 172.23.96.24 (icmp)"));
+        r.source = Some(std::net::Ipv4Addr::new(172, 23, 96, 1));
+        assert!(
+            r.golden().contains("\nfrom: centos (172.23.96.1)\nto: "),
+            "{}",
+            r.golden()
+        );
+        assert!(
+            r.render()
+                .contains("\n  centos (172.23.96.1) -> 172.23.96.24 (icmp)"),
+            "{}",
+            r.render()
+        );
     }
 
     /// A failed expectation stays failed whatever the golden file says.

@@ -28,6 +28,9 @@ pub struct ScenarioView {
     #[serde(default)]
     pub description: Option<String>,
     pub from: String,
+    /// The address the client sent from, when the scenario chose it.
+    #[serde(default)]
+    pub source: Option<String>,
     pub to: String,
     /// `icmp`, `tcp`, `http` or `udp`.
     #[serde(default)]
@@ -69,6 +72,15 @@ pub struct ScenarioView {
 }
 
 impl ScenarioView {
+    /// The sender with the address it sent from, if chosen:
+    /// `node-180 (10.0.0.180)`, as the report says it.
+    pub fn sender(&self) -> String {
+        match &self.source {
+            Some(a) => format!("{} ({a})", self.from),
+            None => self.from.clone(),
+        }
+    }
+
     /// Whether the request reached its destination.
     pub fn delivered(&self) -> bool {
         self.result.as_deref() == Some("connected")
@@ -255,7 +267,7 @@ fn scenario(h: &mut String, i: usize, graph: &Graph, e: &Entry) {
     let _ = writeln!(
         h,
         "<p><code>{}</code> → <code>{}</code>: {}{}</p>",
-        escape(&v.from),
+        escape(&v.sender()),
         escape(&v.to),
         escape(&v.detail),
         v.served_by

@@ -47,8 +47,8 @@ use rtnetlink::{
     RouteMessageBuilder,
 };
 
-use crate::plan::{Action, NsSpec, Step};
 use crate::sys;
+use step::{Action, NsSpec, Step};
 
 pub mod bond;
 pub mod bridge;
@@ -58,6 +58,7 @@ pub mod macvlan;
 pub mod nft;
 mod objects;
 pub mod route;
+pub mod step;
 pub mod vlan;
 
 /// A kernel action that failed, with its iproute2 equivalent.
@@ -365,7 +366,7 @@ impl Netlink {
                 KernelError::new(
                     format!(
                         "ip -n {} -6 addr del ::1/128 dev lo",
-                        crate::plan::shell_quote(&step.netns)
+                        step::shell_quote(&step.netns)
                     ),
                     netlink_message(e),
                 )
@@ -390,8 +391,8 @@ impl Netlink {
         let what = || {
             format!(
                 "ip -n {} link set {} addrgenmode none",
-                crate::plan::shell_quote(link.netns),
-                crate::plan::shell_quote(link.name)
+                step::shell_quote(link.netns),
+                step::shell_quote(link.name)
             )
         };
         match self.handle(link.netns) {

@@ -17,8 +17,10 @@
 //! node ports), and its iptables rules as one nftables table: traffic to a
 //! ClusterIP from outside the pod network, to an external or load balancer
 //! address, or to a node port is marked `0x4000` and masqueraded on its way
-//! out, except under `Local` policy. `net.ipv4.vs.conntrack = 1` keeps the
-//! IPVS-translated flows in conntrack (as kube-proxy sets it), and
+//! out, except under `Local` policy; a new connection to a service address
+//! on a port no service has is rejected (KUBE-IPVS-FILTER), and traffic
+//! from loopback addresses is left alone. `net.ipv4.vs.conntrack = 1` keeps
+//! the IPVS-translated flows in conntrack (as kube-proxy sets it), and
 //! `net.bridge.bridge-nf-call-iptables = 1` sends bridged pod traffic
 //! through those hooks, so a reply from a backend on the same bridge is
 //! translated back.
@@ -243,8 +245,9 @@ pub(crate) fn l4(p: Protocol) -> &'static str {
     }
 }
 
-/// kube-proxy's IPVS-mode iptables rules on `node` (masquerading), as an
-/// `nft -f` script that replaces the `ip kube-proxy` table.
+/// kube-proxy's IPVS-mode iptables rules on `node` (masquerading and the
+/// access filter of the service addresses), as an `nft -f` script that
+/// replaces the `ip kube-proxy` table.
 pub fn node_ruleset(lab: &Lab, services: &[Service], node: &Node) -> String {
     let pod_cidrs: BTreeSet<String> = lab
         .nodes
@@ -252,7 +255,9 @@ pub fn node_ruleset(lab: &Lab, services: &[Service], node: &Node) -> String {
         .filter_map(|n| n.pod_cidr)
         .map(|c| c.to_string())
         .collect();
-    let mut rules = String::new();
+    // KUBE-SERVICES' first rule: "Dismiss connects to localhost early in
+    // the service chain" (loopback is never a node port address either).
+    let mut rules = String::from("\t\tip saddr 127.0.0.0/8 return\n");
     for svc in services {
         let cluster = svc.external_traffic_policy == TrafficPolicy::Cluster;
         for port in &svc.ports {
@@ -336,6 +341,7 @@ pub fn node_ruleset(lab: &Lab, services: &[Service], node: &Node) -> String {
     } else {
         "\t\tip daddr . meta l4proto . th dport . ip saddr @loop-back masquerade\n"
     };
+    let ipvs_filter = ipvs_filter(services);
     replace_table(
         "ip kube-proxy",
         &format!(
@@ -358,7 +364,50 @@ pub fn node_ruleset(lab: &Lab, services: &[Service], node: &Node) -> String {
          \t\ttype nat hook postrouting priority 100; policy accept;\n\
          {loop_back_rule}\
          \t\tmeta mark & {MASQUERADE_MARK:#010x} == {MASQUERADE_MARK:#010x} masquerade\n\
-         \t}}\n"
+         \t}}\n\
+         {ipvs_filter}"
+        ),
+    )
+}
+
+/// KUBE-IPVS-FILTER (kubernetes#72236): a new connection to an address on
+/// kube-ipvs0 is rejected (ICMP port unreachable) unless it is for one of
+/// the services' address, protocol and port, so a service address opens no
+/// other port of the node. In the filter table's INPUT, ahead of IPVS.
+fn ipvs_filter(services: &[Service]) -> String {
+    let ips: BTreeSet<Ipv4Addr> = services.iter().flat_map(|s| s.addresses()).collect();
+    let mut ports = BTreeSet::new();
+    for svc in services {
+        for port in &svc.ports {
+            for a in svc.addresses() {
+                ports.insert((a, l4(port.protocol), port.port));
+            }
+        }
+    }
+    if ips.is_empty() {
+        return String::new();
+    }
+    let join = |v: Vec<String>| v.join(", ");
+    format!(
+        "\tset ipvs-ips {{\n\
+         \t\ttype ipv4_addr\n\
+         \t\telements = {{ {} }}\n\
+         \t}}\n\
+         \tset service-ports {{\n\
+         \t\ttype ipv4_addr . inet_proto . inet_service\n\
+         \t\telements = {{ {} }}\n\
+         \t}}\n\
+         \tchain ipvs-filter {{\n\
+         \t\ttype filter hook input priority filter; policy accept;\n\
+         \t\tip daddr . meta l4proto . th dport @service-ports return\n\
+         \t\tct state new ip daddr @ipvs-ips reject\n\
+         \t}}\n",
+        join(ips.iter().map(|a| a.to_string()).collect()),
+        join(
+            ports
+                .into_iter()
+                .map(|(a, proto, port)| format!("{a} . {proto} . {port}"))
+                .collect()
         ),
     )
 }
@@ -577,12 +626,35 @@ mod tests {
         // Cluster policy: external IP, load balancer IP and node port marked.
         assert!(rules.contains("ip daddr 8.219.164.24 tcp dport 80 jump mark-for-masquerade"));
         assert!(rules.contains("fib daddr type local tcp dport 30875 jump mark-for-masquerade"));
-        // Local policy: nothing for nginx1's SLB address or node port.
-        assert!(!rules.contains("8.219.164.113"));
-        assert!(!rules.contains("32580"));
+        // Local policy: no mark for nginx1's SLB address or node port.
+        let chain = rules
+            .split("chain services {")
+            .nth(1)
+            .and_then(|r| r.split("\n\t}\n").next())
+            .unwrap();
+        assert!(!chain.contains("8.219.164.113"), "{chain}");
+        assert!(!chain.contains("32580"));
+        assert!(chain.contains("30875"), "{chain}");
         // ClusterIPs only from outside the pod network.
         assert!(rules.contains("ip daddr 192.168.13.23 tcp dport 80 ip saddr != { 172.23.96.0/26"));
         assert!(rules.contains("meta mark & 0x00004000 == 0x00004000 masquerade"));
+    }
+
+    #[test]
+    fn ipvs_filter_rejects_other_ports_of_service_addresses() {
+        let lab = flannel();
+        let services = effective(&lab, &[]);
+        let rules = node_ruleset(&lab, &services, lab.node("node-180").unwrap());
+        // Every address on kube-ipvs0, and each with its services' ports.
+        assert!(
+            rules.contains("elements = { 8.219.164.24, 8.219.164.113, 8.219.164.114,"),
+            "{rules}"
+        );
+        assert!(rules.contains("192.168.13.23 . tcp . 80, 192.168.13.24 . tcp . 80"));
+        assert!(rules.contains("ip daddr . meta l4proto . th dport @service-ports return"));
+        assert!(rules.contains("ct state new ip daddr @ipvs-ips reject"));
+        // Loopback sources are never a service's.
+        assert!(rules.contains("chain services {\n\t\tip saddr 127.0.0.0/8 return\n"));
     }
 
     fn flannel_with(vars: &[(&str, &str)]) -> Lab {

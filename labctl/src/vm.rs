@@ -6,7 +6,7 @@
 //! The VM stays up in the background for as long as the lab is up. Inside
 //! it `labctl __agent DIR` serves two ways in. Sessions ([`Vm::session`]:
 //! `exec`, `monitor`, `status`) go over virtio-serial ports
-//! ([`crate::channel`]): stdin, a terminal, output as it comes, signals and
+//! ([`channel`]): stdin, a terminal, output as it comes, signals and
 //! the exit code, live. Requests ([`Vm::call`]: `up`, `run`, `down`) keep
 //! the file protocol in DIR, a host directory the VM may write
 //! (virtme-ng's `--rwdir`): the host drops `ID.req` (a JSON argv), the
@@ -26,6 +26,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+
+pub mod channel;
 
 /// Why the VM runtime could not do something.
 #[derive(Debug, thiserror::Error)]
@@ -318,7 +320,7 @@ pub fn start(
     cmd.args(["--run", &kernel.release, "--force-9p", "--memory", "1G"])
         .args(["--cpus", "2"])
         .arg(format!("--rwdir={}", dir.display()));
-    if let Some(ports) = crate::channel::qemu_args(&dir) {
+    if let Some(ports) = channel::qemu_args(&dir) {
         cmd.arg(format!("--qemu-opts={ports}"));
     }
     cmd.arg("--exec")
@@ -391,7 +393,7 @@ impl Reply {
     }
 }
 
-pub use crate::channel::Mode;
+pub use channel::Mode;
 
 #[derive(Serialize, Deserialize)]
 struct Request {
@@ -419,8 +421,8 @@ impl Vm {
                 detail: "the directory does not carry labctl's mark; `labctl down` the lab".into(),
             });
         }
-        match crate::channel::connect(&self.dir, agent_wait())? {
-            Some(port) => crate::channel::run(port, argv, mode, deadline, agent_wait(), &log),
+        match channel::connect(&self.dir, agent_wait())? {
+            Some(port) => channel::run(port, argv, mode, deadline, agent_wait(), &log),
             None => {
                 let reply = self.call(argv, deadline.unwrap_or(Duration::from_secs(86_400)))?;
                 if mode == Mode::Capture {
@@ -594,10 +596,10 @@ pub fn kill_group(pid: u32) {
 /// side by side.
 pub fn agent(dir: &Path) -> io::Result<()> {
     let exe = std::env::current_exe()?;
-    for port in crate::channel::guest_ports() {
+    for port in channel::guest_ports() {
         let exe = exe.clone();
         std::thread::spawn(move || {
-            if let Err(e) = crate::channel::serve(&port, &exe) {
+            if let Err(e) = channel::serve(&port, &exe) {
                 eprintln!("labctl agent: {}: {e}", port.display());
             }
         });

@@ -89,6 +89,17 @@ const TOPOLOGIES: &[Topology] = &[
         ],
     },
     Topology {
+        stem: "flannel",
+        vars: &[("backend", "vxlan"), ("services", "off")],
+        wants: &[
+            "## node-180\n",
+            "vxlan id 1 local 10.0.0.180 dev eth0",
+            "172.23.96.128/26 via 172.23.96.128 dev flannel.1",
+            "172.23.96.128 dev flannel.1 lladdr 0e:6e:00:00:00:ce PERMANENT",
+            "0e:6e:00:00:00:ce dev flannel.1 dst 10.0.1.206",
+        ],
+    },
+    Topology {
         stem: "kube-proxy-nftables",
         vars: &[],
         wants: &[
@@ -188,8 +199,19 @@ fn path(stem: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../topologies/{stem}.yaml"))
 }
 
+/// `script_builds_what_up_builds::STEM`, with `[k=v,...]` for a variant
+/// (as the scenarios suite names them), so each can be run alone.
 fn trial_name(t: &Topology) -> String {
-    format!("script_builds_what_up_builds::{}", t.stem)
+    let vars: Vec<String> = t.vars.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if vars.is_empty() {
+        format!("script_builds_what_up_builds::{}", t.stem)
+    } else {
+        format!(
+            "script_builds_what_up_builds::{}[{}]",
+            t.stem,
+            vars.join(",")
+        )
+    }
 }
 
 /// `--var k=v` for each of `t`'s variables.

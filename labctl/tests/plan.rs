@@ -27,6 +27,18 @@ fn flannel_plan_snapshot() {
     insta::assert_snapshot!("flannel_plan", p.to_script());
 }
 
+/// Flannel's VXLAN backend: flannel.1 on every node and flanneld's
+/// route, neighbour and FDB entries per other node; no VPC pod routes.
+#[test]
+fn flannel_vxlan_plan_snapshot() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../topologies/flannel.yaml");
+    let vars = BTreeMap::from([("backend".to_string(), "vxlan".to_string())]);
+    let lab = labctl_topology::load(&path, &vars).expect("flannel.yaml loads");
+    let script = plan(&lab).to_script();
+    assert!(!script.contains("route add 172.23.96.128/26 via 10.0.1.206"));
+    insta::assert_snapshot!("flannel_vxlan_plan", script);
+}
+
 /// Every shipped topology but flannel's (above) and the generated scale
 /// lab, as its `labctl plan -o script`.
 #[test]

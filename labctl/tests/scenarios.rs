@@ -96,14 +96,17 @@ fn load_with(file: &Path, vars: &[&str]) -> labctl::Lab {
 /// Template variants run beside a file's default build, each with its own
 /// golden directory (`golden/STEM/VAR=VALUE/`, as `labctl run --var`
 /// uses): the Kata lab without OVN's ARP responder (P1 connects: the bug
-/// has the article's cause), Ctrip's legacy layout (24 hops) and Cilium's
-/// host routing by `bpf_redirect_peer` (lxc22 sees nothing).
+/// has the article's cause), Ctrip's legacy layout (24 hops), Cilium's
+/// host routing by `bpf_redirect_peer` (lxc22 sees nothing) and kube-proxy's
+/// test cases under its IPVS mode (in the VM).
 const VARIANTS: &[(&str, &[&str])] = &[
     ("kata-peer-pods", &["arp_responder=off"]),
     ("ctrip-vlan", &["legacy=true"]),
     ("cilium-host-routing", &["redirect=peer"]),
     ("flannel", &["proxy=nftables"]),
     ("flannel", &["kube_proxy=1.35"]),
+    ("flannel", &["backend=vxlan"]),
+    ("kube-proxy-nftables", &["proxy=ipvs"]),
 ];
 
 fn var_map(vars: &[&str]) -> BTreeMap<String, String> {

@@ -600,6 +600,13 @@ pub struct RawScenario {
     /// `ADDRESS` (icmp) or `ADDRESS:PORT`.
     #[schemars(with = "String")]
     pub to: Spanned<String>,
+    /// The local address to send from, one the sender holds (e.g. a
+    /// node's second address, its pod bridge's, or 127.0.0.1): the
+    /// client binds to it, like `ping -I ADDRESS` or `curl --interface
+    /// ADDRESS`. Default: the kernel picks, by the route to `to`.
+    #[serde(default)]
+    #[schemars(with = "Option<Ipv4Text>")]
+    pub source: Option<Spanned<String>>,
     pub protocol: RawTraffic,
     /// Tries before the scenario counts as failed (default 1).
     #[serde(default)]

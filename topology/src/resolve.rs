@@ -422,6 +422,37 @@ impl Resolver<'_> {
         }
     }
 
+    /// A scenario's `source:`: an IPv4 address the sender `from` holds
+    /// (an unknown sender is reported on its own).
+    fn source(&mut self, text: &Text, from: &str, lab: &Lab) -> Option<Ipv4Addr> {
+        let address = self.ipv4(text, "source")?;
+        let held = lab.addresses_of(from)?;
+        // On lo the whole prefix is local (the kernel makes its prefix
+        // route a local one: all of 127.0.0.0/8); elsewhere only the
+        // address itself.
+        if held
+            .iter()
+            .any(|(dev, net)| net.addr() == address || (dev == "lo" && net.contains(&address)))
+        {
+            return Some(address);
+        }
+        let listed: Vec<String> = held
+            .iter()
+            .map(|(dev, net)| format!("{dev} {net}"))
+            .collect();
+        self.err(
+            &text.referenced,
+            format!("source {address} is not an address of `{from}`"),
+            "not the sender's",
+            Some(format!(
+                "the client binds to the source, so it must be local to the sender; `{from}` \
+                 has: {}",
+                listed.join(", ")
+            )),
+        );
+        None
+    }
+
     /// A scenario's `backend:` must be an endpoint (after the scenario's
     /// own changes) of a service the scenario addresses, by one of its
     /// addresses and ports or by a node port on a node's address.
@@ -1760,7 +1791,8 @@ impl Resolver<'_> {
         }
 
         let from = &raw.from.value;
-        if from == "vpc" || lab.interfaces_of(from).is_none() {
+        let sender = from != "vpc" && lab.interfaces_of(from).is_some();
+        if !sender {
             let mut known: Vec<&str> = lab.nodes.iter().map(|n| n.name.as_str()).collect();
             known.extend(lab.pods.iter().map(|p| p.name.as_str()));
             known.extend(lab.clients.iter().map(|c| c.name.as_str()));
@@ -1772,6 +1804,11 @@ impl Resolver<'_> {
                 Some(unknown_hint("sender", from, &known)),
             );
         }
+        let source = raw
+            .source
+            .as_ref()
+            .filter(|_| sender)
+            .and_then(|t| self.source(t, from, lab));
 
         let traffic = match raw.protocol {
             RawTraffic::Icmp => Traffic::Icmp,
@@ -2079,6 +2116,7 @@ impl Resolver<'_> {
             name: name.clone(),
             description: raw.description.clone(),
             from: from.clone(),
+            source,
             target: target?,
             port,
             traffic,

@@ -168,12 +168,23 @@ fn flannel_resolves() {
 
 #[test]
 fn flannel_renders_line_for_line() {
-    // Template tags sit on lines of their own, which render empty: line
-    // numbers in errors are the file's.
+    // Template tags sit on lines of their own, which render empty, and the
+    // VXLAN backend's loops come last: up to them, every plain line of the
+    // file renders on its own line number, so errors point into the file.
     let source = std::fs::read_to_string(flannel_path()).unwrap();
     let rendered = render(&flannel_path(), &vars()).unwrap();
-    assert_eq!(rendered.lines().count(), source.lines().count());
-    assert!(!rendered.contains("{%"));
+    let rendered: Vec<&str> = rendered.lines().collect();
+    let tail = source
+        .lines()
+        .position(|l| l == "{% if vxlan %}")
+        .expect("the VXLAN backend's block");
+    assert!(rendered.len() >= tail);
+    for (i, line) in source.lines().take(tail).enumerate() {
+        if !line.contains("{{") && !line.contains("{%") && !line.contains("{#") {
+            assert_eq!(rendered[i], line, "line {}", i + 1);
+        }
+    }
+    assert!(!rendered.iter().any(|l| l.contains("{%")));
     let mut off = vars();
     off.insert("services".into(), "off".into());
     let plain = render(&flannel_path(), &off).unwrap();
@@ -1364,6 +1375,89 @@ fn scenario_bad_protocol_lists_valid_ones() {
         "{msg}"
     );
     assert!(msg.contains("icmp, tcp, http, udp"), "{msg}");
+}
+
+#[test]
+fn scenario_source_is_an_address_the_sender_holds() {
+    let source = |from: &str, address: &str| {
+        let src = format!(
+            "{}addresses:\n  - {{in: node-1, dev: lo, address: 10.9.9.9/32}}\n",
+            scenario(&format!(
+                "    from: {from}\n    to: 172.23.96.70:80\n    protocol: tcp\n    \
+                 source: {address}\n"
+            ))
+        );
+        load_base(&src).map(|lab| lab.scenarios[0].source)
+    };
+    // The node's ENI, its pod bridge (the pod network's gateway), any of
+    // 127.0.0.0/8 and an address the low-level layer puts on its lo.
+    for address in [
+        "10.0.0.10",
+        "172.23.96.1",
+        "127.0.0.1",
+        "127.1.2.3",
+        "10.9.9.9",
+    ] {
+        let got = source("node-1", address).unwrap_or_else(|e| panic!("{address}: {e}"));
+        assert_eq!(got, Some(address.parse().unwrap()));
+    }
+    assert_eq!(
+        source("pod-a", "172.23.96.10").unwrap(),
+        Some("172.23.96.10".parse().unwrap())
+    );
+    // Absent: the kernel's choice.
+    let lab = load_base(&scenario(
+        "    from: node-1\n    to: 172.23.96.70:80\n    protocol: tcp\n",
+    ))
+    .unwrap();
+    assert_eq!(lab.scenarios[0].source, None);
+}
+
+#[test]
+fn scenario_source_not_held_is_located_with_the_senders_addresses() {
+    let problem = |from: &str, address: &str| {
+        let e = load_base(&scenario(&format!(
+            "    from: {from}\n    to: 172.23.96.70\n    protocol: icmp\n    source: {address}\n"
+        )))
+        .expect_err("should fail");
+        let p = e.problems();
+        assert_eq!(p.len(), 1, "{p:#?}");
+        (p[0].to_string(), p[0].help.clone().unwrap_or_default())
+    };
+    // Another node's address, in the node's own subnet.
+    let (msg, help) = problem("node-1", "10.0.0.11");
+    assert_eq!(
+        msg,
+        "t.yaml:28:13: source 10.0.0.11 is not an address of `node-1`"
+    );
+    assert!(
+        help.ends_with("`node-1` has: lo 127.0.0.1/8, eth0 10.0.0.10/24, cni0 172.23.96.1/26"),
+        "{help}"
+    );
+    // The node's address is not its pod's.
+    let (msg, help) = problem("pod-a", "10.0.0.10");
+    assert_eq!(
+        msg,
+        "t.yaml:28:13: source 10.0.0.10 is not an address of `pod-a`"
+    );
+    assert!(
+        help.ends_with("`pod-a` has: lo 127.0.0.1/8, eth0 172.23.96.10/26"),
+        "{help}"
+    );
+    // Not an address at all, or a network.
+    let (msg, _) = problem("node-1", "10.0.0.10/24");
+    assert_eq!(
+        msg,
+        "t.yaml:28:13: source `10.0.0.10/24` must be a plain ipv4 address, not a cidr"
+    );
+    let (msg, _) = problem("node-1", "eth0");
+    assert_eq!(msg, "t.yaml:28:13: invalid source `eth0`");
+    // An unknown sender is the one problem: its source is not judged.
+    let (msg, _) = problem("pod-z", "10.0.0.10");
+    assert_eq!(
+        msg,
+        "t.yaml:25:11: unknown namespace, node, pod or client `pod-z`"
+    );
 }
 
 #[test]

@@ -434,7 +434,7 @@ fn html_from_vm(
                 "{} {}\n  {} -> {}: {}",
                 if v.passed { "PASS" } else { "FAIL" },
                 v.scenario,
-                v.from,
+                v.sender(),
                 v.to,
                 v.detail
             );

@@ -17,8 +17,8 @@ use netlink_packet_route::link::BondMode as NlBondMode;
 use rtnetlink::{LinkBond, LinkUnspec};
 use serde::Serialize;
 
+use super::step::{IfRef, Step, shell_quote as q};
 use super::{KernelError, Made, Netlink};
-use crate::plan::{IfRef, Step, shell_quote as q};
 
 /// `ip link add NAME index N [address MAC] type bond mode MODE [miimon
 /// MS] && ip link set NAME up`

@@ -19,8 +19,8 @@ use netlink_packet_route::link::BridgeVlanInfoFlags;
 use rtnetlink::{LinkBridge, LinkBridgePort, LinkBridgeVlan};
 use serde::Serialize;
 
+use super::step::{Step, shell_quote as q};
 use super::{KernelError, Made, Netlink, fail};
-use crate::plan::{Step, shell_quote as q};
 
 /// `ip link add NAME index N [address MAC] type bridge mcast_snooping 0
 /// vlan_filtering 1 [vlan_default_pvid P] && ip link set NAME up`: a

@@ -16,8 +16,8 @@ use netlink_packet_route::tc::{
     TcAttribute, TcBpfFlags, TcFilterBpf, TcFilterBpfOption, TcHandle, TcMessage, TcOption,
 };
 
+use super::step::{Action, Step};
 use super::{KernelError, Netlink, first_line as what};
-use crate::plan::{Action, Step};
 
 /// `TC_H_MIN_INGRESS` / `TC_H_MIN_EGRESS` under clsact's `ffff:`.
 const CLSACT_INGRESS: u32 = 0xffff_fff2;

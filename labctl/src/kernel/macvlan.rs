@@ -18,8 +18,8 @@ use netlink_packet_route::link::{IpVlanMode, MacVlanMode};
 use rtnetlink::{LinkIpVlan, LinkMacVlan};
 use serde::Serialize;
 
+use super::step::{IfRef, Step, shell_quote as q};
 use super::{KernelError, Made, Netlink};
-use crate::plan::{IfRef, Step, shell_quote as q};
 
 /// The kinds made off a parent device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -16,8 +16,8 @@ use netlink_packet_route::tc::{
 };
 use rtnetlink::{LinkUnspec, LinkVxlan};
 
+use super::step::{Action, Step, TC_PRIO};
 use super::{KernelError, Netlink, fail};
-use crate::plan::{Action, Step, TC_PRIO};
 
 /// `TC_H_MIN_INGRESS` / `TC_H_MIN_EGRESS`: clsact's two hooks.
 const CLSACT_INGRESS: u32 = 0xffff_fff2;

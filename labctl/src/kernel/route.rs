@@ -19,8 +19,8 @@ use netlink_packet_route::route::RouteScope as NlScope;
 use rtnetlink::{RouteMessageBuilder, RouteNextHopBuilder};
 use serde::Serialize;
 
+use super::step::{IfRef, Step, route_destination, shell_quote as q};
 use super::{KernelError, Netlink, fail};
-use crate::plan::{IfRef, Step, route_destination, shell_quote as q};
 
 /// One next hop of an ECMP route.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

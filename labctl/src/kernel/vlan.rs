@@ -10,8 +10,8 @@ use labctl_topology::format_mac;
 use rtnetlink::{LinkUnspec, LinkVlan};
 use serde::Serialize;
 
+use super::step::{IfRef, Step, shell_quote as q};
 use super::{KernelError, Made, Netlink};
-use crate::plan::{IfRef, Step, shell_quote as q};
 
 /// `ip link add link PARENT name NAME index N [address MAC] type vlan id
 /// ID && ip link set NAME up`: tagged frames of `parent` with this id are

@@ -138,6 +138,10 @@ pub struct Report {
     pub scenario: String,
     pub description: Option<String>,
     pub from: String,
+    /// The address the client sent from, when the scenario chose it
+    /// (`source:`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<Ipv4Addr>,
     pub to: String,
     pub traffic: Traffic,
     /// The outcome as the client's socket saw it; `None` for a local error.
@@ -582,6 +586,7 @@ pub fn run(
         scenario: sc.name.clone(),
         description: sc.description.clone(),
         from: sc.from.clone(),
+        source: sc.source,
         to: target_text(sc),
         traffic: sc.traffic,
         result,
@@ -649,9 +654,13 @@ fn request(sc: &Scenario) -> Request {
         Traffic::Http => Kind::HttpGet,
         Traffic::Udp => Kind::Udp,
     };
-    Request::new(kind, target)
+    let req = Request::new(kind, target)
         .with_timeout(Duration::from_millis(sc.timeout_ms))
-        .with_attempts(sc.attempts)
+        .with_attempts(sc.attempts);
+    match sc.source {
+        Some(source) => req.with_source(IpAddr::V4(source)),
+        None => req,
+    }
 }
 
 fn target_text(sc: &Scenario) -> String {
@@ -1217,7 +1226,7 @@ fn write_pcapng(
     let mut comment = format!(
         "labctl scenario {}: {} -> {} ({})",
         report.scenario,
-        report.from,
+        report.sender(),
         report.to,
         format!("{:?}", report.traffic).to_lowercase()
     );
@@ -1239,11 +1248,21 @@ impl Report {
         self.passed = self.checks.iter().all(|c| c.ok);
     }
 
+    /// The sender as the report names it: `node-180`, or with the
+    /// address it sent from when the scenario chose one,
+    /// `node-180 (10.0.0.180)`.
+    pub fn sender(&self) -> String {
+        match self.source {
+            Some(a) => format!("{} ({a})", self.from),
+            None => self.from.clone(),
+        }
+    }
+
     /// The golden text: what a golden file holds for this scenario.
     pub fn golden(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "scenario: {}", self.scenario);
-        let _ = writeln!(s, "from: {}", self.from);
+        let _ = writeln!(s, "from: {}", self.sender());
         let _ = writeln!(
             s,
             "to: {} ({})",
@@ -1330,7 +1349,7 @@ impl Report {
         let _ = writeln!(
             s,
             "  {} -> {} ({}): {}",
-            self.from,
+            self.sender(),
             self.to,
             format!("{:?}", self.traffic).to_lowercase(),
             self.detail
@@ -1409,6 +1428,25 @@ mod tests {
     }
 
     const ECHO: Proto = Proto::Icmp { type_: 8, code: 0 };
+
+    /// `source:` becomes the address the client binds to; without it the
+    /// kernel picks.
+    #[test]
+    fn the_request_binds_to_the_scenarios_source() {
+        let lab = labctl_topology::load_str(
+            "t.yaml",
+            "name: s\nvpc:\n  subnets:\n    - { name: vsw, cidr: 10.0.0.0/24, gateway: 10.0.0.1 }\n\
+             nodes:\n  - name: n1\n    interfaces: [{ name: eth0, subnet: vsw, address: 10.0.0.10 }]\n\
+             scenarios:\n  - { name: a, from: n1, to: 10.0.0.1, protocol: icmp, source: 127.0.0.1 }\n\
+             \x20 - { name: b, from: n1, to: 10.0.0.1:80, protocol: udp }\n",
+            &Default::default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let a = request(&lab.scenarios[0]);
+        assert_eq!(a.source, Some(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        assert_eq!(a.kind, Kind::Ping);
+        assert_eq!(request(&lab.scenarios[1]).source, None);
+    }
 
     fn netem_change(edit: impl Fn(&mut labctl_topology::Netem)) -> labctl_topology::LinkChange {
         let mut netem = labctl_topology::Netem {

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
-use crate::vm::{Reply, VmError};
+use super::{Reply, VmError};
 
 /// How many sessions a VM serves at once.
 pub const PORTS: usize = 4;

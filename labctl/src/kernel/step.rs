@@ -1,0 +1,391 @@
+//! The vocabulary between planning and the kernel: a [`Step`] is one
+//! [`Action`] bound to its namespace and [`Phase`]. [`crate::plan`] makes
+//! them from a lab (and re-exports them); the kernel layer carries them
+//! out and each of its modules writes its own actions' iproute2 text, so
+//! these types live here, below both, and the kernel layer depends on
+//! nothing of planning.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use labctl_topology::Role;
+use serde::Serialize;
+
+/// A network namespace the lab creates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct NsSpec {
+    /// Name under /run/netns (`<lab>-<entity>`).
+    pub name: String,
+    /// The topology entity it stands for.
+    pub entity: String,
+    pub role: Role,
+}
+
+/// The order in which actions run; see the module doc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Loopbacks up, bridges created.
+    Devices,
+    /// veth pairs, plugged into the bridges created before.
+    Links,
+    /// Links stacked on those (ipvlan slaves of an ENI, whose veth is made
+    /// by the VPC's namespace in the phase before), and kube-proxy's
+    /// kube-ipvs0, which a node gets after its ENIs.
+    Stacked,
+    /// Addresses, and the far ends of veth pairs brought up.
+    Addresses,
+    Routes,
+    /// Services: IPVS tables and nftables rules (kube-proxy, the SLB).
+    Services,
+    /// After the services, whose modules bring some keys (`net.ipv4.vs`).
+    Sysctls,
+    /// The eBPF load balancer's programs on each pod's interface and its
+    /// maps' contents, once the programs are loaded and pinned (in
+    /// [`Phase::Services`]; see [`ebpf`]).
+    Ebpf,
+    /// A scenario's link changes and their undoing ([`crate::impair`]), on
+    /// a lab that is up: never part of `up`'s plan, so not in
+    /// [`Phase::ALL`].
+    Changes,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 8] = [
+        Phase::Devices,
+        Phase::Links,
+        Phase::Stacked,
+        Phase::Addresses,
+        Phase::Routes,
+        Phase::Services,
+        Phase::Sysctls,
+        Phase::Ebpf,
+    ];
+}
+
+/// One kernel action in one namespace.
+///
+/// Bridges are made with multicast snooping off: with it on, each bridge
+/// joins 224.0.0.106 (multicast router discovery) and sends IGMP reports for
+/// a second or two after it comes up, which land in the captures of the
+/// first scenarios. Nothing in the articles uses multicast.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "action")]
+pub enum Action {
+    /// `ip link set lo up`
+    LoopbackUp,
+    /// `ip link add NAME index N type bridge && ip link set NAME up`
+    AddBridge {
+        name: String,
+        ifindex: u32,
+        mac: Option<[u8; 6]>,
+    },
+    /// `ip link add NAME index N [master M] up type veth peer name PEER
+    /// netns PEER_NS index P`. The peer is brought up by a later
+    /// [`Action::LinkUp`]: the kernel refuses to open a veth end before the
+    /// pair is complete (`veth_open` returns ENOTCONN).
+    AddVeth {
+        name: String,
+        ifindex: u32,
+        mac: Option<[u8; 6]>,
+        /// The bridge this end is enslaved to.
+        controller: Option<IfRef>,
+        peer_name: String,
+        peer_netns: String,
+        peer_ifindex: u32,
+        peer_mac: Option<[u8; 6]>,
+    },
+    /// `ip link add NAME index N type dummy && ip link set NAME up`
+    AddDummy { name: String, ifindex: u32 },
+    /// `ip link add link PARENT name NAME [netns NS] index N type ipvlan mode
+    /// l2`: created here off `parent`, living in `netns` when given (a pod),
+    /// up at once when it stays here (the node's own slave).
+    AddIpvlan {
+        name: String,
+        ifindex: u32,
+        parent: IfRef,
+        netns: Option<String>,
+    },
+    /// `ipvsadm -C`, then `ipvsadm -A -t VIP:PORT -s rr` and `ipvsadm -a
+    /// -t VIP:PORT -r RIP:RPORT -m -w W` for each real server: the
+    /// namespace's whole IPVS table (kube-proxy's IPVS mode, the SLB).
+    IpvsTable {
+        services: Vec<crate::services::VirtualService>,
+    },
+    /// `nft -f -` with this script inside the namespace.
+    Nftables { ruleset: String },
+    /// `ip link set IF up`
+    LinkUp { ifname: String, ifindex: u32 },
+    /// `ip link set IF type bridge_slave isolated on`: the port reaches
+    /// only non-isolated ports (the bridge itself, i.e. the router).
+    IsolatePort { ifname: String, ifindex: u32 },
+    /// `ip link set FROM name IF up`: a pod's ipvlan is made under a
+    /// temporary name, because the kernel looks a new link's name up in the
+    /// namespace that asks (the node, which has an `eth0` of its own).
+    RenameUp {
+        from: String,
+        ifname: String,
+        ifindex: u32,
+    },
+    /// `ip addr add ADDR/32 dev IF scope host`: the node's own address on
+    /// its ipvlan slave (Terway's `ipvl_N`). Scope host, so the kernel never
+    /// picks it as the source towards a pod (it takes the node's address
+    /// from `eth0`), yet a frame for it reaches the node through the slave.
+    AddHostAddress {
+        ifname: String,
+        ifindex: u32,
+        address: Ipv4Addr,
+    },
+    /// `ip link set IF arp off`
+    ArpOff { ifname: String, ifindex: u32 },
+    /// `ip neigh replace ADDR dev IF lladdr <IF's own MAC> nud permanent`:
+    /// a pod on an ipvlan reaches its node's address with its own MAC,
+    /// which ipvlan switches to the node's slave by IP address (Terway's
+    /// pod-side neighbour entry; no ARP leaves the pod for it).
+    SelfNeighbour {
+        ifname: String,
+        ifindex: u32,
+        address: Ipv4Addr,
+    },
+    /// `ip addr add ADDR dev IF`
+    AddAddress {
+        ifname: String,
+        ifindex: u32,
+        address: Ipv4Net,
+    },
+    /// `ip route add DST [via GW] dev IF`
+    AddRoute {
+        destination: Ipv4Net,
+        via: Option<Ipv4Addr>,
+        ifname: String,
+        ifindex: u32,
+    },
+    /// `sysctl -w KEY=VALUE` inside the namespace.
+    Sysctl { key: String, value: String },
+    /// `tc qdisc replace dev IF root netem ARGS`: the interface's egress
+    /// queue delays, drops, reorders or paces what leaves it (a scenario's
+    /// link change, `labctl netem`). The payload is built in
+    /// [`crate::netem`].
+    Netem {
+        ifname: String,
+        ifindex: u32,
+        netem: labctl_topology::Netem,
+    },
+    /// `tc qdisc del dev IF root`: back to the kernel's default queue.
+    QdiscDelete { ifname: String, ifindex: u32 },
+    /// `ip link set IF down`
+    LinkDown { ifname: String, ifindex: u32 },
+    /// `ip link set IF mtu N`
+    SetMtu {
+        ifname: String,
+        ifindex: u32,
+        mtu: u32,
+    },
+    /// `ip route del DST [via GW] dev IF`: a scenario's change, undone by
+    /// the [`Action::AddRoute`] the plan made it with.
+    DelRoute {
+        destination: Ipv4Net,
+        via: Option<Ipv4Addr>,
+        ifname: String,
+        ifindex: u32,
+    },
+    /// `ip link set IF address MAC` (a scenario's change; veth and vxlan
+    /// take it while up).
+    SetMac {
+        ifname: String,
+        ifindex: u32,
+        mac: [u8; 6],
+    },
+    /// `ip link add NAME [netns NS] index N type vxlan id VNI ...`, sent
+    /// from the underlay's namespace, whose UDP socket the device keeps
+    /// wherever it lives. Moved at once into `netns` when given (under a
+    /// temporary name, renamed there by [`Action::RenameUp`]), else up here.
+    AddVxlan {
+        name: String,
+        ifindex: u32,
+        netns: Option<String>,
+        mac: Option<[u8; 6]>,
+        id: u32,
+        /// A device of the underlay namespace to send through.
+        dev: Option<IfRef>,
+        local: Option<Ipv4Addr>,
+        remote: Option<Ipv4Addr>,
+        port: u16,
+        learning: bool,
+        /// Collect metadata (`external`): no VNI of its own, `id` is 0.
+        external: bool,
+    },
+    /// `ip link set IF master BRIDGE`
+    SetMaster {
+        ifname: String,
+        ifindex: u32,
+        master: IfRef,
+    },
+    /// `ip neigh replace ADDR lladdr MAC dev IF nud STATE`
+    AddNeighbour {
+        ifname: String,
+        ifindex: u32,
+        address: Ipv4Addr,
+        lladdr: [u8; 6],
+        state: labctl_topology::NeighState,
+    },
+    /// `bridge fdb replace MAC dev IF [dst VTEP] master|self`
+    AddFdb {
+        ifname: String,
+        ifindex: u32,
+        lladdr: [u8; 6],
+        dst: Option<Ipv4Addr>,
+        /// The bridge's table, else the device's own.
+        master: bool,
+    },
+    /// `tc qdisc add dev IF clsact`: the hooks tc filters attach to.
+    Clsact { ifname: String, ifindex: u32 },
+    /// `tc filter add dev IF ingress|egress protocol all prio 49152 u32
+    /// match u32 0 0 action mirred egress redirect|mirror dev TO`: every
+    /// packet, since u32 0/0 matches all (matchall is not in every kernel).
+    TcMirred {
+        ifname: String,
+        ifindex: u32,
+        hook: labctl_topology::TcHook,
+        mirror: bool,
+        to: IfRef,
+    },
+    /// `ip link del IF` (a scenario's change: a pod leaving its node; the
+    /// veth's other end goes with it).
+    DelLink { ifname: String, ifindex: u32 },
+    /// `ip neigh del ADDR dev IF` (a scenario's change).
+    DelNeighbour {
+        ifname: String,
+        ifindex: u32,
+        address: Ipv4Addr,
+    },
+    /// `tc filter del dev IF ingress|egress`: every filter of the hook (a
+    /// scenario's change, undone by the plan's own filters).
+    DelTcFilters {
+        ifname: String,
+        ifindex: u32,
+        hook: labctl_topology::TcHook,
+    },
+    /// `tc qdisc del dev IF clsact`, its filters with it (undoing a
+    /// scenario's filter on a device the lab gave no clsact).
+    DelClsact { ifname: String, ifindex: u32 },
+    /// `bridge fdb del MAC dev IF [dst VTEP] master|self` (a scenario's
+    /// change).
+    DelFdb {
+        ifname: String,
+        ifindex: u32,
+        lladdr: [u8; 6],
+        dst: Option<Ipv4Addr>,
+        master: bool,
+    },
+    /// `bpftool prog loadall OBJ PIN_DIR type classifier pinmaps PIN_DIR`,
+    /// after mounting the bpffs if missing and removing stale pins: the
+    /// load balancer's programs and maps, pinned once for the whole lab
+    /// ([`crate::lb::load`]).
+    BpfLoad { object: String, pin_dir: String },
+    /// `tc filter add dev IF ingress|egress protocol all bpf direct-action
+    /// object-pinned PIN`: a pinned program on a pod's interface, as a
+    /// netlink cls_bpf filter holding its own reference to the program
+    /// (the clsact qdisc is an [`Action::Clsact`] before it).
+    BpfAttach {
+        ifname: String,
+        ifindex: u32,
+        hook: labctl_topology::TcHook,
+        /// The program's name (`lb_egress`, `lb_ingress`).
+        program: String,
+        /// Where [`Action::BpfLoad`] pinned it.
+        pin: String,
+    },
+    /// `bpftool map update pinned PIN_DIR/MAP key hex .. value hex ..` for
+    /// every backend slot and service: the maps hold exactly `services`
+    /// afterwards and no remembered flow ([`crate::lb::program_maps`]).
+    BpfMaps {
+        pin_dir: String,
+        services: Vec<crate::lb::BpfService>,
+    },
+    /// `bpftool prog loadall OBJ PIN_DIR type classifier pinmaps PIN_DIR`
+    /// for the overlay router: its programs and maps pinned in one node's
+    /// directory ([`crate::route::load`]).
+    RouteLoad { object: String, pin_dir: String },
+    /// `bpftool map update pinned PIN_DIR/MAP ...` for each endpoint,
+    /// tunnel and the VXLAN device: the router maps of one node hold
+    /// exactly `tables` afterwards ([`crate::route::program_maps`]).
+    RouteMaps {
+        pin_dir: String,
+        tables: crate::route::Tables,
+    },
+    /// An 802.1Q sub-interface ([`crate::kernel::vlan`]).
+    AddVlan(crate::kernel::vlan::AddVlan),
+    /// A bond ([`crate::kernel::bond`]).
+    AddBond(crate::kernel::bond::AddBond),
+    /// A slave joins its bond, down while it does ([`crate::kernel::bond`]).
+    Enslave(crate::kernel::bond::Enslave),
+    /// A macvlan, or an ipvlan of the low-level layer, made off its parent
+    /// ([`crate::kernel::macvlan`]).
+    AddOffParent(crate::kernel::macvlan::AddOffParent),
+    /// A VLAN-filtering bridge ([`crate::kernel::bridge`]).
+    AddVlanBridge(crate::kernel::bridge::AddVlanBridge),
+    /// A bridge port's flags ([`crate::kernel::bridge`]).
+    SetPort(crate::kernel::bridge::SetPort),
+    /// A VLAN of a bridge port or bridge ([`crate::kernel::bridge`]).
+    BridgeVlan(crate::kernel::bridge::AddBridgeVlan),
+    /// A route with a table, metric, scope, onlink or several next hops
+    /// ([`crate::kernel::route`]).
+    AddNsRoute(crate::kernel::route::AddNsRoute),
+    /// A layer route deleted by destination, table and metric (a
+    /// scenario's change).
+    DelNsRoute(crate::kernel::route::DelNsRoute),
+}
+
+/// An interface of the namespace the action runs in, by name and index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IfRef {
+    pub name: String,
+    pub ifindex: u32,
+}
+
+/// An action bound to its namespace and phase.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Step {
+    pub phase: Phase,
+    pub netns: String,
+    #[serde(flatten)]
+    pub action: Action,
+}
+
+/// `word` as one shell word, for bash and any POSIX shell: as it is when
+/// every character is one of `A-Za-z0-9_./:=,@%+-` (none of which the
+/// shell treats specially inside a word), else in single quotes, each `'`
+/// written `'\''` (close the quotes, an escaped quote, reopen). Inside
+/// single quotes nothing is special, newlines included, so no name or value
+/// of a topology can expand, split or run anything. The empty word is `''`.
+/// A NUL byte cannot be passed to a program in any way; it stays inside the
+/// quotes, where a shell drops or rejects it but never runs anything.
+///
+/// Written by hand rather than taken from the `shlex` or `shell-words`
+/// crate: the rule is the few lines below and tested here (down to running
+/// the output with bash in `tests/trust_script.rs`), and it keeps the words
+/// that need no quotes bare, as the plan snapshot and the README show them.
+/// A crate would also be a new dependency (and lock file entry) for
+/// these few lines.
+pub fn shell_quote(word: &str) -> std::borrow::Cow<'_, str> {
+    let bare = |c: char| c.is_ascii_alphanumeric() || "_./:=,@%+-".contains(c);
+    if !word.is_empty() && word.chars().all(bare) {
+        std::borrow::Cow::Borrowed(word)
+    } else {
+        std::borrow::Cow::Owned(format!("'{}'", word.replace('\'', r"'\''")))
+    }
+}
+
+/// The priority of the layer's tc filters: what `tc` picks for the first
+/// filter of a hook when none is given (the Kata article's `pref 49152`).
+pub const TC_PRIO: u16 = 49152;
+
+/// A route's destination as `ip route` writes it: `default` for 0/0.
+pub fn route_destination(destination: &Ipv4Net) -> String {
+    if destination.prefix_len() == 0 {
+        "default".to_string()
+    } else {
+        destination.to_string()
+    }
+}
