@@ -1,16 +1,42 @@
-//! How long `labctl up` and `labctl down` take, for the Flannel lab and for
-//! a generated lab of 1,000 pods on 10 nodes, each next to its baseline: the
-//! same lab built by a bash script of `ip` commands (what `labctl plan -o
-//! script` prints) and removed by `ip netns delete`. Machines here are shared
-//! and noisy, so baseline and labctl run in the same process, alternately,
-//! and the ratio is what to read. Needs root.
+//! How long `labctl up` and `labctl down --wait` take, each next to its
+//! baseline in the same run: the same lab built by the bash script of `ip`
+//! commands that `labctl plan -o script` prints, and removed by `ip netns
+//! delete` for each of its namespaces, then waited for as `--wait` does
+//! (until the kernel has released the namespaces, not only queued them:
+//! [`labctl::release`]). The ratio is baseline / labctl.
 //!
-//! Run: `cargo bench -p labctl --bench updown` (`-- --quick` skips the
-//! baseline of the big lab, which takes about 40 s).
+//! Rows: the Flannel pod network on the host kernel (`--var services=off`;
+//! with its services the file asks for a VM), and generated labs of 10
+//! nodes (`topologies/scale.yaml`) with 1,000 pods by default. Peak memory
+//! is labctl's maximum resident set (`getrusage` of the child; this binary
+//! re-runs itself as the parent of each timed command), CPU is its user +
+//! system time, which the machine's other load disturbs less than the wall
+//! time. The load average is printed before each row: machines here are
+//! shared, so labctl and the baseline alternate and medians are shown.
+//!
+//! Run: `cargo bench -p labctl --bench updown`. Environment:
+//! - `UPDOWN_PODS=1k,5k,10k` picks the scale rows (pods in all, 10 nodes;
+//!   `k` is 1,000); default `1k`. The bash baseline of 10k alone takes
+//!   minutes (a process per command, about 80,000 of them).
+//! - `UPDOWN_RUNS=N` runs each row N times (default 3 for up to 1,000
+//!   pods, 1 above).
+//! - `UPDOWN_BASELINE=0` skips the bash baseline.
+//! - `UPDOWN_LABCTL=PATH` times another build of labctl (an older one, for
+//!   figures before a change); its `down` is timed with the same wait for
+//!   the kernel as the baseline's, since it may have no `--wait`.
+//!
+//! Needs root. Targets (issue 17), printed at the end: 1,000 pods up in at
+//! most 1.2 s; 10,000 pods up in at most 15 s and down --wait in at most
+//! 5 s.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+/// The lab name every row runs under.
+const LAB: &str = "updown";
+/// How long a baseline's namespaces may take to be released.
+const RELEASE_LIMIT: Duration = Duration::from_secs(120);
 
 fn topo(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -18,131 +44,355 @@ fn topo(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn timed(cmd: &mut Command) -> Duration {
-    let t = Instant::now();
-    let o = cmd.output().expect("spawn");
-    let d = t.elapsed();
-    assert!(
-        o.status.success(),
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    d
+/// One command's cost, as the wrapper ([`wrapper`]) measured it.
+#[derive(Clone, Copy, Default)]
+struct Cost {
+    wall: Duration,
+    cpu: Duration,
+    /// Peak resident set, KiB.
+    max_rss: u64,
 }
 
-fn labctl() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_labctl"))
+/// Run `program args` under this binary as wrapper and read its cost;
+/// the command's output when it fails.
+fn try_timed(program: &Path, args: &[String]) -> Result<Cost, String> {
+    let me = std::env::current_exe().expect("own path");
+    let out = Command::new(me)
+        .arg("--wrap")
+        .arg(program)
+        .args(args)
+        .output()
+        .expect("spawn the wrapper");
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!(
+            "{} {}: {}{}",
+            program.display(),
+            args.join(" "),
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let line = text
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("COST "))
+        .expect("the wrapper's COST line");
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .map(|v| v.parse().expect("a number"))
+        .collect();
+    Ok(Cost {
+        wall: Duration::from_secs_f64(f[0]),
+        cpu: Duration::from_secs_f64(f[1]),
+        max_rss: f[2] as u64,
+    })
+}
+
+fn timed(program: &Path, args: &[String]) -> Cost {
+    try_timed(program, args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The wrapper: run the command after `--wrap`, then print `COST wall cpu
+/// max_rss` from its own rusage of children (only that one child). On
+/// failure, the child's output and its exit code.
+fn wrapper(cmd: &[String]) -> ! {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let t = std::time::Instant::now();
+    let out = Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .output()
+        .expect("spawn the timed command");
+    let wall = t.elapsed();
+    if !out.status.success() {
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        std::process::exit(out.status.code().unwrap_or(1));
+    }
+    let u = getrusage(UsageWho::RUSAGE_CHILDREN).expect("getrusage");
+    let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    println!(
+        "COST {} {} {}",
+        wall.as_secs_f64(),
+        secs(u.user_time()) + secs(u.system_time()),
+        u.max_rss()
+    );
+    std::process::exit(0)
+}
+
+/// The labctl timed: this build's, or `UPDOWN_LABCTL`.
+fn labctl() -> PathBuf {
+    std::env::var_os("UPDOWN_LABCTL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_labctl")))
+}
+
+/// Whether the labctl timed is another build, whose `down` may not wait.
+fn other_build() -> bool {
+    std::env::var_os("UPDOWN_LABCTL").is_some()
+}
+
+/// The namespaces a plan script makes.
+fn namespaces(script: &str) -> Vec<String> {
+    script
+        .lines()
+        .filter_map(|l| l.strip_prefix("ip netns add "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(String::from)
+        .collect()
+}
+
+/// Delete namespaces by name, like the baseline's down, ignoring those
+/// that are not there (after a failed run).
+fn delete_script(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|n| format!("ip netns delete {n} 2>/dev/null || true\n"))
+        .collect()
 }
 
 struct Row {
     what: String,
-    labctl_up: Duration,
-    labctl_down: Duration,
+    /// Pods in all, for a scale row.
+    pods: Option<usize>,
+    load: String,
+    /// labctl's up and down, or why they failed.
+    labctl: Result<(Cost, Cost), String>,
     bash_up: Option<Duration>,
     bash_down: Option<Duration>,
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
+fn median<T: Copy>(mut v: Vec<T>, key: impl Fn(&T) -> Duration) -> T {
+    v.sort_by_key(|c| key(c));
     v[v.len() / 2]
 }
 
-fn measure(what: &str, file: &Path, vars: &[&str], runs: usize, baseline: bool) -> Row {
-    let name = "bench";
-    let var_args: Vec<String> = vars
-        .iter()
-        .flat_map(|v| ["--var".into(), v.to_string()])
-        .collect();
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn measure(
+    what: &str,
+    pods: Option<usize>,
+    file: &Path,
+    vars: &[String],
+    runs: usize,
+    baseline: bool,
+) -> Row {
+    let mut common: Vec<String> = vec!["--name".into(), LAB.into()];
+    for v in vars {
+        common.push("--var".into());
+        common.push(v.clone());
+    }
+    let file = file.to_string_lossy().to_string();
+    let script = Command::new(labctl())
+        .args(["plan", "-o", "script"])
+        .args(&common)
+        .arg(&file)
+        .output()
+        .expect("labctl plan");
+    assert!(script.status.success(), "labctl plan failed");
+    let script = String::from_utf8_lossy(&script.stdout).to_string();
+    let names = namespaces(&script);
+    let dir = std::env::temp_dir();
+    let up_path = dir.join("labctl-bench-up.sh");
+    let down_path = dir.join("labctl-bench-down.sh");
+    std::fs::write(&up_path, &script).expect("write the up script");
+    std::fs::write(&down_path, delete_script(&names)).expect("write the down script");
+    let bash = PathBuf::from("bash");
+    let load = load();
     let (mut up, mut down, mut bup, mut bdown) = (vec![], vec![], vec![], vec![]);
+    let mut failed = None;
     for _ in 0..runs {
-        up.push(timed(
-            labctl()
-                .args(["up", "-q", "--name", name])
-                .args(&var_args)
-                .arg(file),
-        ));
-        down.push(timed(labctl().args(["down", "-q", name])));
+        let mut args: Vec<String> = vec!["up".into(), "-q".into()];
+        args.extend(common.iter().cloned());
+        args.push(file.clone());
+        match try_timed(&labctl(), &args) {
+            Ok(cost) => {
+                up.push(cost);
+                down.push(labctl_down());
+            }
+            Err(e) => {
+                // What a failed up left, if anything.
+                let _ = Command::new(labctl()).args(["down", "-q", LAB]).output();
+                failed = Some(e.lines().last().unwrap_or_default().to_string());
+            }
+        }
         if baseline {
-            let script = labctl()
-                .args(["plan", "-o", "script", "--name", name])
-                .args(&var_args)
-                .arg(file)
-                .output()
-                .expect("plan");
-            let path = std::env::temp_dir().join("labctl-bench-baseline.sh");
-            std::fs::write(&path, &script.stdout).expect("write script");
-            bup.push(timed(Command::new("bash").arg(&path)));
-            let namespaces: Vec<String> = String::from_utf8_lossy(&script.stdout)
-                .lines()
-                .filter_map(|l| l.strip_prefix("ip netns add "))
-                .map(String::from)
-                .collect();
-            let del: String = namespaces
-                .iter()
-                .map(|n| format!("ip netns delete {n}\n"))
-                .collect();
-            std::fs::write(&path, del).expect("write script");
-            bdown.push(timed(Command::new("bash").arg(&path)));
+            let built = try_timed(&bash, &[up_path.to_string_lossy().to_string()]);
+            let t = std::time::Instant::now();
+            timed(&bash, &[down_path.to_string_lossy().to_string()]);
+            labctl::release::wait_let_go(RELEASE_LIMIT)
+                .expect("the baseline's namespaces released");
+            bdown.push(t.elapsed());
+            // Failed, it is still removed first.
+            bup.push(built.unwrap_or_else(|e| panic!("baseline: {e}")).wall);
         }
     }
     Row {
         what: what.to_string(),
-        labctl_up: median(up),
-        labctl_down: median(down),
-        bash_up: baseline.then(|| median(bup)),
-        bash_down: baseline.then(|| median(bdown)),
+        pods,
+        load,
+        labctl: match failed {
+            Some(e) => Err(e),
+            None => Ok((median(up, |c| c.wall), median(down, |c| c.wall))),
+        },
+        bash_up: baseline.then(|| median(bup, |d| *d)),
+        bash_down: baseline.then(|| median(bdown, |d| *d)),
     }
 }
 
+/// `labctl down --wait`, or for another build `labctl down` and the wait
+/// the baseline gets.
+fn labctl_down() -> Cost {
+    if !other_build() {
+        return timed(
+            &labctl(),
+            &["down".into(), "-q".into(), "--wait".into(), LAB.into()],
+        );
+    }
+    let t = std::time::Instant::now();
+    let mut cost = timed(&labctl(), &["down".into(), "-q".into(), LAB.into()]);
+    labctl::release::wait_let_go(RELEASE_LIMIT).expect("the lab's namespaces released");
+    cost.wall = t.elapsed();
+    cost
+}
+
+/// `1k` -> 1000, `2500` -> 2500.
+fn pods(word: &str) -> usize {
+    let word = word.trim();
+    match word.strip_suffix('k') {
+        Some(k) => k.parse::<usize>().map(|k| k * 1000),
+        None => word.parse(),
+    }
+    .unwrap_or_else(|_| panic!("UPDOWN_PODS: `{word}` is not a pod count (1k, 5k, 2500)"))
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--wrap") {
+        wrapper(&args[i + 1..]);
+    }
     if !nix::unistd::geteuid().is_root() {
         eprintln!("updown: needs root (it builds real labs); run it with sudo");
         std::process::exit(1);
     }
     // `cargo test --benches` passes nothing; `cargo bench` passes --bench.
-    if !std::env::args().any(|a| a == "--bench") {
+    if !args.iter().any(|a| a == "--bench") {
         println!("updown: benchmark only runs under `cargo bench`");
         return;
     }
-    let quick = std::env::args().any(|a| a == "--quick");
-    let rows = [
-        measure(
-            "flannel (10 namespaces)",
-            &topo("flannel.yaml"),
-            &[],
-            5,
-            true,
-        ),
-        measure(
-            "scale: 10 nodes x 100 pods (1,012 namespaces)",
+    let sizes: Vec<usize> = std::env::var("UPDOWN_PODS")
+        .unwrap_or_else(|_| "1k".into())
+        .split(',')
+        .filter(|w| !w.trim().is_empty())
+        .map(pods)
+        .collect();
+    let runs_for = |pods: usize| {
+        std::env::var("UPDOWN_RUNS")
+            .ok()
+            .and_then(|r| r.parse::<usize>().ok())
+            .unwrap_or(if pods <= 1000 { 3 } else { 1 })
+            .max(1)
+    };
+    let baseline = std::env::var("UPDOWN_BASELINE").map_or(true, |v| v != "0");
+    // A run killed half-way leaves its lab; start clean.
+    let _ = Command::new(labctl()).args(["down", "-q", LAB]).output();
+    let mut rows = vec![measure(
+        "flannel, host (10 namespaces)",
+        None,
+        &topo("flannel.yaml"),
+        &["services=off".into()],
+        runs_for(10),
+        baseline,
+    )];
+    for &n in &sizes {
+        let per_node = n.div_ceil(10);
+        rows.push(measure(
+            &format!("scale: 10 nodes x {per_node} pods"),
+            Some(per_node * 10),
             &topo("scale.yaml"),
-            &["nodes=10", "pods=100"],
-            if quick { 1 } else { 3 },
-            !quick,
-        ),
-    ];
-    let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1000.0);
+            &["nodes=10".into(), format!("pods={per_node}")],
+            runs_for(per_node * 10),
+            baseline,
+        ));
+    }
+    print(&rows);
+}
+
+fn print(rows: &[Row]) {
+    let s = |d: Duration| format!("{:.2} s", d.as_secs_f64());
     let ratio = |base: Option<Duration>, ours: Duration| {
-        base.map(|b| format!("{:.1}x faster", b.as_secs_f64() / ours.as_secs_f64()))
+        base.map(|b| format!("{:.1}x", b.as_secs_f64() / ours.as_secs_f64()))
             .unwrap_or_else(|| "-".into())
     };
+    let opt = |d: Option<Duration>| d.map(s).unwrap_or_else(|| "-".into());
     println!();
     println!(
-        "{:<48} {:>10} {:>10} {:>14} | {:>10} {:>10} {:>14}",
-        "lab", "up", "bash up", "", "down", "bash down", ""
+        "{:<40} {:>14} | {:>8} {:>8} {:>8} {:>6} | {:>11} {:>9} {:>6} | {:>9}",
+        "lab",
+        "load",
+        "up",
+        "(cpu)",
+        "bash up",
+        "ratio",
+        "down --wait",
+        "bash down",
+        "ratio",
+        "peak RSS"
     );
     for r in rows {
+        let Ok((up, down)) = &r.labctl else {
+            println!(
+                "{:<40} {:>14} | labctl failed | {:>8} | {:>9}",
+                r.what,
+                r.load,
+                opt(r.bash_up),
+                opt(r.bash_down)
+            );
+            continue;
+        };
         println!(
-            "{:<48} {:>10} {:>10} {:>14} | {:>10} {:>10} {:>14}",
+            "{:<40} {:>14} | {:>8} {:>8} {:>8} {:>6} | {:>11} {:>9} {:>6} | {:>6} MB",
             r.what,
-            ms(r.labctl_up),
-            r.bash_up.map(ms).unwrap_or_else(|| "-".into()),
-            ratio(r.bash_up, r.labctl_up),
-            ms(r.labctl_down),
-            r.bash_down.map(ms).unwrap_or_else(|| "-".into()),
-            ratio(r.bash_down, r.labctl_down),
+            r.load,
+            s(up.wall),
+            s(up.cpu),
+            opt(r.bash_up),
+            ratio(r.bash_up, up.wall),
+            s(down.wall),
+            opt(r.bash_down),
+            ratio(r.bash_down, down.wall),
+            up.max_rss.max(down.max_rss) / 1024,
         );
     }
-    println!("targets: 1,000-pod lab up < 3 s, down < 1 s on a 2-core machine");
+    for r in rows {
+        if let Err(e) = &r.labctl {
+            println!("{}: labctl failed: {e}", r.what);
+        }
+    }
+    println!();
+    let mut targets = Vec::new();
+    for r in rows {
+        let Ok((up, down)) = &r.labctl else { continue };
+        match r.pods {
+            Some(1000) => targets.push(("1,000 pods up", up.wall, 1.2)),
+            Some(10000) => {
+                targets.push(("10,000 pods up", up.wall, 15.0));
+                targets.push(("10,000 pods down --wait", down.wall, 5.0));
+            }
+            _ => {}
+        }
+    }
+    for (what, took, limit) in targets {
+        let verdict = if took.as_secs_f64() <= limit {
+            "met"
+        } else {
+            "MISSED"
+        };
+        println!("target: {what} <= {limit} s: {} ({verdict})", s(took));
+    }
+    println!("load now: {}", load());
 }

@@ -62,8 +62,13 @@ pub enum EngineError {
     Steps(Vec<KernelError>),
     #[error("removing the lab left {} error(s):\n  {}", .0.len(), join(.0))]
     Teardown(Vec<KernelError>),
+    #[error("lab `{lab}` is down, but {source}")]
+    NotReleased {
+        lab: String,
+        source: crate::release::WaitError,
+    },
     #[error(
-        "lab `{lab}` needs about {need} open files (two per namespace) but this process may open only {limit}; raise the hard limit (`ulimit -Hn`, LimitNOFILE= or /etc/security/limits.conf) or build a smaller lab"
+        "lab `{lab}` needs about {need} open files (one per namespace) but this process may open only {limit}; raise the hard limit (`ulimit -Hn`, LimitNOFILE= or /etc/security/limits.conf) or build a smaller lab"
     )]
     FileLimit { lab: String, need: u64, limit: u64 },
 }
@@ -178,9 +183,9 @@ pub fn up(
         source,
     })?;
     let limit = sys::raise_nofile_limit();
-    // A namespace handle and a netlink socket per namespace, and room for
-    // everything else (the runtime, captures, the state file).
-    let need = 2 * plan.namespaces.len() as u64 + 256;
+    // A netlink socket per namespace, and room for everything else (the
+    // runtime, the workers' placeholder files, captures, the state file).
+    let need = plan.namespaces.len() as u64 + 256;
     if need > limit {
         return Err(EngineError::FileLimit {
             lab: lab.name.clone(),
@@ -341,6 +346,9 @@ pub struct DownReport {
     /// What was left alone, and why (not the lab's, or a VM that did not
     /// answer and was stopped by force).
     pub left: Vec<String>,
+    /// With a wait: how long the kernel took to release the namespaces
+    /// after they were let go.
+    pub released: Option<Duration>,
 }
 
 /// How long `down` waits for `labctl down` inside a lab's VM.
@@ -349,8 +357,11 @@ const VM_DOWN_DEADLINE: Duration = Duration::from_secs(120);
 const VM_GRACE: Duration = Duration::from_secs(15);
 
 /// Remove a lab: every process inside it and every namespace its state
-/// lists that carries the lab's mark, then the state itself.
-pub fn down(lab: &str) -> Result<DownReport, EngineError> {
+/// lists that carries the lab's mark, then the state itself. With `wait`,
+/// then wait up to that long until the kernel has released those
+/// namespaces ([`crate::release`]), not only queued them; a lab in a VM
+/// has none on the host to wait for.
+pub fn down(lab: &str, wait: Option<Duration>) -> Result<DownReport, EngineError> {
     if !sys::is_root() {
         return Err(EngineError::NotRoot);
     }
@@ -379,25 +390,59 @@ pub fn down(lab: &str) -> Result<DownReport, EngineError> {
         }
         left.extend(vm.stop(&record.mark(), grace, false));
         state::remove(lab)?;
-        return Ok(DownReport { removed: 0, left });
+        return Ok(DownReport {
+            removed: 0,
+            left,
+            released: None,
+        });
     }
-    let t = teardown(&record);
+    let mut t = teardown(&record);
+    // Ids for the namespaces while they are still held: after, a freed one
+    // cannot be named.
+    let watch = wait.map(|_| watch(&t.held));
+    let let_go = Instant::now();
+    drop(std::mem::take(&mut t.held));
     left.extend(t.left);
     if !t.errors.is_empty() {
         return Err(EngineError::Teardown(t.errors));
     }
     let _ = std::fs::remove_file(serve::log_path(lab));
     state::remove(lab)?;
+    let released = match (watch, wait) {
+        (Some(watch), Some(limit)) => {
+            watch
+                .and_then(|w| w.wait(limit))
+                .map_err(|source| EngineError::NotReleased {
+                    lab: lab.to_string(),
+                    source,
+                })?;
+            Some(let_go.elapsed())
+        }
+        _ => None,
+    };
     Ok(DownReport {
         removed: t.removed,
         left,
+        released,
     })
+}
+
+/// A [`crate::release::Watch`] holding an id for each namespace in `held`.
+fn watch(
+    held: &[std::os::fd::OwnedFd],
+) -> Result<crate::release::Watch, crate::release::WaitError> {
+    let mut watch = crate::release::Watch::new()?;
+    for ns in held {
+        watch.add(ns)?;
+    }
+    Ok(watch)
 }
 
 /// Undo a failed `up`: tear down what is the lab's, and forget the lab
 /// unless something of it survived.
 fn rollback(record: &LabState) -> Box<Rollback> {
-    let teardown = teardown(record);
+    let mut teardown = teardown(record);
+    teardown.held.clear();
     let kept = !teardown.errors.is_empty();
     if !kept {
         let _ = std::fs::remove_file(serve::log_path(&record.lab));
@@ -417,6 +462,9 @@ pub struct Teardown {
     pub errors: Vec<KernelError>,
     /// Names the record lists that are not the lab's, and why.
     pub left: Vec<String>,
+    /// A handle on each namespace removed, which keeps the kernel from
+    /// freeing it: dropping them lets the kernel release the namespaces.
+    pub held: Vec<std::os::fd::OwnedFd>,
 }
 
 /// Kill every process in the lab's namespaces (the built-in servers, a
@@ -429,17 +477,18 @@ pub struct Teardown {
 /// Only namespaces carrying the lab's mark are touched ([`crate::owner`]):
 /// a name someone else took meanwhile is left, and said so.
 fn teardown(record: &LabState) -> Teardown {
-    use crate::owner::{Owner, netns_owner};
+    use crate::owner::{Owner, netns_owners};
     let mark = record.mark();
     let mut out = Teardown::default();
     let mut ours = Vec::new();
-    for ns in &record.namespaces {
-        match netns_owner(&ns.name, &mark) {
+    let names: Vec<&str> = record.namespaces.iter().map(|n| n.name.as_str()).collect();
+    for (name, owner) in names.iter().zip(netns_owners(&names, &mark)) {
+        match owner {
             Owner::Gone => {}
-            Owner::Ours => ours.push(ns.name.as_str()),
+            Owner::Ours => ours.push(*name),
             Owner::Foreign(why) => out
                 .left
-                .push(format!("namespace `{}` left alone: {why}", ns.name)),
+                .push(format!("namespace `{name}` left alone: {why}")),
         }
     }
     // Identities outlive names: the sweep after the deletion finds a
@@ -475,7 +524,7 @@ fn teardown(record: &LabState) -> Teardown {
         }
     }
     out.errors.extend(kill_processes(&ids));
-    drop(held);
+    out.held = held;
     out
 }
 

@@ -12,6 +12,24 @@
 //! namespace), and the low-level layer's objects. The eBPF pins live on
 //! labctl's bpffs, not in a namespace; every other write is inside the
 //! lab's namespaces.
+//!
+//! IPv6 stays off the lab's links (the articles have none: no link-local
+//! addresses, router solicitations or MLD reports in captures) by the
+//! address generation mode of each link made, `none`, and `::1` taken off
+//! each `lo`, not by `net.ipv6.conf.{all,default}.disable_ipv6` written
+//! through /proc/sys in every namespace. Measured on the 2-core build
+//! machine (kernel 6.18, one thread: unshare, write, next), that write's
+//! cost grows with the namespaces alive, since every namespace adds a
+//! `/proc/sys/net` dentry to the same hash chain and each lookup compares
+//! against all of them under the global sysctl lock (`proc_sys_compare`):
+//! `all` and `default` 41 us per namespace with 500 alive, 243 us at
+//! 2,500, 556 us at 5,000, so O(n^2) per lab; `default` alone 512 us and
+//! `all` alone (which sets `default` too, and retries while `rtnl` is
+//! busy) 759 us at 5,000, no better. `IFLA_INET6_ADDR_GEN_MODE` inside the
+//! `RTM_NEWLINK` that makes a link is refused on 6.18 (`EAFNOSUPPORT`, as
+//! `ip link add ... addrgenmode none` is), so an `RTM_SETLINK` follows each
+//! create: too cheap to show in a profile of 1,000 pods (its
+//! `inet6_set_link_af` under 0.05 % of samples).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -168,9 +186,11 @@ pub fn wait_links_ready_in(
 /// The real kernel, through rtnetlink.
 #[derive(Default)]
 pub struct Netlink {
+    /// A netlink socket's handle per namespace: the one descriptor held
+    /// per namespace. A namespace's own handle (for a veth peer or a link
+    /// moved into it) is opened by name when needed and closed after.
     handles: HashMap<String, Handle>,
-    fds: HashMap<String, OwnedFd>,
-    /// Threads used to create namespaces.
+    /// Threads used to create namespaces ([`sys::workers`] unless set).
     pub threads: usize,
     /// The lab's ownership mark, put on every namespace it creates
     /// ([`crate::owner`]).
@@ -181,7 +201,7 @@ impl Netlink {
     /// A kernel that marks every namespace it creates with `mark`.
     pub fn new(mark: String) -> Self {
         Netlink {
-            threads: 4,
+            threads: sys::workers(),
             mark,
             ..Default::default()
         }
@@ -191,6 +211,18 @@ impl Netlink {
         self.handles
             .get(netns)
             .ok_or_else(|| KernelError::new(netns, "namespace was not created by this run"))
+    }
+
+    /// A handle on one of this run's namespaces (`/run/netns/NAME`), for a
+    /// link made into it or a thread to enter it. Kept only while the
+    /// request that names it runs: holding one per namespace as well as
+    /// its socket would need two descriptors per namespace, and 10,000
+    /// pods would not fit under a 20,000 open-file limit.
+    fn netns_fd(&self, step: &Step, netns: &str) -> Result<OwnedFd, KernelError> {
+        self.handle(netns)
+            .map_err(|e| KernelError::new(step.to_string(), e.message))?;
+        sys::open_netns(netns)
+            .map_err(|e| KernelError::new(step.to_string(), format!("open netns {netns}: {e}")))
     }
 
     /// Open sockets in namespaces that exist already (a lab that is up),
@@ -217,12 +249,10 @@ impl Netlink {
                 }
             }
             let what = || format!("ip netns exec {name}");
-            let fd = sys::open_netns(name).map_err(|e| KernelError::new(what(), e))?;
             let socket = sys::netlink_socket_in(name).map_err(|e| KernelError::new(what(), e))?;
             let (conn, handle, _) = rtnetlink::from_socket(sys::tokio_socket(socket));
             tokio::spawn(conn);
             self.handles.insert(name.clone(), handle);
-            self.fds.insert(name.clone(), fd);
         }
         Ok(())
     }
@@ -272,16 +302,141 @@ impl Netlink {
         Ok(None)
     }
 
-    /// `RTM_NEWLINK` in the step's namespace.
-    async fn link_add(&self, step: &Step, msg: LinkMessage) -> Result<(), KernelError> {
+    /// `RTM_NEWLINK` in the step's namespace, then IPv6 address generation
+    /// off on every link it makes (`made`: the link, and a veth's peer)
+    /// before any of them can carry a frame; see [`Netlink::addrgen_none`].
+    /// A link asked to be up is made down and brought up after, since the
+    /// kernel gives a link that comes up with a carrier its link-local
+    /// address at once (a bridge without ports has one). A veth pair keeps
+    /// its `up`: its peer is made down, and a veth has no carrier until
+    /// both ends are up (`veth_open`), which a later step does.
+    async fn link_add(
+        &self,
+        step: &Step,
+        mut msg: LinkMessage,
+        made: &[Made<'_>],
+    ) -> Result<(), KernelError> {
+        use netlink_packet_route::link::{LinkFlags, LinkInfo};
+        let veth = msg.attributes.iter().any(|a| {
+            matches!(a, LinkAttribute::LinkInfo(infos)
+                if infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth))))
+        });
+        let up = !veth && msg.header.flags.contains(LinkFlags::Up);
+        if up {
+            msg.header.flags.remove(LinkFlags::Up);
+            msg.header.change_mask.remove(LinkFlags::Up);
+        }
         let h = self.handle(&step.netns)?;
-        h.link().add(msg).execute().await.map_err(|e| fail(step, e))
+        h.link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(|e| fail(step, e))?;
+        futures::future::try_join_all(made.iter().map(|m| self.addrgen_none(m))).await?;
+        match made.first() {
+            Some(link) if up => self.link_set(step, link.builder().up().build()).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Take `::1` off `lo` again, like `ip -6 addr del ::1/128 dev lo`: the
+    /// kernel puts it on every loopback that comes up, whatever its address
+    /// generation mode, and the lab's namespaces have no IPv6 address. A
+    /// kernel without IPv6, or a loopback without the address, is fine.
+    async fn loopback_v6_off(&self, step: &Step) -> Result<(), KernelError> {
+        use netlink_packet_route::AddressFamily;
+        use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+        let mut msg = AddressMessage::default();
+        msg.header.family = AddressFamily::Inet6;
+        msg.header.prefix_len = 128;
+        msg.header.index = 1;
+        msg.attributes.push(AddressAttribute::Address(
+            std::net::Ipv6Addr::LOCALHOST.into(),
+        ));
+        match self.handle(&step.netns)?.address().del(msg).execute().await {
+            Err(e)
+                if matches!(
+                    errno(&e),
+                    Some(nix::libc::EADDRNOTAVAIL | nix::libc::EAFNOSUPPORT)
+                ) =>
+            {
+                Ok(())
+            }
+            r => r.map_err(|e| {
+                KernelError::new(
+                    format!(
+                        "ip -n {} -6 addr del ::1/128 dev lo",
+                        step::shell_quote(&step.netns)
+                    ),
+                    netlink_message(e),
+                )
+            }),
+        }
+    }
+
+    /// No IPv6 addresses on a link, like `ip link set NAME addrgenmode
+    /// none` (`IFLA_INET6_ADDR_GEN_MODE` in `RTM_SETLINK`): the kernel
+    /// then makes no link-local address, so the link sends no duplicate
+    /// address detection, router solicitation or MLD report (all-nodes, the
+    /// one group it still joins, is never reported). A kernel without IPv6
+    /// (`EAFNOSUPPORT`) makes none either.
+    async fn addrgen_none(&self, link: &Made<'_>) -> Result<(), KernelError> {
+        use netlink_packet_route::link::{AfSpecInet6, AfSpecUnspec, In6AddrGenMode};
+        let msg = link
+            .builder()
+            .append_extra_attribute(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+                vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
+            )]))
+            .build();
+        let what = || {
+            format!(
+                "ip -n {} link set {} addrgenmode none",
+                step::shell_quote(link.netns),
+                step::shell_quote(link.name)
+            )
+        };
+        match self.handle(link.netns) {
+            Ok(h) => match h.link().set(msg).execute().await {
+                Err(e) if errno(&e) == Some(nix::libc::EAFNOSUPPORT) => Ok(()),
+                r => r.map_err(|e| KernelError::new(what(), netlink_message(e))),
+            },
+            Err(e) => Err(KernelError::new(what(), e.message)),
+        }
     }
 
     /// `RTM_SETLINK` in the step's namespace.
     async fn link_set(&self, step: &Step, msg: LinkMessage) -> Result<(), KernelError> {
         let h = self.handle(&step.netns)?;
         h.link().set(msg).execute().await.map_err(|e| fail(step, e))
+    }
+}
+
+/// A link an `RTM_NEWLINK` makes: the namespace it lives in once made
+/// (another than the step's for a veth's peer or a link moved at once),
+/// its index there and its name (which finds it when the plan left the
+/// index to the kernel, 0).
+pub(crate) struct Made<'a> {
+    pub netns: &'a str,
+    pub ifindex: u32,
+    pub name: &'a str,
+}
+
+impl Made<'_> {
+    /// A message about this link.
+    fn builder(&self) -> LinkMessageBuilder<LinkUnspec> {
+        if self.ifindex != 0 {
+            LinkUnspec::new_with_index(self.ifindex)
+        } else {
+            LinkUnspec::new_with_name(self.name)
+        }
+    }
+}
+
+/// The errno of a kernel refusal, if that is what `e` is.
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(msg) => msg.code.map(|c| -c.get()),
+        _ => None,
     }
 }
 
@@ -317,13 +472,14 @@ impl Kernel for Netlink {
                 .chunks(chunk)
                 .map(|part| {
                     s.spawn(move || {
+                        let mut placeholders = sys::Placeholders::default();
                         part.iter()
                             .enumerate()
                             .map(|(i, ns)| {
                                 if i == part.len() / 2 {
                                     crate::fault::fault_point("half-namespaces");
                                 }
-                                sys::create_netns(&ns.name, mark, |socket| {
+                                sys::create_netns(&ns.name, mark, &mut placeholders, |socket| {
                                     crate::owner::set_loopback_alias(socket, mark)
                                 })
                                 .map(Created)
@@ -346,8 +502,7 @@ impl Kernel for Netlink {
                 Ok(Created(ns)) => {
                     let (conn, handle, _) = rtnetlink::from_socket(sys::tokio_socket(ns.socket));
                     tokio::spawn(conn);
-                    self.handles.insert(ns.name.clone(), handle);
-                    self.fds.insert(ns.name, ns.fd);
+                    self.handles.insert(ns.name, handle);
                 }
                 Err(e) => errors.push(e),
             }
@@ -394,7 +549,8 @@ impl Kernel for Netlink {
             Action::DelNsRoute(a) => a.apply(self, step).await,
             Action::LoopbackUp => {
                 let msg = LinkUnspec::new_with_index(1).up().build();
-                self.link_set(step, msg).await
+                self.link_set(step, msg).await?;
+                self.loopback_v6_off(step).await
             }
             Action::AddBridge { name, ifindex, mac } => {
                 let mut b = LinkBridge::new(name)
@@ -404,7 +560,12 @@ impl Kernel for Netlink {
                 if let Some(mac) = mac {
                     b = b.address(mac.to_vec());
                 }
-                self.link_add(step, b.build()).await
+                let made = Made {
+                    netns: &step.netns,
+                    ifindex: *ifindex,
+                    name,
+                };
+                self.link_add(step, b.build(), &[made]).await
             }
             Action::AddVeth {
                 name,
@@ -416,10 +577,9 @@ impl Kernel for Netlink {
                 peer_ifindex,
                 peer_mac,
             } => {
-                let peer_fd = self
-                    .fds
-                    .get(peer_netns)
-                    .ok_or_else(|| KernelError::new(step.to_string(), "peer namespace missing"))?;
+                // Open until the kernel has the request: the number goes
+                // in the message.
+                let peer_fd = self.netns_fd(step, peer_netns)?;
                 let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
                     .name(peer_name.clone())
                     .index(*peer_ifindex)
@@ -438,11 +598,30 @@ impl Kernel for Netlink {
                 if let Some(c) = controller {
                     b = b.controller(c.ifindex);
                 }
-                self.link_add(step, b.build()).await
+                let made = [
+                    Made {
+                        netns: &step.netns,
+                        ifindex: *ifindex,
+                        name,
+                    },
+                    Made {
+                        netns: peer_netns,
+                        ifindex: *peer_ifindex,
+                        name: peer_name,
+                    },
+                ];
+                let done = self.link_add(step, b.build(), &made).await;
+                drop(peer_fd);
+                done
             }
             Action::AddDummy { name, ifindex } => {
                 let msg = LinkDummy::new(name).index(*ifindex).up().build();
-                self.link_add(step, msg).await
+                let made = Made {
+                    netns: &step.netns,
+                    ifindex: *ifindex,
+                    name,
+                };
+                self.link_add(step, msg, &[made]).await
             }
             Action::AddIpvlan {
                 name,
@@ -451,17 +630,24 @@ impl Kernel for Netlink {
                 netns,
             } => {
                 let mut b = LinkIpVlan::new(name, parent.ifindex, IpVlanMode::L2).index(*ifindex);
+                // Open until the kernel has the request.
+                let mut target_fd = None;
                 b = match netns {
                     // Made here, off the node's ENI, living in the pod.
                     Some(target) => {
-                        let fd = self.fds.get(target).ok_or_else(|| {
-                            KernelError::new(step.to_string(), "pod namespace missing")
-                        })?;
-                        b.setns_by_fd(fd.as_raw_fd())
+                        target_fd = Some(self.netns_fd(step, target)?);
+                        b.setns_by_fd(target_fd.as_ref().map_or(-1, |fd| fd.as_raw_fd()))
                     }
                     None => b.up(),
                 };
-                self.link_add(step, b.build()).await
+                let made = Made {
+                    netns: netns.as_deref().unwrap_or(&step.netns),
+                    ifindex: *ifindex,
+                    name,
+                };
+                let done = self.link_add(step, b.build(), &[made]).await;
+                drop(target_fd);
+                done
             }
             Action::BpfLoad { .. }
             | Action::BpfAttach { .. }
@@ -608,15 +794,9 @@ impl Kernel for Netlink {
                 self.link_set(step, msg).await
             }
             Action::Sysctl { key, value } => {
-                let fd = self
-                    .fds
-                    .get(&step.netns)
-                    .ok_or_else(|| KernelError::new(step.to_string(), "namespace missing"))?;
                 // Entering a namespace is for a thread of our own, never a
                 // runtime thread.
-                let fd = fd
-                    .try_clone()
-                    .map_err(|e| KernelError::new(step.to_string(), e))?;
+                let fd = self.netns_fd(step, &step.netns)?;
                 let (key, value) = (key.clone(), value.clone());
                 tokio::task::spawn_blocking(move || sys::write_sysctl_in(fd, &key, &value))
                     .await
@@ -628,12 +808,9 @@ impl Kernel for Netlink {
 
     async fn sysctl(&self, netns: &str, key: &str) -> Result<String, KernelError> {
         let what = format!("ip netns exec {netns} sysctl -n {key}");
-        let fd = self
-            .fds
-            .get(netns)
-            .ok_or_else(|| KernelError::new(what.clone(), "namespace missing"))?
-            .try_clone()
-            .map_err(|e| KernelError::new(what.clone(), e))?;
+        self.handle(netns)
+            .map_err(|e| KernelError::new(what.clone(), e.message))?;
+        let fd = sys::open_netns(netns).map_err(|e| KernelError::new(what.clone(), e))?;
         let key = key.to_string();
         tokio::task::spawn_blocking(move || sys::read_sysctl_in(fd, &key))
             .await

@@ -26,6 +26,7 @@ pub mod netem;
 pub mod observe;
 pub mod owner;
 pub mod plan;
+pub mod release;
 pub mod route;
 pub mod scenario;
 pub mod serve;

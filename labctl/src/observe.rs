@@ -70,7 +70,7 @@ pub fn lab_status(record: &LabState) -> Result<Vec<NsStatus>, EngineError> {
 }
 
 fn open_sockets(names: &[&str]) -> Vec<Option<netlink_sys::Socket>> {
-    let chunk = names.len().div_ceil(4).max(1);
+    let chunk = names.len().div_ceil(sys::workers()).max(1);
     std::thread::scope(|s| {
         let workers: Vec<_> = names
             .chunks(chunk)

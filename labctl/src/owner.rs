@@ -121,8 +121,52 @@ fn io_error(what: &str, e: wire::Failure) -> io::Error {
 /// Whether `/run/netns/NAME` is a namespace (or the placeholder of one)
 /// carrying `mark`. Only a regular file is looked at, opened without
 /// following links and without blocking; a mounted namespace is entered
-/// to read its `lo` alias, a plain file is read (at most 256 bytes).
+/// (by a thread of its own) to read its `lo` alias, a plain file is read
+/// (at most 256 bytes).
 pub fn netns_owner(name: &str, mark: &str) -> Owner {
+    owner_of(name, mark, |name| sys::in_netns(name, read_alias_here)?)
+}
+
+/// [`netns_owner`] for many names at once, in their order: a few threads
+/// of our own ([`sys::workers`]) each enter their share of the namespaces
+/// one after another, where one thread per namespace, started and joined
+/// in turn, took `down` 5.8 s of its 6.0 s for 5,000 pods.
+pub fn netns_owners(names: &[&str], mark: &str) -> Vec<Owner> {
+    let chunk = names.len().div_ceil(sys::workers()).max(1);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = names
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|name| {
+                            owner_of(name, mark, |name| {
+                                let ns = sys::open_netns(name)?;
+                                // This thread is ours; the guard puts it back.
+                                let _back = sys::NetnsGuard::enter(&ns)?;
+                                read_alias_here()
+                            })
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("owner check worker panicked"))
+            .collect()
+    })
+}
+
+/// The `lo` alias of the namespace the calling thread is in.
+fn read_alias_here() -> io::Result<String> {
+    let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    loopback_alias(&mut socket)
+}
+
+/// [`netns_owner`], reading a mounted namespace's alias with `alias`.
+fn owner_of(name: &str, mark: &str, alias: impl FnOnce(&str) -> io::Result<String>) -> Owner {
     let path = sys::netns_path(name);
     let meta = match fs::symlink_metadata(&path) {
         Ok(m) => m,
@@ -137,21 +181,16 @@ pub fn netns_owner(name: &str, mark: &str) -> Owner {
         .map(|s| s.filesystem_type() == nix::sys::statfs::FsType(NSFS_MAGIC))
         .unwrap_or(false);
     if mounted {
-        let alias = sys::in_netns(name, || -> io::Result<String> {
-            let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
-            socket.bind_auto()?;
-            loopback_alias(&mut socket)
-        });
-        return match alias {
-            Ok(Ok(alias)) if alias == mark => Owner::Ours,
-            Ok(Ok(alias)) if alias.is_empty() => {
+        return match alias(name) {
+            Ok(alias) if alias == mark => Owner::Ours,
+            Ok(alias) if alias.is_empty() => {
                 Owner::Foreign("it carries no labctl mark (made by someone else)".into())
             }
-            Ok(Ok(alias)) => Owner::Foreign(format!(
+            Ok(alias) => Owner::Foreign(format!(
                 "it carries another mark (`{}`)",
                 alias.escape_debug()
             )),
-            Ok(Err(e)) | Err(e) => Owner::Foreign(format!("cannot read its mark: {e}")),
+            Err(e) => Owner::Foreign(format!("cannot read its mark: {e}")),
         };
     }
     // A placeholder `up` made but never mounted a namespace on.

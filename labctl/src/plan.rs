@@ -48,7 +48,9 @@ impl Plan {
     pub fn to_commands(&self) -> String {
         let mut out = String::new();
         for ns in &self.namespaces {
-            // No IPv6, as `up` makes its namespaces (`sys::create_netns`).
+            // No IPv6, as in `up`'s namespaces: the familiar sysctl, where
+            // `up` sets each link's address generation mode (see
+            // `crate::kernel`; the effect is the same, its cost is not).
             let name = shell_quote(&ns.name);
             out.push_str(&format!(
                 "ip netns add {name} && ip netns exec {name} sysctl -qw \

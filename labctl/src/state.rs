@@ -355,6 +355,22 @@ impl Drop for LabLock {
     }
 }
 
+/// An exclusive `flock` on `file`, retried every 10 ms until `grace` has
+/// passed.
+fn lock_within(mut file: File, grace: std::time::Duration) -> Result<Flock<File>, nix::Error> {
+    let deadline = std::time::Instant::now() + grace;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(locked) => return Ok(locked),
+            Err((back, nix::errno::Errno::EWOULDBLOCK)) if std::time::Instant::now() < deadline => {
+                file = back;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err((_, e)) => return Err(e),
+        }
+    }
+}
+
 fn same_file(file: &File, path: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     match (file.metadata(), fs::symlink_metadata(path)) {
@@ -363,8 +379,17 @@ fn same_file(file: &File, path: &Path) -> bool {
     }
 }
 
-/// Take the lab's lock without waiting: a second command on the same lab is
-/// told at once instead of hanging.
+/// How long [`lock`] waits for a lab another process holds. A command that
+/// really works on the lab holds it for seconds and more, so this is no
+/// queue. It is for the holder that is already gone but for a moment: a
+/// child that `up` forked to start the built-in servers shares the lock's
+/// open file until its `exec` closes it (`O_CLOEXEC`), so when `up` is
+/// killed just then, the lock outlives it by the few milliseconds that
+/// `exec` takes, and a `down` right after was refused as busy.
+const LOCK_GRACE: std::time::Duration = std::time::Duration::from_millis(1500);
+
+/// Take the lab's lock, waiting at most [`LOCK_GRACE`]: a second command on
+/// the same lab is told it is busy instead of hanging.
 pub fn lock(lab: &str) -> Result<LabLock, StateError> {
     checked(lab)?;
     let dir = state_dir();
@@ -380,11 +405,10 @@ pub fn lock(lab: &str) -> Result<LabLock, StateError> {
             .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&path)
             .map_err(io_err(&path))?;
-        let file =
-            Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| StateError::Busy {
-                lab: lab.to_string(),
-                path: path.clone(),
-            })?;
+        let file = lock_within(file, LOCK_GRACE).map_err(|_| StateError::Busy {
+            lab: lab.to_string(),
+            path: path.clone(),
+        })?;
         // The holder before us may have removed the file between our open
         // and our lock: then the lock is on a file nobody else will see.
         if same_file(&file, &path) {

@@ -14,7 +14,16 @@ pub struct Args {
     /// Print nothing but errors.
     #[arg(short, long)]
     quiet: bool,
+    /// Then wait until the kernel has released the lab's namespaces (run
+    /// their cleanup: devices, tables), not only queued them, so that
+    /// what follows does not share the machine with it; at most 60 s,
+    /// after which it fails saying how many are left.
+    #[arg(long)]
+    wait: bool,
 }
+
+/// How long `--wait` waits for the kernel.
+const WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub fn run(args: Args) -> Result {
     let lab = lab_name(&args.lab, &args.vars)?;
@@ -22,12 +31,18 @@ pub fn run(args: Args) -> Result {
         .ok()
         .flatten()
         .and_then(|r| r.vm.map(|vm| vm.kernel.release));
-    let report = engine::down(&lab)?;
+    let report = engine::down(&lab, args.wait.then_some(WAIT_LIMIT))?;
     super::warn_left(&report.left);
     if !args.quiet {
-        match in_vm {
-            Some(release) => println!("lab `{lab}` is down: its VM (kernel {release}) stopped"),
-            None => println!("lab `{lab}` is down: {} namespaces removed", report.removed),
+        match (in_vm, report.released) {
+            (Some(release), _) => {
+                println!("lab `{lab}` is down: its VM (kernel {release}) stopped")
+            }
+            (None, Some(after)) => println!(
+                "lab `{lab}` is down: {} namespaces removed and released by the kernel {:.2?} later",
+                report.removed, after
+            ),
+            (None, None) => println!("lab `{lab}` is down: {} namespaces removed", report.removed),
         }
     }
     Ok(())

@@ -207,7 +207,7 @@ pub fn run(args: Args) -> Result {
             let vm = vm?;
             let result = in_vm(&vm);
             if !args.keep {
-                super::warn_left(&engine::down(&lab.name)?.left);
+                super::warn_left(&engine::down(&lab.name, None)?.left);
             }
             return exit(result?);
         }
@@ -222,7 +222,7 @@ pub fn run(args: Args) -> Result {
     labctl::capture::wait_closed();
     let written = write_results(&args, &suite);
     if brought_up && !args.keep {
-        super::warn_left(&engine::down(&lab.name)?.left);
+        super::warn_left(&engine::down(&lab.name, None)?.left);
     }
     written?;
     let outcomes = result?;

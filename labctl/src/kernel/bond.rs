@@ -18,7 +18,7 @@ use rtnetlink::{LinkBond, LinkUnspec};
 use serde::Serialize;
 
 use super::step::{IfRef, Step, shell_quote as q};
-use super::{KernelError, Netlink};
+use super::{KernelError, Made, Netlink};
 
 /// `ip link add NAME index N [address MAC] type bond mode MODE [miimon
 /// MS] && ip link set NAME up`
@@ -66,7 +66,12 @@ impl AddBond {
         if let Some(mac) = &self.mac {
             b = b.address(mac.to_vec());
         }
-        nl.link_add(step, b.build()).await
+        let made = Made {
+            netns: &step.netns,
+            ifindex: self.ifindex,
+            name: &self.name,
+        };
+        nl.link_add(step, b.build(), &[made]).await
     }
 }
 

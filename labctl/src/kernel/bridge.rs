@@ -20,7 +20,7 @@ use rtnetlink::{LinkBridge, LinkBridgePort, LinkBridgeVlan};
 use serde::Serialize;
 
 use super::step::{Step, shell_quote as q};
-use super::{KernelError, Netlink, fail};
+use super::{KernelError, Made, Netlink, fail};
 
 /// `ip link add NAME index N [address MAC] type bridge mcast_snooping 0
 /// vlan_filtering 1 [vlan_default_pvid P] && ip link set NAME up`: a
@@ -62,7 +62,12 @@ impl AddVlanBridge {
         if let Some(mac) = &self.mac {
             b = b.address(mac.to_vec());
         }
-        nl.link_add(step, b.build()).await
+        let made = Made {
+            netns: &step.netns,
+            ifindex: self.ifindex,
+            name: &self.name,
+        };
+        nl.link_add(step, b.build(), &[made]).await
     }
 }
 

@@ -19,7 +19,7 @@ use rtnetlink::{LinkIpVlan, LinkMacVlan};
 use serde::Serialize;
 
 use super::step::{IfRef, Step, shell_quote as q};
-use super::{KernelError, Netlink};
+use super::{KernelError, Made, Netlink};
 
 /// The kinds made off a parent device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -70,15 +70,12 @@ impl AddOffParent {
     }
 
     pub(super) async fn apply(&self, nl: &Netlink, step: &Step) -> Result<(), KernelError> {
-        let fd = match &self.netns {
-            Some(target) => Some(
-                nl.fds
-                    .get(target)
-                    .ok_or_else(|| KernelError::new(step.to_string(), "namespace missing"))?
-                    .as_raw_fd(),
-            ),
+        // Open until the kernel has the request: the number goes in it.
+        let target_fd = match &self.netns {
+            Some(target) => Some(nl.netns_fd(step, target)?),
             None => None,
         };
+        let fd = target_fd.as_ref().map(|fd| fd.as_raw_fd());
         let (parent, index) = (self.parent.ifindex, self.ifindex);
         let mac = self.mac.map(|m| m.to_vec());
         // The two builders are different types: each finished here.
@@ -113,6 +110,13 @@ impl AddOffParent {
                 .build()
             }
         };
-        nl.link_add(step, msg).await
+        let made = Made {
+            netns: self.netns.as_deref().unwrap_or(&step.netns),
+            ifindex: index,
+            name: &self.name,
+        };
+        let done = nl.link_add(step, msg, &[made]).await;
+        drop(target_fd);
+        done
     }
 }

@@ -61,16 +61,24 @@ impl Netlink {
                 if let Some(mac) = mac {
                     b = b.address(mac.to_vec());
                 }
-                b = match netns {
-                    Some(target) => match self.fds.get(target) {
-                        Some(fd) => b.setns_by_fd(fd.as_raw_fd()),
-                        None => {
-                            return Err(KernelError::new(step.to_string(), "namespace missing"));
-                        }
-                    },
+                // Open until the kernel has the request: the number goes
+                // in it.
+                let target_fd = match netns {
+                    Some(target) => Some(self.netns_fd(step, target)?),
+                    None => None,
+                };
+                b = match &target_fd {
+                    Some(fd) => b.setns_by_fd(fd.as_raw_fd()),
                     None => b.up(),
                 };
-                self.link_add(step, b.build()).await
+                let made = super::Made {
+                    netns: netns.as_deref().unwrap_or(&step.netns),
+                    ifindex: *ifindex,
+                    name,
+                };
+                let done = self.link_add(step, b.build(), &[made]).await;
+                drop(target_fd);
+                done
             }
             Action::DelRoute {
                 destination,

@@ -11,7 +11,7 @@ use rtnetlink::{LinkUnspec, LinkVlan};
 use serde::Serialize;
 
 use super::step::{IfRef, Step, shell_quote as q};
-use super::{KernelError, Netlink};
+use super::{KernelError, Made, Netlink};
 
 /// `ip link add link PARENT name NAME index N [address MAC] type vlan id
 /// ID && ip link set NAME up`: tagged frames of `parent` with this id are
@@ -65,6 +65,11 @@ impl AddVlan {
         if let Some(mac) = &self.mac {
             b = b.address(mac.to_vec());
         }
-        nl.link_add(step, b.build()).await
+        let made = Made {
+            netns: &step.netns,
+            ifindex: self.ifindex,
+            name: &self.name,
+        };
+        nl.link_add(step, b.build(), &[made]).await
     }
 }
