@@ -12,7 +12,9 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
+mod evpn;
 mod objects;
+pub use evpn::*;
 pub use objects::*;
 
 /// The kernel's limit on interface names (IFNAMSIZ - 1).

@@ -18,8 +18,10 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_saphyr::Spanned;
 
 mod changes;
+mod evpn;
 mod objects;
 pub use changes::*;
+pub use evpn::*;
 pub use objects::*;
 
 /// A labctl topology: a cloud VPC with its vSwitches, the nodes (ECS
@@ -93,6 +95,11 @@ pub struct RawTopology {
     /// Forwarding database entries of bridges and vxlan devices.
     #[serde(default)]
     pub fdb: Vec<RawFdb>,
+    /// An EVPN control plane: the FDB and neighbour entries and the ARP
+    /// suppression of every leaf of a VXLAN segment, computed from where
+    /// each pod is.
+    #[serde(default)]
+    pub evpn: Option<RawEvpn>,
     /// tc filters: match-all with mirred redirect or mirror, or one of
     /// labctl's eBPF programs.
     #[serde(default)]

@@ -15,6 +15,7 @@ use crate::model::*;
 use crate::raw::*;
 
 mod changes;
+mod evpn;
 mod objects;
 
 /// The limit on lab names: they prefix every namespace and generated name.
