@@ -1,8 +1,8 @@
 //! Reading a live lab back from the kernel: every namespace it made, with its
 //! interfaces, their kinds, MACs, addresses and bridge masters, as
 //! `ip -d addr` would show them. What `labctl status` prints. Also one
-//! namespace's neighbour table (`ip neigh show`), which scenarios check
-//! after their traffic.
+//! namespace's neighbour table (`ip neigh show`) and packet-filter rules
+//! (`nft list ruleset`), which scenarios check after their traffic.
 
 use std::collections::HashMap;
 
@@ -243,6 +243,63 @@ pub fn forget_neighbours_in(netns: &str, keep: &[std::net::Ipv4Addr]) -> std::io
         Ok::<_, rtnetlink::Error>(())
     })
     .map_err(|e| std::io::Error::other(format!("forget neighbours: {e}")))
+}
+
+/// A namespace's packet-filter rules: its nftables ruleset (where
+/// iptables-nft keeps iptables rules too) and the legacy iptables tables
+/// loaded in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ruleset {
+    /// `nft list ruleset`, as nft prints it (empty: no table).
+    pub nft: String,
+    /// `/proc/net/ip_tables_names` of the namespace: the x_tables tables
+    /// legacy iptables made there (the file is absent without the module).
+    pub legacy_tables: Vec<String>,
+}
+
+impl Ruleset {
+    /// No nftables table and no legacy iptables table: no rule of any kind.
+    pub fn is_empty(&self) -> bool {
+        self.nft.trim().is_empty() && self.legacy_tables.is_empty()
+    }
+
+    /// What there is, in a line: the tables by family and name.
+    pub fn summary(&self) -> String {
+        let mut tables: Vec<String> = self
+            .nft
+            .lines()
+            .filter_map(|l| l.strip_prefix("table "))
+            .map(|t| t.trim_end_matches(" {").to_string())
+            .collect();
+        tables.extend(
+            self.legacy_tables
+                .iter()
+                .map(|t| format!("iptables (legacy) {t}")),
+        );
+        if tables.is_empty() {
+            "no table".to_string()
+        } else {
+            format!("tables: {}", tables.join(", "))
+        }
+    }
+}
+
+/// The packet-filter rules of one namespace, like `ip netns exec NETNS nft
+/// list ruleset` and `cat /proc/net/ip_tables_names` there. Blocking.
+pub fn ruleset_in(netns: &str) -> std::io::Result<Ruleset> {
+    let nft = crate::kernel::nft::list(netns, false).map_err(std::io::Error::other)?;
+    let legacy = sys::in_netns(netns, || {
+        // The thread's own view of /proc/net: this namespace's.
+        match std::fs::read_to_string("/proc/thread-self/net/ip_tables_names") {
+            Ok(text) => Ok(text.lines().map(str::to_string).collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    })??;
+    Ok(Ruleset {
+        nft,
+        legacy_tables: legacy,
+    })
 }
 
 /// The neighbour table of one namespace, like `ip -n NETNS neigh show`

@@ -12,7 +12,9 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
+mod evpn;
 mod objects;
+pub use evpn::*;
 pub use objects::*;
 
 /// The kernel's limit on interface names (IFNAMSIZ - 1).
@@ -761,6 +763,9 @@ pub struct Expect {
     /// Neighbour entries that must (not) exist after the traffic.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub neighbours: Vec<NeighbourExpect>,
+    /// Namespaces whose nftables ruleset must (not) be empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nftables: Vec<NftExpect>,
 }
 
 /// Packets some interfaces must (not) see: every filter given must match.
@@ -832,6 +837,14 @@ pub struct NeighbourExpect {
     pub address: Ipv4Addr,
     pub lladdr: Option<[u8; 6]>,
     pub present: bool,
+}
+
+/// A namespace whose ruleset must be empty (`empty`: no nftables table, no
+/// legacy iptables table) or not, after the traffic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NftExpect {
+    pub entity: String,
+    pub empty: bool,
 }
 
 /// What an entity of the lab is; one network namespace each.

@@ -18,8 +18,10 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_saphyr::Spanned;
 
 mod changes;
+mod evpn;
 mod objects;
 pub use changes::*;
+pub use evpn::*;
 pub use objects::*;
 
 /// A labctl topology: a cloud VPC with its vSwitches, the nodes (ECS
@@ -93,6 +95,11 @@ pub struct RawTopology {
     /// Forwarding database entries of bridges and vxlan devices.
     #[serde(default)]
     pub fdb: Vec<RawFdb>,
+    /// An EVPN control plane: the FDB and neighbour entries and the ARP
+    /// suppression of every leaf of a VXLAN segment, computed from where
+    /// each pod is.
+    #[serde(default)]
+    pub evpn: Option<RawEvpn>,
     /// tc filters: match-all with mirred redirect or mirror, or one of
     /// labctl's eBPF programs.
     #[serde(default)]
@@ -800,6 +807,12 @@ pub struct RawExpect {
     /// the traffic, read from the kernel like `ip neigh show`.
     #[serde(default)]
     pub neighbours: Vec<RawNeighbourExpect>,
+    /// The nftables ruleset of a namespace after the traffic, read there
+    /// like `nft list ruleset`: `{in: node, empty: true}` says it holds no
+    /// table at all (so no chain and no rule, iptables-nft's included),
+    /// and no legacy iptables table is loaded there either.
+    #[serde(default)]
+    pub nftables: Vec<RawNftExpect>,
     /// Conntrack entries a node must hold for the flow.
     #[serde(default)]
     pub conntrack: Vec<RawConntrackExpect>,
@@ -858,6 +871,20 @@ pub struct RawNeighbourExpect {
     /// `address`, `dev` and `lladdr` exists. False: none does.
     #[serde(default)]
     pub present: Option<bool>,
+}
+
+/// What a namespace's nftables ruleset must be after the traffic.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "NftExpect")]
+pub struct RawNftExpect {
+    /// The namespace, node, pod or client whose ruleset is read.
+    #[serde(rename = "in")]
+    #[schemars(with = "String")]
+    pub netns: Spanned<String>,
+    /// True: no nftables table and no legacy iptables table. False: some
+    /// table.
+    pub empty: bool,
 }
 
 /// Packets a set of interfaces must see (`seen_on`) or must not

@@ -15,6 +15,7 @@ use crate::model::*;
 use crate::raw::*;
 
 mod changes;
+mod evpn;
 mod objects;
 
 /// The limit on lab names: they prefix every namespace and generated name.
@@ -2109,6 +2110,7 @@ impl Resolver<'_> {
             "hops",
         );
         let neighbours = self.neighbour_expects(&raw.expect.neighbours, lab);
+        let nftables = self.nft_expects(&raw.expect.nftables, lab);
         if self.problems.len() > before {
             return None;
         }
@@ -2150,6 +2152,7 @@ impl Resolver<'_> {
                 devices,
                 hops,
                 neighbours,
+                nftables,
             },
         })
     }
@@ -2225,6 +2228,37 @@ impl Resolver<'_> {
                     address,
                     lladdr,
                     present: n.present.unwrap_or(true),
+                });
+            }
+        }
+        out
+    }
+
+    /// `expect.nftables`: a namespace of the lab, each named once.
+    fn nft_expects(&mut self, list: &[RawNftExpect], lab: &Lab) -> Vec<NftExpect> {
+        let mut out: Vec<NftExpect> = Vec::new();
+        for n in list {
+            let entity = n.netns.value.trim();
+            if lab.interfaces_of(entity).is_none() {
+                let entities = lab.entities();
+                let known: Vec<&str> = entities.iter().map(|(e, _)| e.as_str()).collect();
+                self.err(
+                    &n.netns.referenced,
+                    format!("unknown namespace, node, pod or client `{entity}`"),
+                    "unknown namespace",
+                    Some(unknown_hint("namespace", entity, &known)),
+                );
+            } else if out.iter().any(|o| o.entity == entity) {
+                self.err(
+                    &n.netns.referenced,
+                    format!("the ruleset of `{entity}` is expected twice"),
+                    "again",
+                    Some("one namespace has one ruleset: keep one expectation".into()),
+                );
+            } else {
+                out.push(NftExpect {
+                    entity: entity.to_string(),
+                    empty: n.empty,
                 });
             }
         }

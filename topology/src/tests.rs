@@ -6,6 +6,8 @@ use std::time::Instant;
 
 use super::*;
 
+mod evpn;
+
 fn vars() -> BTreeMap<String, String> {
     BTreeMap::new()
 }
@@ -211,7 +213,7 @@ fn unknown_top_level_key() {
         e,
         "t.yaml:2:1: unknown key `servicez`, expected one of: name, vpc, nodes, pods, clients, \
          services, proxy, kube_proxy, service_cidr, scenarios, ebpf, \
-         namespaces, links, addresses, routes, neighbours, fdb, tc, bpf_maps, sysctls"
+         namespaces, links, addresses, routes, neighbours, fdb, evpn, tc, bpf_maps, sysctls"
     );
 }
 
@@ -3309,4 +3311,44 @@ fn backend_must_be_an_endpoint_of_the_service_addressed() {
     );
     // By node port on a node's address.
     assert!(services_problems("    to: 8.8.8.10:80\n", "    to: 10.0.0.2:30080\n").is_empty());
+}
+
+#[test]
+fn nftables_expectations_name_each_namespace_once() {
+    let scenario = |nft: &str| {
+        format!(
+            "{LOW}scenarios:\n  - name: s\n    from: a\n    to: 192.0.2.9\n    protocol: icmp\n    \
+             expect:\n      nftables: {nft}\n"
+        )
+    };
+    let lab = load_str("t.yaml", &scenario("[{in: b, empty: true}]"), &vars())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        lab.scenarios[0].expect.nftables,
+        vec![NftExpect {
+            entity: "b".into(),
+            empty: true
+        }]
+    );
+    // Line 26 is `nftables:`, the first `in` names column 23.
+    let e = load_str("t.yaml", &scenario("[{in: c, empty: true}]"), &vars()).unwrap_err();
+    let p: Vec<String> = e.problems().iter().map(|p| p.to_string()).collect();
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(
+        p[0].starts_with("t.yaml:26:23: unknown namespace, node, pod or client `c`"),
+        "{p:#?}"
+    );
+    let e = load_str(
+        "t.yaml",
+        &scenario("[{in: b, empty: true}, {in: b, empty: false}]"),
+        &vars(),
+    )
+    .unwrap_err();
+    let p: Vec<String> = e.problems().iter().map(|p| p.to_string()).collect();
+    assert!(
+        p.len() == 1 && p[0].starts_with("t.yaml:26:45: the ruleset of `b` is expected twice"),
+        "{p:#?}"
+    );
+    // `empty` is required.
+    assert!(load_str("t.yaml", &scenario("[{in: b}]"), &vars()).is_err());
 }

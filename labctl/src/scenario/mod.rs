@@ -102,6 +102,12 @@ pub enum ScenarioError {
         netns: String,
         source: std::io::Error,
     },
+    #[error("scenario `{scenario}`: read the packet-filter rules of {netns}: {source}")]
+    Ruleset {
+        scenario: String,
+        netns: String,
+        source: std::io::Error,
+    },
     #[error("write the capture to {path}: {source}")]
     Pcap {
         path: std::path::PathBuf,
@@ -521,6 +527,19 @@ pub fn run(
         })?;
         neighbours.insert(n.entity.clone(), table);
     }
+    // Rulesets the expectations name, read after the traffic.
+    let mut rulesets: HashMap<String, observe::Ruleset> = HashMap::new();
+    for n in &sc.expect.nftables {
+        let netns = record
+            .netns_of(&n.entity)
+            .map_or_else(|| lab.netns(&n.entity), |ns| ns.name.clone());
+        let ruleset = observe::ruleset_in(&netns).map_err(|source| ScenarioError::Ruleset {
+            scenario: sc.name.clone(),
+            netns: netns.clone(),
+            source,
+        })?;
+        rulesets.insert(n.entity.clone(), ruleset);
+    }
     // The request's flows (every attempt, every hop), client socket and
     // destination as the captures saw them: an IPVS connection is this
     // request's only when both ends match one, not an earlier scenario's
@@ -621,6 +640,7 @@ pub fn run(
     };
     report.checks = check(sc, &report, &seen, &at, &hop, &group_of);
     report.checks.extend(check_neighbours(sc, &neighbours));
+    report.checks.extend(check_rulesets(sc, &rulesets));
     report.checks.extend(check_conntrack(sc, &ct));
     if let Some(dir) = opts.pcap {
         write_pcapng(dir, &report, &packets, &entity_of)?;
@@ -1051,6 +1071,26 @@ fn check_neighbours(
             };
             Check {
                 what,
+                ok,
+                detail: (!ok).then_some(detail),
+            }
+        })
+        .collect()
+}
+
+/// The scenario's ruleset expectations against the rulesets read back.
+fn check_rulesets(sc: &Scenario, rulesets: &HashMap<String, observe::Ruleset>) -> Vec<Check> {
+    sc.expect
+        .nftables
+        .iter()
+        .map(|want| {
+            let (ok, detail) = match rulesets.get(&want.entity) {
+                Some(r) => (r.is_empty() == want.empty, r.summary()),
+                None => (false, "not read".to_string()),
+            };
+            let what = if want.empty { "empty" } else { "not empty" };
+            Check {
+                what: format!("ruleset of {}: {what}", want.entity),
                 ok,
                 detail: (!ok).then_some(detail),
             }

@@ -20,6 +20,10 @@ pub struct Objects {
     pub sysctls: Vec<NsSysctl>,
     /// The eBPF router's maps, one entry per namespace.
     pub bpf_maps: Vec<BpfMaps>,
+    /// The EVPN segment whose entries `fdb` and `neighbours` end with, kept
+    /// for the scenarios' `evpn_move`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evpn: Option<super::Evpn>,
 }
 
 impl Objects {

@@ -37,6 +37,10 @@ pub enum RawChange {
     Tc(RawTcChange),
     /// A pod moved to another node, keeping its MAC and address.
     Move(RawMoveChange),
+    /// The EVPN controller's step after a pod moved under another leaf:
+    /// the entries each leaf loses, gains or has updated.
+    #[serde(rename = "evpn_move")]
+    EvpnMove(RawEvpnMove),
 }
 
 /// `- service: {name: nginx1, remove_endpoints: [nginx1-s6z79]}`
@@ -190,6 +194,24 @@ pub struct RawMoveChange {
     #[schemars(with = "String")]
     pub pod: Spanned<String>,
     /// The node it moves to.
+    #[schemars(with = "String")]
+    pub to: Spanned<String>,
+}
+
+/// `- evpn_move: {pod: NAME, to: LEAF}`: what the controller programs once
+/// an `evpn` pod is under another leaf (same address and MAC). The new
+/// leaf deletes the pod's remote entries (it learns the pod as local), the
+/// old leaf adds them with the new leaf as VTEP, and every other leaf has
+/// its entry's VTEP replaced. The pod's own links are not touched: its
+/// move (a `link` change, a `move`) is written apart.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "EvpnMoveChange")]
+pub struct RawEvpnMove {
+    /// A pod of `evpn`'s `pods`.
+    #[schemars(with = "String")]
+    pub pod: Spanned<String>,
+    /// The leaf it is under now.
     #[schemars(with = "String")]
     pub to: Spanned<String>,
 }

@@ -26,6 +26,8 @@ impl Resolver<'_> {
     pub(super) fn changes(&mut self, raw: &[Spanned<RawChange>], lab: &Lab) -> Changes {
         let mut out: Changes = Default::default();
         let mut seen_links: HashMap<String, Location> = HashMap::new();
+        // The EVPN segment as the scenario's moves so far left it.
+        let mut evpn = lab.objects.evpn.clone();
         for c in raw {
             let loc = c.referenced;
             match &c.value {
@@ -52,6 +54,7 @@ impl Resolver<'_> {
                 RawChange::Sysctl(s) => out.3.extend(self.sysctl_change(s, lab)),
                 RawChange::Move(m) => out.3.extend(self.move_change(m, lab)),
                 RawChange::Tc(t) => out.3.extend(self.tc_change(t, lab)),
+                RawChange::EvpnMove(m) => out.3.extend(self.evpn_move(m, &mut evpn)),
             }
         }
         out

@@ -264,11 +264,15 @@ impl Resolver<'_> {
                 out.bpf_maps.push(m);
             }
         }
+        // Last: the controller's entries follow the file's own.
+        if let Some(e) = &raw.evpn {
+            self.evpn(e, raw, &known, &mut out);
+        }
         out
     }
 
     /// A namespace reference (`in`, `underlay`): true when it is known.
-    fn namespace_ref(&mut self, name: &Text, known: &[String]) -> bool {
+    pub(super) fn namespace_ref(&mut self, name: &Text, known: &[String]) -> bool {
         if known.iter().any(|k| k == &name.value) {
             return true;
         }
