@@ -1108,13 +1108,17 @@ fn addressed_services(
             .iter()
             .filter(|(svc, _)| addressed(svc.addr, svc.port))
             .flat_map(|(svc, dests)| {
-                let head = format!(
+                let mut head = format!(
                     "{} {}:{} {}",
                     svc.protocol.to_string().to_uppercase(),
                     svc.addr,
                     svc.port,
                     svc.scheduler
                 );
+                // As ipvsadm -Ln shows a persistent service.
+                if let Some(t) = svc.persistent {
+                    head.push_str(&format!(" persistent {t}"));
+                }
                 let dests = dests.iter().map(|d| {
                     format!(
                         "  -> {} {} weight {}",

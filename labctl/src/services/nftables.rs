@@ -39,9 +39,13 @@
 //! masquerade is not `fully-random`: fully random picks any source port
 //! from 1024 up, which golden files could not hold (they write a port of
 //! the ephemeral range, which a plain masquerade keeps, as `*`); what is
-//! translated, and where, is the same. Load
-//! balancer source ranges and session affinity are not modelled (the lab
-//! has neither), so `firewall-ips` stays empty.
+//! translated, and where, is the same.
+//!
+//! `sessionAffinity: ClientIP` adds a timed set of client addresses per
+//! endpoint (`affinity-...`), filled by the endpoint chain and checked by
+//! the service chain ahead of `numgen`; `loadBalancerSourceRanges` puts
+//! the load balancer address in `firewall-ips`, whose `firewall-` chain
+//! drops other sources.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -105,6 +109,12 @@ fn base_name(svc: &Service, port: &ServicePort) -> String {
 
 fn endpoint_chain(svc: &Service, port: &ServicePort, (addr, p): Endpoint) -> String {
     format!("endpoint-{}__{addr}/{p}", base_name(svc, port))
+}
+
+/// The set of client addresses an endpoint has served, under
+/// `sessionAffinity: ClientIP`.
+fn affinity_set(svc: &Service, port: &ServicePort, (addr, p): Endpoint) -> String {
+    format!("affinity-{}__{addr}/{p}", base_name(svc, port))
 }
 
 /// kube-proxy's nftables table on `node` (see the module doc). `pin`: the
@@ -392,6 +402,47 @@ fn service_port(
     if uses_external {
         s.chain(&chains.external);
     }
+    // loadBalancerSourceRanges: new connections to the load balancer
+    // address from elsewhere are dropped before DNAT (firewall-check, in
+    // filter-prerouting-pre-dnat and filter-output-pre-dnat). Node ports
+    // are not subject to them.
+    if let Some(lb) = svc.load_balancer_ip
+        && !svc.load_balancer_source_ranges.is_empty()
+    {
+        let fw = format!("firewall-{}", base_name(svc, port));
+        s.chain(&fw);
+        s.element("firewall-ips", &format!("{} : goto {fw}", key(lb)));
+        let mut sources: Vec<String> = svc
+            .load_balancer_source_ranges
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        // A node whose own address is allowed may reach the address as a
+        // local one, from the address itself (kube-proxy's allowFromNode).
+        let node_ip = node_addresses(node).next();
+        if node_ip.is_some_and(|ip| {
+            svc.load_balancer_source_ranges
+                .iter()
+                .any(|n| n.contains(&ip))
+        }) {
+            sources.push(lb.to_string());
+        }
+        s.rule(
+            &fw,
+            &format!("ip saddr != {{ {} }} drop", sources.join(", ")),
+        );
+    }
+    // sessionAffinity: ClientIP: a set per endpoint of the clients it
+    // served, entries expiring after the timeout (refreshed on each new
+    // connection).
+    if let Some(timeout) = svc.session_affinity {
+        for ep in &reachable {
+            s.sets.push(format!(
+                "add set {TABLE} {} {{ type ipv4_addr ; flags dynamic,timeout ; timeout {timeout}s ; }}",
+                affinity_set(svc, port, *ep)
+            ));
+        }
+    }
 
     if has_internal && let Some(local) = local_set {
         // Off-cluster traffic to a ClusterIP is masqueraded.
@@ -445,6 +496,12 @@ fn service_port(
             &chain,
             &format!("ip saddr {} jump mark-for-masquerade", ep.0),
         );
+        if svc.session_affinity.is_some() {
+            s.rule(
+                &chain,
+                &format!("update @{} {{ ip saddr }}", affinity_set(svc, port, *ep)),
+            );
+        }
         s.rule(
             &chain,
             &format!("meta l4proto {proto} dnat to {}:{}", ep.0, ep.1),
@@ -452,8 +509,10 @@ fn service_port(
     }
 }
 
-/// The endpoint choice: `numgen random mod N vmap { 0 : goto ..., ... }`,
-/// every slot at the pinned endpoint when `pin` is one of them.
+/// The endpoint choice: under session affinity first the endpoint a
+/// client already has (`ip saddr @affinity-... goto endpoint-...`), then
+/// `numgen random mod N vmap { 0 : goto ..., ... }`, every slot at the
+/// pinned endpoint when `pin` is one of them.
 fn numgen(
     s: &mut Script,
     svc: &Service,
@@ -462,6 +521,18 @@ fn numgen(
     endpoints: &[Endpoint],
     pin: Option<Ipv4Addr>,
 ) {
+    if svc.session_affinity.is_some() {
+        for ep in endpoints {
+            s.rule(
+                chain,
+                &format!(
+                    "ip saddr @{} goto {}",
+                    affinity_set(svc, port, *ep),
+                    endpoint_chain(svc, port, *ep)
+                ),
+            );
+        }
+    }
     let pinned = endpoints.iter().find(|e| Some(e.0) == pin);
     let slots: Vec<String> = endpoints
         .iter()
