@@ -19,7 +19,10 @@
 //! address, or to a node port is marked `0x4000` and masqueraded on its way
 //! out, except under `Local` policy; a new connection to a service address
 //! on a port no service has is rejected (KUBE-IPVS-FILTER), and traffic
-//! from loopback addresses is left alone. `net.ipv4.vs.conntrack = 1` keeps
+//! from loopback addresses is left alone. `sessionAffinity: ClientIP`
+//! makes the virtual services persistent for its timeout, and
+//! `loadBalancerSourceRanges` drops other sources to the load balancer
+//! address (KUBE-LOAD-BALANCER-FW). `net.ipv4.vs.conntrack = 1` keeps
 //! the IPVS-translated flows in conntrack (as kube-proxy sets it), and
 //! `net.bridge.bridge-nf-call-iptables = 1` sends bridged pod traffic
 //! through those hooks, so a reply from a backend on the same bridge is
