@@ -8,7 +8,7 @@
 //! articles compares: the outcome, who served and which client address
 //! the server saw, the path, where the destination (a service address)
 //! was still on the packets, the sightings, conntrack, and where a service
-//! was translated (eBPF translations, IPVS).
+//! was translated (eBPF translations, IPVS, the nftables chains).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -183,6 +183,10 @@ pub enum Aspect {
     Translations,
     /// IPVS virtual services and real servers, `NODE: SERVICE -> SERVER`.
     Ipvs,
+    /// kube-proxy's nftables chains the traffic went through, `NODE:
+    /// services -> service-... -> endpoint-...` (nftables mode's "where the
+    /// translation happened").
+    Nft,
 }
 
 impl Aspect {
@@ -197,6 +201,7 @@ impl Aspect {
                 | Aspect::Conntrack
                 | Aspect::Translations
                 | Aspect::Ipvs
+                | Aspect::Nft
         )
     }
 
@@ -205,7 +210,11 @@ impl Aspect {
     fn one_per_line(self) -> bool {
         matches!(
             self,
-            Aspect::Sightings | Aspect::Conntrack | Aspect::Translations | Aspect::Ipvs
+            Aspect::Sightings
+                | Aspect::Conntrack
+                | Aspect::Translations
+                | Aspect::Ipvs
+                | Aspect::Nft
         )
     }
 
@@ -367,6 +376,12 @@ fn differences(a: &ScenarioView, b: &ScenarioView) -> Vec<Difference> {
         sorted(b.translations.clone()),
     );
     add(Aspect::Ipvs, "ipvs".into(), ipvs(&a.ipvs), ipvs(&b.ipvs));
+    add(
+        Aspect::Nft,
+        "nft chains".into(),
+        per_node(&a.nft),
+        per_node(&b.nft),
+    );
     out
 }
 
@@ -1014,6 +1029,7 @@ mod tests {
             }],
             conntrack: vec![("a".into(), vec!["tcp 6".into()])],
             ipvs: vec![("a".into(), vec!["TCP 10.0.0.9:80 rr".into()])],
+            nft: vec![("a".into(), vec!["services -> service-x".into()])],
             translations: vec!["t".into()],
             changes: Vec::new(),
             rtt_ms: Some(0.1),
@@ -1032,6 +1048,44 @@ mod tests {
         assert_eq!(
             (v.conntrack.len(), v.ipvs.len(), v.translations.len()),
             (1, 1, 1)
+        );
+        assert_eq!(v.nft, [("a".into(), vec!["services -> service-x".into()])]);
+    }
+
+    /// kube-proxy's two modes: IPVS tables on one side, the nftables
+    /// chains the request went through on the other.
+    #[test]
+    fn nftables_mode_shows_the_chains_it_went_through() {
+        let side_view = |ipvs: bool| {
+            view(json!({
+                "scenario": "clusterip",
+                "from": "client",
+                "to": "172.30.0.41:80",
+                "result": "connected",
+                "ipvs": if ipvs {
+                    json!([["node", ["TCP 172.30.0.41:80 rr", "  -> 10.180.0.11:80 Masq weight 1"]]])
+                } else { json!([]) },
+                "nft": if ipvs { json!([]) } else {
+                    json!([["node", ["services -> service-default/svc1/tcp/p80 -> endpoint-default/svc1/tcp/p80__10.180.0.11/80"]]])
+                },
+                "passed": true,
+            }))
+        };
+        let a = side(&[("proxy", "ipvs")], "kp", 1);
+        let b = side(&[("proxy", "nftables")], "kp", 1);
+        let d = compare(a, &[side_view(true)], b, &[side_view(false)]);
+        let aspects: Vec<Aspect> = d.scenarios[0]
+            .differences
+            .iter()
+            .map(|x| x.aspect)
+            .collect();
+        assert_eq!(aspects, [Aspect::Ipvs, Aspect::Nft]);
+        let text = d.render();
+        assert!(
+            text.contains(
+                "node: services -> service-default/svc1/tcp/p80 -> endpoint-default/svc1/tcp/p80__10.180.0.11/80"
+            ),
+            "{text}"
         );
     }
 }

@@ -251,6 +251,7 @@ mod tests {
             table: Vec::new(),
             conntrack: Vec::new(),
             ipvs: Vec::new(),
+            nft: Vec::new(),
             translations: Vec::new(),
             changes: Vec::new(),
             rtt_ms: Some(0.1),

@@ -61,6 +61,9 @@ pub struct ScenarioView {
     pub conntrack: Vec<(String, Vec<String>)>,
     #[serde(default)]
     pub ipvs: Vec<(String, Vec<String>)>,
+    /// kube-proxy's nftables chains the traffic went through, per node.
+    #[serde(default)]
+    pub nft: Vec<(String, Vec<String>)>,
     #[serde(default)]
     pub translations: Vec<String>,
     pub passed: bool,

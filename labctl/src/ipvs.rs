@@ -56,6 +56,8 @@ mod uapi {
     pub const SCHED_NAME_MAX: usize = 15;
     pub const IPVS_SVC_ATTR_FLAGS: u16 = 7;
     pub const IPVS_SVC_ATTR_TIMEOUT: u16 = 8;
+    /// `IP_VS_SVC_F_PERSISTENT` of `struct ip_vs_flags`.
+    pub const IP_VS_SVC_F_PERSISTENT: u32 = 0x0001;
     pub const IPVS_SVC_ATTR_NETMASK: u16 = 9;
 
     pub const IPVS_DEST_ATTR_ADDR: u16 = 1;
@@ -167,6 +169,11 @@ pub struct Service {
     pub port: u16,
     /// Scheduler module name, e.g. "rr", "wrr", "lc", "sh".
     pub scheduler: String,
+    /// Persistence timeout in seconds (`ipvsadm -p TIMEOUT`): a client
+    /// address keeps its real server while it has a connection or the
+    /// timeout has not run out since its last one. `None`: not persistent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub persistent: Option<u32>,
 }
 
 impl Service {
@@ -177,6 +184,7 @@ impl Service {
             addr,
             port,
             scheduler: "rr".to_string(),
+            persistent: None,
         }
     }
 
@@ -518,15 +526,20 @@ fn service_key(s: &Service) -> Vec<Attr> {
 /// unless scheduler, flags, timeout and netmask are all present.
 fn service_full(s: &Service) -> Vec<Attr> {
     let mut attrs = service_key(s);
-    // struct ip_vs_flags { u32 flags; u32 mask; }: no flags (not
-    // persistent), and the mask says all of them are being set.
+    // struct ip_vs_flags { u32 flags; u32 mask; }: IP_VS_SVC_F_PERSISTENT
+    // or nothing, and the mask says all of them are being set.
     let mut flags = Vec::with_capacity(8);
-    flags.extend_from_slice(&0u32.to_ne_bytes());
+    let f = if s.persistent.is_some() {
+        IP_VS_SVC_F_PERSISTENT
+    } else {
+        0
+    };
+    flags.extend_from_slice(&f.to_ne_bytes());
     flags.extend_from_slice(&u32::MAX.to_ne_bytes());
     attrs.extend([
         Attr::Str(IPVS_SVC_ATTR_SCHED_NAME, s.scheduler.clone()),
         Attr::Bytes(IPVS_SVC_ATTR_FLAGS, flags),
-        Attr::U32(IPVS_SVC_ATTR_TIMEOUT, 0),
+        Attr::U32(IPVS_SVC_ATTR_TIMEOUT, s.persistent.unwrap_or(0)),
         // Persistence netmask, all ones for IPv4 as ipvsadm sends it.
         Attr::U32(IPVS_SVC_ATTR_NETMASK, u32::MAX),
     ]);
@@ -570,11 +583,25 @@ fn parse_service(buf: &[u8]) -> Result<Option<Service>, String> {
         return Ok(None);
     };
     let sched = a.need(IPVS_SVC_ATTR_SCHED_NAME, "scheduler")?;
+    // struct ip_vs_flags, the flags first; the timeout counts only for a
+    // persistent service.
+    let persistent = match a.get(IPVS_SVC_ATTR_FLAGS) {
+        Some(f) if f.len() >= 4 => {
+            let flags = u32::from_ne_bytes([f[0], f[1], f[2], f[3]]);
+            if flags & IP_VS_SVC_F_PERSISTENT != 0 {
+                Some(a.u32(IPVS_SVC_ATTR_TIMEOUT, "persistence timeout")?)
+            } else {
+                None
+            }
+        }
+        _ => None,
+    };
     Ok(Some(Service {
         protocol,
         addr: parse_inet_addr(a.need(IPVS_SVC_ATTR_ADDR, "service address")?)?,
         port: a.be16(IPVS_SVC_ATTR_PORT, "service port")?,
         scheduler: parse_string(sched).map_err(|e| format!("scheduler: {e}"))?,
+        persistent,
     }))
 }
 
@@ -872,7 +899,19 @@ pub fn format_table(services: &[(Service, Vec<DestInfo>)]) -> String {
             Protocol::Tcp => "TCP",
             Protocol::Udp => "UDP",
         };
-        let _ = writeln!(out, "{proto}  {}:{} {}", s.addr, s.port, s.scheduler);
+        match s.persistent {
+            // ipvsadm's "persistent %u".
+            Some(t) => {
+                let _ = writeln!(
+                    out,
+                    "{proto}  {}:{} {} persistent {t}",
+                    s.addr, s.port, s.scheduler
+                );
+            }
+            None => {
+                let _ = writeln!(out, "{proto}  {}:{} {}", s.addr, s.port, s.scheduler);
+            }
+        }
         let mut dests: Vec<_> = dests.iter().collect();
         dests.sort_by_key(|d| (d.dest.addr, d.dest.port));
         for d in dests {
@@ -1331,6 +1370,7 @@ mod tests {
         let web = vip();
         let dns = Service {
             scheduler: "sh".into(),
+            persistent: Some(10800),
             ..Service::new(Protocol::Udp, Ipv4Addr::new(10, 96, 0, 10), 53)
         };
         let d2 = DestInfo {
@@ -1391,7 +1431,7 @@ mod tests {
             format_table(&got),
             "Prot LocalAddress:Port Scheduler Flags\n\
              \x20 -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n\
-             UDP  10.96.0.10:53 sh\n\
+             UDP  10.96.0.10:53 sh persistent 10800\n\
              TCP  192.168.13.23:80 rr\n\
              \x20 -> 10.0.0.2:8080                Masq    1      1          2\n\
              \x20 -> 10.0.0.3:8080                Tunnel  5      0          0\n"

@@ -182,6 +182,9 @@ impl fmt::Display for Step {
                     };
                     let (a, p) = (vs.address, vs.port);
                     write!(f, " && ip netns exec {ns} ipvsadm -A {flag} {a}:{p} -s rr")?;
+                    if let Some(t) = vs.persistent {
+                        write!(f, " -p {t}")?;
+                    }
                     for d in &vs.dests {
                         write!(
                             f,
@@ -1307,6 +1310,7 @@ mod tests {
             address: Ipv4Addr::new(192, 168, 13, 23),
             port: 80,
             comment: PWN.into(),
+            persistent: None,
             dests: vec![crate::services::RealServer {
                 address: Ipv4Addr::new(172, 23, 96, 163),
                 port: 80,

@@ -19,7 +19,10 @@
 //! address, or to a node port is marked `0x4000` and masqueraded on its way
 //! out, except under `Local` policy; a new connection to a service address
 //! on a port no service has is rejected (KUBE-IPVS-FILTER), and traffic
-//! from loopback addresses is left alone. `net.ipv4.vs.conntrack = 1` keeps
+//! from loopback addresses is left alone. `sessionAffinity: ClientIP`
+//! makes the virtual services persistent for its timeout, and
+//! `loadBalancerSourceRanges` drops other sources to the load balancer
+//! address (KUBE-LOAD-BALANCER-FW). `net.ipv4.vs.conntrack = 1` keeps
 //! the IPVS-translated flows in conntrack (as kube-proxy sets it), and
 //! `net.bridge.bridge-nf-call-iptables = 1` sends bridged pod traffic
 //! through those hooks, so a reply from a backend on the same bridge is
@@ -58,6 +61,11 @@ pub struct VirtualService {
     pub port: u16,
     /// What it is for, e.g. `nginx1 node port`, for plans and reports.
     pub comment: String,
+    /// `sessionAffinity: ClientIP`'s timeout: a persistent service,
+    /// `ipvsadm -A ... -p TIMEOUT` (kube-proxy's IPVS proxier sets
+    /// `IP_VS_SVC_F_PERSISTENT` with the affinity's timeout).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub persistent: Option<u32>,
     pub dests: Vec<RealServer>,
 }
 
@@ -218,6 +226,7 @@ pub fn node_table(
                         address,
                         port: port_no,
                         comment: format!("{} {what}", svc.name),
+                        persistent: svc.session_affinity,
                         dests: real_servers(dests.clone(), pin),
                     });
                 };
@@ -277,6 +286,36 @@ pub fn node_ruleset(lab: &Lab, services: &[Service], node: &Node) -> String {
                     rules,
                     "\t\tip daddr {} {proto} dport {} jump mark-for-masquerade comment \"{} cluster ip\"",
                     svc.cluster_ip, port.port, svc.name
+                );
+            }
+            // KUBE-LOAD-BALANCER-FW -> KUBE-FIREWALL: a load balancer
+            // address with source ranges takes new connections only from
+            // KUBE-LOAD-BALANCER-SOURCE-CIDR (and, when a range holds the
+            // node's IP, from the address itself,
+            // KUBE-LOAD-BALANCER-SOURCE-IP); the rest are marked for drop
+            // (KUBE-MARK-DROP), dropped here at once. Whatever the policy.
+            if let Some(ip) = svc.load_balancer_ip
+                && !svc.load_balancer_source_ranges.is_empty()
+            {
+                let mut sources: Vec<String> = svc
+                    .load_balancer_source_ranges
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect();
+                let node_ip = node_addresses(node).next();
+                if node_ip.is_some_and(|a| {
+                    svc.load_balancer_source_ranges
+                        .iter()
+                        .any(|n| n.contains(&a))
+                }) {
+                    sources.push(ip.to_string());
+                }
+                let _ = writeln!(
+                    rules,
+                    "\t\tip daddr {ip} {proto} dport {} ip saddr != {{ {} }} drop comment \"{} load balancer firewall\"",
+                    port.port,
+                    sources.join(", "),
+                    svc.name
                 );
             }
             if !cluster {
@@ -472,6 +511,7 @@ pub fn slb_table(
                 address: vip,
                 port: port.port,
                 comment: format!("{} slb", svc.name),
+                persistent: None,
                 dests: real_servers(
                     dests,
                     if port.node_port.is_some() {
@@ -759,5 +799,71 @@ mod tests {
              1 : goto endpoint-default/nginx1/tcp/p80__172.23.96.164/80, \
              2 : goto endpoint-default/nginx1/tcp/p80__172.23.96.164/80 }"
         ), "{pinned}");
+    }
+
+    /// flannel.yaml with nginx1 (Local, SLB 8.219.164.113) under client IP
+    /// affinity and source ranges holding node-216's address.
+    fn flannel_affinity_ranges() -> Lab {
+        let mut lab = flannel_with(&[("proxy", "nftables")]);
+        let nginx1 = lab
+            .services
+            .iter_mut()
+            .find(|s| s.name == "nginx1")
+            .unwrap();
+        nginx1.session_affinity = Some(600);
+        nginx1.load_balancer_source_ranges = vec![
+            "10.0.1.0/24".parse().unwrap(),
+            "203.0.113.0/25".parse().unwrap(),
+        ];
+        lab
+    }
+
+    #[test]
+    fn nftables_affinity_and_source_ranges() {
+        let lab = flannel_affinity_ranges();
+        let services = effective(&lab, &[]);
+        let n216 = nftables::node_ruleset(&lab, &services, lab.node("node-216").unwrap(), None);
+        // Only the affinity service's lines, and the firewall's.
+        let lines: Vec<&str> = n216
+            .lines()
+            .filter(|l| l.contains("affinity") || l.contains("firewall"))
+            .collect();
+        insta::assert_snapshot!(lines.join("\n"));
+        // node-180's address is in no range: the address itself is not
+        // allowed there.
+        let n180 = nftables::node_ruleset(&lab, &services, lab.node("node-180").unwrap(), None);
+        assert!(
+            n180.contains("ip saddr != { 10.0.1.0/24, 203.0.113.0/25 } drop"),
+            "{n180}"
+        );
+        assert!(n216.contains("ip saddr != { 10.0.1.0/24, 203.0.113.0/25, 8.219.164.113 } drop"));
+        // Services without affinity have no sets.
+        assert!(!n216.contains("affinity-default/nginx2"));
+    }
+
+    #[test]
+    fn ipvs_affinity_is_persistence_and_ranges_a_firewall() {
+        let lab = flannel_affinity_ranges();
+        let services = effective(&lab, &[]);
+        let n216 = lab.node("node-216").unwrap();
+        let t = node_table(&lab, &services, n216, None);
+        assert_eq!(table(&t, "8.219.164.113", 80).persistent, Some(600));
+        assert_eq!(table(&t, "10.0.1.216", 32580).persistent, Some(600));
+        assert_eq!(table(&t, "192.168.13.24", 80).persistent, None);
+        // The SLB is not kube-proxy's: not persistent.
+        let slb = slb_table(&lab, &services, None, None);
+        assert_eq!(table(&slb, "8.219.164.113", 80).persistent, None);
+        let rules = node_ruleset(&lab, &services, n216);
+        assert!(
+            rules.contains(
+                "ip daddr 8.219.164.113 tcp dport 80 ip saddr != { 10.0.1.0/24, 203.0.113.0/25, 8.219.164.113 } drop"
+            ),
+            "{rules}"
+        );
+        let rules = node_ruleset(&lab, &services, lab.node("node-180").unwrap());
+        assert!(
+            rules.contains("ip saddr != { 10.0.1.0/24, 203.0.113.0/25 } drop comment \"nginx1 load balancer firewall\""),
+            "{rules}"
+        );
     }
 }

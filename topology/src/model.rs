@@ -102,6 +102,10 @@ pub struct Service {
     pub load_balancer_ip: Option<Ipv4Addr>,
     pub external_traffic_policy: TrafficPolicy,
     pub internal_traffic_policy: TrafficPolicy,
+    /// `sessionAffinity: ClientIP`'s timeout in seconds; `None` without.
+    pub session_affinity: Option<u32>,
+    /// `loadBalancerSourceRanges` (only with a `load_balancer_ip`).
+    pub load_balancer_source_ranges: Vec<Ipv4Net>,
     pub ports: Vec<ServicePort>,
     /// Endpoint pods, by name (those named and those selected by label, in
     /// the file's pod order).
@@ -125,6 +129,13 @@ impl Service {
             .chain(self.load_balancer_ip)
     }
 }
+
+/// kube-proxy's default `sessionAffinityConfig.clientIP.timeoutSeconds`
+/// (Kubernetes' `DefaultClientIPServiceAffinitySeconds`).
+pub const DEFAULT_AFFINITY_TIMEOUT_SECONDS: u32 = 10800;
+
+/// The largest `timeoutSeconds` Kubernetes accepts (`MaxClientIPServiceAffinitySeconds`).
+pub const MAX_AFFINITY_TIMEOUT_SECONDS: u32 = 86400;
 
 /// `externalTrafficPolicy` and `internalTrafficPolicy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]

@@ -157,6 +157,22 @@ pub struct RawService {
     /// policy is Cluster, as kube-proxy's IPVS proxier does).
     #[serde(default)]
     pub internal_traffic_policy: Option<RawTrafficPolicy>,
+    /// `sessionAffinity`: `None` (default) or `ClientIP`, every connection
+    /// from one client address to the endpoint its first one reached, for
+    /// `session_affinity_timeout_seconds` after its last.
+    #[serde(default)]
+    pub session_affinity: Option<RawSessionAffinity>,
+    /// `sessionAffinityConfig.clientIP.timeoutSeconds`: 1 to 86400, default
+    /// 10800 (three hours), as in Kubernetes. Only with `ClientIP`.
+    #[serde(default)]
+    #[schemars(with = "Option<u32>", range(min = 1, max = 86400))]
+    pub session_affinity_timeout_seconds: Option<Spanned<u32>>,
+    /// `loadBalancerSourceRanges`: the client networks allowed to reach the
+    /// `load_balancer_ip` (kube-proxy drops the others on every node; node
+    /// ports are not subject to them). Only with a `load_balancer_ip`.
+    #[serde(default)]
+    #[schemars(with = "Vec<CidrText>")]
+    pub load_balancer_source_ranges: Vec<Spanned<String>>,
     pub ports: Vec<RawServicePort>,
     /// The pods behind the service, by name.
     #[serde(default)]
@@ -179,6 +195,15 @@ pub enum RawProxyMode {
     Ipvs,
     /// kube-proxy's nftables proxier: the `ip kube-proxy` table alone.
     Nftables,
+}
+
+/// `sessionAffinity`, spelled as Kubernetes does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[schemars(rename = "SessionAffinity")]
+pub enum RawSessionAffinity {
+    None,
+    #[serde(rename = "ClientIP")]
+    ClientIp,
 }
 
 /// `externalTrafficPolicy`, spelled as Kubernetes does.

@@ -2558,6 +2558,8 @@ impl Resolver<'_> {
                 ),
             );
         }
+        let session_affinity = self.session_affinity(raw);
+        let load_balancer_source_ranges = self.source_ranges(raw);
         if self.problems.len() > before {
             return None;
         }
@@ -2568,9 +2570,76 @@ impl Resolver<'_> {
             load_balancer_ip: load_balancer_ip.flatten(),
             external_traffic_policy: policy(raw.external_traffic_policy),
             internal_traffic_policy: policy(raw.internal_traffic_policy),
+            session_affinity,
+            load_balancer_source_ranges,
             ports,
             endpoints: all,
         })
+    }
+}
+
+impl Resolver<'_> {
+    /// `session_affinity` and its timeout: the timeout in seconds under
+    /// `ClientIP`, as Kubernetes' validation allows it (1 to 86400).
+    fn session_affinity(&mut self, raw: &RawService) -> Option<u32> {
+        let name = &raw.name.value;
+        let client_ip = raw.session_affinity == Some(RawSessionAffinity::ClientIp);
+        let Some(t) = &raw.session_affinity_timeout_seconds else {
+            return client_ip.then_some(DEFAULT_AFFINITY_TIMEOUT_SECONDS);
+        };
+        if !client_ip {
+            self.err(
+                &t.referenced,
+                format!("service {name}: a session affinity timeout without `session_affinity: ClientIP`"),
+                "no affinity to time out",
+                Some("add `session_affinity: ClientIP`, or remove the timeout".into()),
+            );
+            return None;
+        }
+        if t.value == 0 || t.value > MAX_AFFINITY_TIMEOUT_SECONDS {
+            self.err(
+                &t.referenced,
+                format!(
+                    "service {name}: session affinity timeout {} is outside 1-{MAX_AFFINITY_TIMEOUT_SECONDS}",
+                    t.value
+                ),
+                "out of range",
+                Some(format!(
+                    "Kubernetes accepts 1 to {MAX_AFFINITY_TIMEOUT_SECONDS} seconds (a day); the default is {DEFAULT_AFFINITY_TIMEOUT_SECONDS}"
+                )),
+            );
+            return None;
+        }
+        Some(t.value)
+    }
+
+    /// `load_balancer_source_ranges`: networks, only on a service with a
+    /// load balancer address (Kubernetes ignores them on others; here that
+    /// is a mistake worth saying).
+    fn source_ranges(&mut self, raw: &RawService) -> Vec<Ipv4Net> {
+        let name = &raw.name.value;
+        let mut out = Vec::new();
+        for text in &raw.load_balancer_source_ranges {
+            if raw.load_balancer_ip.is_none() {
+                self.err(
+                    &text.referenced,
+                    format!(
+                        "service {name}: load balancer source ranges without a load balancer ip"
+                    ),
+                    "not a LoadBalancer service",
+                    Some(
+                        "kube-proxy applies source ranges to load balancer addresses only: \
+                         add `load_balancer_ip:`, or remove the ranges"
+                            .into(),
+                    ),
+                );
+                return Vec::new();
+            }
+            if let Some(net) = self.network(text, "load balancer source range") {
+                out.push(net);
+            }
+        }
+        out
     }
 }
 

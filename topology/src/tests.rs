@@ -3352,3 +3352,99 @@ fn nftables_expectations_name_each_namespace_once() {
     // `empty` is required.
     assert!(load_str("t.yaml", &scenario("[{in: b}]"), &vars()).is_err());
 }
+
+// ---- session affinity, load balancer source ranges ----------------------
+
+#[test]
+fn session_affinity_defaults_to_three_hours() {
+    let src = SERVICES.replacen(
+        "    selector: { app: web }\n",
+        "    selector: { app: web }\n    session_affinity: ClientIP\n",
+        1,
+    );
+    let lab = services_lab(&src).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(lab.services[0].session_affinity, Some(10800));
+    let lab = services_lab(SERVICES).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(lab.services[0].session_affinity, None);
+    let src = SERVICES.replacen(
+        "    selector: { app: web }\n",
+        "    selector: { app: web }\n    session_affinity: ClientIP\n    session_affinity_timeout_seconds: 600\n",
+        1,
+    );
+    let lab = services_lab(&src).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(lab.services[0].session_affinity, Some(600));
+}
+
+#[test]
+fn session_affinity_timeouts_are_checked() {
+    for (timeout, col) in [("0", 39), ("86401", 39)] {
+        let src = SERVICES.replacen(
+            "    selector: { app: web }\n",
+            &format!(
+                "    selector: {{ app: web }}\n    session_affinity: ClientIP\n    session_affinity_timeout_seconds: {timeout}\n"
+            ),
+            1,
+        );
+        let e = services_lab(&src).expect_err("should fail");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "t.yaml:19:{col}: service web: session affinity timeout {timeout} is outside 1-86400"
+            )
+        );
+        assert!(
+            e.problems()[0]
+                .help
+                .as_ref()
+                .unwrap()
+                .contains("the default is 10800")
+        );
+    }
+    let p = services_problems(
+        "    selector: { app: web }\n",
+        "    selector: { app: web }\n    session_affinity: None\n    session_affinity_timeout_seconds: 60\n",
+    );
+    assert!(
+        p[0].contains("t.yaml:19:39: service web: a session affinity timeout without"),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn load_balancer_source_ranges_are_checked() {
+    let ranges = |r: &str| {
+        SERVICES.replacen(
+            "    selector: { app: web }\n",
+            &format!("    selector: {{ app: web }}\n    load_balancer_source_ranges: [{r}]\n"),
+            1,
+        )
+    };
+    let lab =
+        services_lab(&ranges("10.0.0.0/24, 203.0.113.0/25")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        lab.services[0]
+            .load_balancer_source_ranges
+            .iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>(),
+        ["10.0.0.0/24", "203.0.113.0/25"]
+    );
+    let e = services_lab(&ranges("10.0.0.0/24, 203.0.113.0")).expect_err("should fail");
+    assert_eq!(
+        e.to_string(),
+        "t.yaml:18:48: invalid load balancer source range `203.0.113.0`"
+    );
+    let e = services_lab(&ranges("10.0.0.0/33")).expect_err("should fail");
+    assert!(
+        e.to_string()
+            .starts_with("t.yaml:18:35: invalid load balancer source range"),
+        "{e}"
+    );
+    // Not a LoadBalancer service.
+    let src = ranges("10.0.0.0/24").replacen("    load_balancer_ip: 8.8.8.10\n", "", 1);
+    let e = services_lab(&src).expect_err("should fail");
+    assert_eq!(
+        e.to_string(),
+        "t.yaml:17:35: service web: load balancer source ranges without a load balancer ip"
+    );
+}

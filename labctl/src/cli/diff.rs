@@ -19,7 +19,8 @@ use super::{Exit, Failure, Result, Vars, Where};
 /// Run the same scenarios under two variants of a lab and print, per
 /// scenario, what differs: result, the client the server saw, the path,
 /// which interfaces saw the destination (service) address, the sightings,
-/// conntrack, eBPF translations and IPVS.
+/// conntrack, eBPF translations, IPVS and, in kube-proxy's nftables mode,
+/// the chains of its table the request went through.
 ///
 /// The two sides: a `--var KEY` given twice makes them (side A takes its
 /// first value, B its second; a key given once applies to both), e.g.

@@ -23,7 +23,10 @@ pub fn apply(netns: &str, table: &[VirtualService], what: &str) -> Result<(), Ke
             Protocol::Tcp => ipvs::Protocol::Tcp,
             Protocol::Udp => ipvs::Protocol::Udp,
         };
-        let service = ipvs::Service::new(proto, vs.address, vs.port);
+        let service = ipvs::Service {
+            persistent: vs.persistent,
+            ..ipvs::Service::new(proto, vs.address, vs.port)
+        };
         ipvs.add_service(&service).map_err(err)?;
         for d in &vs.dests {
             let mut dest = ipvs::Dest::new(d.address, d.port);

@@ -175,6 +175,12 @@ pub struct Report {
     /// Per namespace, the IPVS virtual services that carried connections
     /// in this scenario, with all their real servers and weights.
     pub ipvs: Vec<(String, Vec<String>)>,
+    /// Per node, in kube-proxy's nftables mode, the chains of its table
+    /// the traffic went through, read from their counters
+    /// ([`services::nftables::hits`]): `services -> service-... ->
+    /// endpoint-...`. In the report and its JSON, not in golden files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nft: Vec<(String, Vec<String>)>,
     /// Service translations the eBPF load balancer made for this scenario
     /// (no capture can show them): `10.0.3.5:* -> 192.168.27.242:80
     /// translated to 10.0.3.38:80`.
@@ -392,6 +398,7 @@ pub fn run(
     // Conntrack (emptied before the traffic) and IPVS, read back from the
     // namespaces services live in.
     let mut service_state = Vec::new();
+    let mut nft_hits = Vec::new();
     if with_services {
         for (entity, ns) in &service_ns {
             let entries = conntrack::dump_in(ns)
@@ -408,6 +415,17 @@ pub fn run(
             } else {
                 (Vec::new(), Vec::new())
             };
+            if lab.kube_proxy.mode == labctl_topology::ProxyMode::Nftables
+                && lab.node(entity).is_some()
+            {
+                let json = crate::kernel::nft::list(ns, true)
+                    .map_err(|e| service_error(format!("read nftables in {ns}: {e}")))?;
+                let hits = services::nftables::hits(&json)
+                    .map_err(|e| service_error(format!("read nftables in {ns}: {e}")))?;
+                if !hits.is_empty() {
+                    nft_hits.push((entity.clone(), hits));
+                }
+            }
             service_state.push(ServiceState {
                 entity: entity.clone(),
                 conntrack: entries,
@@ -622,6 +640,7 @@ pub fn run(
             .map(|(e, entries)| (e.clone(), conntrack::format(entries, true)))
             .collect(),
         ipvs: ipvs_seen,
+        nft: nft_hits,
         translations,
         changes: crate::impair::change_texts(sc),
         rtt_ms: outcome
@@ -1148,13 +1167,17 @@ fn addressed_services(
             .iter()
             .filter(|(svc, _)| addressed(svc.addr, svc.port))
             .flat_map(|(svc, dests)| {
-                let head = format!(
+                let mut head = format!(
                     "{} {}:{} {}",
                     svc.protocol.to_string().to_uppercase(),
                     svc.addr,
                     svc.port,
                     svc.scheduler
                 );
+                // As ipvsadm -Ln shows a persistent service.
+                if let Some(t) = svc.persistent {
+                    head.push_str(&format!(" persistent {t}"));
+                }
                 let dests = dests.iter().map(|d| {
                     format!(
                         "  -> {} {} weight {}",
@@ -1426,6 +1449,14 @@ impl Report {
             );
         }
         self.write_services(&mut s, "  ");
+        if !self.nft.is_empty() {
+            let _ = writeln!(s, "  nft:");
+            for (entity, lines) in &self.nft {
+                for l in lines {
+                    let _ = writeln!(s, "    {entity}: {l}");
+                }
+            }
+        }
         for c in &self.checks {
             let _ = write!(s, "  [{}] {}", if c.ok { "ok" } else { "FAILED" }, c.what);
             match &c.detail {

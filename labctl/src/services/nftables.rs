@@ -39,9 +39,21 @@
 //! masquerade is not `fully-random`: fully random picks any source port
 //! from 1024 up, which golden files could not hold (they write a port of
 //! the ephemeral range, which a plain masquerade keeps, as `*`); what is
-//! translated, and where, is the same. Load
-//! balancer source ranges and session affinity are not modelled (the lab
-//! has neither), so `firewall-ips` stays empty.
+//! translated, and where, is the same.
+//!
+//! For observation, not in kube-proxy: every per-service chain (`firewall-`,
+//! `external-`, `service-`, `local-`, `endpoint-`) opens with a bare
+//! `counter` rule, and the reject and drop rules of `reject-chain` and
+//! `cluster-ips-check` count too, so that after a scenario [`hits`] can
+//! say which of kube-proxy's chains the request went through (the table
+//! is replaced, counters at zero, before each scenario). Counters change
+//! no verdict.
+//!
+//! `sessionAffinity: ClientIP` adds a timed set of client addresses per
+//! endpoint (`affinity-...`), filled by the endpoint chain and checked by
+//! the service chain ahead of `numgen`; `loadBalancerSourceRanges` puts
+//! the load balancer address in `firewall-ips`, whose `firewall-` chain
+//! drops other sources.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -69,6 +81,11 @@ struct Script {
 impl Script {
     fn chain(&mut self, name: &str) {
         self.chains.push(format!("add chain {TABLE} {name}"));
+    }
+    /// A chain whose first rule counts what enters it (see [`hits`]).
+    fn counted_chain(&mut self, name: &str) {
+        self.chain(name);
+        self.rule(name, "counter");
     }
     fn rule(&mut self, chain: &str, rule: &str) {
         self.rules.push(format!("add rule {TABLE} {chain} {rule}"));
@@ -105,6 +122,12 @@ fn base_name(svc: &Service, port: &ServicePort) -> String {
 
 fn endpoint_chain(svc: &Service, port: &ServicePort, (addr, p): Endpoint) -> String {
     format!("endpoint-{}__{addr}/{p}", base_name(svc, port))
+}
+
+/// The set of client addresses an endpoint has served, under
+/// `sessionAffinity: ClientIP`.
+fn affinity_set(svc: &Service, port: &ServicePort, (addr, p): Endpoint) -> String {
+    format!("affinity-{}__{addr}/{p}", base_name(svc, port))
 }
 
 /// kube-proxy's nftables table on `node` (see the module doc). `pin`: the
@@ -262,20 +285,20 @@ fn setup(s: &mut Script, lab: &Lab, node: &Node) {
     }
     s.rule(
         "cluster-ips-check",
-        "ip daddr @cluster-ips reject comment \"Reject traffic to invalid ports of ClusterIPs\"",
+        "ip daddr @cluster-ips counter reject comment \"Reject traffic to invalid ports of ClusterIPs\"",
     );
     if let Some(cidr) = lab.kube_proxy.service_cidr {
         s.rule(
             "cluster-ips-check",
             &format!(
-                "ip daddr {{ {cidr} }} drop comment \"Drop traffic to unallocated ClusterIPs\""
+                "ip daddr {{ {cidr} }} counter drop comment \"Drop traffic to unallocated ClusterIPs\""
             ),
         );
     }
     for a in node_addresses(node) {
         s.element("nodeport-ips", &a.to_string());
     }
-    s.rule("reject-chain", "reject");
+    s.rule("reject-chain", "counter reject");
     s.rule(
         "service-endpoints-check",
         "ip daddr . meta l4proto . th dport vmap @no-endpoint-services",
@@ -381,16 +404,57 @@ fn service_port(
         }
     }
     for ep in &reachable {
-        s.chain(&endpoint_chain(svc, port, *ep));
+        s.counted_chain(&endpoint_chain(svc, port, *ep));
     }
     if uses_cluster {
-        s.chain(&chains.cluster);
+        s.counted_chain(&chains.cluster);
     }
     if uses_local {
-        s.chain(&chains.local);
+        s.counted_chain(&chains.local);
     }
     if uses_external {
-        s.chain(&chains.external);
+        s.counted_chain(&chains.external);
+    }
+    // loadBalancerSourceRanges: new connections to the load balancer
+    // address from elsewhere are dropped before DNAT (firewall-check, in
+    // filter-prerouting-pre-dnat and filter-output-pre-dnat). Node ports
+    // are not subject to them.
+    if let Some(lb) = svc.load_balancer_ip
+        && !svc.load_balancer_source_ranges.is_empty()
+    {
+        let fw = format!("firewall-{}", base_name(svc, port));
+        s.counted_chain(&fw);
+        s.element("firewall-ips", &format!("{} : goto {fw}", key(lb)));
+        let mut sources: Vec<String> = svc
+            .load_balancer_source_ranges
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        // A node whose own address is allowed may reach the address as a
+        // local one, from the address itself (kube-proxy's allowFromNode).
+        let node_ip = node_addresses(node).next();
+        if node_ip.is_some_and(|ip| {
+            svc.load_balancer_source_ranges
+                .iter()
+                .any(|n| n.contains(&ip))
+        }) {
+            sources.push(lb.to_string());
+        }
+        s.rule(
+            &fw,
+            &format!("ip saddr != {{ {} }} drop", sources.join(", ")),
+        );
+    }
+    // sessionAffinity: ClientIP: a set per endpoint of the clients it
+    // served, entries expiring after the timeout (refreshed on each new
+    // connection).
+    if let Some(timeout) = svc.session_affinity {
+        for ep in &reachable {
+            s.sets.push(format!(
+                "add set {TABLE} {} {{ type ipv4_addr ; flags dynamic,timeout ; timeout {timeout}s ; }}",
+                affinity_set(svc, port, *ep)
+            ));
+        }
     }
 
     if has_internal && let Some(local) = local_set {
@@ -445,6 +509,12 @@ fn service_port(
             &chain,
             &format!("ip saddr {} jump mark-for-masquerade", ep.0),
         );
+        if svc.session_affinity.is_some() {
+            s.rule(
+                &chain,
+                &format!("update @{} {{ ip saddr }}", affinity_set(svc, port, *ep)),
+            );
+        }
         s.rule(
             &chain,
             &format!("meta l4proto {proto} dnat to {}:{}", ep.0, ep.1),
@@ -452,8 +522,10 @@ fn service_port(
     }
 }
 
-/// The endpoint choice: `numgen random mod N vmap { 0 : goto ..., ... }`,
-/// every slot at the pinned endpoint when `pin` is one of them.
+/// The endpoint choice: under session affinity first the endpoint a
+/// client already has (`ip saddr @affinity-... goto endpoint-...`), then
+/// `numgen random mod N vmap { 0 : goto ..., ... }`, every slot at the
+/// pinned endpoint when `pin` is one of them.
 fn numgen(
     s: &mut Script,
     svc: &Service,
@@ -462,6 +534,18 @@ fn numgen(
     endpoints: &[Endpoint],
     pin: Option<Ipv4Addr>,
 ) {
+    if svc.session_affinity.is_some() {
+        for ep in endpoints {
+            s.rule(
+                chain,
+                &format!(
+                    "ip saddr @{} goto {}",
+                    affinity_set(svc, port, *ep),
+                    endpoint_chain(svc, port, *ep)
+                ),
+            );
+        }
+    }
     let pinned = endpoints.iter().find(|e| Some(e.0) == pin);
     let slots: Vec<String> = endpoints
         .iter()
@@ -479,4 +563,108 @@ fn numgen(
             slots.join(", ")
         ),
     );
+}
+
+/// The kube-proxy chains the traffic went through, from `nft -j list
+/// ruleset` of one node: every chain of the `ip kube-proxy` table with a
+/// counting rule that counted a packet, in the order a new connection
+/// meets them (the filter checks before DNAT, then `services`' dispatch:
+/// external, service or local policy, endpoint), as one line such as
+/// `services -> service-default/svc1/tcp/p80 -> endpoint-...`. Empty when
+/// none counted. Only a connection's first packet crosses the nat chains.
+pub fn hits(json: &str) -> Result<Vec<String>, serde_json::Error> {
+    let v: serde_json::Value = serde_json::from_str(json)?;
+    let mut hit: Vec<String> = Vec::new();
+    let items = v
+        .get("nftables")
+        .and_then(|n| n.as_array())
+        .cloned()
+        .unwrap_or_default();
+    for item in &items {
+        let Some(rule) = item.get("rule") else {
+            continue;
+        };
+        if rule.get("table").and_then(|t| t.as_str()) != Some("kube-proxy")
+            || rule.get("family").and_then(|t| t.as_str()) != Some("ip")
+        {
+            continue;
+        }
+        let counted = rule
+            .get("expr")
+            .and_then(|e| e.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.get("counter"))
+            .filter_map(|c| c.get("packets").and_then(|p| p.as_u64()))
+            .any(|p| p > 0);
+        let Some(chain) = rule.get("chain").and_then(|c| c.as_str()) else {
+            continue;
+        };
+        if counted && !hit.iter().any(|h| h == chain) {
+            hit.push(chain.to_string());
+        }
+    }
+    hit.sort_by_key(|c| (rank(c), c.clone()));
+    let (filter, nat): (Vec<String>, Vec<String>) = hit.into_iter().partition(|c| rank(c) < 3);
+    let mut line = filter;
+    if !nat.is_empty() {
+        line.push("services".into());
+        line.extend(nat);
+    }
+    Ok(if line.is_empty() {
+        Vec::new()
+    } else {
+        vec![line.join(" -> ")]
+    })
+}
+
+/// Where a chain comes in a new connection's way through the table.
+fn rank(chain: &str) -> u8 {
+    const ORDER: [&str; 6] = [
+        "firewall-",
+        "cluster-ips-check",
+        "reject-chain",
+        "external-",
+        "service-",
+        "endpoint-",
+    ];
+    if chain.starts_with("local-") {
+        return 4;
+    }
+    ORDER
+        .iter()
+        .position(|p| chain.starts_with(p))
+        .map_or(6, |i| i as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hits_follow_a_connection_through_the_chains() {
+        let rule = |chain: &str, packets: u64| {
+            serde_json::json!({"rule": {"family": "ip", "table": "kube-proxy", "chain": chain,
+                "handle": 1, "expr": [{"counter": {"packets": packets, "bytes": 60 * packets}}]}})
+        };
+        let json = serde_json::json!({"nftables": [
+            {"metainfo": {"json_schema_version": 1}},
+            rule("endpoint-default/svc/tcp/p80__10.0.0.1/80", 1),
+            rule("endpoint-default/svc/tcp/p80__10.0.0.2/80", 0),
+            rule("service-default/svc/tcp/p80", 1),
+            rule("external-default/svc/tcp/p80", 1),
+            rule("firewall-default/svc/tcp/p80", 2),
+            {"rule": {"family": "ip", "table": "other", "chain": "x",
+                "expr": [{"counter": {"packets": 5, "bytes": 300}}]}},
+        ]});
+        assert_eq!(
+            hits(&json.to_string()).unwrap(),
+            [
+                "firewall-default/svc/tcp/p80 -> services -> external-default/svc/tcp/p80 -> \
+              service-default/svc/tcp/p80 -> endpoint-default/svc/tcp/p80__10.0.0.1/80"
+            ]
+        );
+        let none = serde_json::json!({"nftables": [rule("service-default/svc/tcp/p80", 0)]});
+        assert!(hits(&none.to_string()).unwrap().is_empty());
+    }
 }
