@@ -25,6 +25,7 @@ mod show;
 mod status;
 mod up;
 mod validate;
+mod vm;
 
 /// Rebuild container-network data paths from real kernel objects, on one
 /// Linux machine, and prove what each interface sees.
@@ -51,6 +52,7 @@ enum Command {
     Show(show::Args),
     Monitor(monitor::Args),
     Netem(netem::Args),
+    Vm(vm::Args),
     /// Print the JSON schema of topology files.
     Schema,
     Completions(completions::CompletionsArgs),
@@ -207,6 +209,7 @@ pub fn main() -> ExitCode {
         Command::Show(a) => show::run(a),
         Command::Monitor(a) => monitor::run(a),
         Command::Netem(a) => netem::run(a),
+        Command::Vm(a) => vm::run(a),
         Command::Agent { dir } => {
             labctl::vm::agent(&dir).map_err(|e| Failure::new(Exit::Failed, format!("agent: {e}")))
         }
