@@ -21,12 +21,17 @@ pub fn run(args: Args) -> Result {
     let in_vm = labctl::state::load(&lab)
         .ok()
         .flatten()
-        .and_then(|r| r.vm.map(|vm| vm.kernel.release));
+        .and_then(|r| r.vm.map(|vm| (vm.kernel.release, vm.shared)));
     let report = engine::down(&lab)?;
     super::warn_left(&report.left);
     if !args.quiet {
         match in_vm {
-            Some(release) => println!("lab `{lab}` is down: its VM (kernel {release}) stopped"),
+            Some((release, true)) => {
+                println!("lab `{lab}` is down: the shared VM (kernel {release}) stays up")
+            }
+            Some((release, false)) => {
+                println!("lab `{lab}` is down: its VM (kernel {release}) stopped")
+            }
             None => println!("lab `{lab}` is down: {} namespaces removed", report.removed),
         }
     }

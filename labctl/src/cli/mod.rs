@@ -62,6 +62,12 @@ enum Command {
     Agent {
         dir: PathBuf,
     },
+    /// Inside a VM: run a command, for `labctl vm exec`.
+    #[command(name = "__exec", hide = true)]
+    ExecIn {
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     #[command(name = "__serve", hide = true)]
     Serve(serve::Args),
 }
@@ -212,6 +218,16 @@ pub fn main() -> ExitCode {
         Command::Vm(a) => vm::run(a),
         Command::Agent { dir } => {
             labctl::vm::agent(&dir).map_err(|e| Failure::new(Exit::Failed, format!("agent: {e}")))
+        }
+        Command::ExecIn { command } => {
+            use std::os::unix::process::CommandExt;
+            let err = std::process::Command::new(&command[0])
+                .args(&command[1..])
+                .exec();
+            Err(Failure::new(
+                Exit::Failed,
+                format!("cannot run `{}`: {err}", command[0]),
+            ))
         }
         Command::Serve(a) => serve::run(a),
         Command::Schema => {
@@ -400,6 +416,22 @@ impl Where {
                 features::missing_message(&missing),
             )),
         }
+    }
+}
+
+/// What a VM lab's spinner says while it comes up: a boot, or the shared
+/// VM of its kernel ([`labctl::vm::shared`]) when one is ready.
+pub fn vm_up_message(lab: &str, kernel: &labctl::vm::Kernel) -> String {
+    if labctl::vm::shared::find(&kernel.release).is_some() {
+        format!(
+            "bringing `{lab}` up in the shared VM (kernel {})",
+            kernel.release
+        )
+    } else {
+        format!(
+            "booting a VM (kernel {}) and bringing `{lab}` up in it",
+            kernel.release
+        )
     }
 }
 

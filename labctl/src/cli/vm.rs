@@ -49,6 +49,22 @@ enum Sub {
         #[arg(short, long)]
         quiet: bool,
     },
+    /// Run a command as root in a shared VM, outside any lab (for test
+    /// binaries that need its kernel): argv as given, no shell; output as
+    /// it comes, the exit code its own. Exits 3 when no shared VM of the
+    /// kernel is up and ready.
+    Exec {
+        /// The kernel, by release (default: the newest installed; env
+        /// LABCTL_KERNEL).
+        #[arg(long, value_name = "RELEASE", env = "LABCTL_KERNEL")]
+        kernel: Option<String>,
+        /// Kill the command after this many seconds.
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u64>,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// List the shared VMs, their health and the labs in them.
     Status {
         /// Output format.
@@ -61,8 +77,40 @@ pub fn run(args: Args) -> Result {
     match args.command {
         Sub::Start { kernel, quiet } => start(kernel.as_deref(), quiet),
         Sub::Stop { kernel, all, quiet } => stop(kernel.as_deref(), all, quiet),
+        Sub::Exec {
+            kernel,
+            timeout,
+            command,
+        } => exec(kernel.as_deref(), timeout, command),
         Sub::Status { output } => status(output),
     }
+}
+
+fn exec(kernel: Option<&str>, timeout: Option<u64>, command: Vec<String>) -> Result {
+    need_root()?;
+    let kernel = vm::choose(kernel).map_err(|e| Failure::new(Exit::Environment, e))?;
+    let Some(shared) = shared::find(&kernel.release) else {
+        return Err(Failure::new(
+            Exit::State,
+            format!(
+                "no shared VM (kernel {}) is up and ready; `labctl vm start` boots one",
+                kernel.release
+            ),
+        ));
+    };
+    let mut argv = vec!["__exec".to_string(), "--".into()];
+    argv.extend(command);
+    let reply = shared
+        .session(
+            &argv,
+            vm::Mode::Stream { stdin: false },
+            timeout.map(std::time::Duration::from_secs),
+        )
+        .map_err(|e| Failure::new(Exit::Failed, e))?;
+    if reply.code != 0 {
+        std::process::exit(reply.code);
+    }
+    Ok(())
 }
 
 fn need_root() -> Result {
@@ -76,6 +124,11 @@ fn need_root() -> Result {
 fn start(kernel: Option<&str>, quiet: bool) -> Result {
     need_root()?;
     let kernel = vm::choose(kernel).map_err(|e| Failure::new(Exit::Environment, e))?;
+    // One that cannot take labs (stopped, another labctl build) is
+    // replaced: stopped here first, so the labs it had are forgotten too.
+    if shared::look(&kernel.release).is_some_and(|(_, h)| h != shared::Health::Ready) {
+        super::warn_left(&labctl::engine::stop_shared(&kernel.release)?);
+    }
     let t = std::time::Instant::now();
     let bar = if quiet {
         indicatif::ProgressBar::hidden()

@@ -215,21 +215,37 @@ pub fn list() -> Vec<(String, Option<(Shared, Health)>)> {
 fn lock(release: &str) -> Result<nix::fcntl::Flock<fs::File>, VmError> {
     use std::os::unix::fs::OpenOptionsExt;
     let root = root();
-    fs::create_dir_all(&root).map_err(io_err(format!("create {}", root.display())))?;
-    let path = root.join(format!(".{release}.lock"));
-    let file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(&path)
-        .map_err(io_err(format!("open {}", path.display())))?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| {
-        VmError::Io {
-            what: format!("lock {}", path.display()),
-            source: e.into(),
+    let path = lock_path(release);
+    loop {
+        // A `stop` removes the directory when it empties it.
+        fs::create_dir_all(&root).map_err(io_err(format!("create {}", root.display())))?;
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(io_err(format!("open {}", path.display())))?;
+        let file = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(
+            |(_, e)| VmError::Io {
+                what: format!("lock {}", path.display()),
+                source: e.into(),
+            },
+        )?;
+        // A `stop` before us removed the file between our open and our
+        // lock: then the lock is on a file nobody else sees; again.
+        let same = match (file.metadata(), fs::symlink_metadata(&path)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        };
+        if same {
+            return Ok(file);
         }
-    })
+    }
+}
+
+fn lock_path(release: &str) -> PathBuf {
+    root().join(format!(".{release}.lock"))
 }
 
 fn bad_release(release: &str) -> VmError {
@@ -311,7 +327,11 @@ pub fn stop(release: &str) -> Result<Vec<String>, VmError> {
         return Err(bad_release(release));
     }
     let _lock = lock(release)?;
-    Ok(stop_locked(release))
+    let left = stop_locked(release);
+    // Held still: nothing of this release is left, the lock file neither.
+    let _ = fs::remove_file(lock_path(release));
+    let _ = fs::remove_dir(root());
+    Ok(left)
 }
 
 fn stop_locked(release: &str) -> Vec<String> {
