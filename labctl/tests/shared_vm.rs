@@ -85,7 +85,11 @@ impl Scratch {
             .filter(|pid| {
                 std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
                     let c = String::from_utf8_lossy(&c);
-                    c.starts_with("qemu-system") && c.contains(&want)
+                    let argv0 = c.split('\0').next().unwrap_or_default();
+                    Path::new(argv0)
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("qemu-system"))
+                        && c.contains(&want)
                 })
             })
             .collect()
