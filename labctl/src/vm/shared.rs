@@ -182,8 +182,12 @@ pub fn look(release: &str) -> Option<(Shared, Health)> {
 }
 
 /// The shared VM to put a lab needing kernel `release` in: one that is
-/// [`Health::Ready`], else `None` (the lab boots a VM of its own).
+/// [`Health::Ready`], else `None` (the lab boots a VM of its own, as it
+/// always does with `LABCTL_SHARED_VM=off`).
 pub fn find(release: &str) -> Option<Vm> {
+    if std::env::var("LABCTL_SHARED_VM").is_ok_and(|v| v == "off") {
+        return None;
+    }
     match look(release)? {
         (rec, Health::Ready) => Some(rec.vm),
         _ => None,
