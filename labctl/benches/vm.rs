@@ -1,9 +1,17 @@
-//! The VM runtime's overhead, next to the host in the same run: how long a
-//! VM takes to boot with the Flannel lab inside (`labctl up --vm`), and how
-//! long one scenario takes on the host and in the VM. Needs root and an
-//! installed VM kernel (`labctl kernel install debian`).
+//! The VM runtime's cost, two ways. Needs root and an installed VM kernel
+//! (`labctl kernel install debian`).
 //!
-//! Run: `cargo bench -p labctl --bench vm`.
+//! - `overhead`: next to the host in the same run, how long a VM takes to
+//!   boot with the Flannel lab inside (`labctl up --vm`), and how long one
+//!   scenario takes on the host and in the VM.
+//! - `shared`: the whole Flannel file (every scenario) in the VM, cold (a
+//!   VM booted for the lab, as without `labctl vm start`) and warm (the
+//!   shared VM of the kernel up already), split into boot, up, scenarios
+//!   and down, with the ratio; and the one-command `labctl run --kernel`
+//!   the scenario suite uses, cold and warm.
+//!
+//! Run: `cargo bench -p labctl --bench vm [-- overhead|shared]` (both
+//! without a name; `LABCTL_BENCH_RUNS=N` repeats each, median shown).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -49,30 +57,175 @@ fn main() {
         }
     };
     let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../topologies/flannel.yaml");
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let wants = |what: &str| only.is_empty() || only.iter().any(|o| o == what);
+    println!(
+        "VM kernel {kernel} (TCG{}), host kernel {}, load average {}",
+        if labctl::vm::kvm_usable() { "/KVM" } else { "" },
+        labctl::features::kernel_release(),
+        load()
+    );
+    if wants("overhead") {
+        overhead(&kernel, &file);
+    }
+    if wants("shared") {
+        shared(&kernel, &file);
+    }
+}
+
+/// The 1-minute load average, as /proc/loadavg says.
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(String::from))
+        .unwrap_or_else(|| "?".into())
+}
+
+fn runs() -> usize {
+    std::env::var("LABCTL_BENCH_RUNS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(1)
+}
+
+/// Cold against warm: the Flannel file in a VM booted for it, and in the
+/// shared VM.
+fn shared(kernel: &str, file: &std::path::Path) {
+    let runs = runs();
+    let stop = || {
+        let _ = labctl()
+            .args(["vm", "stop", "-q", "--kernel", kernel])
+            .output();
+    };
+    // Cold: nothing shared is up.
+    stop();
+    let mut cold = Split::default();
+    let mut cold_run = vec![];
+    for _ in 0..runs {
+        // Boot alone, as `vm start` does it, then the same lab in a VM of
+        // its own: `up` there is boot and up together.
+        let boot = timed(labctl().args(["vm", "start", "-q", "--kernel", kernel]));
+        stop();
+        let up = timed(
+            labctl()
+                .args(["up", "-q", "--kernel", kernel, "--name", "bcold"])
+                .arg(file),
+        );
+        cold.boot.push(boot);
+        cold.up.push(up.saturating_sub(boot));
+        cold.scenarios
+            .push(timed(labctl().args(["run", "--name", "bcold"]).arg(file)));
+        cold.down
+            .push(timed(labctl().args(["down", "-q", "bcold"])));
+        cold_run.push(timed(
+            labctl()
+                .args(["run", "--kernel", kernel, "--name", "bcold1"])
+                .arg(file),
+        ));
+    }
+    // Warm: one boot, then every run in the shared VM.
+    let boot = timed(labctl().args(["vm", "start", "-q", "--kernel", kernel]));
+    let mut warm = Split::default();
+    let mut warm_run = vec![];
+    for _ in 0..runs {
+        warm.boot.push(Duration::ZERO);
+        warm.up.push(timed(
+            labctl()
+                .args(["up", "-q", "--kernel", kernel, "--name", "bwarm"])
+                .arg(file),
+        ));
+        warm.scenarios
+            .push(timed(labctl().args(["run", "--name", "bwarm"]).arg(file)));
+        warm.down
+            .push(timed(labctl().args(["down", "-q", "bwarm"])));
+        warm_run.push(timed(
+            labctl()
+                .args(["run", "--kernel", kernel, "--name", "bwarm1"])
+                .arg(file),
+        ));
+    }
+    stop();
+    let s = |d: Duration| format!("{:.1} s", d.as_secs_f64());
+    let (cold, warm) = (cold.median(), warm.median());
+    println!();
+    println!(
+        "{} (every scenario) in the VM, median of {runs}; the shared VM's one boot took {}",
+        file.file_name().unwrap_or_default().to_string_lossy(),
+        s(boot)
+    );
+    println!(
+        "{:<28} {:>10} {:>10} {:>11}",
+        "", "cold VM", "shared VM", "cold/shared"
+    );
+    let row = |what: &str, c: Duration, w: Duration| {
+        let ratio = if w.is_zero() {
+            "-".to_string()
+        } else {
+            format!("{:.1}x", c.as_secs_f64() / w.as_secs_f64())
+        };
+        println!("{what:<28} {:>10} {:>10} {ratio:>11}", s(c), s(w));
+    };
+    row("boot", cold[0], warm[0]);
+    row("up", cold[1], warm[1]);
+    row("scenarios (labctl run)", cold[2], warm[2]);
+    row("down", cold[3], warm[3]);
+    row("total", cold.iter().sum(), warm.iter().sum::<Duration>());
+    row(
+        "labctl run --kernel (1 cmd)",
+        median(cold_run),
+        median(warm_run),
+    );
+}
+
+/// Times of one way of running a file, per stage.
+#[derive(Default)]
+struct Split {
+    boot: Vec<Duration>,
+    up: Vec<Duration>,
+    scenarios: Vec<Duration>,
+    down: Vec<Duration>,
+}
+
+impl Split {
+    fn median(self) -> [Duration; 4] {
+        [
+            median(self.boot),
+            median(self.up),
+            median(self.scenarios),
+            median(self.down),
+        ]
+    }
+}
+
+fn overhead(kernel: &str, file: &std::path::Path) {
     let scenario = "f2-pod-ip-other-node";
     let runs = 3;
     let (mut host_up, mut vm_up, mut host_run, mut vm_run, mut host_down, mut vm_down) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
     for _ in 0..runs {
         host_up.push(timed(
-            labctl().args(["up", "-q", "--name", "bhost"]).arg(&file),
+            labctl().args(["up", "-q", "--name", "bhost"]).arg(file),
         ));
         host_run.push(timed(
             labctl()
                 .args(["run", "--name", "bhost"])
-                .arg(&file)
+                .arg(file)
                 .arg(scenario),
         ));
         host_down.push(timed(labctl().args(["down", "-q", "bhost"])));
         vm_up.push(timed(
             labctl()
-                .args(["up", "-q", "--kernel", &kernel, "--name", "bvm"])
-                .arg(&file),
+                .args(["up", "-q", "--kernel", kernel, "--name", "bvm"])
+                .arg(file),
         ));
         vm_run.push(timed(
             labctl()
                 .args(["run", "--name", "bvm"])
-                .arg(&file)
+                .arg(file)
                 .arg(scenario),
         ));
         vm_down.push(timed(labctl().args(["down", "-q", "bvm"])));
@@ -88,11 +241,7 @@ fn main() {
         );
     };
     println!();
-    println!(
-        "VM kernel {kernel} (TCG{}), host kernel {}, median of {runs}",
-        if labctl::vm::kvm_usable() { "/KVM" } else { "" },
-        labctl::features::kernel_release()
-    );
+    println!("host against VM, median of {runs}");
     println!("{:<34} {:>10} {:>12} {:>11}", "", "host", "vm", "vm/host");
     row("up (vm: boot + up inside)", host_up, vm_up);
     row(&format!("run {scenario}"), host_run, vm_run);

@@ -378,6 +378,26 @@ pub fn down(lab: &str, wait: Option<Duration>) -> Result<DownReport, EngineError
         return Err(EngineError::NotUp(lab.to_string()));
     };
     let mut left = record.rejected.clone();
+    if let Some(vm) = record.vm.as_ref().filter(|vm| vm.shared) {
+        // The lab lives in a shared VM with others: take it down there and
+        // leave the VM up. A VM that is gone took the lab with it.
+        if vm.process_is_ours() {
+            match vm.call(&["down".into(), "-q".into(), lab.into()], VM_DOWN_DEADLINE) {
+                Ok(r) if r.code == 0 || r.code == NOT_UP => {}
+                Ok(r) => left.push(format!(
+                    "`labctl down` in the shared VM: {}",
+                    String::from_utf8_lossy(&r.stderr).trim()
+                )),
+                Err(e) => left.push(format!("the shared VM: {e}")),
+            }
+        }
+        state::remove(lab)?;
+        return Ok(DownReport {
+            removed: 0,
+            left,
+            released: None,
+        });
+    }
     if let Some(vm) = &record.vm {
         // The lab lives in the VM: take it down there (best effort, the VM
         // may be half booted), then stop the VM, which takes everything.
@@ -591,6 +611,11 @@ pub fn up_in_vm(
     }
     let mut record = LabState::new(lab, Some(file), Vec::new());
     record.runtime = "vm".into();
+    if let Some(vm) = crate::vm::shared::find(&kernel.release) {
+        record.vm = Some(vm.clone());
+        state::save(&record)?;
+        return up_in_shared(record, vm, args);
+    }
     state::save(&record)?;
     let mark = record.mark();
     let vm = crate::vm::start(lab, kernel, &mark, &mut |vm| {
@@ -623,6 +648,72 @@ pub fn up_in_vm(
     record.complete = true;
     state::save(&record)?;
     Ok(vm)
+}
+
+/// The exit code of `labctl down` for a lab that is not up, and of `up`
+/// for one that is ([`EngineError::NotUp`], [`EngineError::AlreadyUp`]): the
+/// CLI's state exit code.
+const NOT_UP: i32 = 3;
+
+/// [`up_in_vm`] in a shared VM ([`crate::vm::shared`]), the lab's record
+/// naming it already. A lab of this name left inside by a `labctl` that
+/// was killed (its host record gone) is taken down first; a failed `up`
+/// is taken down inside, and the VM is left up either way.
+fn up_in_shared(
+    mut record: LabState,
+    vm: crate::vm::Vm,
+    args: &[String],
+) -> Result<crate::vm::Vm, EngineError> {
+    let lab = record.lab.clone();
+    let down = || vm.call(&["down".into(), "-q".into(), lab.clone()], VM_DOWN_DEADLINE);
+    let fail = |e: String| {
+        let _ = down();
+        let _ = state::remove(&lab);
+        EngineError::Vm(e)
+    };
+    let mut reply = vm
+        .call(args, VM_UP_DEADLINE)
+        .map_err(|e| fail(e.to_string()))?;
+    if reply.code == NOT_UP {
+        // Already up inside: a leftover, since the host had no record.
+        down().map_err(|e| fail(e.to_string()))?;
+        reply = vm
+            .call(args, VM_UP_DEADLINE)
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    if reply.code != 0 {
+        let msg = String::from_utf8_lossy(&reply.stderr).trim().to_string();
+        return Err(fail(format!("inside the shared VM: {msg}")));
+    }
+    record.complete = true;
+    state::save(&record)?;
+    Ok(vm)
+}
+
+/// Stop the shared VM of kernel `release` ([`crate::vm::shared::stop`])
+/// and forget the labs that lived in it: they went with it. A lab whose
+/// lock is held (a command on it still running) keeps its record, and
+/// says so. Returns what was left alone and why.
+pub fn stop_shared(release: &str) -> Result<Vec<String>, EngineError> {
+    if !sys::is_root() {
+        return Err(EngineError::NotRoot);
+    }
+    let mut left = crate::vm::shared::stop(release).map_err(|e| EngineError::Vm(e.to_string()))?;
+    let dir = crate::vm::shared::dir_for(release);
+    for record in state::list()? {
+        let inside = record
+            .vm
+            .as_ref()
+            .is_some_and(|vm| vm.shared && Some(&vm.dir) == dir.as_ref());
+        if !inside {
+            continue;
+        }
+        match state::lock(&record.lab) {
+            Ok(_lock) => state::remove(&record.lab)?,
+            Err(e) => left.push(format!("lab `{}` keeps its record: {e}", record.lab)),
+        }
+    }
+    Ok(left)
 }
 
 /// A single-threaded runtime: every netlink socket lives on it, and the

@@ -208,12 +208,17 @@ impl LabState {
             ok
         });
         if let Some(vm) = &self.vm {
-            let dir = crate::vm::dir_of(lab);
-            if vm.dir != dir {
+            // A lab's own VM, or the shared VM of the record's kernel.
+            let dir = if vm.shared {
+                crate::vm::shared::dir_for(&vm.kernel.release)
+            } else {
+                Some(crate::vm::dir_of(lab))
+            };
+            if dir.as_ref() != Some(&vm.dir) {
                 self.rejected.push(format!(
                     "the VM directory `{}` is not labctl's own for this lab ({}): left alone",
                     vm.dir.display(),
-                    dir.display()
+                    dir.map_or("none".into(), |d| d.display().to_string())
                 ));
                 self.vm = None;
             }
@@ -455,6 +460,7 @@ mod tests {
                 vmlinuz: "/v".into(),
                 modules: "/m".into(),
             },
+            shared: false,
         });
         s.confine("lab");
         let names: Vec<&str> = s.namespaces.iter().map(|n| n.name.as_str()).collect();
@@ -462,6 +468,38 @@ mod tests {
         assert_eq!(names, ["lab-pod", "lab-.."]);
         assert!(s.vm.is_none());
         assert_eq!(s.rejected.len(), 4, "{:?}", s.rejected);
+    }
+
+    #[test]
+    fn a_lab_in_a_shared_vm_names_that_vms_directory_and_no_other() {
+        let release = "6.12.57+deb13-amd64";
+        let vm = |dir: PathBuf, release: &str| crate::vm::Vm {
+            dir,
+            pid: 1,
+            kernel: crate::vm::Kernel {
+                release: release.into(),
+                vmlinuz: "/v".into(),
+                modules: "/m".into(),
+            },
+            shared: true,
+        };
+        let shared = crate::vm::shared::dir_for(release).unwrap();
+        let mut s = LabState::new("lab", None, Vec::new());
+        s.vm = Some(vm(shared.clone(), release));
+        s.confine("lab");
+        assert!(s.vm.is_some(), "{:?}", s.rejected);
+        // Shared, but another directory: a lab's own, or elsewhere.
+        for dir in [crate::vm::dir_of("lab"), "/tmp/x".into()] {
+            let mut s = LabState::new("lab", None, Vec::new());
+            s.vm = Some(vm(dir, release));
+            s.confine("lab");
+            assert!(s.vm.is_none());
+        }
+        // A release that is a path names no directory.
+        let mut s = LabState::new("lab", None, Vec::new());
+        s.vm = Some(vm(shared.join("../../x"), "../../x"));
+        s.confine("lab");
+        assert!(s.vm.is_none());
     }
 
     #[test]

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 pub mod channel;
+pub mod shared;
 
 /// Why the VM runtime could not do something.
 #[derive(Debug, thiserror::Error)]
@@ -279,6 +280,10 @@ pub struct Vm {
     /// Process id of `vng` (its QEMU is its child).
     pub pid: u32,
     pub kernel: Kernel,
+    /// A shared VM ([`shared`]) that other labs live in too: `down` of a
+    /// lab takes the lab down inside and leaves the VM up.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
 }
 
 /// Boot a VM for `name` and wait for its agent. The caller records `pid`
@@ -291,9 +296,24 @@ pub fn start(
     mark: &str,
     on_spawn: &mut dyn FnMut(&Vm) -> Result<(), VmError>,
 ) -> Result<Vm, VmError> {
-    check_tools()?;
     let dir = dir_of(name);
-    // A leftover of this lab name is ours only if it says so; the lab's
+    // Where the console is kept if this boot fails (see `Vm::stop`).
+    let log = lib_dir().join("vm").join(format!("{name}.console.log"));
+    start_in(&dir, kernel, mark, &log, on_spawn)
+}
+
+/// [`start`] in directory `dir` (labctl's own: a lab's [`dir_of`] or a
+/// shared VM's [`shared::dir_for`]), the console kept at `log` on failure.
+fn start_in(
+    dir: &Path,
+    kernel: &Kernel,
+    mark: &str,
+    kept_log: &Path,
+    on_spawn: &mut dyn FnMut(&Vm) -> Result<(), VmError>,
+) -> Result<Vm, VmError> {
+    check_tools()?;
+    let dir = dir.to_path_buf();
+    // A leftover of this name is ours only if it says so; the caller's
     // lock is held, so no VM of ours is using it.
     if fs::symlink_metadata(&dir).is_ok() {
         if !dir_is_ours(&dir, None) {
@@ -341,13 +361,13 @@ pub fn start(
         dir,
         pid: child.id(),
         kernel: kernel.clone(),
+        shared: false,
     };
     // The child is reaped by whoever waits for the pid later (`stop`).
     std::mem::forget(child);
     on_spawn(&vm)?;
     let ready = vm.dir.join("ready");
-    // Where the console is kept if this boot fails (see `Vm::stop`).
-    let log = lib_dir().join("vm").join(format!("{name}.console.log"));
+    let log = kept_log.to_path_buf();
     let limit = Duration::from_secs(180);
     let t = Instant::now();
     while !ready.exists() {

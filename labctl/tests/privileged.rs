@@ -436,8 +436,10 @@ fn vm_lab_up_exec_down() -> Result<(), Failed> {
     let before = host_snapshot();
     let lab = unique("vm");
     let guard = Down(lab.clone());
+    // A VM of the lab's own, whether `./lab test`'s shared VM is up or not.
     ok(labctl()
         .args(["up", "-q", "--kernel", &kernel, "--name", &lab])
+        .env("LABCTL_SHARED_VM", "off")
         .args(flannel()))?;
     let st = ok(labctl().arg("status"))?;
     let listing = String::from_utf8_lossy(&st.stdout).to_string();
@@ -483,6 +485,7 @@ fn vm_killed_up_then_down() -> Result<(), Failed> {
     let o = run(labctl()
         .args(["up", "-q", "--kernel", &kernel, "--name", &lab])
         .args(flannel())
+        .env("LABCTL_SHARED_VM", "off")
         .env("LABCTL_KILL_AT", "vm-booted"));
     use std::os::unix::process::ExitStatusExt;
     ensure(

@@ -122,7 +122,9 @@ const NO_SERVICES: &[&str] = &["services=off"];
 /// The reports of every scenario of one file, run in one VM: `labctl run
 /// --kernel` boots it, runs them all inside on one lab (each scenario
 /// programs the services it needs afresh) and stops it. One VM per file
-/// rather than per scenario: a boot is the expensive part.
+/// rather than per scenario: a boot is the expensive part. Under `./lab
+/// test` the lab goes into the run's shared VM instead (`labctl vm
+/// start`): no boot at all.
 type VmReports = Result<Vec<serde_json::Value>, String>;
 
 type VmRun = Arc<OnceLock<VmReports>>;

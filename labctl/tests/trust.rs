@@ -226,6 +226,7 @@ fn vm_record(lab: &str, dir: &std::path::Path, pid: u32) -> LabState {
             vmlinuz: "/nonexistent".into(),
             modules: "/nonexistent".into(),
         },
+        shared: false,
     });
     record.complete = true;
     record

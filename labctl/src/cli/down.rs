@@ -30,12 +30,15 @@ pub fn run(args: Args) -> Result {
     let in_vm = labctl::state::load(&lab)
         .ok()
         .flatten()
-        .and_then(|r| r.vm.map(|vm| vm.kernel.release));
+        .and_then(|r| r.vm.map(|vm| (vm.kernel.release, vm.shared)));
     let report = engine::down(&lab, args.wait.then_some(WAIT_LIMIT))?;
     super::warn_left(&report.left);
     if !args.quiet {
         match (in_vm, report.released) {
-            (Some(release), _) => {
+            (Some((release, true)), _) => {
+                println!("lab `{lab}` is down: the shared VM (kernel {release}) stays up")
+            }
+            (Some((release, false)), _) => {
                 println!("lab `{lab}` is down: its VM (kernel {release}) stopped")
             }
             (None, Some(after)) => println!(

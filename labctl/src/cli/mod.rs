@@ -25,6 +25,7 @@ mod show;
 mod status;
 mod up;
 mod validate;
+mod vm;
 
 /// Rebuild container-network data paths from real kernel objects, on one
 /// Linux machine, and prove what each interface sees.
@@ -51,6 +52,7 @@ enum Command {
     Show(show::Args),
     Monitor(monitor::Args),
     Netem(netem::Args),
+    Vm(vm::Args),
     /// Print the JSON schema of topology files.
     Schema,
     Completions(completions::CompletionsArgs),
@@ -59,6 +61,12 @@ enum Command {
     #[command(name = "__agent", hide = true)]
     Agent {
         dir: PathBuf,
+    },
+    /// Inside a VM: run a command, for `labctl vm exec`.
+    #[command(name = "__exec", hide = true)]
+    ExecIn {
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
     },
     #[command(name = "__serve", hide = true)]
     Serve(serve::Args),
@@ -207,8 +215,19 @@ pub fn main() -> ExitCode {
         Command::Show(a) => show::run(a),
         Command::Monitor(a) => monitor::run(a),
         Command::Netem(a) => netem::run(a),
+        Command::Vm(a) => vm::run(a),
         Command::Agent { dir } => {
             labctl::vm::agent(&dir).map_err(|e| Failure::new(Exit::Failed, format!("agent: {e}")))
+        }
+        Command::ExecIn { command } => {
+            use std::os::unix::process::CommandExt;
+            let err = std::process::Command::new(&command[0])
+                .args(&command[1..])
+                .exec();
+            Err(Failure::new(
+                Exit::Failed,
+                format!("cannot run `{}`: {err}", command[0]),
+            ))
         }
         Command::Serve(a) => serve::run(a),
         Command::Schema => {
@@ -397,6 +416,22 @@ impl Where {
                 features::missing_message(&missing),
             )),
         }
+    }
+}
+
+/// What a VM lab's spinner says while it comes up: a boot, or the shared
+/// VM of its kernel ([`labctl::vm::shared`]) when one is ready.
+pub fn vm_up_message(lab: &str, kernel: &labctl::vm::Kernel) -> String {
+    if labctl::vm::shared::find(&kernel.release).is_some() {
+        format!(
+            "bringing `{lab}` up in the shared VM (kernel {})",
+            kernel.release
+        )
+    } else {
+        format!(
+            "booting a VM (kernel {}) and bringing `{lab}` up in it",
+            kernel.release
+        )
     }
 }
 

@@ -198,10 +198,7 @@ pub fn run(args: Args) -> Result {
         if let Some(kernel) = args.place.decide(&lab)? {
             let mut argv = vm_argv("up", &args.file, &args.vars, &lab.name);
             argv.insert(1, "-q".into());
-            let bar = super::spinner(format!(
-                "booting a VM (kernel {}) and bringing `{}` up in it",
-                kernel.release, lab.name
-            ));
+            let bar = super::spinner(super::vm_up_message(&lab.name, &kernel));
             let vm = engine::up_in_vm(&lab.name, &args.file, &argv, &kernel);
             bar.finish_and_clear();
             let vm = vm?;

@@ -55,18 +55,16 @@ pub fn run(args: Args) -> Result {
         let bar = if args.quiet {
             indicatif::ProgressBar::hidden()
         } else {
-            super::spinner(format!(
-                "booting a VM (kernel {}) and bringing `{}` up in it",
-                kernel.release, lab.name
-            ))
+            super::spinner(super::vm_up_message(&lab.name, &kernel))
         };
         let vm = engine::up_in_vm(&lab.name, &args.file, &argv, &kernel);
         bar.finish_and_clear();
         let vm = vm?;
         if !args.quiet {
             println!(
-                "lab `{}` is up in a VM (kernel {}) in {:.1?}; status, exec, run and down reach into it",
+                "lab `{}` is up in {} (kernel {}) in {:.1?}; status, exec, run and down reach into it",
                 lab.name,
+                if vm.shared { "the shared VM" } else { "a VM" },
                 vm.release(),
                 t.elapsed()
             );

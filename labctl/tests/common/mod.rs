@@ -139,7 +139,6 @@ pub fn in_vm_args(
     with_labctl: bool,
     limit: std::time::Duration,
 ) -> Result<(bool, String), Failed> {
-    use std::time::Instant;
     struct Remove(Vec<std::path::PathBuf>);
     impl Drop for Remove {
         fn drop(&mut self) {
@@ -165,6 +164,27 @@ pub fn in_vm_args(
         std::fs::copy(env!("CARGO_BIN_EXE_labctl"), &labctl_copy)?;
         env.push_str(&format!(" {LABCTL_ENV}={}", labctl_copy.display()));
     }
+    if shared_vm_ready(kernel) {
+        // The shared VM of `./lab test` (`labctl vm start`), no boot. The
+        // run gets a mount namespace of its own with empty /run/netns and
+        // /run/labctl: the namespaces and labs it makes are named only
+        // there, so what a killed run leaves cannot collide with a later
+        // run's (a pid, and so `unique`, repeats) or anyone's labs, and
+        // goes away with it. `exec`: the agent's kill reaches the binary.
+        let script = format!(
+            "{prelude} mkdir -p /run/netns /run/labctl && \
+             mount -t tmpfs labctl-test /run/netns && \
+             mount -t tmpfs labctl-test /run/labctl && \
+             exec env {env} {} {args}",
+            copy.display()
+        );
+        let mut cmd = labctl_here();
+        cmd.args(["vm", "exec", "--kernel", kernel, "--timeout"])
+            .arg(limit.as_secs().to_string())
+            .args(["--", "unshare", "-m", "--propagation", "private"])
+            .args(["sh", "-c", &script]);
+        return run_bounded(&mut cmd, kernel, &copy, limit);
+    }
     let mut cmd = Command::new("vng");
     // As labctl boots its own VMs (`labctl::vm`).
     cmd.args([
@@ -179,13 +199,49 @@ pub fn in_vm_args(
     if !labctl::vm::kvm_usable() {
         cmd.arg("--disable-kvm");
     }
+    cmd.arg("--exec")
+        .arg(format!("{prelude} {env} {} {args}", copy.display()));
+    run_bounded(&mut cmd, kernel, &copy, limit)
+}
+
+/// Whether a shared VM with `kernel` is up and takes labs from this
+/// labctl build (`labctl vm status`).
+pub fn shared_vm_ready(kernel: &str) -> bool {
+    let Ok(o) = labctl_here().args(["vm", "status", "-o", "json"]).output() else {
+        return false;
+    };
+    serde_json::from_slice::<serde_json::Value>(&o.stdout)
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .is_some_and(|vms| {
+            vms.iter()
+                .any(|v| v["release"] == kernel && v["ready"] == true)
+        })
+}
+
+/// Run `cmd` (a VM run of a test binary copied to `copy`) in a process
+/// group of its own, killed after `limit`: whether it passed and its
+/// output.
+fn run_bounded(
+    cmd: &mut Command,
+    kernel: &str,
+    copy: &std::path::Path,
+    limit: std::time::Duration,
+) -> Result<(bool, String), Failed> {
+    use std::time::Instant;
+    struct Remove(Vec<std::path::PathBuf>);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            for p in &self.0 {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
     // Output to files: a pipe nobody reads while waiting could fill up.
     let out_path = copy.with_extension("out");
     let err_path = copy.with_extension("err");
     let _remove_out = Remove(vec![out_path.clone(), err_path.clone()]);
     let mut child = cmd
-        .arg("--exec")
-        .arg(format!("{prelude} {env} {} {args}", copy.display()))
         .stdin(std::process::Stdio::null())
         .stdout(std::fs::File::create(&out_path)?)
         .stderr(std::fs::File::create(&err_path)?)
