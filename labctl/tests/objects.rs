@@ -248,10 +248,14 @@ fn namespaces(name: &str) -> Result<Vec<String>, Failed> {
 /// `up` (concurrent within a phase) does not fix. The IPVS table in `ipvsadm
 /// -S` form, a line per service or real server, sorted (the kernel lists
 /// them in hash order). Ifindexes stay: both ways request the same ones.
+/// IPv6 is off both ways by different means, so each link's `addrgenmode`
+/// is dropped: `up` sets it to `none` on every link it makes, the script
+/// writes `disable_ipv6` once per namespace (the sysctl a person types).
+/// What either leaves is compared: `ip -o addr` lists any IPv6 address.
 /// Few processes: in the VM (software emulation) each costs.
 const NAMESPACE_STATE: &str = "\
 ip -o -d link | sed -e 's/ alias [^ ]*//' -e 's/ numtxqueues.*//' \
-  -e 's/ [a-z_]*timer *[0-9.]*//g'
+  -e 's/ [a-z_]*timer *[0-9.]*//g' -e 's/ addrgenmode [a-z0-9_]*//'
 ip -o addr; ip route; ip neigh show nud permanent | sort
 bridge fdb show | grep -e ' static' -e ' dst ' | sort
 echo '# tc'
