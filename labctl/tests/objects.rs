@@ -84,7 +84,10 @@ const TOPOLOGIES: &[Topology] = &[
             "## node-180\n",
             "numgen random mod 3 vmap",
             "goto external-default/nginx1/tcp/p80",
-            "ip daddr 192.168.0.0/16 drop comment \"Drop traffic to unallocated ClusterIPs\"",
+            // The lab counts each rule's hits (a `counter` kube-proxy has
+            // not): `labctl run` reads them back to say which chains a
+            // request went through.
+            "ip daddr 192.168.0.0/16 counter packets 0 bytes 0 drop comment \"Drop traffic to unallocated ClusterIPs\"",
             "hairpin on",
         ],
     },
