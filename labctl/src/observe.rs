@@ -70,23 +70,7 @@ pub fn lab_status(record: &LabState) -> Result<Vec<NsStatus>, EngineError> {
 }
 
 fn open_sockets(names: &[&str]) -> Vec<Option<netlink_sys::Socket>> {
-    let chunk = names.len().div_ceil(sys::workers()).max(1);
-    std::thread::scope(|s| {
-        let workers: Vec<_> = names
-            .chunks(chunk)
-            .map(|part| {
-                s.spawn(move || {
-                    part.iter()
-                        .map(|n| sys::netlink_socket_in(n).ok())
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| w.join().expect("status worker panicked"))
-            .collect()
-    })
+    sys::on_workers(names, |n| sys::netlink_socket_in(n).ok())
 }
 
 async fn dump(socket: netlink_sys::Socket) -> Result<Vec<IfStatus>, rtnetlink::Error> {

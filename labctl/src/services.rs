@@ -131,6 +131,22 @@ pub fn effective(lab: &Lab, changes: &[ServiceChange]) -> Vec<Service> {
 
 /// The node's addresses node ports listen on: its ENIs' (the first is the
 /// node's own).
+/// The sources a load balancer address with source ranges takes new
+/// connections from on `node`, in both proxy modes: the ranges, and the
+/// address itself when a range holds the node's own IP (kube-proxy's
+/// allowFromNode: the node reaches the address as a local one, from it).
+pub(crate) fn allowed_sources(svc: &Service, node: &Node, lb: Ipv4Addr) -> Vec<String> {
+    let ranges = &svc.load_balancer_source_ranges;
+    let mut sources: Vec<String> = ranges.iter().map(|n| n.to_string()).collect();
+    if node_addresses(node)
+        .next()
+        .is_some_and(|ip| ranges.iter().any(|n| n.contains(&ip)))
+    {
+        sources.push(lb.to_string());
+    }
+    sources
+}
+
 pub(crate) fn node_addresses(node: &Node) -> impl Iterator<Item = Ipv4Addr> + '_ {
     node.interfaces
         .iter()
@@ -297,19 +313,7 @@ pub fn node_ruleset(lab: &Lab, services: &[Service], node: &Node) -> String {
             if let Some(ip) = svc.load_balancer_ip
                 && !svc.load_balancer_source_ranges.is_empty()
             {
-                let mut sources: Vec<String> = svc
-                    .load_balancer_source_ranges
-                    .iter()
-                    .map(|n| n.to_string())
-                    .collect();
-                let node_ip = node_addresses(node).next();
-                if node_ip.is_some_and(|a| {
-                    svc.load_balancer_source_ranges
-                        .iter()
-                        .any(|n| n.contains(&a))
-                }) {
-                    sources.push(ip.to_string());
-                }
+                let sources = allowed_sources(svc, node, ip);
                 let _ = writeln!(
                     rules,
                     "\t\tip daddr {ip} {proto} dport {} ip saddr != {{ {} }} drop comment \"{} load balancer firewall\"",

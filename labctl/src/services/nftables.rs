@@ -61,7 +61,7 @@ use std::net::Ipv4Addr;
 
 use labctl_topology::{Lab, Node, Service, ServicePort, TrafficPolicy};
 
-use super::{MASQUERADE_MARK, l4, node_addresses};
+use super::{MASQUERADE_MARK, allowed_sources, l4, node_addresses};
 
 const TABLE: &str = "ip kube-proxy";
 
@@ -425,21 +425,7 @@ fn service_port(
         let fw = format!("firewall-{}", base_name(svc, port));
         s.counted_chain(&fw);
         s.element("firewall-ips", &format!("{} : goto {fw}", key(lb)));
-        let mut sources: Vec<String> = svc
-            .load_balancer_source_ranges
-            .iter()
-            .map(|n| n.to_string())
-            .collect();
-        // A node whose own address is allowed may reach the address as a
-        // local one, from the address itself (kube-proxy's allowFromNode).
-        let node_ip = node_addresses(node).next();
-        if node_ip.is_some_and(|ip| {
-            svc.load_balancer_source_ranges
-                .iter()
-                .any(|n| n.contains(&ip))
-        }) {
-            sources.push(lb.to_string());
-        }
+        let sources = allowed_sources(svc, node, lb);
         s.rule(
             &fw,
             &format!("ip saddr != {{ {} }} drop", sources.join(", ")),
