@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 use serde::{Deserialize, Serialize};
 
 use crate::plan::NsSpec;
@@ -354,33 +354,9 @@ impl Drop for LabLock {
         // Still holding the lock: whoever opens the path from now on finds
         // another file (or none) and, taking its lock, checks that it is
         // the one at the path (see `lock`).
-        if same_file(&self.file, &self.path) {
+        if crate::sys::same_file(&self.file, &self.path) {
             let _ = fs::remove_file(&self.path);
         }
-    }
-}
-
-/// An exclusive `flock` on `file`, retried every 10 ms until `grace` has
-/// passed.
-fn lock_within(mut file: File, grace: std::time::Duration) -> Result<Flock<File>, nix::Error> {
-    let deadline = std::time::Instant::now() + grace;
-    loop {
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(locked) => return Ok(locked),
-            Err((back, nix::errno::Errno::EWOULDBLOCK)) if std::time::Instant::now() < deadline => {
-                file = back;
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            Err((_, e)) => return Err(e),
-        }
-    }
-}
-
-fn same_file(file: &File, path: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (file.metadata(), fs::symlink_metadata(path)) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-        _ => false,
     }
 }
 
@@ -410,13 +386,13 @@ pub fn lock(lab: &str) -> Result<LabLock, StateError> {
             .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&path)
             .map_err(io_err(&path))?;
-        let file = lock_within(file, LOCK_GRACE).map_err(|_| StateError::Busy {
+        let file = crate::sys::lock_within(file, LOCK_GRACE).map_err(|_| StateError::Busy {
             lab: lab.to_string(),
             path: path.clone(),
         })?;
         // The holder before us may have removed the file between our open
         // and our lock: then the lock is on a file nobody else will see.
-        if same_file(&file, &path) {
+        if crate::sys::same_file(&file, &path) {
             return Ok(LabLock { file, path });
         }
     }

@@ -690,6 +690,33 @@ pub fn loopback_up() -> io::Result<()> {
     }
 }
 
+/// An exclusive `flock` on `file`, retried every 10 ms until `grace` has
+/// passed.
+pub fn lock_within(
+    mut file: File,
+    grace: std::time::Duration,
+) -> Result<nix::fcntl::Flock<File>, nix::Error> {
+    let deadline = std::time::Instant::now() + grace;
+    loop {
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(locked) => return Ok(locked),
+            Err((back, nix::errno::Errno::EWOULDBLOCK)) if std::time::Instant::now() < deadline => {
+                file = back;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err((_, e)) => return Err(e),
+        }
+    }
+}
+
+pub fn same_file(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), fs::symlink_metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -214,12 +214,18 @@ pub fn list() -> Vec<(String, Option<(Shared, Health)>)> {
     out
 }
 
+/// How long [`lock`] waits for another `vm start` or `vm stop` of the
+/// same release: longer than a boot may take (180 s) and its grace.
+const LOCK_WAIT: Duration = Duration::from_secs(240);
+
 /// One release's lock, held while its shared VM starts or stops; a second
-/// `vm start` waits for the first and then finds its VM up.
+/// `vm start` waits for the first (at most [`LOCK_WAIT`]) and then finds
+/// its VM up.
 fn lock(release: &str) -> Result<nix::fcntl::Flock<fs::File>, VmError> {
     use std::os::unix::fs::OpenOptionsExt;
     let root = root();
     let path = lock_path(release);
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
     loop {
         // A `stop` removes the directory when it empties it.
         fs::create_dir_all(&root).map_err(io_err(format!("create {}", root.display())))?;
@@ -230,19 +236,18 @@ fn lock(release: &str) -> Result<nix::fcntl::Flock<fs::File>, VmError> {
             .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&path)
             .map_err(io_err(format!("open {}", path.display())))?;
-        let file = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(
-            |(_, e)| VmError::Io {
-                what: format!("lock {}", path.display()),
-                source: e.into(),
-            },
-        )?;
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let file = crate::sys::lock_within(file, left).map_err(|e| VmError::Io {
+            what: format!(
+                "lock {} (another `labctl vm start` or `vm stop` held it for {} s)",
+                path.display(),
+                LOCK_WAIT.as_secs()
+            ),
+            source: e.into(),
+        })?;
         // A `stop` before us removed the file between our open and our
         // lock: then the lock is on a file nobody else sees; again.
-        let same = match (file.metadata(), fs::symlink_metadata(&path)) {
-            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-            _ => false,
-        };
-        if same {
+        if crate::sys::same_file(&file, &path) {
             return Ok(file);
         }
     }
