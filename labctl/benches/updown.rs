@@ -24,6 +24,20 @@
 //! - `UPDOWN_LABCTL=PATH` times another build of labctl (an older one, for
 //!   figures before a change); its `down` is timed with the same wait for
 //!   the kernel as the baseline's, since it may have no `--wait`.
+//! - Mininet, when Debian's package is installed (`/usr/bin/python3` can
+//!   import `mininet`), builds the same shape beside each scale row of at
+//!   most `UPDOWN_MININET_MAX` pods (default 1,000; `UPDOWN_MININET=0`
+//!   skips it): 10 Linux bridges (`--switch lxbr`'s `LinuxBridge`, no
+//!   controller) of that many hosts each, through its Python API in a
+//!   namespace of the bench's own (`updown-mn`), so none of its links is
+//!   in the host's. `Mininet.init()` is skipped: it raises host-wide
+//!   sysctls (`fixLimits`), which a benchmark must not touch. Its up is
+//!   `build()` + `start()`, its down `stop()` and the same wait for the
+//!   kernel as the baseline's; the ratio is Mininet / labctl.
+//!
+//! Rows are printed as each finishes. A run killed during the baseline
+//! leaves its namespaces (named `updown-*`, unmarked); the next run
+//! removes those its killed predecessor listed before anything else.
 //!
 //! Needs root. Targets (issue 17), printed at the end: 1,000 pods up in at
 //! most 1.2 s; 10,000 pods up in at most 15 s and down --wait in at most
@@ -160,6 +174,8 @@ struct Row {
     labctl: Result<(Cost, Cost), String>,
     bash_up: Option<Duration>,
     bash_down: Option<Duration>,
+    /// Mininet's up and down, beside a scale row.
+    mininet: Option<Result<(Duration, Duration), String>>,
 }
 
 fn median<T: Copy>(mut v: Vec<T>, key: impl Fn(&T) -> Duration) -> T {
@@ -198,9 +214,8 @@ fn measure(
     let names = namespaces(&script);
     let dir = std::env::temp_dir();
     let up_path = dir.join("labctl-bench-up.sh");
-    let down_path = dir.join("labctl-bench-down.sh");
+    let down_path = stale_down_script();
     std::fs::write(&up_path, &script).expect("write the up script");
-    std::fs::write(&down_path, delete_script(&names)).expect("write the down script");
     let bash = PathBuf::from("bash");
     let load = load();
     let (mut up, mut down, mut bup, mut bdown) = (vec![], vec![], vec![], vec![]);
@@ -221,12 +236,16 @@ fn measure(
             }
         }
         if baseline {
+            // Written before the baseline makes anything, removed once it
+            // is all gone: a killed run leaves it for the next.
+            std::fs::write(&down_path, delete_script(&names)).expect("write the down script");
             let built = try_timed(&bash, &[up_path.to_string_lossy().to_string()]);
             let t = std::time::Instant::now();
             timed(&bash, &[down_path.to_string_lossy().to_string()]);
             labctl::release::wait_let_go(RELEASE_LIMIT)
                 .expect("the baseline's namespaces released");
             bdown.push(t.elapsed());
+            let _ = std::fs::remove_file(&down_path);
             // Failed, it is still removed first.
             bup.push(built.unwrap_or_else(|e| panic!("baseline: {e}")).wall);
         }
@@ -241,6 +260,7 @@ fn measure(
         },
         bash_up: baseline.then(|| median(bup, |d| *d)),
         bash_down: baseline.then(|| median(bdown, |d| *d)),
+        mininet: None,
     }
 }
 
@@ -298,8 +318,19 @@ fn main() {
             .max(1)
     };
     let baseline = std::env::var("UPDOWN_BASELINE").map_or(true, |v| v != "0");
-    // A run killed half-way leaves its lab; start clean.
+    let mininet_max = match std::env::var("UPDOWN_MININET").as_deref() {
+        Ok("0") => 0,
+        _ if !mininet::installed() => 0,
+        _ => std::env::var("UPDOWN_MININET_MAX")
+            .ok()
+            .map_or(1000, |m| pods(&m)),
+    };
+    // A run killed half-way leaves its lab, and during a baseline the
+    // baseline's namespaces: start clean.
     let _ = Command::new(labctl()).args(["down", "-q", LAB]).output();
+    remove_stale_baseline();
+    mininet::remove_stale();
+    header();
     let mut rows = vec![measure(
         "flannel, host (10 namespaces)",
         None,
@@ -308,27 +339,152 @@ fn main() {
         runs_for(10),
         baseline,
     )];
+    print_row(&rows[0]);
     for &n in &sizes {
         let per_node = n.div_ceil(10);
-        rows.push(measure(
+        let mut row = measure(
             &format!("scale: 10 nodes x {per_node} pods"),
             Some(per_node * 10),
             &topo("scale.yaml"),
             &["nodes=10".into(), format!("pods={per_node}")],
             runs_for(per_node * 10),
             baseline,
-        ));
+        );
+        if per_node * 10 <= mininet_max {
+            row.mininet = Some(mininet::measure(10, per_node));
+        }
+        print_row(&row);
+        rows.push(row);
     }
-    print(&rows);
+    targets(&rows);
 }
 
-fn print(rows: &[Row]) {
-    let s = |d: Duration| format!("{:.2} s", d.as_secs_f64());
-    let ratio = |base: Option<Duration>, ours: Duration| {
-        base.map(|b| format!("{:.1}x", b.as_secs_f64() / ours.as_secs_f64()))
-            .unwrap_or_else(|| "-".into())
-    };
-    let opt = |d: Option<Duration>| d.map(s).unwrap_or_else(|| "-".into());
+/// Mininet side by side (see the module doc).
+mod mininet {
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+
+    /// The namespace Mininet's root side lives in.
+    const NS: &str = "updown-mn";
+    const PYTHON: &str = "/usr/bin/python3";
+
+    /// Builds `switches` Linux bridges of `hosts` hosts each, stops them
+    /// and prints `MININET up down` in seconds.
+    const SCRIPT: &str = r#"
+import sys, time
+from mininet.net import Mininet
+from mininet.topo import Topo
+from mininet.nodelib import LinuxBridge
+from mininet.log import setLogLevel
+switches, hosts = int(sys.argv[1]), int(sys.argv[2])
+Mininet.inited = True  # no fixLimits(): it writes host-wide sysctls
+class T(Topo):
+    def build(self):
+        for s in range(switches):
+            sw = self.addSwitch('s%d' % s, cls=LinuxBridge)
+            for h in range(hosts):
+                self.addLink(self.addHost('h%dp%d' % (s, h)), sw)
+setLogLevel('error')
+t = time.monotonic()
+net = Mininet(topo=T(), switch=LinuxBridge, controller=None, build=False)
+net.build()
+net.start()
+up = time.monotonic() - t
+t = time.monotonic()
+net.stop()
+print('MININET %f %f' % (up, time.monotonic() - t))
+"#;
+
+    pub fn installed() -> bool {
+        Command::new(PYTHON)
+            .args(["-c", "import mininet.net, mininet.nodelib"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+            && Command::new("brctl").arg("--version").output().is_ok()
+    }
+
+    /// A namespace of ours a killed run left (with whatever Mininet had
+    /// in it; its hosts' processes die with their shells' namespace
+    /// holder gone only when killed, so they are killed by the
+    /// namespace's own pids).
+    pub fn remove_stale() {
+        if std::path::Path::new("/run/netns").join(NS).exists() {
+            let _ = Command::new("ip")
+                .args(["netns", "pids", NS])
+                .output()
+                .map(|o| {
+                    for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                        let _ = Command::new("kill").args(["-9", pid]).output();
+                    }
+                });
+            let _ = Command::new("ip").args(["netns", "delete", NS]).output();
+        }
+    }
+
+    /// Mininet's up and down (with the kernel's release), or why it
+    /// failed.
+    pub fn measure(switches: usize, hosts: usize) -> Result<(Duration, Duration), String> {
+        let made = Command::new("ip").args(["netns", "add", NS]).output();
+        if !made.is_ok_and(|o| o.status.success()) {
+            return Err(format!("ip netns add {NS} failed"));
+        }
+        let out = Command::new("ip")
+            .args(["netns", "exec", NS, PYTHON, "-c", SCRIPT])
+            .args([switches.to_string(), hosts.to_string()])
+            .output();
+        let t = Instant::now();
+        let _ = Command::new("ip").args(["netns", "delete", NS]).output();
+        let released = labctl::release::wait_let_go(super::RELEASE_LIMIT);
+        let wait = t.elapsed();
+        let out = out.map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let Some(line) = text.lines().find_map(|l| l.strip_prefix("MININET ")) else {
+            return Err(format!(
+                "no figures: {}{}",
+                text,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        };
+        released.map_err(|e| e.to_string())?;
+        let f: Vec<f64> = line
+            .split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        let [up, down] = f[..] else {
+            return Err(format!("figures: {line}"));
+        };
+        Ok((
+            Duration::from_secs_f64(up),
+            Duration::from_secs_f64(down) + wait,
+        ))
+    }
+}
+
+/// Where the baseline's down script is kept while its namespaces exist:
+/// a killed run leaves it, and the next one runs it first.
+fn stale_down_script() -> PathBuf {
+    std::env::temp_dir().join("labctl-bench-down.sh")
+}
+
+fn remove_stale_baseline() {
+    let path = stale_down_script();
+    if path.exists() {
+        let _ = Command::new("bash").arg(&path).output();
+        let _ = labctl::release::wait_let_go(RELEASE_LIMIT);
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+fn ratio(base: Option<Duration>, ours: Duration) -> String {
+    base.map(|b| format!("{:.1}x", b.as_secs_f64() / ours.as_secs_f64()))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn header() {
     println!();
     println!(
         "{:<40} {:>14} | {:>8} {:>8} {:>8} {:>6} | {:>11} {:>9} {:>6} | {:>9}",
@@ -343,36 +499,53 @@ fn print(rows: &[Row]) {
         "ratio",
         "peak RSS"
     );
-    for r in rows {
-        let Ok((up, down)) = &r.labctl else {
-            println!(
-                "{:<40} {:>14} | labctl failed | {:>8} | {:>9}",
-                r.what,
-                r.load,
-                opt(r.bash_up),
-                opt(r.bash_down)
-            );
-            continue;
-        };
-        println!(
-            "{:<40} {:>14} | {:>8} {:>8} {:>8} {:>6} | {:>11} {:>9} {:>6} | {:>6} MB",
+}
+
+/// One row, as soon as it is measured.
+fn print_row(r: &Row) {
+    let opt = |d: Option<Duration>| d.map(secs).unwrap_or_else(|| "-".into());
+    match &r.labctl {
+        Err(e) => println!(
+            "{:<40} {:>14} | labctl failed | {:>8} | {:>9}\n  labctl failed: {e}",
             r.what,
             r.load,
-            s(up.wall),
-            s(up.cpu),
             opt(r.bash_up),
-            ratio(r.bash_up, up.wall),
-            s(down.wall),
-            opt(r.bash_down),
-            ratio(r.bash_down, down.wall),
-            up.max_rss.max(down.max_rss) / 1024,
-        );
-    }
-    for r in rows {
-        if let Err(e) = &r.labctl {
-            println!("{}: labctl failed: {e}", r.what);
+            opt(r.bash_down)
+        ),
+        Ok((up, down)) => {
+            println!(
+                "{:<40} {:>14} | {:>8} {:>8} {:>8} {:>6} | {:>11} {:>9} {:>6} | {:>6} MB",
+                r.what,
+                r.load,
+                secs(up.wall),
+                secs(up.cpu),
+                opt(r.bash_up),
+                ratio(r.bash_up, up.wall),
+                secs(down.wall),
+                opt(r.bash_down),
+                ratio(r.bash_down, down.wall),
+                up.max_rss.max(down.max_rss) / 1024,
+            );
+            match &r.mininet {
+                Some(Ok((mup, mdown))) => println!(
+                    "{:<55} | {:>8} {:>8} {:>8} {:>6} | {:>11} {:>9} {:>6} |",
+                    "  same shape in Mininet (lxbr, own netns)",
+                    "",
+                    "",
+                    secs(*mup),
+                    ratio(Some(*mup), up.wall),
+                    "",
+                    secs(*mdown),
+                    ratio(Some(*mdown), down.wall),
+                ),
+                Some(Err(e)) => println!("  Mininet failed: {e}"),
+                None => {}
+            }
         }
     }
+}
+
+fn targets(rows: &[Row]) {
     println!();
     let mut targets = Vec::new();
     for r in rows {
@@ -392,7 +565,7 @@ fn print(rows: &[Row]) {
         } else {
             "MISSED"
         };
-        println!("target: {what} <= {limit} s: {} ({verdict})", s(took));
+        println!("target: {what} <= {limit} s: {} ({verdict})", secs(took));
     }
     println!("load now: {}", load());
 }

@@ -648,6 +648,39 @@ impl Rng {
 
 /// Everything of `lab` that might outlive it: namespaces, /run/netns
 /// files, state, lock and temp files, processes started for it.
+/// A lab another labctl is working on: `up`, `down` and `status` refuse at
+/// once with their own exit code (5, not 3 "not up", which a script would
+/// take for a lab that is gone) and change nothing; once the holder lets
+/// go, `down` says the lab is not up (3).
+fn busy_lab_has_its_own_code() -> Result<(), Failed> {
+    let lab = unique("busy");
+    let held = state::lock(&lab)?;
+    for args in [
+        vec!["down".to_string(), "-q".into(), lab.clone()],
+        vec!["up".into(), "-q".into(), "--name".into(), lab.clone()]
+            .into_iter()
+            .chain(
+                flannel()
+                    .into_iter()
+                    .map(|a| a.to_string_lossy().into_owned()),
+            )
+            .collect(),
+    ] {
+        let o = run(labctl().args(&args));
+        ensure(
+            o.status.code() == Some(5) && stderr(&o).contains("busy"),
+            format!("`labctl {}` on a held lab: {}", args.join(" "), text(&o)),
+        )?;
+    }
+    ensure(netns_of(&lab).is_empty(), "a refused `up` made namespaces")?;
+    drop(held);
+    let o = run(labctl().args(["down", "-q", &lab]));
+    ensure(
+        o.status.code() == Some(3),
+        format!("`down` of a lab never up, once free: {}", text(&o)),
+    )
+}
+
 fn leftovers(lab: &str) -> Vec<String> {
     let mut left: Vec<String> = netns_of(lab);
     let prefix = format!("{lab}-");
@@ -796,6 +829,9 @@ fn main() {
         Trial::ignorable_test("silent_vm_agent", || gate(silent_vm_agent)),
         Trial::ignorable_test("randomized_sigkill", || gate(randomized_sigkill)),
         Trial::ignorable_test("capabilities_suffice", || gate(capabilities_suffice)),
+        Trial::ignorable_test("busy_lab_has_its_own_code", || {
+            gate(busy_lab_has_its_own_code)
+        }),
     ];
     libtest_mimic::run(&args, trials).exit();
 }

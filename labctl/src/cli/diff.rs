@@ -301,6 +301,7 @@ fn exit_of(code: Option<i32>) -> Exit {
         Some(2) => Exit::Usage,
         Some(3) => Exit::State,
         Some(4) => Exit::Environment,
+        Some(5) => Exit::Busy,
         _ => Exit::Failed,
     }
 }

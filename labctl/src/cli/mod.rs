@@ -79,10 +79,15 @@ pub enum Exit {
     Failed = 1,
     /// 2: the topology file or the command line is wrong.
     Usage = 2,
-    /// 3: the lab is in the wrong state (already up, not up, busy).
+    /// 3: the lab is in the wrong state (already up, not up).
     State = 3,
     /// 4: the environment cannot run labs (no root).
     Environment = 4,
+    /// 5: another labctl holds the lab's lock (an `up`, `down` or `run`
+    /// of it still going): nothing was done, and the same command later
+    /// may succeed. Not 3, so that a script (or a test) never takes a lab
+    /// it could not look at for one that is not up.
+    Busy = 5,
 }
 
 /// An error for the user, with its exit code. Topology errors are printed
@@ -119,7 +124,7 @@ impl From<EngineError> for Failure {
 pub fn engine_exit(e: &EngineError) -> Exit {
     match e {
         EngineError::State(labctl::state::StateError::BadName(_)) => Exit::Usage,
-        EngineError::State(labctl::state::StateError::Busy { .. }) => Exit::State,
+        EngineError::State(labctl::state::StateError::Busy { .. }) => Exit::Busy,
         EngineError::AlreadyUp { .. } | EngineError::NotUp(_) | EngineError::Conflict(_) => {
             Exit::State
         }
@@ -157,12 +162,12 @@ pub fn warn_left(left: &[String]) {
 }
 
 /// A state error for the user: a bad lab name is a usage error, a busy lab
-/// a state one.
+/// has its own code.
 pub fn state_failure(e: labctl::state::StateError) -> Failure {
     use labctl::state::StateError;
     let code = match &e {
         StateError::BadName(_) => Exit::Usage,
-        StateError::Busy { .. } => Exit::State,
+        StateError::Busy { .. } => Exit::Busy,
         _ => Exit::Failed,
     };
     Failure::new(code, e)
