@@ -5,7 +5,7 @@
 //! on no interface.
 //!
 //! Every write is a step of the lab's plan, run by the one executor
-//! through the [`crate::kernel::Kernel`] seam (see [`crate::plan::ebpf`]):
+//! through the `Kernel` seam (see `plan/ebpf.rs`):
 //! `BpfLoad` loads the programs once per lab and pins them and their maps
 //! under [`pin_dir`] (every pod shares one service table; [`load`]),
 //! `BpfAttach` puts a pinned program on a pod's eth0 with a netlink tc
@@ -120,7 +120,7 @@ pub(crate) fn bpffs_lock() -> Result<Flock<File>, LbError> {
 }
 
 /// Loads the programs with their maps and the programs themselves pinned
-/// in `pin_dir` (the applier of [`crate::plan::Action::BpfLoad`]): mounts
+/// in `pin_dir` (the applier of `Action::BpfLoad`): mounts
 /// labctl's bpffs if the host has none there, removes pins a crashed lab of
 /// the same name left (its services, or an older map layout), then like
 /// `bpftool prog loadall OBJ PIN_DIR type classifier pinmaps PIN_DIR`.
@@ -165,8 +165,8 @@ pub fn open(lab: &str) -> Result<LbMaps, LbError> {
     LbMaps::open(&dir).map_err(lb_err(format!("open the maps of lab `{lab}`")))
 }
 
-/// One frontend as the maps hold it (the payload of
-/// [`crate::plan::Action::BpfMaps`]): its backends in slot order, and the
+/// One frontend as the maps hold it (the payload of `Action::BpfMaps`): its
+/// backends in slot order, and the
 /// slot every new flow must take.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct BpfService {
@@ -232,7 +232,7 @@ pub fn wanted(lab: &Lab, o: &Overrides) -> Vec<BpfService> {
 }
 
 /// Makes the maps pinned in `pin_dir` hold exactly `wanted` (the applier
-/// of [`crate::plan::Action::BpfMaps`]; like `cilium service update` per
+/// of `Action::BpfMaps`; like `cilium service update` per
 /// frontend and `cilium service delete` for the rest), and flushes the
 /// remembered flows so the next packets choose afresh.
 pub fn program_maps(pin_dir: &Path, wanted: &[BpfService]) -> Result<(), LbError> {

@@ -9,23 +9,32 @@
 //!
 //! Actions are grouped in phases. Within a phase they are independent and run
 //! concurrently; a phase starts when the previous one has finished.
+//!
+//! [`plan`] calls one function per entity kind, each in its file under
+//! `plan/`, in the order that fixes their ifindexes: the VPC (`vpc`), nodes
+//! (`node`), the VPC's routes, pods (`pod`, one function per attachment),
+//! clients (`client`), services ([`services`]), the eBPF load balancer
+//! ([`ebpf`]) and last the low-level objects (`objects`, the eBPF overlay
+//! router of [`route`] among them).
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::Ipv4Addr;
 
-use ipnet::Ipv4Net;
-use labctl_topology::{Attachment, Lab, format_mac};
+use labctl_topology::{Lab, format_mac};
 use serde::Serialize;
 
 pub use crate::kernel::step::{
     Action, IfRef, NsSpec, Phase, Step, TC_PRIO, route_destination, shell_quote,
 };
 
+mod client;
 pub mod ebpf;
+mod node;
 mod objects;
+mod pod;
 pub mod route;
 pub mod services;
+mod vpc;
 
 /// Everything `up` will do, in order.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -601,7 +610,7 @@ impl Indexes {
     }
 }
 
-/// Plan the lab. Pure: no kernel access.
+/// Plan the lab, one entity kind after another. Pure: no kernel access.
 pub fn plan(lab: &Lab) -> Plan {
     let namespaces: Vec<NsSpec> = lab
         .entities()
@@ -614,507 +623,23 @@ pub fn plan(lab: &Lab) -> Plan {
         .collect();
     let mut steps = Vec::new();
     let mut idx = Indexes::default();
-    let mut push = |phase, netns: &str, action| {
-        steps.push(Step {
-            phase,
-            netns: netns.to_string(),
-            action,
-        })
-    };
-
-    for ns in &namespaces {
-        push(Phase::Devices, &ns.name, Action::LoopbackUp);
-    }
-
-    // The VPC: one bridge per vSwitch holding its gateway, and the route table.
-    let vpc = lab.netns("vpc");
-    let (vpc_subnets, vpc_routes, isolated) = match &lab.vpc {
-        Some(v) => (&v.subnets[..], &v.routes[..], v.isolated_ports),
-        None => (&[][..], &[][..], false),
-    };
-    let mut vsw: HashMap<&str, IfRef> = HashMap::new();
-    for subnet in vpc_subnets {
-        let ifindex = idx.next(&vpc);
-        vsw.insert(
-            subnet.name.as_str(),
-            IfRef {
-                name: subnet.name.clone(),
-                ifindex,
-            },
-        );
-        push(
-            Phase::Devices,
-            &vpc,
-            Action::AddBridge {
-                name: subnet.name.clone(),
-                ifindex,
-                mac: None,
-            },
-        );
-        let address = Ipv4Net::new(subnet.gateway, subnet.cidr.prefix_len())
-            .expect("resolved prefix is valid");
-        push(
-            Phase::Addresses,
-            &vpc,
-            Action::AddAddress {
-                ifname: subnet.name.clone(),
-                ifindex,
-                address,
-            },
-        );
-    }
-    // A cloud vSwitch routes; it does not send ICMP redirects to hosts that
-    // could reach each other directly (a Linux router would, when a reply
-    // leaves by the interface it came in on). The kernel ORs `all` with the
-    // interface's own setting, so both are turned off.
-    if lab.vpc.is_some() {
-        push(
-            Phase::Sysctls,
-            &vpc,
-            Action::Sysctl {
-                key: "net.ipv4.ip_forward".into(),
-                value: "1".into(),
-            },
-        );
-        let vpc_ifs =
-            std::iter::once("all".to_string()).chain(lab.interfaces_of("vpc").unwrap_or_default());
-        for ifname in vpc_ifs {
-            push(
-                Phase::Sysctls,
-                &vpc,
-                Action::Sysctl {
-                    key: format!("net.ipv4.conf.{ifname}.send_redirects"),
-                    value: "0".into(),
-                },
-            );
+    {
+        let mut push = pusher(&mut steps);
+        for ns in &namespaces {
+            push(Phase::Devices, &ns.name, Action::LoopbackUp);
         }
     }
 
-    // A cloud vSwitch: ENIs reach each other only through the router, which
-    // answers their ARP for any address of the subnet (proxy ARP, also back
-    // out of the bridge it came in on: pvlan), at once; but never for an
-    // address on the asking ENI itself, which the node switches inside
-    // (ipvlan): a bridge-family rule keeps those requests from the router.
-    if isolated {
-        for subnet in vpc_subnets {
-            for (key, value) in [
-                (format!("net.ipv4.conf.{}.proxy_arp", subnet.name), "1"),
-                (
-                    format!("net.ipv4.conf.{}.proxy_arp_pvlan", subnet.name),
-                    "1",
-                ),
-                (format!("net.ipv4.neigh.{}.proxy_delay", subnet.name), "0"),
-            ] {
-                push(
-                    Phase::Sysctls,
-                    &vpc,
-                    Action::Sysctl {
-                        key,
-                        value: value.into(),
-                    },
-                );
-            }
-        }
-        push(
-            Phase::Routes,
-            &vpc,
-            Action::Nftables {
-                ruleset: same_eni_rules(lab),
-            },
-        );
-    }
-
-    // Nodes: ENIs plugged into their vSwitch, the pod bridge, default route.
-    let mut node_bridge = HashMap::new();
-    // (node, ENI name) -> its ifindex in the node.
-    let mut eni_index: HashMap<(String, String), u32> = HashMap::new();
-    for node in &lab.nodes {
-        let ns = lab.netns(&node.name);
-        let mut first_eni = None;
-        for eni in &node.interfaces {
-            let port_index = idx.next(&vpc);
-            let ifindex = idx.next(&ns);
-            first_eni.get_or_insert((eni.name.clone(), ifindex));
-            eni_index.insert((node.name.clone(), eni.name.clone()), ifindex);
-            push(
-                Phase::Links,
-                &vpc,
-                Action::AddVeth {
-                    name: eni.vpc_port.clone(),
-                    ifindex: port_index,
-                    mac: None,
-                    controller: vsw.get(eni.subnet.as_str()).cloned(),
-                    peer_name: eni.name.clone(),
-                    peer_netns: ns.clone(),
-                    peer_ifindex: ifindex,
-                    peer_mac: eni.mac,
-                },
-            );
-            push(
-                Phase::Addresses,
-                &ns,
-                Action::LinkUp {
-                    ifname: eni.name.clone(),
-                    ifindex,
-                },
-            );
-            if isolated {
-                push(
-                    Phase::Addresses,
-                    &vpc,
-                    Action::IsolatePort {
-                        ifname: eni.vpc_port.clone(),
-                        ifindex: port_index,
-                    },
-                );
-            }
-            if let Some(address) = eni.address {
-                push(
-                    Phase::Addresses,
-                    &ns,
-                    Action::AddAddress {
-                        ifname: eni.name.clone(),
-                        ifindex,
-                        address,
-                    },
-                );
-            }
-        }
-        if let (Some(cidr), Some(gw)) = (node.pod_cidr, node.pod_gateway) {
-            let ifindex = idx.next(&ns);
-            node_bridge.insert(
-                node.name.as_str(),
-                IfRef {
-                    name: node.bridge.clone(),
-                    ifindex,
-                },
-            );
-            push(
-                Phase::Devices,
-                &ns,
-                Action::AddBridge {
-                    name: node.bridge.clone(),
-                    ifindex,
-                    mac: None,
-                },
-            );
-            push(
-                Phase::Addresses,
-                &ns,
-                Action::AddAddress {
-                    ifname: node.bridge.clone(),
-                    ifindex,
-                    address: Ipv4Net::new(gw, cidr.prefix_len()).expect("valid prefix"),
-                },
-            );
-        }
-        if let Some((ifname, ifindex)) = first_eni {
-            push(
-                Phase::Routes,
-                &ns,
-                Action::AddRoute {
-                    destination: Ipv4Net::default(),
-                    via: Some(node.default_gateway),
-                    ifname,
-                    ifindex,
-                },
-            );
-        }
-        for (key, value) in &node.sysctls {
-            push(
-                Phase::Sysctls,
-                &ns,
-                Action::Sysctl {
-                    key: key.clone(),
-                    value: value.clone(),
-                },
-            );
-        }
-    }
-
-    // VPC custom route entries: destination -> the node's ENI address, out of
-    // the vSwitch that holds it.
-    for route in vpc_routes {
-        let subnet = vpc_subnets.iter().find(|s| s.cidr.contains(&route.via));
-        if let Some(subnet) = subnet {
-            push(
-                Phase::Routes,
-                &vpc,
-                Action::AddRoute {
-                    destination: route.destination,
-                    via: Some(route.via),
-                    ifname: subnet.name.clone(),
-                    ifindex: vsw[subnet.name.as_str()].ifindex,
-                },
-            );
-        }
-    }
-
-    // Pods: veth from the node's bridge into the pod, or an ipvlan slave of
-    // the node's ENI moved into the pod; eth0 inside.
-    let mut host_slaves: HashMap<(String, String), u32> = HashMap::new();
-    let mut pod_ifindex: HashMap<String, u32> = HashMap::new();
-    for pod in &lab.pods {
-        let node_ns = lab.netns(&pod.node);
-        let pod_ns = lab.netns(&pod.name);
-        let pod_index = match &pod.attachment {
-            Attachment::Ipvlan { parent, host_slave } => {
-                let parent = IfRef {
-                    name: parent.clone(),
-                    ifindex: eni_index[&(pod.node.clone(), parent.clone())],
-                };
-                let key = (pod.node.clone(), host_slave.clone());
-                let slave_index = match host_slaves.get(&key) {
-                    Some(i) => *i,
-                    None => {
-                        let i = idx.next(&node_ns);
-                        host_slaves.insert(key, i);
-                        push(
-                            Phase::Stacked,
-                            &node_ns,
-                            Action::AddIpvlan {
-                                name: host_slave.clone(),
-                                ifindex: i,
-                                parent: parent.clone(),
-                                netns: None,
-                            },
-                        );
-                        // As Terway sets up ipvl_N: no ARP, the node's own
-                        // address (scope host). ipvlan switches frames
-                        // between its slaves by IP address: the pods reach
-                        // the node through this slave, the node reaches them
-                        // through it with its own MAC (no ARP).
-                        push(
-                            Phase::Addresses,
-                            &node_ns,
-                            Action::ArpOff {
-                                ifname: host_slave.clone(),
-                                ifindex: i,
-                            },
-                        );
-                        push(
-                            Phase::Addresses,
-                            &node_ns,
-                            Action::AddHostAddress {
-                                ifname: host_slave.clone(),
-                                ifindex: i,
-                                address: node_address(lab, &pod.node),
-                            },
-                        );
-                        i
-                    }
-                };
-                let pod_index = idx.next_in_both(&node_ns, &pod_ns);
-                let temporary = labctl_topology::hashed_ifname("ipv", &pod.name);
-                push(
-                    Phase::Stacked,
-                    &node_ns,
-                    Action::AddIpvlan {
-                        name: temporary.clone(),
-                        ifindex: pod_index,
-                        parent,
-                        netns: Some(pod_ns.clone()),
-                    },
-                );
-                push(
-                    Phase::Addresses,
-                    &pod_ns,
-                    Action::RenameUp {
-                        from: temporary,
-                        ifname: pod.ifname.clone(),
-                        ifindex: pod_index,
-                    },
-                );
-                push(
-                    Phase::Routes,
-                    &pod_ns,
-                    Action::SelfNeighbour {
-                        ifname: pod.ifname.clone(),
-                        ifindex: pod_index,
-                        address: node_address(lab, &pod.node),
-                    },
-                );
-                // The node reaches the pod through its own slave of the ENI.
-                push(
-                    Phase::Routes,
-                    &node_ns,
-                    Action::AddRoute {
-                        destination: Ipv4Net::new(pod.address.addr(), 32).expect("/32"),
-                        via: None,
-                        ifname: host_slave.clone(),
-                        ifindex: slave_index,
-                    },
-                );
-                pod_index
-            }
-            Attachment::Bridge { host_ifname } => {
-                let host_index = idx.next(&node_ns);
-                let pod_index = idx.next(&pod_ns);
-                push(
-                    Phase::Links,
-                    &node_ns,
-                    Action::AddVeth {
-                        name: host_ifname.clone(),
-                        ifindex: host_index,
-                        mac: None,
-                        controller: node_bridge.get(pod.node.as_str()).cloned(),
-                        peer_name: pod.ifname.clone(),
-                        peer_netns: pod_ns.clone(),
-                        peer_ifindex: pod_index,
-                        peer_mac: pod.mac,
-                    },
-                );
-                push(
-                    Phase::Addresses,
-                    &pod_ns,
-                    Action::LinkUp {
-                        ifname: pod.ifname.clone(),
-                        ifindex: pod_index,
-                    },
-                );
-                if lab.node(&pod.node).is_some_and(|n| n.hairpin_mode) {
-                    push(
-                        Phase::Addresses,
-                        &node_ns,
-                        Action::SetPort(crate::kernel::bridge::SetPort {
-                            ifname: host_ifname.clone(),
-                            ifindex: host_index,
-                            learning: None,
-                            neigh_suppress: None,
-                            isolated: None,
-                            hairpin: Some(true),
-                        }),
-                    );
-                }
-                pod_index
-            }
-        };
-        pod_ifindex.insert(pod.name.clone(), pod_index);
-        // Inside the pod, whatever the attachment: its address and routes.
-        push(
-            Phase::Addresses,
-            &pod_ns,
-            Action::AddAddress {
-                ifname: pod.ifname.clone(),
-                ifindex: pod_index,
-                address: pod.address,
-            },
-        );
-        for route in &pod.routes {
-            push(
-                Phase::Routes,
-                &pod_ns,
-                Action::AddRoute {
-                    destination: route.destination,
-                    via: Some(route.via),
-                    ifname: pod.ifname.clone(),
-                    ifindex: pod_index,
-                },
-            );
-        }
-    }
-
-    // Clients: a veth to the VPC router, the VPC side holding the gateway.
-    for client in &lab.clients {
-        let ns = lab.netns(&client.name);
-        let port_index = idx.next(&vpc);
-        let ifindex = idx.next(&ns);
-        push(
-            Phase::Links,
-            &vpc,
-            Action::AddVeth {
-                name: client.vpc_port.clone(),
-                ifindex: port_index,
-                mac: None,
-                controller: None,
-                peer_name: "eth0".into(),
-                peer_netns: ns.clone(),
-                peer_ifindex: ifindex,
-                peer_mac: None,
-            },
-        );
-        push(
-            Phase::Addresses,
-            &ns,
-            Action::LinkUp {
-                ifname: "eth0".into(),
-                ifindex,
-            },
-        );
-        push(
-            Phase::Addresses,
-            &vpc,
-            Action::AddAddress {
-                ifname: client.vpc_port.clone(),
-                ifindex: port_index,
-                address: Ipv4Net::new(client.gateway, client.address.prefix_len())
-                    .expect("valid prefix"),
-            },
-        );
-        push(
-            Phase::Addresses,
-            &ns,
-            Action::AddAddress {
-                ifname: "eth0".into(),
-                ifindex,
-                address: client.address,
-            },
-        );
-        push(
-            Phase::Routes,
-            &ns,
-            Action::AddRoute {
-                destination: Ipv4Net::default(),
-                via: Some(client.gateway),
-                ifname: "eth0".into(),
-                ifindex,
-            },
-        );
-    }
-
+    let vsw = vpc::steps(lab, &mut idx, &mut steps);
+    let nodes = node::steps(lab, &mut idx, &mut steps, &vsw);
+    vpc::routes(lab, &vsw, &mut steps);
+    let pod_ifindex = pod::steps(lab, &mut idx, &mut steps, &nodes);
+    client::steps(lab, &mut idx, &mut steps);
     // Services, kube-proxy IPVS style, on every node: every service address
     // on a dummy kube-ipvs0; the SLB's addresses local to the VPC router;
     // then the IPVS tables and rules (crate::services).
     if !lab.services.is_empty() {
-        for node in lab.nodes.iter().filter(|_| lab.uses_kube_ipvs()) {
-            let ns = lab.netns(&node.name);
-            let ifindex = idx.next(&ns);
-            // After the ENIs, as kube-proxy adds it to a running node: when
-            // the route's device has no fitting address (Terway's ipvl_N
-            // holds the node's with scope host), the kernel takes the first
-            // global address in device creation order as the source, which
-            // must be the node's eth0, not a service address.
-            push(
-                Phase::Stacked,
-                &ns,
-                Action::AddDummy {
-                    name: labctl_topology::KUBE_IPVS.into(),
-                    ifindex,
-                },
-            );
-            for address in lab.services.iter().flat_map(|s| s.addresses()) {
-                push(
-                    Phase::Addresses,
-                    &ns,
-                    Action::AddAddress {
-                        ifname: labctl_topology::KUBE_IPVS.into(),
-                        ifindex,
-                        address: Ipv4Net::new(address, 32).expect("/32"),
-                    },
-                );
-            }
-        }
-        for address in lab.services.iter().filter_map(|s| s.load_balancer_ip) {
-            push(
-                Phase::Addresses,
-                &vpc,
-                Action::AddAddress {
-                    ifname: "lo".into(),
-                    ifindex: 1,
-                    address: Ipv4Net::new(address, 32).expect("/32"),
-                },
-            );
-        }
+        services::addresses(lab, &mut idx, &mut steps);
         steps.extend(services::steps(lab, &Default::default()));
         steps.extend(services::sysctl_steps(lab));
     }
@@ -1130,54 +655,24 @@ pub fn plan(lab: &Lab) -> Plan {
     }
 }
 
-/// A node's own address: that of its first interface (which always has
-/// one).
-fn node_address(lab: &Lab, node: &str) -> Ipv4Addr {
-    lab.node(node)
-        .and_then(|n| crate::services::node_addresses(n).next())
-        .expect("a resolved node's first interface has an address")
-}
-
-/// The VPC's `bridge vswitch` table: ARP requests that come in on an ENI's
-/// port for an address on that same ENI (the ENI's own, its ipvlan pods')
-/// are kept from the router, so only the node answers them.
-fn same_eni_rules(lab: &Lab) -> String {
-    let mut rules = String::new();
-    for node in &lab.nodes {
-        for eni in &node.interfaces {
-            let mut addrs: Vec<String> = eni.address.iter().map(|a| a.addr().to_string()).collect();
-            addrs.extend(
-                lab.pods
-                    .iter()
-                    .filter(|p| p.node == node.name)
-                    .filter(|p| matches!(&p.attachment, Attachment::Ipvlan { parent, .. } if *parent == eni.name))
-                    .map(|p| p.address.addr().to_string()),
-            );
-            if addrs.is_empty() {
-                continue;
-            }
-            rules.push_str(&format!(
-                "\t\tiifname \"{}\" arp operation request arp daddr ip {{ {} }} drop\n",
-                eni.vpc_port,
-                addrs.join(", ")
-            ));
-        }
+/// A `push(phase, netns, action)` appending to `steps`: how each entity
+/// kind's function writes its steps.
+fn pusher(steps: &mut Vec<Step>) -> impl FnMut(Phase, &str, Action) + '_ {
+    move |phase, netns, action| {
+        steps.push(Step {
+            phase,
+            netns: netns.to_string(),
+            action,
+        })
     }
-    crate::services::replace_table(
-        "bridge vswitch",
-        &format!(
-            "\tchain same-eni-arp {{\n\
-             \t\ttype filter hook input priority 0; policy accept;\n\
-             {rules}\
-             \t}}\n"
-        ),
-    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ipnet::Ipv4Net;
     use labctl_topology::Role;
+    use std::net::Ipv4Addr;
 
     const PWN: &str = "$(touch /tmp/pwned)";
 

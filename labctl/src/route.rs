@@ -3,7 +3,7 @@
 //! 4; the programs and their maps are the `labctl-lb` crate's
 //! [`labctl_lb::Router`]).
 //!
-//! Every write is a step of the lab's plan ([`crate::plan::route`]):
+//! Every write is a step of the lab's plan (`plan/route.rs`):
 //! `RouteLoad` loads the object once per namespace that uses it and pins
 //! its programs and maps under [`pin_dir`] (one directory per node, as
 //! each Cilium agent has maps of its own; [`load`]), `BpfAttach` puts a
@@ -50,8 +50,7 @@ pub struct Endpoint {
     pub pod_mac: [u8; 6],
 }
 
-/// What one node's maps hold (the payload of
-/// [`crate::plan::Action::RouteMaps`]).
+/// What one node's maps hold (the payload of `Action::RouteMaps`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Tables {
     pub endpoints: Vec<Endpoint>,
@@ -109,7 +108,7 @@ fn err(action: impl Into<String>) -> impl FnOnce(labctl_lb::Error) -> LbError {
 }
 
 /// Loads the router with programs and maps pinned in `pin_dir` (the
-/// applier of [`crate::plan::Action::RouteLoad`]), after removing pins an
+/// applier of `Action::RouteLoad`), after removing pins an
 /// earlier lab of the same name left; like `bpftool prog loadall OBJ
 /// PIN_DIR type classifier pinmaps PIN_DIR`. Blocking.
 pub fn load(pin_dir: &Path) -> Result<(), LbError> {
@@ -128,7 +127,7 @@ pub fn load(pin_dir: &Path) -> Result<(), LbError> {
 }
 
 /// Makes the maps pinned in `pin_dir` hold exactly `tables` (the applier
-/// of [`crate::plan::Action::RouteMaps`]).
+/// of `Action::RouteMaps`).
 pub fn program_maps(pin_dir: &Path, tables: &Tables) -> Result<(), LbError> {
     RouteMaps::open(pin_dir)
         .and_then(|mut m| m.program(&tables.to_lb()))

@@ -3,13 +3,13 @@
 //!
 //! What the kernel gets is computed here as plain values (IPVS tables and
 //! nftables rulesets per namespace), so tests read them without root; the
-//! plan turns them into steps ([`crate::plan::services`]) that serve `up`
+//! plan turns them into steps (`plan/services.rs`) that serve `up`
 //! and a scenario's temporary changes ([`Overrides`]) alike, each replacing
 //! its namespace's whole table, as kube-proxy's sync loop does. The kernel
 //! side (IPVS over generic netlink, `nft -f`) is in `kernel/ipvs.rs` and
 //! `kernel/nft.rs`; this module plans and applies nothing.
 //!
-//! kube-proxy's modes sit behind [`crate::plan::services::ServiceProxy`].
+//! kube-proxy's modes sit behind the plan's `ServiceProxy`.
 //! The one shipped is kube-proxy's IPVS mode, what the Flannel article runs: every service address
 //! on the node's dummy `kube-ipvs0`, an IPVS virtual service per address and
 //! port with the endpoints as NAT real servers (all of them, or only the

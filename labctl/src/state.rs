@@ -44,8 +44,8 @@ pub enum StateError {
     BadName(String),
 }
 
-/// The ports the built-in servers serve in one namespace (see
-/// [`crate::serve`]); on the command line of `__serve` as
+/// The ports the built-in servers serve in one namespace (see the serve
+/// module); on the command line of `__serve` as
 /// `NETNS=80/tcp,53/udp`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Served {
@@ -126,7 +126,7 @@ pub struct LabState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serve: Option<ServeState>,
     /// A digest of what `up` built: the plan's commands and the ports it
-    /// serves ([`crate::engine::plan_digest`]). `run` on a lab that is up
+    /// serves (the engine's `plan_digest`). `run` on a lab that is up
     /// refuses a file or `--var` whose plan differs, rather than checking
     /// one lab's scenarios against another build. Absent in older records
     /// and on the host for a lab in a VM (the VM's own record has it).

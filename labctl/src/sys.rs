@@ -133,7 +133,7 @@ pub fn prepare_run_dir() -> io::Result<()> {
 
 /// The mode of the files labctl makes under /run/netns, different from
 /// iproute2's 0 so that an unwritten one is still recognised as ours
-/// ([`crate::owner`]).
+/// (by the owner module).
 pub const PLACEHOLDER_MODE: u32 = 0o444;
 
 /// A namespace just created, with what the executor keeps of it: one
@@ -199,7 +199,7 @@ impl Placeholders {
 /// The lab's `mark` goes into the placeholder file before the namespace is
 /// mounted over it, and `mark_inside` puts it inside the namespace (over a
 /// socket bound there) before it gets its name: whatever a crash leaves,
-/// `down` can tell it is the lab's ([`crate::owner`]).
+/// `down` can tell it is the lab's (by the owner module's checks).
 pub fn create_netns(
     name: &str,
     mark: &str,

@@ -7,8 +7,8 @@
 //! enslaved while up", bond_enslave), so a slave is taken down, enslaved
 //! and brought up again, in that order, as one step.
 //!
-//! [`Action::AddBond`]: crate::plan::Action::AddBond
-//! [`Action::Enslave`]: crate::plan::Action::Enslave
+//! [`Action::AddBond`]: crate::kernel::step::Action::AddBond
+//! [`Action::Enslave`]: crate::kernel::step::Action::Enslave
 
 use std::fmt;
 

@@ -8,9 +8,9 @@
 //! with `RTM_SETLINK` in family `AF_BRIDGE` carrying
 //! `IFLA_AF_SPEC`/`IFLA_BRIDGE_VLAN_INFO`, as `bridge vlan add` does.
 //!
-//! [`Action::AddVlanBridge`]: crate::plan::Action::AddVlanBridge
-//! [`Action::SetPort`]: crate::plan::Action::SetPort
-//! [`Action::BridgeVlan`]: crate::plan::Action::BridgeVlan
+//! [`Action::AddVlanBridge`]: crate::kernel::step::Action::AddVlanBridge
+//! [`Action::SetPort`]: crate::kernel::step::Action::SetPort
+//! [`Action::BridgeVlan`]: crate::kernel::step::Action::BridgeVlan
 
 use std::fmt;
 

@@ -1,5 +1,5 @@
-//! The kernel side of the eBPF steps ([`crate::plan::ebpf`],
-//! [`crate::plan::route`]): `BpfLoad`, `BpfMaps`, `RouteLoad` and
+//! The kernel side of the eBPF steps (planned in `plan/ebpf.rs` and
+//! `plan/route.rs`): `BpfLoad`, `BpfMaps`, `RouteLoad` and
 //! `RouteMaps` are bpf(2) calls on the pins ([`crate::lb::load`],
 //! [`crate::lb::program_maps`], [`crate::route::load`],
 //! [`crate::route::program_maps`]) made on a blocking thread; `BpfAttach` is

@@ -3,7 +3,7 @@
 //! and real server, over generic netlink ([`crate::ipvs`]) on a socket
 //! opened inside the namespace.
 //!
-//! [`Action::IpvsTable`]: crate::plan::Action::IpvsTable
+//! [`Action::IpvsTable`]: crate::kernel::step::Action::IpvsTable
 
 use labctl_topology::Protocol;
 

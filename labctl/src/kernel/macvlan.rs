@@ -7,8 +7,8 @@
 //! `IFLA_NET_NS_FD` under a temporary name, renamed in their namespace by
 //! [`Action::RenameUp`], as the pods' ipvlans and the vxlans are.
 //!
-//! [`Action::AddOffParent`]: crate::plan::Action::AddOffParent
-//! [`Action::RenameUp`]: crate::plan::Action::RenameUp
+//! [`Action::AddOffParent`]: crate::kernel::step::Action::AddOffParent
+//! [`Action::RenameUp`]: crate::kernel::step::Action::RenameUp
 
 use std::fmt;
 use std::os::fd::AsRawFd;

@@ -2,7 +2,7 @@
 //! with the step's script on standard input. nft is a child forked by a
 //! thread of our own inside the namespace, so it starts there.
 //!
-//! [`Action::Nftables`]: crate::plan::Action::Nftables
+//! [`Action::Nftables`]: crate::kernel::step::Action::Nftables
 
 use std::io::Write as _;
 use std::process::{Command, Stdio};

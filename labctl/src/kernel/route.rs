@@ -6,9 +6,9 @@
 //! A plain `to`/`via`/`dev` route stays an [`Action::AddRoute`], as every
 //! other part of the plan makes them.
 //!
-//! [`Action::AddNsRoute`]: crate::plan::Action::AddNsRoute
-//! [`Action::DelNsRoute`]: crate::plan::Action::DelNsRoute
-//! [`Action::AddRoute`]: crate::plan::Action::AddRoute
+//! [`Action::AddNsRoute`]: crate::kernel::step::Action::AddNsRoute
+//! [`Action::DelNsRoute`]: crate::kernel::step::Action::DelNsRoute
+//! [`Action::AddRoute`]: crate::kernel::step::Action::AddRoute
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};

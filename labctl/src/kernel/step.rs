@@ -1,5 +1,5 @@
 //! The vocabulary between planning and the kernel: a [`Step`] is one
-//! [`Action`] bound to its namespace and [`Phase`]. [`crate::plan`] makes
+//! [`Action`] bound to its namespace and [`Phase`]. The plan module makes
 //! them from a lab (and re-exports them); the kernel layer carries them
 //! out and each of its modules writes its own actions' iproute2 text, so
 //! these types live here, below both, and the kernel layer depends on
@@ -44,7 +44,7 @@ pub enum Phase {
     /// maps' contents, once the programs are loaded and pinned (in
     /// [`Phase::Services`]; see [`ebpf`]).
     Ebpf,
-    /// A scenario's link changes and their undoing ([`crate::impair`]), on
+    /// A scenario's link changes and their undoing (the impair module), on
     /// a lab that is up: never part of `up`'s plan, so not in
     /// [`Phase::ALL`].
     Changes,

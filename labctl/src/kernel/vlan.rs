@@ -2,7 +2,7 @@
 //! iproute2 text and its netlink call (`ip link add link PARENT name NAME
 //! type vlan id ID`, rtnetlink's `LinkVlan`).
 //!
-//! [`Action::AddVlan`]: crate::plan::Action::AddVlan
+//! [`Action::AddVlan`]: crate::kernel::step::Action::AddVlan
 
 use std::fmt;
 
