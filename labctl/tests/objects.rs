@@ -748,25 +748,37 @@ fn script_builds_what_up_builds(i: usize) -> Result<(), Failed> {
     let vars = var_args(t);
     let name = common::unique(&format!("up{i}"));
     let _down = Down(name.clone());
-    ok(labctl()
-        .args(["up", "-q", "--name", &name])
-        .args(&vars)
-        .arg(&file))?;
-    let by_up = state(&name)?;
-
     let other = common::unique(&format!("sh{i}"));
     let _gone = ScriptLab(other.clone());
-    let script = ok(labctl()
-        .args(["plan", "-o", "script", "--name", &other])
-        .args(&vars)
-        .arg(&file))?;
-    let path = std::env::temp_dir().join(format!("{other}.sh"));
-    std::fs::write(&path, &script.stdout)?;
-    let ran = ok(Command::new("bash").arg(&path));
-    let _ = std::fs::remove_file(&path);
-    ran?;
-    let fixed = macs(&String::from_utf8_lossy(&script.stdout));
-    let (mut by_up, mut by_script) = (by_up, state(&other)?);
+    // The two labs are built, and each read, at the same time: in the VM
+    // (software emulation, two CPUs) building and reading are most of a
+    // trial. They share nothing: namespaces and pins go by lab name.
+    let (by_up, by_script) = std::thread::scope(|s| {
+        let script_side = s.spawn(|| -> Result<(Vec<u8>, String), Failed> {
+            let script = ok(labctl()
+                .args(["plan", "-o", "script", "--name", &other])
+                .args(&vars)
+                .arg(&file))?;
+            let path = std::env::temp_dir().join(format!("{other}.sh"));
+            std::fs::write(&path, &script.stdout)?;
+            let ran = ok(Command::new("bash").arg(&path));
+            let _ = std::fs::remove_file(&path);
+            ran?;
+            Ok((script.stdout, state(&other)?))
+        });
+        let up_side = ok(labctl()
+            .args(["up", "-q", "--name", &name])
+            .args(&vars)
+            .arg(&file))
+        .and_then(|_| state(&name));
+        let script_side = script_side
+            .join()
+            .unwrap_or_else(|_| Err("building the script's lab panicked".into()));
+        (up_side, script_side)
+    });
+    let (by_up, (script, by_script)) = (by_up?, by_script?);
+    let fixed = macs(&String::from_utf8_lossy(&script));
+    let (mut by_up, mut by_script) = (by_up, by_script);
     // A difference may be the kernel still settling (see [`SETTLE`]):
     // read both again before calling it one.
     for _ in 0..SETTLE_TRIES {
@@ -861,7 +873,8 @@ const RUNS: &[(&str, &str, usize)] = &[
 fn run_leaves_the_lab_as_it_was(i: usize) -> Result<(), Failed> {
     let (_, stem, count) = RUNS[i];
     let file = path(stem);
-    let name = common::unique("objrun");
+    // A name per trial: both may run at once.
+    let name = common::unique(&format!("objrun{i}"));
     let _down = Down(name.clone());
     ok(labctl().args(["up", "-q", "--name", &name]).arg(&file))?;
     let before = settled_state(&name)?;
@@ -892,8 +905,10 @@ fn in_shared_vm(kernel: &str, trial: &str, others: &[String]) -> Result<(), Fail
     let mut runs = VM_RUNS.lock().unwrap_or_else(|e| e.into_inner());
     if !runs.contains_key(kernel) {
         // Every trial but `others`, by exact name (a `--skip` is a
-        // substring otherwise), one at a time: the VM has two slow CPUs.
-        let mut args = String::from("--exact --test-threads 1");
+        // substring otherwise), two at a time: the VM has two CPUs (see
+        // `labctl::vm`), and a trial waits on the kernel (linkwatch's
+        // settling) as well as computes.
+        let mut args = String::from("--exact --test-threads 2");
         for o in others {
             args.push_str(&format!(" --skip {o}"));
         }
@@ -1037,5 +1052,13 @@ fn main() {
             .with_kind(kind),
         );
     }
+    // libtest-mimic starts trials in this order. The first trial placed
+    // in a VM makes the one VM run the others wait for, so the host's
+    // trials go next, beside that run, not queued behind those waits.
+    let (vm, here): (Vec<Trial>, Vec<Trial>) = trials
+        .into_iter()
+        .partition(|t| t.kind().starts_with("vm "));
+    let mut vm = vm.into_iter();
+    let trials: Vec<Trial> = vm.next().into_iter().chain(here).chain(vm).collect();
     libtest_mimic::run(&args, trials).exit();
 }
