@@ -255,38 +255,274 @@ fn namespaces(name: &str) -> Result<Vec<String>, Failed> {
 /// is dropped: `up` sets it to `none` on every link it makes, the script
 /// writes `disable_ipv6` once per namespace (the sysctl a person types).
 /// What either leaves is compared: `ip -o addr` lists any IPv6 address.
-/// Few processes: in the VM (software emulation) each costs.
-const NAMESPACE_STATE: &str = "\
-ip -o -d link | sed -e 's/ alias [^ ]*//' -e 's/ numtxqueues.*//' \
-  -e 's/ [a-z_]*timer *[0-9.]*//g' -e 's/ addrgenmode [a-z0-9_]*//'
-ip -o addr; ip route; ip neigh show nud permanent | sort
-bridge fdb show | grep -e ' static' -e ' dst ' | sort
-echo '# tc'
-tc qdisc show | sort
-for d in $(tc qdisc show | sed -n 's/^qdisc \\(clsact\\|ingress\\) ffff: dev \\([^ ]*\\) .*/\\2/p' | sort); do
-  echo \"filters of $d\"; tc filter show dev $d ingress; tc filter show dev $d egress
-done | sed -e 's/ not_in_hw id [0-9]* / not_in_hw id ID /'
-for d in $(ls /sys/class/net); do echo \"vlan show dev $d\"; done | bridge -force -batch -
-echo '# nft'
-nft list ruleset
-echo '# ipvs'
-if [ -e /proc/net/ip_vs ]; then ipvsadm -S -n | sort; fi
-echo '# sysctl'
-cd /proc/sys/net/ipv4 && grep -r '' ip_forward conf neigh/*/proxy_delay | sort
+///
+/// Few processes: in the VM (software emulation) each one costs a good
+/// part of a second. So one shell per namespace runs only the tools that
+/// read the kernel, each section after a marker line ([`SECTION`]), and
+/// the filtering and sorting are done here ([`namespace_state`]). `nft`,
+/// the costliest (over a second there), runs only in a namespace that has
+/// an nftables table ([`has_nft_tables`]): without one it prints nothing.
+const NAMESPACE_READ: &str = "\
+echo '\x01link'; ip -o -d link
+echo '\x01addr'; ip -o addr
+echo '\x01route'; ip route
+echo '\x01neigh'; ip neigh show nud permanent
+echo '\x01fdb'; bridge fdb show
+echo '\x01qdisc'; tc qdisc show
+echo '\x01vlan'
+for d in /sys/class/net/*; do echo \"vlan show dev ${d##*/}\"; done | bridge -force -batch -
+echo '\x01nft'; if [ -n \"$LABCTL_TEST_NFT\" ]; then nft list ruleset; fi
+echo '\x01ipvs'; if [ -e /proc/net/ip_vs ]; then ipvsadm -S -n; fi
+echo '\x01sysctl'; cd /proc/sys/net/ipv4 && grep -r '' ip_forward conf neigh/*/proxy_delay
 ";
 
+/// The marker before each section of [`NAMESPACE_READ`]'s output.
+const SECTION: char = '\x01';
+
+/// Namespace `ns`'s state: [`NAMESPACE_READ`]'s sections, filtered and
+/// sorted as described there, and the tc filters of the devices with a
+/// clsact or ingress qdisc (one `tc -batch` per device).
+fn namespace_state(ns: &str) -> Result<String, Failed> {
+    let mut read = Command::new("ip");
+    read.args(["netns", "exec", ns, "sh", "-c", NAMESPACE_READ]);
+    // When the kernel cannot say, nft is asked.
+    if has_nft_tables(ns).unwrap_or(true) {
+        read.env("LABCTL_TEST_NFT", "1");
+    }
+    let o = ok(&mut read)?;
+    let text = String::from_utf8_lossy(&o.stdout);
+    let mut sections: BTreeMap<&str, &str> = BTreeMap::new();
+    for chunk in text.split(SECTION).skip(1) {
+        let (name, body) = chunk.split_once('\n').unwrap_or((chunk, ""));
+        sections.insert(name, body);
+    }
+    let section = |name: &str| {
+        sections
+            .get(name)
+            .copied()
+            .ok_or_else(|| Failed::from(format!("{ns}: no {name} section in:\n{text}")))
+    };
+    let mut out = String::new();
+    for line in section("link")?.lines() {
+        out.push_str(&link_line(line));
+        out.push('\n');
+    }
+    out.push_str(section("addr")?);
+    out.push_str(section("route")?);
+    out.push_str(&sorted(section("neigh")?.lines()));
+    out.push_str(&sorted(
+        section("fdb")?
+            .lines()
+            .filter(|l| l.contains(" static") || l.contains(" dst ")),
+    ));
+    out.push_str("# tc\n");
+    let qdiscs = section("qdisc")?;
+    out.push_str(&sorted(qdiscs.lines()));
+    let mut hooked: Vec<&str> = qdiscs
+        .lines()
+        .filter_map(|l| {
+            let rest = l
+                .strip_prefix("qdisc clsact ffff: dev ")
+                .or_else(|| l.strip_prefix("qdisc ingress ffff: dev "))?;
+            let (dev, _) = rest.split_once(' ')?;
+            (!dev.is_empty()).then_some(dev)
+        })
+        .collect();
+    hooked.sort();
+    for dev in hooked {
+        let filters = ok_with_input(
+            Command::new("tc").args(["-n", ns, "-batch", "-"]),
+            &format!("filter show dev {dev} ingress\nfilter show dev {dev} egress\n"),
+        )?;
+        out.push_str(&format!("filters of {dev}\n"));
+        for line in String::from_utf8_lossy(&filters.stdout).lines() {
+            out.push_str(&prog_id_masked(line));
+            out.push('\n');
+        }
+    }
+    out.push_str(section("vlan")?);
+    out.push_str("# nft\n");
+    out.push_str(section("nft")?);
+    out.push_str("# ipvs\n");
+    out.push_str(&sorted(section("ipvs")?.lines()));
+    out.push_str("# sysctl\n");
+    out.push_str(&sorted(section("sysctl")?.lines()));
+    Ok(out)
+}
+
+/// Whether namespace `ns` has an nftables table, asked of the kernel
+/// in-process: a dump of its tables (`NFT_MSG_GETTABLE`, every family), as
+/// `nft list tables` does over netlink. Everything `nft list ruleset`
+/// prints lives in a table.
+fn has_nft_tables(ns: &str) -> std::io::Result<bool> {
+    use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
+    const NFT_MSG_GETTABLE: u16 = (10 << 8) | 1; // NFNL_SUBSYS_NFTABLES
+    const NFT_MSG_NEWTABLE: u16 = 10 << 8;
+    const NLM_F_REQUEST_DUMP: u16 = 0x1 | 0x300;
+    const NLMSG_ERROR: u16 = 2;
+    const NLMSG_DONE: u16 = 3;
+    labctl::sys::in_netns(ns, || -> std::io::Result<bool> {
+        let mut socket = Socket::new(NETLINK_NETFILTER)?;
+        socket.bind_auto()?;
+        socket.connect(&netlink_sys::SocketAddr::new(0, 0))?;
+        // nlmsghdr (length, type, flags, sequence, port) and nfgenmsg
+        // (family AF_UNSPEC, version 0, resource id 0).
+        let mut request = Vec::with_capacity(20);
+        request.extend_from_slice(&20u32.to_ne_bytes());
+        request.extend_from_slice(&NFT_MSG_GETTABLE.to_ne_bytes());
+        request.extend_from_slice(&NLM_F_REQUEST_DUMP.to_ne_bytes());
+        request.extend_from_slice(&1u32.to_ne_bytes());
+        request.extend_from_slice(&0u32.to_ne_bytes());
+        request.extend_from_slice(&[0, 0, 0, 0]);
+        socket.send(&request, 0)?;
+        let mut tables = 0;
+        loop {
+            let (buf, _) = socket.recv_from_full()?;
+            let mut at = 0;
+            while at + 16 <= buf.len() {
+                let word = |i: usize| u32::from_ne_bytes(buf[i..i + 4].try_into().unwrap());
+                let len = word(at) as usize;
+                let kind = u16::from_ne_bytes([buf[at + 4], buf[at + 5]]);
+                match kind {
+                    NLMSG_DONE => return Ok(tables > 0),
+                    NLMSG_ERROR if at + 20 <= buf.len() && word(at + 16) != 0 => {
+                        let errno = -(word(at + 16) as i32);
+                        return Err(std::io::Error::from_raw_os_error(errno));
+                    }
+                    NFT_MSG_NEWTABLE => tables += 1,
+                    _ => {}
+                }
+                if len < 16 {
+                    return Err(std::io::Error::other(
+                        "a netlink message shorter than its header",
+                    ));
+                }
+                at += len.next_multiple_of(4);
+            }
+        }
+    })?
+}
+
+/// `lines` sorted bytewise, each ending in a newline (as `LC_ALL=C sort`).
+fn sorted<'a>(lines: impl Iterator<Item = &'a str>) -> String {
+    let mut lines: Vec<&str> = lines.collect();
+    lines.sort_unstable();
+    lines.iter().map(|l| format!("{l}\n")).collect()
+}
+
+/// Run `cmd` with `input` on its stdin; it must succeed.
+fn ok_with_input(cmd: &mut Command, input: &str) -> Result<std::process::Output, Failed> {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .ok_or("no stdin")?
+        .write_all(input.as_bytes())?;
+    let o = child.wait_with_output()?;
+    if o.status.success() {
+        Ok(o)
+    } else {
+        Err(format!("{cmd:?} failed: {}", common::text(&o)).into())
+    }
+}
+
+/// `line` without the first ` WORD` and the run of `keep` characters
+/// after it, if it has one (sed's `s/ WORD[keep]*//`).
+fn cut_first(line: &str, word: &str, keep: impl Fn(char) -> bool) -> String {
+    match line.find(word) {
+        Some(at) => {
+            let rest = &line[at + word.len()..];
+            let end = rest.find(|c: char| !keep(c)).unwrap_or(rest.len());
+            format!("{}{}", &line[..at], &rest[end..])
+        }
+        None => line.to_string(),
+    }
+}
+
+/// A line of `ip -o -d link` without what two builds of the same link
+/// may differ in: labctl's ownership alias, the queue and GSO/GRO
+/// counts that follow `numtxqueues`, timers' running values and the
+/// addrgenmode (see [`NAMESPACE_READ`]). As `sed -e 's/ alias [^ ]*//'
+/// -e 's/ numtxqueues.*//' -e 's/ [a-z_]*timer *[0-9.]*//g' -e
+/// 's/ addrgenmode [a-z0-9_]*//'`.
+fn link_line(line: &str) -> String {
+    let line = cut_first(line, " alias ", |c| c != ' ');
+    let line = match line.find(" numtxqueues") {
+        Some(at) => line[..at].to_string(),
+        None => line,
+    };
+    let line = without_timers(&line);
+    cut_first(&line, " addrgenmode ", |c| {
+        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'
+    })
+}
+
+/// `line` without every ` [a-z_]*timer *[0-9.]*` (a bridge's or port's
+/// timer and its running value), leftmost-longest as sed matches.
+fn without_timers(line: &str) -> String {
+    let b = line.as_bytes();
+    let word = |c: u8| c.is_ascii_lowercase() || c == b'_';
+    let mut out = String::with_capacity(line.len());
+    let (mut i, mut kept) = (0, 0);
+    while i < b.len() {
+        if b[i] == b' ' {
+            // The longest run of [a-z_] after the space that ends in `timer`.
+            let mut k = i + 1;
+            while k < b.len() && word(b[k]) {
+                k += 1;
+            }
+            let end_of_timer = (i + 1 + 5..=k).rev().find(|&e| &b[e - 5..e] == b"timer");
+            if let Some(mut e) = end_of_timer {
+                while e < b.len() && b[e] == b' ' {
+                    e += 1;
+                }
+                while e < b.len() && (b[e].is_ascii_digit() || b[e] == b'.') {
+                    e += 1;
+                }
+                out.push_str(&line[kept..i]);
+                (i, kept) = (e, e);
+                continue;
+            }
+        }
+        i += 1;
+    }
+    out.push_str(&line[kept..]);
+    out
+}
+
+/// A tc filter line with the bpf program's id replaced by `ID` (as `sed
+/// 's/ not_in_hw id [0-9]* / not_in_hw id ID /'`): each load gets a new
+/// one; the name and tag that follow say which program it is.
+fn prog_id_masked(line: &str) -> String {
+    const AT: &str = " not_in_hw id ";
+    let mut from = 0;
+    while let Some(at) = line[from..].find(AT).map(|a| a + from) {
+        let rest = &line[at + AT.len()..];
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if rest[digits..].starts_with(' ') {
+            return format!("{}{AT}ID{}", &line[..at], &rest[digits..]);
+        }
+        from = at + 1;
+    }
+    line.to_string()
+}
+
 /// Everything lab `name` has in the kernel: each namespace's state
-/// ([`NAMESPACE_STATE`]) and its pinned eBPF objects ([`bpf_state`]), with
+/// ([`namespace_state`]) and its pinned eBPF objects ([`bpf_state`]), with
 /// the lab's name replaced by `LAB` so two labs compare.
 fn state(name: &str) -> Result<String, Failed> {
     let mut out = String::new();
     for entity in namespaces(name)? {
         let ns = format!("{name}-{entity}");
-        let o = ok(Command::new("ip").args(["netns", "exec", &ns, "sh", "-c", NAMESPACE_STATE]))?;
-        out.push_str(&format!(
-            "## {entity}\n{}",
-            String::from_utf8_lossy(&o.stdout)
-        ));
+        out.push_str(&format!("## {entity}\n{}", namespace_state(&ns)?));
     }
     out.push_str(&bpf_state(name)?);
     Ok(out.replace(name, "LAB"))
@@ -490,10 +726,15 @@ struct ScriptLab(String);
 
 impl Drop for ScriptLab {
     fn drop(&mut self) {
-        for entity in namespaces(&self.0).unwrap_or_default() {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &format!("{}-{entity}", self.0)])
-                .output();
+        // One process for them all (each costs in the VM); `-force` goes
+        // on past a failure.
+        let del: String = namespaces(&self.0)
+            .unwrap_or_default()
+            .iter()
+            .map(|entity| format!("netns del {}-{entity}\n", self.0))
+            .collect();
+        if !del.is_empty() {
+            let _ = ok_with_input(Command::new("ip").args(["-force", "-batch", "-"]), &del);
         }
         let _ = std::fs::remove_dir_all(labctl::lb::pin_dir(&self.0));
     }
@@ -507,25 +748,37 @@ fn script_builds_what_up_builds(i: usize) -> Result<(), Failed> {
     let vars = var_args(t);
     let name = common::unique(&format!("up{i}"));
     let _down = Down(name.clone());
-    ok(labctl()
-        .args(["up", "-q", "--name", &name])
-        .args(&vars)
-        .arg(&file))?;
-    let by_up = state(&name)?;
-
     let other = common::unique(&format!("sh{i}"));
     let _gone = ScriptLab(other.clone());
-    let script = ok(labctl()
-        .args(["plan", "-o", "script", "--name", &other])
-        .args(&vars)
-        .arg(&file))?;
-    let path = std::env::temp_dir().join(format!("{other}.sh"));
-    std::fs::write(&path, &script.stdout)?;
-    let ran = ok(Command::new("bash").arg(&path));
-    let _ = std::fs::remove_file(&path);
-    ran?;
-    let fixed = macs(&String::from_utf8_lossy(&script.stdout));
-    let (mut by_up, mut by_script) = (by_up, state(&other)?);
+    // The two labs are built, and each read, at the same time: in the VM
+    // (software emulation, two CPUs) building and reading are most of a
+    // trial. They share nothing: namespaces and pins go by lab name.
+    let (by_up, by_script) = std::thread::scope(|s| {
+        let script_side = s.spawn(|| -> Result<(Vec<u8>, String), Failed> {
+            let script = ok(labctl()
+                .args(["plan", "-o", "script", "--name", &other])
+                .args(&vars)
+                .arg(&file))?;
+            let path = std::env::temp_dir().join(format!("{other}.sh"));
+            std::fs::write(&path, &script.stdout)?;
+            let ran = ok(Command::new("bash").arg(&path));
+            let _ = std::fs::remove_file(&path);
+            ran?;
+            Ok((script.stdout, state(&other)?))
+        });
+        let up_side = ok(labctl()
+            .args(["up", "-q", "--name", &name])
+            .args(&vars)
+            .arg(&file))
+        .and_then(|_| state(&name));
+        let script_side = script_side
+            .join()
+            .unwrap_or_else(|_| Err("building the script's lab panicked".into()));
+        (up_side, script_side)
+    });
+    let (by_up, (script, by_script)) = (by_up?, by_script?);
+    let fixed = macs(&String::from_utf8_lossy(&script));
+    let (mut by_up, mut by_script) = (by_up, by_script);
     // A difference may be the kernel still settling (see [`SETTLE`]):
     // read both again before calling it one.
     for _ in 0..SETTLE_TRIES {
@@ -620,7 +873,8 @@ const RUNS: &[(&str, &str, usize)] = &[
 fn run_leaves_the_lab_as_it_was(i: usize) -> Result<(), Failed> {
     let (_, stem, count) = RUNS[i];
     let file = path(stem);
-    let name = common::unique("objrun");
+    // A name per trial: both may run at once.
+    let name = common::unique(&format!("objrun{i}"));
     let _down = Down(name.clone());
     ok(labctl().args(["up", "-q", "--name", &name]).arg(&file))?;
     let before = settled_state(&name)?;
@@ -651,8 +905,10 @@ fn in_shared_vm(kernel: &str, trial: &str, others: &[String]) -> Result<(), Fail
     let mut runs = VM_RUNS.lock().unwrap_or_else(|e| e.into_inner());
     if !runs.contains_key(kernel) {
         // Every trial but `others`, by exact name (a `--skip` is a
-        // substring otherwise), one at a time: the VM has two slow CPUs.
-        let mut args = String::from("--exact --test-threads 1");
+        // substring otherwise), two at a time: the VM has two CPUs (see
+        // `labctl::vm`), and a trial waits on the kernel (linkwatch's
+        // settling) as well as computes.
+        let mut args = String::from("--exact --test-threads 2");
         for o in others {
             args.push_str(&format!(" --skip {o}"));
         }
@@ -699,6 +955,30 @@ fn masking_hides_only_random_macs() -> Result<(), Failed> {
     )
 }
 
+const NFT_TRIAL: &str = "the_nftables_check_sees_a_table_of_any_family";
+
+/// [`has_nft_tables`] says no for a new namespace and yes once it has a
+/// table (of the bridge family: every family is asked), so a lab's
+/// ruleset is never left unread.
+fn the_nftables_check_sees_a_table_of_any_family() -> Result<(), Failed> {
+    struct Gone(String);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+        }
+    }
+    let ns = common::unique("nft");
+    ok(Command::new("ip").args(["netns", "add", &ns]))?;
+    let _gone = Gone(ns.clone());
+    ensure(!has_nft_tables(&ns)?, "a new namespace has a table")?;
+    ok(Command::new("ip").args(["netns", "exec", &ns, "nft", "add", "table", "bridge", "t"]))?;
+    ensure(has_nft_tables(&ns)?, "the bridge table was not seen")?;
+    ensure(
+        namespace_state(&ns)?.contains("# nft\ntable bridge t {\n}\n# ipvs"),
+        "the table is not in the namespace's state",
+    )
+}
+
 fn main() {
     let args = Arguments::from_args();
     let vxlan = labctl_topology::load(&vxlan_redirect(), &Default::default())
@@ -710,6 +990,10 @@ fn main() {
             "masking_hides_only_random_macs",
             masking_hides_only_random_macs,
         ),
+        Trial::ignorable_test(NFT_TRIAL, || {
+            common::gate(the_nftables_check_sees_a_table_of_any_family)
+        })
+        .with_kind(Place::Here.kind()),
         common::placed_trial(
             &place_for(&vxlan),
             Some(why),
@@ -751,6 +1035,7 @@ fn main() {
             .map(|(n, _)| n.clone())
             .chain([
                 MAC_TRIAL.to_string(),
+                NFT_TRIAL.to_string(),
                 "masking_hides_only_random_macs".into(),
             ])
             .collect();
@@ -767,5 +1052,13 @@ fn main() {
             .with_kind(kind),
         );
     }
+    // libtest-mimic starts trials in this order. The first trial placed
+    // in a VM makes the one VM run the others wait for, so the host's
+    // trials go next, beside that run, not queued behind those waits.
+    let (vm, here): (Vec<Trial>, Vec<Trial>) = trials
+        .into_iter()
+        .partition(|t| t.kind().starts_with("vm "));
+    let mut vm = vm.into_iter();
+    let trials: Vec<Trial> = vm.next().into_iter().chain(here).chain(vm).collect();
     libtest_mimic::run(&args, trials).exit();
 }
