@@ -666,8 +666,8 @@ impl Kernel for Netlink {
                     .map_err(|e| KernelError::new(first_line(step), e))?
             }
             Action::Nftables { ruleset } => {
-                // nft is a process, started inside the namespace by a
-                // thread of our own.
+                // libnftables (or nft) on a thread of our own inside the
+                // namespace.
                 let (netns, ruleset) = (step.netns.clone(), ruleset.clone());
                 let what = first_line(step);
                 tokio::task::spawn_blocking(move || nft::apply(&netns, &ruleset, &what))

@@ -7,6 +7,7 @@
 //! `/run/netns/NAME`. Only the calling thread ever changes namespace, never
 //! the process, and [`NetnsGuard`] puts it back on every path out.
 
+use std::ffi::{c_char, c_int, c_uint, c_void};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
@@ -714,6 +715,125 @@ pub fn same_file(file: &File, path: &Path) -> bool {
     match (file.metadata(), fs::symlink_metadata(path)) {
         (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
         _ => false,
+    }
+}
+
+type CtxNew = unsafe extern "C" fn(u32) -> *mut c_void;
+type CtxFn = unsafe extern "C" fn(*mut c_void);
+type CtxInt = unsafe extern "C" fn(*mut c_void) -> c_int;
+type CtxText = unsafe extern "C" fn(*mut c_void) -> *const c_char;
+type CtxFlags = unsafe extern "C" fn(*mut c_void, c_uint);
+type CtxRun = unsafe extern "C" fn(*mut c_void, *const c_char) -> c_int;
+
+/// libnftables, the library `nft` is the front end of, loaded with
+/// `dlopen(3)` the first time it is asked for (`None` where it is not
+/// installed: the caller then runs `nft`). Under emulation (a VM without
+/// KVM) starting `nft` costs more than a second, most of it the dynamic
+/// linker; a command run in-process costs milliseconds.
+struct LibNftables {
+    ctx_new: CtxNew,
+    ctx_free: CtxFn,
+    buffer_output: CtxInt,
+    buffer_error: CtxInt,
+    output_buffer: CtxText,
+    error_buffer: CtxText,
+    set_output_flags: CtxFlags,
+    run_from_buffer: CtxRun,
+}
+
+/// `NFT_CTX_OUTPUT_JSON` in `<nftables/libnftables.h>`.
+const NFT_CTX_OUTPUT_JSON: c_uint = 1 << 4;
+
+impl LibNftables {
+    fn load() -> Option<Self> {
+        use nix::libc;
+        // SAFETY: dlopen with a constant, NUL-terminated name; the handle
+        // is never closed, so the symbols below stay valid for the process.
+        let lib = unsafe { libc::dlopen(c"libnftables.so.1".as_ptr(), libc::RTLD_NOW) };
+        if lib.is_null() {
+            return None;
+        }
+        let sym = |name: &std::ffi::CStr| {
+            // SAFETY: a live handle and a NUL-terminated name.
+            let p = unsafe { libc::dlsym(lib, name.as_ptr()) };
+            (!p.is_null()).then_some(p)
+        };
+        // SAFETY: each symbol is the libnftables function of that name,
+        // whose C signature (libnftables.h, the same since nftables 0.9.3)
+        // its fn pointer type spells.
+        unsafe {
+            Some(Self {
+                ctx_new: std::mem::transmute::<*mut c_void, CtxNew>(sym(c"nft_ctx_new")?),
+                ctx_free: std::mem::transmute::<*mut c_void, CtxFn>(sym(c"nft_ctx_free")?),
+                buffer_output: std::mem::transmute::<*mut c_void, CtxInt>(sym(
+                    c"nft_ctx_buffer_output",
+                )?),
+                buffer_error: std::mem::transmute::<*mut c_void, CtxInt>(sym(
+                    c"nft_ctx_buffer_error",
+                )?),
+                output_buffer: std::mem::transmute::<*mut c_void, CtxText>(sym(
+                    c"nft_ctx_get_output_buffer",
+                )?),
+                error_buffer: std::mem::transmute::<*mut c_void, CtxText>(sym(
+                    c"nft_ctx_get_error_buffer",
+                )?),
+                set_output_flags: std::mem::transmute::<*mut c_void, CtxFlags>(sym(
+                    c"nft_ctx_output_set_flags",
+                )?),
+                run_from_buffer: std::mem::transmute::<*mut c_void, CtxRun>(sym(
+                    c"nft_run_cmd_from_buffer",
+                )?),
+            })
+        }
+    }
+}
+
+/// Run `commands` (what `nft -f -` would read; with `json`, output as
+/// `nft -j`) through libnftables on the calling thread, so in its network
+/// namespace: the context, and with it the netlink socket, is made and
+/// freed here. `None` when libnftables cannot be loaded; otherwise what
+/// nft would print on stdout, or on stderr when it refuses.
+pub fn nft_in_process(commands: &str, json: bool) -> Option<Result<String, String>> {
+    static LIB: std::sync::OnceLock<Option<LibNftables>> = std::sync::OnceLock::new();
+    // libxtables, which libnftables initialises per context, keeps global
+    // state: one context at a time.
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    if std::env::var_os("LABCTL_NFT").is_some_and(|v| v == "process") {
+        return None;
+    }
+    let lib = LIB.get_or_init(LibNftables::load).as_ref()?;
+    let Ok(commands) = std::ffi::CString::new(commands) else {
+        return Some(Err("a NUL byte in the ruleset".into()));
+    };
+    let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
+    // SAFETY: the functions are libnftables' (see `load`); the context is
+    // used only on this thread, between its creation and its free, and the
+    // buffers it returns are copied out before it is freed.
+    unsafe {
+        let ctx = (lib.ctx_new)(0);
+        if ctx.is_null() {
+            return Some(Err("nft_ctx_new failed".into()));
+        }
+        (lib.buffer_output)(ctx);
+        (lib.buffer_error)(ctx);
+        if json {
+            (lib.set_output_flags)(ctx, NFT_CTX_OUTPUT_JSON);
+        }
+        let rc = (lib.run_from_buffer)(ctx, commands.as_ptr());
+        let text = |p: *const c_char| {
+            if p.is_null() {
+                String::new()
+            } else {
+                std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+            }
+        };
+        let out = if rc == 0 {
+            Ok(text((lib.output_buffer)(ctx)))
+        } else {
+            Err(text((lib.error_buffer)(ctx)).trim().to_string())
+        };
+        (lib.ctx_free)(ctx);
+        Some(out)
     }
 }
 

@@ -514,6 +514,69 @@ const KILL_POINTS: [&str; 10] = [
     "serving",
 ];
 
+/// What libnftables does in-process (how labctl applies and reads rulesets
+/// where the library is installed) is what the `nft` command does: a
+/// ruleset applied through the library reads back the same through `nft
+/// list ruleset` and `nft -j list ruleset` as through the library, in a
+/// scratch namespace.
+fn nft_in_process_is_nft() -> Result<(), Failed> {
+    let ruleset = r#"table ip t {
+    set affinity {
+        type ipv4_addr
+        flags dynamic,timeout
+        timeout 3h
+    }
+    chain pre {
+        type nat hook prerouting priority dstnat; policy accept;
+        ip daddr 10.0.0.1 tcp dport 80 counter dnat to 10.1.0.1:8080
+        ip saddr @affinity counter accept
+    }
+    chain post {
+        type nat hook postrouting priority srcnat; policy accept;
+        meta mark & 0x4000 != 0 masquerade
+    }
+}
+"#;
+    let read = labctl::sys::in_new_netns(|| {
+        let applied = labctl::sys::nft_in_process(ruleset, false)
+            .ok_or_else(|| std::io::Error::other("libnftables not installed"))?;
+        let nft = |json: bool| {
+            let mut c = Command::new("nft");
+            if json {
+                c.arg("-j");
+            }
+            c.args(["list", "ruleset"]).output()
+        };
+        Ok((
+            applied,
+            labctl::sys::nft_in_process("list ruleset", false),
+            nft(false)?,
+            labctl::sys::nft_in_process("list ruleset", true),
+            nft(true)?,
+            labctl::sys::nft_in_process("table ip t { chain c { nonsense } }", false),
+        ))
+    })?;
+    let (applied, text, nft_text, json, nft_json, refused) = read;
+    ensure(applied.is_ok(), format!("apply: {applied:?}"))?;
+    let out = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).into_owned();
+    ensure(
+        text == Some(Ok(out(&nft_text))),
+        format!("list ruleset: {text:?}\nnft says:\n{}", out(&nft_text)),
+    )?;
+    ensure(
+        out(&nft_text).contains("dnat to 10.1.0.1:8080"),
+        out(&nft_text),
+    )?;
+    ensure(
+        json == Some(Ok(out(&nft_json))),
+        format!("-j list ruleset: {json:?}\nnft says:\n{}", out(&nft_json)),
+    )?;
+    ensure(
+        matches!(&refused, Some(Err(e)) if e.contains("syntax error")),
+        format!("a bad ruleset: {refused:?}"),
+    )
+}
+
 fn main() {
     let args = Arguments::from_args();
     let mut trials = vec![
@@ -531,6 +594,7 @@ fn main() {
         }),
         Trial::ignorable_test("not_root", || gate(not_root)),
         Trial::ignorable_test("feature_probe", || gate(feature_probe)),
+        Trial::ignorable_test("nft_in_process_is_nft", || gate(nft_in_process_is_nft)),
         Trial::ignorable_test("vm_lab_up_exec_down", || gate(vm_lab_up_exec_down)),
         Trial::ignorable_test("vm_killed_up_then_down", || gate(vm_killed_up_then_down)),
     ];

@@ -460,6 +460,63 @@ fn capture_agrees_with_tcpdump() -> Result<(), Failed> {
     Ok(())
 }
 
+/// Files whose services keep state that traffic changes: IPVS's
+/// round-robin position and (kube-proxy's IPVS mode) persistence
+/// templates, nftables mode's rule counters and affinity sets.
+const IN_REVERSE: &[(&str, &[&str])] = &[
+    ("flannel", &[]),
+    ("kube-proxy-nftables", &[]),
+    ("kube-proxy-nftables", &["proxy=ipvs"]),
+];
+
+/// Every scenario of a file on one lab, in reverse order, through `labctl
+/// run` (which, between scenarios without service changes, resets only
+/// what traffic changed): each report, golden file included, must be the
+/// suite's, where a file runs in file order in a VM, or each scenario on
+/// a lab of its own. So a scenario's result does not depend on which ran
+/// before it.
+fn in_reverse(file: &Path, vars: &[&str], kernel: Option<&str>) -> Result<(), Failed> {
+    let lab = load_with(file, vars);
+    let name = unique();
+    let mut cmd = match kernel {
+        Some(_) => labctl(),
+        None => labctl_on_host(),
+    };
+    cmd.arg("run");
+    if let Some(k) = kernel {
+        cmd.args(["--kernel", k]);
+    }
+    cmd.args(["--name", &name, "-o", "json"])
+        .args(vars.iter().flat_map(|v| ["--var", v]))
+        .arg(file)
+        .args(lab.scenarios.iter().rev().map(|s| s.name.as_str()));
+    let _down = LabUp { name };
+    let o = cmd.output()?;
+    let reports: serde_json::Value = serde_json::from_slice(&o.stdout).map_err(|e| {
+        format!(
+            "no JSON report ({e}): {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    })?;
+    let reports = reports.as_array().ok_or("not a list of reports")?;
+    let differ: Vec<String> = reports
+        .iter()
+        .filter(|r| r["passed"] != true || r["golden"] != "match")
+        .map(|r| format!("{}: {:#}", r["scenario"], r))
+        .collect();
+    if reports.len() != lab.scenarios.len() || !differ.is_empty() {
+        return Err(format!(
+            "{} of {} reports, in reverse order these differ:\n{}",
+            reports.len(),
+            lab.scenarios.len(),
+            differ.join("\n")
+        )
+        .into());
+    }
+    Ok(())
+}
+
 fn main() {
     let args = Arguments::from_args();
     let mut trials = Vec::new();
@@ -500,6 +557,24 @@ fn main() {
                 );
             }
         }
+    }
+    for (stem, vars) in IN_REVERSE {
+        let file = root().join("topologies").join(format!("{stem}.yaml"));
+        let place = place_for(&load_with(&file, vars));
+        let label = if vars.is_empty() {
+            stem.to_string()
+        } else {
+            format!("{stem}[{}]", vars.join(","))
+        };
+        let kind = place.kind();
+        trials.push(
+            Trial::ignorable_test(format!("in_reverse::{label}"), move || match place {
+                Place::Here => gate(|| in_reverse(&file, vars, None)),
+                Place::Vm(k) => gate(|| in_reverse(&file, vars, Some(&k))),
+                Place::Nowhere(why) => gate(|| Err(why.into())),
+            })
+            .with_kind(kind),
+        );
     }
     trials.push(
         Trial::ignorable_test("broken_vpc_route_fails_f2", || {

@@ -270,8 +270,12 @@ fn run_all(
         .golden
         .clone()
         .unwrap_or_else(|| golden::dir_for(&args.file, &args.vars.map()));
+    // One lab, its scenarios one after the other: each finds the
+    // services as the one before left them.
+    let programmed = scenario::Programmed::default();
     let opts = RunOptions {
         pcap: args.pcap.as_deref(),
+        programmed: Some(&programmed),
     };
     let mut out = Vec::new();
     // With text output each report is printed as its scenario ends; JSON

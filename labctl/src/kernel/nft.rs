@@ -1,6 +1,12 @@
-//! The kernel side of [`Action::Nftables`]: `ip netns exec NETNS nft -f -`
-//! with the step's script on standard input. nft is a child forked by a
-//! thread of our own inside the namespace, so it starts there.
+//! The kernel side of [`Action::Nftables`]: what `ip netns exec NETNS nft
+//! -f -` does with the step's script on standard input, and `nft list
+//! ruleset` for reading back. Both run on a thread of our own inside the
+//! namespace, through libnftables in-process where it is installed (the
+//! library `nft` itself is a front end for: same parser, same netlink
+//! batch, same output), else through an `nft` child started there. Under
+//! TCG each `nft` process costs ~1.4 s, one per node and per scenario;
+//! the library call costs milliseconds. `LABCTL_NFT=process` forces the
+//! child.
 //!
 //! [`Action::Nftables`]: crate::kernel::step::Action::Nftables
 
@@ -42,6 +48,9 @@ pub fn apply(netns: &str, ruleset: &str, what: &str) -> Result<(), KernelError> 
 /// lab namespace: what a person would read there. Blocking.
 pub fn list(netns: &str, json: bool) -> Result<String, NftError> {
     crate::sys::in_netns(netns, || {
+        if let Some(done) = crate::sys::nft_in_process("list ruleset", json) {
+            return done.map_err(NftError::Refused);
+        }
         let mut cmd = Command::new("nft");
         if json {
             cmd.arg("-j");
@@ -68,8 +77,12 @@ pub fn list(netns: &str, json: bool) -> Result<String, NftError> {
     })?
 }
 
-/// `nft -f -` with `ruleset` on its standard input.
+/// `nft -f -` with `ruleset` on its standard input, or its equivalent in
+/// libnftables.
 fn nft(ruleset: &str) -> Result<(), NftError> {
+    if let Some(done) = crate::sys::nft_in_process(ruleset, false) {
+        return done.map(drop).map_err(NftError::Refused);
+    }
     let mut child = Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())

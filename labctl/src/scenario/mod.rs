@@ -229,9 +229,32 @@ impl Timings {
     }
 }
 
+/// What one process knows, between the scenarios it runs on a lab, of
+/// that lab's services: whether they are as the topology says, because an
+/// earlier scenario of this process programmed them so and left them so.
+/// Unknown (false) at first: what another process did is not trusted.
+#[derive(Debug, Default)]
+pub struct Programmed(std::sync::atomic::AtomicBool);
+
+impl Programmed {
+    fn get(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn set(&self, as_topology: bool) {
+        self.0
+            .store(as_topology, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Options of one run.
 #[derive(Debug, Default, Clone)]
 pub struct RunOptions<'a> {
+    /// Shared by the scenarios run one after the other on one lab: a
+    /// scenario without changes to the services then resets only the
+    /// state traffic leaves in them ([`reset_steps`]) instead of
+    /// programming them all afresh. `None`: always afresh.
+    pub programmed: Option<&'a Programmed>,
     /// Write the scenario's packets, from every namespace, to one pcapng
     /// file in this directory (`DIR/<scenario>.pcapng`); the directory must
     /// exist.
@@ -242,7 +265,10 @@ pub struct RunOptions<'a> {
 ///
 /// In a lab with services, the services are first programmed afresh with
 /// the scenario's changes and pins (and the conntrack tables emptied), so
-/// every scenario starts from the same state whatever ran before it.
+/// every scenario starts from the same state whatever ran before it. With
+/// [`RunOptions::programmed`] saying an earlier scenario left them as the
+/// topology says, one without changes resets only what traffic changed
+/// ([`reset_steps`]) and empties conntrack: the same state, for less.
 pub fn run(
     record: &LabState,
     lab: &Lab,
@@ -296,7 +322,23 @@ pub fn run(
             message: format!("reset {}: {e}", ns.name),
         })?;
     }
-    engine::apply_steps(record, &program_steps(lab, &overrides)).map_err(program_error)?;
+    // Services left as the topology says by the scenario before need
+    // only what traffic changed in them reset.
+    let kept = overrides.is_empty() && opts.programmed.is_some_and(Programmed::get);
+    let steps = if kept {
+        reset_steps(lab)
+    } else {
+        program_steps(lab, &overrides)
+    };
+    if let Some(p) = opts.programmed {
+        p.set(false);
+    }
+    engine::apply_steps(record, &steps).map_err(program_error)?;
+    if overrides.is_empty()
+        && let Some(p) = opts.programmed
+    {
+        p.set(true);
+    }
     if with_services {
         for (_, ns) in &service_ns {
             conntrack::flush_in(ns)
@@ -668,6 +710,9 @@ pub fn run(
     if !overrides.is_empty() {
         engine::apply_steps(record, &program_steps(lab, &Overrides::default()))
             .map_err(program_error)?;
+        if let Some(p) = opts.programmed {
+            p.set(true);
+        }
     }
     report.passed = report.checks.iter().all(|c| c.ok);
     report.timings.teardown = captured.elapsed();
@@ -682,6 +727,23 @@ fn program_steps(lab: &Lab, o: &Overrides) -> Vec<crate::plan::Step> {
         o,
         crate::plan::Phase::Changes,
     ));
+    steps
+}
+
+/// Of [`program_steps`] with the topology's settings, those that reset
+/// what a scenario's traffic leaves behind in services already programmed
+/// so: IPVS tables (the round-robin position and the persistence
+/// templates of `sessionAffinity` live in the services, re-made here),
+/// kube-proxy's nftables tables (rule counters, which `labctl run` reads,
+/// and the affinity sets traffic fills; nft 1.0.6 has no `reset rules`)
+/// and the eBPF maps (remembered flows). Left out: IPVS mode's node
+/// rulesets, which hold neither counters nor sets traffic fills.
+fn reset_steps(lab: &Lab) -> Vec<crate::plan::Step> {
+    let mut steps = program_steps(lab, &Overrides::default());
+    steps.retain(|s| {
+        !matches!(s.action, crate::plan::Action::Nftables { .. })
+            || lab.kube_proxy.mode == labctl_topology::ProxyMode::Nftables
+    });
     steps
 }
 
