@@ -22,6 +22,7 @@ use ipnet::Ipv4Net;
 use labctl_topology::{Lab, Role};
 use serde::Serialize;
 
+use crate::kernel::{addr, veth};
 use crate::plan::{Action, Plan};
 
 /// The lab's diagram.
@@ -198,9 +199,9 @@ impl Graph {
         let mut renamed: HashMap<(String, String), String> = HashMap::new();
         for s in &plan.steps {
             match &s.action {
-                Action::AddAddress {
+                Action::AddAddress(addr::AddAddress {
                     ifname, address, ..
-                } => addrs
+                }) => addrs
                     .entry((s.netns.clone(), ifname.clone()))
                     .or_default()
                     .push(*address),
@@ -262,13 +263,13 @@ impl Graph {
         }
         for s in &plan.steps {
             match &s.action {
-                Action::AddVeth {
+                Action::AddVeth(veth::AddVeth {
                     name,
                     controller,
                     peer_name,
                     peer_netns,
                     ..
-                } => {
+                }) => {
                     let here = match controller {
                         Some(c) => index[&hop(&s.netns, &c.name)],
                         None => index[&ent(&s.netns)],

@@ -23,7 +23,7 @@ use std::net::Ipv4Addr;
 
 use labctl_topology::{Lab, LinkChange, ObjectChange, RouteChange};
 
-use crate::kernel::{Kernel, KernelError, LinkSettings, Netlink};
+use crate::kernel::{Kernel, KernelError, LinkSettings, Netlink, fdb, neigh, sysctl, tc, veth};
 use crate::plan::{Action, IfRef, Phase, Plan, Step};
 pub use crate::plan::{Iface, Interfaces};
 use crate::state::LabState;
@@ -232,8 +232,8 @@ fn flushed_with(plan: &Plan, i: &Iface) -> Vec<Step> {
         .filter(|s| s.netns == i.netns)
         .filter(|s| match &s.action {
             Action::AddRoute { ifindex, .. }
-            | Action::SelfNeighbour { ifindex, .. }
-            | Action::AddNeighbour { ifindex, .. } => *ifindex == i.ifindex,
+            | Action::SelfNeighbour(neigh::SelfNeighbour { ifindex, .. })
+            | Action::AddNeighbour(neigh::AddNeighbour { ifindex, .. }) => *ifindex == i.ifindex,
             // An ECMP route goes only when its every next hop does.
             Action::AddNsRoute(r) => {
                 r.dev.as_ref().is_some_and(|d| d.ifindex == i.ifindex)
@@ -422,28 +422,28 @@ pub async fn object_steps<K: Kernel>(
                 let d = dev(&ns, entity, name)?;
                 let made = plan.steps.iter().find(|s| {
                     s.netns == ns
-                        && matches!(&s.action, Action::AddNeighbour { ifindex, address: a, .. }
+                        && matches!(&s.action, Action::AddNeighbour(neigh::AddNeighbour { ifindex, address: a, .. })
                             if *ifindex == d.ifindex && a == address)
                 });
                 let del = step(
                     &ns,
-                    Action::DelNeighbour {
+                    Action::DelNeighbour(neigh::DelNeighbour {
                         ifname: d.ifname.clone(),
                         ifindex: d.ifindex,
                         address: *address,
-                    },
+                    }),
                 );
                 out.push(match lladdr {
                     Some(lladdr) => Undoable {
                         step: step(
                             &ns,
-                            Action::AddNeighbour {
+                            Action::AddNeighbour(neigh::AddNeighbour {
                                 ifname: d.ifname.clone(),
                                 ifindex: d.ifindex,
                                 address: *address,
                                 lladdr: *lladdr,
                                 state: *state,
-                            },
+                            }),
                         ),
                         undo: vec![made.map_or(del, again)],
                     },
@@ -465,18 +465,18 @@ pub async fn object_steps<K: Kernel>(
                 let d = dev(&ns, entity, name)?;
                 let made = plan.steps.iter().find(|s| {
                     s.netns == ns
-                        && matches!(&s.action, Action::AddFdb { ifindex, lladdr: m, master: t, .. }
+                        && matches!(&s.action, Action::AddFdb(fdb::AddFdb { ifindex, lladdr: m, master: t, .. })
                             if *ifindex == d.ifindex && m == lladdr && t == master)
                 });
                 let del = step(
                     &ns,
-                    Action::DelFdb {
+                    Action::DelFdb(fdb::DelFdb {
                         ifname: d.ifname.clone(),
                         ifindex: d.ifindex,
                         lladdr: *lladdr,
                         dst: *dst,
                         master: *master,
-                    },
+                    }),
                 );
                 out.push(if *delete {
                     Undoable {
@@ -487,13 +487,13 @@ pub async fn object_steps<K: Kernel>(
                     Undoable {
                         step: step(
                             &ns,
-                            Action::AddFdb {
+                            Action::AddFdb(fdb::AddFdb {
                                 ifname: d.ifname.clone(),
                                 ifindex: d.ifindex,
                                 lladdr: *lladdr,
                                 dst: *dst,
                                 master: *master,
-                            },
+                            }),
                         ),
                         undo: vec![made.map_or(del, again)],
                     }
@@ -508,10 +508,10 @@ pub async fn object_steps<K: Kernel>(
                 let set = |value: &str| {
                     step(
                         &ns,
-                        Action::Sysctl {
+                        Action::Sysctl(sysctl::Sysctl {
                             key: key.clone(),
                             value: value.to_string(),
-                        },
+                        }),
                     )
                 };
                 out.push(Undoable {
@@ -540,7 +540,7 @@ pub async fn object_steps<K: Kernel>(
                     .filter(|s| {
                         s.netns == ns
                             && matches!(&s.action,
-                                Action::TcMirred { ifindex, hook: h, .. }
+                                Action::TcMirred(tc::TcMirred { ifindex, hook: h, .. })
                                 | Action::BpfAttach { ifindex, hook: h, .. }
                                 if *ifindex == d.ifindex && h == hook)
                     })
@@ -548,15 +548,15 @@ pub async fn object_steps<K: Kernel>(
                     .collect();
                 let has_clsact = plan.steps.iter().any(|s| {
                     s.netns == ns
-                        && matches!(&s.action, Action::Clsact { ifindex, .. } if *ifindex == d.ifindex)
+                        && matches!(&s.action, Action::Clsact(tc::Clsact { ifindex, .. }) if *ifindex == d.ifindex)
                 });
                 let del = step(
                     &ns,
-                    Action::DelTcFilters {
+                    Action::DelTcFilters(tc::DelTcFilters {
                         ifname: d.ifname.clone(),
                         ifindex: d.ifindex,
                         hook: *hook,
-                    },
+                    }),
                 );
                 match to {
                     None => out.push(Undoable {
@@ -569,17 +569,17 @@ pub async fn object_steps<K: Kernel>(
                             out.push(Undoable {
                                 step: step(
                                     &ns,
-                                    Action::Clsact {
+                                    Action::Clsact(tc::Clsact {
                                         ifname: d.ifname.clone(),
                                         ifindex: d.ifindex,
-                                    },
+                                    }),
                                 ),
                                 undo: vec![step(
                                     &ns,
-                                    Action::DelClsact {
+                                    Action::DelClsact(tc::DelClsact {
                                         ifname: d.ifname.clone(),
                                         ifindex: d.ifindex,
-                                    },
+                                    }),
                                 )],
                             });
                         }
@@ -591,7 +591,7 @@ pub async fn object_steps<K: Kernel>(
                         out.push(Undoable {
                             step: step(
                                 &ns,
-                                Action::TcMirred {
+                                Action::TcMirred(tc::TcMirred {
                                     ifname: d.ifname.clone(),
                                     ifindex: d.ifindex,
                                     hook: *hook,
@@ -600,7 +600,7 @@ pub async fn object_steps<K: Kernel>(
                                         name: t.ifname,
                                         ifindex: t.ifindex,
                                     },
-                                },
+                                }),
                             ),
                             undo,
                         });
@@ -629,15 +629,15 @@ async fn move_steps<K: Kernel>(
         .iter()
         .find(|s| {
             s.netns == from_ns
-                && matches!(&s.action, Action::AddVeth { peer_netns, .. } if *peer_netns == pod_ns)
+                && matches!(&s.action, Action::AddVeth(veth::AddVeth { peer_netns, .. }) if *peer_netns == pod_ns)
         })
         .ok_or_else(unknown)?;
-    let Action::AddVeth {
+    let Action::AddVeth(veth::AddVeth {
         name,
         ifindex,
         peer_ifindex,
         ..
-    } = &made.action
+    }) = &made.action
     else {
         return Err(unknown());
     };
@@ -662,13 +662,13 @@ async fn move_steps<K: Kernel>(
     let with_macs = |s: &Step, netns: &str, index: u32, controller: IfRef| {
         let mut s = again(s);
         s.netns = netns.to_string();
-        if let Action::AddVeth {
+        if let Action::AddVeth(veth::AddVeth {
             ifindex,
             mac,
             peer_mac,
             controller: c,
             ..
-        } = &mut s.action
+        }) = &mut s.action
         {
             *ifindex = index;
             *mac = host_mac;
@@ -678,10 +678,10 @@ async fn move_steps<K: Kernel>(
         s
     };
     let from_bridge = match &made.action {
-        Action::AddVeth {
+        Action::AddVeth(veth::AddVeth {
             controller: Some(c),
             ..
-        } => c.clone(),
+        }) => c.clone(),
         _ => return Err(unknown()),
     };
     // The pod's own steps (its end up, address, routes), as `up` made them.
@@ -871,7 +871,7 @@ pub async fn restore<K: Kernel>(kernel: &K, undo: &[Step]) -> Vec<KernelError> {
         if let Err(e) = kernel.run(s).await {
             let replayed = matches!(
                 s.action,
-                Action::AddRoute { .. } | Action::SelfNeighbour { .. }
+                Action::AddRoute { .. } | Action::SelfNeighbour(neigh::SelfNeighbour { .. })
             );
             let exists = e
                 .message
@@ -1056,7 +1056,9 @@ scenarios:
             .steps
             .iter()
             .find_map(|s| match &s.action {
-                Action::AddVeth { name, .. } if s.netns == "mv-n1" => Some(name.clone()),
+                Action::AddVeth(veth::AddVeth { name, .. }) if s.netns == "mv-n1" => {
+                    Some(name.clone())
+                }
                 _ => None,
             })
             .unwrap();

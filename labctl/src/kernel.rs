@@ -33,32 +33,33 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use futures::TryStreamExt;
-use netlink_packet_route::address::AddressScope;
-use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, IpVlanMode, LinkAttribute, LinkMessage,
-};
-use netlink_packet_route::neighbour::NeighbourState;
+use netlink_packet_route::link::{InfoKind, IpVlanMode, LinkAttribute, LinkMessage};
 use rtnetlink::{
-    Handle, LinkBridge, LinkDummy, LinkIpVlan, LinkMessageBuilder, LinkUnspec, LinkVeth,
-    RouteMessageBuilder,
+    Handle, LinkBridge, LinkIpVlan, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder,
 };
 
 use crate::sys;
 use step::{Action, NsSpec, Step};
 
+pub mod addr;
 pub mod bond;
 pub mod bridge;
+pub mod dummy;
 pub mod ebpf;
+pub mod fdb;
 pub mod ipvs;
 pub mod macvlan;
+pub mod neigh;
 pub mod nft;
 mod objects;
 pub mod route;
 pub mod step;
+pub mod sysctl;
+pub mod tc;
+pub mod veth;
 pub mod vlan;
 
 /// A kernel action that failed, with its iproute2 equivalent.
@@ -529,15 +530,15 @@ impl Kernel for Netlink {
             | Action::DelRoute { .. }
             | Action::SetMac { .. }
             | Action::SetMaster { .. }
-            | Action::AddNeighbour { .. }
-            | Action::AddFdb { .. }
-            | Action::Clsact { .. }
-            | Action::TcMirred { .. }
-            | Action::DelLink { .. }
-            | Action::DelNeighbour { .. }
-            | Action::DelFdb { .. }
-            | Action::DelTcFilters { .. }
-            | Action::DelClsact { .. } => self.run_object(step).await,
+            | Action::DelLink { .. } => self.run_object(step).await,
+            Action::AddNeighbour(a) => a.apply(self, step).await,
+            Action::DelNeighbour(a) => a.apply(self, step).await,
+            Action::AddFdb(a) => a.apply(self, step).await,
+            Action::DelFdb(a) => a.apply(self, step).await,
+            Action::Clsact(a) => a.apply(self, step).await,
+            Action::TcMirred(a) => a.apply(self, step).await,
+            Action::DelTcFilters(a) => a.apply(self, step).await,
+            Action::DelClsact(a) => a.apply(self, step).await,
             Action::AddVlan(a) => a.apply(self, step).await,
             Action::AddBond(a) => a.apply(self, step).await,
             Action::Enslave(a) => a.apply(self, step).await,
@@ -567,62 +568,8 @@ impl Kernel for Netlink {
                 };
                 self.link_add(step, b.build(), &[made]).await
             }
-            Action::AddVeth {
-                name,
-                ifindex,
-                mac,
-                controller,
-                peer_name,
-                peer_netns,
-                peer_ifindex,
-                peer_mac,
-            } => {
-                // Open until the kernel has the request: the number goes
-                // in the message.
-                let peer_fd = self.netns_fd(step, peer_netns)?;
-                let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
-                    .name(peer_name.clone())
-                    .index(*peer_ifindex)
-                    .setns_by_fd(peer_fd.as_raw_fd());
-                if let Some(mac) = peer_mac {
-                    peer = peer.address(mac.to_vec());
-                }
-                let mut b = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
-                    .name(name.clone())
-                    .index(*ifindex)
-                    .up()
-                    .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())));
-                if let Some(mac) = mac {
-                    b = b.address(mac.to_vec());
-                }
-                if let Some(c) = controller {
-                    b = b.controller(c.ifindex);
-                }
-                let made = [
-                    Made {
-                        netns: &step.netns,
-                        ifindex: *ifindex,
-                        name,
-                    },
-                    Made {
-                        netns: peer_netns,
-                        ifindex: *peer_ifindex,
-                        name: peer_name,
-                    },
-                ];
-                let done = self.link_add(step, b.build(), &made).await;
-                drop(peer_fd);
-                done
-            }
-            Action::AddDummy { name, ifindex } => {
-                let msg = LinkDummy::new(name).index(*ifindex).up().build();
-                let made = Made {
-                    netns: &step.netns,
-                    ifindex: *ifindex,
-                    name,
-                };
-                self.link_add(step, msg, &[made]).await
-            }
+            Action::AddVeth(a) => a.apply(self, step).await,
+            Action::AddDummy(a) => a.apply(self, step).await,
             Action::AddIpvlan {
                 name,
                 ifindex,
@@ -700,60 +647,13 @@ impl Kernel for Netlink {
                 let msg = LinkUnspec::new_with_index(*ifindex).arp(false).build();
                 self.link_set(step, msg).await
             }
-            Action::AddHostAddress {
-                ifindex, address, ..
-            } => {
-                let mut req =
-                    self.handle(&step.netns)?
-                        .address()
-                        .add(*ifindex, IpAddr::V4(*address), 32);
-                req.message_mut().header.scope = AddressScope::Host;
-                req.execute().await.map_err(|e| fail(step, e))
-            }
-            Action::SelfNeighbour {
-                ifindex, address, ..
-            } => {
-                let h = self.handle(&step.netns)?;
-                let link = h
-                    .link()
-                    .get()
-                    .match_index(*ifindex)
-                    .execute()
-                    .try_next()
-                    .await
-                    .map_err(|e| fail(step, e))?;
-                let mac = link
-                    .iter()
-                    .flat_map(|l| l.attributes.iter())
-                    .find_map(|a| match a {
-                        LinkAttribute::Address(mac) => Some(mac.clone()),
-                        _ => None,
-                    })
-                    .ok_or_else(|| {
-                        KernelError::new(step.to_string(), "the link has no MAC address")
-                    })?;
-                h.neighbours()
-                    .add(*ifindex, IpAddr::V4(*address))
-                    .link_layer_address(&mac)
-                    .state(NeighbourState::Permanent)
-                    .replace()
-                    .execute()
-                    .await
-                    .map_err(|e| fail(step, e))
-            }
+            Action::AddHostAddress(a) => a.apply(self, step).await,
+            Action::SelfNeighbour(a) => a.apply(self, step).await,
             Action::LinkUp { ifindex, .. } => {
                 let msg = LinkUnspec::new_with_index(*ifindex).up().build();
                 self.link_set(step, msg).await
             }
-            Action::AddAddress {
-                ifindex, address, ..
-            } => self
-                .handle(&step.netns)?
-                .address()
-                .add(*ifindex, IpAddr::V4(address.addr()), address.prefix_len())
-                .execute()
-                .await
-                .map_err(|e| fail(step, e)),
+            Action::AddAddress(a) => a.apply(self, step).await,
             Action::AddRoute {
                 destination,
                 via,
@@ -793,16 +693,7 @@ impl Kernel for Netlink {
                 let msg = LinkUnspec::new_with_index(*ifindex).mtu(*mtu).build();
                 self.link_set(step, msg).await
             }
-            Action::Sysctl { key, value } => {
-                // Entering a namespace is for a thread of our own, never a
-                // runtime thread.
-                let fd = self.netns_fd(step, &step.netns)?;
-                let (key, value) = (key.clone(), value.clone());
-                tokio::task::spawn_blocking(move || sys::write_sysctl_in(fd, &key, &value))
-                    .await
-                    .map_err(|e| KernelError::new(step.to_string(), e))?
-                    .map_err(|e| KernelError::new(step.to_string(), e))
-            }
+            Action::Sysctl(a) => a.apply(self, step).await,
         }
     }
 

@@ -26,6 +26,7 @@ use serde::Serialize;
 pub use crate::kernel::step::{
     Action, IfRef, NsSpec, Phase, Step, TC_PRIO, route_destination, shell_quote,
 };
+use crate::kernel::{dummy, veth};
 
 mod client;
 pub mod ebpf;
@@ -116,33 +117,7 @@ impl fmt::Display for Step {
                     " type bridge mcast_snooping 0 && ip -n {ns} link set {name} up"
                 )
             }
-            Action::AddVeth {
-                name,
-                ifindex,
-                mac,
-                controller,
-                peer_name,
-                peer_netns,
-                peer_ifindex,
-                peer_mac,
-            } => {
-                let (name, peer_name, peer_netns) = (q(name), q(peer_name), q(peer_netns));
-                write!(f, "ip -n {ns} link add {name} index {ifindex}")?;
-                if let Some(mac) = mac {
-                    write!(f, " address {}", format_mac(mac))?;
-                }
-                write!(
-                    f,
-                    " type veth peer name {peer_name} netns {peer_netns} index {peer_ifindex}"
-                )?;
-                if let Some(mac) = peer_mac {
-                    write!(f, " address {}", format_mac(mac))?;
-                }
-                if let Some(c) = controller {
-                    write!(f, " && ip -n {ns} link set {name} master {}", q(&c.name))?;
-                }
-                write!(f, " && ip -n {ns} link set {name} up")
-            }
+            Action::AddVeth(a) => a.command(&ns, f),
             Action::LinkUp { ifname, .. } => write!(f, "ip -n {ns} link set {} up", q(ifname)),
             Action::IsolatePort { ifname, .. } => {
                 write!(
@@ -154,13 +129,7 @@ impl fmt::Display for Step {
             Action::RenameUp { from, ifname, .. } => {
                 write!(f, "ip -n {ns} link set {} name {} up", q(from), q(ifname))
             }
-            Action::AddDummy { name, ifindex } => {
-                let name = q(name);
-                write!(
-                    f,
-                    "ip -n {ns} link add {name} index {ifindex} type dummy && ip -n {ns} link set {name} up"
-                )
-            }
+            Action::AddDummy(a) => a.command(&ns, f),
             Action::AddIpvlan {
                 name,
                 ifindex,
@@ -215,41 +184,12 @@ impl fmt::Display for Step {
                     "ip netns exec {ns} nft -f - <<'{delimiter}'\n{ruleset}{newline}{delimiter}"
                 )
             }
-            Action::AddAddress {
-                ifname, address, ..
-            } => {
-                // As `up` sends it: with the broadcast address below /31.
-                let brd = if address.prefix_len() < 31 {
-                    " brd +"
-                } else {
-                    ""
-                };
-                write!(f, "ip -n {ns} addr add {address}{brd} dev {}", q(ifname))
-            }
-            Action::AddHostAddress {
-                ifname, address, ..
-            } => write!(
-                f,
-                "ip -n {ns} addr add {address}/32 dev {} scope host",
-                q(ifname)
-            ),
+            Action::AddAddress(a) => a.command(&ns, f),
+            Action::AddHostAddress(a) => a.command(&ns, f),
             Action::ArpOff { ifname, .. } => {
                 write!(f, "ip -n {ns} link set {} arp off", q(ifname))
             }
-            Action::SelfNeighbour {
-                ifname, address, ..
-            } => {
-                // The substitution's own words are quoted inside it (a new
-                // quoting context), and its output (the MAC) is kept one
-                // word by the double quotes around it.
-                let path = format!("/sys/class/net/{ifname}/address");
-                write!(
-                    f,
-                    "ip -n {ns} neigh replace {address} dev {} lladdr \"$(ip netns exec {ns} cat {})\" nud permanent",
-                    q(ifname),
-                    q(&path)
-                )
-            }
+            Action::SelfNeighbour(a) => a.command(&ns, f),
             Action::AddRoute {
                 destination,
                 via,
@@ -273,10 +213,7 @@ impl fmt::Display for Step {
                     ),
                 }
             }
-            Action::Sysctl { key, value } => {
-                let word = format!("{key}={value}");
-                write!(f, "ip netns exec {ns} sysctl -qw {}", q(&word))
-            }
+            Action::Sysctl(a) => a.command(&ns, f),
             Action::Netem { ifname, netem, .. } => write!(
                 f,
                 "tc -n {ns} qdisc replace dev {} root netem {}",
@@ -366,86 +303,15 @@ impl fmt::Display for Step {
                     q(&master.name)
                 )
             }
-            Action::AddNeighbour {
-                ifname,
-                address,
-                lladdr,
-                state,
-                ..
-            } => write!(
-                f,
-                "ip -n {ns} neigh replace {address} lladdr {} dev {} nud {}",
-                format_mac(lladdr),
-                q(ifname),
-                state.as_str()
-            ),
-            Action::AddFdb {
-                ifname,
-                lladdr,
-                dst,
-                master,
-                ..
-            } => {
-                write!(
-                    f,
-                    "bridge -n {ns} fdb replace {} dev {}",
-                    format_mac(lladdr),
-                    q(ifname)
-                )?;
-                if let Some(dst) = dst {
-                    write!(f, " dst {dst}")?;
-                }
-                write!(f, " {}", if *master { "master static" } else { "self" })
-            }
-            Action::Clsact { ifname, .. } => {
-                write!(f, "tc -n {ns} qdisc add dev {} clsact", q(ifname))
-            }
+            Action::AddNeighbour(a) => a.command(&ns, f),
+            Action::AddFdb(a) => a.command(&ns, f),
+            Action::Clsact(a) => a.command(&ns, f),
             Action::DelLink { ifname, .. } => write!(f, "ip -n {ns} link del {}", q(ifname)),
-            Action::DelTcFilters { ifname, hook, .. } => {
-                let hook = hook.as_str();
-                write!(f, "tc -n {ns} filter del dev {} {hook}", q(ifname))
-            }
-            Action::DelClsact { ifname, .. } => {
-                write!(f, "tc -n {ns} qdisc del dev {} clsact", q(ifname))
-            }
-            Action::DelNeighbour {
-                ifname, address, ..
-            } => write!(f, "ip -n {ns} neigh del {address} dev {}", q(ifname)),
-            Action::DelFdb {
-                ifname,
-                lladdr,
-                dst,
-                master,
-                ..
-            } => {
-                write!(
-                    f,
-                    "bridge -n {ns} fdb del {} dev {}",
-                    format_mac(lladdr),
-                    q(ifname)
-                )?;
-                if let Some(dst) = dst {
-                    write!(f, " dst {dst}")?;
-                }
-                write!(f, " {}", if *master { "master" } else { "self" })
-            }
-            Action::TcMirred {
-                ifname,
-                hook,
-                mirror,
-                to,
-                ..
-            } => {
-                let hook = hook.as_str();
-                let what = if *mirror { "mirror" } else { "redirect" };
-                write!(
-                    f,
-                    "tc -n {ns} filter add dev {} {hook} protocol all prio {TC_PRIO} u32 match u32 0 0 \
-                     action mirred egress {what} dev {}",
-                    q(ifname),
-                    q(&to.name)
-                )
-            }
+            Action::DelTcFilters(a) => a.command(&ns, f),
+            Action::DelClsact(a) => a.command(&ns, f),
+            Action::DelNeighbour(a) => a.command(&ns, f),
+            Action::DelFdb(a) => a.command(&ns, f),
+            Action::TcMirred(a) => a.command(&ns, f),
             Action::BpfLoad { object, pin_dir } => ebpf::fmt_load(f, object, pin_dir),
             Action::BpfAttach {
                 ifname, hook, pin, ..
@@ -497,7 +363,7 @@ impl Interfaces {
                     index.insert((ns, "lo".to_string()), 1);
                 }
                 Action::AddBridge { name, ifindex, .. }
-                | Action::AddDummy { name, ifindex }
+                | Action::AddDummy(dummy::AddDummy { name, ifindex })
                 | Action::AddVxlan {
                     name,
                     ifindex,
@@ -506,14 +372,14 @@ impl Interfaces {
                 } => {
                     index.insert((ns, name.clone()), *ifindex);
                 }
-                Action::AddVeth {
+                Action::AddVeth(veth::AddVeth {
                     name,
                     ifindex,
                     peer_name,
                     peer_netns,
                     peer_ifindex,
                     ..
-                } => {
+                }) => {
                     let a = (ns, name.clone());
                     let b = (peer_netns.clone(), peer_name.clone());
                     index.insert(a.clone(), *ifindex);
@@ -722,7 +588,7 @@ mod tests {
         assert_eq!(
             step(
                 "lab-n1",
-                Action::AddVeth {
+                Action::AddVeth(veth::AddVeth {
                     name: "a'b".into(),
                     ifindex: 3,
                     mac: None,
@@ -734,7 +600,7 @@ mod tests {
                     peer_netns: PWN.into(),
                     peer_ifindex: 2,
                     peer_mac: None,
-                }
+                })
             ),
             "ip -n lab-n1 link add 'a'\\''b' index 3 type veth peer name 'a\nb' \
              netns '$(touch /tmp/pwned)' index 2 && ip -n lab-n1 link set 'a'\\''b' master 'x;y' \
@@ -743,10 +609,10 @@ mod tests {
         assert_eq!(
             step(
                 "lab-n1",
-                Action::Sysctl {
+                Action::Sysctl(crate::kernel::sysctl::Sysctl {
                     key: "net.ipv4.conf.x;y.rp_filter".into(),
                     value: PWN.into(),
-                }
+                })
             ),
             "ip netns exec lab-n1 sysctl -qw 'net.ipv4.conf.x;y.rp_filter=$(touch /tmp/pwned)'"
         );
@@ -787,11 +653,11 @@ mod tests {
         assert_eq!(
             step(
                 "x;y",
-                Action::SelfNeighbour {
+                Action::SelfNeighbour(crate::kernel::neigh::SelfNeighbour {
                     ifname: "a'b".into(),
                     ifindex: 2,
                     address: Ipv4Addr::new(10, 0, 0, 1),
-                }
+                })
             ),
             "ip -n 'x;y' neigh replace 10.0.0.1 dev 'a'\\''b' lladdr \
              \"$(ip netns exec 'x;y' cat '/sys/class/net/a'\\''b/address')\" nud permanent"

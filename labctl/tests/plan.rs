@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 
 use labctl::engine::{Quiet, execute};
-use labctl::kernel::Recorder;
+use labctl::kernel::{Recorder, addr, tc, veth};
 use labctl::plan::{Action, Phase, Plan, plan};
 
 fn flannel() -> labctl::Lab {
@@ -108,13 +108,13 @@ fn ifindexes_are_unique_and_controllers_exist_first() {
                 assert!(seen.entry(&s.netns).or_default().insert(*ifindex), "{s}");
                 bridges.insert((&s.netns, *ifindex), s.phase);
             }
-            Action::AddVeth {
+            Action::AddVeth(veth::AddVeth {
                 ifindex,
                 peer_netns,
                 peer_ifindex,
                 controller,
                 ..
-            } => {
+            }) => {
                 assert!(seen.entry(&s.netns).or_default().insert(*ifindex), "{s}");
                 assert!(
                     seen.entry(peer_netns).or_default().insert(*peer_ifindex),
@@ -253,7 +253,7 @@ fn ebpf_load_attach_and_maps_go_through_the_executor() {
         let ns = lab.netns(&pod.name);
         let clsact = sent
             .iter()
-            .position(|s| s.netns == ns && matches!(s.action, Action::Clsact { .. }))
+            .position(|s| s.netns == ns && matches!(s.action, Action::Clsact(tc::Clsact { .. })))
             .unwrap_or_else(|| panic!("no clsact in {ns}"));
         let attaches: Vec<usize> = sent
             .iter()
@@ -281,11 +281,11 @@ fn ebpf_load_attach_and_maps_go_through_the_executor() {
                 .steps
                 .iter()
                 .find_map(|s| match &s.action {
-                    Action::AddAddress {
+                    Action::AddAddress(addr::AddAddress {
                         ifindex: x,
                         address,
                         ..
-                    } if s.netns == ns && *address == pod.address => Some(*x),
+                    }) if s.netns == ns && *address == pod.address => Some(*x),
                     _ => None,
                 })
                 .unwrap();
@@ -375,7 +375,8 @@ fn bond_vlan_plan_is_ordered_as_the_kernel_requires() {
             .phase
     };
     let bond = phase_of(&|a| matches!(a, Action::AddBond(_)));
-    let veth = phase_of(&|a| matches!(a, Action::AddVeth { name, .. } if name == "eth1"));
+    let veth =
+        phase_of(&|a| matches!(a, Action::AddVeth(veth::AddVeth { name, .. }) if name == "eth1"));
     let enslave = phase_of(&|a| matches!(a, Action::Enslave(e) if e.ifname == "eth1"));
     let vlan = phase_of(&|a| matches!(a, Action::AddVlan(v) if v.id == 200));
     let master = phase_of(&|a| matches!(a, Action::SetMaster { ifname, .. } if ifname == "swp3"));
@@ -389,7 +390,7 @@ fn bond_vlan_plan_is_ordered_as_the_kernel_requires() {
     // A slave is never made with its bond as controller (it would be up).
     assert!(!p.steps.iter().any(|s| matches!(
         &s.action,
-        Action::AddVeth { controller: Some(c), .. } if c.name == "bond0"
+        Action::AddVeth(veth::AddVeth { controller: Some(c), .. }) if c.name == "bond0"
     )));
     let script = p.to_script();
     for line in [

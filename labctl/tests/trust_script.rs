@@ -183,7 +183,7 @@ fn hostile_plan() -> Plan {
                 ifindex: 2,
                 mac: None,
             },
-            Action::AddVeth {
+            Action::AddVeth(labctl::kernel::veth::AddVeth {
                 name: h.into(),
                 ifindex: 3,
                 mac: Some([0x0a, 0x58, 0, 0, 0, 1]),
@@ -195,11 +195,11 @@ fn hostile_plan() -> Plan {
                 peer_netns: h.into(),
                 peer_ifindex: 2,
                 peer_mac: None,
-            },
-            Action::AddDummy {
+            }),
+            Action::AddDummy(labctl::kernel::dummy::AddDummy {
                 name: h.into(),
                 ifindex: 4,
-            },
+            }),
             Action::AddIpvlan {
                 name: h.into(),
                 ifindex: 5,
@@ -239,35 +239,35 @@ fn hostile_plan() -> Plan {
                 ifname: other.clone(),
                 ifindex: 5,
             },
-            Action::AddHostAddress {
+            Action::AddHostAddress(labctl::kernel::addr::AddHostAddress {
                 ifname: h.into(),
                 ifindex: 6,
                 address: "10.0.0.1".parse().unwrap(),
-            },
+            }),
             Action::ArpOff {
                 ifname: h.into(),
                 ifindex: 6,
             },
-            Action::SelfNeighbour {
+            Action::SelfNeighbour(labctl::kernel::neigh::SelfNeighbour {
                 ifname: h.into(),
                 ifindex: 5,
                 address: "10.0.0.1".parse().unwrap(),
-            },
-            Action::AddAddress {
+            }),
+            Action::AddAddress(labctl::kernel::addr::AddAddress {
                 ifname: h.into(),
                 ifindex: 3,
                 address: "10.0.0.2/24".parse().unwrap(),
-            },
+            }),
             Action::AddRoute {
                 destination: "172.23.96.0/26".parse().unwrap(),
                 via: Some("10.0.0.253".parse().unwrap()),
                 ifname: h.into(),
                 ifindex: 3,
             },
-            Action::Sysctl {
+            Action::Sysctl(labctl::kernel::sysctl::Sysctl {
                 key: format!("net.ipv4.conf.{h}.rp_filter"),
                 value: other.clone(),
-            },
+            }),
             Action::AddVlan(labctl::kernel::vlan::AddVlan {
                 name: h.into(),
                 ifindex: 7,

@@ -80,23 +80,10 @@ pub enum Action {
         ifindex: u32,
         mac: Option<[u8; 6]>,
     },
-    /// `ip link add NAME index N [master M] up type veth peer name PEER
-    /// netns PEER_NS index P`. The peer is brought up by a later
-    /// [`Action::LinkUp`]: the kernel refuses to open a veth end before the
-    /// pair is complete (`veth_open` returns ENOTCONN).
-    AddVeth {
-        name: String,
-        ifindex: u32,
-        mac: Option<[u8; 6]>,
-        /// The bridge this end is enslaved to.
-        controller: Option<IfRef>,
-        peer_name: String,
-        peer_netns: String,
-        peer_ifindex: u32,
-        peer_mac: Option<[u8; 6]>,
-    },
-    /// `ip link add NAME index N type dummy && ip link set NAME up`
-    AddDummy { name: String, ifindex: u32 },
+    /// A veth pair, its peer made in its namespace ([`crate::kernel::veth`]).
+    AddVeth(crate::kernel::veth::AddVeth),
+    /// A dummy device ([`crate::kernel::dummy`]).
+    AddDummy(crate::kernel::dummy::AddDummy),
     /// `ip link add link PARENT name NAME [netns NS] index N type ipvlan mode
     /// l2`: created here off `parent`, living in `netns` when given (a pod),
     /// up at once when it stays here (the node's own slave).
@@ -127,32 +114,16 @@ pub enum Action {
         ifname: String,
         ifindex: u32,
     },
-    /// `ip addr add ADDR/32 dev IF scope host`: the node's own address on
-    /// its ipvlan slave (Terway's `ipvl_N`). Scope host, so the kernel never
-    /// picks it as the source towards a pod (it takes the node's address
-    /// from `eth0`), yet a frame for it reaches the node through the slave.
-    AddHostAddress {
-        ifname: String,
-        ifindex: u32,
-        address: Ipv4Addr,
-    },
+    /// The node's own address on its ipvlan slave, scope host
+    /// ([`crate::kernel::addr`]).
+    AddHostAddress(crate::kernel::addr::AddHostAddress),
     /// `ip link set IF arp off`
     ArpOff { ifname: String, ifindex: u32 },
-    /// `ip neigh replace ADDR dev IF lladdr <IF's own MAC> nud permanent`:
-    /// a pod on an ipvlan reaches its node's address with its own MAC,
-    /// which ipvlan switches to the node's slave by IP address (Terway's
-    /// pod-side neighbour entry; no ARP leaves the pod for it).
-    SelfNeighbour {
-        ifname: String,
-        ifindex: u32,
-        address: Ipv4Addr,
-    },
-    /// `ip addr add ADDR dev IF`
-    AddAddress {
-        ifname: String,
-        ifindex: u32,
-        address: Ipv4Net,
-    },
+    /// A pod's neighbour entry for its node with its own MAC
+    /// ([`crate::kernel::neigh`]).
+    SelfNeighbour(crate::kernel::neigh::SelfNeighbour),
+    /// An address on an interface ([`crate::kernel::addr`]).
+    AddAddress(crate::kernel::addr::AddAddress),
     /// `ip route add DST [via GW] dev IF`
     AddRoute {
         destination: Ipv4Net,
@@ -160,8 +131,8 @@ pub enum Action {
         ifname: String,
         ifindex: u32,
     },
-    /// `sysctl -w KEY=VALUE` inside the namespace.
-    Sysctl { key: String, value: String },
+    /// A sysctl inside the namespace ([`crate::kernel::sysctl`]).
+    Sysctl(crate::kernel::sysctl::Sysctl),
     /// `tc qdisc replace dev IF root netem ARGS`: the interface's egress
     /// queue delays, drops, reorders or paces what leaves it (a scenario's
     /// link change, `labctl netem`). The payload is built in
@@ -221,63 +192,28 @@ pub enum Action {
         ifindex: u32,
         master: IfRef,
     },
-    /// `ip neigh replace ADDR lladdr MAC dev IF nud STATE`
-    AddNeighbour {
-        ifname: String,
-        ifindex: u32,
-        address: Ipv4Addr,
-        lladdr: [u8; 6],
-        state: labctl_topology::NeighState,
-    },
-    /// `bridge fdb replace MAC dev IF [dst VTEP] master|self`
-    AddFdb {
-        ifname: String,
-        ifindex: u32,
-        lladdr: [u8; 6],
-        dst: Option<Ipv4Addr>,
-        /// The bridge's table, else the device's own.
-        master: bool,
-    },
-    /// `tc qdisc add dev IF clsact`: the hooks tc filters attach to.
-    Clsact { ifname: String, ifindex: u32 },
-    /// `tc filter add dev IF ingress|egress protocol all prio 49152 u32
-    /// match u32 0 0 action mirred egress redirect|mirror dev TO`: every
-    /// packet, since u32 0/0 matches all (matchall is not in every kernel).
-    TcMirred {
-        ifname: String,
-        ifindex: u32,
-        hook: labctl_topology::TcHook,
-        mirror: bool,
-        to: IfRef,
-    },
+    /// A neighbour entry ([`crate::kernel::neigh`]).
+    AddNeighbour(crate::kernel::neigh::AddNeighbour),
+    /// A forwarding database entry ([`crate::kernel::fdb`]).
+    AddFdb(crate::kernel::fdb::AddFdb),
+    /// The clsact qdisc tc filters attach to ([`crate::kernel::tc`]).
+    Clsact(crate::kernel::tc::Clsact),
+    /// A match-all mirred filter ([`crate::kernel::tc`]).
+    TcMirred(crate::kernel::tc::TcMirred),
     /// `ip link del IF` (a scenario's change: a pod leaving its node; the
     /// veth's other end goes with it).
     DelLink { ifname: String, ifindex: u32 },
-    /// `ip neigh del ADDR dev IF` (a scenario's change).
-    DelNeighbour {
-        ifname: String,
-        ifindex: u32,
-        address: Ipv4Addr,
-    },
-    /// `tc filter del dev IF ingress|egress`: every filter of the hook (a
-    /// scenario's change, undone by the plan's own filters).
-    DelTcFilters {
-        ifname: String,
-        ifindex: u32,
-        hook: labctl_topology::TcHook,
-    },
-    /// `tc qdisc del dev IF clsact`, its filters with it (undoing a
-    /// scenario's filter on a device the lab gave no clsact).
-    DelClsact { ifname: String, ifindex: u32 },
-    /// `bridge fdb del MAC dev IF [dst VTEP] master|self` (a scenario's
-    /// change).
-    DelFdb {
-        ifname: String,
-        ifindex: u32,
-        lladdr: [u8; 6],
-        dst: Option<Ipv4Addr>,
-        master: bool,
-    },
+    /// A neighbour entry deleted (a scenario's change; [`crate::kernel::neigh`]).
+    DelNeighbour(crate::kernel::neigh::DelNeighbour),
+    /// Every filter of a hook deleted (a scenario's change;
+    /// [`crate::kernel::tc`]).
+    DelTcFilters(crate::kernel::tc::DelTcFilters),
+    /// The clsact qdisc deleted, its filters with it
+    /// ([`crate::kernel::tc`]).
+    DelClsact(crate::kernel::tc::DelClsact),
+    /// A forwarding database entry deleted (a scenario's change;
+    /// [`crate::kernel::fdb`]).
+    DelFdb(crate::kernel::fdb::DelFdb),
     /// `bpftool prog loadall OBJ PIN_DIR type classifier pinmaps PIN_DIR`,
     /// after mounting the bpffs if missing and removing stale pins: the
     /// load balancer's programs and maps, pinned once for the whole lab

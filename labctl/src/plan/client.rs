@@ -5,6 +5,7 @@ use ipnet::Ipv4Net;
 use labctl_topology::Lab;
 
 use super::{Action, Indexes, Phase, Step, pusher};
+use crate::kernel::{addr, veth};
 
 /// Append every client's steps.
 pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
@@ -17,7 +18,7 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
         push(
             Phase::Links,
             &vpc,
-            Action::AddVeth {
+            Action::AddVeth(veth::AddVeth {
                 name: client.vpc_port.clone(),
                 ifindex: port_index,
                 mac: None,
@@ -26,7 +27,7 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
                 peer_netns: ns.clone(),
                 peer_ifindex: ifindex,
                 peer_mac: None,
-            },
+            }),
         );
         push(
             Phase::Addresses,
@@ -39,21 +40,21 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
         push(
             Phase::Addresses,
             &vpc,
-            Action::AddAddress {
+            Action::AddAddress(addr::AddAddress {
                 ifname: client.vpc_port.clone(),
                 ifindex: port_index,
                 address: Ipv4Net::new(client.gateway, client.address.prefix_len())
                     .expect("valid prefix"),
-            },
+            }),
         );
         push(
             Phase::Addresses,
             &ns,
-            Action::AddAddress {
+            Action::AddAddress(addr::AddAddress {
                 ifname: "eth0".into(),
                 ifindex,
                 address: client.address,
-            },
+            }),
         );
         push(
             Phase::Routes,

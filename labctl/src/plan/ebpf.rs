@@ -18,6 +18,7 @@ use std::fmt;
 use labctl_topology::{Lab, TcHook};
 
 use super::{Action, Phase, Step, shell_quote};
+use crate::kernel::tc;
 use crate::lb::{self, BpfService};
 use crate::services::Overrides;
 
@@ -46,10 +47,10 @@ pub(super) fn steps(lab: &Lab, pod_ifindex: &HashMap<String, u32>) -> Vec<Step> 
         out.push(Step {
             phase: Phase::Services,
             netns: netns.clone(),
-            action: Action::Clsact {
+            action: Action::Clsact(tc::Clsact {
                 ifname: pod.ifname.clone(),
                 ifindex,
-            },
+            }),
         });
         for (program, hook) in [
             (labctl_lb::Program::Egress, TcHook::Egress),

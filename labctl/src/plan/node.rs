@@ -8,6 +8,7 @@ use labctl_topology::Lab;
 
 use super::vpc::Vswitches;
 use super::{Action, IfRef, Indexes, Phase, Step, pusher};
+use crate::kernel::{addr, sysctl, veth};
 
 /// What the nodes offer their pods.
 pub(super) struct Nodes<'a> {
@@ -41,7 +42,7 @@ pub(super) fn steps<'a>(
             push(
                 Phase::Links,
                 &vpc,
-                Action::AddVeth {
+                Action::AddVeth(veth::AddVeth {
                     name: eni.vpc_port.clone(),
                     ifindex: port_index,
                     mac: None,
@@ -50,7 +51,7 @@ pub(super) fn steps<'a>(
                     peer_netns: ns.clone(),
                     peer_ifindex: ifindex,
                     peer_mac: eni.mac,
-                },
+                }),
             );
             push(
                 Phase::Addresses,
@@ -74,11 +75,11 @@ pub(super) fn steps<'a>(
                 push(
                     Phase::Addresses,
                     &ns,
-                    Action::AddAddress {
+                    Action::AddAddress(addr::AddAddress {
                         ifname: eni.name.clone(),
                         ifindex,
                         address,
-                    },
+                    }),
                 );
             }
         }
@@ -103,11 +104,11 @@ pub(super) fn steps<'a>(
             push(
                 Phase::Addresses,
                 &ns,
-                Action::AddAddress {
+                Action::AddAddress(addr::AddAddress {
                     ifname: node.bridge.clone(),
                     ifindex,
                     address: Ipv4Net::new(gw, cidr.prefix_len()).expect("valid prefix"),
-                },
+                }),
             );
         }
         if let Some((ifname, ifindex)) = first_eni {
@@ -126,10 +127,10 @@ pub(super) fn steps<'a>(
             push(
                 Phase::Sysctls,
                 &ns,
-                Action::Sysctl {
+                Action::Sysctl(sysctl::Sysctl {
                     key: key.clone(),
                     value: value.clone(),
-                },
+                }),
             );
         }
     }

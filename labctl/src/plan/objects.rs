@@ -7,7 +7,9 @@
 use labctl_topology::{Lab, LinkKind, TcAction, hashed_ifname};
 
 use super::{Action, IfRef, Indexes, Interfaces, Phase, Step};
-use crate::kernel::{bond, bridge, macvlan, route, vlan};
+use crate::kernel::{
+    addr, bond, bridge, dummy, fdb, macvlan, neigh, route, sysctl, tc, veth, vlan,
+};
 
 /// Append the layer's steps.
 ///
@@ -111,7 +113,7 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
                 push(
                     Phase::Links,
                     netns.clone(),
-                    Action::AddVeth {
+                    Action::AddVeth(veth::AddVeth {
                         name: link.name.clone(),
                         ifindex,
                         mac: link.mac,
@@ -120,7 +122,7 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
                         peer_netns: peer_ns.clone(),
                         peer_ifindex,
                         peer_mac: peer.mac,
-                    },
+                    }),
                 );
                 if peer.up {
                     push(
@@ -164,10 +166,10 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
                 push(
                     Phase::Links,
                     netns.clone(),
-                    Action::AddDummy {
+                    Action::AddDummy(dummy::AddDummy {
                         name: link.name.clone(),
                         ifindex,
-                    },
+                    }),
                 );
                 if let Some(mac) = link.mac {
                     // A dummy takes a new MAC while up (IFF_LIVE_ADDR_CHANGE).
@@ -386,11 +388,11 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
         push(
             Phase::Addresses,
             netns,
-            Action::AddAddress {
+            Action::AddAddress(addr::AddAddress {
                 ifname: dev.name,
                 ifindex: dev.ifindex,
                 address: a.address,
-            },
+            }),
         );
     }
     for r in &o.routes {
@@ -433,13 +435,13 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
         push(
             Phase::Routes,
             netns,
-            Action::AddNeighbour {
+            Action::AddNeighbour(neigh::AddNeighbour {
                 ifname: dev.name,
                 ifindex: dev.ifindex,
                 address: n.address,
                 lladdr: n.lladdr,
                 state: n.state,
-            },
+            }),
         );
     }
     for e in &o.fdb {
@@ -448,13 +450,13 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
         push(
             Phase::Routes,
             netns,
-            Action::AddFdb {
+            Action::AddFdb(fdb::AddFdb {
                 ifname: dev.name,
                 ifindex: dev.ifindex,
                 lladdr: e.lladdr,
                 dst: e.dst,
                 master: e.master,
-            },
+            }),
         );
     }
     let mut clsact: Vec<(String, String)> = Vec::new();
@@ -466,10 +468,10 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
             push(
                 Phase::Addresses,
                 netns.clone(),
-                Action::Clsact {
+                Action::Clsact(tc::Clsact {
                     ifname: dev.name.clone(),
                     ifindex: dev.ifindex,
-                },
+                }),
             );
         }
         // eBPF filters are the router's steps (below).
@@ -480,13 +482,13 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
         push(
             Phase::Routes,
             netns,
-            Action::TcMirred {
+            Action::TcMirred(tc::TcMirred {
                 ifname: dev.name,
                 ifindex: dev.ifindex,
                 hook: t.hook,
                 mirror: *mirror,
                 to,
-            },
+            }),
         );
     }
     for step in super::route::steps(lab, &index) {
@@ -514,10 +516,10 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
         push(
             Phase::Sysctls,
             ns(&s.netns),
-            Action::Sysctl {
+            Action::Sysctl(sysctl::Sysctl {
                 key: s.key.clone(),
                 value: s.value.clone(),
-            },
+            }),
         );
     }
     // Last: a link left down took part in everything above (a port, a

@@ -11,6 +11,7 @@ use labctl_topology::{Attachment, Lab, Pod};
 
 use super::node::Nodes;
 use super::{Action, IfRef, Indexes, Phase, Step, pusher};
+use crate::kernel::{addr, neigh, veth};
 
 /// Append every pod's steps; returns each pod's eth0 ifindex, by pod name.
 pub(super) fn steps(
@@ -40,11 +41,11 @@ pub(super) fn steps(
         push(
             Phase::Addresses,
             &pod_ns,
-            Action::AddAddress {
+            Action::AddAddress(addr::AddAddress {
                 ifname: pod.ifname.clone(),
                 ifindex: pod_index,
                 address: pod.address,
-            },
+            }),
         );
         for route in &pod.routes {
             push(
@@ -126,11 +127,11 @@ fn ipvlan(
             push(
                 Phase::Addresses,
                 &node_ns,
-                Action::AddHostAddress {
+                Action::AddHostAddress(addr::AddHostAddress {
                     ifname: host_slave.to_string(),
                     ifindex: i,
                     address: node_address(lab, &pod.node),
-                },
+                }),
             );
             i
         }
@@ -159,11 +160,11 @@ fn ipvlan(
     push(
         Phase::Routes,
         &pod_ns,
-        Action::SelfNeighbour {
+        Action::SelfNeighbour(neigh::SelfNeighbour {
             ifname: pod.ifname.clone(),
             ifindex: pod_index,
             address: node_address(lab, &pod.node),
-        },
+        }),
     );
     // The node reaches the pod through its own slave of the ENI.
     push(
@@ -197,7 +198,7 @@ fn bridge(
     push(
         Phase::Links,
         &node_ns,
-        Action::AddVeth {
+        Action::AddVeth(veth::AddVeth {
             name: host_ifname.to_string(),
             ifindex: host_index,
             mac: None,
@@ -206,7 +207,7 @@ fn bridge(
             peer_netns: pod_ns.clone(),
             peer_ifindex: pod_index,
             peer_mac: pod.mac,
-        },
+        }),
     );
     push(
         Phase::Addresses,

@@ -10,6 +10,7 @@ use ipnet::Ipv4Net;
 use labctl_topology::{Lab, Node, ProxyMode, Service};
 
 use super::{Action, Indexes, Phase, Step, pusher};
+use crate::kernel::{addr, dummy, sysctl};
 use crate::services::{Overrides, effective, node_ruleset, node_table, slb_table};
 
 /// Every service address on a dummy kube-ipvs0 in each node that runs
@@ -29,20 +30,20 @@ pub(super) fn addresses(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
         push(
             Phase::Stacked,
             &ns,
-            Action::AddDummy {
+            Action::AddDummy(dummy::AddDummy {
                 name: labctl_topology::KUBE_IPVS.into(),
                 ifindex,
-            },
+            }),
         );
         for address in lab.services.iter().flat_map(|s| s.addresses()) {
             push(
                 Phase::Addresses,
                 &ns,
-                Action::AddAddress {
+                Action::AddAddress(addr::AddAddress {
                     ifname: labctl_topology::KUBE_IPVS.into(),
                     ifindex,
                     address: Ipv4Net::new(address, 32).expect("/32"),
-                },
+                }),
             );
         }
     }
@@ -50,11 +51,11 @@ pub(super) fn addresses(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
         push(
             Phase::Addresses,
             &vpc,
-            Action::AddAddress {
+            Action::AddAddress(addr::AddAddress {
                 ifname: "lo".into(),
                 ifindex: 1,
                 address: Ipv4Net::new(address, 32).expect("/32"),
-            },
+            }),
         );
     }
 }
@@ -179,10 +180,10 @@ pub fn sysctl_steps(lab: &Lab) -> Vec<Step> {
         out.push(Step {
             phase: Phase::Sysctls,
             netns,
-            action: Action::Sysctl {
+            action: Action::Sysctl(sysctl::Sysctl {
                 key: key.into(),
                 value: value.into(),
-            },
+            }),
         })
     };
     for n in &lab.nodes {

@@ -7,6 +7,7 @@ use ipnet::Ipv4Net;
 use labctl_topology::{Attachment, Lab};
 
 use super::{Action, IfRef, Indexes, Phase, Step, pusher};
+use crate::kernel::{addr, sysctl};
 
 /// The vSwitches' bridges in the VPC's namespace, by subnet name.
 pub(super) type Vswitches<'a> = HashMap<&'a str, IfRef>;
@@ -44,11 +45,11 @@ pub(super) fn steps<'a>(lab: &'a Lab, idx: &mut Indexes, steps: &mut Vec<Step>) 
         push(
             Phase::Addresses,
             &vpc,
-            Action::AddAddress {
+            Action::AddAddress(addr::AddAddress {
                 ifname: subnet.name.clone(),
                 ifindex,
                 address,
-            },
+            }),
         );
     }
     // A cloud vSwitch routes; it does not send ICMP redirects to hosts that
@@ -59,10 +60,10 @@ pub(super) fn steps<'a>(lab: &'a Lab, idx: &mut Indexes, steps: &mut Vec<Step>) 
         push(
             Phase::Sysctls,
             &vpc,
-            Action::Sysctl {
+            Action::Sysctl(sysctl::Sysctl {
                 key: "net.ipv4.ip_forward".into(),
                 value: "1".into(),
-            },
+            }),
         );
         let vpc_ifs =
             std::iter::once("all".to_string()).chain(lab.interfaces_of("vpc").unwrap_or_default());
@@ -70,10 +71,10 @@ pub(super) fn steps<'a>(lab: &'a Lab, idx: &mut Indexes, steps: &mut Vec<Step>) 
             push(
                 Phase::Sysctls,
                 &vpc,
-                Action::Sysctl {
+                Action::Sysctl(sysctl::Sysctl {
                     key: format!("net.ipv4.conf.{ifname}.send_redirects"),
                     value: "0".into(),
-                },
+                }),
             );
         }
     }
@@ -96,10 +97,10 @@ pub(super) fn steps<'a>(lab: &'a Lab, idx: &mut Indexes, steps: &mut Vec<Step>) 
                 push(
                     Phase::Sysctls,
                     &vpc,
-                    Action::Sysctl {
+                    Action::Sysctl(sysctl::Sysctl {
                         key,
                         value: value.into(),
-                    },
+                    }),
                 );
             }
         }

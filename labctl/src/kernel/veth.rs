@@ -1,0 +1,98 @@
+//! veth pairs: the payload of [`Action::AddVeth`], its iproute2 text and
+//! its netlink call (rtnetlink's `LinkVeth`, the peer made straight into
+//! its namespace).
+//!
+//! [`Action::AddVeth`]: crate::kernel::step::Action::AddVeth
+
+use std::fmt;
+use std::os::fd::AsRawFd;
+
+use labctl_topology::format_mac;
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth};
+use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth};
+use serde::Serialize;
+
+use super::step::{IfRef, Step, shell_quote as q};
+use super::{KernelError, Made, Netlink};
+
+/// `ip link add NAME index N [master M] up type veth peer name PEER
+/// netns PEER_NS index P`. The peer is brought up by a later
+/// [`Action::LinkUp`]: the kernel refuses to open a veth end before the
+/// pair is complete (`veth_open` returns ENOTCONN).
+///
+/// [`Action::LinkUp`]: crate::kernel::step::Action::LinkUp
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AddVeth {
+    pub name: String,
+    pub ifindex: u32,
+    pub mac: Option<[u8; 6]>,
+    /// The bridge this end is enslaved to.
+    pub controller: Option<IfRef>,
+    pub peer_name: String,
+    pub peer_netns: String,
+    pub peer_ifindex: u32,
+    pub peer_mac: Option<[u8; 6]>,
+}
+
+impl AddVeth {
+    /// The iproute2 command in namespace `ns` (already quoted).
+    pub fn command(&self, ns: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (name, peer_name, peer_netns) =
+            (q(&self.name), q(&self.peer_name), q(&self.peer_netns));
+        write!(f, "ip -n {ns} link add {name} index {}", self.ifindex)?;
+        if let Some(mac) = &self.mac {
+            write!(f, " address {}", format_mac(mac))?;
+        }
+        write!(
+            f,
+            " type veth peer name {peer_name} netns {peer_netns} index {}",
+            self.peer_ifindex
+        )?;
+        if let Some(mac) = &self.peer_mac {
+            write!(f, " address {}", format_mac(mac))?;
+        }
+        if let Some(c) = &self.controller {
+            write!(f, " && ip -n {ns} link set {name} master {}", q(&c.name))?;
+        }
+        write!(f, " && ip -n {ns} link set {name} up")
+    }
+
+    pub(super) async fn apply(&self, nl: &Netlink, step: &Step) -> Result<(), KernelError> {
+        // Open until the kernel has the request: the number goes
+        // in the message.
+        let peer_fd = nl.netns_fd(step, &self.peer_netns)?;
+        let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(self.peer_name.clone())
+            .index(self.peer_ifindex)
+            .setns_by_fd(peer_fd.as_raw_fd());
+        if let Some(mac) = &self.peer_mac {
+            peer = peer.address(mac.to_vec());
+        }
+        let mut b = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(self.name.clone())
+            .index(self.ifindex)
+            .up()
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())));
+        if let Some(mac) = &self.mac {
+            b = b.address(mac.to_vec());
+        }
+        if let Some(c) = &self.controller {
+            b = b.controller(c.ifindex);
+        }
+        let made = [
+            Made {
+                netns: &step.netns,
+                ifindex: self.ifindex,
+                name: &self.name,
+            },
+            Made {
+                netns: &self.peer_netns,
+                ifindex: self.peer_ifindex,
+                name: &self.peer_name,
+            },
+        ];
+        let done = nl.link_add(step, b.build(), &made).await;
+        drop(peer_fd);
+        done
+    }
+}
