@@ -6,12 +6,16 @@
 //! only sockets are those [`crate::sys::create_netns`] opens inside the
 //! namespaces it has just made.
 //!
-//! Kinds whose kernel side is more than one rtnetlink call keep it in a file
-//! of their own: [`ebpf`] (load and pin, cls_bpf filters, map contents),
-//! [`ipvs`] (a namespace's IPVS table), [`nft`] (`nft -f -` inside a
-//! namespace), and the low-level layer's objects. The eBPF pins live on
-//! labctl's bpffs, not in a namespace; every other write is inside the
-//! lab's namespaces.
+//! Each object kind keeps its payload, its iproute2 text and its netlink
+//! call together in a file of its own (veth, dummy, addr, neigh, fdb, tc,
+//! sysctl, bond, bridge, vlan, macvlan, route, [`ebpf`] (load and pin,
+//! cls_bpf filters, map contents), [`ipvs`] (a namespace's IPVS table),
+//! [`nft`] (a ruleset applied inside a namespace)); this file keeps the
+//! [`Kernel`] trait, the netlink executor's dispatch and the recording
+//! fake. Kinds still written here: the pods' links (ipvlan, bridge, link
+//! settings) and the VXLAN, MAC, master and deletion objects of
+//! `objects`. The eBPF pins live on labctl's bpffs, not in a namespace;
+//! every other write is inside the lab's namespaces.
 //!
 //! IPv6 stays off the lab's links (the articles have none: no link-local
 //! addresses, router solicitations or MLD reports in captures) by the
