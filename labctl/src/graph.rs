@@ -22,7 +22,7 @@ use ipnet::Ipv4Net;
 use labctl_topology::{Lab, Role};
 use serde::Serialize;
 
-use crate::kernel::{addr, veth};
+use crate::kernel::{addr, bridge, ipvlan, link, veth};
 use crate::plan::{Action, Plan};
 
 /// The lab's diagram.
@@ -205,7 +205,7 @@ impl Graph {
                     .entry((s.netns.clone(), ifname.clone()))
                     .or_default()
                     .push(*address),
-                Action::RenameUp { from, ifname, .. } => {
+                Action::RenameUp(link::RenameUp { from, ifname, .. }) => {
                     renamed.insert((s.netns.clone(), from.clone()), ifname.clone());
                 }
                 _ => {}
@@ -235,7 +235,7 @@ impl Graph {
             .collect();
         let mut links = Vec::new();
         for s in &plan.steps {
-            if let Action::AddBridge { name, .. } = &s.action {
+            if let Action::AddBridge(bridge::AddBridge { name, .. }) = &s.action {
                 let id = hop(&s.netns, name);
                 let ns = index[&ent(&s.netns)];
                 let i = vertices.len();
@@ -288,12 +288,12 @@ impl Graph {
                         },
                     });
                 }
-                Action::AddIpvlan {
+                Action::AddIpvlan(ipvlan::AddIpvlan {
                     name,
                     parent,
                     netns: Some(pod_ns),
                     ..
-                } => {
+                }) => {
                     let ifname = renamed.get(&(pod_ns.clone(), name.clone())).unwrap_or(name);
                     links.push(Link {
                         kind: LinkKind::Ipvlan,

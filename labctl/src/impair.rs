@@ -23,7 +23,9 @@ use std::net::Ipv4Addr;
 
 use labctl_topology::{Lab, LinkChange, ObjectChange, RouteChange};
 
-use crate::kernel::{Kernel, KernelError, LinkSettings, Netlink, fdb, neigh, sysctl, tc, veth};
+use crate::kernel::{
+    Kernel, KernelError, LinkSettings, Netlink, fdb, link, neigh, qdisc, sysctl, tc, veth,
+};
 use crate::plan::{Action, IfRef, Phase, Plan, Step};
 pub use crate::plan::{Iface, Interfaces};
 use crate::state::LabState;
@@ -104,13 +106,16 @@ pub fn steps(
                 out.push(Undoable {
                     step: step(
                         &x.netns,
-                        Action::Netem {
+                        Action::Netem(qdisc::Netem {
                             ifname: ifname.clone(),
                             ifindex,
                             netem,
-                        },
+                        }),
                     ),
-                    undo: vec![step(&x.netns, Action::QdiscDelete { ifname, ifindex })],
+                    undo: vec![step(
+                        &x.netns,
+                        Action::QdiscDelete(qdisc::QdiscDelete { ifname, ifindex }),
+                    )],
                 });
             }
         }
@@ -123,19 +128,19 @@ pub fn steps(
                 out.push(Undoable {
                     step: step(
                         &x.netns,
-                        Action::SetMtu {
+                        Action::SetMtu(link::SetMtu {
                             ifname: ifname.clone(),
                             ifindex,
                             mtu,
-                        },
+                        }),
                     ),
                     undo: vec![step(
                         &x.netns,
-                        Action::SetMtu {
+                        Action::SetMtu(link::SetMtu {
                             ifname,
                             ifindex,
                             mtu: was.mtu,
-                        },
+                        }),
                     )],
                 });
             }
@@ -146,21 +151,21 @@ pub fn steps(
             out.push(Undoable {
                 step: step(
                     &i.netns,
-                    Action::SetMac {
+                    Action::SetMac(link::SetMac {
                         ifname: ifname.clone(),
                         ifindex,
                         mac,
-                    },
+                    }),
                 ),
                 undo: was
                     .map(|mac| {
                         step(
                             &i.netns,
-                            Action::SetMac {
+                            Action::SetMac(link::SetMac {
                                 ifname,
                                 ifindex,
                                 mac,
-                            },
+                            }),
                         )
                     })
                     .into_iter()
@@ -175,17 +180,17 @@ pub fn steps(
                 out.push(Undoable {
                     step: step(
                         &i.netns,
-                        Action::LinkUp {
+                        Action::LinkUp(link::LinkUp {
                             ifname: name.clone(),
                             ifindex: index,
-                        },
+                        }),
                     ),
                     undo: vec![step(
                         &i.netns,
-                        Action::LinkDown {
+                        Action::LinkDown(link::LinkDown {
                             ifname: name,
                             ifindex: index,
-                        },
+                        }),
                     )],
                 });
                 for again in flushed_with(plan, i) {
@@ -202,20 +207,20 @@ pub fn steps(
             if before.get(&(i.netns.clone(), index)).is_none_or(|b| b.up) {
                 undo.push(step(
                     &i.netns,
-                    Action::LinkUp {
+                    Action::LinkUp(link::LinkUp {
                         ifname: name.clone(),
                         ifindex: index,
-                    },
+                    }),
                 ));
                 undo.extend(flushed_with(plan, i));
             }
             out.push(Undoable {
                 step: step(
                     &i.netns,
-                    Action::LinkDown {
+                    Action::LinkDown(link::LinkDown {
                         ifname: name,
                         ifindex: index,
-                    },
+                    }),
                 ),
                 undo,
             });
@@ -231,7 +236,7 @@ fn flushed_with(plan: &Plan, i: &Iface) -> Vec<Step> {
         .iter()
         .filter(|s| s.netns == i.netns)
         .filter(|s| match &s.action {
-            Action::AddRoute { ifindex, .. }
+            Action::AddRoute(crate::kernel::route::AddRoute { ifindex, .. })
             | Action::SelfNeighbour(neigh::SelfNeighbour { ifindex, .. })
             | Action::AddNeighbour(neigh::AddNeighbour { ifindex, .. }) => *ifindex == i.ifindex,
             // An ECMP route goes only when its every next hop does.
@@ -270,21 +275,21 @@ pub fn route_steps(
                 return Ok(Undoable {
                     step: step(
                         &ns,
-                        Action::AddRoute {
+                        Action::AddRoute(crate::kernel::route::AddRoute {
                             destination: r.destination,
                             via: add.via,
                             ifname: ifname.clone(),
                             ifindex,
-                        },
+                        }),
                     ),
                     undo: vec![step(
                         &ns,
-                        Action::DelRoute {
+                        Action::DelRoute(crate::kernel::route::DelRoute {
                             destination: r.destination,
                             via: add.via,
                             ifname,
                             ifindex,
-                        },
+                        }),
                     )],
                 });
             }
@@ -312,12 +317,12 @@ pub fn route_steps(
                 .iter()
                 .filter(|s| s.netns == ns)
                 .filter_map(|s| match &s.action {
-                    Action::AddRoute {
+                    Action::AddRoute(crate::kernel::route::AddRoute {
                         destination,
                         via,
                         ifname,
                         ifindex,
-                    } => Some((s, destination, via, ifname, *ifindex)),
+                    }) => Some((s, destination, via, ifname, *ifindex)),
                     _ => None,
                 })
                 .collect();
@@ -346,12 +351,12 @@ pub fn route_steps(
             Ok(Undoable {
                 step: step(
                     &ns,
-                    Action::DelRoute {
+                    Action::DelRoute(crate::kernel::route::DelRoute {
                         destination: **destination,
                         via: **via,
                         ifname: (*ifname).clone(),
                         ifindex: *ifindex,
-                    },
+                    }),
                 ),
                 undo: vec![again(add)],
             })
@@ -688,7 +693,7 @@ async fn move_steps<K: Kernel>(
     let pod_steps: Vec<Step> = plan
         .steps
         .iter()
-        .filter(|s| s.netns == pod_ns && s.action != Action::LoopbackUp)
+        .filter(|s| s.netns == pod_ns && s.action != Action::LoopbackUp(link::LoopbackUp))
         .map(again)
         .collect();
     let new_index = ifaces.max_index(&to_ns) + 1;
@@ -698,10 +703,10 @@ async fn move_steps<K: Kernel>(
         Undoable {
             step: step(
                 &from_ns,
-                Action::DelLink {
+                Action::DelLink(link::DelLink {
                     ifname: name.clone(),
                     ifindex: *ifindex,
-                },
+                }),
             ),
             undo: undo_back,
         },
@@ -709,10 +714,10 @@ async fn move_steps<K: Kernel>(
             step: with_macs(made, &to_ns, new_index, bridge),
             undo: vec![step(
                 &to_ns,
-                Action::DelLink {
+                Action::DelLink(link::DelLink {
                     ifname: name.clone(),
                     ifindex: new_index,
-                },
+                }),
             )],
         },
     ];
@@ -871,7 +876,8 @@ pub async fn restore<K: Kernel>(kernel: &K, undo: &[Step]) -> Vec<KernelError> {
         if let Err(e) = kernel.run(s).await {
             let replayed = matches!(
                 s.action,
-                Action::AddRoute { .. } | Action::SelfNeighbour(neigh::SelfNeighbour { .. })
+                Action::AddRoute(crate::kernel::route::AddRoute { .. })
+                    | Action::SelfNeighbour(neigh::SelfNeighbour { .. })
             );
             let exists = e
                 .message

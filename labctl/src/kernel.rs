@@ -7,15 +7,19 @@
 //! namespaces it has just made.
 //!
 //! Each object kind keeps its payload, its iproute2 text and its netlink
-//! call together in a file of its own (veth, dummy, addr, neigh, fdb, tc,
-//! sysctl, bond, bridge, vlan, macvlan, route, [`ebpf`] (load and pin,
-//! cls_bpf filters, map contents), [`ipvs`] (a namespace's IPVS table),
-//! [`nft`] (a ruleset applied inside a namespace)); this file keeps the
-//! [`Kernel`] trait, the netlink executor's dispatch and the recording
-//! fake. Kinds still written here: the pods' links (ipvlan, bridge, link
-//! settings) and the VXLAN, MAC, master and deletion objects of
-//! `objects`. The eBPF pins live on labctl's bpffs, not in a namespace;
-//! every other write is inside the lab's namespaces.
+//! call together in a file of its own (veth, dummy, bridge, vxlan, vlan,
+//! bond, ipvlan, macvlan, link (a link's settings: up, down, MTU, MAC,
+//! master, name, ARP, port isolation, delete), addr, route, neigh, fdb,
+//! tc, qdisc (netem), sysctl, [`ebpf`] (load and pin, cls_bpf filters,
+//! map contents), [`ipvs`] (a namespace's IPVS table), [`nft`] (a ruleset
+//! applied inside a namespace)); this file keeps the [`Kernel`] trait, the
+//! netlink executor's dispatch and the recording fake, and `objects` the
+//! sender of requests built by hand. Kinds not yet whole in their file:
+//! the IPVS table and the nftables ruleset (their text in `plan`'s
+//! `Display`, the thread that applies them here) and the eBPF actions
+//! (their text in `plan::ebpf` and `plan::route`). The eBPF pins live on
+//! labctl's bpffs, not in a namespace; every other write is inside the
+//! lab's namespaces.
 //!
 //! IPv6 stays off the lab's links (the articles have none: no link-local
 //! addresses, router solicitations or MLD reports in captures) by the
@@ -37,13 +41,11 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use futures::TryStreamExt;
-use netlink_packet_route::link::{InfoKind, IpVlanMode, LinkAttribute, LinkMessage};
-use rtnetlink::{
-    Handle, LinkBridge, LinkIpVlan, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder,
-};
+use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkMessage};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec};
 
 use crate::sys;
 use step::{Action, NsSpec, Step};
@@ -54,17 +56,21 @@ pub mod bridge;
 pub mod dummy;
 pub mod ebpf;
 pub mod fdb;
+pub mod ipvlan;
 pub mod ipvs;
+pub mod link;
 pub mod macvlan;
 pub mod neigh;
 pub mod nft;
 mod objects;
+pub mod qdisc;
 pub mod route;
 pub mod step;
 pub mod sysctl;
 pub mod tc;
 pub mod veth;
 pub mod vlan;
+pub mod vxlan;
 
 /// A kernel action that failed, with its iproute2 equivalent.
 #[derive(Debug, thiserror::Error)]
@@ -530,11 +536,6 @@ impl Kernel for Netlink {
 
     async fn run(&self, step: &Step) -> Result<(), KernelError> {
         match &step.action {
-            Action::AddVxlan { .. }
-            | Action::DelRoute { .. }
-            | Action::SetMac { .. }
-            | Action::SetMaster { .. }
-            | Action::DelLink { .. } => self.run_object(step).await,
             Action::AddNeighbour(a) => a.apply(self, step).await,
             Action::DelNeighbour(a) => a.apply(self, step).await,
             Action::AddFdb(a) => a.apply(self, step).await,
@@ -552,54 +553,11 @@ impl Kernel for Netlink {
             Action::BridgeVlan(a) => a.apply(self, step).await,
             Action::AddNsRoute(a) => a.apply(self, step).await,
             Action::DelNsRoute(a) => a.apply(self, step).await,
-            Action::LoopbackUp => {
-                let msg = LinkUnspec::new_with_index(1).up().build();
-                self.link_set(step, msg).await?;
-                self.loopback_v6_off(step).await
-            }
-            Action::AddBridge { name, ifindex, mac } => {
-                let mut b = LinkBridge::new(name)
-                    .index(*ifindex)
-                    .mcast_snooping(false)
-                    .up();
-                if let Some(mac) = mac {
-                    b = b.address(mac.to_vec());
-                }
-                let made = Made {
-                    netns: &step.netns,
-                    ifindex: *ifindex,
-                    name,
-                };
-                self.link_add(step, b.build(), &[made]).await
-            }
+            Action::LoopbackUp(a) => a.apply(self, step).await,
+            Action::AddBridge(a) => a.apply(self, step).await,
             Action::AddVeth(a) => a.apply(self, step).await,
             Action::AddDummy(a) => a.apply(self, step).await,
-            Action::AddIpvlan {
-                name,
-                ifindex,
-                parent,
-                netns,
-            } => {
-                let mut b = LinkIpVlan::new(name, parent.ifindex, IpVlanMode::L2).index(*ifindex);
-                // Open until the kernel has the request.
-                let mut target_fd = None;
-                b = match netns {
-                    // Made here, off the node's ENI, living in the pod.
-                    Some(target) => {
-                        target_fd = Some(self.netns_fd(step, target)?);
-                        b.setns_by_fd(target_fd.as_ref().map_or(-1, |fd| fd.as_raw_fd()))
-                    }
-                    None => b.up(),
-                };
-                let made = Made {
-                    netns: netns.as_deref().unwrap_or(&step.netns),
-                    ifindex: *ifindex,
-                    name,
-                };
-                let done = self.link_add(step, b.build(), &[made]).await;
-                drop(target_fd);
-                done
-            }
+            Action::AddIpvlan(a) => a.apply(self, step).await,
             Action::BpfLoad { .. }
             | Action::BpfAttach { .. }
             | Action::BpfMaps { .. }
@@ -625,78 +583,23 @@ impl Kernel for Netlink {
                     .await
                     .map_err(|e| KernelError::new(first_line(step), e))?
             }
-            Action::RenameUp {
-                ifname, ifindex, ..
-            } => {
-                let msg = LinkUnspec::new_with_index(*ifindex)
-                    .name(ifname.clone())
-                    .up()
-                    .build();
-                self.link_set(step, msg).await
-            }
-            Action::IsolatePort { ifindex, .. } => {
-                // Port attributes travel in RTM_NEWLINK: the kernel's
-                // RTM_SETLINK ignores IFLA_LINKINFO, and says nothing.
-                let msg = rtnetlink::LinkBridgePort::new(*ifindex)
-                    .isolated(true)
-                    .build();
-                self.handle(&step.netns)?
-                    .link()
-                    .set_port(msg)
-                    .execute()
-                    .await
-                    .map_err(|e| fail(step, e))
-            }
-            Action::ArpOff { ifindex, .. } => {
-                let msg = LinkUnspec::new_with_index(*ifindex).arp(false).build();
-                self.link_set(step, msg).await
-            }
+            Action::RenameUp(a) => a.apply(self, step).await,
+            Action::IsolatePort(a) => a.apply(self, step).await,
+            Action::ArpOff(a) => a.apply(self, step).await,
             Action::AddHostAddress(a) => a.apply(self, step).await,
             Action::SelfNeighbour(a) => a.apply(self, step).await,
-            Action::LinkUp { ifindex, .. } => {
-                let msg = LinkUnspec::new_with_index(*ifindex).up().build();
-                self.link_set(step, msg).await
-            }
+            Action::LinkUp(a) => a.apply(self, step).await,
             Action::AddAddress(a) => a.apply(self, step).await,
-            Action::AddRoute {
-                destination,
-                via,
-                ifindex,
-                ..
-            } => {
-                let mut b = RouteMessageBuilder::<std::net::Ipv4Addr>::new()
-                    .destination_prefix(destination.addr(), destination.prefix_len())
-                    .output_interface(*ifindex);
-                if let Some(via) = via {
-                    b = b.gateway(*via);
-                }
-                let msg = b.build();
-                self.handle(&step.netns)?
-                    .route()
-                    .add(msg)
-                    .execute()
-                    .await
-                    .map_err(|e| fail(step, e))
-            }
-            Action::Netem { ifindex, netem, .. } => {
-                crate::netem::send_replace_root(self.handle(&step.netns)?, *ifindex, netem)
-                    .await
-                    .map_err(|e| KernelError::new(step.to_string(), e))
-            }
-            Action::QdiscDelete { ifindex, .. } => {
-                let h = self.handle(&step.netns)?.clone();
-                let mut req = h.qdisc().del(*ifindex as i32);
-                req.message_mut().header.parent = netlink_packet_route::tc::TcHandle::ROOT;
-                req.execute().await.map_err(|e| fail(step, e))
-            }
-            Action::LinkDown { ifindex, .. } => {
-                let msg = LinkUnspec::new_with_index(*ifindex).down().build();
-                self.link_set(step, msg).await
-            }
-            Action::SetMtu { ifindex, mtu, .. } => {
-                let msg = LinkUnspec::new_with_index(*ifindex).mtu(*mtu).build();
-                self.link_set(step, msg).await
-            }
+            Action::AddRoute(a) => a.apply(self, step).await,
+            Action::DelRoute(a) => a.apply(self, step).await,
+            Action::Netem(a) => a.apply(self, step).await,
+            Action::QdiscDelete(a) => a.apply(self, step).await,
+            Action::LinkDown(a) => a.apply(self, step).await,
+            Action::SetMtu(a) => a.apply(self, step).await,
+            Action::AddVxlan(a) => a.apply(self, step).await,
+            Action::SetMac(a) => a.apply(self, step).await,
+            Action::SetMaster(a) => a.apply(self, step).await,
+            Action::DelLink(a) => a.apply(self, step).await,
             Action::Sysctl(a) => a.apply(self, step).await,
         }
     }

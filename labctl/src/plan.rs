@@ -20,13 +20,13 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use labctl_topology::{Lab, format_mac};
+use labctl_topology::Lab;
 use serde::Serialize;
 
 pub use crate::kernel::step::{
     Action, IfRef, NsSpec, Phase, Step, TC_PRIO, route_destination, shell_quote,
 };
-use crate::kernel::{dummy, veth};
+use crate::kernel::{bridge, dummy, ipvlan, link, veth, vxlan};
 
 mod client;
 pub mod ebpf;
@@ -105,50 +105,14 @@ impl fmt::Display for Step {
         let q = shell_quote;
         let ns = q(&self.netns);
         match &self.action {
-            Action::LoopbackUp => write!(f, "ip -n {ns} link set lo up"),
-            Action::AddBridge { name, ifindex, mac } => {
-                let name = q(name);
-                write!(f, "ip -n {ns} link add {name} index {ifindex}")?;
-                if let Some(mac) = mac {
-                    write!(f, " address {}", format_mac(mac))?;
-                }
-                write!(
-                    f,
-                    " type bridge mcast_snooping 0 && ip -n {ns} link set {name} up"
-                )
-            }
+            Action::LoopbackUp(a) => a.command(&ns, f),
+            Action::AddBridge(a) => a.command(&ns, f),
             Action::AddVeth(a) => a.command(&ns, f),
-            Action::LinkUp { ifname, .. } => write!(f, "ip -n {ns} link set {} up", q(ifname)),
-            Action::IsolatePort { ifname, .. } => {
-                write!(
-                    f,
-                    "ip -n {ns} link set {} type bridge_slave isolated on",
-                    q(ifname)
-                )
-            }
-            Action::RenameUp { from, ifname, .. } => {
-                write!(f, "ip -n {ns} link set {} name {} up", q(from), q(ifname))
-            }
+            Action::LinkUp(a) => a.command(&ns, f),
+            Action::IsolatePort(a) => a.command(&ns, f),
+            Action::RenameUp(a) => a.command(&ns, f),
             Action::AddDummy(a) => a.command(&ns, f),
-            Action::AddIpvlan {
-                name,
-                ifindex,
-                parent,
-                netns,
-            } => {
-                let (name, parent) = (q(name), q(&parent.name));
-                match netns {
-                    Some(target) => write!(
-                        f,
-                        "ip -n {ns} link add link {parent} name {name} netns {} index {ifindex} type ipvlan mode l2",
-                        q(target)
-                    ),
-                    None => write!(
-                        f,
-                        "ip -n {ns} link add link {parent} name {name} index {ifindex} type ipvlan mode l2 && ip -n {ns} link set {name} up"
-                    ),
-                }
-            }
+            Action::AddIpvlan(a) => a.command(&ns, f),
             Action::IpvsTable { services } => {
                 // Addresses, ports and weights are numbers: only the
                 // namespace needs quoting.
@@ -186,127 +150,22 @@ impl fmt::Display for Step {
             }
             Action::AddAddress(a) => a.command(&ns, f),
             Action::AddHostAddress(a) => a.command(&ns, f),
-            Action::ArpOff { ifname, .. } => {
-                write!(f, "ip -n {ns} link set {} arp off", q(ifname))
-            }
+            Action::ArpOff(a) => a.command(&ns, f),
             Action::SelfNeighbour(a) => a.command(&ns, f),
-            Action::AddRoute {
-                destination,
-                via,
-                ifname,
-                ..
-            } => {
-                let dst = route_destination(destination);
-                let ifname = q(ifname);
-                match via {
-                    // `proto static`, as `up` marks its routes.
-                    Some(via) => write!(
-                        f,
-                        "ip -n {ns} route add {dst} via {via} dev {ifname} proto static"
-                    ),
-                    // `scope global`: `up` sends rtnetlink's default,
-                    // universe, where `ip` alone would give a route
-                    // without a gateway scope link.
-                    None => write!(
-                        f,
-                        "ip -n {ns} route add {dst} dev {ifname} scope global proto static"
-                    ),
-                }
-            }
+            Action::AddRoute(a) => a.command(&ns, f),
             Action::Sysctl(a) => a.command(&ns, f),
-            Action::Netem { ifname, netem, .. } => write!(
-                f,
-                "tc -n {ns} qdisc replace dev {} root netem {}",
-                q(ifname),
-                netem.tc_args()
-            ),
-            Action::QdiscDelete { ifname, .. } => {
-                write!(f, "tc -n {ns} qdisc del dev {} root", q(ifname))
-            }
-            Action::LinkDown { ifname, .. } => {
-                write!(f, "ip -n {ns} link set {} down", q(ifname))
-            }
-            Action::SetMtu { ifname, mtu, .. } => {
-                write!(f, "ip -n {ns} link set {} mtu {mtu}", q(ifname))
-            }
-            Action::AddVxlan {
-                name,
-                ifindex,
-                netns,
-                mac,
-                id,
-                dev,
-                local,
-                remote,
-                port,
-                learning,
-                external,
-            } => {
-                let name = q(name);
-                write!(f, "ip -n {ns} link add {name}")?;
-                if let Some(target) = netns {
-                    write!(f, " netns {}", q(target))?;
-                }
-                write!(f, " index {ifindex}")?;
-                if let Some(mac) = mac {
-                    write!(f, " address {}", format_mac(mac))?;
-                }
-                if *external {
-                    write!(f, " type vxlan external")?;
-                } else {
-                    write!(f, " type vxlan id {id}")?;
-                }
-                if let Some(dev) = dev {
-                    write!(f, " dev {}", q(&dev.name))?;
-                }
-                if let Some(local) = local {
-                    write!(f, " local {local}")?;
-                }
-                if let Some(remote) = remote {
-                    write!(f, " remote {remote}")?;
-                }
-                write!(f, " dstport {port}")?;
-                if !learning {
-                    write!(f, " nolearning")?;
-                }
-                if netns.is_none() {
-                    write!(f, " && ip -n {ns} link set {name} up")?;
-                }
-                Ok(())
-            }
-            Action::DelRoute {
-                destination,
-                via,
-                ifname,
-                ..
-            } => {
-                let dst = route_destination(destination);
-                write!(f, "ip -n {ns} route del {dst}")?;
-                if let Some(via) = via {
-                    write!(f, " via {via}")?;
-                }
-                write!(f, " dev {}", q(ifname))
-            }
-            Action::SetMac { ifname, mac, .. } => {
-                write!(
-                    f,
-                    "ip -n {ns} link set {} address {}",
-                    q(ifname),
-                    format_mac(mac)
-                )
-            }
-            Action::SetMaster { ifname, master, .. } => {
-                write!(
-                    f,
-                    "ip -n {ns} link set {} master {}",
-                    q(ifname),
-                    q(&master.name)
-                )
-            }
+            Action::Netem(a) => a.command(&ns, f),
+            Action::QdiscDelete(a) => a.command(&ns, f),
+            Action::LinkDown(a) => a.command(&ns, f),
+            Action::SetMtu(a) => a.command(&ns, f),
+            Action::AddVxlan(a) => a.command(&ns, f),
+            Action::DelRoute(a) => a.command(&ns, f),
+            Action::SetMac(a) => a.command(&ns, f),
+            Action::SetMaster(a) => a.command(&ns, f),
             Action::AddNeighbour(a) => a.command(&ns, f),
             Action::AddFdb(a) => a.command(&ns, f),
             Action::Clsact(a) => a.command(&ns, f),
-            Action::DelLink { ifname, .. } => write!(f, "ip -n {ns} link del {}", q(ifname)),
+            Action::DelLink(a) => a.command(&ns, f),
             Action::DelTcFilters(a) => a.command(&ns, f),
             Action::DelClsact(a) => a.command(&ns, f),
             Action::DelNeighbour(a) => a.command(&ns, f),
@@ -359,17 +218,17 @@ impl Interfaces {
         for s in steps {
             let ns = s.netns.clone();
             match &s.action {
-                Action::LoopbackUp => {
+                Action::LoopbackUp(_) => {
                     index.insert((ns, "lo".to_string()), 1);
                 }
-                Action::AddBridge { name, ifindex, .. }
+                Action::AddBridge(bridge::AddBridge { name, ifindex, .. })
                 | Action::AddDummy(dummy::AddDummy { name, ifindex })
-                | Action::AddVxlan {
+                | Action::AddVxlan(vxlan::AddVxlan {
                     name,
                     ifindex,
                     netns: None,
                     ..
-                } => {
+                }) => {
                     index.insert((ns, name.clone()), *ifindex);
                 }
                 Action::AddVeth(veth::AddVeth {
@@ -389,17 +248,17 @@ impl Interfaces {
                 }
                 // Made in the node under its final name when it stays
                 // there; a pod's is renamed inside the pod.
-                Action::AddIpvlan {
+                Action::AddIpvlan(ipvlan::AddIpvlan {
                     name,
                     ifindex,
                     netns: None,
                     ..
-                } => {
+                }) => {
                     index.insert((ns, name.clone()), *ifindex);
                 }
-                Action::RenameUp {
+                Action::RenameUp(link::RenameUp {
                     ifname, ifindex, ..
-                } => {
+                }) => {
                     index.insert((ns, ifname.clone()), *ifindex);
                 }
                 Action::AddVlan(a) => {
@@ -492,7 +351,11 @@ pub fn plan(lab: &Lab) -> Plan {
     {
         let mut push = pusher(&mut steps);
         for ns in &namespaces {
-            push(Phase::Devices, &ns.name, Action::LoopbackUp);
+            push(
+                Phase::Devices,
+                &ns.name,
+                Action::LoopbackUp(link::LoopbackUp),
+            );
         }
     }
 
@@ -576,11 +439,11 @@ mod tests {
         assert_eq!(
             step(
                 "x;y",
-                Action::AddBridge {
+                Action::AddBridge(bridge::AddBridge {
                     name: PWN.into(),
                     ifindex: 2,
                     mac: None,
-                }
+                })
             ),
             "ip -n 'x;y' link add '$(touch /tmp/pwned)' index 2 type bridge mcast_snooping 0 \
              && ip -n 'x;y' link set '$(touch /tmp/pwned)' up"
@@ -619,19 +482,19 @@ mod tests {
         assert_eq!(
             step(
                 "a'b",
-                Action::AddRoute {
+                Action::AddRoute(crate::kernel::route::AddRoute {
                     destination: Ipv4Net::default(),
                     via: Some(Ipv4Addr::new(10, 0, 0, 253)),
                     ifname: PWN.into(),
                     ifindex: 2,
-                }
+                })
             ),
             "ip -n 'a'\\''b' route add default via 10.0.0.253 dev '$(touch /tmp/pwned)' proto static"
         );
         assert_eq!(
             step(
                 "lab-p1",
-                Action::AddIpvlan {
+                Action::AddIpvlan(ipvlan::AddIpvlan {
                     name: "x;y".into(),
                     ifindex: 4,
                     parent: IfRef {
@@ -639,7 +502,7 @@ mod tests {
                         ifindex: 2,
                     },
                     netns: Some("a'b".into()),
-                }
+                })
             ),
             "ip -n lab-p1 link add link '$(touch /tmp/pwned)' name 'x;y' netns 'a'\\''b' \
              index 4 type ipvlan mode l2"
@@ -725,7 +588,7 @@ mod tests {
             steps: vec![Step {
                 phase: Phase::Devices,
                 netns: PWN.into(),
-                action: Action::LoopbackUp,
+                action: Action::LoopbackUp(link::LoopbackUp),
             }],
         };
         let commands = "ip netns add '$(touch /tmp/pwned)' && ip netns exec '$(touch /tmp/pwned)' \

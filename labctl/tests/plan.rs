@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 
 use labctl::engine::{Quiet, execute};
-use labctl::kernel::{Recorder, addr, tc, veth};
+use labctl::kernel::{Recorder, addr, bridge, link, tc, veth, vxlan};
 use labctl::plan::{Action, Phase, Plan, plan};
 
 fn flannel() -> labctl::Lab {
@@ -75,7 +75,7 @@ fn low_level_references_find_their_devices() {
     let p = plan(&labctl_topology::load(&path, &BTreeMap::new()).unwrap());
     let mut seen: HashMap<&str, HashSet<u32>> = HashMap::new();
     for s in &p.steps {
-        if let Action::AddVxlan { ifindex, netns, .. } = &s.action {
+        if let Action::AddVxlan(vxlan::AddVxlan { ifindex, netns, .. }) = &s.action {
             assert!(seen.entry(&s.netns).or_default().insert(*ifindex), "{s}");
             if let Some(n) = netns {
                 assert!(seen.entry(n).or_default().insert(*ifindex), "{s}");
@@ -104,7 +104,7 @@ fn ifindexes_are_unique_and_controllers_exist_first() {
     let mut bridges: HashMap<(&str, u32), Phase> = HashMap::new();
     for s in &p.steps {
         match &s.action {
-            Action::AddBridge { ifindex, .. } => {
+            Action::AddBridge(bridge::AddBridge { ifindex, .. }) => {
                 assert!(seen.entry(&s.netns).or_default().insert(*ifindex), "{s}");
                 bridges.insert((&s.netns, *ifindex), s.phase);
             }
@@ -379,7 +379,9 @@ fn bond_vlan_plan_is_ordered_as_the_kernel_requires() {
         phase_of(&|a| matches!(a, Action::AddVeth(veth::AddVeth { name, .. }) if name == "eth1"));
     let enslave = phase_of(&|a| matches!(a, Action::Enslave(e) if e.ifname == "eth1"));
     let vlan = phase_of(&|a| matches!(a, Action::AddVlan(v) if v.id == 200));
-    let master = phase_of(&|a| matches!(a, Action::SetMaster { ifname, .. } if ifname == "swp3"));
+    let master = phase_of(
+        &|a| matches!(a, Action::SetMaster(link::SetMaster { ifname, .. }) if ifname == "swp3"),
+    );
     let port_vlan = phase_of(&|a| matches!(a, Action::BridgeVlan(v) if v.ifname == "swp3"));
     assert!(
         bond < veth && veth < enslave,

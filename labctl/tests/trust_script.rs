@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{Down, Place, gate, ignored, labctl_here, place_for, unique};
+use labctl::kernel::{bridge, ipvlan, link};
 use labctl::plan::{Action, IfRef, NsSpec, Phase, Plan, Step};
 use labctl_topology::Role;
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -177,12 +178,12 @@ fn hostile_plan() -> Plan {
         });
         let other = HOSTILE[(i + 1) % HOSTILE.len()].to_string();
         let actions = vec![
-            Action::LoopbackUp,
-            Action::AddBridge {
+            Action::LoopbackUp(link::LoopbackUp),
+            Action::AddBridge(bridge::AddBridge {
                 name: h.into(),
                 ifindex: 2,
                 mac: None,
-            },
+            }),
             Action::AddVeth(labctl::kernel::veth::AddVeth {
                 name: h.into(),
                 ifindex: 3,
@@ -200,7 +201,7 @@ fn hostile_plan() -> Plan {
                 name: h.into(),
                 ifindex: 4,
             }),
-            Action::AddIpvlan {
+            Action::AddIpvlan(ipvlan::AddIpvlan {
                 name: h.into(),
                 ifindex: 5,
                 parent: IfRef {
@@ -208,8 +209,8 @@ fn hostile_plan() -> Plan {
                     ifindex: 2,
                 },
                 netns: Some(h.into()),
-            },
-            Action::AddIpvlan {
+            }),
+            Action::AddIpvlan(ipvlan::AddIpvlan {
                 name: h.into(),
                 ifindex: 6,
                 parent: IfRef {
@@ -217,7 +218,7 @@ fn hostile_plan() -> Plan {
                     ifindex: 2,
                 },
                 netns: None,
-            },
+            }),
             Action::IpvsTable {
                 services: Vec::new(),
             },
@@ -226,28 +227,28 @@ fn hostile_plan() -> Plan {
                     "table ip t {{\n\tcomment \"{h}\"\nEOF\n>pwned6\n'EOF'\nEOF1\n}}\n"
                 ),
             },
-            Action::LinkUp {
+            Action::LinkUp(link::LinkUp {
                 ifname: h.into(),
                 ifindex: 3,
-            },
-            Action::IsolatePort {
+            }),
+            Action::IsolatePort(link::IsolatePort {
                 ifname: h.into(),
                 ifindex: 3,
-            },
-            Action::RenameUp {
+            }),
+            Action::RenameUp(link::RenameUp {
                 from: h.into(),
                 ifname: other.clone(),
                 ifindex: 5,
-            },
+            }),
             Action::AddHostAddress(labctl::kernel::addr::AddHostAddress {
                 ifname: h.into(),
                 ifindex: 6,
                 address: "10.0.0.1".parse().unwrap(),
             }),
-            Action::ArpOff {
+            Action::ArpOff(link::ArpOff {
                 ifname: h.into(),
                 ifindex: 6,
-            },
+            }),
             Action::SelfNeighbour(labctl::kernel::neigh::SelfNeighbour {
                 ifname: h.into(),
                 ifindex: 5,
@@ -258,12 +259,12 @@ fn hostile_plan() -> Plan {
                 ifindex: 3,
                 address: "10.0.0.2/24".parse().unwrap(),
             }),
-            Action::AddRoute {
+            Action::AddRoute(labctl::kernel::route::AddRoute {
                 destination: "172.23.96.0/26".parse().unwrap(),
                 via: Some("10.0.0.253".parse().unwrap()),
                 ifname: h.into(),
                 ifindex: 3,
-            },
+            }),
             Action::Sysctl(labctl::kernel::sysctl::Sysctl {
                 key: format!("net.ipv4.conf.{h}.rp_filter"),
                 value: other.clone(),

@@ -1,6 +1,6 @@
 //! `labctl netem`: impair one interface of a lab that is up, by hand.
 
-use labctl::kernel::{Kernel, Netlink};
+use labctl::kernel::{Kernel, Netlink, qdisc};
 use labctl::plan::{Action, Phase, Step};
 use labctl_topology::{Netem, Percent, parse_duration, parse_rate};
 
@@ -155,11 +155,11 @@ pub fn run(args: Args) -> Result {
         };
         let ifname = ifname.to_string();
         let action = match action_netem {
-            Some(netem) => Action::Netem {
+            Some(netem) => Action::Netem(qdisc::Netem {
                 ifname,
                 ifindex,
                 netem,
-            },
+            }),
             None => {
                 let root = kernel.root_qdisc(&netns, ifindex).await.map_err(failed)?;
                 if root.as_deref() != Some(labctl::netem::KIND) {
@@ -168,7 +168,7 @@ pub fn run(args: Args) -> Result {
                         root.as_deref().unwrap_or("none")
                     ));
                 }
-                Action::QdiscDelete { ifname, ifindex }
+                Action::QdiscDelete(qdisc::QdiscDelete { ifname, ifindex })
             }
         };
         let step = Step {

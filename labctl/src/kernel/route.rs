@@ -1,14 +1,14 @@
-//! The layer's routes with options: the payload of [`Action::AddNsRoute`]
-//! and [`Action::DelNsRoute`], their iproute2 text and their netlink calls
-//! (rtnetlink's `RouteMessageBuilder`, with `RTA_MULTIPATH` for several
-//! next hops).
+//! Routes: the payloads of [`Action::AddRoute`] and [`Action::DelRoute`]
+//! (a plain `to`/`via`/`dev` route, as every part of the plan but the
+//! layer makes them), and of [`Action::AddNsRoute`] and
+//! [`Action::DelNsRoute`] (the layer's routes with options), their
+//! iproute2 text and their netlink calls (rtnetlink's
+//! `RouteMessageBuilder`, with `RTA_MULTIPATH` for several next hops).
 //!
-//! A plain `to`/`via`/`dev` route stays an [`Action::AddRoute`], as every
-//! other part of the plan makes them.
-//!
+//! [`Action::AddRoute`]: crate::kernel::step::Action::AddRoute
+//! [`Action::DelRoute`]: crate::kernel::step::Action::DelRoute
 //! [`Action::AddNsRoute`]: crate::kernel::step::Action::AddNsRoute
 //! [`Action::DelNsRoute`]: crate::kernel::step::Action::DelNsRoute
-//! [`Action::AddRoute`]: crate::kernel::step::Action::AddRoute
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
@@ -21,6 +21,95 @@ use serde::Serialize;
 
 use super::step::{IfRef, Step, route_destination, shell_quote as q};
 use super::{KernelError, Netlink, fail};
+
+/// `ip route add DST [via GW] dev IF`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AddRoute {
+    pub destination: Ipv4Net,
+    pub via: Option<Ipv4Addr>,
+    pub ifname: String,
+    pub ifindex: u32,
+}
+
+impl AddRoute {
+    /// The iproute2 command in namespace `ns` (already quoted).
+    pub fn command(&self, ns: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let dst = route_destination(&self.destination);
+        let ifname = q(&self.ifname);
+        match self.via {
+            // `proto static`, as `up` marks its routes.
+            Some(via) => write!(
+                f,
+                "ip -n {ns} route add {dst} via {via} dev {ifname} proto static"
+            ),
+            // `scope global`: `up` sends rtnetlink's default,
+            // universe, where `ip` alone would give a route
+            // without a gateway scope link.
+            None => write!(
+                f,
+                "ip -n {ns} route add {dst} dev {ifname} scope global proto static"
+            ),
+        }
+    }
+
+    pub(super) async fn apply(&self, nl: &Netlink, step: &Step) -> Result<(), KernelError> {
+        let d = &self.destination;
+        let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(d.addr(), d.prefix_len())
+            .output_interface(self.ifindex);
+        if let Some(via) = self.via {
+            b = b.gateway(via);
+        }
+        let msg = b.build();
+        nl.handle(&step.netns)?
+            .route()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(|e| fail(step, e))
+    }
+}
+
+/// `ip route del DST [via GW] dev IF`: a scenario's change, undone by
+/// the [`AddRoute`] the plan made it with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DelRoute {
+    pub destination: Ipv4Net,
+    pub via: Option<Ipv4Addr>,
+    pub ifname: String,
+    pub ifindex: u32,
+}
+
+impl DelRoute {
+    /// The iproute2 command in namespace `ns` (already quoted).
+    pub fn command(&self, ns: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let dst = route_destination(&self.destination);
+        write!(f, "ip -n {ns} route del {dst}")?;
+        if let Some(via) = self.via {
+            write!(f, " via {via}")?;
+        }
+        write!(f, " dev {}", q(&self.ifname))
+    }
+
+    pub(super) async fn apply(&self, nl: &Netlink, step: &Step) -> Result<(), KernelError> {
+        let d = &self.destination;
+        let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(d.addr(), d.prefix_len())
+            .output_interface(self.ifindex);
+        if let Some(via) = self.via {
+            b = b.gateway(via);
+        }
+        match nl.handle(&step.netns) {
+            Ok(h) => h
+                .route()
+                .del(b.build())
+                .execute()
+                .await
+                .map_err(|e| fail(step, e)),
+            Err(e) => Err(e),
+        }
+    }
+}
 
 /// One next hop of an ECMP route.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

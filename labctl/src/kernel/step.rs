@@ -5,8 +5,6 @@
 //! these types live here, below both, and the kernel layer depends on
 //! nothing of planning.
 
-use std::net::Ipv4Addr;
-
 use ipnet::Ipv4Net;
 use labctl_topology::Role;
 use serde::Serialize;
@@ -64,35 +62,20 @@ impl Phase {
 }
 
 /// One kernel action in one namespace.
-///
-/// Bridges are made with multicast snooping off: with it on, each bridge
-/// joins 224.0.0.106 (multicast router discovery) and sends IGMP reports for
-/// a second or two after it comes up, which land in the captures of the
-/// first scenarios. Nothing in the articles uses multicast.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "action")]
 pub enum Action {
-    /// `ip link set lo up`
-    LoopbackUp,
-    /// `ip link add NAME index N type bridge && ip link set NAME up`
-    AddBridge {
-        name: String,
-        ifindex: u32,
-        mac: Option<[u8; 6]>,
-    },
+    /// `lo` up ([`crate::kernel::link`]).
+    LoopbackUp(crate::kernel::link::LoopbackUp),
+    /// A bridge, multicast snooping off ([`crate::kernel::bridge`]).
+    AddBridge(crate::kernel::bridge::AddBridge),
     /// A veth pair, its peer made in its namespace ([`crate::kernel::veth`]).
     AddVeth(crate::kernel::veth::AddVeth),
     /// A dummy device ([`crate::kernel::dummy`]).
     AddDummy(crate::kernel::dummy::AddDummy),
-    /// `ip link add link PARENT name NAME [netns NS] index N type ipvlan mode
-    /// l2`: created here off `parent`, living in `netns` when given (a pod),
-    /// up at once when it stays here (the node's own slave).
-    AddIpvlan {
-        name: String,
-        ifindex: u32,
-        parent: IfRef,
-        netns: Option<String>,
-    },
+    /// A pod's ipvlan, or the node's own slave, off the node's ENI
+    /// ([`crate::kernel::ipvlan`]).
+    AddIpvlan(crate::kernel::ipvlan::AddIpvlan),
     /// `ipvsadm -C`, then `ipvsadm -A -t VIP:PORT -s rr` and `ipvsadm -a
     /// -t VIP:PORT -r RIP:RPORT -m -w W` for each real server: the
     /// namespace's whole IPVS table (kube-proxy's IPVS mode, the SLB).
@@ -101,97 +84,45 @@ pub enum Action {
     },
     /// `nft -f -` with this script inside the namespace.
     Nftables { ruleset: String },
-    /// `ip link set IF up`
-    LinkUp { ifname: String, ifindex: u32 },
-    /// `ip link set IF type bridge_slave isolated on`: the port reaches
-    /// only non-isolated ports (the bridge itself, i.e. the router).
-    IsolatePort { ifname: String, ifindex: u32 },
-    /// `ip link set FROM name IF up`: a pod's ipvlan is made under a
-    /// temporary name, because the kernel looks a new link's name up in the
-    /// namespace that asks (the node, which has an `eth0` of its own).
-    RenameUp {
-        from: String,
-        ifname: String,
-        ifindex: u32,
-    },
+    /// A link up ([`crate::kernel::link`]).
+    LinkUp(crate::kernel::link::LinkUp),
+    /// A bridge port isolated ([`crate::kernel::link`]).
+    IsolatePort(crate::kernel::link::IsolatePort),
+    /// A link renamed from its temporary name and up
+    /// ([`crate::kernel::link`]).
+    RenameUp(crate::kernel::link::RenameUp),
     /// The node's own address on its ipvlan slave, scope host
     /// ([`crate::kernel::addr`]).
     AddHostAddress(crate::kernel::addr::AddHostAddress),
-    /// `ip link set IF arp off`
-    ArpOff { ifname: String, ifindex: u32 },
+    /// ARP off on a link ([`crate::kernel::link`]).
+    ArpOff(crate::kernel::link::ArpOff),
     /// A pod's neighbour entry for its node with its own MAC
     /// ([`crate::kernel::neigh`]).
     SelfNeighbour(crate::kernel::neigh::SelfNeighbour),
     /// An address on an interface ([`crate::kernel::addr`]).
     AddAddress(crate::kernel::addr::AddAddress),
-    /// `ip route add DST [via GW] dev IF`
-    AddRoute {
-        destination: Ipv4Net,
-        via: Option<Ipv4Addr>,
-        ifname: String,
-        ifindex: u32,
-    },
+    /// A route to a destination, through a gateway or not
+    /// ([`crate::kernel::route`]).
+    AddRoute(crate::kernel::route::AddRoute),
     /// A sysctl inside the namespace ([`crate::kernel::sysctl`]).
     Sysctl(crate::kernel::sysctl::Sysctl),
-    /// `tc qdisc replace dev IF root netem ARGS`: the interface's egress
-    /// queue delays, drops, reorders or paces what leaves it (a scenario's
-    /// link change, `labctl netem`). The payload is built in
-    /// [`crate::netem`].
-    Netem {
-        ifname: String,
-        ifindex: u32,
-        netem: labctl_topology::Netem,
-    },
-    /// `tc qdisc del dev IF root`: back to the kernel's default queue.
-    QdiscDelete { ifname: String, ifindex: u32 },
-    /// `ip link set IF down`
-    LinkDown { ifname: String, ifindex: u32 },
-    /// `ip link set IF mtu N`
-    SetMtu {
-        ifname: String,
-        ifindex: u32,
-        mtu: u32,
-    },
-    /// `ip route del DST [via GW] dev IF`: a scenario's change, undone by
-    /// the [`Action::AddRoute`] the plan made it with.
-    DelRoute {
-        destination: Ipv4Net,
-        via: Option<Ipv4Addr>,
-        ifname: String,
-        ifindex: u32,
-    },
-    /// `ip link set IF address MAC` (a scenario's change; veth and vxlan
-    /// take it while up).
-    SetMac {
-        ifname: String,
-        ifindex: u32,
-        mac: [u8; 6],
-    },
-    /// `ip link add NAME [netns NS] index N type vxlan id VNI ...`, sent
-    /// from the underlay's namespace, whose UDP socket the device keeps
-    /// wherever it lives. Moved at once into `netns` when given (under a
-    /// temporary name, renamed there by [`Action::RenameUp`]), else up here.
-    AddVxlan {
-        name: String,
-        ifindex: u32,
-        netns: Option<String>,
-        mac: Option<[u8; 6]>,
-        id: u32,
-        /// A device of the underlay namespace to send through.
-        dev: Option<IfRef>,
-        local: Option<Ipv4Addr>,
-        remote: Option<Ipv4Addr>,
-        port: u16,
-        learning: bool,
-        /// Collect metadata (`external`): no VNI of its own, `id` is 0.
-        external: bool,
-    },
-    /// `ip link set IF master BRIDGE`
-    SetMaster {
-        ifname: String,
-        ifindex: u32,
-        master: IfRef,
-    },
+    /// A netem qdisc at the root of a link's egress queue (a scenario's
+    /// link change, `labctl netem`; [`crate::kernel::qdisc`]).
+    Netem(crate::kernel::qdisc::Netem),
+    /// A link's root qdisc deleted ([`crate::kernel::qdisc`]).
+    QdiscDelete(crate::kernel::qdisc::QdiscDelete),
+    /// A link down ([`crate::kernel::link`]).
+    LinkDown(crate::kernel::link::LinkDown),
+    /// A link's MTU ([`crate::kernel::link`]).
+    SetMtu(crate::kernel::link::SetMtu),
+    /// A route deleted (a scenario's change; [`crate::kernel::route`]).
+    DelRoute(crate::kernel::route::DelRoute),
+    /// A link's MAC address (a scenario's change; [`crate::kernel::link`]).
+    SetMac(crate::kernel::link::SetMac),
+    /// A VXLAN device ([`crate::kernel::vxlan`]).
+    AddVxlan(crate::kernel::vxlan::AddVxlan),
+    /// A link enslaved to a bridge ([`crate::kernel::link`]).
+    SetMaster(crate::kernel::link::SetMaster),
     /// A neighbour entry ([`crate::kernel::neigh`]).
     AddNeighbour(crate::kernel::neigh::AddNeighbour),
     /// A forwarding database entry ([`crate::kernel::fdb`]).
@@ -200,9 +131,8 @@ pub enum Action {
     Clsact(crate::kernel::tc::Clsact),
     /// A match-all mirred filter ([`crate::kernel::tc`]).
     TcMirred(crate::kernel::tc::TcMirred),
-    /// `ip link del IF` (a scenario's change: a pod leaving its node; the
-    /// veth's other end goes with it).
-    DelLink { ifname: String, ifindex: u32 },
+    /// A link deleted (a scenario's change; [`crate::kernel::link`]).
+    DelLink(crate::kernel::link::DelLink),
     /// A neighbour entry deleted (a scenario's change; [`crate::kernel::neigh`]).
     DelNeighbour(crate::kernel::neigh::DelNeighbour),
     /// Every filter of a hook deleted (a scenario's change;

@@ -5,7 +5,7 @@ use ipnet::Ipv4Net;
 use labctl_topology::Lab;
 
 use super::{Action, Indexes, Phase, Step, pusher};
-use crate::kernel::{addr, veth};
+use crate::kernel::{addr, link, veth};
 
 /// Append every client's steps.
 pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
@@ -32,10 +32,10 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
         push(
             Phase::Addresses,
             &ns,
-            Action::LinkUp {
+            Action::LinkUp(link::LinkUp {
                 ifname: "eth0".into(),
                 ifindex,
-            },
+            }),
         );
         push(
             Phase::Addresses,
@@ -59,12 +59,12 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
         push(
             Phase::Routes,
             &ns,
-            Action::AddRoute {
+            Action::AddRoute(crate::kernel::route::AddRoute {
                 destination: Ipv4Net::default(),
                 via: Some(client.gateway),
                 ifname: "eth0".into(),
                 ifindex,
-            },
+            }),
         );
     }
 }

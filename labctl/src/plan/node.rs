@@ -8,7 +8,7 @@ use labctl_topology::Lab;
 
 use super::vpc::Vswitches;
 use super::{Action, IfRef, Indexes, Phase, Step, pusher};
-use crate::kernel::{addr, sysctl, veth};
+use crate::kernel::{addr, bridge, link, sysctl, veth};
 
 /// What the nodes offer their pods.
 pub(super) struct Nodes<'a> {
@@ -56,19 +56,19 @@ pub(super) fn steps<'a>(
             push(
                 Phase::Addresses,
                 &ns,
-                Action::LinkUp {
+                Action::LinkUp(link::LinkUp {
                     ifname: eni.name.clone(),
                     ifindex,
-                },
+                }),
             );
             if isolated {
                 push(
                     Phase::Addresses,
                     &vpc,
-                    Action::IsolatePort {
+                    Action::IsolatePort(link::IsolatePort {
                         ifname: eni.vpc_port.clone(),
                         ifindex: port_index,
-                    },
+                    }),
                 );
             }
             if let Some(address) = eni.address {
@@ -95,11 +95,11 @@ pub(super) fn steps<'a>(
             push(
                 Phase::Devices,
                 &ns,
-                Action::AddBridge {
+                Action::AddBridge(bridge::AddBridge {
                     name: node.bridge.clone(),
                     ifindex,
                     mac: None,
-                },
+                }),
             );
             push(
                 Phase::Addresses,
@@ -115,12 +115,12 @@ pub(super) fn steps<'a>(
             push(
                 Phase::Routes,
                 &ns,
-                Action::AddRoute {
+                Action::AddRoute(crate::kernel::route::AddRoute {
                     destination: Ipv4Net::default(),
                     via: Some(node.default_gateway),
                     ifname,
                     ifindex,
-                },
+                }),
             );
         }
         for (key, value) in &node.sysctls {

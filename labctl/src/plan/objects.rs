@@ -8,7 +8,7 @@ use labctl_topology::{Lab, LinkKind, TcAction, hashed_ifname};
 
 use super::{Action, IfRef, Indexes, Interfaces, Phase, Step};
 use crate::kernel::{
-    addr, bond, bridge, dummy, fdb, macvlan, neigh, route, sysctl, tc, veth, vlan,
+    addr, bond, bridge, dummy, fdb, link, macvlan, neigh, route, sysctl, tc, veth, vlan, vxlan,
 };
 
 /// Append the layer's steps.
@@ -57,11 +57,11 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
                     default_pvid: b.vlan_default_pvid,
                 })
             }
-            LinkKind::Bridge(_) => Action::AddBridge {
+            LinkKind::Bridge(_) => Action::AddBridge(bridge::AddBridge {
                 name: link.name.clone(),
                 ifindex: idx.next(&netns),
                 mac: link.mac,
-            },
+            }),
             LinkKind::Bond(b) => Action::AddBond(bond::AddBond {
                 name: link.name.clone(),
                 ifindex: idx.next(&netns),
@@ -72,7 +72,7 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
             _ => continue,
         };
         let ifindex = match &action {
-            Action::AddBridge { ifindex, .. } => *ifindex,
+            Action::AddBridge(bridge::AddBridge { ifindex, .. }) => *ifindex,
             Action::AddVlanBridge(a) => a.ifindex,
             Action::AddBond(a) => a.ifindex,
             _ => unreachable!("only masters above"),
@@ -128,10 +128,10 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
                     push(
                         Phase::Addresses,
                         peer_ns.clone(),
-                        Action::LinkUp {
+                        Action::LinkUp(link::LinkUp {
                             ifname: peer.name.clone(),
                             ifindex: peer_ifindex,
-                        },
+                        }),
                     );
                 }
                 mtus.push((netns.clone(), link.name.clone(), ifindex, link.mtu));
@@ -176,11 +176,11 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
                     push(
                         Phase::Stacked,
                         netns.clone(),
-                        Action::SetMac {
+                        Action::SetMac(link::SetMac {
                             ifname: link.name.clone(),
                             ifindex,
                             mac,
-                        },
+                        }),
                     );
                 }
                 ends.push((
@@ -252,7 +252,7 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
                     link.name.clone()
                 };
                 let action = match &link.kind {
-                    LinkKind::Vxlan(x) => Action::AddVxlan {
+                    LinkKind::Vxlan(x) => Action::AddVxlan(vxlan::AddVxlan {
                         name: made_as.clone(),
                         ifindex,
                         netns: moved.then(|| netns.clone()),
@@ -264,7 +264,7 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
                         port: x.port,
                         learning: x.learning,
                         external: x.external,
-                    },
+                    }),
                     LinkKind::Macvlan(m) => Action::AddOffParent(macvlan::AddOffParent {
                         name: made_as.clone(),
                         ifindex,
@@ -289,11 +289,11 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
                     push(
                         Phase::Addresses,
                         netns.clone(),
-                        Action::RenameUp {
+                        Action::RenameUp(link::RenameUp {
                             from: made_as,
                             ifname: link.name.clone(),
                             ifindex,
-                        },
+                        }),
                     );
                 }
                 ends.push((
@@ -329,11 +329,11 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
                 push(
                     Phase::Addresses,
                     netns.clone(),
-                    Action::SetMaster {
+                    Action::SetMaster(link::SetMaster {
                         ifname: ifname.clone(),
                         ifindex,
                         master,
-                    },
+                    }),
                 );
             }
         }
@@ -374,11 +374,11 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
             push(
                 Phase::Addresses,
                 netns,
-                Action::SetMtu {
+                Action::SetMtu(link::SetMtu {
                     ifname,
                     ifindex,
                     mtu,
-                },
+                }),
             );
         }
     }
@@ -400,12 +400,12 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
         let action = match &r.dev {
             Some(dev) if r.is_plain() => {
                 let dev = find(&index, &netns, dev);
-                Action::AddRoute {
+                Action::AddRoute(route::AddRoute {
                     destination: r.destination,
                     via: r.via,
                     ifname: dev.name,
                     ifindex: dev.ifindex,
-                }
+                })
             }
             _ => Action::AddNsRoute(route::AddNsRoute {
                 destination: r.destination,
@@ -525,6 +525,10 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
     // Last: a link left down took part in everything above (a port, a
     // slave) as the kernel allows a down link to.
     for (netns, ifname, ifindex) in downs {
-        push(Phase::Sysctls, netns, Action::LinkDown { ifname, ifindex });
+        push(
+            Phase::Sysctls,
+            netns,
+            Action::LinkDown(link::LinkDown { ifname, ifindex }),
+        );
     }
 }

@@ -11,7 +11,7 @@ use labctl_topology::{Attachment, Lab, Pod};
 
 use super::node::Nodes;
 use super::{Action, IfRef, Indexes, Phase, Step, pusher};
-use crate::kernel::{addr, neigh, veth};
+use crate::kernel::{addr, ipvlan, link, neigh, veth};
 
 /// Append every pod's steps; returns each pod's eth0 ifindex, by pod name.
 pub(super) fn steps(
@@ -51,12 +51,12 @@ pub(super) fn steps(
             push(
                 Phase::Routes,
                 &pod_ns,
-                Action::AddRoute {
+                Action::AddRoute(crate::kernel::route::AddRoute {
                     destination: route.destination,
                     via: Some(route.via),
                     ifname: pod.ifname.clone(),
                     ifindex: pod_index,
-                },
+                }),
             );
         }
     }
@@ -104,12 +104,12 @@ fn ipvlan(
             push(
                 Phase::Stacked,
                 &node_ns,
-                Action::AddIpvlan {
+                Action::AddIpvlan(ipvlan::AddIpvlan {
                     name: host_slave.to_string(),
                     ifindex: i,
                     parent: parent.clone(),
                     netns: None,
-                },
+                }),
             );
             // As Terway sets up ipvl_N: no ARP, the node's own
             // address (scope host). ipvlan switches frames
@@ -119,10 +119,10 @@ fn ipvlan(
             push(
                 Phase::Addresses,
                 &node_ns,
-                Action::ArpOff {
+                Action::ArpOff(link::ArpOff {
                     ifname: host_slave.to_string(),
                     ifindex: i,
-                },
+                }),
             );
             push(
                 Phase::Addresses,
@@ -141,21 +141,21 @@ fn ipvlan(
     push(
         Phase::Stacked,
         &node_ns,
-        Action::AddIpvlan {
+        Action::AddIpvlan(ipvlan::AddIpvlan {
             name: temporary.clone(),
             ifindex: pod_index,
             parent,
             netns: Some(pod_ns.clone()),
-        },
+        }),
     );
     push(
         Phase::Addresses,
         &pod_ns,
-        Action::RenameUp {
+        Action::RenameUp(link::RenameUp {
             from: temporary,
             ifname: pod.ifname.clone(),
             ifindex: pod_index,
-        },
+        }),
     );
     push(
         Phase::Routes,
@@ -170,12 +170,12 @@ fn ipvlan(
     push(
         Phase::Routes,
         &node_ns,
-        Action::AddRoute {
+        Action::AddRoute(crate::kernel::route::AddRoute {
             destination: Ipv4Net::new(pod.address.addr(), 32).expect("/32"),
             via: None,
             ifname: host_slave.to_string(),
             ifindex: slave_index,
-        },
+        }),
     );
     pod_index
 }
@@ -212,10 +212,10 @@ fn bridge(
     push(
         Phase::Addresses,
         &pod_ns,
-        Action::LinkUp {
+        Action::LinkUp(link::LinkUp {
             ifname: pod.ifname.clone(),
             ifindex: pod_index,
-        },
+        }),
     );
     if lab.node(&pod.node).is_some_and(|n| n.hairpin_mode) {
         push(

@@ -7,7 +7,7 @@ use ipnet::Ipv4Net;
 use labctl_topology::{Attachment, Lab};
 
 use super::{Action, IfRef, Indexes, Phase, Step, pusher};
-use crate::kernel::{addr, sysctl};
+use crate::kernel::{addr, bridge, sysctl};
 
 /// The vSwitches' bridges in the VPC's namespace, by subnet name.
 pub(super) type Vswitches<'a> = HashMap<&'a str, IfRef>;
@@ -34,11 +34,11 @@ pub(super) fn steps<'a>(lab: &'a Lab, idx: &mut Indexes, steps: &mut Vec<Step>) 
         push(
             Phase::Devices,
             &vpc,
-            Action::AddBridge {
+            Action::AddBridge(bridge::AddBridge {
                 name: subnet.name.clone(),
                 ifindex,
                 mac: None,
-            },
+            }),
         );
         let address = Ipv4Net::new(subnet.gateway, subnet.cidr.prefix_len())
             .expect("resolved prefix is valid");
@@ -130,12 +130,12 @@ pub(super) fn routes(lab: &Lab, vsw: &Vswitches, steps: &mut Vec<Step>) {
             push(
                 Phase::Routes,
                 &vpc,
-                Action::AddRoute {
+                Action::AddRoute(crate::kernel::route::AddRoute {
                     destination: route.destination,
                     via: Some(route.via),
                     ifname: subnet.name.clone(),
                     ifindex: vsw[subnet.name.as_str()].ifindex,
-                },
+                }),
             );
         }
     }
