@@ -11,7 +11,7 @@ use labctl_topology::{Attachment, Lab, Pod};
 
 use super::node::Nodes;
 use super::{Action, IfRef, Indexes, Phase, Step, pusher};
-use crate::kernel::{addr, ipvlan, link, neigh, veth};
+use crate::kernel::{addr, link, neigh, veth};
 
 /// Append every pod's steps; returns each pod's eth0 ifindex, by pod name.
 pub(super) fn steps(
@@ -104,7 +104,7 @@ fn ipvlan(
             push(
                 Phase::Stacked,
                 &node_ns,
-                Action::AddIpvlan(ipvlan::AddIpvlan {
+                Action::AddIpvlan(crate::kernel::ipvlan::AddIpvlan {
                     name: host_slave.to_string(),
                     ifindex: i,
                     parent: parent.clone(),
@@ -141,7 +141,7 @@ fn ipvlan(
     push(
         Phase::Stacked,
         &node_ns,
-        Action::AddIpvlan(ipvlan::AddIpvlan {
+        Action::AddIpvlan(crate::kernel::ipvlan::AddIpvlan {
             name: temporary.clone(),
             ifindex: pod_index,
             parent,
