@@ -114,28 +114,34 @@ impl fmt::Display for Step {
             Action::AddDummy(a) => a.command(&ns, f),
             Action::AddIpvlan(a) => a.command(&ns, f),
             Action::IpvsTable { services } => {
-                // Addresses, ports and weights are numbers: only the
-                // namespace needs quoting.
-                write!(f, "ip netns exec {ns} ipvsadm -C")?;
+                // One process in the namespace for the whole table (a
+                // process per `ipvsadm` is costly where every exec is, as
+                // in the VM): the commands chained in one `sh -c`.
+                // Addresses, ports and weights are numbers, so the
+                // single-quoted command needs no quoting of its own; only
+                // the namespace does. (`ipvsadm -R` would read them from
+                // stdin in one process, but Debian 12's 1.31 refuses its
+                // `-a` lines with EINVAL.)
+                let mut cmds = vec!["ipvsadm -C".to_string()];
                 for vs in services {
                     let flag = match vs.protocol {
                         labctl_topology::Protocol::Tcp => "-t",
                         labctl_topology::Protocol::Udp => "-u",
                     };
                     let (a, p) = (vs.address, vs.port);
-                    write!(f, " && ip netns exec {ns} ipvsadm -A {flag} {a}:{p} -s rr")?;
+                    let mut add = format!("ipvsadm -A {flag} {a}:{p} -s rr");
                     if let Some(t) = vs.persistent {
-                        write!(f, " -p {t}")?;
+                        add.push_str(&format!(" -p {t}"));
                     }
+                    cmds.push(add);
                     for d in &vs.dests {
-                        write!(
-                            f,
-                            " && ip netns exec {ns} ipvsadm -a {flag} {a}:{p} -r {}:{} -m -w {}",
+                        cmds.push(format!(
+                            "ipvsadm -a {flag} {a}:{p} -r {}:{} -m -w {}",
                             d.address, d.port, d.weight
-                        )?;
+                        ));
                     }
                 }
-                Ok(())
+                write!(f, "ip netns exec {ns} sh -c '{}'", cmds.join(" && "))
             }
             Action::Nftables { ruleset } => {
                 // A quoted delimiter: the shell expands nothing in the body,
@@ -543,9 +549,9 @@ mod tests {
         }];
         assert_eq!(
             step(PWN, Action::IpvsTable { services }),
-            "ip netns exec '$(touch /tmp/pwned)' ipvsadm -C \
-             && ip netns exec '$(touch /tmp/pwned)' ipvsadm -A -t 192.168.13.23:80 -s rr \
-             && ip netns exec '$(touch /tmp/pwned)' ipvsadm -a -t 192.168.13.23:80 -r 172.23.96.163:80 -m -w 1"
+            "ip netns exec '$(touch /tmp/pwned)' sh -c 'ipvsadm -C \
+             && ipvsadm -A -t 192.168.13.23:80 -s rr \
+             && ipvsadm -a -t 192.168.13.23:80 -r 172.23.96.163:80 -m -w 1'"
         );
     }
 

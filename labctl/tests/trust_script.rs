@@ -453,7 +453,7 @@ fn script_passes_hostile_words_intact() -> Result<(), Failed> {
                 "mode", "l2",
             ]),
             argv(&["-n", &ns, "link", "add", h, "index", "4", "type", "dummy"]),
-            argv(&["netns", "exec", &ns, "ipvsadm", "-C"]),
+            argv(&["netns", "exec", &ns, "sh", "-c", "ipvsadm -C"]),
             argv(&["netns", "exec", &ns, "nft", "-f", "-"]),
             argv(&[
                 "-n",

@@ -77,8 +77,9 @@ pub enum Action {
     /// ([`crate::kernel::ipvlan`]).
     AddIpvlan(crate::kernel::ipvlan::AddIpvlan),
     /// `ipvsadm -C`, then `ipvsadm -A -t VIP:PORT -s rr` and `ipvsadm -a
-    /// -t VIP:PORT -r RIP:RPORT -m -w W` for each real server: the
-    /// namespace's whole IPVS table (kube-proxy's IPVS mode, the SLB).
+    /// -t VIP:PORT -r RIP:RPORT -m -w W` for each real server, in one
+    /// `sh -c`: the namespace's whole IPVS table (kube-proxy's IPVS mode,
+    /// the SLB).
     IpvsTable {
         services: Vec<crate::services::VirtualService>,
     },
