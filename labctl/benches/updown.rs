@@ -37,7 +37,8 @@
 //!
 //! Rows are printed as each finishes. A run killed during the baseline
 //! leaves its namespaces (named `updown-*`, unmarked); the next run
-//! removes those its killed predecessor listed before anything else.
+//! removes those its killed predecessor listed (in the bench's scratch
+//! directory under target/, never /tmp) before anything else.
 //!
 //! Needs root. Targets (issue 17), printed at the end: 1,000 pods up in at
 //! most 1.2 s; 10,000 pods up in at most 15 s and down --wait in at most
@@ -212,10 +213,11 @@ fn measure(
     assert!(script.status.success(), "labctl plan failed");
     let script = String::from_utf8_lossy(&script.stdout).to_string();
     let names = namespaces(&script);
-    let dir = std::env::temp_dir();
-    let up_path = dir.join("labctl-bench-up.sh");
-    let down_path = stale_down_script();
+    let dir = work_dir();
+    let up_path = dir.join("up.sh");
+    let down_path = dir.join("down.sh");
     std::fs::write(&up_path, &script).expect("write the up script");
+    std::fs::write(&down_path, delete_script(&names)).expect("write the down script");
     let bash = PathBuf::from("bash");
     let load = load();
     let (mut up, mut down, mut bup, mut bdown) = (vec![], vec![], vec![], vec![]);
@@ -238,14 +240,14 @@ fn measure(
         if baseline {
             // Written before the baseline makes anything, removed once it
             // is all gone: a killed run leaves it for the next.
-            std::fs::write(&down_path, delete_script(&names)).expect("write the down script");
+            std::fs::write(stale_list(), names.join("\n")).expect("write the names list");
             let built = try_timed(&bash, &[up_path.to_string_lossy().to_string()]);
             let t = std::time::Instant::now();
             timed(&bash, &[down_path.to_string_lossy().to_string()]);
             labctl::release::wait_let_go(RELEASE_LIMIT)
                 .expect("the baseline's namespaces released");
             bdown.push(t.elapsed());
-            let _ = std::fs::remove_file(&down_path);
+            let _ = std::fs::remove_file(stale_list());
             // Failed, it is still removed first.
             bup.push(built.unwrap_or_else(|e| panic!("baseline: {e}")).wall);
         }
@@ -460,19 +462,40 @@ print('MININET %f %f' % (up, time.monotonic() - t))
     }
 }
 
-/// Where the baseline's down script is kept while its namespaces exist:
-/// a killed run leaves it, and the next one runs it first.
-fn stale_down_script() -> PathBuf {
-    std::env::temp_dir().join("labctl-bench-down.sh")
+/// The bench's own scratch directory, under the build's target directory
+/// (not the shared, world-writable /tmp: this runs as root and executes
+/// the scripts it writes there).
+fn work_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("updown");
+    std::fs::create_dir_all(&dir).expect("the bench's scratch directory");
+    dir
 }
 
+/// The baseline's namespace names, kept while they exist: a killed run
+/// leaves the list, and the next one deletes them first.
+fn stale_list() -> PathBuf {
+    work_dir().join("baseline-namespaces")
+}
+
+/// Delete what a killed baseline left: only names of the bench's own
+/// lab (`updown-*`), each by `ip netns delete` with the name as one
+/// argument; the list is read, never run.
 fn remove_stale_baseline() {
-    let path = stale_down_script();
-    if path.exists() {
-        let _ = Command::new("bash").arg(&path).output();
-        let _ = labctl::release::wait_let_go(RELEASE_LIMIT);
-        let _ = std::fs::remove_file(&path);
+    let path = stale_list();
+    let Ok(list) = std::fs::read_to_string(&path) else {
+        return;
+    };
+    let prefix = format!("{LAB}-");
+    for name in list
+        .lines()
+        .filter(|n| n.starts_with(&prefix) && !n.contains('/'))
+    {
+        if std::path::Path::new("/run/netns").join(name).exists() {
+            let _ = Command::new("ip").args(["netns", "delete", name]).output();
+        }
     }
+    let _ = labctl::release::wait_let_go(RELEASE_LIMIT);
+    let _ = std::fs::remove_file(&path);
 }
 
 fn secs(d: Duration) -> String {
