@@ -22,6 +22,28 @@ use serde::Serialize;
 use super::step::{IfRef, Step, route_destination, shell_quote as q};
 use super::{KernelError, Netlink, fail};
 
+/// Whether a route message adds or deletes.
+enum Op {
+    Add,
+    Del,
+}
+
+/// Send one route message in the step's namespace: the one netlink call
+/// every route kind here ends in.
+async fn send(
+    nl: &Netlink,
+    step: &Step,
+    msg: netlink_packet_route::route::RouteMessage,
+    op: Op,
+) -> Result<(), KernelError> {
+    let routes = nl.handle(&step.netns)?.route();
+    match op {
+        Op::Add => routes.add(msg).execute().await,
+        Op::Del => routes.del(msg).execute().await,
+    }
+    .map_err(|e| fail(step, e))
+}
+
 /// `ip route add DST [via GW] dev IF`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AddRoute {
@@ -60,13 +82,7 @@ impl AddRoute {
         if let Some(via) = self.via {
             b = b.gateway(via);
         }
-        let msg = b.build();
-        nl.handle(&step.netns)?
-            .route()
-            .add(msg)
-            .execute()
-            .await
-            .map_err(|e| fail(step, e))
+        send(nl, step, b.build(), Op::Add).await
     }
 }
 
@@ -99,15 +115,7 @@ impl DelRoute {
         if let Some(via) = self.via {
             b = b.gateway(via);
         }
-        match nl.handle(&step.netns) {
-            Ok(h) => h
-                .route()
-                .del(b.build())
-                .execute()
-                .await
-                .map_err(|e| fail(step, e)),
-            Err(e) => Err(e),
-        }
+        send(nl, step, b.build(), Op::Del).await
     }
 }
 
@@ -227,12 +235,7 @@ impl AddNsRoute {
             }
             b = b.multipath(hops);
         }
-        nl.handle(&step.netns)?
-            .route()
-            .add(b.build())
-            .execute()
-            .await
-            .map_err(|e| fail(step, e))
+        send(nl, step, b.build(), Op::Add).await
     }
 }
 
@@ -282,11 +285,6 @@ impl DelNsRoute {
         if let Some(m) = self.metric {
             b = b.priority(m);
         }
-        nl.handle(&step.netns)?
-            .route()
-            .del(b.build())
-            .execute()
-            .await
-            .map_err(|e| fail(step, e))
+        send(nl, step, b.build(), Op::Del).await
     }
 }
