@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::io;
 
-use labctl_topology::{Attachment, Lab};
+use labctl_topology::Lab;
 use netlink_packet_route::link::{IpVlanMode, MacVlanMode};
 use rtnetlink::{
     LinkBond, LinkBridge, LinkDummy, LinkIpVlan, LinkMacVlan, LinkVeth, LinkVlan, LinkVxlan,
@@ -110,12 +110,8 @@ impl fmt::Display for Feature {
 /// The features a lab needs, from its model.
 pub fn required(lab: &Lab) -> BTreeSet<Feature> {
     let mut need = BTreeSet::from([Feature::Veth, Feature::Bridge]);
-    for pod in &lab.pods {
-        if let Attachment::Ipvlan { .. } = pod.attachment {
-            need.insert(Feature::Ipvlan);
-        }
-    }
-    for link in &lab.objects.links {
+    // The CNI keys' links (a Terway pod's ipvlan) as the user's own.
+    for link in lab.lowered().links.iter().chain(&lab.objects.links) {
         use labctl_topology::LinkKind;
         match &link.kind {
             LinkKind::Vxlan(_) => need.insert(Feature::Vxlan),

@@ -22,7 +22,7 @@ use ipnet::Ipv4Net;
 use labctl_topology::{Lab, Role};
 use serde::Serialize;
 
-use crate::kernel::{addr, bridge, ipvlan, link, veth};
+use crate::kernel::{addr, bridge, link, macvlan, veth};
 use crate::plan::{Action, Plan};
 
 /// The lab's diagram.
@@ -84,8 +84,11 @@ impl Vertex {
 pub enum LinkKind {
     /// A veth pair (its ends may be bridge ports).
     Veth,
-    /// An ipvlan slave in the pod (`b`) of the node's ENI (`a`).
+    /// An ipvlan slave in the pod (`b`) of the node's ENI (`a`), or of any
+    /// parent in another namespace.
     Ipvlan,
+    /// A macvlan in one namespace (`b`) of a parent in another (`a`).
+    Macvlan,
     /// A bridge's own device in its namespace: the namespace's stack
     /// reaches the bridge through it.
     Bridge,
@@ -130,6 +133,7 @@ impl Link {
         match self.kind {
             LinkKind::Veth => format!("{} — {}", self.a.text(), self.b.text()),
             LinkKind::Ipvlan => format!("{} (ipvlan) — {}", self.a.text(), self.b.text()),
+            LinkKind::Macvlan => format!("{} (macvlan) — {}", self.a.text(), self.b.text()),
             LinkKind::Bridge => String::new(),
         }
     }
@@ -288,15 +292,19 @@ impl Graph {
                         },
                     });
                 }
-                Action::AddIpvlan(ipvlan::AddIpvlan {
+                Action::AddOffParent(macvlan::AddOffParent {
                     name,
                     parent,
                     netns: Some(pod_ns),
+                    mode,
                     ..
                 }) => {
                     let ifname = renamed.get(&(pod_ns.clone(), name.clone())).unwrap_or(name);
                     links.push(Link {
-                        kind: LinkKind::Ipvlan,
+                        kind: match mode {
+                            macvlan::Mode::Ipvlan(_) => LinkKind::Ipvlan,
+                            macvlan::Mode::Macvlan(_) => LinkKind::Macvlan,
+                        },
                         a: End {
                             vertex: index[&ent(&s.netns)],
                             interface: hop(&s.netns, &parent.name),

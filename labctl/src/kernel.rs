@@ -8,7 +8,7 @@
 //!
 //! Each object kind keeps its payload, its iproute2 text and its netlink
 //! call together in a file of its own (veth, dummy, bridge, vxlan, vlan,
-//! bond, ipvlan, macvlan, link (a link's settings: up, down, MTU, MAC,
+//! bond, macvlan (and ipvlan), link (a link's settings: up, down, MTU, MAC,
 //! master, name, ARP, port isolation, delete), addr, route, neigh, fdb,
 //! tc, qdisc (netem), sysctl, [`ebpf`] (load and pin, cls_bpf filters,
 //! map contents), [`ipvs`] (a namespace's IPVS table), [`nft`] (a ruleset
@@ -56,7 +56,6 @@ pub mod bridge;
 pub mod dummy;
 pub mod ebpf;
 pub mod fdb;
-pub mod ipvlan;
 pub mod ipvs;
 pub mod link;
 pub mod macvlan;
@@ -557,7 +556,6 @@ impl Kernel for Netlink {
             Action::AddBridge(a) => a.apply(self, step).await,
             Action::AddVeth(a) => a.apply(self, step).await,
             Action::AddDummy(a) => a.apply(self, step).await,
-            Action::AddIpvlan(a) => a.apply(self, step).await,
             Action::BpfLoad { .. }
             | Action::BpfAttach { .. }
             | Action::BpfMaps { .. }

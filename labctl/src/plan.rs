@@ -10,12 +10,14 @@
 //! Actions are grouped in phases. Within a phase they are independent and run
 //! concurrently; a phase starts when the previous one has finished.
 //!
-//! [`plan`] calls one function per entity kind, each in its file under
-//! `plan/`, in the order that fixes their ifindexes: the VPC (`vpc`), nodes
-//! (`node`), the VPC's routes, pods (`pod`, one function per attachment),
-//! clients (`client`), services ([`services`]), the eBPF load balancer
-//! ([`ebpf`]) and last the low-level objects (`objects`, the eBPF overlay
-//! router of [`route`] among them).
+//! One path from YAML to kernel: the vpc/nodes/pods/clients keys are
+//! lowered to the low-level layer's objects (`Lab::lowered`, in the
+//! topology crate) and planned by `objects` as the user's own `links`,
+//! `addresses`, `routes`... are. [`plan`] plans, in the order that fixes
+//! their ifindexes: the lowered keys, the VPC's bridge-family nft table
+//! (`vpc`), services ([`services`]), the eBPF load balancer ([`ebpf`]), the
+//! user's low-level objects (`objects`) and the eBPF overlay router of
+//! [`route`].
 
 use std::collections::HashMap;
 use std::fmt;
@@ -26,13 +28,10 @@ use serde::Serialize;
 pub use crate::kernel::step::{
     Action, IfRef, NsSpec, Phase, Step, TC_PRIO, route_destination, shell_quote,
 };
-use crate::kernel::{bridge, dummy, ipvlan, link, veth, vxlan};
+use crate::kernel::{bridge, dummy, link, veth, vxlan};
 
-mod client;
 pub mod ebpf;
-mod node;
 mod objects;
-mod pod;
 pub mod route;
 pub mod services;
 mod vpc;
@@ -112,7 +111,6 @@ impl fmt::Display for Step {
             Action::IsolatePort(a) => a.command(&ns, f),
             Action::RenameUp(a) => a.command(&ns, f),
             Action::AddDummy(a) => a.command(&ns, f),
-            Action::AddIpvlan(a) => a.command(&ns, f),
             Action::IpvsTable { services } => {
                 // One process in the namespace for the whole table (a
                 // process per `ipvsadm` is costly where every exec is, as
@@ -252,16 +250,6 @@ impl Interfaces {
                     peer.insert(a.clone(), b.clone());
                     peer.insert(b, a);
                 }
-                // Made in the node under its final name when it stays
-                // there; a pod's is renamed inside the pod.
-                Action::AddIpvlan(ipvlan::AddIpvlan {
-                    name,
-                    ifindex,
-                    netns: None,
-                    ..
-                }) => {
-                    index.insert((ns, name.clone()), *ifindex);
-                }
                 Action::RenameUp(link::RenameUp {
                     ifname, ifindex, ..
                 }) => {
@@ -365,11 +353,9 @@ pub fn plan(lab: &Lab) -> Plan {
         }
     }
 
-    let vsw = vpc::steps(lab, &mut idx, &mut steps);
-    let nodes = node::steps(lab, &mut idx, &mut steps, &vsw);
-    vpc::routes(lab, &vsw, &mut steps);
-    let pod_ifindex = pod::steps(lab, &mut idx, &mut steps, &nodes);
-    client::steps(lab, &mut idx, &mut steps);
+    // The vpc/nodes/pods/clients keys, as the low-level layer's objects.
+    let index = objects::steps(lab, &lab.lowered(), &mut idx, &mut steps);
+    steps.extend(vpc::same_eni_rules(lab));
     // Services, kube-proxy IPVS style, on every node: every service address
     // on a dummy kube-ipvs0; the SLB's addresses local to the VPC router;
     // then the IPVS tables and rules (crate::services).
@@ -378,9 +364,18 @@ pub fn plan(lab: &Lab) -> Plan {
         steps.extend(services::steps(lab, &Default::default()));
         steps.extend(services::sysctl_steps(lab));
     }
+    let pod_ifindex: HashMap<String, u32> = lab
+        .pods
+        .iter()
+        .filter_map(|p| {
+            let i = index.get(&lab.netns(&p.name), &p.ifname)?;
+            Some((p.name.clone(), i.ifindex))
+        })
+        .collect();
     steps.extend(ebpf::steps(lab, &pod_ifindex));
     // Last, so the ifindexes of everything above stay what they were.
-    objects::steps(lab, &mut idx, &mut steps);
+    let index = objects::steps(lab, &lab.objects, &mut idx, &mut steps);
+    steps.extend(route::steps(lab, &index));
 
     steps.sort_by_key(|s| s.phase);
     Plan {
@@ -500,7 +495,7 @@ mod tests {
         assert_eq!(
             step(
                 "lab-p1",
-                Action::AddIpvlan(ipvlan::AddIpvlan {
+                Action::AddOffParent(crate::kernel::macvlan::AddOffParent {
                     name: "x;y".into(),
                     ifindex: 4,
                     parent: IfRef {
@@ -508,6 +503,8 @@ mod tests {
                         ifindex: 2,
                     },
                     netns: Some("a'b".into()),
+                    mac: None,
+                    mode: crate::kernel::macvlan::Mode::Ipvlan(labctl_topology::IpvlanMode::L2),
                 })
             ),
             "ip -n lab-p1 link add link '$(touch /tmp/pwned)' name 'x;y' netns 'a'\\''b' \

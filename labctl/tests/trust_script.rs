@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{Down, Place, gate, ignored, labctl_here, place_for, unique};
-use labctl::kernel::{bridge, ipvlan, link};
+use labctl::kernel::{bridge, link, macvlan};
 use labctl::plan::{Action, IfRef, NsSpec, Phase, Plan, Step};
 use labctl_topology::Role;
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -201,7 +201,7 @@ fn hostile_plan() -> Plan {
                 name: h.into(),
                 ifindex: 4,
             }),
-            Action::AddIpvlan(ipvlan::AddIpvlan {
+            Action::AddOffParent(macvlan::AddOffParent {
                 name: h.into(),
                 ifindex: 5,
                 parent: IfRef {
@@ -209,8 +209,10 @@ fn hostile_plan() -> Plan {
                     ifindex: 2,
                 },
                 netns: Some(h.into()),
+                mac: None,
+                mode: macvlan::Mode::Ipvlan(labctl_topology::IpvlanMode::L2),
             }),
-            Action::AddIpvlan(ipvlan::AddIpvlan {
+            Action::AddOffParent(macvlan::AddOffParent {
                 name: h.into(),
                 ifindex: 6,
                 parent: IfRef {
@@ -218,6 +220,8 @@ fn hostile_plan() -> Plan {
                     ifindex: 2,
                 },
                 netns: None,
+                mac: None,
+                mode: macvlan::Mode::Ipvlan(labctl_topology::IpvlanMode::L2),
             }),
             Action::IpvsTable {
                 services: Vec::new(),

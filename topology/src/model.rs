@@ -13,6 +13,7 @@ use ipnet::Ipv4Net;
 use serde::Serialize;
 
 mod evpn;
+mod lower;
 mod objects;
 pub use evpn::*;
 pub use objects::*;

@@ -6,7 +6,7 @@
 //! [`Action::AddHostAddress`]: crate::kernel::step::Action::AddHostAddress
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use ipnet::Ipv4Net;
 use netlink_packet_route::address::AddressScope;
@@ -54,7 +54,7 @@ impl AddAddress {
     }
 }
 
-/// `ip addr add ADDR/32 dev IF scope host`: the node's own address on
+/// `ip addr add ADDR dev IF scope host`: as the node's own address on
 /// its ipvlan slave (Terway's `ipvl_N`). Scope host, so the kernel never
 /// picks it as the source towards a pod (it takes the node's address
 /// from `eth0`), yet a frame for it reaches the node through the slave.
@@ -62,7 +62,7 @@ impl AddAddress {
 pub struct AddHostAddress {
     pub ifname: String,
     pub ifindex: u32,
-    pub address: Ipv4Addr,
+    pub address: Ipv4Net,
 }
 
 impl AddHostAddress {
@@ -70,17 +70,18 @@ impl AddHostAddress {
     pub fn command(&self, ns: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "ip -n {ns} addr add {}/32 dev {} scope host",
+            "ip -n {ns} addr add {} dev {} scope host",
             self.address,
             q(&self.ifname)
         )
     }
 
     pub(super) async fn apply(&self, nl: &Netlink, step: &Step) -> Result<(), KernelError> {
-        let mut req =
-            nl.handle(&step.netns)?
-                .address()
-                .add(self.ifindex, IpAddr::V4(self.address), 32);
+        let mut req = nl.handle(&step.netns)?.address().add(
+            self.ifindex,
+            IpAddr::V4(self.address.addr()),
+            self.address.prefix_len(),
+        );
         req.message_mut().header.scope = AddressScope::Host;
         req.execute().await.map_err(|e| fail(step, e))
     }

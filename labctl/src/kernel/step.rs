@@ -73,9 +73,6 @@ pub enum Action {
     AddVeth(crate::kernel::veth::AddVeth),
     /// A dummy device ([`crate::kernel::dummy`]).
     AddDummy(crate::kernel::dummy::AddDummy),
-    /// A pod's ipvlan, or the node's own slave, off the node's ENI
-    /// ([`crate::kernel::ipvlan`]).
-    AddIpvlan(crate::kernel::ipvlan::AddIpvlan),
     /// `ipvsadm -C`, then `ipvsadm -A -t VIP:PORT -s rr` and `ipvsadm -a
     /// -t VIP:PORT -r RIP:RPORT -m -w W` for each real server, in one
     /// `sh -c`: the namespace's whole IPVS table (kube-proxy's IPVS mode,

@@ -1,29 +1,37 @@
 //! Planning the low-level layer (`namespaces`, `links`, `addresses`,
 //! `routes`, `neighbours`, `fdb`, `tc`): each object becomes its kernel
-//! actions, in the phases the rest of the plan uses. It runs after the
-//! vpc/nodes/pods part, so their ifindexes stay as they were; a device they
-//! made is found by the steps that made it.
+//! actions, in the phases the rest of the plan uses. It plans the CNI keys
+//! lowered to objects (`Lab::lowered`) first, then the user's own layer, so
+//! the keys' ifindexes stay as they were; a device an earlier call made is
+//! found by the steps that made it.
 
-use labctl_topology::{Lab, LinkKind, TcAction, hashed_ifname};
+use labctl_topology::{Lab, LinkKind, Objects, TcAction, hashed_ifname};
 
 use super::{Action, IfRef, Indexes, Interfaces, Phase, Step};
 use crate::kernel::{
     addr, bond, bridge, dummy, fdb, link, macvlan, neigh, route, sysctl, tc, veth, vlan, vxlan,
 };
 
-/// Append the layer's steps.
+/// Append the steps of `o` (the CNI keys lowered, or the user's own
+/// layer); returns every interface made so far, by namespace and name.
 ///
+/// Ifindexes are given in list order (a veth's peer right after it), so
+/// objects lowered from the CNI keys keep the numbers they always had.
 /// Phases: bridges and bonds (devices), veths and dummies (links), vxlans,
 /// vlans, macvlans and ipvlans and bond slaves joining (stacked: their
 /// parents and bonds exist, a slave is down until it has joined), masters,
-/// MTUs, addresses and renames (addresses), port options, VLANs, routes,
-/// neighbours, FDB and tc (routes), sysctls and `state: down` last.
-pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
-    let o = &lab.objects;
-    if o.is_empty() {
-        return;
-    }
+/// MTUs, ARP off, addresses and renames (addresses), port options, VLANs,
+/// routes, neighbours, FDB and tc (routes), sysctls and `state: down` last.
+pub(super) fn steps(
+    lab: &Lab,
+    o: &Objects,
+    idx: &mut Indexes,
+    steps: &mut Vec<Step>,
+) -> Interfaces {
     let mut index = Interfaces::of_steps(steps);
+    if o.is_empty() {
+        return index;
+    }
     let ns = |entity: &str| lab.netns(entity);
     // Resolution checked every reference; 0 would make the kernel say
     // "no such device" rather than build something else.
@@ -44,12 +52,31 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
             .any(|l| l.netns == netns && l.name == name && matches!(l.kind, LinkKind::Bond(_)))
     };
 
-    // Masters first, in file order: their ports and slaves name them.
+    // Every link's ifindex (and a veth peer's), in list order, before any
+    // is made: a port names its master wherever the two are listed.
+    let mut numbers: Vec<(u32, u32)> = Vec::with_capacity(o.links.len());
     for link in &o.links {
+        let netns = ns(&link.netns);
+        let made_in = ns(link.made_in());
+        let pair = match &link.kind {
+            LinkKind::Veth { peer } => {
+                let peer_ns = ns(&peer.netns);
+                let (a, b) = (idx.next(&netns), idx.next(&peer_ns));
+                index.insert(&peer_ns, &peer.name, b);
+                (a, b)
+            }
+            _ if made_in != netns => (idx.next_in_both(&made_in, &netns), 0),
+            _ => (idx.next(&netns), 0),
+        };
+        index.insert(&netns, &link.name, pair.0);
+        numbers.push(pair);
+    }
+
+    // Masters first: their ports and slaves join them.
+    for (link, &(ifindex, _)) in o.links.iter().zip(&numbers) {
         let netns = ns(&link.netns);
         let action = match &link.kind {
             LinkKind::Bridge(b) if b.vlan_filtering => {
-                let ifindex = idx.next(&netns);
                 Action::AddVlanBridge(bridge::AddVlanBridge {
                     name: link.name.clone(),
                     ifindex,
@@ -59,35 +86,31 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
             }
             LinkKind::Bridge(_) => Action::AddBridge(bridge::AddBridge {
                 name: link.name.clone(),
-                ifindex: idx.next(&netns),
+                ifindex,
                 mac: link.mac,
             }),
             LinkKind::Bond(b) => Action::AddBond(bond::AddBond {
                 name: link.name.clone(),
-                ifindex: idx.next(&netns),
+                ifindex,
                 mac: link.mac,
                 mode: b.mode,
                 miimon: b.miimon,
             }),
             _ => continue,
         };
-        let ifindex = match &action {
-            Action::AddBridge(bridge::AddBridge { ifindex, .. }) => *ifindex,
-            Action::AddVlanBridge(a) => a.ifindex,
-            Action::AddBond(a) => a.ifindex,
-            _ => unreachable!("only masters above"),
-        };
-        index.insert(&netns, &link.name, ifindex);
         push(Phase::Devices, netns, action);
     }
     let mut mtus = Vec::new();
     // (namespace, name, ifindex, master, port options, up)
     let mut ends = Vec::new();
-    for link in &o.links {
+    let mut arp_off = Vec::new();
+    for (link, &(ifindex, peer_ifindex)) in o.links.iter().zip(&numbers) {
         let netns = ns(&link.netns);
+        if !link.arp {
+            arp_off.push((netns.clone(), link.name.clone(), ifindex));
+        }
         match &link.kind {
             LinkKind::Bridge(_) | LinkKind::Bond(_) => {
-                let ifindex = find(&index, &netns, &link.name).ifindex;
                 ends.push((
                     netns.clone(),
                     link.name.clone(),
@@ -100,10 +123,6 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
             }
             LinkKind::Veth { peer } => {
                 let peer_ns = ns(&peer.netns);
-                let ifindex = idx.next(&netns);
-                let peer_ifindex = idx.next(&peer_ns);
-                index.insert(&netns, &link.name, ifindex);
-                index.insert(&peer_ns, &peer.name, peer_ifindex);
                 // A bond's slave joins later, while down (bond::Enslave).
                 let controller = link
                     .master
@@ -161,8 +180,6 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
                 ));
             }
             LinkKind::Dummy => {
-                let ifindex = idx.next(&netns);
-                index.insert(&netns, &link.name, ifindex);
                 push(
                     Phase::Links,
                     netns.clone(),
@@ -194,7 +211,6 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
                 mtus.push((netns, link.name.clone(), ifindex, link.mtu));
             }
             LinkKind::Vlan(v) => {
-                let ifindex = idx.next(&netns);
                 let parent = find(&index, &netns, &v.parent);
                 // A veth's far end comes up with the addresses, after this
                 // phase: the vlan step brings it up first.
@@ -208,7 +224,6 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
                         }
                         _ => false,
                     });
-                index.insert(&netns, &link.name, ifindex);
                 push(
                     Phase::Stacked,
                     netns.clone(),
@@ -234,11 +249,6 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
             LinkKind::Vxlan(_) | LinkKind::Macvlan(_) | LinkKind::Ipvlan(_) => {
                 let made_in = ns(link.made_in());
                 let moved = made_in != netns;
-                let ifindex = if moved {
-                    idx.next_in_both(&made_in, &netns)
-                } else {
-                    idx.next(&netns)
-                };
                 // The kernel looks a new link's name up in the namespace
                 // that asks: made under a name of our own, renamed there.
                 let made_as = if moved {
@@ -283,7 +293,6 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
                     }),
                     _ => unreachable!("matched above"),
                 };
-                index.insert(&netns, &link.name, ifindex);
                 push(Phase::Stacked, made_in, action);
                 if moved {
                     push(
@@ -348,7 +357,7 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
                         learning: p.learning,
                         neigh_suppress: p.neigh_suppress,
                         isolated: p.isolated,
-                        hairpin: None,
+                        hairpin: p.hairpin,
                     }),
                 );
             }
@@ -382,18 +391,30 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
             );
         }
     }
-    for a in &o.addresses {
-        let netns = ns(&a.netns);
-        let dev = find(&index, &netns, &a.dev);
+    for (netns, ifname, ifindex) in arp_off {
         push(
             Phase::Addresses,
             netns,
+            Action::ArpOff(link::ArpOff { ifname, ifindex }),
+        );
+    }
+    for a in &o.addresses {
+        let netns = ns(&a.netns);
+        let dev = find(&index, &netns, &a.dev);
+        let action = if a.scope_host {
+            Action::AddHostAddress(addr::AddHostAddress {
+                ifname: dev.name,
+                ifindex: dev.ifindex,
+                address: a.address,
+            })
+        } else {
             Action::AddAddress(addr::AddAddress {
                 ifname: dev.name,
                 ifindex: dev.ifindex,
                 address: a.address,
-            }),
-        );
+            })
+        };
+        push(Phase::Addresses, netns, action);
     }
     for r in &o.routes {
         let netns = ns(&r.netns);
@@ -432,17 +453,22 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
     for n in &o.neighbours {
         let netns = ns(&n.netns);
         let dev = find(&index, &netns, &n.dev);
-        push(
-            Phase::Routes,
-            netns,
-            Action::AddNeighbour(neigh::AddNeighbour {
+        let action = match n.lladdr {
+            Some(lladdr) => Action::AddNeighbour(neigh::AddNeighbour {
                 ifname: dev.name,
                 ifindex: dev.ifindex,
                 address: n.address,
-                lladdr: n.lladdr,
+                lladdr,
                 state: n.state,
             }),
-        );
+            // The device's own MAC, read when it exists (permanent).
+            None => Action::SelfNeighbour(neigh::SelfNeighbour {
+                ifname: dev.name,
+                ifindex: dev.ifindex,
+                address: n.address,
+            }),
+        };
+        push(Phase::Routes, netns, action);
     }
     for e in &o.fdb {
         let netns = ns(&e.netns);
@@ -491,9 +517,6 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
             }),
         );
     }
-    for step in super::route::steps(lab, &index) {
-        push(step.phase, step.netns, step.action);
-    }
     for link in &o.links {
         if let LinkKind::Bridge(b) = &link.kind {
             let netns = ns(&link.netns);
@@ -531,4 +554,5 @@ pub(super) fn steps(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
             Action::LinkDown(link::LinkDown { ifname, ifindex }),
         );
     }
+    index
 }

@@ -78,7 +78,7 @@ impl Evpn {
                     netns: leaf.name.clone(),
                     dev: leaf.bridge.clone(),
                     address: pod.address,
-                    lladdr: pod.mac,
+                    lladdr: Some(pod.mac),
                     state: NeighState::Permanent,
                 });
             }

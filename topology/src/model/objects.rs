@@ -91,7 +91,15 @@ pub struct Link {
     pub port: Option<PortOptions>,
     /// Left up (`state: up`, the default).
     pub up: bool,
+    /// Answers and sends ARP (the default); `false` is `ip link set DEV
+    /// arp off`, as Terway's `ipvl_N`.
+    #[serde(skip_serializing_if = "is_true")]
+    pub arp: bool,
     pub kind: LinkKind,
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 impl Link {
@@ -174,13 +182,20 @@ pub struct PortOptions {
     pub learning: Option<bool>,
     pub neigh_suppress: Option<bool>,
     pub isolated: Option<bool>,
+    /// Send a frame back out of the port it came in on (the kernel's
+    /// default: off), as a CNI's `hairpinMode`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hairpin: Option<bool>,
     pub vlans: Vec<BridgeVlan>,
 }
 
 impl PortOptions {
     /// Any flag to set (`ip link set DEV type bridge_slave ...`).
     pub fn has_flags(&self) -> bool {
-        self.learning.is_some() || self.neigh_suppress.is_some() || self.isolated.is_some()
+        self.learning.is_some()
+            || self.neigh_suppress.is_some()
+            || self.isolated.is_some()
+            || self.hairpin.is_some()
     }
 }
 
@@ -303,6 +318,11 @@ pub struct Address {
     pub netns: String,
     pub dev: String,
     pub address: Ipv4Net,
+    /// `scope host`: never chosen as a source towards others, yet a frame
+    /// for it is taken in through the device (a node's own address on its
+    /// ipvlan slave, as Terway's `ipvl_N`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub scope_host: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -395,7 +415,11 @@ pub struct Neighbour {
     pub netns: String,
     pub dev: String,
     pub address: Ipv4Addr,
-    pub lladdr: [u8; 6],
+    /// `None`: the device's own MAC (`lladdr: self`), which the kernel
+    /// chooses when it makes the device: a pod's entry for the node it
+    /// reaches through its own ipvlan (the frame switched inside the
+    /// parent, as Terway's pods).
+    pub lladdr: Option<[u8; 6]>,
     pub state: NeighState,
 }
 

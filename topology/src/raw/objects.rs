@@ -108,6 +108,10 @@ pub struct RawBridgePort {
     /// Reach only non-isolated ports (default off).
     #[serde(default)]
     pub isolated: Option<bool>,
+    /// Send a frame back out of this port when that is where it goes
+    /// (default off; a CNI's `hairpinMode`).
+    #[serde(default)]
+    pub hairpin: Option<bool>,
     /// The port's VLANs, for a bridge with `vlan_filtering`.
     #[serde(default)]
     pub vlans: Vec<RawBridgeVlan>,
@@ -502,6 +506,19 @@ pub struct RawAddress {
     /// With its prefix length, e.g. 10.132.2.46/23.
     #[schemars(with = "CidrText")]
     pub address: Spanned<String>,
+    /// `host`: never chosen as the source towards other hosts, yet frames
+    /// for it are taken in through `dev` (default `global`).
+    #[serde(default)]
+    pub scope: Option<RawAddressScope>,
+}
+
+/// An address's scope, as `ip addr add ... scope S` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[schemars(rename = "AddressScope")]
+pub enum RawAddressScope {
+    Global,
+    Host,
 }
 
 /// `ip route add TO [via VIA] [dev DEV] [onlink] [table N] [metric N]
@@ -614,7 +631,8 @@ pub struct RawNeighbour {
     pub dev: Spanned<String>,
     #[schemars(with = "Ipv4Text")]
     pub address: Spanned<String>,
-    #[schemars(with = "MacText")]
+    /// A MAC, or `self`: the device's own, whatever the kernel gave it.
+    #[schemars(with = "String")]
     pub lladdr: Spanned<String>,
     /// Default `permanent`.
     #[serde(default)]

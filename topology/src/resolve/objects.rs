@@ -199,6 +199,7 @@ impl Resolver<'_> {
                     netns: a.netns.value.clone(),
                     dev: a.dev.value.clone(),
                     address,
+                    scope_host: a.scope == Some(RawAddressScope::Host),
                 });
             }
         }
@@ -222,7 +223,12 @@ impl Resolver<'_> {
             let netns = self.namespace_ref(&n.netns, &known);
             let dev = netns && self.dev_ref(&devices, &n.netns, &n.dev, "neighbour");
             let address = self.ipv4(&n.address, "neighbour address");
-            let lladdr = self.lladdr(&n.lladdr);
+            // `self`: the device's own MAC, whatever the kernel gave it.
+            let lladdr = if n.lladdr.value == "self" {
+                Some(None)
+            } else {
+                self.lladdr(&n.lladdr).map(Some)
+            };
             if let (true, Some(address), Some(lladdr)) = (dev, address, lladdr) {
                 out.neighbours.push(Neighbour {
                     netns: n.netns.value.clone(),
@@ -455,6 +461,7 @@ impl Resolver<'_> {
                 learning: p.value.learning,
                 neigh_suppress: p.value.neigh_suppress,
                 isolated: p.value.isolated,
+                hairpin: p.value.hairpin,
                 vlans,
             }),
         ))
@@ -633,6 +640,7 @@ impl Resolver<'_> {
                     master: None,
                     port: None,
                     up: up(b.state),
+                    arp: true,
                     kind: LinkKind::Bridge(BridgeOptions {
                         vlan_filtering,
                         vlan_default_pvid: pvid?,
@@ -676,6 +684,7 @@ impl Resolver<'_> {
                     master,
                     port,
                     up: up(v.state),
+                    arp: true,
                     kind: LinkKind::Veth {
                         peer: VethPeer {
                             netns: v.peer.netns.value.clone(),
@@ -800,6 +809,7 @@ impl Resolver<'_> {
                     master,
                     port: bridge_port,
                     up: up(x.state),
+                    arp: true,
                     kind: LinkKind::Vxlan(Vxlan {
                         underlay: underlay.value.clone(),
                         id,
@@ -942,6 +952,7 @@ impl Resolver<'_> {
             master,
             port,
             up: c.state != Some(RawLinkState::Down),
+            arp: true,
             kind,
         })
     }
