@@ -3448,3 +3448,168 @@ fn load_balancer_source_ranges_are_checked() {
         "t.yaml:17:35: service web: load balancer source ranges without a load balancer ip"
     );
 }
+
+// ---- the CNI keys lowered to the low-level layer -----------------------
+
+/// `(namespace, name, kind)` of each lowered link, in list order.
+fn lowered_links(lab: &Lab) -> Vec<(String, String, &'static str)> {
+    lab.lowered()
+        .links
+        .iter()
+        .map(|l| (l.netns.clone(), l.name.clone(), l.kind.as_str()))
+        .collect()
+}
+
+#[test]
+fn bridge_pods_lower_to_veths_on_the_node_bridge_in_kernel_order() {
+    let lab = load_base(BASE).unwrap_or_else(|e| panic!("{e}"));
+    let o = lab.lowered();
+    let names: Vec<String> = lowered_links(&lab)
+        .into_iter()
+        .map(|(ns, name, kind)| format!("{ns}/{name} {kind}"))
+        .collect();
+    let pod_a = match &lab.pods[0].attachment {
+        Attachment::Bridge { host_ifname } => host_ifname.clone(),
+        a => panic!("{a:?}"),
+    };
+    // vSwitches, then per node its ENI (made from the VPC's side) and pod
+    // bridge, then pods, then clients: the order the kernel numbers them.
+    assert_eq!(
+        names[..4],
+        [
+            "vpc/vsw-a bridge",
+            "vpc/vsw-b bridge",
+            format!("vpc/{} veth", lab.nodes[0].interfaces[0].vpc_port).as_str(),
+            "node-1/cni0 bridge"
+        ]
+    );
+    assert_eq!(names[6], format!("node-1/{pod_a} veth"));
+    assert_eq!(names.len(), 9, "{names:#?}");
+    let eni = &o.links[2];
+    assert_eq!(eni.master.as_deref(), Some("vsw-a"));
+    let LinkKind::Veth { peer } = &eni.kind else {
+        panic!("{eni:?}")
+    };
+    assert_eq!(
+        (peer.netns.as_str(), peer.name.as_str()),
+        ("node-1", "eth0")
+    );
+    let pod = &o.links[6];
+    assert_eq!(pod.master.as_deref(), Some("cni0"));
+    // Flannel's CNI configuration default.
+    assert_eq!(pod.port.as_ref().and_then(|p| p.hairpin), Some(true));
+    // The pod's address and default route, the VPC's route to node-1.
+    assert!(o.addresses.iter().any(|a| a.netns == "pod-a"
+        && a.dev == "eth0"
+        && a.address.to_string() == "172.23.96.10/26"
+        && !a.scope_host));
+    assert!(o.routes.iter().any(|r| r.netns == "vpc"
+        && r.destination.to_string() == "172.23.96.0/26"
+        && r.dev.as_deref() == Some("vsw-a")
+        && r.is_plain()));
+    assert!(
+        o.sysctls
+            .iter()
+            .any(|s| s.netns == "vpc" && s.key == "net.ipv4.ip_forward")
+    );
+    // The user's own objects are not in it.
+    assert!(lab.objects.is_empty());
+
+    let hairpin = BASE.replace(
+        "    pod_cidr: 172.23.96.0/26\n",
+        "    pod_cidr: 172.23.96.0/26\n    hairpin_mode: true\n",
+    );
+    let lab = load_base(&hairpin).unwrap_or_else(|e| panic!("{e}"));
+    let o = lab.lowered();
+    let port = o.links[6].port.as_ref().expect("hairpin port");
+    assert_eq!(port.hairpin, Some(true));
+}
+
+#[test]
+fn ipvlan_pods_lower_as_terway_sets_them_up() {
+    let lab = load_str("t.yaml", IPVLAN, &vars()).unwrap_or_else(|e| panic!("{e}"));
+    let o = lab.lowered();
+    let Attachment::Ipvlan { host_slave, .. } = &lab.pods[0].attachment else {
+        panic!("{:?}", lab.pods[0].attachment)
+    };
+    let slave = o
+        .links
+        .iter()
+        .find(|l| l.netns == "node-15" && &l.name == host_slave)
+        .expect("the node's own slave");
+    assert!(!slave.arp, "ipvl_N has no ARP");
+    let pod = o
+        .links
+        .iter()
+        .find(|l| l.netns == "nginx")
+        .expect("the pod's ipvlan");
+    let LinkKind::Ipvlan(i) = &pod.kind else {
+        panic!("{pod:?}")
+    };
+    // Made in the node off its ENI, living in the pod.
+    assert_eq!(
+        (i.parent_netns.as_str(), i.parent.as_str()),
+        ("node-15", "eth1")
+    );
+    assert_eq!(i.mode, IpvlanMode::L2);
+    assert_eq!(pod.made_in(), "node-15");
+    // The node's address on its slave, scope host; the pod's entry for it
+    // with the pod device's own MAC; the node's /32 route to the pod.
+    let own = o.addresses.iter().find(|a| &a.dev == host_slave).unwrap();
+    assert!(own.scope_host);
+    assert_eq!(own.address.to_string(), "10.0.3.15/32");
+    let n = &o.neighbours[0];
+    assert_eq!((n.netns.as_str(), n.lladdr), ("nginx", None));
+    assert_eq!(n.address.to_string(), "10.0.3.15");
+    assert!(o.routes.iter().any(|r| r.netns == "node-15"
+        && r.destination.to_string() == "10.0.3.38/32"
+        && r.dev.as_ref() == Some(host_slave)));
+    // A second pod on the same ENI shares the node's slave.
+    let two = IPVLAN.replace(
+        "services:",
+        "  - { name: nginx2, node: node-15, attachment: ipvlan, interface: eth1, address: 10.0.3.39 }\nservices:",
+    );
+    let lab = load_str("t.yaml", &two, &vars()).unwrap_or_else(|e| panic!("{e}"));
+    let slaves = lab
+        .lowered()
+        .links
+        .iter()
+        .filter(|l| l.netns == "node-15" && &l.name == host_slave)
+        .count();
+    assert_eq!(slaves, 1);
+}
+
+#[test]
+fn layer_keys_for_what_the_cni_keys_need() {
+    let source = "\
+name: lab
+namespaces:
+  - { name: a }
+  - { name: b }
+links:
+  - bridge: { name: br0, in: a }
+  - veth: { name: p0, in: a, master: br0, port: { hairpin: true }, peer: { name: eth0, in: b } }
+addresses:
+  - { in: b, dev: eth0, address: 192.0.2.2/32, scope: host }
+neighbours:
+  - { in: b, dev: eth0, address: 192.0.2.1, lladdr: self }
+";
+    let lab = load_base(source).unwrap_or_else(|e| panic!("{e}"));
+    let o = &lab.objects;
+    assert_eq!(o.links[1].port.as_ref().unwrap().hairpin, Some(true));
+    assert!(o.addresses[0].scope_host);
+    assert_eq!(o.neighbours[0].lladdr, None);
+    // A self entry is permanent: the kernel's own MAC never ages.
+    let e = load_base(&source.replace("lladdr: self }", "lladdr: self, state: reachable }"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("t.yaml:11:"), "{e}");
+    assert!(e.contains("`lladdr: self` is always permanent"), "{e}");
+    let e = load_base(&source.replace("scope: host", "scope: link"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("t.yaml:9:") && e.contains("unknown variant `link`"),
+        "{e}"
+    );
+}

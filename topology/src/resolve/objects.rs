@@ -225,6 +225,16 @@ impl Resolver<'_> {
             let address = self.ipv4(&n.address, "neighbour address");
             // `self`: the device's own MAC, whatever the kernel gave it.
             let lladdr = if n.lladdr.value == "self" {
+                let state = n.state.unwrap_or(RawNeighState::Permanent);
+                if state != RawNeighState::Permanent {
+                    self.err(
+                        &n.lladdr.referenced,
+                        "`lladdr: self` is always permanent".to_string(),
+                        "self entry not permanent",
+                        Some("leave `state` out, or give the MAC".into()),
+                    );
+                    continue;
+                }
                 Some(None)
             } else {
                 self.lladdr(&n.lladdr).map(Some)
