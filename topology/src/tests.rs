@@ -3589,6 +3589,7 @@ namespaces:
 links:
   - bridge: { name: br0, in: a }
   - veth: { name: p0, in: a, master: br0, port: { hairpin: true }, peer: { name: eth0, in: b } }
+  - ipvlan: { name: ipvl_0, in: a, parent: br0, arp: false }
 addresses:
   - { in: b, dev: eth0, address: 192.0.2.2/32, scope: host }
 neighbours:
@@ -3597,19 +3598,20 @@ neighbours:
     let lab = load_base(source).unwrap_or_else(|e| panic!("{e}"));
     let o = &lab.objects;
     assert_eq!(o.links[1].port.as_ref().unwrap().hairpin, Some(true));
+    assert!(o.links[1].arp && !o.links[2].arp);
     assert!(o.addresses[0].scope_host);
     assert_eq!(o.neighbours[0].lladdr, None);
     // A self entry is permanent: the kernel's own MAC never ages.
     let e = load_base(&source.replace("lladdr: self }", "lladdr: self, state: reachable }"))
         .unwrap_err()
         .to_string();
-    assert!(e.contains("t.yaml:11:"), "{e}");
+    assert!(e.contains("t.yaml:12:"), "{e}");
     assert!(e.contains("`lladdr: self` is always permanent"), "{e}");
     let e = load_base(&source.replace("scope: host", "scope: link"))
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("t.yaml:9:") && e.contains("unknown variant `link`"),
+        e.contains("t.yaml:10:") && e.contains("unknown variant `link`"),
         "{e}"
     );
 }

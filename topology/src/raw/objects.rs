@@ -10,7 +10,7 @@
 //!
 //! Every kind has the common fields `name`, `in`, `mac`, `mtu`, `master`
 //! (a bridge or a bond of the same namespace), `port` (bridge-port options,
-//! with a bridge master) and `state`, written out in each struct: serde's
+//! with a bridge master), `state` and `arp`, written out in each struct: serde's
 //! `flatten` would lose the locations and the unknown-field errors.
 
 use schemars::JsonSchema;
@@ -144,6 +144,10 @@ pub struct RawVeth {
     pub port: Option<Spanned<RawBridgePort>>,
     #[serde(default)]
     pub state: Option<RawLinkState>,
+    /// Resolve and answer ARP (default true; `false` is `arp off`, as
+    /// Terway's `ipvl_N`).
+    #[serde(default)]
+    pub arp: Option<bool>,
     pub peer: RawVethPeer,
 }
 
@@ -191,6 +195,10 @@ pub struct RawBridge {
     pub mtu: Option<Spanned<u32>>,
     #[serde(default)]
     pub state: Option<RawLinkState>,
+    /// Resolve and answer ARP (default true; `false` is `arp off`, as
+    /// Terway's `ipvl_N`).
+    #[serde(default)]
+    pub arp: Option<bool>,
     /// Forward by VLAN (802.1Q): each port carries the VLANs its `port:
     /// {vlans: ...}` lists (`vlan_filtering 1`).
     #[serde(default)]
@@ -268,6 +276,10 @@ pub struct RawVxlan {
     pub port: Option<Spanned<RawBridgePort>>,
     #[serde(default)]
     pub state: Option<RawLinkState>,
+    /// Resolve and answer ARP (default true; `false` is `arp off`, as
+    /// Terway's `ipvl_N`).
+    #[serde(default)]
+    pub arp: Option<bool>,
 }
 
 /// An 802.1Q VLAN sub-interface (`ip link add link PARENT name NAME type
@@ -303,6 +315,10 @@ pub struct RawVlan {
     pub port: Option<Spanned<RawBridgePort>>,
     #[serde(default)]
     pub state: Option<RawLinkState>,
+    /// Resolve and answer ARP (default true; `false` is `arp off`, as
+    /// Terway's `ipvl_N`).
+    #[serde(default)]
+    pub arp: Option<bool>,
 }
 /// How a bond spreads and fails over (`mode`, as iproute2 names it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -357,6 +373,10 @@ pub struct RawBond {
     pub port: Option<Spanned<RawBridgePort>>,
     #[serde(default)]
     pub state: Option<RawLinkState>,
+    /// Resolve and answer ARP (default true; `false` is `arp off`, as
+    /// Terway's `ipvl_N`).
+    #[serde(default)]
+    pub arp: Option<bool>,
 }
 /// A dummy device (`ip link add NAME type dummy`).
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -384,6 +404,10 @@ pub struct RawDummy {
     pub port: Option<Spanned<RawBridgePort>>,
     #[serde(default)]
     pub state: Option<RawLinkState>,
+    /// Resolve and answer ARP (default true; `false` is `arp off`, as
+    /// Terway's `ipvl_N`).
+    #[serde(default)]
+    pub arp: Option<bool>,
 }
 /// A macvlan's mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -439,6 +463,10 @@ pub struct RawMacvlan {
     pub port: Option<Spanned<RawBridgePort>>,
     #[serde(default)]
     pub state: Option<RawLinkState>,
+    /// Resolve and answer ARP (default true; `false` is `arp off`, as
+    /// Terway's `ipvl_N`).
+    #[serde(default)]
+    pub arp: Option<bool>,
 }
 /// An ipvlan's mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -490,6 +518,10 @@ pub struct RawIpvlan {
     pub port: Option<Spanned<RawBridgePort>>,
     #[serde(default)]
     pub state: Option<RawLinkState>,
+    /// Resolve and answer ARP (default true; `false` is `arp off`, as
+    /// Terway's `ipvl_N`).
+    #[serde(default)]
+    pub arp: Option<bool>,
 }
 
 /// `ip addr add ADDRESS dev DEV` in a namespace. The same address may be in

@@ -650,7 +650,7 @@ impl Resolver<'_> {
                     master: None,
                     port: None,
                     up: up(b.state),
-                    arp: true,
+                    arp: b.arp != Some(false),
                     kind: LinkKind::Bridge(BridgeOptions {
                         vlan_filtering,
                         vlan_default_pvid: pvid?,
@@ -694,7 +694,7 @@ impl Resolver<'_> {
                     master,
                     port,
                     up: up(v.state),
-                    arp: true,
+                    arp: v.arp != Some(false),
                     kind: LinkKind::Veth {
                         peer: VethPeer {
                             netns: v.peer.netns.value.clone(),
@@ -819,7 +819,7 @@ impl Resolver<'_> {
                     master,
                     port: bridge_port,
                     up: up(x.state),
-                    arp: true,
+                    arp: x.arp != Some(false),
                     kind: LinkKind::Vxlan(Vxlan {
                         underlay: underlay.value.clone(),
                         id,
@@ -962,7 +962,7 @@ impl Resolver<'_> {
             master,
             port,
             up: c.state != Some(RawLinkState::Down),
-            arp: true,
+            arp: c.arp != Some(false),
             kind,
         })
     }
@@ -1409,6 +1409,7 @@ struct Common<'a> {
     master: &'a Option<Text>,
     port: &'a Option<serde_saphyr::Spanned<RawBridgePort>>,
     state: Option<RawLinkState>,
+    arp: Option<bool>,
 }
 
 macro_rules! common_of {
@@ -1423,6 +1424,7 @@ macro_rules! common_of {
                     master: &x.master,
                     port: &x.port,
                     state: x.state,
+                    arp: x.arp,
                 }
             })*
         }
