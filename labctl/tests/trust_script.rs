@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{Down, Place, gate, ignored, labctl_here, place_for, unique};
-use labctl::kernel::{bridge, ipvlan, link};
+use labctl::kernel::{bridge, ipvlan, ipvs, link, nft};
 use labctl::plan::{Action, IfRef, NsSpec, Phase, Plan, Step};
 use labctl_topology::Role;
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -219,14 +219,14 @@ fn hostile_plan() -> Plan {
                 },
                 netns: None,
             }),
-            Action::IpvsTable {
+            Action::IpvsTable(ipvs::IpvsTable {
                 services: Vec::new(),
-            },
-            Action::Nftables {
+            }),
+            Action::Nftables(nft::Nftables {
                 ruleset: format!(
                     "table ip t {{\n\tcomment \"{h}\"\nEOF\n>pwned6\n'EOF'\nEOF1\n}}\n"
                 ),
-            },
+            }),
             Action::LinkUp(link::LinkUp {
                 ifname: h.into(),
                 ifindex: 3,
@@ -625,7 +625,7 @@ fn flannel_script_runs() -> Result<(), Failed> {
         .steps
         .iter()
         .filter_map(|s| match &s.action {
-            Action::Nftables { ruleset } => Some(ruleset.as_str()),
+            Action::Nftables(nft::Nftables { ruleset }) => Some(ruleset.as_str()),
             _ => None,
         })
         .collect();

@@ -7,7 +7,7 @@ use ipnet::Ipv4Net;
 use labctl_topology::{Attachment, Lab};
 
 use super::{Action, IfRef, Indexes, Phase, Step, pusher};
-use crate::kernel::{addr, bridge, sysctl};
+use crate::kernel::{addr, bridge, nft, sysctl};
 
 /// The vSwitches' bridges in the VPC's namespace, by subnet name.
 pub(super) type Vswitches<'a> = HashMap<&'a str, IfRef>;
@@ -107,9 +107,9 @@ pub(super) fn steps<'a>(lab: &'a Lab, idx: &mut Indexes, steps: &mut Vec<Step>) 
         push(
             Phase::Routes,
             &vpc,
-            Action::Nftables {
+            Action::Nftables(nft::Nftables {
                 ruleset: same_eni_rules(lab),
-            },
+            }),
         );
     }
     vsw
