@@ -30,13 +30,13 @@ use std::time::{Duration, Instant};
 use labctl_topology::{Lab, ResultKind, Role, Scenario, SightProto, Sighting, Traffic};
 use serde::Serialize;
 
-use crate::capture::{self, Direction, Flow, Mac, Packet, Proto};
 use crate::engine::{self, EngineError};
-use crate::observe;
+use crate::observe::capture::{self, Direction, Flow, Mac, Packet, Proto};
+use crate::observe::{self, conntrack};
 use crate::services::Overrides;
 use crate::state::LabState;
 use crate::traffic::{self, Failure, Kind, Request};
-use crate::{conntrack, ipvs, lb, services};
+use crate::{ipvs, lb, services};
 
 /// The capture ends once no tap has seen a packet for this long after the
 /// client is done (see [`quiet_window`]). What can still be in flight then
