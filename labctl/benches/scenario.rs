@@ -250,7 +250,7 @@ fn main() {
     for _ in 0..runs {
         let t = Instant::now();
         let report = scenario::run(&record, &lab, f2, &RunOptions::default()).expect("F2 runs");
-        labctl::capture::wait_closed();
+        labctl::observe::capture::wait_closed();
         ours.push(t.elapsed());
         assert!(report.passed, "{}", report.render());
         let (took, count) = by_hand(&namespaces, &client, &url);

@@ -368,7 +368,7 @@ pub fn down(lab: &str, wait: Option<Duration>) -> Result<DownReport, EngineError
     let _lock = state::lock(lab)?;
     // Taps of this process's scenarios still closing would keep the lab's
     // namespaces alive past their removal.
-    crate::capture::wait_closed();
+    sys::wait_closed();
     // Teardown holds every namespace of the lab open for a moment.
     sys::raise_nofile_limit();
     let Some(record) = state::load(lab)? else {

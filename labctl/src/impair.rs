@@ -24,7 +24,7 @@ use std::net::Ipv4Addr;
 use labctl_topology::{Lab, LinkChange, ObjectChange, RouteChange};
 
 use crate::kernel::{
-    Kernel, KernelError, LinkSettings, Netlink, fdb, link, neigh, qdisc, sysctl, tc, veth,
+    Kernel, KernelError, LinkSettings, Netlink, ebpf, fdb, link, neigh, qdisc, sysctl, tc, veth,
 };
 use crate::plan::{Action, IfRef, Phase, Plan, Step};
 pub use crate::plan::{Iface, Interfaces};
@@ -546,7 +546,7 @@ pub async fn object_steps<K: Kernel>(
                         s.netns == ns
                             && matches!(&s.action,
                                 Action::TcMirred(tc::TcMirred { ifindex, hook: h, .. })
-                                | Action::BpfAttach { ifindex, hook: h, .. }
+                                | Action::BpfAttach(ebpf::BpfAttach { ifindex, hook: h, .. })
                                 if *ifindex == d.ifindex && h == hook)
                     })
                     .map(again)

@@ -14,10 +14,7 @@
 //! map contents), [`ipvs`] (a namespace's IPVS table), [`nft`] (a ruleset
 //! applied inside a namespace)); this file keeps the [`Kernel`] trait, the
 //! netlink executor's dispatch and the recording fake, and `objects` the
-//! sender of requests built by hand. Kinds not yet whole in their file:
-//! the IPVS table and the nftables ruleset (their text in `plan`'s
-//! `Display`, the thread that applies them here) and the eBPF actions
-//! (their text in `plan::ebpf` and `plan::route`). The eBPF pins live on
+//! sender of requests built by hand. The eBPF pins live on
 //! labctl's bpffs, not in a namespace; every other write is inside the
 //! lab's namespaces.
 //!
@@ -556,31 +553,13 @@ impl Kernel for Netlink {
             Action::AddBridge(a) => a.apply(self, step).await,
             Action::AddVeth(a) => a.apply(self, step).await,
             Action::AddDummy(a) => a.apply(self, step).await,
-            Action::BpfLoad { .. }
-            | Action::BpfAttach { .. }
-            | Action::BpfMaps { .. }
-            | Action::RouteLoad { .. }
-            | Action::RouteMaps { .. } => self.run_ebpf(step).await,
-            Action::IpvsTable { services } => {
-                // IPVS is generic netlink on a socket of its own, opened
-                // inside the namespace by a thread of our own. The first
-                // line names the command; the whole table is in `labctl
-                // plan`.
-                let (netns, services) = (step.netns.clone(), services.clone());
-                let what = first_line(step);
-                tokio::task::spawn_blocking(move || ipvs::apply(&netns, &services, &what))
-                    .await
-                    .map_err(|e| KernelError::new(first_line(step), e))?
-            }
-            Action::Nftables { ruleset } => {
-                // libnftables (or nft) on a thread of our own inside the
-                // namespace.
-                let (netns, ruleset) = (step.netns.clone(), ruleset.clone());
-                let what = first_line(step);
-                tokio::task::spawn_blocking(move || nft::apply(&netns, &ruleset, &what))
-                    .await
-                    .map_err(|e| KernelError::new(first_line(step), e))?
-            }
+            Action::BpfLoad(a) => a.apply(self, step).await,
+            Action::BpfAttach(a) => a.apply(self, step).await,
+            Action::BpfMaps(a) => a.apply(self, step).await,
+            Action::RouteLoad(a) => a.apply(self, step).await,
+            Action::RouteMaps(a) => a.apply(self, step).await,
+            Action::IpvsTable(a) => a.apply(self, step).await,
+            Action::Nftables(a) => a.apply(self, step).await,
             Action::RenameUp(a) => a.apply(self, step).await,
             Action::IsolatePort(a) => a.apply(self, step).await,
             Action::ArpOff(a) => a.apply(self, step).await,

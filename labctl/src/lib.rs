@@ -8,8 +8,6 @@
 
 pub use labctl_topology::Lab;
 
-pub mod capture;
-pub mod conntrack;
 pub mod diff;
 pub mod engine;
 mod fault;

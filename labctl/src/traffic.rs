@@ -6,7 +6,7 @@
 //! masqueraded.
 //!
 //! Written by hand on std, socket2 and nix for the same reason as
-//! [`crate::capture`] (CRATES.md: the packet crates are stale or lack what we
+//! the capture module (CRATES.md: the packet crates are stale or lack what we
 //! need). Sockets are made on a thread that entered the namespace with
 //! [`NetnsGuard`]; a socket stays in the namespace it was made in, so it may
 //! be used after the thread leaves. Ping uses a raw ICMP socket: the
@@ -822,7 +822,7 @@ fn ping(req: &Request, n: u32) -> Result<Success, Failure> {
             IcmpAnswer::Error { from, type_, code } => {
                 return Err(Failure::Unreachable(format!(
                     "{} from {from}",
-                    crate::capture::icmp_name(type_, code)
+                    icmp_name(type_, code)
                 )));
             }
             IcmpAnswer::Unrelated => {}
@@ -858,6 +858,22 @@ mod millis {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+/// tcpdump's words for the ICMP types labs meet.
+pub fn icmp_name(type_: u8, code: u8) -> String {
+    match (type_, code) {
+        (0, _) => "echo reply".into(),
+        (8, _) => "echo request".into(),
+        (3, 0) => "net unreachable".into(),
+        (3, 1) => "host unreachable".into(),
+        (3, 3) => "port unreachable".into(),
+        (3, 4) => "need to frag".into(),
+        (3, 13) => "administratively prohibited".into(),
+        (3, c) => format!("unreachable code {c}"),
+        (11, _) => "time exceeded in-transit".into(),
+        (t, c) => format!("type {t} code {c}"),
     }
 }
 

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use labctl::capture::{self, Capture, Direction, Packet, Proto as Wire, VXLAN_PORT};
+use labctl::observe::capture::{self, Capture, Direction, Packet, Proto as Wire, VXLAN_PORT};
 use labctl::traffic::{self, Failure, Kind, Proto, Request, Servers};
 
 mod common;

@@ -3,13 +3,13 @@
 //! The kernel trials build fresh namespaces of their own (removed however
 //! the trial ends); without root they are reported ignored with the reason
 //! (a failure under `LABCTL_REQUIRE_ALL=1`). Decoding and formatting are
-//! unit-tested without root in `src/conntrack.rs`.
+//! unit-tested without root in `src/observe/conntrack.rs`.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Command;
 
 use common::{Down, ensure, fails_with, gate, labctl_here, ok, run, text, unique};
-use labctl::conntrack::{self, ConntrackError, Entry, Tuple};
+use labctl::observe::conntrack::{self, ConntrackError, Entry, Tuple};
 use labctl::traffic::{Kind, Proto, Request, Servers, run_client};
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 

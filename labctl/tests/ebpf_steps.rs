@@ -62,10 +62,10 @@ fn maps_step(name: &str, services: Vec<labctl::lb::BpfService>) -> Step {
     Step {
         phase: Phase::Changes,
         netns: format!("{name}-client"),
-        action: Action::BpfMaps {
+        action: Action::BpfMaps(labctl::kernel::ebpf::BpfMaps {
             pin_dir: labctl::lb::pin_dir(name).display().to_string(),
             services,
-        },
+        }),
     }
 }
 

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 
 use labctl::engine::{Quiet, execute};
-use labctl::kernel::{Recorder, addr, bridge, link, tc, veth, vxlan};
+use labctl::kernel::{Recorder, addr, bridge, ebpf, link, tc, veth, vxlan};
 use labctl::plan::{Action, Phase, Plan, plan};
 
 fn flannel() -> labctl::Lab {
@@ -243,7 +243,7 @@ fn ebpf_load_attach_and_maps_go_through_the_executor() {
         "the programs are loaded once per lab"
     );
     match &sent[load].action {
-        Action::BpfLoad { object, pin_dir: d } => {
+        Action::BpfLoad(ebpf::BpfLoad { object, pin_dir: d }) => {
             assert_eq!(object, labctl_lb::OBJECT_PATH);
             assert_eq!(d, &pin_dir);
         }
@@ -264,13 +264,13 @@ fn ebpf_load_attach_and_maps_go_through_the_executor() {
         assert_eq!(attaches.len(), 2, "egress and ingress in {ns}");
         for i in attaches {
             assert!(i > clsact && i > load, "{}", sent[i]);
-            let Action::BpfAttach {
+            let Action::BpfAttach(ebpf::BpfAttach {
                 ifname,
                 ifindex,
                 program,
                 pin,
                 ..
-            } = &sent[i].action
+            }) = &sent[i].action
             else {
                 unreachable!()
             };
@@ -294,7 +294,7 @@ fn ebpf_load_attach_and_maps_go_through_the_executor() {
     }
     let maps = pos(&|a| matches!(a, Action::BpfMaps { .. })).expect("a maps step");
     assert!(maps > load);
-    let Action::BpfMaps { services, .. } = &sent[maps].action else {
+    let Action::BpfMaps(ebpf::BpfMaps { services, .. }) = &sent[maps].action else {
         unreachable!()
     };
     // Terway 1.2.0: the ClusterIP and, in-cluster, the SLB address, both
@@ -315,7 +315,7 @@ fn ebpf_load_attach_and_maps_go_through_the_executor() {
         .steps
         .iter()
         .find_map(|s| match &s.action {
-            Action::BpfMaps { services, .. } => Some(services.len()),
+            Action::BpfMaps(ebpf::BpfMaps { services, .. }) => Some(services.len()),
             _ => None,
         })
         .unwrap();
@@ -333,7 +333,7 @@ fn scenario_overrides_program_the_maps_as_a_step() {
         ..Default::default()
     };
     let step = labctl::plan::ebpf::map_step(&lab, &o, Phase::Changes).expect("an ebpf lab");
-    let Action::BpfMaps { services, .. } = &step.action else {
+    let Action::BpfMaps(ebpf::BpfMaps { services, .. }) = &step.action else {
         panic!("{step:?}")
     };
     assert_eq!(services.len(), 1);

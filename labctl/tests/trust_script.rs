@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{Down, Place, gate, ignored, labctl_here, place_for, unique};
-use labctl::kernel::{bridge, link, macvlan};
+use labctl::kernel::{bridge, ipvs, link, macvlan, nft};
 use labctl::plan::{Action, IfRef, NsSpec, Phase, Plan, Step};
 use labctl_topology::Role;
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -223,14 +223,14 @@ fn hostile_plan() -> Plan {
                 mac: None,
                 mode: macvlan::Mode::Ipvlan(labctl_topology::IpvlanMode::L2),
             }),
-            Action::IpvsTable {
+            Action::IpvsTable(ipvs::IpvsTable {
                 services: Vec::new(),
-            },
-            Action::Nftables {
+            }),
+            Action::Nftables(nft::Nftables {
                 ruleset: format!(
                     "table ip t {{\n\tcomment \"{h}\"\nEOF\n>pwned6\n'EOF'\nEOF1\n}}\n"
                 ),
-            },
+            }),
             Action::LinkUp(link::LinkUp {
                 ifname: h.into(),
                 ifindex: 3,
@@ -247,7 +247,7 @@ fn hostile_plan() -> Plan {
             Action::AddHostAddress(labctl::kernel::addr::AddHostAddress {
                 ifname: h.into(),
                 ifindex: 6,
-                address: "10.0.0.1".parse().unwrap(),
+                address: "10.0.0.1/32".parse().unwrap(),
             }),
             Action::ArpOff(link::ArpOff {
                 ifname: h.into(),
@@ -629,7 +629,7 @@ fn flannel_script_runs() -> Result<(), Failed> {
         .steps
         .iter()
         .filter_map(|s| match &s.action {
-            Action::Nftables { ruleset } => Some(ruleset.as_str()),
+            Action::Nftables(nft::Nftables { ruleset }) => Some(ruleset.as_str()),
             _ => None,
         })
         .collect();

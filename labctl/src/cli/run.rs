@@ -216,7 +216,7 @@ pub fn run(args: Args) -> Result {
     let result = run_all(&args, &lab, &selected, &mut suite);
     // The last scenario's taps, still closing in the background: together
     // now rather than one by one as the process exits.
-    labctl::capture::wait_closed();
+    labctl::observe::capture::wait_closed();
     let written = write_results(&args, &suite);
     if brought_up && !args.keep {
         super::warn_left(&engine::down(&lab.name, None)?.left);

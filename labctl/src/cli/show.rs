@@ -8,8 +8,9 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use clap::Subcommand;
+use labctl::ipvs;
+use labctl::observe::{self, conntrack};
 use labctl::state::LabState;
-use labctl::{conntrack, ipvs, observe};
 use serde::Serialize;
 
 use super::{Exit, Failure, Result, TableFormat as Format};

@@ -1,12 +1,27 @@
-//! The kernel side of the eBPF steps (planned in `plan/ebpf.rs` and
-//! `plan/route.rs`): `BpfLoad`, `BpfMaps`, `RouteLoad` and
-//! `RouteMaps` are bpf(2) calls on the pins ([`crate::lb::load`],
+//! The eBPF steps (planned in `plan/ebpf.rs` and `plan/route.rs`): the
+//! payloads of [`Action::BpfLoad`], [`Action::BpfAttach`],
+//! [`Action::BpfMaps`], [`Action::RouteLoad`] and [`Action::RouteMaps`],
+//! their text (the `bpftool` and `tc` commands that do the same) and their
+//! calls. Loads and maps are bpf(2) calls on the pins ([`crate::lb::load`],
 //! [`crate::lb::program_maps`], [`crate::route::load`],
-//! [`crate::route::program_maps`]) made on a blocking thread; `BpfAttach` is
-//! one `RTM_NEWTFILTER` on the pod namespace's rtnetlink handle carrying
+//! [`crate::route::program_maps`]) made on a blocking thread; `BpfAttach`
+//! is one `RTM_NEWTFILTER` on the pod namespace's rtnetlink handle carrying
 //! the pinned program's fd, like `tc filter add dev IF ingress|egress
 //! protocol all bpf direct-action object-pinned PIN`.
+//!
+//! Loads and maps act on the bpffs (the pins under [`crate::lb::pin_dir`]),
+//! which is no namespace's: their steps carry a namespace of the lab only so
+//! that every step of a plan belongs to the lab, and their commands run
+//! without `ip netns exec` (a bpffs mounted inside `ip netns exec` would
+//! vanish with its private mount namespace).
+//!
+//! [`Action::BpfLoad`]: crate::kernel::step::Action::BpfLoad
+//! [`Action::BpfAttach`]: crate::kernel::step::Action::BpfAttach
+//! [`Action::BpfMaps`]: crate::kernel::step::Action::BpfMaps
+//! [`Action::RouteLoad`]: crate::kernel::step::Action::RouteLoad
+//! [`Action::RouteMaps`]: crate::kernel::step::Action::RouteMaps
 
+use std::fmt;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
@@ -15,9 +30,258 @@ use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::tc::{
     TcAttribute, TcBpfFlags, TcFilterBpf, TcFilterBpfOption, TcHandle, TcMessage, TcOption,
 };
+use serde::Serialize;
 
-use super::step::{Action, Step};
+use super::step::{Step, shell_quote};
 use super::{KernelError, Netlink, first_line as what};
+use crate::lb::BpfService;
+use crate::route::Tables;
+
+/// `bpftool prog loadall OBJ PIN_DIR type classifier pinmaps PIN_DIR`,
+/// after mounting the bpffs if missing and removing stale pins: the
+/// load balancer's programs and maps, pinned once for the whole lab
+/// ([`crate::lb::load`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BpfLoad {
+    pub object: String,
+    pub pin_dir: String,
+}
+
+impl BpfLoad {
+    /// The command (run outside the namespace; see the module doc).
+    pub fn command(&self, _ns: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        load_command(f, &self.object, &self.pin_dir)
+    }
+
+    pub(super) async fn apply(&self, _nl: &Netlink, step: &Step) -> Result<(), KernelError> {
+        let dir = PathBuf::from(&self.pin_dir);
+        let what = what(step);
+        tokio::task::spawn_blocking(move || crate::lb::load(&dir))
+            .await
+            .map_err(|e| KernelError::new(what.clone(), e))?
+            .map_err(|e| KernelError::new(what, e))
+    }
+}
+
+/// `tc filter add dev IF ingress|egress protocol all bpf direct-action
+/// object-pinned PIN`: a pinned program on a pod's interface, as a
+/// netlink cls_bpf filter holding its own reference to the program
+/// (the clsact qdisc is an [`Action::Clsact`] before it).
+///
+/// [`Action::Clsact`]: crate::kernel::step::Action::Clsact
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BpfAttach {
+    pub ifname: String,
+    pub ifindex: u32,
+    pub hook: labctl_topology::TcHook,
+    /// The program's name (`lb_egress`, `lb_ingress`).
+    pub program: String,
+    /// Where [`BpfLoad`] (or [`RouteLoad`]) pinned it.
+    pub pin: String,
+}
+
+impl BpfAttach {
+    /// The tc command in namespace `ns` (already quoted).
+    pub fn command(&self, ns: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hook = self.hook.as_str();
+        write!(
+            f,
+            "tc -n {ns} filter add dev {} {hook} protocol all bpf direct-action object-pinned {}",
+            shell_quote(&self.ifname),
+            shell_quote(&self.pin)
+        )
+    }
+
+    pub(super) async fn apply(&self, nl: &Netlink, step: &Step) -> Result<(), KernelError> {
+        let which = labctl_lb::Program::from_name(&self.program)
+            .map(labctl_lb::Program::name)
+            .or_else(|| labctl_lb::RouteProgram::from_name(&self.program).map(|p| p.name()))
+            .ok_or_else(|| {
+                KernelError::new(step.to_string(), "not one of labctl's eBPF programs")
+            })?;
+        // A bpf(2) call on the bpffs, not a namespace's: made here.
+        let fd = labctl_lb::pinned_program(std::path::Path::new(&self.pin), which)
+            .map_err(|e| KernelError::new(step.to_string(), e))?;
+        let raw =
+            u32::try_from(fd.as_raw_fd()).map_err(|e| KernelError::new(step.to_string(), e))?;
+        let req = attach_message(self.ifindex, self.hook, &filter_name(&self.pin), raw);
+        // The fd stays open until the kernel has answered.
+        let result = nl.send(step, req).await;
+        drop(fd);
+        result
+    }
+}
+
+/// `bpftool map update pinned PIN_DIR/MAP key hex .. value hex ..` for
+/// every backend slot and service: the maps hold exactly `services`
+/// afterwards and no remembered flow ([`crate::lb::program_maps`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BpfMaps {
+    pub pin_dir: String,
+    pub services: Vec<BpfService>,
+}
+
+impl BpfMaps {
+    /// The commands, one `bpftool map update` a line, each service's
+    /// backend slots before the service that counts them, as
+    /// [`crate::lb::program_maps`] writes them. In fresh maps (`up`) that is
+    /// all there is to do; on a lab that is up, the executor also removes the
+    /// services not listed and empties the remembered flows.
+    pub fn command(&self, _ns: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let dir = std::path::Path::new(&self.pin_dir);
+        let mut first = true;
+        for s in &self.services {
+            let updates = match labctl_lb::service_updates(s.frontend(), &s.backends, s.pinned) {
+                Ok(u) => u,
+                Err(e) => {
+                    // Cannot happen for a plan (pins are endpoint positions);
+                    // said in the script rather than hidden.
+                    write!(
+                        f,
+                        "{}# {}: {e}",
+                        if first { "" } else { "\n" },
+                        s.frontend()
+                    )?;
+                    first = false;
+                    continue;
+                }
+            };
+            for u in updates {
+                if !first {
+                    writeln!(f)?;
+                }
+                first = false;
+                write!(
+                    f,
+                    "bpftool map update pinned {} key hex {} value hex {}",
+                    shell_quote(&dir.join(u.map).display().to_string()),
+                    hex(&u.key),
+                    hex(&u.value)
+                )?;
+            }
+        }
+        if first {
+            write!(f, "true # no eBPF services")?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn apply(&self, _nl: &Netlink, step: &Step) -> Result<(), KernelError> {
+        let dir = PathBuf::from(&self.pin_dir);
+        let services = self.services.clone();
+        let what = what(step);
+        tokio::task::spawn_blocking(move || crate::lb::program_maps(&dir, &services))
+            .await
+            .map_err(|e| KernelError::new(what.clone(), e))?
+            .map_err(|e| KernelError::new(what, e))
+    }
+}
+
+/// `bpftool prog loadall OBJ PIN_DIR type classifier pinmaps PIN_DIR`
+/// for the overlay router: its programs and maps pinned in one node's
+/// directory ([`crate::route::load`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RouteLoad {
+    pub object: String,
+    pub pin_dir: String,
+}
+
+impl RouteLoad {
+    /// The command (run outside the namespace; see the module doc).
+    pub fn command(&self, _ns: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        load_command(f, &self.object, &self.pin_dir)
+    }
+
+    pub(super) async fn apply(&self, _nl: &Netlink, step: &Step) -> Result<(), KernelError> {
+        let dir = PathBuf::from(&self.pin_dir);
+        let what = what(step);
+        tokio::task::spawn_blocking(move || crate::route::load(&dir))
+            .await
+            .map_err(|e| KernelError::new(what.clone(), e))?
+            .map_err(|e| KernelError::new(what, e))
+    }
+}
+
+/// `bpftool map update pinned PIN_DIR/MAP ...` for each endpoint,
+/// tunnel and the VXLAN device: the router maps of one node hold
+/// exactly `tables` afterwards ([`crate::route::program_maps`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RouteMaps {
+    pub pin_dir: String,
+    pub tables: Tables,
+}
+
+impl RouteMaps {
+    /// The commands: one `bpftool map update` a line, endpoints, tunnels,
+    /// then the config slot (the VXLAN device and the local delivery, whose
+    /// helper a comment names). In fresh maps (`up`) that is all there is
+    /// to do; the executor also removes entries not listed.
+    pub fn command(&self, _ns: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let dir = std::path::Path::new(&self.pin_dir);
+        let tables = &self.tables;
+        for (i, u) in tables.to_lb().updates().iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(
+                f,
+                "bpftool map update pinned {} key hex {} value hex {}",
+                shell_quote(&dir.join(u.map).display().to_string()),
+                hex(&u.key),
+                hex(&u.value)
+            )?;
+            if u.map == labctl_lb::MAP_ROUTE_CONFIG {
+                let mode = crate::route::redirect_mode(tables.redirect);
+                write!(
+                    f,
+                    "  # tunnel ifindex {}, local delivery {} ({})",
+                    tables.tunnel_ifindex,
+                    mode.helper(),
+                    mode
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn apply(&self, _nl: &Netlink, step: &Step) -> Result<(), KernelError> {
+        let dir = PathBuf::from(&self.pin_dir);
+        let tables = self.tables.clone();
+        let what = what(step);
+        tokio::task::spawn_blocking(move || crate::route::program_maps(&dir, &tables))
+            .await
+            .map_err(|e| KernelError::new(what.clone(), e))?
+            .map_err(|e| KernelError::new(what, e))
+    }
+}
+
+/// The load commands of [`BpfLoad`] and [`RouteLoad`]: the bpffs mounted
+/// if missing, stale pins removed, the object loaded with programs and maps
+/// pinned in the pin directory.
+///
+/// The object's maps are BTF map definitions, which the libbpf of
+/// `bpftool` (1.0 and later) loads; `pinmaps` pins each under its name,
+/// where `up`'s loader pins them too. `tests/objects.rs` runs this line and
+/// compares the programs, maps and contents with `up`'s.
+fn load_command(f: &mut fmt::Formatter<'_>, object: &str, pin_dir: &str) -> fmt::Result {
+    let mount = shell_quote(labctl_lb::DEFAULT_BPFFS);
+    let (object, dir) = (shell_quote(object), shell_quote(pin_dir));
+    write!(
+        f,
+        "mkdir -p {mount} && {{ mountpoint -q {mount} || mount -t bpf bpf {mount}; }} \
+         && rm -rf -- {dir} && mkdir -p {dir} \
+         && bpftool prog loadall {object} {dir} type classifier pinmaps {dir}"
+    )
+}
+
+/// Bytes as `bpftool` takes them: two hex digits each, spaced.
+fn hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
 
 /// `TC_H_MIN_INGRESS` / `TC_H_MIN_EGRESS` under clsact's `ffff:`.
 const CLSACT_INGRESS: u32 = 0xffff_fff2;
@@ -63,73 +327,6 @@ pub fn attach_message(
     let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewTrafficFilter(msg));
     req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
     req
-}
-
-impl Netlink {
-    /// Run one of the eBPF load balancer's steps.
-    pub(super) async fn run_ebpf(&self, step: &Step) -> Result<(), KernelError> {
-        match &step.action {
-            Action::BpfLoad { pin_dir, .. } => {
-                let dir = PathBuf::from(pin_dir);
-                let what = what(step);
-                tokio::task::spawn_blocking(move || crate::lb::load(&dir))
-                    .await
-                    .map_err(|e| KernelError::new(what.clone(), e))?
-                    .map_err(|e| KernelError::new(what, e))
-            }
-            Action::BpfMaps { pin_dir, services } => {
-                let dir = PathBuf::from(pin_dir);
-                let services = services.clone();
-                let what = what(step);
-                tokio::task::spawn_blocking(move || crate::lb::program_maps(&dir, &services))
-                    .await
-                    .map_err(|e| KernelError::new(what.clone(), e))?
-                    .map_err(|e| KernelError::new(what, e))
-            }
-            Action::RouteLoad { pin_dir, .. } => {
-                let dir = PathBuf::from(pin_dir);
-                let what = what(step);
-                tokio::task::spawn_blocking(move || crate::route::load(&dir))
-                    .await
-                    .map_err(|e| KernelError::new(what.clone(), e))?
-                    .map_err(|e| KernelError::new(what, e))
-            }
-            Action::RouteMaps { pin_dir, tables } => {
-                let dir = PathBuf::from(pin_dir);
-                let tables = tables.clone();
-                let what = what(step);
-                tokio::task::spawn_blocking(move || crate::route::program_maps(&dir, &tables))
-                    .await
-                    .map_err(|e| KernelError::new(what.clone(), e))?
-                    .map_err(|e| KernelError::new(what, e))
-            }
-            Action::BpfAttach {
-                ifindex,
-                hook,
-                program,
-                pin,
-                ..
-            } => {
-                let which = labctl_lb::Program::from_name(program)
-                    .map(labctl_lb::Program::name)
-                    .or_else(|| labctl_lb::RouteProgram::from_name(program).map(|p| p.name()))
-                    .ok_or_else(|| {
-                        KernelError::new(step.to_string(), "not one of labctl's eBPF programs")
-                    })?;
-                // A bpf(2) call on the bpffs, not a namespace's: made here.
-                let fd = labctl_lb::pinned_program(std::path::Path::new(pin), which)
-                    .map_err(|e| KernelError::new(step.to_string(), e))?;
-                let raw = u32::try_from(fd.as_raw_fd())
-                    .map_err(|e| KernelError::new(step.to_string(), e))?;
-                let req = attach_message(*ifindex, *hook, &filter_name(pin), raw);
-                // The fd stays open until the kernel has answered.
-                let result = self.send(step, req).await;
-                drop(fd);
-                result
-            }
-            _ => Err(KernelError::new(step.to_string(), "not an eBPF action")),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! The kernel side of [`Action::Nftables`]: what `ip netns exec NETNS nft
+//! nftables rulesets: the payload of [`Action::Nftables`], its text (`nft
+//! -f -` with the ruleset in a heredoc) and what `ip netns exec NETNS nft
 //! -f -` does with the step's script on standard input, and `nft list
 //! ruleset` for reading back. Both run on a thread of our own inside the
 //! namespace, through libnftables in-process where it is installed (the
@@ -10,10 +11,60 @@
 //!
 //! [`Action::Nftables`]: crate::kernel::step::Action::Nftables
 
+use std::fmt;
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 
-use super::KernelError;
+use serde::Serialize;
+
+use super::step::Step;
+use super::{KernelError, Netlink, first_line};
+
+/// `nft -f -` with this script inside the namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Nftables {
+    pub ruleset: String,
+}
+
+impl Nftables {
+    /// The command in namespace `ns` (already quoted), the ruleset in a
+    /// heredoc.
+    pub fn command(&self, ns: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A quoted delimiter: the shell expands nothing in the body, which
+        // ends at the first line equal to the delimiter, so the delimiter
+        // is one no line of the ruleset is.
+        let ruleset = &self.ruleset;
+        let delimiter = heredoc_delimiter(ruleset);
+        let newline = if ruleset.ends_with('\n') { "" } else { "\n" };
+        write!(
+            f,
+            "ip netns exec {ns} nft -f - <<'{delimiter}'\n{ruleset}{newline}{delimiter}"
+        )
+    }
+
+    pub(super) async fn apply(&self, _nl: &Netlink, step: &Step) -> Result<(), KernelError> {
+        // libnftables (or nft) on a thread of our own inside the namespace.
+        let (netns, ruleset) = (step.netns.clone(), self.ruleset.clone());
+        let what = first_line(step);
+        tokio::task::spawn_blocking(move || apply(&netns, &ruleset, &what))
+            .await
+            .map_err(|e| KernelError::new(first_line(step), e))?
+    }
+}
+
+/// A heredoc delimiter that is no line of `body`: `EOF`, else `EOF1`,
+/// `EOF2`, ... A line of the body equal to the delimiter would end the
+/// heredoc there and the lines after it would run as commands.
+fn heredoc_delimiter(body: &str) -> String {
+    let taken = |d: &str| body.lines().any(|l| l.trim_end() == d);
+    let mut delimiter = "EOF".to_string();
+    let mut n = 0;
+    while taken(&delimiter) {
+        n += 1;
+        delimiter = format!("EOF{n}");
+    }
+    delimiter
+}
 
 /// Why `nft -f -` failed.
 #[derive(Debug, thiserror::Error)]

@@ -73,15 +73,12 @@ pub enum Action {
     AddVeth(crate::kernel::veth::AddVeth),
     /// A dummy device ([`crate::kernel::dummy`]).
     AddDummy(crate::kernel::dummy::AddDummy),
-    /// `ipvsadm -C`, then `ipvsadm -A -t VIP:PORT -s rr` and `ipvsadm -a
-    /// -t VIP:PORT -r RIP:RPORT -m -w W` for each real server, in one
-    /// `sh -c`: the namespace's whole IPVS table (kube-proxy's IPVS mode,
-    /// the SLB).
-    IpvsTable {
-        services: Vec<crate::services::VirtualService>,
-    },
-    /// `nft -f -` with this script inside the namespace.
-    Nftables { ruleset: String },
+    /// A namespace's whole IPVS table, `ipvsadm` commands in one `sh -c`
+    /// (kube-proxy's IPVS mode, the SLB; [`crate::kernel::ipvs`]).
+    IpvsTable(crate::kernel::ipvs::IpvsTable),
+    /// `nft -f -` with a ruleset inside the namespace
+    /// ([`crate::kernel::nft`]).
+    Nftables(crate::kernel::nft::Nftables),
     /// A link up ([`crate::kernel::link`]).
     LinkUp(crate::kernel::link::LinkUp),
     /// A bridge port isolated ([`crate::kernel::link`]).
@@ -142,42 +139,21 @@ pub enum Action {
     /// A forwarding database entry deleted (a scenario's change;
     /// [`crate::kernel::fdb`]).
     DelFdb(crate::kernel::fdb::DelFdb),
-    /// `bpftool prog loadall OBJ PIN_DIR type classifier pinmaps PIN_DIR`,
-    /// after mounting the bpffs if missing and removing stale pins: the
-    /// load balancer's programs and maps, pinned once for the whole lab
-    /// ([`crate::lb::load`]).
-    BpfLoad { object: String, pin_dir: String },
-    /// `tc filter add dev IF ingress|egress protocol all bpf direct-action
-    /// object-pinned PIN`: a pinned program on a pod's interface, as a
-    /// netlink cls_bpf filter holding its own reference to the program
-    /// (the clsact qdisc is an [`Action::Clsact`] before it).
-    BpfAttach {
-        ifname: String,
-        ifindex: u32,
-        hook: labctl_topology::TcHook,
-        /// The program's name (`lb_egress`, `lb_ingress`).
-        program: String,
-        /// Where [`Action::BpfLoad`] pinned it.
-        pin: String,
-    },
-    /// `bpftool map update pinned PIN_DIR/MAP key hex .. value hex ..` for
-    /// every backend slot and service: the maps hold exactly `services`
-    /// afterwards and no remembered flow ([`crate::lb::program_maps`]).
-    BpfMaps {
-        pin_dir: String,
-        services: Vec<crate::lb::BpfService>,
-    },
-    /// `bpftool prog loadall OBJ PIN_DIR type classifier pinmaps PIN_DIR`
-    /// for the overlay router: its programs and maps pinned in one node's
-    /// directory ([`crate::route::load`]).
-    RouteLoad { object: String, pin_dir: String },
-    /// `bpftool map update pinned PIN_DIR/MAP ...` for each endpoint,
-    /// tunnel and the VXLAN device: the router maps of one node hold
-    /// exactly `tables` afterwards ([`crate::route::program_maps`]).
-    RouteMaps {
-        pin_dir: String,
-        tables: crate::route::Tables,
-    },
+    /// The load balancer's programs and maps loaded and pinned once for
+    /// the whole lab ([`crate::kernel::ebpf`]).
+    BpfLoad(crate::kernel::ebpf::BpfLoad),
+    /// A pinned program on an interface as a cls_bpf filter
+    /// ([`crate::kernel::ebpf`]).
+    BpfAttach(crate::kernel::ebpf::BpfAttach),
+    /// The load balancer's maps made to hold exactly its services
+    /// ([`crate::kernel::ebpf`]).
+    BpfMaps(crate::kernel::ebpf::BpfMaps),
+    /// The overlay router's programs and maps loaded and pinned in one
+    /// node's directory ([`crate::kernel::ebpf`]).
+    RouteLoad(crate::kernel::ebpf::RouteLoad),
+    /// One node's router maps made to hold exactly its tables
+    /// ([`crate::kernel::ebpf`]).
+    RouteMaps(crate::kernel::ebpf::RouteMaps),
     /// An 802.1Q sub-interface ([`crate::kernel::vlan`]).
     AddVlan(crate::kernel::vlan::AddVlan),
     /// A bond ([`crate::kernel::bond`]).

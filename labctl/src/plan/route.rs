@@ -6,13 +6,12 @@
 //! (`RouteMaps`) with the ifindexes this plan gave the devices. Written by
 //! hand because the lab's devices and their ifindexes are only known here;
 //! `labctl plan -o script` prints the `bpftool` and `tc` commands that do
-//! the same (as [`super::ebpf`] does for the load balancer).
-
-use std::fmt;
+//! the same (written, as the load balancer's, by [`crate::kernel::ebpf`]).
 
 use labctl_topology::{Lab, TcAction};
 
-use super::{Action, Interfaces, Phase, Step, shell_quote};
+use super::{Action, Interfaces, Phase, Step};
+use crate::kernel::ebpf;
 use crate::route::{self, Endpoint, Tables};
 
 /// The router's steps, after the layer's devices are planned (`index`
@@ -41,23 +40,23 @@ pub(super) fn steps(lab: &Lab, index: &Interfaces) -> Vec<Step> {
         out.push(Step {
             phase: Phase::Services,
             netns: lab.netns(entity),
-            action: Action::RouteLoad {
+            action: Action::RouteLoad(ebpf::RouteLoad {
                 object: labctl_lb::ROUTE_OBJECT_PATH.to_string(),
                 pin_dir: pin_dir(entity).display().to_string(),
-            },
+            }),
         });
     }
     for (t, program) in bpf_tc {
         let netns = lab.netns(&t.netns);
         out.push(Step {
             phase: Phase::Ebpf,
-            action: Action::BpfAttach {
+            action: Action::BpfAttach(ebpf::BpfAttach {
                 ifname: t.dev.clone(),
                 ifindex: ifindex(&netns, &t.dev),
                 hook: t.hook,
                 program: program.clone(),
                 pin: pin_dir(&t.netns).join(program).display().to_string(),
-            },
+            }),
             netns,
         });
     }
@@ -82,42 +81,11 @@ pub(super) fn steps(lab: &Lab, index: &Interfaces) -> Vec<Step> {
         out.push(Step {
             phase: Phase::Ebpf,
             netns,
-            action: Action::RouteMaps {
+            action: Action::RouteMaps(ebpf::RouteMaps {
                 pin_dir: pin_dir(&m.netns).display().to_string(),
                 tables,
-            },
+            }),
         });
     }
     out
-}
-
-/// `RouteMaps`' commands: one `bpftool map update` a line, endpoints,
-/// tunnels, then the config slot (the VXLAN device and the local delivery,
-/// whose helper a comment names). In fresh maps (`up`) that is all there is
-/// to do; the executor also removes entries not listed.
-pub(super) fn fmt_maps(f: &mut fmt::Formatter<'_>, pin_dir: &str, tables: &Tables) -> fmt::Result {
-    let dir = std::path::Path::new(pin_dir);
-    for (i, u) in tables.to_lb().updates().iter().enumerate() {
-        if i > 0 {
-            writeln!(f)?;
-        }
-        write!(
-            f,
-            "bpftool map update pinned {} key hex {} value hex {}",
-            shell_quote(&dir.join(u.map).display().to_string()),
-            super::ebpf::hex(&u.key),
-            super::ebpf::hex(&u.value)
-        )?;
-        if u.map == labctl_lb::MAP_ROUTE_CONFIG {
-            let mode = route::redirect_mode(tables.redirect);
-            write!(
-                f,
-                "  # tunnel ifindex {}, local delivery {} ({})",
-                tables.tunnel_ifindex,
-                mode.helper(),
-                mode
-            )?;
-        }
-    }
-    Ok(())
 }

@@ -10,7 +10,7 @@ use ipnet::Ipv4Net;
 use labctl_topology::{Lab, Node, ProxyMode, Service};
 
 use super::{Action, Indexes, Phase, Step, pusher};
-use crate::kernel::{addr, dummy, sysctl};
+use crate::kernel::{addr, dummy, ipvs, nft, sysctl};
 use crate::services::{Overrides, effective, node_ruleset, node_table, slb_table};
 
 /// Every service address on a dummy kube-ipvs0 in each node that runs
@@ -88,16 +88,16 @@ impl ServiceProxy for KubeProxyIpvs {
             Step {
                 phase: Phase::Services,
                 netns: netns.clone(),
-                action: Action::IpvsTable {
+                action: Action::IpvsTable(ipvs::IpvsTable {
                     services: node_table(lab, services, node, pin),
-                },
+                }),
             },
             Step {
                 phase: Phase::Services,
                 netns,
-                action: Action::Nftables {
+                action: Action::Nftables(nft::Nftables {
                     ruleset: node_ruleset(lab, services, node),
-                },
+                }),
             },
         ]
     }
@@ -118,9 +118,9 @@ impl ServiceProxy for KubeProxyNftables {
         vec![Step {
             phase: Phase::Services,
             netns: lab.netns(&node.name),
-            action: Action::Nftables {
+            action: Action::Nftables(nft::Nftables {
                 ruleset: crate::services::nftables::node_ruleset(lab, services, node, pin),
-            },
+            }),
         }]
     }
 }
@@ -155,14 +155,14 @@ pub fn steps(lab: &Lab, overrides: &Overrides) -> Vec<Step> {
         out.push(Step {
             phase: Phase::Services,
             netns: lab.netns("vpc"),
-            action: Action::IpvsTable {
+            action: Action::IpvsTable(ipvs::IpvsTable {
                 services: slb_table(
                     lab,
                     &services,
                     overrides.via_node.as_deref(),
                     overrides.backend.as_deref(),
                 ),
-            },
+            }),
         });
     }
     out

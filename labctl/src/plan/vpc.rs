@@ -6,6 +6,7 @@
 use labctl_topology::{Attachment, Lab};
 
 use super::{Action, Phase, Step};
+use crate::kernel::nft;
 
 /// A cloud vSwitch: ENIs reach each other only through the router, which
 /// answers their ARP for any address of the subnet (proxy ARP), but never
@@ -16,9 +17,9 @@ pub(super) fn same_eni_rules(lab: &Lab) -> Option<Step> {
     Some(Step {
         phase: Phase::Routes,
         netns: lab.netns("vpc"),
-        action: Action::Nftables {
+        action: Action::Nftables(nft::Nftables {
             ruleset: same_eni_table(lab),
-        },
+        }),
     })
 }
 

@@ -29,7 +29,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::capture::Direction;
+use crate::observe::capture::Direction;
 
 /// One tap's sighting of the request.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,6 +3,20 @@
 //! `ip -d addr` would show them. What `labctl status` prints. Also one
 //! namespace's neighbour table (`ip neigh show`) and packet-filter rules
 //! (`nft list ruleset`), which scenarios check after their traffic.
+//!
+//! The other readers sit beside it: [`capture`] (taps on every interface,
+//! as tcpdump sees them) and [`conntrack`] (the flows the kernel
+//! remembers, like `conntrack -L`). Both watch what packets did; neither
+//! builds nor changes the lab (conntrack's flush and neighbour forgetting
+//! only clear what a scenario is about to read again).
+//!
+//! Not here: the traffic module makes packets rather than watching them,
+//! and `labctl serve` and the lab's state record use it, so it stays at the
+//! top beside them (under `scenario/` it would make a cycle through the
+//! state). The IPVS client and the eBPF maps are read here and there
+//! (`labctl show`, a scenario's checks) but written by the kernel layer,
+//! which this module uses for `nft list ruleset`: they stay where both can
+//! reach them.
 
 use std::collections::HashMap;
 
@@ -15,6 +29,9 @@ use serde::Serialize;
 use crate::engine::{EngineError, runtime};
 use crate::state::LabState;
 use crate::sys;
+
+pub mod capture;
+pub mod conntrack;
 
 /// One namespace of a lab as the kernel has it now.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]

@@ -83,20 +83,6 @@ impl Plan {
     }
 }
 
-/// A heredoc delimiter that is no line of `body`: `EOF`, else `EOF1`,
-/// `EOF2`, ... A line of the body equal to the delimiter would end the
-/// heredoc there and the lines after it would run as commands.
-fn heredoc_delimiter(body: &str) -> String {
-    let taken = |d: &str| body.lines().any(|l| l.trim_end() == d);
-    let mut delimiter = "EOF".to_string();
-    let mut n = 0;
-    while taken(&delimiter) {
-        n += 1;
-        delimiter = format!("EOF{n}");
-    }
-    delimiter
-}
-
 impl fmt::Display for Step {
     /// The iproute2 equivalent of the step, every word from the topology
     /// quoted for the shell ([`shell_quote`]).
@@ -111,47 +97,8 @@ impl fmt::Display for Step {
             Action::IsolatePort(a) => a.command(&ns, f),
             Action::RenameUp(a) => a.command(&ns, f),
             Action::AddDummy(a) => a.command(&ns, f),
-            Action::IpvsTable { services } => {
-                // One process in the namespace for the whole table (a
-                // process per `ipvsadm` is costly where every exec is, as
-                // in the VM): the commands chained in one `sh -c`.
-                // Addresses, ports and weights are numbers, so the
-                // single-quoted command needs no quoting of its own; only
-                // the namespace does. (`ipvsadm -R` would read them from
-                // stdin in one process, but Debian 12's 1.31 refuses its
-                // `-a` lines with EINVAL.)
-                let mut cmds = vec!["ipvsadm -C".to_string()];
-                for vs in services {
-                    let flag = match vs.protocol {
-                        labctl_topology::Protocol::Tcp => "-t",
-                        labctl_topology::Protocol::Udp => "-u",
-                    };
-                    let (a, p) = (vs.address, vs.port);
-                    let mut add = format!("ipvsadm -A {flag} {a}:{p} -s rr");
-                    if let Some(t) = vs.persistent {
-                        add.push_str(&format!(" -p {t}"));
-                    }
-                    cmds.push(add);
-                    for d in &vs.dests {
-                        cmds.push(format!(
-                            "ipvsadm -a {flag} {a}:{p} -r {}:{} -m -w {}",
-                            d.address, d.port, d.weight
-                        ));
-                    }
-                }
-                write!(f, "ip netns exec {ns} sh -c '{}'", cmds.join(" && "))
-            }
-            Action::Nftables { ruleset } => {
-                // A quoted delimiter: the shell expands nothing in the body,
-                // which ends at the first line equal to the delimiter, so
-                // the delimiter is one no line of the ruleset is.
-                let delimiter = heredoc_delimiter(ruleset);
-                let newline = if ruleset.ends_with('\n') { "" } else { "\n" };
-                write!(
-                    f,
-                    "ip netns exec {ns} nft -f - <<'{delimiter}'\n{ruleset}{newline}{delimiter}"
-                )
-            }
+            Action::IpvsTable(a) => a.command(&ns, f),
+            Action::Nftables(a) => a.command(&ns, f),
             Action::AddAddress(a) => a.command(&ns, f),
             Action::AddHostAddress(a) => a.command(&ns, f),
             Action::ArpOff(a) => a.command(&ns, f),
@@ -175,13 +122,11 @@ impl fmt::Display for Step {
             Action::DelNeighbour(a) => a.command(&ns, f),
             Action::DelFdb(a) => a.command(&ns, f),
             Action::TcMirred(a) => a.command(&ns, f),
-            Action::BpfLoad { object, pin_dir } => ebpf::fmt_load(f, object, pin_dir),
-            Action::BpfAttach {
-                ifname, hook, pin, ..
-            } => ebpf::fmt_attach(f, &self.netns, ifname, *hook, pin),
-            Action::BpfMaps { pin_dir, services } => ebpf::fmt_maps(f, pin_dir, services),
-            Action::RouteLoad { object, pin_dir } => ebpf::fmt_load(f, object, pin_dir),
-            Action::RouteMaps { pin_dir, tables } => route::fmt_maps(f, pin_dir, tables),
+            Action::BpfLoad(a) => a.command(&ns, f),
+            Action::BpfAttach(a) => a.command(&ns, f),
+            Action::BpfMaps(a) => a.command(&ns, f),
+            Action::RouteLoad(a) => a.command(&ns, f),
+            Action::RouteMaps(a) => a.command(&ns, f),
             Action::AddVlan(a) => a.command(&ns, f),
             Action::AddBond(a) => a.command(&ns, f),
             Action::Enslave(a) => a.command(&ns, f),
@@ -545,7 +490,10 @@ mod tests {
             }],
         }];
         assert_eq!(
-            step(PWN, Action::IpvsTable { services }),
+            step(
+                PWN,
+                Action::IpvsTable(crate::kernel::ipvs::IpvsTable { services })
+            ),
             "ip netns exec '$(touch /tmp/pwned)' sh -c 'ipvsadm -C \
              && ipvsadm -A -t 192.168.13.23:80 -s rr \
              && ipvsadm -a -t 192.168.13.23:80 -r 172.23.96.163:80 -m -w 1'"
@@ -558,9 +506,9 @@ mod tests {
     fn nft_heredoc_delimiter_is_not_in_the_ruleset() {
         let plain = step(
             "n",
-            Action::Nftables {
+            Action::Nftables(crate::kernel::nft::Nftables {
                 ruleset: "table ip t {\n}\n".into(),
-            },
+            }),
         );
         assert_eq!(
             plain,
@@ -568,9 +516,9 @@ mod tests {
         );
         let hostile = step(
             "x;y",
-            Action::Nftables {
+            Action::Nftables(crate::kernel::nft::Nftables {
                 ruleset: "table ip t {\nEOF\ntouch /tmp/pwned\nEOF1 \n}".into(),
-            },
+            }),
         );
         assert_eq!(
             hostile,

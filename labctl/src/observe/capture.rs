@@ -46,7 +46,9 @@ use nix::sys::socket::{
 use nix::sys::time::TimeSpec;
 use serde::Serialize;
 
+pub use crate::sys::wait_closed;
 use crate::sys::{self, NetnsGuard};
+pub use crate::traffic::icmp_name;
 
 /// `ARPHRD_ETHER`: frames start with an Ethernet header.
 pub const ARPHRD_ETHER: u16 = libc::ARPHRD_ETHER;
@@ -149,25 +151,6 @@ impl MultiCapture {
         self.inner.finish(quiet, most)
     }
 }
-
-/// Wait until the taps of every stopped capture are closed.
-///
-/// Closing an AF_PACKET socket waits for an RCU grace period
-/// (`packet_release` calls `synchronize_net`), about 12 ms here: 33 taps
-/// closed one by one took 400 ms. A stopped capture closes its taps each
-/// on a thread of its own, so the grace periods overlap (22-30 ms for 33),
-/// and returns its packets without waiting for that. Only its own taps are
-/// ever read, so a capture started meanwhile never sees another's packets;
-/// a tap still open keeps its namespace alive, so `down` calls this first.
-pub fn wait_closed() {
-    let closing = std::mem::take(&mut *CLOSING.lock().unwrap_or_else(|e| e.into_inner()));
-    for t in closing {
-        let _ = t.join();
-    }
-}
-
-/// The threads closing stopped captures' taps; see [`wait_closed`].
-static CLOSING: Mutex<Vec<JoinHandle<()>>> = Mutex::new(Vec::new());
 
 /// Start capturing on every interface of each namespace at once; one thread
 /// enters the namespaces in turn to open the sockets (a socket stays in the
@@ -272,7 +255,7 @@ impl Running {
         self.ask(quiet, most);
         let mut packets = self.packets.recv().unwrap_or_default();
         if let Some(thread) = self.thread.take() {
-            let mut closing = CLOSING.lock().unwrap_or_else(|e| e.into_inner());
+            let mut closing = sys::CLOSING.lock().unwrap_or_else(|e| e.into_inner());
             closing.retain(|t| !t.is_finished());
             closing.push(thread);
         }
@@ -301,7 +284,7 @@ impl Drop for Running {
     fn drop(&mut self) {
         if let Some(thread) = self.thread.take() {
             self.ask(Duration::ZERO, Duration::ZERO);
-            CLOSING
+            sys::CLOSING
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push(thread);
@@ -820,22 +803,6 @@ impl fmt::Display for Flow {
             write!(f, " | {inner}")?;
         }
         Ok(())
-    }
-}
-
-/// tcpdump's words for the ICMP types labs meet.
-pub fn icmp_name(type_: u8, code: u8) -> String {
-    match (type_, code) {
-        (0, _) => "echo reply".into(),
-        (8, _) => "echo request".into(),
-        (3, 0) => "net unreachable".into(),
-        (3, 1) => "host unreachable".into(),
-        (3, 3) => "port unreachable".into(),
-        (3, 4) => "need to frag".into(),
-        (3, 13) => "administratively prohibited".into(),
-        (3, c) => format!("unreachable code {c}"),
-        (11, _) => "time exceeded in-transit".into(),
-        (t, c) => format!("type {t} code {c}"),
     }
 }
 
