@@ -534,6 +534,7 @@ impl Kernel for Netlink {
         match &step.action {
             Action::AddNeighbour(a) => a.apply(self, step).await,
             Action::DelNeighbour(a) => a.apply(self, step).await,
+            Action::ForgetNeighbours(a) => a.apply(self, step).await,
             Action::AddFdb(a) => a.apply(self, step).await,
             Action::DelFdb(a) => a.apply(self, step).await,
             Action::Clsact(a) => a.apply(self, step).await,

@@ -577,6 +577,119 @@ fn nft_in_process_is_nft() -> Result<(), Failed> {
     )
 }
 
+/// The addresses of a namespace's IPv4 neighbour entries, in every state,
+/// sorted.
+fn neighbours(netns: &str) -> Result<Vec<String>, Failed> {
+    let o = ok(Command::new("ip").args(["-n", netns, "-4", "neigh", "show", "nud", "all"]))?;
+    let mut out: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(String::from))
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// A scenario's neighbour reset in a namespace of its own, through the
+/// netlink executor and as its iproute2 text run by bash: learned entries
+/// (reachable, stale, delay, failed, incomplete, none) are deleted, the
+/// permanent and noarp ones and the kept address stay, and both ways leave
+/// the same table. The host is untouched.
+fn forget_neighbours_leaves_only_what_was_not_learned() -> Result<(), Failed> {
+    use labctl::kernel::Kernel;
+    use labctl::kernel::neigh::ForgetNeighbours;
+    use labctl::plan::{Action, NsSpec, Phase, Step};
+    use std::net::Ipv4Addr;
+
+    /// Deletes the namespace however the trial ends.
+    struct Gone(String);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = Command::new("ip")
+                .args(["netns", "delete", &self.0])
+                .output();
+        }
+    }
+
+    let before = host_snapshot();
+    let ns = unique("forget");
+    labctl::sys::prepare_run_dir()?;
+    let rt = labctl::engine::runtime()?;
+    let mut kernel = labctl::kernel::Netlink::new(format!("{ns}-mark"));
+    let spec = NsSpec {
+        name: ns.clone(),
+        entity: "forget".into(),
+        role: labctl_topology::Role::Host,
+    };
+    rt.block_on(async { kernel.create_namespaces(std::slice::from_ref(&spec)) })
+        .map_err(|e| format!("create {ns}: {e:?}"))?;
+    let _gone = Gone(ns.clone());
+    let ip = |args: &str| -> Result<(), Failed> {
+        ok(Command::new("ip")
+            .args(["-n", &ns])
+            .args(args.split_whitespace()))
+        .map(|_| ())
+    };
+    ip("link add d0 type veth peer name d1")?;
+    ip("link set d0 up")?;
+    ip("link set d1 up")?;
+    ip("addr add 192.0.2.1/24 dev d0")?;
+    let fill = || -> Result<(), Failed> {
+        for (host, state) in [
+            (2, "permanent"),
+            (3, "noarp"),
+            (4, "reachable"),
+            (5, "stale"),
+            (6, "reachable"),
+            (7, "failed"),
+            (8, "delay"),
+            (10, "none"),
+        ] {
+            ip(&format!(
+                "neigh replace 192.0.2.{host} lladdr 02:00:00:00:00:{host:02x} dev d0 nud {state}"
+            ))?;
+        }
+        ip("neigh replace 192.0.2.9 dev d0 nud incomplete")
+    };
+    // What stays: the permanent and noarp entries, and the kept address
+    // (in whatever state the kernel has aged it to meanwhile).
+    let left = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    for (keep, left) in [
+        (
+            vec![Ipv4Addr::new(192, 0, 2, 6)],
+            left(&["192.0.2.2", "192.0.2.3", "192.0.2.6"]),
+        ),
+        (Vec::new(), left(&["192.0.2.2", "192.0.2.3"])),
+    ] {
+        let step = Step {
+            phase: Phase::Changes,
+            netns: ns.clone(),
+            action: Action::ForgetNeighbours(ForgetNeighbours { keep }),
+        };
+        fill()?;
+        ensure(
+            neighbours(&ns)?.len() == 9,
+            format!("{:?}", neighbours(&ns)?),
+        )?;
+        rt.block_on(kernel.run(&step))?;
+        let by_netlink = neighbours(&ns)?;
+        ensure(
+            by_netlink == left,
+            format!("{step}\nthrough netlink left {by_netlink:?}, not {left:?}"),
+        )?;
+        fill()?;
+        ok(Command::new("bash").args(["-c", &step.to_string()]))?;
+        let by_text = neighbours(&ns)?;
+        ensure(
+            by_text == left,
+            format!("{step}\nrun by bash left {by_text:?}, not {left:?}"),
+        )?;
+    }
+    drop(kernel);
+    drop(rt);
+    drop(_gone);
+    ensure(before == host_snapshot(), "forgetting changed the host")
+}
+
 fn main() {
     let args = Arguments::from_args();
     let mut trials = vec![
@@ -595,6 +708,9 @@ fn main() {
         Trial::ignorable_test("not_root", || gate(not_root)),
         Trial::ignorable_test("feature_probe", || gate(feature_probe)),
         Trial::ignorable_test("nft_in_process_is_nft", || gate(nft_in_process_is_nft)),
+        Trial::ignorable_test("forget_neighbours_leaves_only_what_was_not_learned", || {
+            gate(forget_neighbours_leaves_only_what_was_not_learned)
+        }),
         Trial::ignorable_test("vm_lab_up_exec_down", || gate(vm_lab_up_exec_down)),
         Trial::ignorable_test("vm_killed_up_then_down", || gate(vm_killed_up_then_down)),
     ];

@@ -49,8 +49,9 @@ impl Drop for TempDir {
 
 /// Every program a script could call, faked: each appends `call NAME ARGC
 /// ARG...` (NUL-separated) to `$LOG`, and when its last argument is `-`
-/// (`nft -f -`) its standard input as `stdin BODY`. Bash builtins only,
-/// so the fakes need nothing from the real PATH.
+/// (`nft -f -`) its standard input as `stdin BODY`; called with a `show`
+/// argument it prints `$SHOW` (what `ip neigh show` would list). Bash
+/// builtins only, so the fakes need nothing from the real PATH.
 const FAKES: &[&str] = &[
     "ip", "nft", "ipvsadm", "sysctl", "cat", "touch", "rm", "id", "sh", "bash", "curl",
 ];
@@ -65,6 +66,7 @@ fn fake_program() -> String {
            IFS= read -r -d '' body\n\
            printf 'stdin\\0%s\\0' \"$body\" >> \"$LOG\"\n\
          fi\n\
+         if [[ \" $* \" == *' show '* ]]; then printf '%s' \"$SHOW\"; fi\n\
          exit 0\n"
     )
 }
@@ -89,6 +91,11 @@ struct ScriptRun {
 /// Run `script` with bash in `dir`, with a PATH of fakes only and an
 /// environment of nothing else.
 fn run_script(dir: &Path, script: &str) -> Result<ScriptRun, Failed> {
+    run_script_showing(dir, script, "")
+}
+
+/// [`run_script`] with fakes that print `show` when called to show.
+fn run_script_showing(dir: &Path, script: &str, show: &str) -> Result<ScriptRun, Failed> {
     let bin = dir.join("bin");
     let work = dir.join("work");
     std::fs::create_dir_all(&bin)?;
@@ -108,6 +115,7 @@ fn run_script(dir: &Path, script: &str) -> Result<ScriptRun, Failed> {
         .env_clear()
         .env("PATH", &bin)
         .env("LOG", &log)
+        .env("SHOW", show)
         .output()?;
     let raw = std::fs::read(&log)?;
     let raw = String::from_utf8(raw).map_err(|e| format!("log is not UTF-8: {e}"))?;
@@ -614,6 +622,79 @@ fn script_passes_hostile_words_intact() -> Result<(), Failed> {
     Ok(())
 }
 
+/// A scenario's neighbour reset as the text labctl reports for it, run by
+/// bash under the fakes with every hostile namespace: `flush all`, and with
+/// an address to keep, the `show` whose lines (from the fake) lead to one
+/// `del` of the entry not kept, each with the namespace as one word.
+fn forget_neighbours_passes_hostile_namespaces_intact() -> Result<(), Failed> {
+    use labctl::kernel::neigh::ForgetNeighbours;
+    let mut script = String::from("set -e\n");
+    for h in HOSTILE {
+        for keep in [Vec::new(), vec!["10.0.0.9".parse().unwrap()]] {
+            let step = Step {
+                phase: Phase::Changes,
+                netns: format!("lab-{h}"),
+                action: Action::ForgetNeighbours(ForgetNeighbours { keep }),
+            };
+            script.push_str(&format!("{step}\n"));
+        }
+    }
+    let dir = TempDir::new("forget")?;
+    let shown = "10.0.0.5 dev eth0 lladdr 02:00:00:00:00:05 STALE \n\
+                 10.0.0.9 dev eth0 lladdr 02:00:00:00:00:09 REACHABLE \n";
+    let run = run_script_showing(&dir.0, &script, shown)?;
+    let show = || {
+        format!(
+            "status {}, stderr:\n{}\nscript:\n{script}\ncalls: {:#?}",
+            run.status, run.stderr, run.calls
+        )
+    };
+    if !run.status.success() || !run.stderr.is_empty() || !run.left.is_empty() {
+        return Err(format!("the script failed or left {:?}: {}", run.left, show()).into());
+    }
+    if let Some(c) = run.calls.iter().find(|c| c.program != "ip") {
+        return Err(format!("the script ran {c:?}: {}", show()).into());
+    }
+    for h in HOSTILE {
+        let ns = format!("lab-{h}");
+        let calls: Vec<&Vec<String>> = run
+            .calls
+            .iter()
+            .map(|c| &c.args)
+            .filter(|a| a.get(1) == Some(&ns))
+            .collect();
+        let expected = [
+            argv(&["-n", &ns, "-4", "neigh", "flush", "all"]),
+            argv(&[
+                "-n",
+                &ns,
+                "-4",
+                "neigh",
+                "show",
+                "nud",
+                "reachable",
+                "nud",
+                "stale",
+                "nud",
+                "delay",
+                "nud",
+                "probe",
+                "nud",
+                "incomplete",
+                "nud",
+                "failed",
+                "nud",
+                "none",
+            ]),
+            argv(&["-n", &ns, "neigh", "del", "10.0.0.5", "dev", "eth0"]),
+        ];
+        if !calls.iter().copied().eq(expected.iter()) {
+            return Err(format!("in {ns:?}, calls {calls:#?}: {}", show()).into());
+        }
+    }
+    Ok(())
+}
+
 /// The real Flannel plan (services on: IPVS tables and nftables rulesets
 /// included) runs under the fakes too, each ruleset reaching nft intact.
 fn flannel_script_runs() -> Result<(), Failed> {
@@ -748,6 +829,10 @@ fn main() {
         Trial::test(
             "script_passes_hostile_words_intact",
             script_passes_hostile_words_intact,
+        ),
+        Trial::test(
+            "forget_neighbours_passes_hostile_namespaces_intact",
+            forget_neighbours_passes_hostile_namespaces_intact,
         ),
         Trial::test("flannel_script_runs", flannel_script_runs),
         Trial::ignorable_test("flannel_services_off_passes", move || match place {

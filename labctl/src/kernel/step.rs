@@ -42,9 +42,10 @@ pub enum Phase {
     /// maps' contents, once the programs are loaded and pinned (in
     /// [`Phase::Services`]; see [`ebpf`]).
     Ebpf,
-    /// A scenario's link changes and their undoing (the impair module), on
-    /// a lab that is up: never part of `up`'s plan, so not in
-    /// [`Phase::ALL`].
+    /// A scenario's link changes and their undoing (the impair module),
+    /// and its reset before the traffic (neighbours forgotten, eBPF maps
+    /// refilled), on a lab that is up: never part of `up`'s plan, so not
+    /// in [`Phase::ALL`].
     Changes,
 }
 
@@ -130,6 +131,9 @@ pub enum Action {
     DelLink(crate::kernel::link::DelLink),
     /// A neighbour entry deleted (a scenario's change; [`crate::kernel::neigh`]).
     DelNeighbour(crate::kernel::neigh::DelNeighbour),
+    /// Every learned IPv4 neighbour entry of the namespace deleted (a
+    /// scenario's reset before its traffic; [`crate::kernel::neigh`]).
+    ForgetNeighbours(crate::kernel::neigh::ForgetNeighbours),
     /// Every filter of a hook deleted (a scenario's change;
     /// [`crate::kernel::tc`]).
     DelTcFilters(crate::kernel::tc::DelTcFilters),

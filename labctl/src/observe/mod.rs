@@ -7,8 +7,9 @@
 //! The other readers sit beside it: [`capture`] (taps on every interface,
 //! as tcpdump sees them) and [`conntrack`] (the flows the kernel
 //! remembers, like `conntrack -L`). Both watch what packets did; neither
-//! builds nor changes the lab (conntrack's flush and neighbour forgetting
-//! only clear what a scenario is about to read again).
+//! builds nor changes the lab (conntrack's flush only clears what a
+//! scenario is about to read again; forgetting the neighbours a scenario
+//! learned is a kernel step, `ForgetNeighbours`, run by the executor).
 //!
 //! Not here: the traffic module makes packets rather than watching them,
 //! and `labctl serve` and the lab's state record use it, so it stays at the
@@ -192,58 +193,6 @@ impl std::fmt::Display for Neighbour {
         }
         write!(f, " {}", self.state)
     }
-}
-
-/// Forget what one namespace has learned of its neighbours: every IPv4
-/// entry but the PERMANENT and NOARP ones (which the lab or the kernel
-/// wrote, not learned) is deleted, and with the unresolved ones the
-/// packets queued on them. Each scenario then starts from the neighbour
-/// table `up` left, whatever ran before it: a request an earlier scenario
-/// left queued cannot arrive during this one (what a SYN of impair's i3 did
-/// to i4), and a path that depends on whether an entry is usable (Flannel's
-/// br_netfilter bridges a de-NATed reply straight to the port only with a
-/// cached entry, and otherwise routes it out of cni0) is the same alone as
-/// in a run of the whole file. The addresses in `keep` stay: entries the
-/// topology declares with a state the kernel ages (`reachable`). Entries
-/// gone meanwhile (ENOENT) are what was asked.
-pub fn forget_neighbours_in(netns: &str, keep: &[std::net::Ipv4Addr]) -> std::io::Result<()> {
-    use netlink_packet_route::AddressFamily;
-    use netlink_packet_route::neighbour::NeighbourState;
-    use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
-    let socket = sys::netlink_socket_in(netns)?;
-    let rt = runtime().map_err(|e| std::io::Error::other(e.to_string()))?;
-    rt.block_on(async {
-        let (conn, handle, _) = rtnetlink::from_socket(sys::tokio_socket(socket));
-        let task = tokio::spawn(conn);
-        let entries: Vec<_> = handle
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Inet)
-            .execute()
-            .try_collect()
-            .await?;
-        let declared = |n: &netlink_packet_route::neighbour::NeighbourMessage| {
-            n.attributes.iter().any(|a| {
-                matches!(a, NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) if keep.contains(ip))
-            })
-        };
-        let learned = entries.into_iter().filter(|n| {
-            !matches!(
-                n.header.state,
-                NeighbourState::Permanent | NeighbourState::Noarp
-            ) && !declared(n)
-        });
-        for n in learned {
-            match handle.neighbours().del(n).execute().await {
-                Err(rtnetlink::Error::NetlinkError(m))
-                    if m.code.is_some_and(|c| c.get() == -nix::libc::ENOENT) => {}
-                r => r?,
-            }
-        }
-        task.abort();
-        Ok::<_, rtnetlink::Error>(())
-    })
-    .map_err(|e| std::io::Error::other(format!("forget neighbours: {e}")))
 }
 
 /// A namespace's packet-filter rules: its nftables ruleset (where

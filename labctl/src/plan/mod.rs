@@ -120,6 +120,7 @@ impl fmt::Display for Step {
             Action::DelTcFilters(a) => a.command(&ns, f),
             Action::DelClsact(a) => a.command(&ns, f),
             Action::DelNeighbour(a) => a.command(&ns, f),
+            Action::ForgetNeighbours(a) => a.command(&ns, f),
             Action::DelFdb(a) => a.command(&ns, f),
             Action::TcMirred(a) => a.command(&ns, f),
             Action::BpfLoad(a) => a.command(&ns, f),
@@ -472,6 +473,34 @@ mod tests {
             ),
             "ip -n 'x;y' neigh replace 10.0.0.1 dev 'a'\\''b' lladdr \
              \"$(ip netns exec 'x;y' cat '/sys/class/net/a'\\''b/address')\" nud permanent"
+        );
+    }
+
+    /// Forgetting a namespace's neighbours: `flush all` leaves permanent
+    /// and noarp entries by itself; with addresses to keep, the same states
+    /// are listed and each entry but those deleted. The namespace is one
+    /// word in every command of the loop.
+    #[test]
+    fn forget_neighbours_text_is_honest_about_keep_and_quotes_its_namespace() {
+        let forget = |keep: Vec<Ipv4Addr>| {
+            Action::ForgetNeighbours(crate::kernel::neigh::ForgetNeighbours { keep })
+        };
+        assert_eq!(
+            step(PWN, forget(Vec::new())),
+            "ip -n '$(touch /tmp/pwned)' -4 neigh flush all"
+        );
+        assert_eq!(
+            step(
+                "a'b",
+                forget(vec![
+                    Ipv4Addr::new(10, 0, 0, 9),
+                    Ipv4Addr::new(10, 0, 0, 10)
+                ])
+            ),
+            "ip -n 'a'\\''b' -4 neigh show nud reachable nud stale nud delay nud probe \
+             nud incomplete nud failed nud none | while read -r a _ d _; do \
+             case $a in 10.0.0.9|10.0.0.10) ;; *) ip -n 'a'\\''b' neigh del \"$a\" dev \"$d\" ;; \
+             esac; done"
         );
     }
 

@@ -116,9 +116,11 @@ pub struct RunOptions<'a> {
 
 /// Run one scenario on a lab that is up (`lab` is its topology).
 ///
-/// In a lab with services, the services are first programmed afresh with
-/// the scenario's changes and pins (and the conntrack tables emptied), so
-/// every scenario starts from the same state whatever ran before it. With
+/// Every namespace first forgets the neighbours earlier scenarios taught
+/// it (see [`crate::kernel::neigh::ForgetNeighbours`]). In a lab with
+/// services, the services are programmed afresh with the scenario's
+/// changes and pins (and the conntrack tables emptied), so every scenario
+/// starts from the same state whatever ran before it. With
 /// [`RunOptions::programmed`] saying an earlier scenario left them as the
 /// topology says, one without changes resets only what traffic changed
 /// ([`reset_steps`]) and empties conntrack: the same state, for less.
@@ -147,9 +149,10 @@ pub fn run(
         .map(|n| (n.entity.clone(), n.name.clone()))
         .collect();
     let overrides = services::Overrides::of(sc);
-    // Services and the eBPF load balancer's maps, programmed afresh with
-    // the scenario's changes and pins (remembered flows emptied), through
-    // the executor `up` uses.
+    // What earlier scenarios taught the neighbour tables forgotten, and
+    // the services and the eBPF load balancer's maps programmed afresh
+    // with the scenario's changes and pins (remembered flows emptied), in
+    // one batch of steps through the executor `up` uses.
     let program_error = |source| ScenarioError::Program {
         scenario: sc.name.clone(),
         source,
@@ -160,29 +163,10 @@ pub fn run(
             source,
         })?;
     }
-    // What earlier scenarios taught the neighbour tables (and the requests
-    // they left queued) is forgotten: each starts as if run alone.
-    for ns in &record.namespaces {
-        let keep: Vec<_> = lab
-            .objects
-            .neighbours
-            .iter()
-            .filter(|n| lab.netns(&n.netns) == ns.name)
-            .map(|n| n.address)
-            .collect();
-        observe::forget_neighbours_in(&ns.name, &keep).map_err(|e| ScenarioError::Services {
-            scenario: sc.name.clone(),
-            message: format!("reset {}: {e}", ns.name),
-        })?;
-    }
     // Services left as the topology says by the scenario before need
     // only what traffic changed in them reset.
     let kept = overrides.is_empty() && opts.programmed.is_some_and(Programmed::get);
-    let steps = if kept {
-        reset_steps(lab)
-    } else {
-        program_steps(lab, &overrides)
-    };
+    let steps = set_up_steps(record, lab, &overrides, kept);
     if let Some(p) = opts.programmed {
         p.set(false);
     }
@@ -572,6 +556,49 @@ pub fn run(
     Ok(report)
 }
 
+/// The steps a scenario runs before its traffic, through the executor
+/// `up` uses: every namespace's learned neighbours forgotten
+/// ([`forget_steps`]), and the services and eBPF maps programmed under `o`
+/// ([`program_steps`]) or, when an earlier scenario left them as the
+/// topology says (`kept`), only what traffic changed in them reset
+/// ([`reset_steps`]). They touch different tables, so they run together.
+fn set_up_steps(record: &LabState, lab: &Lab, o: &Overrides, kept: bool) -> Vec<crate::plan::Step> {
+    let mut steps = forget_steps(record, lab);
+    steps.extend(if kept {
+        reset_steps(lab)
+    } else {
+        program_steps(lab, o)
+    });
+    steps
+}
+
+/// What earlier scenarios taught the neighbour tables (and the requests
+/// they left queued) forgotten in each of the lab's namespaces, so each
+/// scenario starts as if run alone; the entries the topology declares
+/// there stay ([`crate::kernel::neigh::ForgetNeighbours`]).
+fn forget_steps(record: &LabState, lab: &Lab) -> Vec<crate::plan::Step> {
+    record
+        .namespaces
+        .iter()
+        .map(|ns| {
+            let keep = lab
+                .objects
+                .neighbours
+                .iter()
+                .filter(|n| lab.netns(&n.netns) == ns.name)
+                .map(|n| n.address)
+                .collect();
+            crate::plan::Step {
+                phase: crate::plan::Phase::Changes,
+                netns: ns.name.clone(),
+                action: crate::plan::Action::ForgetNeighbours(
+                    crate::kernel::neigh::ForgetNeighbours { keep },
+                ),
+            }
+        })
+        .collect()
+}
+
 /// The steps that program the services and the eBPF maps under `o`.
 fn program_steps(lab: &Lab, o: &Overrides) -> Vec<crate::plan::Step> {
     let mut steps = crate::plan::services::steps(lab, o);
@@ -778,4 +805,83 @@ fn write_pcapng(
     }
     capture::write_pcapng(&path, &comment, &interfaces, packets)
         .map_err(|source| ScenarioError::Pcap { path, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::kernel::Recorder;
+    use crate::kernel::neigh::ForgetNeighbours;
+    use crate::plan::{Action, Step};
+
+    /// Two namespaces; `b` declares a neighbour the kernel ages
+    /// (`reachable`) and one it never does (`permanent`), `a` none.
+    const LAB: &str = "\
+name: fg
+namespaces:
+  - name: a
+  - name: b
+links:
+  - veth: {name: up0, in: a, peer: {name: up1, in: b}}
+addresses:
+  - {in: a, dev: up0, address: 192.0.2.1/24}
+  - {in: b, dev: up1, address: 192.0.2.2/24}
+neighbours:
+  - {in: b, dev: up1, address: 192.0.2.9, lladdr: 02:00:00:00:00:09, state: reachable}
+  - {in: b, dev: up1, address: 192.0.2.8, lladdr: 02:00:00:00:00:08, state: permanent}
+scenarios:
+  - {name: s, from: a, to: 192.0.2.2, protocol: icmp}
+";
+
+    /// A scenario's set-up, run through the executor on the recording
+    /// fake: one ForgetNeighbours per namespace of the lab, keeping what
+    /// the topology declares there, whether the services are programmed
+    /// afresh or only reset.
+    #[test]
+    fn set_up_forgets_each_namespace_s_neighbours_through_the_executor() {
+        let lab = labctl_topology::load_str("t.yaml", LAB, &BTreeMap::new()).unwrap();
+        let plan = crate::plan::plan(&lab);
+        let record = LabState::new(&lab.name, None, plan.namespaces.clone());
+        let rt = engine::runtime().unwrap();
+        for kept in [false, true] {
+            let kernel = Recorder::default();
+            let steps = set_up_steps(&record, &lab, &Overrides::default(), kept);
+            rt.block_on(engine::run_steps(&kernel, &steps, &engine::Quiet))
+                .unwrap();
+            let forgotten: Vec<(String, Vec<Ipv4Addr>)> = kernel
+                .sent
+                .take()
+                .into_iter()
+                .filter_map(|s: Step| match s.action {
+                    Action::ForgetNeighbours(ForgetNeighbours { keep }) => {
+                        assert_eq!(s.phase, crate::plan::Phase::Changes);
+                        Some((s.netns, keep))
+                    }
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(
+                forgotten,
+                vec![
+                    ("fg-a".to_string(), vec![]),
+                    (
+                        "fg-b".to_string(),
+                        vec![Ipv4Addr::new(192, 0, 2, 9), Ipv4Addr::new(192, 0, 2, 8)]
+                    ),
+                ],
+                "kept: {kept}"
+            );
+            let log = kernel.log.take();
+            assert!(log.contains(&"ip -n fg-a -4 neigh flush all".to_string()));
+            assert!(
+                log.iter()
+                    .any(|l| l.starts_with("ip -n fg-b -4 neigh show ")
+                        && l.contains("case $a in 192.0.2.9|192.0.2.8) ;;")),
+                "{log:#?}"
+            );
+        }
+    }
 }
