@@ -1012,44 +1012,10 @@ impl Lab {
         Some(v)
     }
 
-    /// The interfaces the vpc/nodes/pods/clients keys make in an entity.
+    /// The interfaces the vpc/nodes/pods/clients keys make in an entity:
+    /// those of its lowered objects ([`Lab::lowered`]).
     fn cni_interfaces_of(&self, entity: &str) -> Option<Vec<String>> {
-        if entity == "vpc" {
-            let vpc = self.vpc.as_ref()?;
-            let mut v: Vec<String> = vpc.subnets.iter().map(|s| s.name.clone()).collect();
-            for n in &self.nodes {
-                v.extend(n.interfaces.iter().map(|i| i.vpc_port.clone()));
-            }
-            v.extend(self.clients.iter().map(|c| c.vpc_port.clone()));
-            return Some(v);
-        }
-        if let Some(n) = self.node(entity) {
-            let mut v: Vec<String> = n.interfaces.iter().map(|i| i.name.clone()).collect();
-            if n.pod_cidr.is_some() {
-                v.push(n.bridge.clone());
-            }
-            for p in self.pods.iter().filter(|p| p.node == n.name) {
-                match &p.attachment {
-                    Attachment::Bridge { host_ifname } => v.push(host_ifname.clone()),
-                    Attachment::Ipvlan { host_slave, .. } => {
-                        if !v.contains(host_slave) {
-                            v.push(host_slave.clone())
-                        }
-                    }
-                }
-            }
-            if self.uses_kube_ipvs() {
-                v.push(KUBE_IPVS.to_string());
-            }
-            return Some(v);
-        }
-        if let Some(p) = self.pod(entity) {
-            return Some(vec![p.ifname.clone()]);
-        }
-        self.clients
-            .iter()
-            .any(|c| c.name == entity)
-            .then(|| vec!["eth0".to_string()])
+        self.cni_interfaces_in(&self.lowered(), entity)
     }
 
     /// Turn an interface reference as users write it into its canonical hop

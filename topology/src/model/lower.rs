@@ -39,11 +39,82 @@ impl Lab {
         for client in &self.clients {
             lower_client(client, &mut o);
         }
+        // The router's sysctls name every interface the VPC has, which are
+        // known only now; they stay first, as the router is.
+        let router = self.vpc_sysctls(&o);
+        o.sysctls.splice(0..0, router);
         o
     }
 
-    /// One bridge per vSwitch holding its gateway, and the router's
-    /// sysctls.
+    /// The interfaces of a vpc, node, pod or client that the CNI keys
+    /// make, as `lowered` lists them (`None` for another name): the one
+    /// list of them, which [`Lab::interfaces_of`] extends with the user's
+    /// own layer.
+    pub(crate) fn cni_interfaces_in(&self, lowered: &Objects, entity: &str) -> Option<Vec<String>> {
+        let node = self.node(entity).is_some();
+        let known = (entity == "vpc" && self.vpc.is_some())
+            || node
+            || self.pod(entity).is_some()
+            || self.clients.iter().any(|c| c.name == entity);
+        if !known {
+            return None;
+        }
+        let mut v: Vec<String> = lowered.interfaces_in(entity).map(str::to_string).collect();
+        // kube-proxy's, made with the services (plan::services).
+        if node && self.uses_kube_ipvs() {
+            v.push(KUBE_IPVS.to_string());
+        }
+        Some(v)
+    }
+
+    /// IP forwarding, no ICMP redirects, and with isolated ports proxy ARP.
+    fn vpc_sysctls(&self, o: &Objects) -> Vec<NsSysctl> {
+        let Some(vpc) = &self.vpc else {
+            return Vec::new();
+        };
+        let mut out = Objects::default();
+        // A cloud vSwitch routes; it does not send ICMP redirects to hosts
+        // that could reach each other directly (a Linux router would, when
+        // a reply leaves by the interface it came in on). The kernel ORs
+        // `all` with the interface's own setting, so both are turned off.
+        sysctl(&mut out, "vpc", "net.ipv4.ip_forward", "1");
+        let ifs = ["all"]
+            .into_iter()
+            .chain(o.interfaces_in("vpc"))
+            .chain(self.objects.interfaces_in("vpc"));
+        for ifname in ifs {
+            let key = format!("net.ipv4.conf.{ifname}.send_redirects");
+            sysctl(&mut out, "vpc", &key, "0");
+        }
+        // A cloud vSwitch: ENIs reach each other only through the router,
+        // which answers their ARP for any address of the subnet (proxy ARP,
+        // also back out of the bridge it came in on: pvlan), at once. (The
+        // bridge-family rule that keeps an ENI's ARP for its own addresses
+        // from the router is an nft table, the planner's.)
+        if vpc.isolated_ports {
+            for subnet in &vpc.subnets {
+                let name = &subnet.name;
+                sysctl(
+                    &mut out,
+                    "vpc",
+                    &format!("net.ipv4.conf.{name}.proxy_arp"),
+                    "1",
+                );
+                let pvlan = format!("net.ipv4.conf.{name}.proxy_arp_pvlan");
+                sysctl(&mut out, "vpc", &pvlan, "1");
+                sysctl(
+                    &mut out,
+                    "vpc",
+                    &format!("net.ipv4.neigh.{name}.proxy_delay"),
+                    "0",
+                );
+            }
+        }
+        out.sysctls
+    }
+
+    /// One bridge per vSwitch holding its gateway (the router's sysctls
+    /// come last: [`Lab::vpc_sysctls`]).
     fn lower_vpc(&self, o: &mut Objects) {
         let Some(vpc) = &self.vpc else { return };
         for subnet in &vpc.subnets {
@@ -57,39 +128,6 @@ impl Lab {
                 &subnet.name,
                 Ipv4Net::new(subnet.gateway, subnet.cidr.prefix_len()).expect("valid prefix"),
             ));
-        }
-        // A cloud vSwitch routes; it does not send ICMP redirects to hosts
-        // that could reach each other directly (a Linux router would, when
-        // a reply leaves by the interface it came in on). The kernel ORs
-        // `all` with the interface's own setting, so both are turned off.
-        sysctl(o, "vpc", "net.ipv4.ip_forward", "1");
-        let ifs =
-            std::iter::once("all".to_string()).chain(self.interfaces_of("vpc").unwrap_or_default());
-        for ifname in ifs {
-            sysctl(
-                o,
-                "vpc",
-                &format!("net.ipv4.conf.{ifname}.send_redirects"),
-                "0",
-            );
-        }
-        // A cloud vSwitch: ENIs reach each other only through the router,
-        // which answers their ARP for any address of the subnet (proxy ARP,
-        // also back out of the bridge it came in on: pvlan), at once. (The
-        // bridge-family rule that keeps an ENI's ARP for its own addresses
-        // from the router is an nft table, the planner's.)
-        if vpc.isolated_ports {
-            for subnet in &vpc.subnets {
-                let name = &subnet.name;
-                sysctl(o, "vpc", &format!("net.ipv4.conf.{name}.proxy_arp"), "1");
-                sysctl(
-                    o,
-                    "vpc",
-                    &format!("net.ipv4.conf.{name}.proxy_arp_pvlan"),
-                    "1",
-                );
-                sysctl(o, "vpc", &format!("net.ipv4.neigh.{name}.proxy_delay"), "0");
-            }
         }
     }
 
@@ -133,10 +171,11 @@ impl Lab {
                 o.links.push(l);
             }
             Attachment::Ipvlan { parent, host_slave } => {
+                // A resolved node's first interface has one; a lab still
+                // being resolved may not (its error is reported there).
                 let node_address = node
                     .and_then(|n| n.interfaces.iter().find_map(|i| i.address))
-                    .map(|a| a.addr())
-                    .expect("a resolved node's first interface has an address");
+                    .map(|a| a.addr());
                 let ipvlan = || {
                     LinkKind::Ipvlan(Ipvlan {
                         parent_netns: pod.node.clone(),
@@ -155,18 +194,22 @@ impl Lab {
                     let mut l = link(&pod.node, host_slave, ipvlan());
                     l.arp = false;
                     o.links.push(l);
-                    let mut a = address(&pod.node, host_slave, host(node_address));
-                    a.scope_host = true;
-                    o.addresses.push(a);
+                    if let Some(node_address) = node_address {
+                        let mut a = address(&pod.node, host_slave, host(node_address));
+                        a.scope_host = true;
+                        o.addresses.push(a);
+                    }
                 }
                 o.links.push(link(&pod.name, &pod.ifname, ipvlan()));
-                o.neighbours.push(Neighbour {
-                    netns: pod.name.clone(),
-                    dev: pod.ifname.clone(),
-                    address: node_address,
-                    lladdr: None,
-                    state: NeighState::Permanent,
-                });
+                if let Some(node_address) = node_address {
+                    o.neighbours.push(Neighbour {
+                        netns: pod.name.clone(),
+                        dev: pod.ifname.clone(),
+                        address: node_address,
+                        lladdr: None,
+                        state: NeighState::Permanent,
+                    });
+                }
                 // The node reaches the pod through its own slave of the ENI.
                 o.routes.push(plain_route(
                     &pod.node,

@@ -100,11 +100,15 @@ impl Resolver<'_> {
             what: "the lab".to_string(),
             loc: Location::UNKNOWN,
         };
+        // Lowered once: a lab of 10,000 pods has as many namespaces.
+        let lowered = lab.lowered();
         for ns in &known {
             let mut v = vec![("lo".to_string(), Dev::Cni, cni.clone())];
             if lab.objects.namespaces.iter().all(|n| &n.name != ns) {
                 let bridges = cni_bridges(lab, ns);
-                for i in lab.interfaces_of(ns).unwrap_or_default() {
+                let ifs = lab.cni_interfaces_in(&lowered, ns).unwrap_or_default();
+                let own = lab.objects.interfaces_in(ns).map(str::to_string);
+                for i in ifs.into_iter().chain(own) {
                     let dev = if bridges.contains(&i) {
                         Dev::Bridge
                     } else {
