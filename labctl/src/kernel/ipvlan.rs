@@ -13,11 +13,13 @@ use rtnetlink::LinkIpVlan;
 use serde::Serialize;
 
 use super::step::{IfRef, Step, shell_quote as q};
-use super::{KernelError, Made, Netlink};
+use super::{KernelError, Made, Netlink, write_addrgen_none};
 
 /// `ip link add link PARENT name NAME [netns NS] index N type ipvlan mode
-/// l2`: created here off `parent`, living in `netns` when given (a pod),
-/// up at once when it stays here (the node's own slave).
+/// l2 && ip link set NAME addrgenmode none [&& ip link set NAME up]`:
+/// created here off `parent`, living in `netns` when given (a pod, whose
+/// addrgenmode is set there), up at once when it stays here (the node's
+/// own slave).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AddIpvlan {
     pub name: String,
@@ -30,17 +32,25 @@ impl AddIpvlan {
     /// The iproute2 command in namespace `ns` (already quoted).
     pub fn command(&self, ns: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (name, parent, ifindex) = (q(&self.name), q(&self.parent.name), self.ifindex);
-        match &self.netns {
-            Some(target) => write!(
-                f,
-                "ip -n {ns} link add link {parent} name {name} netns {} index {ifindex} type ipvlan mode l2",
-                q(target)
-            ),
-            None => write!(
-                f,
-                "ip -n {ns} link add link {parent} name {name} index {ifindex} type ipvlan mode l2 && ip -n {ns} link set {name} up"
-            ),
+        write!(f, "ip -n {ns} link add link {parent} name {name}")?;
+        if let Some(target) = &self.netns {
+            write!(f, " netns {}", q(target))?;
         }
+        write!(f, " index {ifindex} type ipvlan mode l2")?;
+        write_addrgen_none(f, ns, &self.made())?;
+        if self.netns.is_none() {
+            write!(f, " && ip -n {ns} link set {name} up")?;
+        }
+        Ok(())
+    }
+
+    /// The link it makes, in the namespace it is moved to if any.
+    fn made(&self) -> [Made<'_>; 1] {
+        [Made {
+            netns: self.netns.as_deref(),
+            ifindex: self.ifindex,
+            name: &self.name,
+        }]
     }
 
     pub(super) async fn apply(&self, nl: &Netlink, step: &Step) -> Result<(), KernelError> {
@@ -56,12 +66,7 @@ impl AddIpvlan {
             }
             None => b.up(),
         };
-        let made = Made {
-            netns: self.netns.as_deref().unwrap_or(&step.netns),
-            ifindex: self.ifindex,
-            name: &self.name,
-        };
-        let done = nl.link_add(step, b.build(), &[made]).await;
+        let done = nl.link_add(step, b.build(), &self.made()).await;
         drop(target_fd);
         done
     }
