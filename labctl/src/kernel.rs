@@ -34,7 +34,11 @@
 //! `RTM_NEWLINK` that makes a link is refused on 6.18 (`EAFNOSUPPORT`, as
 //! `ip link add ... addrgenmode none` is), so an `RTM_SETLINK` follows each
 //! create: too cheap to show in a profile of 1,000 pods (its
-//! `inet6_set_link_af` under 0.05 % of samples).
+//! `inet6_set_link_af` under 0.05 % of samples). The plan's script (`labctl
+//! plan -o script`) does the same in iproute2 words: each link-making
+//! kind's text has `ip -n NS link set NAME addrgenmode none` for every
+//! link it makes (from the same `made()` list its netlink call uses)
+//! before the link comes up, and `lo`'s has `ip -6 addr flush dev lo`.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -339,7 +343,7 @@ impl Netlink {
             .execute()
             .await
             .map_err(|e| fail(step, e))?;
-        futures::future::try_join_all(made.iter().map(|m| self.addrgen_none(m))).await?;
+        futures::future::try_join_all(made.iter().map(|m| self.addrgen_none(step, m))).await?;
         match made.first() {
             Some(link) if up => self.link_set(step, link.builder().up().build()).await,
             _ => Ok(()),
@@ -387,7 +391,7 @@ impl Netlink {
     /// address detection, router solicitation or MLD report (all-nodes, the
     /// one group it still joins, is never reported). A kernel without IPv6
     /// (`EAFNOSUPPORT`) makes none either.
-    async fn addrgen_none(&self, link: &Made<'_>) -> Result<(), KernelError> {
+    async fn addrgen_none(&self, step: &Step, link: &Made<'_>) -> Result<(), KernelError> {
         use netlink_packet_route::link::{AfSpecInet6, AfSpecUnspec, In6AddrGenMode};
         let msg = link
             .builder()
@@ -395,14 +399,8 @@ impl Netlink {
                 vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
             )]))
             .build();
-        let what = || {
-            format!(
-                "ip -n {} link set {} addrgenmode none",
-                step::shell_quote(link.netns),
-                step::shell_quote(link.name)
-            )
-        };
-        match self.handle(link.netns) {
+        let what = || link.addrgen_command(&step::shell_quote(&step.netns));
+        match self.handle(link.netns.unwrap_or(&step.netns)) {
             Ok(h) => match h.link().set(msg).execute().await {
                 Err(e) if errno(&e) == Some(nix::libc::EAFNOSUPPORT) => Ok(()),
                 r => r.map_err(|e| KernelError::new(what(), netlink_message(e))),
@@ -418,17 +416,33 @@ impl Netlink {
     }
 }
 
-/// A link an `RTM_NEWLINK` makes: the namespace it lives in once made
-/// (another than the step's for a veth's peer or a link moved at once),
+/// A link an `RTM_NEWLINK` makes: the namespace it lives in once made,
 /// its index there and its name (which finds it when the plan left the
-/// index to the kernel, 0).
+/// index to the kernel, 0). Each kind that makes links lists them in its
+/// `made()`, which both its netlink call and its iproute2 text use, so
+/// the script sets the address generation mode of the links `up` sets it
+/// on, where `up` does.
 pub(crate) struct Made<'a> {
-    pub netns: &'a str,
+    /// Another namespace than the step's (a veth's peer, a link moved at
+    /// once), or `None`: the step's own.
+    pub netns: Option<&'a str>,
     pub ifindex: u32,
     pub name: &'a str,
 }
 
 impl Made<'_> {
+    /// What [`Netlink::addrgen_none`] does, as iproute2: `ip -n NS link set
+    /// NAME addrgenmode none`, `ns` being the step's namespace, quoted.
+    pub(crate) fn addrgen_command(&self, ns: &str) -> String {
+        let netns = self
+            .netns
+            .map_or(std::borrow::Cow::Borrowed(ns), step::shell_quote);
+        format!(
+            "ip -n {netns} link set {} addrgenmode none",
+            step::shell_quote(self.name)
+        )
+    }
+
     /// A message about this link.
     fn builder(&self) -> LinkMessageBuilder<LinkUnspec> {
         if self.ifindex != 0 {
@@ -437,6 +451,21 @@ impl Made<'_> {
             LinkUnspec::new_with_name(self.name)
         }
     }
+}
+
+/// ` && ip -n NS link set NAME addrgenmode none` for each link `made`
+/// (see [`Made::addrgen_command`]): what a link-making kind's iproute2
+/// text says between making its links and bringing them up, as
+/// [`Netlink::link_add`] does.
+pub(crate) fn write_addrgen_none(
+    f: &mut std::fmt::Formatter<'_>,
+    ns: &str,
+    made: &[Made<'_>],
+) -> std::fmt::Result {
+    for m in made {
+        write!(f, " && {}", m.addrgen_command(ns))?;
+    }
+    Ok(())
 }
 
 /// The errno of a kernel refusal, if that is what `e` is.

@@ -194,7 +194,8 @@ fn script_creates_every_namespace() {
     let p = plan(&flannel());
     let script = p.to_script();
     for ns in &p.namespaces {
-        assert!(script.contains(&format!("ip netns add {} ", ns.name)));
+        let line = format!("ip netns add {}", ns.name);
+        assert!(script.lines().any(|l| l == line), "no line {line:?}");
     }
     assert_eq!(p.namespaces.len(), 10);
     assert!(p.namespaces.iter().all(|n| n.name.starts_with("flannel-")));

@@ -421,6 +421,14 @@ fn script_passes_hostile_words_intact() -> Result<(), Failed> {
         let expected: Vec<Vec<String>> = vec![
             argv(&["netns", "add", &ns]),
             argv(&["-n", &ns, "link", "set", "lo", "up"]),
+            argv(&["-n", &ns, "-6", "addr", "flush", "dev", "lo"]),
+            // IPv6 address generation off on each link made, in the
+            // namespace it lives in: here, the veth's peer's, and where
+            // the ipvlan and the macvlan were moved to.
+            argv(&["-n", &ns, "link", "set", h, "addrgenmode", "none"]),
+            argv(&["-n", h, "link", "set", other, "addrgenmode", "none"]),
+            argv(&["-n", h, "link", "set", h, "addrgenmode", "none"]),
+            argv(&["-n", other, "link", "set", h, "addrgenmode", "none"]),
             argv(&[
                 "-n",
                 &ns,

@@ -18,10 +18,10 @@ use rtnetlink::{LinkBond, LinkUnspec};
 use serde::Serialize;
 
 use super::step::{IfRef, Step, shell_quote as q};
-use super::{KernelError, Made, Netlink};
+use super::{KernelError, Made, Netlink, write_addrgen_none};
 
 /// `ip link add NAME index N [address MAC] type bond mode MODE [miimon
-/// MS] && ip link set NAME up`
+/// MS] && ip link set NAME addrgenmode none && ip link set NAME up`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AddBond {
     pub name: String,
@@ -43,7 +43,17 @@ impl AddBond {
         if let Some(ms) = self.miimon {
             write!(f, " miimon {ms}")?;
         }
+        write_addrgen_none(f, ns, &self.made())?;
         write!(f, " && ip -n {ns} link set {name} up")
+    }
+
+    /// The link it makes.
+    fn made(&self) -> [Made<'_>; 1] {
+        [Made {
+            netns: None,
+            ifindex: self.ifindex,
+            name: &self.name,
+        }]
     }
 
     pub(super) async fn apply(&self, nl: &Netlink, step: &Step) -> Result<(), KernelError> {
@@ -66,12 +76,7 @@ impl AddBond {
         if let Some(mac) = &self.mac {
             b = b.address(mac.to_vec());
         }
-        let made = Made {
-            netns: &step.netns,
-            ifindex: self.ifindex,
-            name: &self.name,
-        };
-        nl.link_add(step, b.build(), &[made]).await
+        nl.link_add(step, b.build(), &self.made()).await
     }
 }
 

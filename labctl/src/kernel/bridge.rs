@@ -21,9 +21,10 @@ use rtnetlink::{LinkBridge, LinkBridgePort, LinkBridgeVlan};
 use serde::Serialize;
 
 use super::step::{Step, shell_quote as q};
-use super::{KernelError, Made, Netlink, fail};
+use super::{KernelError, Made, Netlink, fail, write_addrgen_none};
 
-/// `ip link add NAME index N type bridge && ip link set NAME up`, with
+/// `ip link add NAME index N type bridge && ip link set NAME addrgenmode
+/// none && ip link set NAME up`, with
 /// multicast snooping off: with it on, each bridge joins 224.0.0.106
 /// (multicast router discovery) and sends IGMP reports for a second or
 /// two after it comes up, which land in the captures of the first
@@ -43,10 +44,18 @@ impl AddBridge {
         if let Some(mac) = &self.mac {
             write!(f, " address {}", format_mac(mac))?;
         }
-        write!(
-            f,
-            " type bridge mcast_snooping 0 && ip -n {ns} link set {name} up"
-        )
+        write!(f, " type bridge mcast_snooping 0")?;
+        write_addrgen_none(f, ns, &self.made())?;
+        write!(f, " && ip -n {ns} link set {name} up")
+    }
+
+    /// The link it makes.
+    fn made(&self) -> [Made<'_>; 1] {
+        [Made {
+            netns: None,
+            ifindex: self.ifindex,
+            name: &self.name,
+        }]
     }
 
     pub(super) async fn apply(&self, nl: &Netlink, step: &Step) -> Result<(), KernelError> {
@@ -57,17 +66,13 @@ impl AddBridge {
         if let Some(mac) = &self.mac {
             b = b.address(mac.to_vec());
         }
-        let made = Made {
-            netns: &step.netns,
-            ifindex: self.ifindex,
-            name: &self.name,
-        };
-        nl.link_add(step, b.build(), &[made]).await
+        nl.link_add(step, b.build(), &self.made()).await
     }
 }
 
 /// `ip link add NAME index N [address MAC] type bridge mcast_snooping 0
-/// vlan_filtering 1 [vlan_default_pvid P] && ip link set NAME up`: a
+/// vlan_filtering 1 [vlan_default_pvid P] && ip link set NAME addrgenmode
+/// none && ip link set NAME up`: a
 /// bridge that forwards by VLAN, its options set as it is made so no port
 /// joins it before.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -91,7 +96,17 @@ impl AddVlanBridge {
         if let Some(p) = self.default_pvid {
             write!(f, " vlan_default_pvid {p}")?;
         }
+        write_addrgen_none(f, ns, &self.made())?;
         write!(f, " && ip -n {ns} link set {name} up")
+    }
+
+    /// The link it makes.
+    fn made(&self) -> [Made<'_>; 1] {
+        [Made {
+            netns: None,
+            ifindex: self.ifindex,
+            name: &self.name,
+        }]
     }
 
     pub(super) async fn apply(&self, nl: &Netlink, step: &Step) -> Result<(), KernelError> {
@@ -106,12 +121,7 @@ impl AddVlanBridge {
         if let Some(mac) = &self.mac {
             b = b.address(mac.to_vec());
         }
-        let made = Made {
-            netns: &step.netns,
-            ifindex: self.ifindex,
-            name: &self.name,
-        };
-        nl.link_add(step, b.build(), &[made]).await
+        nl.link_add(step, b.build(), &self.made()).await
     }
 }
 

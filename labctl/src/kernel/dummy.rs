@@ -9,9 +9,10 @@ use rtnetlink::LinkDummy;
 use serde::Serialize;
 
 use super::step::{Step, shell_quote as q};
-use super::{KernelError, Made, Netlink};
+use super::{KernelError, Made, Netlink, write_addrgen_none};
 
-/// `ip link add NAME index N type dummy && ip link set NAME up`
+/// `ip link add NAME index N type dummy && ip link set NAME addrgenmode
+/// none && ip link set NAME up`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AddDummy {
     pub name: String,
@@ -24,18 +25,24 @@ impl AddDummy {
         let name = q(&self.name);
         write!(
             f,
-            "ip -n {ns} link add {name} index {} type dummy && ip -n {ns} link set {name} up",
+            "ip -n {ns} link add {name} index {} type dummy",
             self.ifindex
-        )
+        )?;
+        write_addrgen_none(f, ns, &self.made())?;
+        write!(f, " && ip -n {ns} link set {name} up")
+    }
+
+    /// The link it makes.
+    fn made(&self) -> [Made<'_>; 1] {
+        [Made {
+            netns: None,
+            ifindex: self.ifindex,
+            name: &self.name,
+        }]
     }
 
     pub(super) async fn apply(&self, nl: &Netlink, step: &Step) -> Result<(), KernelError> {
         let msg = LinkDummy::new(&self.name).index(self.ifindex).up().build();
-        let made = Made {
-            netns: &step.netns,
-            ifindex: self.ifindex,
-            name: &self.name,
-        };
-        nl.link_add(step, msg, &[made]).await
+        nl.link_add(step, msg, &self.made()).await
     }
 }

@@ -19,7 +19,7 @@ use rtnetlink::{LinkIpVlan, LinkMacVlan};
 use serde::Serialize;
 
 use super::step::{IfRef, Step, shell_quote as q};
-use super::{KernelError, Made, Netlink};
+use super::{KernelError, Made, Netlink, write_addrgen_none};
 
 /// The kinds made off a parent device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -30,7 +30,8 @@ pub enum Mode {
 }
 
 /// `ip link add link PARENT name NAME [netns NS] index N [address MAC]
-/// type macvlan|ipvlan mode MODE [&& ip link set NAME up]`
+/// type macvlan|ipvlan mode MODE && ip link set NAME addrgenmode none (in
+/// NS when given) [&& ip link set NAME up]`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AddOffParent {
     pub name: String,
@@ -63,10 +64,20 @@ impl AddOffParent {
             Mode::Macvlan(m) => write!(f, " type macvlan mode {}", m.as_str())?,
             Mode::Ipvlan(m) => write!(f, " type ipvlan mode {}", m.as_str())?,
         }
+        write_addrgen_none(f, ns, &self.made())?;
         if self.netns.is_none() {
             write!(f, " && ip -n {ns} link set {name} up")?;
         }
         Ok(())
+    }
+
+    /// The link it makes, in the namespace it is moved to if any.
+    fn made(&self) -> [Made<'_>; 1] {
+        [Made {
+            netns: self.netns.as_deref(),
+            ifindex: self.ifindex,
+            name: &self.name,
+        }]
     }
 
     pub(super) async fn apply(&self, nl: &Netlink, step: &Step) -> Result<(), KernelError> {
@@ -110,12 +121,7 @@ impl AddOffParent {
                 .build()
             }
         };
-        let made = Made {
-            netns: self.netns.as_deref().unwrap_or(&step.netns),
-            ifindex: index,
-            name: &self.name,
-        };
-        let done = nl.link_add(step, msg, &[made]).await;
+        let done = nl.link_add(step, msg, &self.made()).await;
         drop(target_fd);
         done
     }

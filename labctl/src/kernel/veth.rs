@@ -13,10 +13,12 @@ use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth};
 use serde::Serialize;
 
 use super::step::{IfRef, Step, shell_quote as q};
-use super::{KernelError, Made, Netlink};
+use super::{KernelError, Made, Netlink, write_addrgen_none};
 
-/// `ip link add NAME index N [master M] up type veth peer name PEER
-/// netns PEER_NS index P`. The peer is brought up by a later
+/// `ip link add NAME index N type veth peer name PEER netns PEER_NS index
+/// P && ip link set NAME addrgenmode none && ip -n PEER_NS link set PEER
+/// addrgenmode none [&& ip link set NAME master M] && ip link set NAME
+/// up`. The peer is brought up by a later
 /// [`Action::LinkUp`]: the kernel refuses to open a veth end before the
 /// pair is complete (`veth_open` returns ENOTCONN).
 ///
@@ -51,10 +53,27 @@ impl AddVeth {
         if let Some(mac) = &self.peer_mac {
             write!(f, " address {}", format_mac(mac))?;
         }
+        write_addrgen_none(f, ns, &self.made())?;
         if let Some(c) = &self.controller {
             write!(f, " && ip -n {ns} link set {name} master {}", q(&c.name))?;
         }
         write!(f, " && ip -n {ns} link set {name} up")
+    }
+
+    /// The links it makes: this end, and the peer in its namespace.
+    fn made(&self) -> [Made<'_>; 2] {
+        [
+            Made {
+                netns: None,
+                ifindex: self.ifindex,
+                name: &self.name,
+            },
+            Made {
+                netns: Some(&self.peer_netns),
+                ifindex: self.peer_ifindex,
+                name: &self.peer_name,
+            },
+        ]
     }
 
     pub(super) async fn apply(&self, nl: &Netlink, step: &Step) -> Result<(), KernelError> {
@@ -79,19 +98,7 @@ impl AddVeth {
         if let Some(c) = &self.controller {
             b = b.controller(c.ifindex);
         }
-        let made = [
-            Made {
-                netns: &step.netns,
-                ifindex: self.ifindex,
-                name: &self.name,
-            },
-            Made {
-                netns: &self.peer_netns,
-                ifindex: self.peer_ifindex,
-                name: &self.peer_name,
-            },
-        ];
-        let done = nl.link_add(step, b.build(), &made).await;
+        let done = nl.link_add(step, b.build(), &self.made()).await;
         drop(peer_fd);
         done
     }

@@ -11,10 +11,10 @@ use rtnetlink::{LinkUnspec, LinkVlan};
 use serde::Serialize;
 
 use super::step::{IfRef, Step, shell_quote as q};
-use super::{KernelError, Made, Netlink};
+use super::{KernelError, Made, Netlink, write_addrgen_none};
 
 /// `ip link add link PARENT name NAME index N [address MAC] type vlan id
-/// ID && ip link set NAME up`: tagged frames of `parent` with this id are
+/// ID && ip link set NAME addrgenmode none && ip link set NAME up`: tagged frames of `parent` with this id are
 /// this device's, and what it sends leaves `parent` with the tag.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AddVlan {
@@ -47,11 +47,18 @@ impl AddVlan {
         if let Some(mac) = &self.mac {
             write!(f, " address {}", format_mac(mac))?;
         }
-        write!(
-            f,
-            " type vlan id {} && ip -n {ns} link set {name} up",
-            self.id
-        )
+        write!(f, " type vlan id {}", self.id)?;
+        write_addrgen_none(f, ns, &self.made())?;
+        write!(f, " && ip -n {ns} link set {name} up")
+    }
+
+    /// The link it makes.
+    fn made(&self) -> [Made<'_>; 1] {
+        [Made {
+            netns: None,
+            ifindex: self.ifindex,
+            name: &self.name,
+        }]
     }
 
     pub(super) async fn apply(&self, nl: &Netlink, step: &Step) -> Result<(), KernelError> {
@@ -65,11 +72,6 @@ impl AddVlan {
         if let Some(mac) = &self.mac {
             b = b.address(mac.to_vec());
         }
-        let made = Made {
-            netns: &step.netns,
-            ifindex: self.ifindex,
-            name: &self.name,
-        };
-        nl.link_add(step, b.build(), &[made]).await
+        nl.link_add(step, b.build(), &self.made()).await
     }
 }

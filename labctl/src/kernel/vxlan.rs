@@ -13,7 +13,7 @@ use rtnetlink::LinkVxlan;
 use serde::Serialize;
 
 use super::step::{IfRef, Step, shell_quote as q};
-use super::{KernelError, Made, Netlink};
+use super::{KernelError, Made, Netlink, write_addrgen_none};
 
 /// `ip link add NAME [netns NS] index N type vxlan id VNI ...`, sent
 /// from the underlay's namespace, whose UDP socket the device keeps
@@ -68,10 +68,20 @@ impl AddVxlan {
         if !self.learning {
             write!(f, " nolearning")?;
         }
+        write_addrgen_none(f, ns, &self.made())?;
         if self.netns.is_none() {
             write!(f, " && ip -n {ns} link set {name} up")?;
         }
         Ok(())
+    }
+
+    /// The link it makes, in the namespace it is moved to if any.
+    fn made(&self) -> [Made<'_>; 1] {
+        [Made {
+            netns: self.netns.as_deref(),
+            ifindex: self.ifindex,
+            name: &self.name,
+        }]
     }
 
     pub(super) async fn apply(&self, nl: &Netlink, step: &Step) -> Result<(), KernelError> {
@@ -106,12 +116,7 @@ impl AddVxlan {
             Some(fd) => b.setns_by_fd(fd.as_raw_fd()),
             None => b.up(),
         };
-        let made = Made {
-            netns: self.netns.as_deref().unwrap_or(&step.netns),
-            ifindex: self.ifindex,
-            name: &self.name,
-        };
-        let done = nl.link_add(step, b.build(), &[made]).await;
+        let done = nl.link_add(step, b.build(), &self.made()).await;
         drop(target_fd);
         done
     }

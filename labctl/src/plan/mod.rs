@@ -56,15 +56,13 @@ impl Plan {
     /// what the plan says whatever the names and values are.
     pub fn to_commands(&self) -> String {
         let mut out = String::new();
+        // No IPv6 in the namespaces is the steps' work, as in `up`: each
+        // link made gets address generation mode `none` before it comes up
+        // and each `lo` loses `::1` (see `crate::kernel`), not a
+        // `disable_ipv6` sysctl per namespace, whose `ip netns exec` and
+        // /proc/sys write each cost more with every namespace alive.
         for ns in &self.namespaces {
-            // No IPv6, as in `up`'s namespaces: the familiar sysctl, where
-            // `up` sets each link's address generation mode (see
-            // `crate::kernel`; the effect is the same, its cost is not).
-            let name = shell_quote(&ns.name);
-            out.push_str(&format!(
-                "ip netns add {name} && ip netns exec {name} sysctl -qw \
-                 net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1\n"
-            ));
+            out.push_str(&format!("ip netns add {}\n", shell_quote(&ns.name)));
         }
         for step in &self.steps {
             out.push_str(&step.to_string());
@@ -393,6 +391,7 @@ mod tests {
                 })
             ),
             "ip -n 'x;y' link add '$(touch /tmp/pwned)' index 2 type bridge mcast_snooping 0 \
+             && ip -n 'x;y' link set '$(touch /tmp/pwned)' addrgenmode none \
              && ip -n 'x;y' link set '$(touch /tmp/pwned)' up"
         );
         assert_eq!(
@@ -413,7 +412,10 @@ mod tests {
                 })
             ),
             "ip -n lab-n1 link add 'a'\\''b' index 3 type veth peer name 'a\nb' \
-             netns '$(touch /tmp/pwned)' index 2 && ip -n lab-n1 link set 'a'\\''b' master 'x;y' \
+             netns '$(touch /tmp/pwned)' index 2 \
+             && ip -n lab-n1 link set 'a'\\''b' addrgenmode none \
+             && ip -n '$(touch /tmp/pwned)' link set 'a\nb' addrgenmode none \
+             && ip -n lab-n1 link set 'a'\\''b' master 'x;y' \
              && ip -n lab-n1 link set 'a'\\''b' up"
         );
         assert_eq!(
@@ -454,7 +456,7 @@ mod tests {
                 })
             ),
             "ip -n lab-p1 link add link '$(touch /tmp/pwned)' name 'x;y' netns 'a'\\''b' \
-             index 4 type ipvlan mode l2"
+             index 4 type ipvlan mode l2 && ip -n 'a'\\''b' link set 'x;y' addrgenmode none"
         );
     }
 
@@ -571,10 +573,9 @@ mod tests {
                 action: Action::LoopbackUp(link::LoopbackUp),
             }],
         };
-        let commands = "ip netns add '$(touch /tmp/pwned)' && ip netns exec '$(touch /tmp/pwned)' \
-                        sysctl -qw net.ipv6.conf.all.disable_ipv6=1 \
-                        net.ipv6.conf.default.disable_ipv6=1\n\
-                        ip -n '$(touch /tmp/pwned)' link set lo up\n";
+        let commands = "ip netns add '$(touch /tmp/pwned)'\n\
+                        ip -n '$(touch /tmp/pwned)' link set lo up \
+                        && ip -n '$(touch /tmp/pwned)' -6 addr flush dev lo\n";
         assert_eq!(p.to_commands(), commands);
         assert!(p.to_script().ends_with(&format!("set -e\n{commands}")));
     }
