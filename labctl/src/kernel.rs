@@ -430,7 +430,16 @@ pub(crate) struct Made<'a> {
     pub name: &'a str,
 }
 
-impl Made<'_> {
+impl<'a> Made<'a> {
+    /// A link made in the step's own namespace.
+    pub(crate) fn here(ifindex: u32, name: &'a str) -> Made<'a> {
+        Made {
+            netns: None,
+            ifindex,
+            name,
+        }
+    }
+
     /// What [`Netlink::addrgen_none`] does, as iproute2: `ip -n NS link set
     /// NAME addrgenmode none`, `ns` being the step's namespace, quoted.
     pub(crate) fn addrgen_command(&self, ns: &str) -> String {

@@ -51,11 +51,7 @@ impl AddBridge {
 
     /// The link it makes.
     fn made(&self) -> [Made<'_>; 1] {
-        [Made {
-            netns: None,
-            ifindex: self.ifindex,
-            name: &self.name,
-        }]
+        [Made::here(self.ifindex, &self.name)]
     }
 
     pub(super) async fn apply(&self, nl: &Netlink, step: &Step) -> Result<(), KernelError> {
@@ -102,11 +98,7 @@ impl AddVlanBridge {
 
     /// The link it makes.
     fn made(&self) -> [Made<'_>; 1] {
-        [Made {
-            netns: None,
-            ifindex: self.ifindex,
-            name: &self.name,
-        }]
+        [Made::here(self.ifindex, &self.name)]
     }
 
     pub(super) async fn apply(&self, nl: &Netlink, step: &Step) -> Result<(), KernelError> {

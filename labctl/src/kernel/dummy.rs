@@ -34,11 +34,7 @@ impl AddDummy {
 
     /// The link it makes.
     fn made(&self) -> [Made<'_>; 1] {
-        [Made {
-            netns: None,
-            ifindex: self.ifindex,
-            name: &self.name,
-        }]
+        [Made::here(self.ifindex, &self.name)]
     }
 
     pub(super) async fn apply(&self, nl: &Netlink, step: &Step) -> Result<(), KernelError> {

@@ -54,12 +54,7 @@ impl BpfLoad {
     }
 
     pub(super) async fn apply(&self, _nl: &Netlink, step: &Step) -> Result<(), KernelError> {
-        let dir = PathBuf::from(&self.pin_dir);
-        let what = what(step);
-        tokio::task::spawn_blocking(move || crate::lb::load(&dir))
-            .await
-            .map_err(|e| KernelError::new(what.clone(), e))?
-            .map_err(|e| KernelError::new(what, e))
+        load_pinned(step, &self.pin_dir, crate::lb::load).await
     }
 }
 
@@ -193,12 +188,7 @@ impl RouteLoad {
     }
 
     pub(super) async fn apply(&self, _nl: &Netlink, step: &Step) -> Result<(), KernelError> {
-        let dir = PathBuf::from(&self.pin_dir);
-        let what = what(step);
-        tokio::task::spawn_blocking(move || crate::route::load(&dir))
-            .await
-            .map_err(|e| KernelError::new(what.clone(), e))?
-            .map_err(|e| KernelError::new(what, e))
+        load_pinned(step, &self.pin_dir, crate::route::load).await
     }
 }
 
@@ -327,6 +317,21 @@ pub fn attach_message(
     let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewTrafficFilter(msg));
     req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
     req
+}
+
+/// Load and pin an object's programs and maps in `pin_dir` with `load`
+/// (bpftool's work, by aya), on a thread of its own.
+async fn load_pinned(
+    step: &Step,
+    pin_dir: &str,
+    load: fn(&std::path::Path) -> Result<(), crate::lb::LbError>,
+) -> Result<(), KernelError> {
+    let dir = PathBuf::from(pin_dir);
+    let what = what(step);
+    tokio::task::spawn_blocking(move || load(&dir))
+        .await
+        .map_err(|e| KernelError::new(what.clone(), e))?
+        .map_err(|e| KernelError::new(what, e))
 }
 
 #[cfg(test)]
