@@ -178,7 +178,7 @@ pub fn run(
     }
     if with_services {
         for (_, ns) in &service_ns {
-            conntrack::flush_in(ns)
+            crate::kernel::conntrack::flush_in(ns)
                 .map_err(|e| service_error(format!("empty conntrack in {ns}: {e}")))?;
         }
     }
