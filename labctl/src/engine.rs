@@ -309,17 +309,33 @@ pub async fn run_steps<'a, K: Kernel>(
 /// sockets are opened only in the namespaces the steps name, each checked
 /// to carry the lab's mark first.
 pub fn apply_steps(record: &LabState, steps: &[Step]) -> Result<(), EngineError> {
-    if steps.is_empty() {
+    apply_in_turn(record, &[steps])
+}
+
+/// [`apply_steps`] for batches whose effects must follow one another (a
+/// scenario's conntrack tables emptied once its services are programmed):
+/// the steps of a batch run together, and a batch only once every step of
+/// the one before it has succeeded. Each namespace is attached once, for
+/// all of them.
+pub fn apply_in_turn(record: &LabState, batches: &[&[Step]]) -> Result<(), EngineError> {
+    let mut names: Vec<String> = batches
+        .iter()
+        .flat_map(|b| b.iter())
+        .map(|s| s.netns.clone())
+        .collect();
+    if names.is_empty() {
         return Ok(());
     }
-    let mut names: Vec<String> = steps.iter().map(|s| s.netns.clone()).collect();
     names.sort();
     names.dedup();
     runtime()?
         .block_on(async {
             let mut kernel = Netlink::new(record.mark());
             kernel.attach(&names).map_err(|e| vec![e])?;
-            run_steps(&kernel, steps, &Quiet).await
+            for batch in batches {
+                run_steps(&kernel, batch.iter(), &Quiet).await?;
+            }
+            Ok(())
         })
         .map_err(EngineError::Steps)
 }

@@ -54,6 +54,7 @@ use step::{Action, NsSpec, Step};
 pub mod addr;
 pub mod bond;
 pub mod bridge;
+pub mod conntrack;
 pub mod dummy;
 pub mod ebpf;
 pub mod fdb;
@@ -573,6 +574,7 @@ impl Kernel for Netlink {
             Action::AddNeighbour(a) => a.apply(self, step).await,
             Action::DelNeighbour(a) => a.apply(self, step).await,
             Action::ForgetNeighbours(a) => a.apply(self, step).await,
+            Action::FlushConntrack(a) => a.apply(self, step).await,
             Action::AddFdb(a) => a.apply(self, step).await,
             Action::DelFdb(a) => a.apply(self, step).await,
             Action::Clsact(a) => a.apply(self, step).await,

@@ -76,8 +76,9 @@ fn track_connections(ns: &str) -> Result<(), Failed> {
         .map_err(|e| format!("track connections in {ns}: {e}").into())
 }
 
-/// A real TCP connection in the dump, decoded and formatted; `flush_in`
-/// then empties the table.
+/// A real TCP connection in the dump, decoded and formatted; the kernel
+/// kind's `flush_in` (what a scenario's `FlushConntrack` step runs) then
+/// empties the table.
 fn dump_sees_a_tcp_connection() -> Result<(), Failed> {
     let (_guard, client, server) = two_namespaces()?;
     track_connections(&server)?;
@@ -146,7 +147,7 @@ fn dump_sees_a_tcp_connection() -> Result<(), Failed> {
 
     // What every scenario does first: the table empties, this connection
     // (the only one it held) included.
-    conntrack::flush_in(&server)?;
+    labctl::kernel::conntrack::flush_in(&server)?;
     let after = conntrack::dump_in(&server)?;
     ensure(
         after.is_empty(),

@@ -690,6 +690,118 @@ fn forget_neighbours_leaves_only_what_was_not_learned() -> Result<(), Failed> {
     ensure(before == host_snapshot(), "forgetting changed the host")
 }
 
+/// A scenario's conntrack flush in namespaces of its own: a ping from one
+/// to the other over a veth pair between them leaves an ICMP entry in the
+/// table of the one that tracks connections (an nftables rule using `ct`
+/// registers the hooks there), and the step through the netlink executor
+/// empties it. Where conntrack-tools is installed, the step's text run by
+/// bash empties it too. The host is untouched.
+fn flush_conntrack_empties_the_table() -> Result<(), Failed> {
+    use labctl::kernel::Kernel;
+    use labctl::kernel::conntrack::FlushConntrack;
+    use labctl::observe::conntrack;
+    use labctl::plan::{Action, NsSpec, Phase, Step};
+
+    /// Deletes the namespaces however the trial ends.
+    struct Gone(Vec<String>);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            for ns in &self.0 {
+                let _ = Command::new("ip").args(["netns", "delete", ns]).output();
+            }
+        }
+    }
+
+    let before = host_snapshot();
+    let (a, b) = (unique("cta"), unique("ctb"));
+    labctl::sys::prepare_run_dir()?;
+    let rt = labctl::engine::runtime()?;
+    let mut kernel = labctl::kernel::Netlink::new(format!("{a}-mark"));
+    let spec = |name: &str| NsSpec {
+        name: name.to_string(),
+        entity: name.to_string(),
+        role: labctl_topology::Role::Host,
+    };
+    let _gone = Gone(vec![a.clone(), b.clone()]);
+    rt.block_on(async { kernel.create_namespaces(&[spec(&a), spec(&b)]) })
+        .map_err(|e| format!("create {a}, {b}: {e:?}"))?;
+    let ip = |ns: &str, args: &str| -> Result<(), Failed> {
+        ok(Command::new("ip")
+            .args(["-n", ns])
+            .args(args.split_whitespace()))
+        .map(|_| ())
+    };
+    ip(&a, &format!("link add d0 type veth peer name d1 netns {b}"))?;
+    ip(&a, "addr add 192.0.2.1/24 dev d0")?;
+    ip(&b, "addr add 192.0.2.2/24 dev d1")?;
+    ip(&a, "link set d0 up")?;
+    ip(&b, "link set d1 up")?;
+    for ns in [&a, &b] {
+        let pending = labctl::kernel::wait_links_ready_in(ns, labctl::kernel::SETTLE_LIMIT)
+            .map_err(|e| format!("{ns}: {e}"))?;
+        ensure(
+            pending.is_empty(),
+            format!("{ns}: links not ready: {pending:?}"),
+        )?;
+    }
+    labctl::kernel::nft::apply(
+        &a,
+        "table ip t {\n chain c {\n type filter hook prerouting priority 0;\n \
+         ct state established accept\n }\n}\n",
+        "nft -f -",
+    )?;
+    let fill = || -> Result<(), Failed> {
+        ok(Command::new("ip").args([
+            "netns",
+            "exec",
+            &b,
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            "192.0.2.1",
+        ]))?;
+        let entries = conntrack::dump_in(&a)?;
+        ensure(
+            entries
+                .iter()
+                .any(|e| e.original.protocol == 1 && e.original.dst.to_string() == "192.0.2.1"),
+            format!("no ICMP entry after the ping: {entries:#?}"),
+        )
+    };
+    let step = Step {
+        phase: Phase::Changes,
+        netns: a.clone(),
+        action: Action::FlushConntrack(FlushConntrack),
+    };
+    fill()?;
+    rt.block_on(kernel.run(&step))?;
+    let left = conntrack::dump_in(&a)?;
+    ensure(
+        left.is_empty(),
+        format!("{step}\nthrough netlink left {left:#?}"),
+    )?;
+    if run(Command::new("sh").args(["-c", "command -v conntrack"]))
+        .status
+        .success()
+    {
+        fill()?;
+        ok(Command::new("bash").args(["-c", &step.to_string()]))?;
+        let left = conntrack::dump_in(&a)?;
+        ensure(
+            left.is_empty(),
+            format!("{step}\nrun by bash left {left:#?}"),
+        )?;
+    } else {
+        eprintln!("flush_conntrack: no conntrack-tools here; its text not run");
+    }
+    drop(kernel);
+    drop(rt);
+    drop(_gone);
+    ensure(before == host_snapshot(), "flushing changed the host")
+}
+
 fn main() {
     let args = Arguments::from_args();
     let mut trials = vec![
@@ -710,6 +822,9 @@ fn main() {
         Trial::ignorable_test("nft_in_process_is_nft", || gate(nft_in_process_is_nft)),
         Trial::ignorable_test("forget_neighbours_leaves_only_what_was_not_learned", || {
             gate(forget_neighbours_leaves_only_what_was_not_learned)
+        }),
+        Trial::ignorable_test("flush_conntrack_empties_the_table", || {
+            gate(flush_conntrack_empties_the_table)
         }),
         Trial::ignorable_test("vm_lab_up_exec_down", || gate(vm_lab_up_exec_down)),
         Trial::ignorable_test("vm_killed_up_then_down", || gate(vm_killed_up_then_down)),

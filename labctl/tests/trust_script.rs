@@ -703,6 +703,46 @@ fn forget_neighbours_passes_hostile_namespaces_intact() -> Result<(), Failed> {
     Ok(())
 }
 
+/// A scenario's conntrack flush as the text labctl reports for it, run by
+/// bash under the fakes with every hostile namespace: `ip netns exec`
+/// gets the namespace as one word and conntrack-tools' words after it,
+/// and nothing else runs.
+fn flush_conntrack_passes_hostile_namespaces_intact() -> Result<(), Failed> {
+    use labctl::kernel::conntrack::FlushConntrack;
+    let mut script = String::from("set -e\n");
+    for h in HOSTILE {
+        let step = Step {
+            phase: Phase::Changes,
+            netns: format!("lab-{h}"),
+            action: Action::FlushConntrack(FlushConntrack),
+        };
+        script.push_str(&format!("{step}\n"));
+    }
+    let dir = TempDir::new("flush")?;
+    let run = run_script(&dir.0, &script)?;
+    let show = || {
+        format!(
+            "status {}, stderr:\n{}\nscript:\n{script}\ncalls: {:#?}",
+            run.status, run.stderr, run.calls
+        )
+    };
+    if !run.status.success() || !run.stderr.is_empty() || !run.left.is_empty() {
+        return Err(format!("the script failed or left {:?}: {}", run.left, show()).into());
+    }
+    let expected: Vec<Vec<String>> = HOSTILE
+        .iter()
+        .map(|h| {
+            let ns = format!("lab-{h}");
+            argv(&["netns", "exec", &ns, "conntrack", "-F", "-f", "ipv4"])
+        })
+        .collect();
+    let calls: Vec<&Vec<String>> = run.calls.iter().map(|c| &c.args).collect();
+    if run.calls.iter().any(|c| c.program != "ip") || !calls.iter().copied().eq(expected.iter()) {
+        return Err(format!("calls differ from {expected:#?}: {}", show()).into());
+    }
+    Ok(())
+}
+
 /// The real Flannel plan (services on: IPVS tables and nftables rulesets
 /// included) runs under the fakes too, each ruleset reaching nft intact.
 fn flannel_script_runs() -> Result<(), Failed> {
@@ -841,6 +881,10 @@ fn main() {
         Trial::test(
             "forget_neighbours_passes_hostile_namespaces_intact",
             forget_neighbours_passes_hostile_namespaces_intact,
+        ),
+        Trial::test(
+            "flush_conntrack_passes_hostile_namespaces_intact",
+            flush_conntrack_passes_hostile_namespaces_intact,
         ),
         Trial::test("flannel_script_runs", flannel_script_runs),
         Trial::ignorable_test("flannel_services_off_passes", move || match place {

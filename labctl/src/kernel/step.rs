@@ -134,6 +134,9 @@ pub enum Action {
     /// Every learned IPv4 neighbour entry of the namespace deleted (a
     /// scenario's reset before its traffic; [`crate::kernel::neigh`]).
     ForgetNeighbours(crate::kernel::neigh::ForgetNeighbours),
+    /// The namespace's IPv4 conntrack table emptied (a scenario's reset
+    /// before its traffic; [`crate::kernel::conntrack`]).
+    FlushConntrack(crate::kernel::conntrack::FlushConntrack),
     /// Every filter of a hook deleted (a scenario's change;
     /// [`crate::kernel::tc`]).
     DelTcFilters(crate::kernel::tc::DelTcFilters),

@@ -13,19 +13,23 @@
 //! A namespace has entries only once something there loaded conntrack hooks
 //! (nftables or iptables rules using `ct`, NAT, IPVS with conntrack); before
 //! that its table is simply empty.
+//!
+//! Emptying the table is a write, so a kernel step: [`FlushConntrack`],
+//! whose module also frames the ctnetlink requests both send.
+//!
+//! [`FlushConntrack`]: crate::kernel::conntrack::FlushConntrack
 
+use crate::kernel::conntrack::{is_unavailable, request};
 use crate::wire::{self, Failure, Wire};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 
-use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST};
+use netlink_packet_core::NLM_F_DUMP;
 use netlink_packet_netfilter::conntrack::{
     ConntrackAttribute, ConntrackMessage, IPTuple, ProtoInfo, ProtoInfoTCP, ProtoTuple,
     Tuple as CtTuple,
 };
-use netlink_packet_netfilter::{
-    NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily,
-};
+use netlink_packet_netfilter::{NetfilterMessage, NetfilterMessageInner};
 use serde::Serialize;
 
 /// One direction of a flow: addresses, protocol and, for TCP, UDP and the
@@ -226,25 +230,6 @@ fn dump_request(seq: u32) -> Vec<u8> {
     request(seq, NLM_F_DUMP, ConntrackMessage::Get(Vec::new()))
 }
 
-/// One ctnetlink request for family IPv4, framed.
-fn request(seq: u32, flags: u16, message: ConntrackMessage) -> Vec<u8> {
-    let message = NetfilterMessage::new(
-        NetfilterHeader::new(NetfilterProtoFamily::IPv4, 0, 0),
-        message,
-    );
-    wire::frame(seq, NLM_F_REQUEST | flags, message)
-}
-
-fn is_unavailable(errno: i32) -> bool {
-    use nix::errno::Errno;
-    // EPROTONOSUPPORT: no nfnetlink at all. EOPNOTSUPP: nfnetlink found no
-    // ctnetlink subsystem and could not load `nf_conntrack_netlink`
-    // (`nfnetlink_rcv_msg`).
-    [Errno::EPROTONOSUPPORT, Errno::EOPNOTSUPP]
-        .iter()
-        .any(|e| *e as i32 == errno)
-}
-
 fn dump_over(wire: &mut dyn Wire) -> Result<Vec<Entry>, ConntrackError> {
     const SEQ: u32 = 1;
     let messages: Vec<NetfilterMessage> =
@@ -276,15 +261,10 @@ pub fn dump() -> Result<Vec<Entry>, ConntrackError> {
 
 /// A `NETLINK_NETFILTER` socket in the current thread's namespace.
 fn socket() -> Result<netlink_sys::Socket, ConntrackError> {
-    let mut socket =
-        netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_NETFILTER).map_err(|e| match e
-            .raw_os_error()
-        {
-            Some(errno) if is_unavailable(errno) => ConntrackError::Unavailable,
-            _ => ConntrackError::Io(e),
-        })?;
-    socket.bind_auto().map_err(ConntrackError::Io)?;
-    Ok(socket)
+    crate::kernel::conntrack::socket().map_err(|e| match e.raw_os_error() {
+        Some(errno) if is_unavailable(errno) => ConntrackError::Unavailable,
+        _ => ConntrackError::Io(e),
+    })
 }
 
 /// Why a named namespace could not be entered.
@@ -300,25 +280,6 @@ fn netns_error(netns: &str) -> impl FnOnce(io::Error) -> ConntrackError + '_ {
 /// and reads the table there. IPv4 only.
 pub fn dump_in(netns: &str) -> Result<Vec<Entry>, ConntrackError> {
     crate::sys::in_netns(netns, dump).map_err(netns_error(netns))?
-}
-
-/// Empty the IPv4 conntrack table of a named namespace, like `ip netns
-/// exec NAME conntrack -F -f ipv4`: one `IPCTNL_MSG_CT_DELETE` without
-/// attributes, acknowledged.
-pub fn flush_in(netns: &str) -> Result<(), ConntrackError> {
-    crate::sys::in_netns(netns, || flush_over(&mut socket()?)).map_err(netns_error(netns))?
-}
-
-fn flush_over(wire: &mut dyn Wire) -> Result<(), ConntrackError> {
-    const SEQ: u32 = 2;
-    let buf = request(
-        SEQ,
-        netlink_packet_core::NLM_F_ACK,
-        ConntrackMessage::Delete(Vec::new()),
-    );
-    wire::exchange::<NetfilterMessage>(wire, SEQ, &buf)
-        .map(|_| ())
-        .map_err(failure)
 }
 
 /// conntrack-tools' protocol names.

@@ -7,9 +7,9 @@
 //! The other readers sit beside it: [`capture`] (taps on every interface,
 //! as tcpdump sees them) and [`conntrack`] (the flows the kernel
 //! remembers, like `conntrack -L`). Both watch what packets did; neither
-//! builds nor changes the lab (conntrack's flush only clears what a
-//! scenario is about to read again; forgetting the neighbours a scenario
-//! learned is a kernel step, `ForgetNeighbours`, run by the executor).
+//! builds nor changes the lab (emptying conntrack and forgetting the
+//! neighbours before a scenario are kernel steps, `FlushConntrack` and
+//! `ForgetNeighbours`, run by the executor).
 //!
 //! Not here: the traffic module makes packets rather than watching them,
 //! and `labctl serve` and the lab's state record use it, so it stays at the

@@ -119,6 +119,7 @@ impl fmt::Display for Step {
             Action::DelClsact(a) => a.command(&ns, f),
             Action::DelNeighbour(a) => a.command(&ns, f),
             Action::ForgetNeighbours(a) => a.command(&ns, f),
+            Action::FlushConntrack(a) => a.command(&ns, f),
             Action::DelFdb(a) => a.command(&ns, f),
             Action::TcMirred(a) => a.command(&ns, f),
             Action::BpfLoad(a) => a.command(&ns, f),
@@ -503,6 +504,21 @@ mod tests {
              nud incomplete nud failed nud none | while read -r a _ d _; do \
              case $a in 10.0.0.9|10.0.0.10) ;; *) ip -n 'a'\\''b' neigh del \"$a\" dev \"$d\" ;; \
              esac; done"
+        );
+    }
+
+    /// Emptying a namespace's conntrack table: conntrack-tools inside the
+    /// namespace, which is one word.
+    #[test]
+    fn flush_conntrack_text_quotes_its_namespace() {
+        let flush = || Action::FlushConntrack(crate::kernel::conntrack::FlushConntrack);
+        assert_eq!(
+            step(PWN, flush()),
+            "ip netns exec '$(touch /tmp/pwned)' conntrack -F -f ipv4"
+        );
+        assert_eq!(
+            step("a'b c", flush()),
+            "ip netns exec 'a'\\''b c' conntrack -F -f ipv4"
         );
     }
 

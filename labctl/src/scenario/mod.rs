@@ -53,7 +53,7 @@ pub enum ScenarioError {
         scenario: String,
         source: services::OverrideError,
     },
-    #[error("scenario `{scenario}`: reset the neighbours and services: {source}")]
+    #[error("scenario `{scenario}`: reset the neighbours, services and conntrack: {source}")]
     Program {
         scenario: String,
         source: EngineError,

@@ -119,7 +119,8 @@ pub struct RunOptions<'a> {
 /// Every namespace first forgets the neighbours earlier scenarios taught
 /// it (see [`crate::kernel::neigh::ForgetNeighbours`]). In a lab with
 /// services, the services are programmed afresh with the scenario's
-/// changes and pins (and the conntrack tables emptied), so every scenario
+/// changes and pins (and then the conntrack tables emptied, see
+/// [`crate::kernel::conntrack::FlushConntrack`]), so every scenario
 /// starts from the same state whatever ran before it. With
 /// [`RunOptions::programmed`] saying an earlier scenario left them as the
 /// topology says, one without changes resets only what traffic changed
@@ -152,7 +153,8 @@ pub fn run(
     // What earlier scenarios taught the neighbour tables forgotten, and
     // the services and the eBPF load balancer's maps programmed afresh
     // with the scenario's changes and pins (remembered flows emptied), in
-    // one batch of steps through the executor `up` uses.
+    // one batch of steps through the executor `up` uses; then, once they
+    // are, the conntrack tables where services live emptied.
     let program_error = |source| ScenarioError::Program {
         scenario: sc.name.clone(),
         source,
@@ -166,21 +168,15 @@ pub fn run(
     // Services left as the topology says by the scenario before need
     // only what traffic changed in them reset.
     let kept = overrides.is_empty() && opts.programmed.is_some_and(Programmed::get);
-    let steps = set_up_steps(record, lab, &overrides, kept);
+    let [reset, flush] = set_up_steps(record, lab, &overrides, kept);
     if let Some(p) = opts.programmed {
         p.set(false);
     }
-    engine::apply_steps(record, &steps).map_err(program_error)?;
+    engine::apply_in_turn(record, &[&reset, &flush]).map_err(program_error)?;
     if overrides.is_empty()
         && let Some(p) = opts.programmed
     {
         p.set(true);
-    }
-    if with_services {
-        for (_, ns) in &service_ns {
-            conntrack::flush_in(ns)
-                .map_err(|e| service_error(format!("empty conntrack in {ns}: {e}")))?;
-        }
     }
 
     let entity_of: HashMap<&str, (&str, Role)> = record
@@ -561,15 +557,44 @@ pub fn run(
 /// ([`forget_steps`]), and the services and eBPF maps programmed under `o`
 /// ([`program_steps`]) or, when an earlier scenario left them as the
 /// topology says (`kept`), only what traffic changed in them reset
-/// ([`reset_steps`]). They touch different tables, so they run together.
-fn set_up_steps(record: &LabState, lab: &Lab, o: &Overrides, kept: bool) -> Vec<crate::plan::Step> {
+/// ([`reset_steps`]). They touch different tables, so they run together,
+/// in the first batch. The second, run once the first has succeeded as
+/// the flush always followed the programming, empties the conntrack
+/// tables where services live ([`flush_steps`]).
+fn set_up_steps(
+    record: &LabState,
+    lab: &Lab,
+    o: &Overrides,
+    kept: bool,
+) -> [Vec<crate::plan::Step>; 2] {
     let mut steps = forget_steps(record, lab);
     steps.extend(if kept {
         reset_steps(lab)
     } else {
         program_steps(lab, o)
     });
-    steps
+    [steps, flush_steps(record, lab)]
+}
+
+/// In a lab with services, the IPv4 conntrack table of each namespace
+/// where services live (the nodes and the VPC, the SLB's) emptied, so the
+/// flows a scenario reads back are its own
+/// ([`crate::kernel::conntrack::FlushConntrack`]). None without services:
+/// nothing there is read back.
+fn flush_steps(record: &LabState, lab: &Lab) -> Vec<crate::plan::Step> {
+    if lab.services.is_empty() {
+        return Vec::new();
+    }
+    record
+        .namespaces
+        .iter()
+        .filter(|n| matches!(n.role, Role::Node | Role::Vpc))
+        .map(|n| crate::plan::Step {
+            phase: crate::plan::Phase::Changes,
+            netns: n.name.clone(),
+            action: crate::plan::Action::FlushConntrack(crate::kernel::conntrack::FlushConntrack),
+        })
+        .collect()
 }
 
 /// What earlier scenarios taught the neighbour tables (and the requests
@@ -848,8 +873,10 @@ scenarios:
         let rt = engine::runtime().unwrap();
         for kept in [false, true] {
             let kernel = Recorder::default();
-            let steps = set_up_steps(&record, &lab, &Overrides::default(), kept);
-            rt.block_on(engine::run_steps(&kernel, &steps, &engine::Quiet))
+            let [reset, flush] = set_up_steps(&record, &lab, &Overrides::default(), kept);
+            // No services: no conntrack table is read back, none emptied.
+            assert!(flush.is_empty(), "{flush:#?}");
+            rt.block_on(engine::run_steps(&kernel, &reset, &engine::Quiet))
                 .unwrap();
             let forgotten: Vec<(String, Vec<Ipv4Addr>)> = kernel
                 .sent
@@ -882,6 +909,71 @@ scenarios:
                         && l.contains("case $a in 192.0.2.9|192.0.2.8) ;;")),
                 "{log:#?}"
             );
+        }
+    }
+
+    /// In a lab with services (Flannel's), the set-up's second batch, run
+    /// through the executor on the recording fake once the first is done,
+    /// empties the conntrack table of each namespace where services live,
+    /// and only there: after every service and neighbour step, as the flush
+    /// always followed the programming, whether the services are
+    /// programmed afresh or only reset.
+    #[test]
+    fn set_up_empties_conntrack_where_services_live_after_programming_them() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/flannel.yaml");
+        let lab = labctl_topology::load(&path, &BTreeMap::new()).unwrap();
+        let plan = crate::plan::plan(&lab);
+        let record = LabState::new(&lab.name, None, plan.namespaces.clone());
+        let services: Vec<String> = record
+            .namespaces
+            .iter()
+            .filter(|n| matches!(n.role, Role::Node | Role::Vpc))
+            .map(|n| n.name.clone())
+            .collect();
+        assert!(services.len() >= 2, "{services:?}");
+        let rt = engine::runtime().unwrap();
+        for kept in [false, true] {
+            let kernel = Recorder::default();
+            let batches = set_up_steps(&record, &lab, &Overrides::default(), kept);
+            for batch in &batches {
+                rt.block_on(engine::run_steps(&kernel, batch, &engine::Quiet))
+                    .unwrap();
+            }
+            let sent: Vec<Step> = kernel.sent.take();
+            let first = batches[0].len();
+            assert!(
+                sent[..first]
+                    .iter()
+                    .all(|s| !matches!(s.action, Action::FlushConntrack(_))),
+                "kept: {kept}: a flush among the service steps"
+            );
+            assert!(
+                sent[..first]
+                    .iter()
+                    .any(|s| matches!(s.action, Action::IpvsTable(_) | Action::Nftables(_))),
+                "kept: {kept}: no service step"
+            );
+            let flushed: Vec<String> = sent[first..]
+                .iter()
+                .map(|s| match s.action {
+                    Action::FlushConntrack(_) => {
+                        assert_eq!(s.phase, crate::plan::Phase::Changes);
+                        s.netns.clone()
+                    }
+                    _ => panic!("kept: {kept}: after the flushes: {s}"),
+                })
+                .collect();
+            assert_eq!(flushed, services, "kept: {kept}");
+            let log = kernel.log.take();
+            for ns in &services {
+                let text = format!("ip netns exec {ns} conntrack -F -f ipv4");
+                assert_eq!(
+                    log.iter().filter(|l| **l == text).count(),
+                    1,
+                    "{text} in {log:#?}"
+                );
+            }
         }
     }
 }
