@@ -2,7 +2,9 @@
 //! actions, a pure value that tests inspect without root.
 //!
 //! Every interface gets its ifindex here (1 is `lo` in a fresh namespace, the
-//! rest are numbered in creation order). The kernel honours a requested
+//! rest are numbered in the order the objects are listed, which need not be
+//! the order they are made in: a bridge is made before its ports, whatever
+//! its number). The kernel honours a requested
 //! ifindex on `RTM_NEWLINK`, veth peers included, so the executor never has to
 //! look an index up and can send a namespace's whole batch without waiting;
 //! it also makes ifindexes in captures and golden files the same every run.

@@ -72,7 +72,8 @@ pub(super) fn steps(
         numbers.push(pair);
     }
 
-    // Masters first: their ports and slaves join them.
+    // Masters are made first (an earlier phase): their ports and slaves
+    // join them.
     for (link, &(ifindex, _)) in o.links.iter().zip(&numbers) {
         let netns = ns(&link.netns);
         let action = match &link.kind {
