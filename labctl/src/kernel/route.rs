@@ -28,6 +28,22 @@ enum Op {
     Del,
 }
 
+/// `DST [via GW] dev IF` as a route message: what [`AddRoute`] adds and
+/// [`DelRoute`] deletes.
+fn plain(
+    d: &Ipv4Net,
+    via: Option<Ipv4Addr>,
+    ifindex: u32,
+) -> netlink_packet_route::route::RouteMessage {
+    let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(d.addr(), d.prefix_len())
+        .output_interface(ifindex);
+    if let Some(via) = via {
+        b = b.gateway(via);
+    }
+    b.build()
+}
+
 /// Send one route message in the step's namespace: the one netlink call
 /// every route kind here ends in.
 async fn send(
@@ -75,14 +91,8 @@ impl AddRoute {
     }
 
     pub(super) async fn apply(&self, nl: &Netlink, step: &Step) -> Result<(), KernelError> {
-        let d = &self.destination;
-        let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(d.addr(), d.prefix_len())
-            .output_interface(self.ifindex);
-        if let Some(via) = self.via {
-            b = b.gateway(via);
-        }
-        send(nl, step, b.build(), Op::Add).await
+        let msg = plain(&self.destination, self.via, self.ifindex);
+        send(nl, step, msg, Op::Add).await
     }
 }
 
@@ -108,14 +118,8 @@ impl DelRoute {
     }
 
     pub(super) async fn apply(&self, nl: &Netlink, step: &Step) -> Result<(), KernelError> {
-        let d = &self.destination;
-        let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(d.addr(), d.prefix_len())
-            .output_interface(self.ifindex);
-        if let Some(via) = self.via {
-            b = b.gateway(via);
-        }
-        send(nl, step, b.build(), Op::Del).await
+        let msg = plain(&self.destination, self.via, self.ifindex);
+        send(nl, step, msg, Op::Del).await
     }
 }
 

@@ -111,15 +111,7 @@ async fn dump(socket: netlink_sys::Socket) -> Result<Vec<IfStatus>, rtnetlink::E
                 .push(format!("{ip}/{}", a.header.prefix_len));
         }
     }
-    let names: HashMap<u32, String> = links
-        .iter()
-        .filter_map(|l| {
-            l.attributes.iter().find_map(|a| match a {
-                LinkAttribute::IfName(n) => Some((l.header.index, n.clone())),
-                _ => None,
-            })
-        })
-        .collect();
+    let names = link_names(&links);
     let mut out: Vec<IfStatus> = links
         .iter()
         .map(|l| {
@@ -269,15 +261,7 @@ pub fn neighbours_in(netns: &str) -> std::io::Result<Vec<Neighbour>> {
             Ok::<_, rtnetlink::Error>((links, neighs))
         })
         .map_err(|e| std::io::Error::other(format!("dump the neighbour table: {e}")))?;
-    let names: HashMap<u32, String> = links
-        .iter()
-        .filter_map(|l| {
-            l.attributes.iter().find_map(|a| match a {
-                LinkAttribute::IfName(n) => Some((l.header.index, n.clone())),
-                _ => None,
-            })
-        })
-        .collect();
+    let names = link_names(&links);
     let mut out = Vec::new();
     for n in neighs {
         let mut address = None;
@@ -320,4 +304,17 @@ pub fn neighbours_in(netns: &str) -> std::io::Result<Vec<Neighbour>> {
         });
     }
     Ok(out)
+}
+
+/// Each link's name, by ifindex.
+fn link_names(links: &[netlink_packet_route::link::LinkMessage]) -> HashMap<u32, String> {
+    links
+        .iter()
+        .filter_map(|l| {
+            l.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some((l.header.index, n.clone())),
+                _ => None,
+            })
+        })
+        .collect()
 }
