@@ -1015,7 +1015,7 @@ impl Lab {
     /// The interfaces the vpc/nodes/pods/clients keys make in an entity:
     /// those of its lowered objects ([`Lab::lowered`]).
     fn cni_interfaces_of(&self, entity: &str) -> Option<Vec<String>> {
-        self.cni_interfaces_in(&self.lowered(), entity)
+        self.cni_interfaces_in(&self.lowered().interfaces_by_namespace(), entity)
     }
 
     /// Turn an interface reference as users write it into its canonical hop

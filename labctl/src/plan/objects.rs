@@ -46,11 +46,16 @@ pub(super) fn steps(
             action,
         })
     };
-    let is_bond = |netns: &str, name: &str| {
-        o.links
-            .iter()
-            .any(|l| l.netns == netns && l.name == name && matches!(l.kind, LinkKind::Bond(_)))
-    };
+    // The bonds, by namespace (the kernel's name) and name: looked up for
+    // every port, so a set (10,000 pods are 10,000 ports).
+    let bonds: std::collections::HashSet<(String, &str)> = o
+        .links
+        .iter()
+        .filter(|l| matches!(l.kind, LinkKind::Bond(_)))
+        .map(|l| (ns(&l.netns), l.name.as_str()))
+        .collect();
+    let is_bond_in = |netns: &str, name: &str| bonds.contains(&(netns.to_string(), name));
+    let is_bond = |entity: &str, name: &str| !bonds.is_empty() && is_bond_in(&ns(entity), name);
 
     // Every link's ifindex (and a veth peer's), in list order, before any
     // is made: a port names its master wherever the two are listed.
@@ -322,10 +327,7 @@ pub(super) fn steps(
     for (netns, ifname, ifindex, master, port, up) in ends {
         if let Some(m) = &master {
             let master = find(&index, &netns, m);
-            let bonded = o.links.iter().any(|l| {
-                ns(&l.netns) == netns && l.name == *m && matches!(l.kind, LinkKind::Bond(_))
-            });
-            if bonded {
+            if is_bond_in(&netns, m) {
                 push(
                     Phase::Stacked,
                     netns.clone(),

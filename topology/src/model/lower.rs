@@ -11,6 +11,7 @@
 //! The planner gives ifindexes in list order, so these stay what they
 //! were before the keys were lowered.
 
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
@@ -47,10 +48,15 @@ impl Lab {
     }
 
     /// The interfaces of a vpc, node, pod or client that the CNI keys
-    /// make, as `lowered` lists them (`None` for another name): the one
+    /// make, as the lowered objects list them (`lowered`: their
+    /// [`Objects::interfaces_by_namespace`]; `None` for another name): the one
     /// list of them, which [`Lab::interfaces_of`] extends with the user's
     /// own layer.
-    pub(crate) fn cni_interfaces_in(&self, lowered: &Objects, entity: &str) -> Option<Vec<String>> {
+    pub(crate) fn cni_interfaces_in(
+        &self,
+        lowered: &HashMap<&str, Vec<&str>>,
+        entity: &str,
+    ) -> Option<Vec<String>> {
         let node = self.node(entity).is_some();
         let known = (entity == "vpc" && self.vpc.is_some())
             || node
@@ -59,7 +65,10 @@ impl Lab {
         if !known {
             return None;
         }
-        let mut v: Vec<String> = lowered.interfaces_in(entity).map(str::to_string).collect();
+        let mut v: Vec<String> = lowered
+            .get(entity)
+            .map(|v| v.iter().map(|s| s.to_string()).collect())
+            .unwrap_or_default();
         // kube-proxy's, made with the services (plan::services).
         if node && self.uses_kube_ipvs() {
             v.push(KUBE_IPVS.to_string());

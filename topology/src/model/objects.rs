@@ -44,6 +44,23 @@ impl Objects {
         })
     }
 
+    /// [`Objects::interfaces_in`] for every namespace at once, in one pass
+    /// (each in creation order).
+    pub fn interfaces_by_namespace(&self) -> std::collections::HashMap<&str, Vec<&str>> {
+        let mut out: std::collections::HashMap<&str, Vec<&str>> = Default::default();
+        for l in &self.links {
+            out.entry(l.netns.as_str())
+                .or_default()
+                .push(l.name.as_str());
+            if let LinkKind::Veth { peer } = &l.kind {
+                out.entry(peer.netns.as_str())
+                    .or_default()
+                    .push(peer.name.as_str());
+            }
+        }
+        out
+    }
+
     /// The UDP ports of the lab's VXLAN devices, each once.
     pub fn vxlan_ports(&self) -> Vec<u16> {
         let mut ports: Vec<u16> = self

@@ -102,6 +102,7 @@ impl Resolver<'_> {
         };
         // Lowered once: a lab of 10,000 pods has as many namespaces.
         let lowered = lab.lowered();
+        let lowered = lowered.interfaces_by_namespace();
         for ns in &known {
             let mut v = vec![("lo".to_string(), Dev::Cni, cni.clone())];
             if lab.objects.namespaces.iter().all(|n| &n.name != ns) {
