@@ -124,9 +124,6 @@ pub fn required(lab: &Lab) -> BTreeSet<Feature> {
             LinkKind::Veth { .. } | LinkKind::Bridge(_) => false,
         };
     }
-    if lab.uses_kube_ipvs() {
-        need.insert(Feature::Dummy);
-    }
     if lab.uses_ipvs() {
         need.insert(Feature::Ipvs);
     }

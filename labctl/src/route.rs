@@ -197,6 +197,24 @@ mod tests {
         assert_eq!(names, labctl_topology::TC_BPF_PROGRAMS);
     }
 
+    /// The load balancer's programs the `ebpf` key lowers to are the
+    /// loader's, each on the hook it is written for.
+    #[test]
+    fn topology_lb_programs_are_the_load_balancers() {
+        use labctl_topology::TcHook;
+        let programs: Vec<(&str, TcHook)> = labctl_lb::Program::ALL
+            .iter()
+            .map(|p| {
+                let hook = match p {
+                    labctl_lb::Program::Egress => TcHook::Egress,
+                    labctl_lb::Program::Ingress => TcHook::Ingress,
+                };
+                (p.name(), hook)
+            })
+            .collect();
+        assert_eq!(programs, labctl_topology::LB_PROGRAMS);
+    }
+
     #[test]
     fn tables_convert_prefixes_to_networks() {
         let t = Tables {

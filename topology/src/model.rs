@@ -959,53 +959,23 @@ impl Lab {
     /// layer's, in the order the plan adds them. `None` for an unknown
     /// entity.
     pub fn addresses_of(&self, entity: &str) -> Option<Vec<(String, Ipv4Net)>> {
+        let bare = self.objects.namespaces.iter().any(|n| n.name == entity);
+        if !bare && !self.is_cni_entity(entity) {
+            return None;
+        }
         let mut v = vec![(
             "lo".to_string(),
             Ipv4Net::new(Ipv4Addr::LOCALHOST, 8).expect("valid prefix"),
         )];
-        let host = |a: Ipv4Addr| Ipv4Net::new(a, 32).expect("valid prefix");
-        let bare = self.objects.namespaces.iter().any(|n| n.name == entity);
-        if bare {
-            // Only the low-level layer's, below.
-        } else if entity == "vpc" {
-            let vpc = self.vpc.as_ref()?;
-            for s in &vpc.subnets {
-                let net = Ipv4Net::new(s.gateway, s.cidr.prefix_len()).expect("valid prefix");
-                v.push((s.name.clone(), net));
-            }
-            for c in &self.clients {
-                let net = Ipv4Net::new(c.gateway, c.address.prefix_len()).expect("valid prefix");
-                v.push((c.vpc_port.clone(), net));
-            }
-            for lb in self.services.iter().filter_map(|s| s.load_balancer_ip) {
-                v.push(("lo".to_string(), host(lb)));
-            }
-        } else if let Some(n) = self.node(entity) {
-            v.extend(
-                n.interfaces
-                    .iter()
-                    .filter_map(|i| Some((i.name.clone(), i.address?))),
-            );
-            if let (Some(cidr), Some(gw)) = (n.pod_cidr, n.pod_gateway) {
-                let net = Ipv4Net::new(gw, cidr.prefix_len()).expect("valid prefix");
-                v.push((n.bridge.clone(), net));
-            }
-            if self.uses_kube_ipvs() {
-                for a in self.services.iter().flat_map(|s| s.addresses()) {
-                    v.push((KUBE_IPVS.to_string(), host(a)));
-                }
-            }
-        } else if let Some(p) = self.pod(entity) {
-            v.push((p.ifname.clone(), p.address));
-        } else if let Some(c) = self.clients.iter().find(|c| c.name == entity) {
-            v.push(("eth0".to_string(), c.address));
-        } else {
-            return None;
-        }
+        let lowered = (!bare).then(|| self.lowered());
+        // A Terway node's ipvl_N holds the node's own address with scope
+        // host, which is no source of its own (the ENI's is listed).
+        let keys = lowered
+            .iter()
+            .flat_map(|o| &o.addresses)
+            .filter(|a| !a.scope_host);
         v.extend(
-            self.objects
-                .addresses
-                .iter()
+            keys.chain(&self.objects.addresses)
                 .filter(|a| a.netns == entity)
                 .map(|a| (a.dev.clone(), a.address)),
         );

@@ -3580,6 +3580,96 @@ fn ipvlan_pods_lower_as_terway_sets_them_up() {
 }
 
 #[test]
+fn services_and_ebpf_lower_to_objects_of_the_namespaces() {
+    let src = IPVLAN
+        .replace(
+            "endpoints: [nginx] }",
+            "endpoints: [nginx], load_balancer_ip: 47.243.139.183 }",
+        )
+        .replace("services:", "ebpf: {}\nservices:");
+    let lab = load_str("t.yaml", &src, &vars()).unwrap_or_else(|e| panic!("{e}"));
+    let o = lab.lowered();
+    // kube-ipvs0 is the node's last link (made after its ENIs), holding
+    // every service address.
+    let node_links: Vec<&str> = o
+        .links
+        .iter()
+        .flat_map(|l| match &l.kind {
+            LinkKind::Veth { peer } => vec![
+                (l.netns.as_str(), l.name.as_str()),
+                (peer.netns.as_str(), peer.name.as_str()),
+            ],
+            _ => vec![(l.netns.as_str(), l.name.as_str())],
+        })
+        .filter(|(ns, _)| *ns == "node-15")
+        .map(|(_, name)| name)
+        .collect();
+    assert_eq!(node_links.last(), Some(&KUBE_IPVS), "{node_links:?}");
+    let dummy = o.links.iter().find(|l| l.name == KUBE_IPVS).unwrap();
+    assert_eq!(dummy.kind, LinkKind::Dummy);
+    let on = |ns: &str, dev: &str| -> Vec<String> {
+        o.addresses
+            .iter()
+            .filter(|a| a.netns == ns && a.dev == dev)
+            .map(|a| a.address.to_string())
+            .collect()
+    };
+    assert_eq!(
+        on("node-15", KUBE_IPVS),
+        ["192.168.27.242/32", "47.243.139.183/32"]
+    );
+    // The SLB answers the LoadBalancer address on the VPC router's lo.
+    assert_eq!(on("vpc", "lo"), ["47.243.139.183/32"]);
+    // The load balancer's programs on the pod's interface, each on its hook.
+    let filters: Vec<(&str, &str, TcHook, &TcAction)> =
+        o.tc.iter()
+            .map(|t| (t.netns.as_str(), t.dev.as_str(), t.hook, &t.action))
+            .collect();
+    let bpf = |p: &str| TcAction::Bpf { program: p.into() };
+    assert_eq!(
+        filters,
+        [
+            ("nginx", "eth0", TcHook::Egress, &bpf("lb_egress")),
+            ("nginx", "eth0", TcHook::Ingress, &bpf("lb_ingress")),
+        ]
+    );
+    // What a scenario may send from: the lowered addresses but the ipvlan
+    // slave's scope-host one, in the order the plan adds them.
+    let held = |e: &str| -> Vec<String> {
+        lab.addresses_of(e)
+            .unwrap()
+            .iter()
+            .map(|(d, a)| format!("{d} {a}"))
+            .collect()
+    };
+    assert_eq!(
+        held("node-15"),
+        [
+            "lo 127.0.0.1/8",
+            "eth0 10.0.3.15/24",
+            "kube-ipvs0 192.168.27.242/32",
+            "kube-ipvs0 47.243.139.183/32"
+        ]
+    );
+    assert_eq!(
+        held("vpc"),
+        [
+            "lo 127.0.0.1/8",
+            "vsw 10.0.3.253/24",
+            "lo 47.243.139.183/32"
+        ]
+    );
+    assert_eq!(held("nginx"), ["lo 127.0.0.1/8", "eth0 10.0.3.38/24"]);
+    assert_eq!(lab.addresses_of("nobody"), None);
+    // Without services or ebpf, none of it.
+    let plain = IPVLAN[..IPVLAN.find("services:").unwrap()].to_string();
+    let lab = load_str("t.yaml", &plain, &vars()).unwrap_or_else(|e| panic!("{e}"));
+    let o = lab.lowered();
+    assert!(o.links.iter().all(|l| l.name != KUBE_IPVS));
+    assert!(o.tc.is_empty());
+}
+
+#[test]
 fn layer_keys_for_what_the_cni_keys_need() {
     let source = "\
 name: lab

@@ -1,7 +1,7 @@
 //! The eBPF load balancer of a lab with `ebpf:` as plan steps (Terway
 //! IPVLAN + eBPF, Cilium's socket-less load balancing; [`crate::lb`]):
-//! load and pin the programs once, put a clsact qdisc and both programs on
-//! every pod's eth0, and fill the maps. `up` runs them like every other
+//! load and pin the programs once and fill the maps (a clsact qdisc and
+//! both programs on every pod's eth0 are the pods' tc objects). `up` runs them like every other
 //! step, a scenario's overrides rewrite the maps with [`map_step`], and
 //! `labctl plan -o script` prints them as the `bpftool` and `tc` commands
 //! that do the same (written by [`crate::kernel::ebpf`]).
@@ -11,62 +11,30 @@
 //! first pod's namespace only so that every step of a plan belongs to the
 //! lab.
 
-use std::collections::HashMap;
-
-use labctl_topology::{Lab, TcHook};
+use labctl_topology::Lab;
 
 use super::{Action, Phase, Step};
-use crate::kernel::{ebpf, tc};
+use crate::kernel::ebpf;
 use crate::lb;
 use crate::services::Overrides;
 
-/// The steps that put the load balancer on every pod: in
-/// [`Phase::Services`] the load and each pod's clsact qdisc, in
-/// [`Phase::Ebpf`] both programs on each pod's interface and the maps.
-/// `pod_ifindex` is the ifindex the plan gave each pod's interface.
-pub(super) fn steps(lab: &Lab, pod_ifindex: &HashMap<String, u32>) -> Vec<Step> {
+/// The load balancer's own steps: in [`Phase::Services`] the load (its
+/// programs and maps pinned for the lab), in [`Phase::Ebpf`] the maps'
+/// contents. Its filters on every pod's interface are objects of the pods'
+/// namespaces ([`labctl_topology::Lab::lowered`]), attached with the
+/// router's ([`super::route`]).
+pub(super) fn steps(lab: &Lab) -> Vec<Step> {
     let Some(home) = home(lab) else {
         return Vec::new();
     };
-    let pin_dir = lb::pin_dir(&lab.name);
     let mut out = vec![Step {
         phase: Phase::Services,
-        netns: home.clone(),
+        netns: home,
         action: Action::BpfLoad(ebpf::BpfLoad {
             object: labctl_lb::OBJECT_PATH.to_string(),
-            pin_dir: pin_dir.display().to_string(),
+            pin_dir: lb::pin_dir(&lab.name).display().to_string(),
         }),
     }];
-    for pod in &lab.pods {
-        let Some(&ifindex) = pod_ifindex.get(&pod.name) else {
-            continue;
-        };
-        let netns = lab.netns(&pod.name);
-        out.push(Step {
-            phase: Phase::Services,
-            netns: netns.clone(),
-            action: Action::Clsact(tc::Clsact {
-                ifname: pod.ifname.clone(),
-                ifindex,
-            }),
-        });
-        for (program, hook) in [
-            (labctl_lb::Program::Egress, TcHook::Egress),
-            (labctl_lb::Program::Ingress, TcHook::Ingress),
-        ] {
-            out.push(Step {
-                phase: Phase::Ebpf,
-                netns: netns.clone(),
-                action: Action::BpfAttach(ebpf::BpfAttach {
-                    ifname: pod.ifname.clone(),
-                    ifindex,
-                    hook,
-                    program: program.name().to_string(),
-                    pin: program.pin_path(&pin_dir).display().to_string(),
-                }),
-            });
-        }
-    }
     out.extend(map_step(lab, &Overrides::default(), Phase::Ebpf));
     out
 }

@@ -315,29 +315,21 @@ pub fn plan(lab: &Lab) -> Plan {
         }
     }
 
-    // The vpc/nodes/pods/clients keys, as the low-level layer's objects.
-    let index = objects::steps(lab, &lab.lowered(), &mut idx, &mut steps);
+    // The vpc/nodes/pods/clients/services/ebpf keys, as the low-level
+    // layer's objects.
+    let lowered = lab.lowered();
+    objects::steps(lab, &lowered, &mut idx, &mut steps);
     steps.extend(vpc::same_eni_rules(lab));
-    // Services, kube-proxy IPVS style, on every node: every service address
-    // on a dummy kube-ipvs0; the SLB's addresses local to the VPC router;
-    // then the IPVS tables and rules (crate::services).
+    // Services, kube-proxy IPVS style, on every node: the IPVS tables and
+    // rules (crate::services), and the sysctls they need.
     if !lab.services.is_empty() {
-        services::addresses(lab, &mut idx, &mut steps);
         steps.extend(services::steps(lab, &Default::default()));
         steps.extend(services::sysctl_steps(lab));
     }
-    let pod_ifindex: HashMap<String, u32> = lab
-        .pods
-        .iter()
-        .filter_map(|p| {
-            let i = index.get(&lab.netns(&p.name), &p.ifname)?;
-            Some((p.name.clone(), i.ifindex))
-        })
-        .collect();
-    steps.extend(ebpf::steps(lab, &pod_ifindex));
+    steps.extend(ebpf::steps(lab));
     // Last, so the ifindexes of everything above stay what they were.
     let index = objects::steps(lab, &lab.objects, &mut idx, &mut steps);
-    steps.extend(route::steps(lab, &index));
+    steps.extend(route::steps(lab, &lowered, &index));
 
     steps.sort_by_key(|s| s.phase);
     Plan {
@@ -613,6 +605,42 @@ mod tests {
         // The script stops at a failed command inside a chain.
         let script = commands.replace("dev lo\n", "dev lo || exit\n");
         assert!(p.to_script().ends_with(&format!("set -e\n{script}")));
+    }
+
+    /// A dummy is made as a device added to a running namespace, after
+    /// every veth (kube-ipvs0 after the ENIs the VPC's namespace makes),
+    /// unless a link is stacked on it: then before that link.
+    #[test]
+    fn a_dummy_comes_after_the_veths_unless_a_link_is_stacked_on_it() {
+        let src = "\
+name: d
+namespaces: [{ name: a }, { name: b }]
+links:
+  - dummy: { name: lone, in: b }
+  - dummy: { name: base, in: b }
+  - vlan: { name: base.7, in: b, parent: base, id: 7 }
+  - veth: { name: v0, in: a, peer: { name: v1, in: b } }
+";
+        let lab = labctl_topology::load_str("d.yaml", src, &Default::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let p = plan(&lab);
+        let phase_of = |name: &str| {
+            p.steps
+                .iter()
+                .find_map(|s| match &s.action {
+                    Action::AddDummy(d) if d.name == name => Some(s.phase),
+                    _ => None,
+                })
+                .unwrap_or_else(|| panic!("no dummy {name}"))
+        };
+        assert_eq!(phase_of("lone"), Phase::Stacked);
+        assert_eq!(phase_of("base"), Phase::Links);
+        let at = |f: &dyn Fn(&Action) -> bool| p.steps.iter().position(|s| f(&s.action)).unwrap();
+        let veth = at(&|a| matches!(a, Action::AddVeth(_)));
+        let lone = at(&|a| matches!(a, Action::AddDummy(d) if d.name == "lone"));
+        let base = at(&|a| matches!(a, Action::AddDummy(d) if d.name == "base"));
+        let vlan = at(&|a| matches!(a, Action::AddVlan(_)));
+        assert!(base < vlan && veth < lone, "{}", p.to_commands());
     }
 
     /// `set -e` lets a failed command that is not the last of an `&&` chain

@@ -17,9 +17,10 @@ use crate::kernel::{
 ///
 /// Ifindexes are given in list order (a veth's peer right after it), so
 /// objects lowered from the CNI keys keep the numbers they always had.
-/// Phases: bridges and bonds (devices), veths and dummies (links), vxlans,
-/// vlans, macvlans and ipvlans and bond slaves joining (stacked: their
-/// parents and bonds exist, a slave is down until it has joined), masters,
+/// Phases: bridges and bonds (devices), veths and the dummies links are
+/// stacked on (links), vxlans, vlans, macvlans and ipvlans, other dummies
+/// and bond slaves joining (stacked: their parents and bonds exist, a
+/// slave is down until it has joined), masters,
 /// MTUs, ARP off, addresses and renames (addresses), port options, VLANs,
 /// routes, neighbours, FDB and tc (routes), sysctls and `state: down` last.
 pub(super) fn steps(
@@ -56,6 +57,20 @@ pub(super) fn steps(
         .collect();
     let is_bond_in = |netns: &str, name: &str| bonds.contains(&(netns.to_string(), name));
     let is_bond = |entity: &str, name: &str| !bonds.is_empty() && is_bond_in(&ns(entity), name);
+    // The devices links are stacked on (a vlan's, macvlan's or ipvlan's
+    // parent, a vxlan's underlay), by entity and name: a dummy that is
+    // none of them is made with the stacked links.
+    let parents: std::collections::HashSet<(&str, &str)> = o
+        .links
+        .iter()
+        .filter_map(|l| match &l.kind {
+            LinkKind::Vlan(v) => Some((l.netns.as_str(), v.parent.as_str())),
+            LinkKind::Macvlan(m) => Some((l.made_in(), m.parent.as_str())),
+            LinkKind::Ipvlan(i) => Some((l.made_in(), i.parent.as_str())),
+            LinkKind::Vxlan(x) => Some((l.made_in(), x.dev.as_deref()?)),
+            _ => None,
+        })
+        .collect();
 
     // Every link's ifindex (and a veth peer's), in list order, before any
     // is made: a port names its master wherever the two are listed.
@@ -186,8 +201,17 @@ pub(super) fn steps(
                 ));
             }
             LinkKind::Dummy => {
+                // As a device added to a running namespace: after every
+                // veth, wherever made (kube-proxy's kube-ipvs0 comes after
+                // the node's ENIs, which the VPC's namespace makes; see
+                // `Lab::lowered`), unless a link is stacked on it.
+                let phase = if parents.contains(&(link.netns.as_str(), link.name.as_str())) {
+                    Phase::Links
+                } else {
+                    Phase::Stacked
+                };
                 push(
-                    Phase::Links,
+                    phase,
                     netns.clone(),
                     Action::AddDummy(dummy::AddDummy {
                         name: link.name.clone(),

@@ -1,30 +1,39 @@
 //! The eBPF overlay router of a lab as plan steps ([`crate::route`]): for
 //! every namespace whose `tc:` runs one of the router's programs or that
 //! has `bpf_maps`, load the object once with its own pin directory
-//! (`RouteLoad`); attach each `tc: ... bpf:` program (`BpfAttach`, the load
-//! balancer's action, on a pinned program); and fill the maps
+//! (`RouteLoad`); attach each `tc: ... bpf:` program (`BpfAttach`, on a
+//! pinned program: the router's, or the load balancer's that the `ebpf`
+//! key lowers to, pinned once for the lab by [`super::ebpf`]); and fill the maps
 //! (`RouteMaps`) with the ifindexes this plan gave the devices. Written by
 //! hand because the lab's devices and their ifindexes are only known here;
 //! `labctl plan -o script` prints the `bpftool` and `tc` commands that do
 //! the same (written, as the load balancer's, by [`crate::kernel::ebpf`]).
 
-use labctl_topology::{Lab, TcAction};
+use labctl_topology::{LB_PROGRAMS, Lab, Objects, TcAction};
 
 use super::{Action, Interfaces, Phase, Step};
 use crate::kernel::ebpf;
+use crate::lb;
 use crate::route::{self, Endpoint, Tables};
 
-/// The router's steps, after the layer's devices are planned (`index`
-/// holds their ifindexes).
-pub(super) fn steps(lab: &Lab, index: &Interfaces) -> Vec<Step> {
+/// The eBPF filters' steps and the router's, after the devices are
+/// planned (`index` holds their ifindexes): the filters of `lowered` (the
+/// CNI keys' objects: the load balancer's) and of the user's own layer,
+/// whose `bpf_maps` are the router's.
+pub(super) fn steps(lab: &Lab, lowered: &Objects, index: &Interfaces) -> Vec<Step> {
     let o = &lab.objects;
+    let is_lb = |program: &str| LB_PROGRAMS.iter().any(|(p, _)| *p == program);
     let mut users: Vec<&str> = Vec::new();
-    let bpf_tc = o.tc.iter().filter_map(|t| match &t.action {
-        TcAction::Bpf { program } => Some((t, program)),
-        TcAction::Mirred { .. } => None,
-    });
-    for (t, _) in bpf_tc.clone() {
-        if !users.contains(&t.netns.as_str()) {
+    let bpf_tc = lowered
+        .tc
+        .iter()
+        .chain(&o.tc)
+        .filter_map(|t| match &t.action {
+            TcAction::Bpf { program } => Some((t, program)),
+            TcAction::Mirred { .. } => None,
+        });
+    for (t, program) in bpf_tc.clone() {
+        if !is_lb(program) && !users.contains(&t.netns.as_str()) {
             users.push(&t.netns);
         }
     }
@@ -46,8 +55,14 @@ pub(super) fn steps(lab: &Lab, index: &Interfaces) -> Vec<Step> {
             }),
         });
     }
+    let lb_pins = lb::pin_dir(&lab.name);
     for (t, program) in bpf_tc {
         let netns = lab.netns(&t.netns);
+        let pin = if is_lb(program) {
+            lb_pins.join(program)
+        } else {
+            pin_dir(&t.netns).join(program)
+        };
         out.push(Step {
             phase: Phase::Ebpf,
             action: Action::BpfAttach(ebpf::BpfAttach {
@@ -55,7 +70,7 @@ pub(super) fn steps(lab: &Lab, index: &Interfaces) -> Vec<Step> {
                 ifindex: ifindex(&netns, &t.dev),
                 hook: t.hook,
                 program: program.clone(),
-                pin: pin_dir(&t.netns).join(program).display().to_string(),
+                pin: pin.display().to_string(),
             }),
             netns,
         });

@@ -2,63 +2,17 @@
 //! proxy ([`ServiceProxy`], kube-proxy's IPVS mode), the SLB's IPVS table
 //! in the VPC, and the sysctls they need. The tables themselves are
 //! computed in [`crate::services`]; these steps carry them to the executor
-//! for `up` and for a scenario's re-programming alike.
+//! for `up` and for a scenario's re-programming alike. (kube-ipvs0 and the
+//! addresses it and the SLB hold are objects of the namespaces:
+//! `Lab::lowered`.)
 
 use std::net::Ipv4Addr;
 
-use ipnet::Ipv4Net;
 use labctl_topology::{Lab, Node, ProxyMode, Service};
 
-use super::{Action, Indexes, Phase, Step, pusher};
-use crate::kernel::{addr, dummy, ipvs, nft, sysctl};
+use super::{Action, Phase, Step};
+use crate::kernel::{ipvs, nft, sysctl};
 use crate::services::{Overrides, effective, node_ruleset, node_table, slb_table};
-
-/// Every service address on a dummy kube-ipvs0 in each node that runs
-/// kube-proxy's IPVS mode, and the SLB's addresses local to the VPC router
-/// (on its `lo`).
-pub(super) fn addresses(lab: &Lab, idx: &mut Indexes, steps: &mut Vec<Step>) {
-    let mut push = pusher(steps);
-    let vpc = lab.netns("vpc");
-    for node in lab.nodes.iter().filter(|_| lab.uses_kube_ipvs()) {
-        let ns = lab.netns(&node.name);
-        let ifindex = idx.next(&ns);
-        // After the ENIs, as kube-proxy adds it to a running node: when
-        // the route's device has no fitting address (Terway's ipvl_N
-        // holds the node's with scope host), the kernel takes the first
-        // global address in device creation order as the source, which
-        // must be the node's eth0, not a service address.
-        push(
-            Phase::Stacked,
-            &ns,
-            Action::AddDummy(dummy::AddDummy {
-                name: labctl_topology::KUBE_IPVS.into(),
-                ifindex,
-            }),
-        );
-        for address in lab.services.iter().flat_map(|s| s.addresses()) {
-            push(
-                Phase::Addresses,
-                &ns,
-                Action::AddAddress(addr::AddAddress {
-                    ifname: labctl_topology::KUBE_IPVS.into(),
-                    ifindex,
-                    address: Ipv4Net::new(address, 32).expect("/32"),
-                }),
-            );
-        }
-    }
-    for address in lab.services.iter().filter_map(|s| s.load_balancer_ip) {
-        push(
-            Phase::Addresses,
-            &vpc,
-            Action::AddAddress(addr::AddAddress {
-                ifname: "lo".into(),
-                ifindex: 1,
-                address: Ipv4Net::new(address, 32).expect("/32"),
-            }),
-        );
-    }
-}
 
 /// A service proxy mode: what it programs in one node.
 pub trait ServiceProxy: Sync {

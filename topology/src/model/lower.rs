@@ -2,12 +2,15 @@
 //! the low-level layer ([`Objects`]): one path from YAML to the kernel.
 //! The planner makes these objects the way it makes those a user wrote
 //! in `links`, `addresses`, `routes`, ...; what is left to the keys
-//! themselves is what is not a kernel object of a namespace (the VPC's
-//! bridge-family nft table, services, the eBPF load balancer).
+//! themselves is what is not a link, address, route, neighbour or filter
+//! of a namespace: the VPC's bridge-family nft table, the services' IPVS
+//! tables and nft rulesets, the eBPF load balancer's load and maps.
 //!
 //! Objects are listed in the order the kernel numbers them: the VPC's
 //! vSwitches, each node's ENIs then its pod bridge, each pod (a Terway
-//! node's own ipvlan slave with the first pod that needs it), each client.
+//! node's own ipvlan slave with the first pod that needs it), each client,
+//! then what the services add (kube-proxy's `kube-ipvs0` on each node, the
+//! SLB's addresses) and the eBPF load balancer's filters on each pod.
 //! The planner gives ifindexes in list order, so these stay what they
 //! were before the keys were lowered.
 
@@ -40,6 +43,8 @@ impl Lab {
         for client in &self.clients {
             lower_client(client, &mut o);
         }
+        self.lower_services(&mut o);
+        self.lower_ebpf(&mut o);
         // The router's sysctls name every interface the VPC has, which are
         // known only now; they stay first, as the router is.
         let router = self.vpc_sysctls(&o);
@@ -57,23 +62,24 @@ impl Lab {
         lowered: &HashMap<&str, Vec<&str>>,
         entity: &str,
     ) -> Option<Vec<String>> {
-        let node = self.node(entity).is_some();
-        let known = (entity == "vpc" && self.vpc.is_some())
-            || node
-            || self.pod(entity).is_some()
-            || self.clients.iter().any(|c| c.name == entity);
-        if !known {
+        if !self.is_cni_entity(entity) {
             return None;
         }
-        let mut v: Vec<String> = lowered
-            .get(entity)
-            .map(|v| v.iter().map(|s| s.to_string()).collect())
-            .unwrap_or_default();
-        // kube-proxy's, made with the services (plan::services).
-        if node && self.uses_kube_ipvs() {
-            v.push(KUBE_IPVS.to_string());
-        }
-        Some(v)
+        Some(
+            lowered
+                .get(entity)
+                .map(|v| v.iter().map(|s| s.to_string()).collect())
+                .unwrap_or_default(),
+        )
+    }
+
+    /// Whether `entity` is the vpc, a node, a pod or a client: a namespace
+    /// of the CNI keys.
+    pub(crate) fn is_cni_entity(&self, entity: &str) -> bool {
+        (entity == "vpc" && self.vpc.is_some())
+            || self.node(entity).is_some()
+            || self.pod(entity).is_some()
+            || self.clients.iter().any(|c| c.name == entity)
     }
 
     /// IP forwarding, no ICMP redirects, and with isolated ports proxy ARP.
@@ -152,6 +158,50 @@ impl Lab {
                     Some(route.via),
                     &subnet.name,
                 ));
+            }
+        }
+    }
+
+    /// What the services add to the namespaces: under kube-proxy's IPVS
+    /// mode a dummy `kube-ipvs0` on every node holding every service
+    /// address (the planner makes it after the node's ENIs, which matters:
+    /// when a route's device has no fitting address, as Terway's `ipvl_N`
+    /// holding the node's with scope host, the kernel takes the first
+    /// global address in device creation order as the source, which must
+    /// be the node's, not a service's); and each LoadBalancer address on
+    /// the VPC router's `lo`, where the SLB answers it.
+    fn lower_services(&self, o: &mut Objects) {
+        if self.uses_kube_ipvs() {
+            for node in &self.nodes {
+                o.links.push(link(&node.name, KUBE_IPVS, LinkKind::Dummy));
+                for a in self.services.iter().flat_map(|s| s.addresses()) {
+                    o.addresses.push(address(&node.name, KUBE_IPVS, host(a)));
+                }
+            }
+        }
+        for a in self.services.iter().filter_map(|s| s.load_balancer_ip) {
+            o.addresses.push(address("vpc", "lo", host(a)));
+        }
+    }
+
+    /// The eBPF load balancer (`ebpf:`) on every pod's interface: both of
+    /// its programs ([`LB_PROGRAMS`]) as tc filters. Loading them and
+    /// filling their maps (which a scenario's service changes rewrite) are
+    /// not objects of a namespace: the planner's, from the key.
+    fn lower_ebpf(&self, o: &mut Objects) {
+        if self.ebpf.is_none() {
+            return;
+        }
+        for pod in &self.pods {
+            for (program, hook) in LB_PROGRAMS {
+                o.tc.push(Tc {
+                    netns: pod.name.clone(),
+                    dev: pod.ifname.clone(),
+                    hook,
+                    action: TcAction::Bpf {
+                        program: program.to_string(),
+                    },
+                });
             }
         }
     }

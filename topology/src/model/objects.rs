@@ -482,7 +482,9 @@ pub enum TcAction {
     /// Match-all with mirred: mirror (a copy) or redirect (the packet
     /// itself) out of `to`.
     Mirred { mirror: bool, to: String },
-    /// One of labctl's eBPF programs ([`TC_BPF_PROGRAMS`]), direct action.
+    /// One of labctl's eBPF programs, direct action: the overlay router's
+    /// ([`TC_BPF_PROGRAMS`], which a user may name), or the load
+    /// balancer's ([`LB_PROGRAMS`], which only the `ebpf` key lowers to).
     Bpf { program: String },
 }
 
@@ -490,6 +492,14 @@ pub enum TcAction {
 /// `labctl-lb` crate's `RouteProgram`s; a labctl test keeps both lists
 /// equal).
 pub const TC_BPF_PROGRAMS: [&str; 2] = ["route_from_container", "route_from_overlay"];
+
+/// The eBPF load balancer's programs (the `labctl-lb` crate's `Program`s,
+/// kept equal by a labctl test), with the hook each runs on: what the
+/// `ebpf` key puts on every pod's interface ([`Lab::lowered`]).
+pub const LB_PROGRAMS: [(&str, TcHook); 2] = [
+    ("lb_egress", TcHook::Egress),
+    ("lb_ingress", TcHook::Ingress),
+];
 
 /// The eBPF router's maps of one namespace.
 #[derive(Debug, Clone, PartialEq, Serialize)]
