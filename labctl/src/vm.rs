@@ -259,17 +259,44 @@ fn in_path(tool: &str) -> bool {
         || Path::new("/usr/sbin").join(tool).is_file()
 }
 
-/// Whether to ask QEMU for KVM: only with `LABCTL_KVM=1` and a /dev/kvm
-/// that opens. Some hosts (this project's build machines among them) offer
-/// a /dev/kvm that opens and then fails inside QEMU, so software emulation
-/// (TCG, about 15 s to boot) is the safe default.
+/// Whether to ask QEMU for KVM. `LABCTL_KVM=0` never and `LABCTL_KVM=1`
+/// whenever /dev/kvm opens; by default when /dev/kvm opens and the host's
+/// KVM is the hardware one (`kvm_intel` or `kvm_amd` loaded). Some hosts
+/// offer another behind /dev/kvm: this project's build machines run
+/// `kvm_pvm`, which runs only guests built for it (Debian's kernel hangs
+/// right after the boot loader, with `-cpu host` QEMU aborts on an MSR).
+/// Those, and hosts without KVM, get software emulation (TCG, about 15 s
+/// to boot).
 pub fn kvm_usable() -> bool {
-    std::env::var("LABCTL_KVM").is_ok_and(|v| v == "1")
-        && fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/kvm")
-            .is_ok()
+    kvm_choice(
+        std::env::var("LABCTL_KVM").ok().as_deref(),
+        || {
+            fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/kvm")
+                .is_ok()
+        },
+        || {
+            ["kvm_intel", "kvm_amd"]
+                .iter()
+                .any(|m| Path::new("/sys/module").join(m).exists())
+        },
+    )
+}
+
+/// [`kvm_usable`]'s rule: `setting` is `LABCTL_KVM`, `opens` whether
+/// /dev/kvm opens, `hardware` whether the hardware KVM module is loaded.
+fn kvm_choice(
+    setting: Option<&str>,
+    opens: impl Fn() -> bool,
+    hardware: impl Fn() -> bool,
+) -> bool {
+    match setting {
+        Some("0") => false,
+        Some("1") => opens(),
+        _ => opens() && hardware(),
+    }
 }
 
 /// A running VM with its agent.
@@ -674,5 +701,27 @@ fn serve_one(exe: &Path, dir: &Path, id: &str, taken: &Path) {
     let tmp = dir.join(format!(".{id}.rc.tmp"));
     if fs::write(&tmp, code.to_string()).is_ok() {
         let _ = fs::rename(&tmp, dir.join(format!("{id}.rc")));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kvm_only_where_it_is_the_hardware_ones_or_asked_for() {
+        let (yes, no) = (|| true, || false);
+        // By default: /dev/kvm opens and kvm_intel/kvm_amd is loaded.
+        assert!(kvm_choice(None, yes, yes));
+        assert!(!kvm_choice(None, yes, no), "kvm_pvm and the like");
+        assert!(!kvm_choice(None, no, yes));
+        assert!(
+            !kvm_choice(Some("yes"), yes, no),
+            "only 0 and 1 mean something"
+        );
+        // Asked for: whenever it opens; refused: never.
+        assert!(kvm_choice(Some("1"), yes, no));
+        assert!(!kvm_choice(Some("1"), no, yes));
+        assert!(!kvm_choice(Some("0"), yes, yes));
     }
 }
