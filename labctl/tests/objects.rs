@@ -1018,16 +1018,31 @@ fn main() {
             (trial.to_string(), place_for(&lab))
         }))
         .collect();
+    // Whether this run's filter and skips select a trial (libtest-mimic's
+    // own rule), so a filtered run asks the VM for its own trials only.
+    let selected = |name: &str| {
+        let hit = |pattern: &String| {
+            if args.exact {
+                name == pattern
+            } else {
+                name.contains(pattern.as_str())
+            }
+        };
+        args.filter.as_ref().is_none_or(hit) && !args.skip.iter().any(hit)
+    };
     for (i, (name, place)) in places.iter().enumerate() {
         let kind = place.kind();
         let place = place.clone();
-        // The trials the VM run of this one skips: the mac-change trial
-        // and those placed elsewhere.
+        // The trials the VM run of this one skips: the mac-change trial,
+        // those placed elsewhere and those this run does not select.
         let others: Vec<String> = places
             .iter()
-            .filter(|(_, p)| match (p, &place) {
-                (Place::Vm(a), Place::Vm(b)) => a != b,
-                _ => true,
+            .filter(|(n, p)| {
+                !selected(n)
+                    || match (p, &place) {
+                        (Place::Vm(a), Place::Vm(b)) => a != b,
+                        _ => true,
+                    }
             })
             .map(|(n, _)| n.clone())
             .chain([
