@@ -47,7 +47,15 @@ pub enum EngineError {
         source: std::io::Error,
     },
     #[error("VM runtime: {0}")]
-    Vm(String),
+    Vm(#[from] crate::vm::VmError),
+    /// `labctl` in the VM failed: what it said, and its exit code, which
+    /// the host's `labctl` exits with too.
+    #[error("inside the {place}: {message}")]
+    InVm {
+        place: &'static str,
+        code: i32,
+        message: String,
+    },
     #[error("services need kernel modules: {0}")]
     Modules(String),
     #[error("start the netlink runtime: {0}")]
@@ -641,29 +649,37 @@ pub fn up_in_vm(
             detail: e.to_string(),
         })
     });
-    let fail = |record: &LabState, e: String| {
+    let fail = |record: &LabState, e: EngineError| {
         if let Some(vm) = &record.vm {
             vm.stop(&record.mark(), VM_GRACE, true);
         }
         let _ = state::remove(lab);
-        EngineError::Vm(e)
+        e
     };
     let vm = match vm {
         Ok(vm) => vm,
-        Err(e) => return Err(fail(&record, e.to_string())),
+        Err(e) => return Err(fail(&record, e.into())),
     };
     fault_point("vm-booted");
     let reply = match vm.call(args, VM_UP_DEADLINE) {
         Ok(r) => r,
-        Err(e) => return Err(fail(&record, e.to_string())),
+        Err(e) => return Err(fail(&record, e.into())),
     };
     if reply.code != 0 {
-        let msg = String::from_utf8_lossy(&reply.stderr).trim().to_string();
-        return Err(fail(&record, format!("inside the VM: {msg}")));
+        return Err(fail(&record, in_vm("VM", &reply)));
     }
     record.complete = true;
     state::save(&record)?;
     Ok(vm)
+}
+
+/// The failure `labctl` in the VM (`place`) replied with.
+fn in_vm(place: &'static str, reply: &crate::vm::Reply) -> EngineError {
+    EngineError::InVm {
+        place,
+        code: reply.code,
+        message: String::from_utf8_lossy(&reply.stderr).trim().to_string(),
+    }
 }
 
 /// The exit code of `labctl down` for a lab that is not up, and of `up`
@@ -682,24 +698,19 @@ fn up_in_shared(
 ) -> Result<crate::vm::Vm, EngineError> {
     let lab = record.lab.clone();
     let down = || vm.call(&["down".into(), "-q".into(), lab.clone()], VM_DOWN_DEADLINE);
-    let fail = |e: String| {
+    let fail = |e: EngineError| {
         let _ = down();
         let _ = state::remove(&lab);
-        EngineError::Vm(e)
+        e
     };
-    let mut reply = vm
-        .call(args, VM_UP_DEADLINE)
-        .map_err(|e| fail(e.to_string()))?;
+    let mut reply = vm.call(args, VM_UP_DEADLINE).map_err(|e| fail(e.into()))?;
     if reply.code == NOT_UP {
         // Already up inside: a leftover, since the host had no record.
-        down().map_err(|e| fail(e.to_string()))?;
-        reply = vm
-            .call(args, VM_UP_DEADLINE)
-            .map_err(|e| fail(e.to_string()))?;
+        down().map_err(|e| fail(e.into()))?;
+        reply = vm.call(args, VM_UP_DEADLINE).map_err(|e| fail(e.into()))?;
     }
     if reply.code != 0 {
-        let msg = String::from_utf8_lossy(&reply.stderr).trim().to_string();
-        return Err(fail(format!("inside the shared VM: {msg}")));
+        return Err(fail(in_vm("shared VM", &reply)));
     }
     record.complete = true;
     state::save(&record)?;
@@ -714,7 +725,7 @@ pub fn stop_shared(release: &str) -> Result<Vec<String>, EngineError> {
     if !sys::is_root() {
         return Err(EngineError::NotRoot);
     }
-    let mut left = crate::vm::shared::stop(release).map_err(|e| EngineError::Vm(e.to_string()))?;
+    let mut left = crate::vm::shared::stop(release)?;
     let dir = crate::vm::shared::dir_for(release);
     for record in state::list()? {
         let inside = record

@@ -90,6 +90,20 @@ pub enum Exit {
     Busy = 5,
 }
 
+impl Exit {
+    /// The exit code `code` of another labctl (in a VM), as one of these;
+    /// any other failure is [`Exit::Failed`].
+    pub fn from_code(code: i32) -> Exit {
+        match code {
+            2 => Exit::Usage,
+            3 => Exit::State,
+            4 => Exit::Environment,
+            5 => Exit::Busy,
+            _ => Exit::Failed,
+        }
+    }
+}
+
 /// An error for the user, with its exit code. Topology errors are printed
 /// by miette with the offending source line.
 pub struct Failure {
@@ -133,6 +147,14 @@ pub fn engine_exit(e: &EngineError) -> Exit {
             Exit::Environment
         }
         EngineError::Ebpf(e) => show::lb_exit(e),
+        // What the machine lacks to run a VM is the environment's; a
+        // kernel nobody installed is the command line's.
+        EngineError::Vm(
+            labctl::vm::VmError::NoKernel | labctl::vm::VmError::MissingTool { .. },
+        ) => Exit::Environment,
+        EngineError::Vm(labctl::vm::VmError::UnknownKernel(_)) => Exit::Usage,
+        // labctl in the VM said why, with its own exit code.
+        EngineError::InVm { code, .. } => Exit::from_code(*code),
         _ => Exit::Failed,
     }
 }
@@ -451,4 +473,42 @@ pub fn vm_argv(cmd: &str, file: &Path, vars: &Vars, name: &str) -> Vec<String> {
     }
     argv.push(abs.display().to_string());
     argv
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use labctl::vm::VmError;
+
+    /// A lab whose `up` fails inside the VM exits as labctl there did (an
+    /// unbuilt eBPF object is 4 there, so 4 here, not 1); the VM runtime's
+    /// own errors say whose fault they are.
+    #[test]
+    fn vm_failures_keep_their_exit_codes() {
+        let code = |e: EngineError| engine_exit(&e) as i32;
+        let inside = |c: i32| EngineError::InVm {
+            place: "VM",
+            code: c,
+            message: "x".into(),
+        };
+        assert_eq!(code(inside(4)), 4);
+        assert_eq!(code(inside(3)), 3);
+        assert_eq!(code(inside(2)), 2);
+        assert_eq!(code(inside(1)), 1);
+        assert_eq!(code(inside(101)), 1, "a panic inside is a failure");
+        assert_eq!(code(EngineError::Vm(VmError::NoKernel)), 4);
+        assert_eq!(
+            code(EngineError::Vm(VmError::UnknownKernel("6.9".into()))),
+            2
+        );
+        let gone = VmError::Gone {
+            log: "/x/console.log".into(),
+        };
+        assert_eq!(code(EngineError::Vm(gone)), 1);
+        assert_eq!(
+            inside(4).to_string(),
+            "inside the VM: x",
+            "the message is the VM's labctl's"
+        );
+    }
 }
