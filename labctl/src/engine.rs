@@ -743,12 +743,7 @@ pub fn stop_shared(release: &str) -> Result<Vec<String>, EngineError> {
     Ok(left)
 }
 
-/// A single-threaded runtime: every netlink socket lives on it, and the
-/// namespace work happens on threads of our own.
+/// [`sys::runtime`], its failure an engine error.
 pub fn runtime() -> Result<tokio::runtime::Runtime, EngineError> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()
-        .map_err(EngineError::Runtime)
+    sys::runtime().map_err(EngineError::Runtime)
 }

@@ -189,6 +189,15 @@ mod layout {
         assert!(found.is_empty(), "import cycles:\n{}", text.join("\n"));
         // The search sees the edges at all: plan uses the kernel layer.
         assert!(edges.get("plan").is_some_and(|e| e.contains_key("kernel")));
+        // observe only reads: neither the executor nor the plan.
+        let observe = &edges["observe"];
+        for writer in ["engine", "plan"] {
+            assert!(
+                !observe.contains_key(writer),
+                "observe uses {writer}: {:?}",
+                observe[writer]
+            );
+        }
     }
 
     #[test]

@@ -462,6 +462,15 @@ fn sysctl_path(key: &str) -> io::Result<PathBuf> {
 }
 
 /// Wrap a netlink socket for tokio. Must run inside a tokio runtime.
+/// A single-threaded runtime: every netlink socket lives on it, and the
+/// namespace work happens on threads of our own.
+pub fn runtime() -> io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+}
+
 pub fn tokio_socket(socket: netlink_sys::Socket) -> netlink_sys::TokioSocket {
     let fd = socket.into_raw_fd();
     // SAFETY: `fd` was just released by `into_raw_fd`, so it is an open

@@ -222,7 +222,7 @@ fn failed() -> Exit {
 /// The IPv4 addresses of every interface of the lab but loopbacks.
 fn lab_addresses(record: &LabState) -> Result<Vec<Ipv4Addr>> {
     let mut out = Vec::new();
-    for ns in observe::lab_status(record)? {
+    for ns in observe::lab_status(record).map_err(labctl::engine::EngineError::Runtime)? {
         for itf in ns.interfaces {
             for a in itf.addresses {
                 let ip = a.split('/').next().unwrap_or(&a);

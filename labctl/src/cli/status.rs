@@ -96,7 +96,7 @@ fn view(record: &LabState) -> Result<LabView> {
             None => record.runtime.clone(),
         },
         complete: record.complete,
-        namespaces: observe::lab_status(record)?,
+        namespaces: observe::lab_status(record).map_err(labctl::engine::EngineError::Runtime)?,
         serve: record.serve.as_ref().map(|s| ServeView {
             pid: s.pid,
             running: labctl::sys::process_alive(s.pid),

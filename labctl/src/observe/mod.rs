@@ -27,7 +27,6 @@ use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkInfo};
 use serde::Serialize;
 
-use crate::engine::{EngineError, runtime};
 use crate::state::LabState;
 use crate::sys;
 
@@ -63,11 +62,13 @@ pub struct IfStatus {
 }
 
 /// Read every namespace of a lab. Namespaces are entered on threads of our
-/// own (to open a netlink socket in each); the dumps run on one runtime.
-pub fn lab_status(record: &LabState) -> Result<Vec<NsStatus>, EngineError> {
+/// own (to open a netlink socket in each); the dumps run on one runtime
+/// (whose start is the only failure: a namespace that cannot be read is
+/// not `present`).
+pub fn lab_status(record: &LabState) -> std::io::Result<Vec<NsStatus>> {
     let names: Vec<&str> = record.namespaces.iter().map(|n| n.name.as_str()).collect();
     let sockets = open_sockets(&names);
-    let rt = runtime()?;
+    let rt = sys::runtime()?;
     let mut out = Vec::new();
     rt.block_on(async {
         for (spec, socket) in record.namespaces.iter().zip(sockets) {
@@ -250,7 +251,7 @@ pub fn ruleset_in(netns: &str) -> std::io::Result<Ruleset> {
 pub fn neighbours_in(netns: &str) -> std::io::Result<Vec<Neighbour>> {
     use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
     let socket = sys::netlink_socket_in(netns)?;
-    let rt = runtime().map_err(|e| std::io::Error::other(e.to_string()))?;
+    let rt = sys::runtime()?;
     let (links, neighs) = rt
         .block_on(async {
             let (conn, handle, _) = rtnetlink::from_socket(sys::tokio_socket(socket));

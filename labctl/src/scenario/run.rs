@@ -190,7 +190,7 @@ pub fn run(
     // Bridge and bond membership and the devices vlans sit on, read back
     // from the kernel: `entity/port` -> bridge, and each device's height in
     // its namespace's stack (see `path::when`).
-    let status = observe::lab_status(record)?;
+    let status = observe::lab_status(record).map_err(crate::engine::EngineError::Runtime)?;
     let masters: HashMap<String, String> = status
         .iter()
         .flat_map(|ns| {
