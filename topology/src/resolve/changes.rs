@@ -8,7 +8,9 @@ use std::collections::HashMap;
 
 use serde_saphyr::{Location, Spanned};
 
-use super::{Resolver, SYSCTL_HELP, SysctlScope, Text, policy, sysctl_scope, valid_sysctl};
+use super::service::policy;
+use super::sysctl::{SYSCTL_HELP, SysctlScope, sysctl_scope, valid_sysctl};
+use super::{Resolver, Text};
 use crate::error::unknown_hint;
 use crate::model::*;
 use crate::raw::*;
