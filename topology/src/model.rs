@@ -570,6 +570,19 @@ pub fn parse_duration(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("`{text}` is too long"))
 }
 
+/// A netem delay or jitter: [`parse_duration`], at most a minute (far
+/// beyond any scenario's timeout already); the one rule for the topology's
+/// `netem:` and `labctl netem`.
+pub fn parse_netem_duration(text: &str) -> Result<u64, String> {
+    parse_duration(text).and_then(|ns| {
+        if ns > 60_000_000_000 {
+            Err(format!("`{text}` is more than a minute"))
+        } else {
+            Ok(ns)
+        }
+    })
+}
+
 /// Parses a bandwidth in bits per second: `bit`, `kbit`, `mbit`, `gbit`
 /// (powers of 1000, as tc reads them).
 pub fn parse_rate(text: &str) -> Result<u64, String> {

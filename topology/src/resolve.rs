@@ -489,7 +489,8 @@ impl Resolver<'_> {
         Some(net)
     }
 
-    fn mac(&mut self, text: &Text) -> Option<[u8; 6]> {
+    /// `text` as six hex octets, or the error with `help`.
+    fn hex_octets(&mut self, text: &Text, help: &str) -> Option<[u8; 6]> {
         let t = text.value.trim();
         let parts: Vec<&str> = t.split(':').collect();
         let mut mac = [0u8; 6];
@@ -503,10 +504,16 @@ impl Resolver<'_> {
                 &text.referenced,
                 format!("invalid mac address `{t}`"),
                 "not a mac address",
-                Some("write a mac address like 02:00:0a:00:00:b4".to_string()),
+                Some(help.to_string()),
             );
             return None;
         }
+        Some(mac)
+    }
+
+    fn mac(&mut self, text: &Text) -> Option<[u8; 6]> {
+        let t = text.value.trim();
+        let mac = self.hex_octets(text, "write a mac address like 02:00:0a:00:00:b4")?;
         if mac[0] & 1 == 1 || mac == [0; 6] {
             self.err(
                 &text.referenced,

@@ -3705,3 +3705,20 @@ neighbours:
         "{e}"
     );
 }
+
+/// The one rule for a netem delay or jitter, the topology's and `labctl
+/// netem`'s: a time with its unit, at most a minute.
+#[test]
+fn netem_durations_are_times_of_at_most_a_minute() {
+    assert_eq!(parse_netem_duration("60s"), Ok(60_000_000_000));
+    assert_eq!(parse_netem_duration("1.5ms"), Ok(1_500_000));
+    assert_eq!(
+        parse_netem_duration("60.001s"),
+        Err("`60.001s` is more than a minute".to_string())
+    );
+    assert!(
+        parse_netem_duration("5")
+            .unwrap_err()
+            .contains("has no unit")
+    );
+}

@@ -2,7 +2,7 @@
 
 use labctl::kernel::{Kernel, Netlink, qdisc};
 use labctl::plan::{Action, Phase, Step};
-use labctl_topology::{Netem, Percent, parse_duration, parse_rate};
+use labctl_topology::{Netem, Percent, parse_netem_duration, parse_rate};
 
 use super::{Exit, Failure, Result};
 
@@ -52,15 +52,7 @@ fn netem(args: &Args) -> Result<Netem> {
             .map(Option::unwrap_or_default)
     };
     let percent = |t: &str| Percent::parse(t).map(|p| u64::from(p.0));
-    let duration = |t: &str| {
-        parse_duration(t).and_then(|ns| {
-            if ns > 60_000_000_000 {
-                Err(format!("`{t}` is more than a minute"))
-            } else {
-                Ok(ns)
-            }
-        })
-    };
+    let duration = parse_netem_duration;
     let n = Netem {
         delay_ns: field(&args.delay, "delay", &duration)?,
         jitter_ns: field(&args.jitter, "jitter", &duration)?,

@@ -555,24 +555,7 @@ impl Resolver<'_> {
     /// A MAC address to look for: any six hex octets (broadcast and
     /// multicast included, unlike a MAC a link is given).
     fn filter_mac(&mut self, text: &Text) -> Option<[u8; 6]> {
-        let t = text.value.trim();
-        let parts: Vec<&str> = t.split(':').collect();
-        let mut mac = [0u8; 6];
-        let ok = parts.len() == 6
-            && parts
-                .iter()
-                .zip(mac.iter_mut())
-                .all(|(p, b)| p.len() == 2 && u8::from_str_radix(p, 16).map(|v| *b = v).is_ok());
-        if !ok {
-            self.err(
-                &text.referenced,
-                format!("invalid mac address `{t}`"),
-                "not a mac address",
-                Some("write six hex octets like 0a:58:0a:84:02:2e".to_string()),
-            );
-            return None;
-        }
-        Some(mac)
+        self.hex_octets(text, "write six hex octets like 0a:58:0a:84:02:2e")
     }
 
     /// `{min, max}`: both at least 0, min not above max, whole numbers
@@ -640,16 +623,7 @@ impl Resolver<'_> {
                 }
             }
         };
-        // A minute is far beyond any scenario's timeout already.
-        let duration = |t: &str| {
-            parse_duration(t).and_then(|ns| {
-                if ns > 60_000_000_000 {
-                    Err(format!("`{t}` is more than a minute"))
-                } else {
-                    Ok(ns)
-                }
-            })
-        };
+        let duration = parse_netem_duration;
         let percent = |t: &str| Percent::parse(t).map(|p| u64::from(p.0));
         let delay_ns = field(self, &n.delay, "delay", &duration);
         let jitter_ns = field(self, &n.jitter, "jitter", &duration);
