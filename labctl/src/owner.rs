@@ -205,21 +205,7 @@ mod tests {
     use super::*;
     use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload};
 
-    /// Answers what it is given, and keeps what was sent.
-    struct Script {
-        sent: Vec<Vec<u8>>,
-        answers: Vec<Vec<u8>>,
-    }
-
-    impl Wire for Script {
-        fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
-            self.sent.push(bytes.to_vec());
-            Ok(())
-        }
-        fn recv(&mut self) -> io::Result<Vec<u8>> {
-            Ok(self.answers.remove(0))
-        }
-    }
+    use crate::wire::Replay;
 
     fn answer(seq: u32, payload: NetlinkPayload<RouteNetlinkMessage>) -> Vec<u8> {
         let mut header = NetlinkHeader::default();
@@ -239,10 +225,7 @@ mod tests {
 
     #[test]
     fn the_mark_is_sent_as_lo_alias() {
-        let mut wire = Script {
-            sent: Vec::new(),
-            answers: vec![ack(1)],
-        };
+        let mut wire = Replay::new(vec![ack(1)]);
         set_loopback_alias(&mut wire, "labctl:lab:00ff").unwrap();
         let sent = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&wire.sent[0]).unwrap();
         assert_eq!(sent.header.flags, NLM_F_REQUEST | NLM_F_ACK);
@@ -263,16 +246,13 @@ mod tests {
         link.attributes.push(LinkAttribute::IfName("lo".into()));
         link.attributes
             .push(LinkAttribute::IfAlias("labctl:x:1".into()));
-        let mut wire = Script {
-            sent: Vec::new(),
-            answers: vec![
-                answer(
-                    2,
-                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)),
-                ),
-                ack(2),
-            ],
-        };
+        let mut wire = Replay::new(vec![
+            answer(
+                2,
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)),
+            ),
+            ack(2),
+        ]);
         let alias = loopback_alias(&mut wire);
         assert_eq!(alias.ok().as_deref(), Some("labctl:x:1"));
     }

@@ -21,6 +21,35 @@ impl Wire for netlink_sys::Socket {
     }
 }
 
+/// A scripted kernel for unit tests: answers with the given datagrams in
+/// order (then nothing), and keeps every request sent.
+#[cfg(test)]
+pub(crate) struct Replay {
+    pub sent: Vec<Vec<u8>>,
+    answers: std::collections::VecDeque<Vec<u8>>,
+}
+
+#[cfg(test)]
+impl Replay {
+    pub fn new(answers: Vec<Vec<u8>>) -> Replay {
+        Replay {
+            sent: Vec::new(),
+            answers: answers.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+impl Wire for Replay {
+    fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.sent.push(bytes.to_vec());
+        Ok(())
+    }
+    fn recv(&mut self) -> io::Result<Vec<u8>> {
+        Ok(self.answers.pop_front().unwrap_or_default())
+    }
+}
+
 /// Frame one request: the netlink header (`flags`, sequence number `seq`)
 /// around `inner`, its length filled in.
 pub(crate) fn frame<I>(seq: u32, flags: u16, inner: I) -> Vec<u8>

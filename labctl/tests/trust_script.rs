@@ -88,6 +88,25 @@ struct ScriptRun {
     left: Vec<String>,
 }
 
+impl ScriptRun {
+    /// Everything about the run, for a failure message.
+    fn describe(&self, script: &str) -> String {
+        format!(
+            "status {}, stderr:\n{}\nscript:\n{script}\ncalls: {:#?}",
+            self.status, self.stderr, self.calls
+        )
+    }
+
+    /// The script succeeded, said nothing on stderr and left no file.
+    fn clean(&self, script: &str) -> Result<(), Failed> {
+        if !self.status.success() || !self.stderr.is_empty() || !self.left.is_empty() {
+            let (left, run) = (&self.left, self.describe(script));
+            return Err(format!("the script failed or left {left:?}: {run}").into());
+        }
+        Ok(())
+    }
+}
+
 /// Run `script` with bash in `dir`, with a PATH of fakes only and an
 /// environment of nothing else.
 fn run_script(dir: &Path, script: &str) -> Result<ScriptRun, Failed> {
@@ -393,12 +412,7 @@ fn script_passes_hostile_words_intact() -> Result<(), Failed> {
     let script = plan.to_script();
     let dir = TempDir::new("script")?;
     let run = run_script(&dir.0, &script)?;
-    let show = || {
-        format!(
-            "status {}, stderr:\n{}\nscript:\n{script}\ncalls: {:#?}",
-            run.status, run.stderr, run.calls
-        )
-    };
+    let show = || run.describe(&script);
     if !run.status.success() || !run.stderr.is_empty() {
         return Err(format!("the script failed: {}", show()).into());
     }
@@ -651,15 +665,8 @@ fn forget_neighbours_passes_hostile_namespaces_intact() -> Result<(), Failed> {
     let shown = "10.0.0.5 dev eth0 lladdr 02:00:00:00:00:05 STALE \n\
                  10.0.0.9 dev eth0 lladdr 02:00:00:00:00:09 REACHABLE \n";
     let run = run_script_showing(&dir.0, &script, shown)?;
-    let show = || {
-        format!(
-            "status {}, stderr:\n{}\nscript:\n{script}\ncalls: {:#?}",
-            run.status, run.stderr, run.calls
-        )
-    };
-    if !run.status.success() || !run.stderr.is_empty() || !run.left.is_empty() {
-        return Err(format!("the script failed or left {:?}: {}", run.left, show()).into());
-    }
+    run.clean(&script)?;
+    let show = || run.describe(&script);
     if let Some(c) = run.calls.iter().find(|c| c.program != "ip") {
         return Err(format!("the script ran {c:?}: {}", show()).into());
     }
@@ -720,15 +727,8 @@ fn flush_conntrack_passes_hostile_namespaces_intact() -> Result<(), Failed> {
     }
     let dir = TempDir::new("flush")?;
     let run = run_script(&dir.0, &script)?;
-    let show = || {
-        format!(
-            "status {}, stderr:\n{}\nscript:\n{script}\ncalls: {:#?}",
-            run.status, run.stderr, run.calls
-        )
-    };
-    if !run.status.success() || !run.stderr.is_empty() || !run.left.is_empty() {
-        return Err(format!("the script failed or left {:?}: {}", run.left, show()).into());
-    }
+    run.clean(&script)?;
+    let show = || run.describe(&script);
     let expected: Vec<Vec<String>> = HOSTILE
         .iter()
         .map(|h| {

@@ -128,21 +128,7 @@ pub(crate) fn socket() -> io::Result<netlink_sys::Socket> {
 mod tests {
     use super::*;
 
-    /// Replays one answer and keeps what was sent.
-    struct Script {
-        sent: Vec<Vec<u8>>,
-        reply: Option<Vec<u8>>,
-    }
-
-    impl Wire for Script {
-        fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
-            self.sent.push(bytes.to_vec());
-            Ok(())
-        }
-        fn recv(&mut self) -> io::Result<Vec<u8>> {
-            Ok(self.reply.take().unwrap_or_default())
-        }
-    }
+    use crate::wire::Replay;
 
     /// An `NLMSG_ERROR` answer to request `seq` carrying `errno` (0: the
     /// acknowledgement).
@@ -172,24 +158,15 @@ mod tests {
 
     #[test]
     fn flush_is_acknowledged_or_says_why_not() {
-        let mut ok = Script {
-            sent: Vec::new(),
-            reply: Some(answer(2, 0)),
-        };
+        let mut ok = Replay::new(vec![answer(2, 0)]);
         flush_over(&mut ok).expect("acknowledged");
         assert_eq!(ok.sent, vec![flush_request(2)]);
-        let mut refused = Script {
-            sent: Vec::new(),
-            reply: Some(answer(2, -1)),
-        };
+        let mut refused = Replay::new(vec![answer(2, -1)]);
         assert_eq!(
             flush_over(&mut refused).unwrap_err().to_string(),
             "empty the conntrack table: Operation not permitted"
         );
-        let mut missing = Script {
-            sent: Vec::new(),
-            reply: Some(answer(2, -95)),
-        };
+        let mut missing = Replay::new(vec![answer(2, -95)]);
         assert!(matches!(
             flush_over(&mut missing),
             Err(FlushError::Unavailable)

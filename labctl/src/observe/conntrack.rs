@@ -362,7 +362,6 @@ pub fn involving(entries: &[Entry], addr: Ipv4Addr) -> Vec<&Entry> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::VecDeque;
 
     const CLIENT: Ipv4Addr = Ipv4Addr::new(172, 23, 96, 23);
     const VIP: Ipv4Addr = Ipv4Addr::new(192, 168, 13, 23);
@@ -474,28 +473,7 @@ mod tests {
         }
     }
 
-    /// Replays datagrams and keeps what was sent.
-    struct Script {
-        sent: Vec<Vec<u8>>,
-        replies: VecDeque<io::Result<Vec<u8>>>,
-    }
-
-    impl Wire for Script {
-        fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
-            self.sent.push(bytes.to_vec());
-            Ok(())
-        }
-        fn recv(&mut self) -> io::Result<Vec<u8>> {
-            self.replies.pop_front().unwrap_or(Ok(Vec::new()))
-        }
-    }
-
-    fn script(replies: Vec<Vec<u8>>) -> Script {
-        Script {
-            sent: Vec::new(),
-            replies: replies.into_iter().map(Ok).collect(),
-        }
-    }
+    use crate::wire::Replay;
 
     #[test]
     fn request_bytes_match_nfnetlink_h() {
@@ -515,7 +493,7 @@ mod tests {
         // second, and a stray answer to an older request that is skipped.
         let first = [dnat_message(1), dnat_message(1)].concat();
         let second = [dnat_message(77), done(1)].concat();
-        let mut wire = script(vec![first, second]);
+        let mut wire = Replay::new(vec![first, second]);
         let got = dump_over(&mut wire).expect("dump");
         assert_eq!(got, vec![dnat_entry(), dnat_entry()]);
         assert_eq!(wire.sent, vec![dump_request(1)]);
@@ -526,7 +504,7 @@ mod tests {
         // nlmsgerr: -EOPNOTSUPP, then the request's header.
         let mut payload = (-95i32).to_ne_bytes().to_vec();
         payload.extend(&dump_request(1)[..16]);
-        let mut wire = script(vec![message(2, 0, 1, &payload)]);
+        let mut wire = Replay::new(vec![message(2, 0, 1, &payload)]);
         let err = dump_over(&mut wire).unwrap_err();
         assert!(matches!(err, ConntrackError::Unavailable), "{err:?}");
         assert_eq!(
@@ -539,7 +517,7 @@ mod tests {
     fn other_kernel_errors_say_what_errno_means() {
         let mut payload = (-1i32).to_ne_bytes().to_vec();
         payload.extend(&dump_request(1)[..16]);
-        let mut wire = script(vec![message(2, 0, 1, &payload)]);
+        let mut wire = Replay::new(vec![message(2, 0, 1, &payload)]);
         let err = dump_over(&mut wire).unwrap_err();
         assert_eq!(
             err.to_string(),
@@ -549,7 +527,7 @@ mod tests {
 
     #[test]
     fn empty_table() {
-        let mut wire = script(vec![done(1)]);
+        let mut wire = Replay::new(vec![done(1)]);
         assert_eq!(dump_over(&mut wire).expect("dump"), vec![]);
     }
 
