@@ -2,21 +2,33 @@
 //! its netlink call (rtnetlink's `LinkVeth`, the peer made straight into
 //! its namespace).
 //!
+//! Both ends are made with one transmit and one receive queue, asked for
+//! in the request (`numtxqueues 1 numrxqueues 1`). Without it the kernel
+//! gives each end a queue per possible CPU and then, the device already
+//! registered, cuts the queues in use to one (`veth_init_queues`), which
+//! waits out an expedited RCU grace period holding the RTNL lock that
+//! every other link change waits for: twice per pod. The queues in use are
+//! one either way (the traffic is the same); what differs is only the
+//! count `ip -d link` prints, which on a real node follows its CPUs anyway.
+//! Measured on 1,000 pods (10 nodes, 2 cores): `up` 1.36-1.44 s before,
+//! 1.25-1.37 s after, alternating runs.
+//!
 //! [`Action::AddVeth`]: crate::kernel::step::Action::AddVeth
 
 use std::fmt;
 use std::os::fd::AsRawFd;
 
 use labctl_topology::format_mac;
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth};
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute};
 use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth};
 use serde::Serialize;
 
 use super::step::{IfRef, Step, shell_quote as q};
 use super::{KernelError, Made, Netlink, write_addrgen_none};
 
-/// `ip link add NAME index N type veth peer name PEER netns PEER_NS index
-/// P && ip link set NAME addrgenmode none && ip -n PEER_NS link set PEER
+/// `ip link add NAME index N numtxqueues 1 numrxqueues 1 type veth peer
+/// name PEER netns PEER_NS index P numtxqueues 1 numrxqueues 1 && ip link
+/// set NAME addrgenmode none && ip -n PEER_NS link set PEER
 /// addrgenmode none [&& ip link set NAME master M] && ip link set NAME
 /// up`. The peer is brought up by a later
 /// [`Action::LinkUp`]: the kernel refuses to open a veth end before the
@@ -47,12 +59,13 @@ impl AddVeth {
         }
         write!(
             f,
-            " type veth peer name {peer_name} netns {peer_netns} index {}",
+            " {ONE_QUEUE} type veth peer name {peer_name} netns {peer_netns} index {}",
             self.peer_ifindex
         )?;
         if let Some(mac) = &self.peer_mac {
             write!(f, " address {}", format_mac(mac))?;
         }
+        write!(f, " {ONE_QUEUE}")?;
         write_addrgen_none(f, ns, &self.made())?;
         if let Some(c) = &self.controller {
             write!(f, " && ip -n {ns} link set {name} master {}", q(&c.name))?;
@@ -87,19 +100,31 @@ impl AddVeth {
         if let Some(mac) = &self.peer_mac {
             peer = peer.address(mac.to_vec());
         }
+        let mut peer = peer.build();
+        peer.attributes.extend(one_queue());
         let mut b = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
             .name(self.name.clone())
             .index(self.ifindex)
             .up()
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())));
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)));
         if let Some(mac) = &self.mac {
             b = b.address(mac.to_vec());
         }
         if let Some(c) = &self.controller {
             b = b.controller(c.ifindex);
         }
-        let done = nl.link_add(step, b.build(), &self.made()).await;
+        let mut msg = b.build();
+        msg.attributes.extend(one_queue());
+        let done = nl.link_add(step, msg, &self.made()).await;
         drop(peer_fd);
         done
     }
+}
+
+/// One transmit and one receive queue (see the module doc), as iproute2
+/// asks for them and as attributes of a link request.
+const ONE_QUEUE: &str = "numtxqueues 1 numrxqueues 1";
+
+fn one_queue() -> [LinkAttribute; 2] {
+    [LinkAttribute::NumTxQueues(1), LinkAttribute::NumRxQueues(1)]
 }

@@ -421,8 +421,9 @@ mod tests {
                     peer_mac: None,
                 })
             ),
-            "ip -n lab-n1 link add 'a'\\''b' index 3 type veth peer name 'a\nb' \
-             netns '$(touch /tmp/pwned)' index 2 \
+            "ip -n lab-n1 link add 'a'\\''b' index 3 numtxqueues 1 numrxqueues 1 \
+             type veth peer name 'a\nb' netns '$(touch /tmp/pwned)' index 2 \
+             numtxqueues 1 numrxqueues 1 \
              && ip -n lab-n1 link set 'a'\\''b' addrgenmode none \
              && ip -n '$(touch /tmp/pwned)' link set 'a\nb' addrgenmode none \
              && ip -n lab-n1 link set 'a'\\''b' master 'x;y' \
