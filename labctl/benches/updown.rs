@@ -15,6 +15,10 @@
 //! system time, which the machine's other load disturbs less than the wall
 //! time. The load average is printed before each row: machines here are
 //! shared, so labctl and the baseline alternate and medians are shown.
+//! Under each row, the median `up`'s own split by stage (`labctl up
+//! --timings`: planning, the namespaces, each phase of the plan with its
+//! count of kernel actions, the wait for the kernel to activate the links),
+//! which says where a slower machine spends the difference.
 //!
 //! Run: `cargo bench -p labctl --bench updown`. Environment:
 //! - `UPDOWN_PODS=1k,5k,10k` picks the scale rows (pods in all, 10 nodes;
@@ -94,6 +98,11 @@ struct Cost {
 /// Run `program args` under this binary as wrapper and read its cost;
 /// the command's output when it fails.
 fn try_timed(program: &Path, args: &[String]) -> Result<Cost, String> {
+    try_timed_err(program, args).map(|(cost, _)| cost)
+}
+
+/// [`try_timed`], and what the command printed on stderr.
+fn try_timed_err(program: &Path, args: &[String]) -> Result<(Cost, String), String> {
     let me = std::env::current_exe().expect("own path");
     let out = Command::new(me)
         .arg("--wrap")
@@ -120,11 +129,12 @@ fn try_timed(program: &Path, args: &[String]) -> Result<Cost, String> {
         .split_whitespace()
         .map(|v| v.parse().expect("a number"))
         .collect();
-    Ok(Cost {
+    let cost = Cost {
         wall: Duration::from_secs_f64(f[0]),
         cpu: Duration::from_secs_f64(f[1]),
         max_rss: f[2] as u64,
-    })
+    };
+    Ok((cost, String::from_utf8_lossy(&out.stderr).into_owned()))
 }
 
 fn timed(program: &Path, args: &[String]) -> Cost {
@@ -147,6 +157,8 @@ fn wrapper(cmd: &[String]) -> ! {
         eprint!("{}", String::from_utf8_lossy(&out.stderr));
         std::process::exit(out.status.code().unwrap_or(1));
     }
+    // What it says on stderr (`up --timings`) goes up to the bench.
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
     let u = getrusage(UsageWho::RUSAGE_CHILDREN).expect("getrusage");
     let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
     println!(
@@ -362,11 +374,13 @@ struct Row {
     baselines: Vec<Result<Baseline, String>>,
     /// Mininet's up and down, beside a scale row.
     mininet: Option<Result<(Duration, Duration), String>>,
+    /// `labctl up --timings` of the median run: a line per stage.
+    stages: String,
 }
 
-fn median<T: Copy>(mut v: Vec<T>, key: impl Fn(&T) -> Duration) -> T {
+fn median<T>(mut v: Vec<T>, key: impl Fn(&T) -> Duration) -> T {
     v.sort_by_key(|c| key(c));
-    v[v.len() / 2]
+    v.swap_remove(v.len() / 2)
 }
 
 fn load() -> String {
@@ -426,9 +440,13 @@ fn measure(
     let mut failed = None;
     for _ in 0..runs {
         let mut args: Vec<String> = vec!["up".into(), "-q".into()];
+        if !other_build() {
+            // Another build may predate it.
+            args.push("--timings".into());
+        }
         args.extend(common.iter().cloned());
         args.push(file.clone());
-        match try_timed(&labctl(), &args) {
+        match try_timed_err(&labctl(), &args) {
             Ok(cost) => {
                 up.push(cost);
                 down.push(labctl_down());
@@ -467,16 +485,22 @@ fn measure(
             .map_err(|e| format!("{} form refused: {e}", form.name()))
         })
         .collect();
+    let mut stages_text = String::new();
     Row {
         what: what.to_string(),
         pods,
         load,
         labctl: match failed {
             Some(e) => Err(e),
-            None => Ok((median(up, |c| c.wall), median(down, |c| c.wall))),
+            None => {
+                let (up, stages) = median(up, |(c, _)| c.wall);
+                stages_text = stages;
+                Ok((up, median(down, |c| c.wall)))
+            }
         },
         baselines,
         mininet: None,
+        stages: stages_text,
     }
 }
 
@@ -770,6 +794,16 @@ fn print_row(r: &Row) {
                 ratio(first.map(|b| b.down), down.wall),
                 up.max_rss.max(down.max_rss) / 1024,
             );
+            // `labctl up --timings`: "STAGE [COUNT] TIME" per line.
+            let stages: Vec<String> = r
+                .stages
+                .lines()
+                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+                .filter(|l| !l.is_empty())
+                .collect();
+            if !stages.is_empty() {
+                println!("  labctl up by stage: {}", stages.join(", "));
+            }
             for b in ok.iter().skip(1) {
                 println!(
                     "{:<55} | {:>8} {:>8} {:>7} {:>8} {:>6} | {:>11} {:>9} {:>6} |",

@@ -124,6 +124,10 @@ fn join(errors: &[KernelError]) -> String {
 
 /// Progress reporting for `up`; the CLI draws it, tests ignore it.
 pub trait Progress {
+    /// A stage begins (and the one before ends): `namespaces`, each
+    /// phase of the plan with its steps, `settle`, then `record` (the
+    /// lab's servers started, its state file written); `total` is its
+    /// count of namespaces or steps.
     fn stage(&self, _what: &str, _total: usize) {}
     fn advance(&self, _n: usize) {}
 }
@@ -231,6 +235,7 @@ pub fn up(
         return Err(EngineError::Apply(errors, rollback(&record)));
     }
     fault_point("configured");
+    progress.stage("record", 0);
     let served = serve::specs(lab, &plan.namespaces);
     if !served.is_empty() {
         let pid = match serve::spawn(&lab.name, &served) {
@@ -286,6 +291,8 @@ pub async fn execute<K: Kernel>(
         run_steps(kernel, steps, progress).await?;
         fault_point(phase_name(phase));
     }
+    // Until the kernel has activated every link it was told to bring up.
+    progress.stage("settle", 0);
     kernel.settle().await;
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use labctl::engine::{self, Progress};
@@ -22,6 +23,13 @@ pub struct Args {
     /// Print nothing but errors.
     #[arg(short, long)]
     quiet: bool,
+    /// Then print how long each stage took (planning, making the
+    /// namespaces, each phase of the plan, waiting for the kernel to
+    /// activate the links, recording the lab), with its count of
+    /// namespaces or kernel actions, on stderr. A lab in a VM prints its
+    /// whole time, the boot included.
+    #[arg(long)]
+    timings: bool,
     #[command(flatten)]
     place: Where,
 }
@@ -40,7 +48,55 @@ impl Progress for Bar {
     }
 }
 
+/// The bar, and when each stage began, for `--timings`.
+struct Timed {
+    bar: Bar,
+    began: std::sync::Mutex<Vec<(String, usize, Instant)>>,
+}
+
+impl Progress for Timed {
+    fn stage(&self, what: &str, total: usize) {
+        let mut began = self.began.lock().unwrap_or_else(|e| e.into_inner());
+        began.push((what.to_string(), total, Instant::now()));
+        self.bar.stage(what, total);
+    }
+    fn advance(&self, n: usize) {
+        self.bar.advance(n);
+    }
+}
+
+impl Timed {
+    /// A line per stage that had something to do (and `settle`), timed
+    /// to the next stage's start or `end`; what came before the first
+    /// (reading the file, planning, the checks) from `start`.
+    fn lines(&self, start: Instant, end: Instant) -> Vec<String> {
+        let began = self.began.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        if let Some((_, _, first)) = began.first() {
+            out.push(format!(
+                "{:<14} {:>7} {:>10.1?}",
+                "plan",
+                "",
+                *first - start
+            ));
+        }
+        for (i, (what, total, at)) in began.iter().enumerate() {
+            let until = began.get(i + 1).map_or(end, |next| next.2);
+            if *total > 0 || what == "settle" || what == "record" {
+                let count = if *total > 0 {
+                    total.to_string()
+                } else {
+                    String::new()
+                };
+                out.push(format!("{what:<14} {count:>7} {:>10.1?}", until - *at));
+            }
+        }
+        out
+    }
+}
+
 pub fn run(args: Args) -> Result {
+    let start = Instant::now();
     let mut lab = load(&args.file, &args.vars)?;
     if let Some(name) = args.name {
         labctl_topology::check_lab_name(&name)
@@ -49,7 +105,7 @@ pub fn run(args: Args) -> Result {
     }
     engine::preflight(&lab)?;
     if let Some(kernel) = args.place.decide(&lab)? {
-        let t = std::time::Instant::now();
+        let t = Instant::now();
         let mut argv = vm_argv("up", &args.file, &args.vars, &lab.name);
         argv.insert(1, "-q".into());
         let bar = if args.quiet {
@@ -60,6 +116,9 @@ pub fn run(args: Args) -> Result {
         let vm = engine::up_in_vm(&lab.name, &args.file, &argv, &kernel);
         bar.finish_and_clear();
         let vm = vm?;
+        if args.timings {
+            eprintln!("{:<14} {:>7} {:>10.1?}", "vm", "", start.elapsed());
+        }
         if !args.quiet {
             println!(
                 "lab `{}` is up in {} (kernel {}) in {:.1?}; status, exec, run and down reach into it",
@@ -82,9 +141,19 @@ pub fn run(args: Args) -> Result {
     } else {
         ProgressBar::hidden()
     };
-    let report = engine::up(&lab, Some(&args.file), &Bar(bar.clone()));
+    let timed = Timed {
+        bar: Bar(bar.clone()),
+        began: Default::default(),
+    };
+    let report = engine::up(&lab, Some(&args.file), &timed);
+    let end = Instant::now();
     bar.finish_and_clear();
     let report = report?;
+    if args.timings {
+        for line in timed.lines(start, end) {
+            eprintln!("{line}");
+        }
+    }
     if !args.quiet {
         println!(
             "lab `{}` is up: {} namespaces, {} kernel actions in {:.2?}",
@@ -98,4 +167,46 @@ pub fn run(args: Args) -> Result {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Each stage is timed to the next one's start, the last to the end,
+    /// planning from the start; a phase with nothing to do is left out.
+    #[test]
+    fn timings_time_each_stage_to_the_next() {
+        let start = Instant::now();
+        let at = |ms| start + Duration::from_millis(ms);
+        let timed = Timed {
+            bar: Bar(ProgressBar::hidden()),
+            began: std::sync::Mutex::new(vec![
+                ("namespaces".into(), 3, at(10)),
+                ("devices".into(), 0, at(40)),
+                ("links".into(), 2, at(40)),
+                ("settle".into(), 0, at(100)),
+                ("record".into(), 0, at(105)),
+            ]),
+        };
+        let lines = timed.lines(start, at(107));
+        let want = [
+            ("plan", "", "10.0ms"),
+            ("namespaces", "3", "30.0ms"),
+            ("links", "2", "60.0ms"),
+            ("settle", "", "5.0ms"),
+            ("record", "", "2.0ms"),
+        ];
+        assert_eq!(lines.len(), want.len(), "{lines:#?}");
+        for (line, (what, count, took)) in lines.iter().zip(want) {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let expected: Vec<&str> = [what, count, took]
+                .into_iter()
+                .filter(|w| !w.is_empty())
+                .collect();
+            assert_eq!(words, expected, "{line}");
+        }
+    }
 }
