@@ -620,12 +620,21 @@ const VM_UP_DEADLINE: Duration = Duration::from_secs(1800);
 /// `labctl up` inside with the same file and options. `args` are the `up`
 /// arguments after `up` (the file path absolute: the VM sees the host's
 /// root filesystem).
+/// A lab brought up in a VM.
+pub struct UpInVm {
+    pub vm: crate::vm::Vm,
+    /// How long its VM took to boot; `None` in the shared VM, up before.
+    pub boot: Option<Duration>,
+    /// What `labctl up` printed on stderr in the VM (`--timings`' lines).
+    pub stderr: String,
+}
+
 pub fn up_in_vm(
     lab: &str,
     file: &Path,
     args: &[String],
     kernel: &crate::vm::Kernel,
-) -> Result<crate::vm::Vm, EngineError> {
+) -> Result<UpInVm, EngineError> {
     if !sys::is_root() {
         return Err(EngineError::NotRoot);
     }
@@ -649,6 +658,7 @@ pub fn up_in_vm(
     }
     state::save(&record)?;
     let mark = record.mark();
+    let booting = Instant::now();
     let vm = crate::vm::start(lab, kernel, &mark, &mut |vm| {
         record.vm = Some(vm.clone());
         state::save(&record).map_err(|e| crate::vm::VmError::Command {
@@ -667,6 +677,7 @@ pub fn up_in_vm(
         Ok(vm) => vm,
         Err(e) => return Err(fail(&record, e.into())),
     };
+    let boot = booting.elapsed();
     fault_point("vm-booted");
     let reply = match vm.call(args, VM_UP_DEADLINE) {
         Ok(r) => r,
@@ -677,7 +688,11 @@ pub fn up_in_vm(
     }
     record.complete = true;
     state::save(&record)?;
-    Ok(vm)
+    Ok(UpInVm {
+        vm,
+        boot: Some(boot),
+        stderr: String::from_utf8_lossy(&reply.stderr).into_owned(),
+    })
 }
 
 /// The failure `labctl` in the VM (`place`) replied with.
@@ -702,7 +717,7 @@ fn up_in_shared(
     mut record: LabState,
     vm: crate::vm::Vm,
     args: &[String],
-) -> Result<crate::vm::Vm, EngineError> {
+) -> Result<UpInVm, EngineError> {
     let lab = record.lab.clone();
     let down = || vm.call(&["down".into(), "-q".into(), lab.clone()], VM_DOWN_DEADLINE);
     let fail = |e: EngineError| {
@@ -721,7 +736,11 @@ fn up_in_shared(
     }
     record.complete = true;
     state::save(&record)?;
-    Ok(vm)
+    Ok(UpInVm {
+        vm,
+        boot: None,
+        stderr: String::from_utf8_lossy(&reply.stderr).into_owned(),
+    })
 }
 
 /// Stop the shared VM of kernel `release` ([`crate::vm::shared::stop`])

@@ -119,21 +119,48 @@ fn two_labs_share_one_vm() -> Result<(), Failed> {
     // Two labs at once: the agent takes both requests side by side.
     let (a, b) = (common::unique("sva"), common::unique("svb"));
     let t = Instant::now();
-    let ups: Vec<_> = [&a, &b]
-        .map(|lab| {
+    // The first with `--timings`: its stages inside the VM come out.
+    let ups: Vec<_> = [(&a, true), (&b, false)]
+        .map(|(lab, timings)| {
             s.labctl()
                 .args(["up", "-q", "--kernel", &kernel, "--name", lab])
+                .args(timings.then_some("--timings"))
                 .arg(topology())
+                .stderr(std::process::Stdio::piped())
                 .spawn()
         })
         .into_iter()
         .collect::<Result<_, _>>()?;
-    for mut up in ups {
+    let mut said = Vec::new();
+    for up in ups {
+        let o = up.wait_with_output()?;
         ensure(
-            up.wait()?.success(),
-            "`up` of a lab in the shared VM failed",
+            o.status.success(),
+            format!(
+                "`up` of a lab in the shared VM failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            ),
         )?;
+        said.push(String::from_utf8_lossy(&o.stderr).into_owned());
     }
+    let stages: Vec<&str> = said[0]
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    ensure(
+        ["plan", "namespaces", "links", "settle", "record", "in all"]
+            .iter()
+            .all(|w| said[0].lines().any(|l| l.starts_with(w)))
+            && !stages.contains(&"vm"),
+        format!(
+            "`up --timings` in the shared VM (no boot of its own) said:\n{}",
+            said[0]
+        ),
+    )?;
+    ensure(
+        !said[1].contains("namespaces"),
+        format!("`up` without `--timings` said: {}", said[1]),
+    )?;
     eprintln!("two labs up in the shared VM in {:.1?}", t.elapsed());
     ensure(
         s.qemus().len() == 1,

@@ -201,7 +201,7 @@ pub fn run(args: Args) -> Result {
             let bar = super::spinner(super::vm_up_message(&lab.name, &kernel));
             let vm = engine::up_in_vm(&lab.name, &args.file, &argv, &kernel);
             bar.finish_and_clear();
-            let vm = vm?;
+            let vm = vm?.vm;
             let result = in_vm(&vm);
             if !args.keep {
                 super::warn_left(&engine::down(&lab.name, None)?.left);

@@ -26,8 +26,9 @@ pub struct Args {
     /// Then print how long each stage took (planning, making the
     /// namespaces, each phase of the plan, waiting for the kernel to
     /// activate the links, recording the lab), with its count of
-    /// namespaces or kernel actions, on stderr. A lab in a VM prints its
-    /// whole time, the boot included.
+    /// namespaces or kernel actions, on stderr. A lab in a VM prints the
+    /// VM's boot (none in the shared VM), the stages inside it and the
+    /// whole time.
     #[arg(long)]
     timings: bool,
     #[command(flatten)]
@@ -108,6 +109,9 @@ pub fn run(args: Args) -> Result {
         let t = Instant::now();
         let mut argv = vm_argv("up", &args.file, &args.vars, &lab.name);
         argv.insert(1, "-q".into());
+        if args.timings {
+            argv.insert(1, "--timings".into());
+        }
         let bar = if args.quiet {
             indicatif::ProgressBar::hidden()
         } else {
@@ -115,10 +119,16 @@ pub fn run(args: Args) -> Result {
         };
         let vm = engine::up_in_vm(&lab.name, &args.file, &argv, &kernel);
         bar.finish_and_clear();
-        let vm = vm?;
+        let up = vm?;
         if args.timings {
-            eprintln!("{:<14} {:>7} {:>10.1?}", "vm", "", start.elapsed());
+            // The VM's boot, then `up`'s own stages inside it.
+            if let Some(boot) = up.boot {
+                eprintln!("{:<14} {:>7} {:>10.1?}", "vm boot", "", boot);
+            }
+            eprint!("{}", up.stderr);
+            eprintln!("{:<14} {:>7} {:>10.1?}", "in all", "", start.elapsed());
         }
+        let vm = up.vm;
         if !args.quiet {
             println!(
                 "lab `{}` is up in {} (kernel {}) in {:.1?}; status, exec, run and down reach into it",
