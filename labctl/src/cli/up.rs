@@ -67,7 +67,7 @@ impl Progress for Timed {
 }
 
 impl Timed {
-    /// A line per stage that had something to do (and `settle`), timed
+    /// A line per stage that had something to do (and `settle`, `record`), timed
     /// to the next stage's start or `end`; what came before the first
     /// (reading the file, planning, the checks) from `start`.
     fn lines(&self, start: Instant, end: Instant) -> Vec<String> {
