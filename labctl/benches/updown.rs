@@ -485,22 +485,21 @@ fn measure(
             .map_err(|e| format!("{} form refused: {e}", form.name()))
         })
         .collect();
-    let mut stages_text = String::new();
+    let (labctl, stages) = match failed {
+        Some(e) => (Err(e), String::new()),
+        None => {
+            let (up, stages) = median(up, |(c, _)| c.wall);
+            (Ok((up, median(down, |c| c.wall))), stages)
+        }
+    };
     Row {
         what: what.to_string(),
         pods,
         load,
-        labctl: match failed {
-            Some(e) => Err(e),
-            None => {
-                let (up, stages) = median(up, |(c, _)| c.wall);
-                stages_text = stages;
-                Ok((up, median(down, |c| c.wall)))
-            }
-        },
+        labctl,
         baselines,
         mininet: None,
-        stages: stages_text,
+        stages,
     }
 }
 

@@ -74,26 +74,26 @@ impl Timed {
         let began = self.began.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = Vec::new();
         if let Some((_, _, first)) = began.first() {
-            out.push(format!(
-                "{:<14} {:>7} {:>10.1?}",
-                "plan",
-                "",
-                *first - start
-            ));
+            out.push(timing_line("plan", 0, *first - start));
         }
         for (i, (what, total, at)) in began.iter().enumerate() {
             let until = began.get(i + 1).map_or(end, |next| next.2);
             if *total > 0 || what == "settle" || what == "record" {
-                let count = if *total > 0 {
-                    total.to_string()
-                } else {
-                    String::new()
-                };
-                out.push(format!("{what:<14} {count:>7} {:>10.1?}", until - *at));
+                out.push(timing_line(what, *total, until - *at));
             }
         }
         out
     }
+}
+
+/// One line of `--timings`: the stage, its count (none when 0), its time.
+fn timing_line(what: &str, count: usize, took: std::time::Duration) -> String {
+    let count = if count > 0 {
+        count.to_string()
+    } else {
+        String::new()
+    };
+    format!("{what:<14} {count:>7} {took:>10.1?}")
 }
 
 pub fn run(args: Args) -> Result {
@@ -123,10 +123,10 @@ pub fn run(args: Args) -> Result {
         if args.timings {
             // The VM's boot, then `up`'s own stages inside it.
             if let Some(boot) = up.boot {
-                eprintln!("{:<14} {:>7} {:>10.1?}", "vm boot", "", boot);
+                eprintln!("{}", timing_line("vm boot", 0, boot));
             }
             eprint!("{}", up.stderr);
-            eprintln!("{:<14} {:>7} {:>10.1?}", "in all", "", start.elapsed());
+            eprintln!("{}", timing_line("in all", 0, start.elapsed()));
         }
         let vm = up.vm;
         if !args.quiet {
