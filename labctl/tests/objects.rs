@@ -257,67 +257,175 @@ fn namespaces(name: &str) -> Result<Vec<String>, Failed> {
 /// `addrgenmode` is compared (`ip -o -d link`), and so is any IPv6
 /// address either leaves (`ip -o addr`).
 ///
-/// Few processes: in the VM (software emulation) each one costs a good
-/// part of a second. So one shell per namespace runs only the tools that
-/// read the kernel, each section after a marker line ([`SECTION`]), and
-/// the filtering and sorting are done here ([`namespace_state`]). `nft`,
-/// the costliest (over a second there), runs only in a namespace that has
-/// an nftables table ([`has_nft_tables`]): without one it prints nothing.
-const NAMESPACE_READ: &str = "\
-echo '\x01link'; ip -o -d link
-echo '\x01addr'; ip -o addr
-echo '\x01route'; ip route
-echo '\x01neigh'; ip neigh show nud permanent
-echo '\x01fdb'; bridge fdb show
-echo '\x01qdisc'; tc qdisc show
-echo '\x01vlan'
-for d in /sys/class/net/*; do echo \"vlan show dev ${d##*/}\"; done | bridge -force -batch -
-echo '\x01nft'; if [ -n \"$LABCTL_TEST_NFT\" ]; then nft list ruleset; fi
-echo '\x01ipvs'; if [ -e /proc/net/ip_vs ]; then ipvsadm -S -n; fi
-echo '\x01sysctl'; cd /proc/sys/net/ipv4 && grep -r '' ip_forward conf neigh/*/proxy_delay
-";
+/// Few processes: in the VM (software emulation) each one costs 60-200
+/// ms (`ip` about 160), and a lab is read at least twice per trial. So a
+/// namespace is read by one `ip` batch (links, addresses, routes,
+/// permanent neighbours: [`IP_READ`], split by [`ip_sections`]), one
+/// `bridge` batch (static FDB entries and each link's vlans) and one `tc`
+/// (qdiscs), started by a thread inside the namespace (no `ip netns exec`,
+/// no shell); the sysctls are read there from procfs without a process.
+/// `nft`, the costliest (over a second there), runs only in a namespace
+/// that has an nftables table ([`has_nft_tables`]): without one it prints
+/// nothing; `ipvsadm` only once IPVS is loaded.
+const IP_READ: &str = "link show\naddr show\nroute show\nneigh show nud permanent\n";
 
-/// The marker before each section of [`NAMESPACE_READ`]'s output.
-const SECTION: char = '\x01';
+/// [`IP_READ`]'s output (`ip -o -d`) in its four sections: each line says
+/// which it is (a link `N: NAME: <FLAGS>`, an address `N: NAME inet..`, a
+/// route its type first, which `-d` always prints, a neighbour its
+/// address first) and they come in that order; anything else fails.
+fn ip_sections(text: &str) -> Result<[Vec<&str>; 4], Failed> {
+    const ROUTE_TYPES: &[&str] = &[
+        "unicast",
+        "local",
+        "broadcast",
+        "anycast",
+        "multicast",
+        "blackhole",
+        "unreachable",
+        "prohibit",
+        "throw",
+        "nat",
+    ];
+    let mut sections: [Vec<&str>; 4] = Default::default();
+    let mut at = 0;
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or("");
+        let second = words.next().unwrap_or("");
+        let third = words.next().unwrap_or("");
+        let indexed = first
+            .strip_suffix(':')
+            .is_some_and(|n| n.parse::<u32>().is_ok());
+        let kind = if indexed && second.ends_with(':') && third.starts_with('<') {
+            0
+        } else if indexed && (third == "inet" || third == "inet6") {
+            1
+        } else if ROUTE_TYPES.contains(&first) {
+            2
+        } else if first.parse::<std::net::IpAddr>().is_ok() && line.contains(" PERMANENT") {
+            3
+        } else {
+            return Err(format!("`ip -o -d` printed a line of no known kind: {line}").into());
+        };
+        if kind < at {
+            return Err(format!("`ip -o -d` printed a line out of order: {line}").into());
+        }
+        at = kind;
+        sections[kind].push(line);
+    }
+    Ok(sections)
+}
 
-/// Namespace `ns`'s state: [`NAMESPACE_READ`]'s sections, filtered and
-/// sorted as described there, and the tc filters of the devices with a
-/// clsact or ingress qdisc (one `tc -batch` per device).
+/// The link's name in a line of `ip -o link` (`N: NAME@PEER: <...`).
+fn link_name(line: &str) -> &str {
+    let name = line.split_whitespace().nth(1).unwrap_or("");
+    let name = name.strip_suffix(':').unwrap_or(name);
+    name.split_once('@').map_or(name, |(n, _)| n)
+}
+
+/// The IPv4 sysctls of the calling thread's namespace, as `cd
+/// /proc/sys/net/ipv4 && grep -r '' ip_forward conf neigh/*/proxy_delay`
+/// prints them (`PATH:VALUE`, a line per line of each file).
+fn ipv4_sysctls() -> std::io::Result<Vec<String>> {
+    fn walk(root: &std::path::Path, rel: &str, out: &mut Vec<String>) -> std::io::Result<()> {
+        let path = root.join(rel);
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path)? {
+                let name = entry?.file_name();
+                walk(root, &format!("{rel}/{}", name.to_string_lossy()), out)?;
+            }
+        } else {
+            let value = std::fs::read_to_string(&path)?;
+            out.extend(value.lines().map(|l| format!("{rel}:{l}")));
+        }
+        Ok(())
+    }
+    let root = std::path::Path::new("/proc/sys/net/ipv4");
+    let mut out = Vec::new();
+    walk(root, "ip_forward", &mut out)?;
+    walk(root, "conf", &mut out)?;
+    for entry in std::fs::read_dir(root.join("neigh"))? {
+        let name = entry?.file_name();
+        walk(
+            root,
+            &format!("neigh/{}/proxy_delay", name.to_string_lossy()),
+            &mut out,
+        )?;
+    }
+    Ok(out)
+}
+
+/// Namespace `ns`'s state: links, addresses, routes, permanent
+/// neighbours, static FDB entries, qdiscs and the tc filters of the
+/// devices with a clsact or ingress qdisc (one `tc -batch` per device),
+/// bridge vlans, the nft ruleset, the IPVS table and the IPv4 sysctls,
+/// filtered and sorted as described there.
 fn namespace_state(ns: &str) -> Result<String, Failed> {
-    let mut read = Command::new("ip");
-    read.args(["netns", "exec", ns, "sh", "-c", NAMESPACE_READ]);
-    // When the kernel cannot say, nft is asked.
-    if has_nft_tables(ns).unwrap_or(true) {
-        read.env("LABCTL_TEST_NFT", "1");
-    }
-    let o = ok(&mut read)?;
-    let text = String::from_utf8_lossy(&o.stdout);
-    let mut sections: BTreeMap<&str, &str> = BTreeMap::new();
-    for chunk in text.split(SECTION).skip(1) {
-        let (name, body) = chunk.split_once('\n').unwrap_or((chunk, ""));
-        sections.insert(name, body);
-    }
-    let section = |name: &str| {
-        sections
-            .get(name)
-            .copied()
-            .ok_or_else(|| Failed::from(format!("{ns}: no {name} section in:\n{text}")))
+    let nft = has_nft_tables(ns).unwrap_or(true);
+    let read = || -> Result<_, Failed> {
+        let ip = ok_with_input(
+            Command::new("ip").args(["-o", "-d", "-batch", "-"]),
+            IP_READ,
+        )?;
+        let ip = String::from_utf8_lossy(&ip.stdout).into_owned();
+        let [links, ..] = ip_sections(&ip)?;
+        let mut names: Vec<&str> = links.iter().map(|l| link_name(l)).collect();
+        names.sort_unstable();
+        let bridge_read: String = std::iter::once("fdb show\n".to_string())
+            .chain(names.iter().map(|n| format!("vlan show dev {n}\n")))
+            .collect();
+        let bridge = ok_with_input(
+            Command::new("bridge").args(["-force", "-batch", "-"]),
+            &bridge_read,
+        )?;
+        let qdiscs = ok(Command::new("tc").args(["qdisc", "show"]))?;
+        let nft = if nft {
+            String::from_utf8_lossy(&ok(Command::new("nft").args(["list", "ruleset"]))?.stdout)
+                .into_owned()
+        } else {
+            String::new()
+        };
+        let ipvs = if std::path::Path::new("/proc/thread-self/net/ip_vs").exists() {
+            String::from_utf8_lossy(&ok(Command::new("ipvsadm").args(["-S", "-n"]))?.stdout)
+                .into_owned()
+        } else {
+            String::new()
+        };
+        Ok((
+            ip,
+            String::from_utf8_lossy(&bridge.stdout).into_owned(),
+            String::from_utf8_lossy(&qdiscs.stdout).into_owned(),
+            nft,
+            ipvs,
+            ipv4_sysctls()?,
+        ))
     };
+    let (ip, bridge, qdiscs, nft, ipvs, sysctls) = labctl::sys::in_netns(ns, read)??;
+    let [links, addrs, routes, neighbours] = ip_sections(&ip)?;
     let mut out = String::new();
-    for line in section("link")?.lines() {
+    for line in links {
         out.push_str(&link_line(line));
         out.push('\n');
     }
-    out.push_str(section("addr")?);
-    out.push_str(section("route")?);
-    out.push_str(&sorted(section("neigh")?.lines()));
+    for line in addrs.into_iter().chain(routes) {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push_str(&sorted(neighbours.into_iter()));
+    // `fdb show` first, a line per entry led by its MAC; then each
+    // `vlan show`, led by its header.
+    let fdb_line = |l: &&str| {
+        l.split_whitespace()
+            .next()
+            .is_some_and(|w| w.len() == 17 && w.split(':').count() == 6)
+    };
+    let fdb: Vec<&str> = bridge.lines().take_while(fdb_line).collect();
+    let vlans = bridge.lines().skip(fdb.len());
     out.push_str(&sorted(
-        section("fdb")?
-            .lines()
+        fdb.into_iter()
             .filter(|l| l.contains(" static") || l.contains(" dst ")),
     ));
     out.push_str("# tc\n");
-    let qdiscs = section("qdisc")?;
     out.push_str(&sorted(qdiscs.lines()));
     let mut hooked: Vec<&str> = qdiscs
         .lines()
@@ -341,13 +449,16 @@ fn namespace_state(ns: &str) -> Result<String, Failed> {
             out.push('\n');
         }
     }
-    out.push_str(section("vlan")?);
+    for line in vlans {
+        out.push_str(line);
+        out.push('\n');
+    }
     out.push_str("# nft\n");
-    out.push_str(section("nft")?);
+    out.push_str(&nft);
     out.push_str("# ipvs\n");
-    out.push_str(&sorted(section("ipvs")?.lines()));
+    out.push_str(&sorted(ipvs.lines()));
     out.push_str("# sysctl\n");
-    out.push_str(&sorted(section("sysctl")?.lines()));
+    out.push_str(&sorted(sysctls.iter().map(String::as_str)));
     Ok(out)
 }
 
@@ -932,6 +1043,39 @@ fn in_shared_vm(kernel: &str, trial: &str, others: &[String]) -> Result<(), Fail
     }
 }
 
+/// `ip -o -d`'s four sections are told apart line by line, in order, and
+/// a line of no known kind or out of order fails the read.
+fn ip_output_splits_into_its_sections() -> Result<(), Failed> {
+    let text = "\
+1: lo: <LOOPBACK,UP,LOWER_UP> mtu 65536 qdisc noqueue state UNKNOWN\\    link/loopback
+3: eth0@if4: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue state UP
+3: eth0    inet 10.0.0.2/24 brd 10.0.0.255 scope global eth0\\       valid_lft forever
+unicast default via 10.0.0.1 dev eth0 proto static scope global
+blackhole 10.9.0.0/16 proto boot scope global
+10.0.0.5 dev eth0 lladdr 02:00:00:00:00:05 PERMANENT
+fe80::5 dev eth0 lladdr 02:00:00:00:00:05 PERMANENT
+";
+    let [links, addrs, routes, neighbours] = ip_sections(text)?;
+    ensure(
+        links.len() == 2 && addrs.len() == 1 && routes.len() == 2 && neighbours.len() == 2,
+        format!("{links:?} {addrs:?} {routes:?} {neighbours:?}"),
+    )?;
+    ensure(
+        link_name(links[1]) == "eth0",
+        format!("name of {}", links[1]),
+    )?;
+    let out_of_order = "10.0.0.5 dev eth0 lladdr 02:00:00:00:00:05 PERMANENT\n\
+                        unicast default via 10.0.0.1 dev eth0\n";
+    ensure(
+        ip_sections(out_of_order).is_err(),
+        "a route after a neighbour was taken",
+    )?;
+    ensure(
+        ip_sections("Error: something\n").is_err(),
+        "a line of no known kind was taken",
+    )
+}
+
 /// The masking keeps what the plan fixes and hides only the kernel's
 /// random choices, in both spellings iproute2 prints.
 fn masking_hides_only_random_macs() -> Result<(), Failed> {
@@ -986,6 +1130,10 @@ fn main() {
         Trial::test(
             "masking_hides_only_random_macs",
             masking_hides_only_random_macs,
+        ),
+        Trial::test(
+            "ip_output_splits_into_its_sections",
+            ip_output_splits_into_its_sections,
         ),
         Trial::ignorable_test(NFT_TRIAL, || {
             common::gate(the_nftables_check_sees_a_table_of_any_family)
@@ -1049,6 +1197,7 @@ fn main() {
                 MAC_TRIAL.to_string(),
                 NFT_TRIAL.to_string(),
                 "masking_hides_only_random_macs".into(),
+                "ip_output_splits_into_its_sections".into(),
             ])
             .collect();
         let trial = name.clone();
