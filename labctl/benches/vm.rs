@@ -9,8 +9,11 @@
 //!   shared VM of the kernel up already), split into boot, up, scenarios
 //!   and down, with the ratio; and the one-command `labctl run --kernel`
 //!   the scenario suite uses, cold and warm.
+//! - `idle`: the host CPU an idle shared VM takes (QEMU and all, over 10
+//!   s), next to a VM booted the same way that runs `sleep`: what the
+//!   agent's waiting costs every test and lab running beside it.
 //!
-//! Run: `cargo bench -p labctl --bench vm [-- overhead|shared]` (both
+//! Run: `cargo bench -p labctl --bench vm [-- overhead|shared|idle]` (all
 //! without a name; `LABCTL_BENCH_RUNS=N` repeats each, median shown).
 
 use std::path::PathBuf;
@@ -74,6 +77,126 @@ fn main() {
     if wants("shared") {
         shared(&kernel, &file);
     }
+    if wants("idle") {
+        idle(&kernel);
+    }
+}
+
+/// Clock ticks (user and system) used so far by the processes of process
+/// group `pgid`, from /proc/PID/stat.
+fn group_ticks(pgid: u32) -> u64 {
+    let mut ticks = 0;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // After the command's closing parenthesis: state, ppid, pgrp, ...,
+        // utime (the 14th field) and stime (the 15th).
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.len() > 12 && f[2].parse::<u32>() == Ok(pgid) {
+            ticks += f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
+        }
+    }
+    ticks
+}
+
+/// The share of one host core process group `pgid` uses over `span`.
+fn group_cpu(pgid: u32, span: Duration) -> f64 {
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let before = group_ticks(pgid);
+    std::thread::sleep(span);
+    (group_ticks(pgid) - before) as f64 / hz / span.as_secs_f64()
+}
+
+/// An idle shared VM's host CPU next to a VM that runs `sleep`.
+fn idle(kernel: &str) {
+    let settle = Duration::from_secs(5);
+    let span = Duration::from_secs(10);
+    let _ = labctl()
+        .args(["vm", "stop", "-q", "--kernel", kernel])
+        .output();
+    timed(labctl().args(["vm", "start", "-q", "--kernel", kernel]));
+    let status = labctl()
+        .args(["vm", "status", "-o", "json"])
+        .output()
+        .expect("vm status");
+    let vms: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status JSON");
+    let pid = vms
+        .as_array()
+        .and_then(|v| v.iter().find(|vm| vm["release"] == kernel))
+        .and_then(|vm| vm["pid"].as_u64())
+        .expect("the shared VM's pid") as u32;
+    std::thread::sleep(settle);
+    let shared = group_cpu(pid, span);
+    // The agent looks for requests less often after half a minute.
+    std::thread::sleep(Duration::from_secs(35).saturating_sub(settle + span));
+    let shared_later = group_cpu(pid, span);
+    let _ = labctl()
+        .args(["vm", "stop", "-q", "--kernel", kernel])
+        .output();
+    // The same VM by hand, `sleep` instead of the agent; its own process
+    // group, as labctl starts vng.
+    use std::os::unix::process::CommandExt;
+    let mut vng = Command::new("vng");
+    vng.args([
+        "--run",
+        kernel,
+        "--force-9p",
+        "--memory",
+        "1G",
+        "--cpus",
+        "2",
+    ]);
+    if !labctl::vm::kvm_usable() {
+        vng.arg("--disable-kvm");
+    }
+    let dir = std::env::temp_dir().join(format!("labctl-bench-idle-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("bench directory");
+    let ready = dir.join("ready");
+    let mut child = vng
+        .arg(format!("--rwdir={}", dir.display()))
+        .args(["--exec", &format!("touch {} && sleep 120", ready.display())])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("start vng");
+    // Booted once the guest has touched the file; then the same settling.
+    let t = Instant::now();
+    while !ready.exists() && t.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(ready.exists(), "the sleeping VM did not boot in 120 s");
+    std::thread::sleep(settle);
+    let sleeping = group_cpu(child.id(), span);
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    println!();
+    println!(
+        "idle VM, host CPU over {} s, in % of a core (ratio to a VM running `sleep`)",
+        span.as_secs()
+    );
+    let row = |what: &str, cpu: f64| {
+        println!(
+            "{what:<40} {:>5.0} % {:>7.1}x",
+            cpu * 100.0,
+            cpu / sleeping.max(0.001)
+        );
+    };
+    row("shared VM, 5 s after its start", shared);
+    row("shared VM, 35 s after its start", shared_later);
+    row("a VM running `sleep`", sleeping);
 }
 
 /// The 1-minute load average, as /proc/loadavg says.

@@ -681,16 +681,21 @@ pub fn agent(dir: &Path) -> io::Result<()> {
 
 /// How long the agent waits before it looks for requests again, `since`
 /// the last one came: 20 ms while requests come (a run's `up`, its
-/// scenarios, its `down`), 100 ms once none has for two seconds. The host
-/// posts a request as a file over 9p, which tells the VM nothing, so the
-/// agent has to look; under emulation each look costs (the idle shared
-/// VM's QEMU used a third of a host core looking every 20 ms), and a
-/// request after a quiet spell waits at most 100 ms longer.
+/// scenarios, its `down`), 100 ms once none has for two seconds, 250 ms
+/// after half a minute. The host posts a request as a file over 9p, which
+/// tells the VM nothing, so the agent has to look; under emulation each
+/// look costs about 16 ms of a host core (QEMU's 9p server and the
+/// emulated guest: the idle shared VM used 33 % of a core looking every
+/// 20 ms, 17 % every 100 ms; `cargo bench --bench vm -- idle`), and a
+/// request after a quiet spell, whose own run takes seconds there, waits
+/// at most that much longer.
 fn agent_pause(since: Duration) -> Duration {
     if since < Duration::from_secs(2) {
         Duration::from_millis(20)
-    } else {
+    } else if since < Duration::from_secs(30) {
         Duration::from_millis(100)
+    } else {
+        Duration::from_millis(250)
     }
 }
 
