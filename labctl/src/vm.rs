@@ -501,6 +501,10 @@ impl Vm {
         fs::write(&tmp, req).map_err(io_err("write a VM request"))?;
         let posted = self.dir.join(format!("{id}.req"));
         fs::rename(&tmp, &posted).map_err(io_err("post a VM request"))?;
+        // The ports' lock files go there: only into a directory of ours.
+        if dir_is_ours(&self.dir, None) {
+            channel::poke(&self.dir);
+        }
         let rc = self.dir.join(format!("{id}.rc"));
         let t = Instant::now();
         let pickup = agent_wait();
@@ -643,10 +647,11 @@ pub fn kill_group(pid: u32) {
 /// side by side.
 pub fn agent(dir: &Path) -> io::Result<()> {
     let exe = std::env::current_exe()?;
+    let wake = std::sync::Arc::new(channel::Wake::default());
     for port in channel::guest_ports() {
-        let exe = exe.clone();
+        let (exe, wake) = (exe.clone(), wake.clone());
         std::thread::spawn(move || {
-            if let Err(e) = channel::serve(&port, &exe) {
+            if let Err(e) = channel::serve(&port, &exe, &wake) {
                 eprintln!("labctl agent: {}: {e}", port.display());
             }
         });
@@ -675,27 +680,25 @@ pub fn agent(dir: &Path) -> io::Result<()> {
             let (exe, dir) = (exe.clone(), dir.to_path_buf());
             std::thread::spawn(move || serve_one(&exe, &dir, &id, &taken));
         }
-        std::thread::sleep(agent_pause(last_request.elapsed()));
+        wake.wait(agent_pause(last_request.elapsed()));
     }
 }
 
 /// How long the agent waits before it looks for requests again, `since`
-/// the last one came: 20 ms while requests come (a run's `up`, its
-/// scenarios, its `down`), 100 ms once none has for two seconds, 250 ms
-/// after half a minute. The host posts a request as a file over 9p, which
-/// tells the VM nothing, so the agent has to look; under emulation each
-/// look costs about 16 ms of a host core (QEMU's 9p server and the
-/// emulated guest: the idle shared VM used 33 % of a core looking every
-/// 20 ms, 17 % every 100 ms; `cargo bench --bench vm -- idle`), and a
-/// request after a quiet spell, whose own run takes seconds there, waits
-/// at most that much longer.
+/// the last one came, unless a [`channel::Kind::Wake`] comes first: 20 ms
+/// while requests come (a run's `up`, its scenarios, its `down`), a
+/// second once none has for two seconds. The host posts a request as a
+/// file over 9p, which tells the VM nothing, and then wakes the agent
+/// through a free port ([`channel::poke`]); the look is for a request
+/// posted while every port is taken. Under emulation each look costs
+/// about 16 ms of a host core (QEMU's 9p server and the emulated guest:
+/// the idle shared VM used 33 % of a core looking every 20 ms, 14-17 %
+/// every 100 ms; `cargo bench --bench vm -- idle`).
 fn agent_pause(since: Duration) -> Duration {
     if since < Duration::from_secs(2) {
         Duration::from_millis(20)
-    } else if since < Duration::from_secs(30) {
-        Duration::from_millis(100)
     } else {
-        Duration::from_millis(250)
+        Duration::from_secs(1)
     }
 }
 

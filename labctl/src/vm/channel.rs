@@ -62,6 +62,9 @@ pub enum Kind {
     Resize = 4,
     /// Send this signal (`i32` little-endian) to the command.
     Signal = 5,
+    /// A request file is posted ([`crate::vm::Vm::call`]): look for it
+    /// now. Outside any session; the host sends it and leaves.
+    Wake = 6,
     /// The command runs.
     Started = 16,
     Stdout = 17,
@@ -73,12 +76,13 @@ pub enum Kind {
 }
 
 impl Kind {
-    const ALL: [Kind; 10] = [
+    const ALL: [Kind; 11] = [
         Kind::Open,
         Kind::Stdin,
         Kind::StdinEof,
         Kind::Resize,
         Kind::Signal,
+        Kind::Wake,
         Kind::Started,
         Kind::Stdout,
         Kind::Stderr,
@@ -292,6 +296,40 @@ pub fn connect(dir: &Path, wait: Duration) -> Result<Option<Port>, VmError> {
             });
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Tell the agent of the VM in `dir` that a request file is posted
+/// ([`Kind::Wake`]) through a free port, so it looks at once rather than
+/// at its next look; nothing when every port is taken or the VM has none.
+pub fn poke(dir: &Path) {
+    if let Ok(Some(mut port)) = connect(dir, Duration::ZERO) {
+        let _ = write_frame(&mut port.stream, &Frame::new(Kind::Wake, 0, []));
+    }
+}
+
+/// The agent's request loop's wait, cut short by a [`Kind::Wake`] that
+/// came on any port.
+#[derive(Default)]
+pub struct Wake {
+    posted: Mutex<bool>,
+    signal: std::sync::Condvar,
+}
+
+impl Wake {
+    pub fn notify(&self) {
+        *self.posted.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.signal.notify_all();
+    }
+
+    /// Until a wake (one since the last wait counts) or `limit`.
+    pub fn wait(&self, limit: Duration) {
+        let posted = self.posted.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut posted, _) = self
+            .signal
+            .wait_timeout_while(posted, limit, |p| !*p)
+            .unwrap_or_else(|e| e.into_inner());
+        *posted = false;
     }
 }
 
@@ -609,7 +647,7 @@ impl Running {
 
 /// Serve sessions on the port `dev` for as long as the agent runs:
 /// `exe ARGV...` per [`Kind::Open`].
-pub fn serve(dev: &Path, exe: &Path) -> io::Result<()> {
+pub fn serve(dev: &Path, exe: &Path, wake: &Wake) -> io::Result<()> {
     let port = OpenOptions::new().read(true).write(true).open(dev)?;
     let out = Arc::new(Mutex::new(port.try_clone()?));
     let host = HostWait::new(&port);
@@ -617,6 +655,7 @@ pub fn serve(dev: &Path, exe: &Path) -> io::Result<()> {
     let mut current: Option<Running> = None;
     loop {
         match read_frame(&mut input) {
+            Ok(Some(frame)) if frame.kind == Kind::Wake => wake.notify(),
             Ok(Some(frame)) => handle(frame, &mut current, &out, exe),
             // A virtio-serial read ends at once while no host is connected:
             // the session's host is gone.
@@ -863,6 +902,38 @@ fn pump(
 mod tests {
     use super::*;
 
+    /// The request loop's wait ends at once for a wake posted before it,
+    /// waits out its limit otherwise (the wake is used up), and ends
+    /// early for a wake from another thread.
+    #[test]
+    fn a_wake_cuts_the_request_loops_wait_short() {
+        let wake = Arc::new(Wake::default());
+        let long = Duration::from_secs(10);
+        wake.notify();
+        let t = Instant::now();
+        wake.wait(long);
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "missed a wake posted before"
+        );
+        let short = Duration::from_millis(200);
+        let t = Instant::now();
+        wake.wait(short);
+        assert!(t.elapsed() >= short, "the wake was not used up");
+        let other = wake.clone();
+        let poster = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            other.notify();
+        });
+        let t = Instant::now();
+        wake.wait(long);
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "slept through the wake"
+        );
+        poster.join().expect("poster");
+    }
+
     /// The agent's wait between sessions sleeps while nothing happens,
     /// wakes when data comes, and, edge-triggered, does not wake again for
     /// the same unread data (a level-triggered wait or a plain sleep would
@@ -907,6 +978,7 @@ mod tests {
             Frame::new(Kind::Stdout, u64::MAX, vec![0; 70_000]),
             Frame::new(Kind::Exit, 1, 3i32.to_le_bytes()),
             Frame::new(Kind::StdinEof, 2, []),
+            Frame::new(Kind::Wake, 0, []),
         ];
         let wire: Vec<u8> = frames.iter().flat_map(Frame::encode).collect();
         let mut r = &wire[..];
