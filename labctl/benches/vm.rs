@@ -140,19 +140,7 @@ fn idle(kernel: &str) {
     // The same VM by hand, `sleep` instead of the agent; its own process
     // group, as labctl starts vng.
     use std::os::unix::process::CommandExt;
-    let mut vng = Command::new("vng");
-    vng.args([
-        "--run",
-        kernel,
-        "--force-9p",
-        "--memory",
-        "1G",
-        "--cpus",
-        "2",
-    ]);
-    if !labctl::vm::kvm_usable() {
-        vng.arg("--disable-kvm");
-    }
+    let mut vng = labctl::vm::vng(kernel);
     let dir = std::env::temp_dir().join(format!("labctl-bench-idle-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("bench directory");
     let ready = dir.join("ready");

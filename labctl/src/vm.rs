@@ -285,6 +285,19 @@ pub fn kvm_usable() -> bool {
     )
 }
 
+/// virtme-ng booting kernel `release` as every labctl VM boots: the
+/// host's root read-only over 9p, 1 GiB, two CPUs, KVM when
+/// [`kvm_usable`]. The caller adds what the VM runs.
+pub fn vng(release: &str) -> Command {
+    let mut cmd = Command::new("vng");
+    cmd.args(["--run", release, "--force-9p", "--memory", "1G"])
+        .args(["--cpus", "2"]);
+    if !kvm_usable() {
+        cmd.arg("--disable-kvm");
+    }
+    cmd
+}
+
 /// [`kvm_usable`]'s rule: `setting` is `LABCTL_KVM`, `opens` whether
 /// /dev/kvm opens, `hardware` whether the hardware KVM module is loaded.
 fn kvm_choice(
@@ -363,19 +376,14 @@ fn start_in(
     .map_err(io_err("copy labctl for the VM"))?;
     let log = dir.join("console.log");
     let console = fs::File::create(&log).map_err(io_err("create the console log"))?;
-    let mut cmd = Command::new("vng");
-    cmd.args(["--run", &kernel.release, "--force-9p", "--memory", "1G"])
-        .args(["--cpus", "2"])
-        .arg(format!("--rwdir={}", dir.display()));
+    let mut cmd = vng(&kernel.release);
+    // `down` recognises its VM by this argument before it signals the pid.
+    cmd.arg(format!("--rwdir={}", dir.display()));
     if let Some(ports) = channel::qemu_args(&dir) {
         cmd.arg(format!("--qemu-opts={ports}"));
     }
     cmd.arg("--exec")
         .arg(format!("{} __agent {}", exe.display(), dir.display()));
-    // `down` recognises its VM by this argument before it signals the pid.
-    if !kvm_usable() {
-        cmd.arg("--disable-kvm");
-    }
     cmd.stdin(Stdio::null())
         .stdout(console.try_clone().map_err(io_err("console log"))?)
         .stderr(console);

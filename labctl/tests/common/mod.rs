@@ -185,20 +185,8 @@ pub fn in_vm_args(
             .args(["sh", "-c", &script]);
         return run_bounded(&mut cmd, kernel, &copy, limit);
     }
-    let mut cmd = Command::new("vng");
-    // As labctl boots its own VMs (`labctl::vm`).
-    cmd.args([
-        "--run",
-        kernel,
-        "--force-9p",
-        "--memory",
-        "1G",
-        "--cpus",
-        "2",
-    ]);
-    if !labctl::vm::kvm_usable() {
-        cmd.arg("--disable-kvm");
-    }
+    // As labctl boots its own VMs.
+    let mut cmd = labctl::vm::vng(kernel);
     cmd.arg("--exec")
         .arg(format!("{prelude} {env} {} {args}", copy.display()));
     run_bounded(&mut cmd, kernel, &copy, limit)
