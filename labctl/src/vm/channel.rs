@@ -20,6 +20,11 @@
 //! not start a valid frame (the tail of one cut off by a host that died)
 //! are skipped up to the next [`MAGIC`]. When the host goes away the agent
 //! kills the session's command, as a terminal hangup would.
+//!
+//! Outside sessions a port also carries [`Kind::Wake`]: a host that has
+//! posted a request file for the agent's file protocol ([`poke`]) takes a
+//! free port, sends that one frame and leaves, and the agent's request
+//! loop looks at once.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
@@ -48,7 +53,7 @@ const HEADER: usize = 4 + 1 + 8 + 4;
 /// The largest payload a frame may carry; a header claiming more is junk.
 const MAX_PAYLOAD: u32 = 1 << 20;
 
-/// What a frame says. Host to VM: `Open` .. `Signal`; VM to host: the rest.
+/// What a frame says. Host to VM: `Open` .. `Wake`; VM to host: the rest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Kind {
