@@ -141,7 +141,9 @@ fn idle(kernel: &str) {
     // group, as labctl starts vng.
     use std::os::unix::process::CommandExt;
     let mut vng = labctl::vm::vng(kernel);
-    let dir = std::env::temp_dir().join(format!("labctl-bench-idle-{}", std::process::id()));
+    // In labctl's own root-owned directory, not a name anyone can take
+    // first in /tmp: the VM writes there as root.
+    let dir = labctl::vm::lib_dir().join(format!("bench-idle-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("bench directory");
     let ready = dir.join("ready");
     let mut child = vng

@@ -615,11 +615,6 @@ fn kill_processes(ids: &std::collections::HashSet<sys::NsId>) -> Vec<KernelError
 /// software emulation included).
 const VM_UP_DEADLINE: Duration = Duration::from_secs(1800);
 
-/// Bring a lab up inside a VM booted from `kernel`: record the lab, boot
-/// the VM (its pid recorded at once, so `down` can always stop it), then run
-/// `labctl up` inside with the same file and options. `args` are the `up`
-/// arguments after `up` (the file path absolute: the VM sees the host's
-/// root filesystem).
 /// A lab brought up in a VM.
 pub struct UpInVm {
     pub vm: crate::vm::Vm,
@@ -629,6 +624,11 @@ pub struct UpInVm {
     pub stderr: String,
 }
 
+/// Bring a lab up inside a VM booted from `kernel`: record the lab, boot
+/// the VM (its pid recorded at once, so `down` can always stop it), then run
+/// `labctl up` inside with the same file and options. `args` are the `up`
+/// arguments after `up` (the file path absolute: the VM sees the host's
+/// root filesystem).
 pub fn up_in_vm(
     lab: &str,
     file: &Path,
