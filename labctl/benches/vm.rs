@@ -13,7 +13,13 @@
 //!   s), next to a VM booted the same way that runs `sleep`: what the
 //!   agent's waiting costs every test and lab running beside it.
 //!
-//! Run: `cargo bench -p labctl --bench vm [-- overhead|shared|idle]` (all
+//! - `qemu`: the system's QEMU against labctl's own (`labctl vm
+//!   install-qemu`), alternating run by run: a shared VM's boot, 20
+//!   commands in it (`vm exec -- ip link show lo`: process start-up,
+//!   most of a VM lab's work under emulation) and the Flannel file's
+//!   up, scenarios and down in it.
+//!
+//! Run: `cargo bench -p labctl --bench vm [-- overhead|shared|idle|qemu]` (all
 //! without a name; `LABCTL_BENCH_RUNS=N` repeats each, median shown).
 
 use std::path::PathBuf;
@@ -79,6 +85,96 @@ fn main() {
     }
     if wants("idle") {
         idle(&kernel);
+    }
+    if wants("qemu") {
+        qemu(&kernel, &file);
+    }
+}
+
+/// The system's QEMU against labctl's, alternating.
+fn qemu(kernel: &str, file: &std::path::Path) {
+    let Some(own) = labctl::vm::qemu::binary() else {
+        println!(
+            "\nqemu: labctl has no QEMU of its own (`labctl vm install-qemu`); nothing to compare"
+        );
+        return;
+    };
+    let runs = runs();
+    // Per QEMU: boot, 20 commands, the Flannel file (up, run, down).
+    let mut times: [[Vec<Duration>; 3]; 2] = Default::default();
+    for _ in 0..runs {
+        for (i, which) in ["system", "own"].into_iter().enumerate() {
+            let stop = || {
+                let _ = labctl()
+                    .args(["vm", "stop", "-q", "--kernel", kernel])
+                    .output();
+            };
+            stop();
+            // The QEMU is chosen at boot; the rest goes into that VM.
+            let mut start = labctl();
+            start.args(["vm", "start", "-q", "--kernel", kernel]);
+            if which == "system" {
+                start.env("LABCTL_QEMU", "system");
+            }
+            times[i][0].push(timed(&mut start));
+            let t = Instant::now();
+            for _ in 0..20 {
+                timed(labctl().args([
+                    "vm", "exec", "--kernel", kernel, "--", "ip", "link", "show", "lo",
+                ]));
+            }
+            times[i][1].push(t.elapsed());
+            let t = Instant::now();
+            timed(
+                labctl()
+                    .args(["up", "-q", "--kernel", kernel, "--name", "bqemu"])
+                    .arg(file),
+            );
+            timed(labctl().args(["run", "--name", "bqemu"]).arg(file));
+            timed(labctl().args(["down", "-q", "bqemu"]));
+            times[i][2].push(t.elapsed());
+            stop();
+        }
+    }
+    let version = |q: Option<&std::path::Path>| {
+        let bin = q.map_or_else(|| PathBuf::from("qemu-system-x86_64"), PathBuf::from);
+        Command::new(bin)
+            .arg("--version")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|v| {
+                v.lines()
+                    .next()
+                    .map(|l| l.replace("QEMU emulator version ", ""))
+            })
+            .unwrap_or_else(|| "?".into())
+    };
+    let s = |d: Duration| format!("{:.1} s", d.as_secs_f64());
+    println!();
+    println!(
+        "QEMU in the VM runtime, median of {runs}: system {} against labctl's {}",
+        version(None),
+        version(Some(&own))
+    );
+    println!(
+        "{:<36} {:>10} {:>10} {:>13}",
+        "", "system", "labctl's", "system/own"
+    );
+    let [sys, own] = times;
+    let what = [
+        "shared VM boot (vm start)",
+        "20 x vm exec -- ip link show lo",
+        "flannel.yaml up, run, down",
+    ];
+    for (n, w) in what.iter().enumerate() {
+        let (a, b) = (median(sys[n].clone()), median(own[n].clone()));
+        println!(
+            "{w:<36} {:>10} {:>10} {:>12.2}x",
+            s(a),
+            s(b),
+            a.as_secs_f64() / b.as_secs_f64()
+        );
     }
 }
 

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 pub mod channel;
+pub mod qemu;
 pub mod shared;
 
 /// Why the VM runtime could not do something.
@@ -63,7 +64,7 @@ pub enum VmError {
     Busy { ports: usize, secs: u64 },
 }
 
-fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> VmError {
+pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> VmError {
     let what = what.into();
     move |source| VmError::Io { what, source }
 }
@@ -137,7 +138,7 @@ pub fn choose(want: Option<&str>) -> Result<Kernel, VmError> {
     }
 }
 
-fn run(what: &str, cmd: &mut Command) -> Result<String, VmError> {
+pub(crate) fn run(what: &str, cmd: &mut Command) -> Result<String, VmError> {
     let o = cmd.output().map_err(io_err(what))?;
     if !o.status.success() {
         return Err(VmError::Command {
@@ -287,13 +288,17 @@ pub fn kvm_usable() -> bool {
 
 /// virtme-ng booting kernel `release` as every labctl VM boots: the
 /// host's root read-only over 9p, 1 GiB, two CPUs, KVM when
-/// [`kvm_usable`]. The caller adds what the VM runs.
+/// [`kvm_usable`], labctl's own QEMU when it has one ([`qemu`]). The
+/// caller adds what the VM runs.
 pub fn vng(release: &str) -> Command {
     let mut cmd = Command::new("vng");
     cmd.args(["--run", release, "--force-9p", "--memory", "1G"])
         .args(["--cpus", "2"]);
     if !kvm_usable() {
         cmd.arg("--disable-kvm");
+    }
+    if let Some(bin) = qemu::binary() {
+        cmd.arg("--qemu").arg(bin).arg(qemu::options());
     }
     cmd
 }

@@ -65,6 +65,18 @@ enum Sub {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Where KVM is not usable, fetch the newer QEMU of the host's Debian
+    /// release's backports into labctl's own directory, for VMs to boot
+    /// with (its software emulation is much faster); idempotent. Nothing
+    /// is fetched when KVM is usable, the host is not Debian or the
+    /// system's QEMU is as new. `LABCTL_QEMU=system` boots with the
+    /// system's QEMU anyway.
+    InstallQemu {
+        /// Say nothing unless something was fetched (for scripts that run
+        /// this every time, like `./lab`).
+        #[arg(short, long)]
+        quiet: bool,
+    },
     /// List the shared VMs, their health and the labs in them.
     Status {
         /// Output format.
@@ -83,7 +95,34 @@ pub fn run(args: Args) -> Result {
             command,
         } => exec(kernel.as_deref(), timeout, command),
         Sub::Status { output } => status(output),
+        Sub::InstallQemu { quiet } => install_qemu(quiet),
     }
+}
+
+fn install_qemu(quiet: bool) -> Result {
+    need_root()?;
+    let said = |msg: &str| {
+        if !quiet {
+            eprintln!("labctl: {msg}");
+        }
+    };
+    match vm::qemu::install(&said).map_err(|e| Failure::new(Exit::Failed, e))? {
+        vm::qemu::Choice::System(why) => {
+            if !quiet {
+                println!("VMs boot with the system's QEMU: {why}");
+            }
+        }
+        vm::qemu::Choice::Own { version, fetched } => {
+            if !quiet || fetched {
+                println!(
+                    "VMs boot with QEMU {version} in {}{}",
+                    vm::qemu::ROOT,
+                    if fetched { "" } else { " (installed already)" }
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 fn exec(kernel: Option<&str>, timeout: Option<u64>, command: Vec<String>) -> Result {
