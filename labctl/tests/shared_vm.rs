@@ -115,6 +115,17 @@ fn two_labs_share_one_vm() -> Result<(), Failed> {
     let st = s.status()?.ok_or("`vm status` does not list the VM")?;
     ensure(st["ready"] == true, format!("not ready: {st}"))?;
     ensure(s.qemus().len() == 1, format!("QEMUs: {:?}", s.qemus()))?;
+    // The QEMU is labctl's own when it has one (`vm install-qemu`), else
+    // the system's.
+    let exe = std::fs::read_link(format!("/proc/{}/exe", s.qemus()[0]))?;
+    match labctl::vm::qemu::binary() {
+        Some(own) => ensure(exe == own, format!("QEMU {exe:?}, not labctl's {own:?}"))?,
+        None => ensure(
+            !exe.starts_with(labctl::vm::qemu::ROOT),
+            format!("QEMU {exe:?} though labctl's is not to be used"),
+        )?,
+    }
+    eprintln!("its QEMU: {}", exe.display());
 
     // Two labs at once: the agent takes both requests side by side.
     let (a, b) = (common::unique("sva"), common::unique("svb"));
