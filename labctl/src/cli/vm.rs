@@ -67,7 +67,8 @@ enum Sub {
     },
     /// Where KVM is not usable, fetch the newer QEMU of the host's Debian
     /// release's backports into labctl's own directory, for VMs to boot
-    /// with (its software emulation is much faster); idempotent. Nothing
+    /// with (under software emulation it starts processes about 1.5 times
+    /// as fast); idempotent. Nothing
     /// is fetched when KVM is usable, the host is not Debian or the
     /// system's QEMU is as new. `LABCTL_QEMU=system` boots with the
     /// system's QEMU anyway.
@@ -119,6 +120,9 @@ fn install_qemu(quiet: bool) -> Result {
                     vm::qemu::ROOT,
                     if fetched { "" } else { " (installed already)" }
                 );
+                if vm::qemu::binary().is_none() {
+                    println!("(but with the system's while LABCTL_QEMU=system)");
+                }
             }
         }
     }

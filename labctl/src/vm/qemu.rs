@@ -49,8 +49,8 @@ pub fn binary() -> Option<PathBuf> {
     if std::env::var("LABCTL_QEMU").is_ok_and(|v| v == "system") {
         return None;
     }
-    let bin = Path::new(ROOT).join("usr/bin/qemu-system-x86_64");
-    (bin.is_file() && Path::new(ROOT).join(VERSION_FILE).is_file()).then_some(bin)
+    installed()?;
+    Some(Path::new(ROOT).join("usr/bin/qemu-system-x86_64"))
 }
 
 /// vng's `--qemu-opts` for labctl's QEMU. Its firmware first: the BIOS
@@ -70,6 +70,16 @@ pub fn options() -> String {
 
 /// Written last by [`install`]: the Debian version unpacked.
 const VERSION_FILE: &str = "labctl-version";
+
+/// The Debian version of labctl's QEMU, when it has one.
+fn installed() -> Option<String> {
+    let root = Path::new(ROOT);
+    if !root.join("usr/bin/qemu-system-x86_64").is_file() {
+        return None;
+    }
+    let v = fs::read_to_string(Path::new(ROOT).join(VERSION_FILE)).ok()?;
+    Some(v.trim().to_string())
+}
 
 /// What [`install`] decided.
 #[derive(Debug, PartialEq, Eq)]
@@ -106,10 +116,19 @@ pub fn install(progress: &dyn Fn(&str)) -> Result<Choice, VmError> {
     let apt = Apt::new(&codename)?;
     if !apt.lists_fresh() {
         progress(&format!("reading {codename}-backports' package lists"));
-        run(
+        let updated = run(
             "apt-get update",
             &mut apt.command("apt-get", &["update", "-q"]),
-        )?;
+        );
+        // Offline, say: a QEMU fetched before stays in use.
+        if let (Err(e), Some(version)) = (&updated, installed()) {
+            progress(&format!("{e}; keeping QEMU {version}"));
+            return Ok(Choice::Own {
+                version,
+                fetched: false,
+            });
+        }
+        updated?;
     }
     let madison = run(
         "apt-cache madison qemu-system-x86",
@@ -126,7 +145,7 @@ pub fn install(progress: &dyn Fn(&str)) -> Result<Choice, VmError> {
         )));
     }
     let root = Path::new(ROOT);
-    if fs::read_to_string(root.join(VERSION_FILE)).is_ok_and(|v| v.trim() == newer) {
+    if installed().is_some_and(|v| v == newer) {
         return Ok(Choice::Own {
             version: newer,
             fetched: false,
