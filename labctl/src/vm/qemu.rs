@@ -77,7 +77,7 @@ fn installed() -> Option<String> {
     if !root.join("usr/bin/qemu-system-x86_64").is_file() {
         return None;
     }
-    let v = fs::read_to_string(Path::new(ROOT).join(VERSION_FILE)).ok()?;
+    let v = fs::read_to_string(root.join(VERSION_FILE)).ok()?;
     Some(v.trim().to_string())
 }
 
@@ -140,6 +140,11 @@ pub fn install(progress: &dyn Fn(&str)) -> Result<Choice, VmError> {
         )));
     };
     if !dpkg_newer(&newer, &system)? {
+        // The system caught up: a copy fetched before (it has our version
+        // file) would be the older.
+        if installed().is_some() {
+            let _ = fs::remove_dir_all(ROOT);
+        }
         return Ok(Choice::System(format!(
             "the system's QEMU {system} is as new as {codename}-backports' {newer}"
         )));
