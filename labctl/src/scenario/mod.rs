@@ -96,7 +96,7 @@ mod tests {
 
     use super::checks::matches;
     use super::report::flow_text;
-    use super::run::{QUIET, SETTLE_MAX, last_acks, quiet_window, request};
+    use super::run::{QUIET, SETTLE_MAX, quiet_window, request};
     use crate::observe::capture::{Flow, Mac, Proto};
     use crate::traffic::Kind;
 
@@ -155,17 +155,6 @@ mod tests {
             mtu: None,
             mac: None,
         }
-    }
-
-    #[test]
-    fn only_last_ack_sockets_are_counted() {
-        let listing = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 00000000:0050 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0000000000000000 100 0 0 10 0
-   1: A360AC17:0050 1760AC17:C350 09 00000000:00000001 01:00000014 00000002     0        0 0 2 0000000000000000 20 4 0 10 -1
-   2: A360AC17:0050 1760AC17:C351 06 00000000:00000000 03:00001770 00000000     0        0 0 3 0000000000000000
-";
-        assert_eq!(last_acks(listing), 1);
-        assert_eq!(last_acks(listing.lines().next().unwrap()), 0);
     }
 
     #[test]

@@ -40,45 +40,6 @@ pub(super) const QUIET: Duration = Duration::from_millis(30);
 /// lab that never goes quiet.
 pub(super) const SETTLE_MAX: Duration = Duration::from_millis(300);
 
-/// The longest a scenario waits for its connections to finish closing
-/// (see [`wait_closed`]).
-pub(super) const CLOSE_MAX: Duration = Duration::from_secs(1);
-
-/// Wait, at most `most`, until no TCP socket in the namespaces `names`
-/// is in LAST_ACK: the side that closed second has sent its FIN and waits
-/// for the last ACK. The client returns once that FIN is in
-/// (`traffic::close`) and the kernel sends the ACK at once, but under a
-/// loaded VM the ACK can sit in a deferred softirq past the quiet window;
-/// the next scenario's resets (IPVS connections, conntrack) then cut it
-/// off, the FIN is sent again and lands in that scenario's flushed
-/// conntrack. A namespace that cannot be read is not waited for.
-fn wait_closed(names: &[String], most: Duration) {
-    let deadline = Instant::now() + most;
-    let mut waiting: Vec<&String> = names.iter().collect();
-    while !waiting.is_empty() && Instant::now() < deadline {
-        waiting.retain(|ns| {
-            crate::sys::in_netns(ns, || {
-                std::fs::read_to_string("/proc/thread-self/net/tcp")
-                    .is_ok_and(|t| last_acks(&t) > 0)
-            })
-            .unwrap_or(false)
-        });
-        if !waiting.is_empty() {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-/// How many sockets of a `/proc/net/tcp` listing are in LAST_ACK (state
-/// 09, the kernel's `TCP_LAST_ACK`).
-pub(super) fn last_acks(listing: &str) -> usize {
-    listing
-        .lines()
-        .skip(1)
-        .filter(|l| l.split_whitespace().nth(3) == Some("09"))
-        .count()
-}
-
 /// How long the lab must be quiet to end the scenario's capture. A packet
 /// held by netem is in no tap until it leaves the qdisc (taps see what a
 /// device sends, after its qdisc): each netem delay, with its jitter, is
@@ -292,9 +253,6 @@ pub fn run(
     let outcome = traffic::run_client(&sender.name, &request(sc));
     let client_done = Instant::now();
     timings.traffic = client_done - client_at;
-    // The taps run on while a connection finishes closing, so its last
-    // ACK is this scenario's, not the next one's.
-    wait_closed(&names, CLOSE_MAX);
     let packets = taps.stop_when_quiet(quiet_window(&sc.link_changes), SETTLE_MAX);
     let captured = Instant::now();
     timings.capture = captured - client_done;
