@@ -3,8 +3,9 @@
 //! Without KVM every VM instruction is translated by QEMU's TCG, and how
 //! fast that is depends on QEMU's version far more than on anything labctl
 //! does: on a 2-core host, the process start-ups that fill a VM lab's
-//! work (an `ip`, a `labctl`, a shell) take 0.6 times as long under
-//! Debian 12's QEMU 10 from bookworm-backports as under its own QEMU 7.2
+//! work (an `ip`, a `labctl`, a shell) take about two thirds as long
+//! under Debian 12's QEMU 10 from bookworm-backports as under its own
+//! QEMU 7.2; a whole Flannel run inside one `labctl` gains less, 1.07x
 //! (`cargo bench -p labctl --bench vm -- qemu` prints both). So where KVM
 //! is not usable, the host is Debian, and its release's backports archive
 //! has a newer QEMU than the one installed, [`install`] fetches that
