@@ -20,14 +20,16 @@
 //! `tcpdump -r` open.
 //!
 //! One thread polls all the taps of a capture; it stops when asked, or
-//! once the lab has been quiet for a while ([`MultiCapture::stop_when_quiet`],
-//! how a scenario ends instead of a fixed wait), and closes its taps in
-//! the background ([`wait_closed`]).
+//! once the lab has been quiet for a while and no TCP close is half-way
+//! across a tap ([`MultiCapture::stop_when_quiet`], how a scenario ends
+//! instead of a fixed wait; see [`Closes`]), and closes its taps in the
+//! background ([`wait_closed`]).
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::File;
 use std::io::{self, BufWriter, IoSliceMut};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
@@ -74,6 +76,11 @@ const ETH_P_8021Q: u16 = 0x8100;
 
 /// How long [`timestamps_switched_on`] waits for its datagram each try.
 const POLL_MS: u16 = 50;
+
+/// The longest [`MultiCapture::stop_when_quiet`] runs on, past its quiet
+/// window and its bound, while a TCP close is half-way across a tap (see
+/// [`Closes`]).
+pub const CLOSE_MAX: Duration = Duration::from_secs(1);
 
 /// Which way a packet crossed the interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -145,8 +152,10 @@ impl MultiCapture {
 
     /// Stop once the lab is quiet: no tap has seen a packet for `quiet`,
     /// counted from this call or from the last packet, whichever is later;
-    /// at the latest `most` after this call. Returns the packets in
-    /// timestamp order.
+    /// at the latest `most` after this call. While a tap has seen a TCP
+    /// FIN cross it and not yet the ACK for it cross back (see [`Closes`]),
+    /// the lab is not quiet, up to [`CLOSE_MAX`] after this call. Returns
+    /// the packets in timestamp order.
     pub fn stop_when_quiet(self, quiet: Duration, most: Duration) -> Vec<Packet> {
         self.inner.finish(quiet, most)
     }
@@ -176,6 +185,8 @@ struct TapSpec {
 
 /// One bound AF_PACKET socket.
 struct Tap {
+    /// Its place among the capture's taps, for [`Closes`].
+    id: usize,
     netns: String,
     ifname: String,
     ifindex: u32,
@@ -189,8 +200,11 @@ struct Finish {
     asked: Instant,
     /// Stop after this long without a packet (since `asked` at first).
     quiet: Duration,
-    /// Stop at this time whatever the taps see.
+    /// Stop at this time whatever the taps see, unless a close is still
+    /// half-way (see [`Closes`]).
     latest: Instant,
+    /// Stop at this time whatever the taps see.
+    closing: Instant,
 }
 
 /// The capture thread and how to stop it.
@@ -267,11 +281,18 @@ impl Running {
     fn ask(&self, quiet: Duration, most: Duration) {
         let asked = Instant::now();
         let mut finish = self.finish.lock().unwrap_or_else(|e| e.into_inner());
+        // A capture stopped at once does not wait for closes.
+        let closing = if quiet.is_zero() {
+            most
+        } else {
+            most.max(CLOSE_MAX)
+        };
         if finish.is_none() {
             *finish = Some(Finish {
                 asked,
                 quiet,
                 latest: asked + most,
+                closing: asked + closing,
             });
         }
         // One datagram on a fresh socket pair: never blocks.
@@ -396,6 +417,9 @@ fn open_all(specs: &[TapSpec]) -> io::Result<Vec<Tap>> {
             io::Error::new(e.kind(), format!("capture in netns {}: {e}", spec.netns))
         })?);
     }
+    for (id, tap) in taps.iter_mut().enumerate() {
+        tap.id = id;
+    }
     Ok(taps)
 }
 
@@ -426,6 +450,7 @@ fn open_in(spec: &TapSpec) -> io::Result<Vec<Tap>> {
             continue;
         }
         taps.push(Tap {
+            id: 0,
             netns: spec.netns.clone(),
             fd: open_tap(ifindex)
                 .map_err(|e| io::Error::new(e.kind(), format!("{ifname}: {e}")))?,
@@ -471,13 +496,18 @@ fn run(taps: &mut Vec<Tap>, woken: &UnixDatagram, asked: &Mutex<Option<Finish>>)
     let mut cmsg = nix::cmsg_space!(TimeSpec, [u8; AUXDATA_LEN]);
     // When a drain last found packets.
     let mut last_packet: Option<Instant> = None;
+    let mut closes = Closes::default();
     loop {
         let finish = *asked.lock().unwrap_or_else(|e| e.into_inner());
         let timeout = match finish {
             None => PollTimeout::NONE,
             Some(f) => {
                 let quiet_from = last_packet.map_or(f.asked, |t| t.max(f.asked));
-                let end = (quiet_from + f.quiet).min(f.latest);
+                let mut end = (quiet_from + f.quiet).min(f.latest);
+                if closes.half_way() {
+                    // Woken by the packet that finishes it, or at the bound.
+                    end = end.max(f.closing);
+                }
                 let left = end.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     taps.retain(|tap| drain(tap, &mut buf, &mut cmsg, &mut packets));
@@ -505,7 +535,14 @@ fn run(taps: &mut Vec<Tap>, woken: &UnixDatagram, asked: &Mutex<Option<Finish>>)
         // Read every socket until it is empty: cheap, and nothing is missed
         // between the poll and the drain.
         let before = packets.len();
-        taps.retain(|tap| drain(tap, &mut buf, &mut cmsg, &mut packets));
+        taps.retain(|tap| {
+            let from = packets.len();
+            let kept = drain(tap, &mut buf, &mut cmsg, &mut packets);
+            for p in &packets[from..] {
+                closes.note(tap.id, p);
+            }
+            kept
+        });
         if packets.len() > before {
             last_packet = Some(Instant::now());
         }
@@ -513,6 +550,104 @@ fn run(taps: &mut Vec<Tap>, woken: &UnixDatagram, asked: &Mutex<Option<Finish>>)
             return packets;
         }
     }
+}
+
+/// TCP closes half-way across the taps: a FIN that crossed a tap whose ACK
+/// has not yet crossed back.
+///
+/// A scenario's client returns once its connection is closed from its own
+/// side (`traffic::close`), but the last segment of the close, the ACK of
+/// the FIN sent second, can still be in flight; on a loaded machine it can
+/// sit in a deferred softirq past the quiet window. Cut off there, it is
+/// lost to the next scenario's resets (IPVS connections, conntrack), and
+/// the peer, still in LAST_ACK, sends its FIN again into that scenario.
+/// Read from the packets the taps see anyway, so an ordinary scenario pays
+/// nothing for it. A tap that has seen only one direction of a connection
+/// (an asymmetric path) cannot see its ACK, and does not hold the capture.
+#[derive(Debug, Default)]
+pub(crate) struct Closes {
+    /// Each direction of each connection a tap has seen: (tap, src, dst).
+    seen: HashSet<(usize, SocketAddr, SocketAddr)>,
+    /// FINs across a tap not yet acknowledged across it: (tap, src, dst)
+    /// -> the acknowledgement number that covers the FIN.
+    fins: HashMap<(usize, SocketAddr, SocketAddr), u32>,
+}
+
+impl Closes {
+    /// Take note of a packet tap `tap` saw.
+    pub(crate) fn note(&mut self, tap: usize, p: &Packet) {
+        let Some(s) = tcp_segment(p) else { return };
+        let (here, back) = ((tap, s.src, s.dst), (tap, s.dst, s.src));
+        self.seen.insert(here);
+        if s.rst {
+            self.fins.remove(&here);
+            self.fins.remove(&back);
+            return;
+        }
+        if let Some(ack) = s.ack
+            && let Some(&wanted) = self.fins.get(&back)
+            && ack.wrapping_sub(wanted) as i32 >= 0
+        {
+            self.fins.remove(&back);
+        }
+        if let Some(end) = s.fin_end {
+            self.fins.insert(here, end);
+        }
+    }
+
+    /// Whether a FIN crossed a tap that has seen the connection's other
+    /// direction, and its ACK has not crossed back yet.
+    pub(crate) fn half_way(&self) -> bool {
+        self.fins
+            .keys()
+            .any(|&(tap, src, dst)| self.seen.contains(&(tap, dst, src)))
+    }
+}
+
+/// What [`Closes`] reads from a TCP segment.
+struct Segment {
+    src: SocketAddr,
+    dst: SocketAddr,
+    /// With FIN: the sequence number just past it, which its ACK carries.
+    fin_end: Option<u32>,
+    /// With ACK: the acknowledgement number.
+    ack: Option<u32>,
+    rst: bool,
+}
+
+/// The TCP segment a packet carries, not looking into tunnels (the taps
+/// at each end see it plain). `None` for anything else, or a packet cut
+/// short.
+fn tcp_segment(p: &Packet) -> Option<Segment> {
+    let sliced = match p.link_type {
+        ARPHRD_NONE => SlicedPacket::from_ip(&p.data).ok()?,
+        _ => SlicedPacket::from_ethernet(&p.data).ok()?,
+    };
+    let (src, dst): (IpAddr, IpAddr) = match sliced.net.as_ref()? {
+        NetSlice::Ipv4(ip) => (
+            ip.header().source_addr().into(),
+            ip.header().destination_addr().into(),
+        ),
+        NetSlice::Ipv6(ip) => (
+            ip.header().source_addr().into(),
+            ip.header().destination_addr().into(),
+        ),
+        NetSlice::Arp(_) => return None,
+    };
+    let Some(TransportSlice::Tcp(tcp)) = &sliced.transport else {
+        return None;
+    };
+    // A FIN takes one sequence number after the payload (RFC 9293 3.4).
+    let len = u32::try_from(tcp.payload().len()).ok()?;
+    Some(Segment {
+        src: SocketAddr::new(src, tcp.source_port()),
+        dst: SocketAddr::new(dst, tcp.destination_port()),
+        fin_end: tcp
+            .fin()
+            .then(|| tcp.sequence_number().wrapping_add(len).wrapping_add(1)),
+        ack: tcp.ack().then(|| tcp.acknowledgment_number()),
+        rst: tcp.rst(),
+    })
 }
 
 /// Read all queued frames of one tap. False when the socket is broken and
@@ -1128,6 +1263,73 @@ mod tests {
             orig_len: data.len() as u32,
             data,
         }
+    }
+
+    /// A TCP segment from `src` to `dst` (ports 40000 and 80 swapped to
+    /// match) with `flags` among "SFAR", sequence `seq`, ack `ack`.
+    fn tcp(from_client: bool, flags: &str, seq: u32, ack: u32, payload: &[u8]) -> Packet {
+        let (src, dst, sport, dport) = if from_client {
+            ([10, 0, 0, 1], [10, 0, 0, 2], 40000, 80)
+        } else {
+            ([10, 0, 0, 2], [10, 0, 0, 1], 80, 40000)
+        };
+        let mut b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4(src, dst, 64)
+            .tcp(sport, dport, seq, 1000);
+        for f in flags.chars() {
+            b = match f {
+                'S' => b.syn(),
+                'F' => b.fin(),
+                'A' => b.ack(ack),
+                'R' => b.rst(),
+                _ => unreachable!(),
+            };
+        }
+        let mut out = Vec::new();
+        b.write(&mut out, payload).unwrap();
+        packet(out)
+    }
+
+    #[test]
+    fn a_close_is_half_way_until_the_fin_is_acked_across_the_same_tap() {
+        let mut c = Closes::default();
+        c.note(0, &tcp(true, "S", 100, 0, b""));
+        c.note(0, &tcp(false, "SA", 500, 101, b""));
+        c.note(0, &tcp(true, "A", 101, 501, b""));
+        assert!(!c.half_way());
+        // The client's FIN after 5 bytes: its ACK must say 107.
+        c.note(0, &tcp(true, "FA", 101, 501, b"hello"));
+        assert!(c.half_way());
+        c.note(0, &tcp(false, "A", 501, 106, b""));
+        assert!(c.half_way(), "an ACK short of the FIN does not cover it");
+        c.note(0, &tcp(false, "FA", 501, 107, b""));
+        assert!(c.half_way(), "the server's FIN waits for the last ACK");
+        // The last ACK crosses another tap first: this one still waits.
+        c.note(1, &tcp(false, "FA", 501, 107, b""));
+        c.note(1, &tcp(true, "A", 107, 502, b""));
+        assert!(c.half_way());
+        c.note(0, &tcp(true, "A", 107, 502, b""));
+        assert!(!c.half_way());
+    }
+
+    #[test]
+    fn a_reset_or_a_one_way_tap_holds_no_close() {
+        let mut c = Closes::default();
+        // Tap 2 sees only the server's side (an asymmetric path).
+        c.note(2, &tcp(false, "FA", 501, 107, b""));
+        assert!(!c.half_way());
+        c.note(3, &tcp(true, "A", 100, 501, b""));
+        c.note(3, &tcp(false, "FA", 501, 100, b""));
+        assert!(c.half_way());
+        c.note(3, &tcp(true, "R", 100, 0, b""));
+        assert!(!c.half_way());
+        // Sequence numbers wrap.
+        let mut c = Closes::default();
+        c.note(0, &tcp(false, "A", 9, 9, b""));
+        c.note(0, &tcp(true, "FA", u32::MAX, 9, b""));
+        assert!(c.half_way());
+        c.note(0, &tcp(false, "A", 9, 0, b""));
+        assert!(!c.half_way());
     }
 
     #[test]

@@ -32,7 +32,9 @@ use super::{Report, ScenarioError, is_ephemeral, path};
 /// program to wake: the client has its answer, the ICMP error or RST that
 /// ended it, or (TCP) the server's FIN, so only its last ACK is left (see
 /// `traffic::close`). Each hop of that takes microseconds; 30 ms leaves
-/// room for a softirq pushed to ksoftirqd on a loaded 2-core machine.
+/// room for a softirq pushed to ksoftirqd on a loaded 2-core machine, and
+/// a last ACK held longer still keeps the capture running (the taps wait
+/// for the ACK of every FIN they saw, see `capture::Closes`).
 pub(super) const QUIET: Duration = Duration::from_millis(30);
 
 /// The longest the taps keep running after the client: the fixed wait
