@@ -173,12 +173,33 @@ pub fn install_debian(progress: &dyn Fn(&str)) -> Result<Kernel, VmError> {
         progress(&format!("kernel {release} is already installed"));
         return Ok(k);
     }
+    if release == crate::features::kernel_release() {
+        return Err(VmError::Command {
+            what: format!("install kernel {release}"),
+            detail: "the host runs this kernel already: labs need no VM for it".into(),
+        });
+    }
+    let vmlinuz = Path::new("/boot").join(format!("vmlinuz-{release}"));
+    let modules = Path::new("/lib/modules").join(&release);
+    // Only what this install makes is replaced: a kernel or modules of that
+    // release put there by the system's packages are the system's.
+    if vmlinuz.exists() || modules.exists() {
+        return Err(VmError::Command {
+            what: format!("install kernel {release}"),
+            detail: format!(
+                "{} or {} is there already but not both with modules.dep; \
+                 install the package with `apt-get install {package}` instead",
+                vmlinuz.display(),
+                modules.display()
+            ),
+        });
+    }
     let cache = lib_dir().join("packages");
     fs::create_dir_all(&cache).map_err(io_err(format!("create {}", cache.display())))?;
     progress(&format!("downloading {package}"));
     run(
         &format!("apt-get download {package}"),
-        Command::new("apt-get")
+        apt_command("apt-get")
             .args(["download", "-q", &package])
             .current_dir(&cache),
     )?;
@@ -204,14 +225,6 @@ pub fn install_debian(progress: &dyn Fn(&str)) -> Result<Kernel, VmError> {
         "dpkg-deb -x",
         Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpack),
     )?;
-    let vmlinuz = Path::new("/boot").join(format!("vmlinuz-{release}"));
-    fs::copy(
-        unpack.join("boot").join(format!("vmlinuz-{release}")),
-        &vmlinuz,
-    )
-    .map_err(io_err(format!("install {}", vmlinuz.display())))?;
-    let modules = Path::new("/lib/modules").join(&release);
-    let _ = fs::remove_dir_all(&modules);
     fs::create_dir_all("/lib/modules").map_err(io_err("create /lib/modules"))?;
     run(
         "copy modules",
@@ -222,7 +235,25 @@ pub fn install_debian(progress: &dyn Fn(&str)) -> Result<Kernel, VmError> {
     )?;
     progress("running depmod");
     run("depmod", Command::new("depmod").args(["-a", &release]))?;
+    // Last: `kernels` lists a release once its vmlinuz is there.
+    fs::copy(
+        unpack.join("boot").join(format!("vmlinuz-{release}")),
+        &vmlinuz,
+    )
+    .map_err(io_err(format!("install {}", vmlinuz.display())))?;
     choose(Some(&release))
+}
+
+/// `apt-get` or `apt-cache` as labctl runs them: no questions, and a
+/// mirror that stops answering fails the call within about a minute
+/// instead of holding `./lab` for apt's default two.
+pub(crate) fn apt_command(tool: &str) -> Command {
+    let mut c = Command::new(tool);
+    c.args(["-o", "Acquire::http::Timeout=30"])
+        .args(["-o", "Acquire::https::Timeout=30"])
+        .args(["-o", "Acquire::Retries=1"])
+        .env("DEBIAN_FRONTEND", "noninteractive");
+    c
 }
 
 /// The host programs the VM runtime needs, with how to get them.

@@ -130,6 +130,7 @@ pub fn install(progress: &dyn Fn(&str)) -> Result<Choice, VmError> {
             });
         }
         updated?;
+        apt.lists_read();
     }
     let madison = run(
         "apt-cache madison qemu-system-x86",
@@ -155,6 +156,17 @@ pub fn install(progress: &dyn Fn(&str)) -> Result<Choice, VmError> {
         return Ok(Choice::Own {
             version: newer,
             fetched: false,
+        });
+    }
+    // Only a tree labctl installed (it carries the version file) is ever
+    // replaced or removed.
+    if root.exists() && !root.join(VERSION_FILE).is_file() {
+        return Err(VmError::Command {
+            what: format!("install QEMU {newer} in {ROOT}"),
+            detail: format!(
+                "{ROOT} is there but is not labctl's (no {VERSION_FILE} in it); \
+                 move it away, or set LABCTL_QEMU=system"
+            ),
         });
     }
     progress(&format!(
@@ -211,6 +223,9 @@ pub fn install(progress: &dyn Fn(&str)) -> Result<Choice, VmError> {
     })
 }
 
+/// Written in labctl's apt directory after each `apt-get update`.
+const LISTS_READ: &str = "lists-read";
+
 /// apt with a sources list, package lists and cache of labctl's own.
 struct Apt {
     dir: PathBuf,
@@ -232,20 +247,26 @@ impl Apt {
 
     /// Whether the package lists were read within a day (`./lab` runs
     /// [`install`] every time; it need not ask the archive every time).
+    /// Told by a stamp of labctl's own: apt gives the lists the archive's
+    /// dates, which can be days old the moment they are read.
     fn lists_fresh(&self) -> bool {
         let day = std::time::Duration::from_secs(24 * 3600);
-        fs::read_dir(self.dir.join("lists"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().ends_with("_InRelease"))
-            .filter_map(|e| e.metadata().ok()?.modified().ok()?.elapsed().ok())
-            .any(|age| age < day)
+        fs::metadata(self.dir.join(LISTS_READ))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age < day)
+    }
+
+    /// Stamp the lists as read now (best effort: without the stamp the next
+    /// call reads them again).
+    fn lists_read(&self) {
+        let _ = fs::write(self.dir.join(LISTS_READ), b"");
     }
 
     fn command(&self, tool: &str, args: &[&str]) -> Command {
         let d = |sub: &str| self.dir.join(sub).display().to_string();
-        let mut c = Command::new(tool);
+        let mut c = super::apt_command(tool);
         c.arg("-o")
             .arg(format!("Dir::Etc::sourcelist={}", d("sources.list")))
             .args(["-o", "Dir::Etc::sourceparts=/dev/null"])
@@ -256,8 +277,7 @@ impl Apt {
             // The downloads land in labctl's root-owned directory, which
             // apt's unprivileged download user may not write.
             .args(["-o", "APT::Sandbox::User=root"])
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive");
+            .args(args);
         c
     }
 }
