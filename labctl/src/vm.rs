@@ -658,6 +658,28 @@ impl Vm {
             .is_ok_and(|pgid| pgid.as_raw() as u32 == self.pid);
         named && leader && self.pid > 1
     }
+
+    /// The program the VM's QEMU runs (`/proc/PID/exe` of the
+    /// `qemu-system-*` process in its `vng`'s process group), once it
+    /// runs: labctl's own (see [`qemu`]) or the system's.
+    pub fn qemu_exe(&self) -> Option<PathBuf> {
+        if !self.process_is_ours() {
+            return None;
+        }
+        fs::read_dir("/proc")
+            .ok()?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|&pid| {
+                nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid as i32)))
+                    .is_ok_and(|g| g.as_raw() as u32 == self.pid)
+            })
+            .filter_map(|pid| fs::read_link(format!("/proc/{pid}/exe")).ok())
+            .find(|exe| {
+                exe.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("qemu-system"))
+            })
+    }
 }
 
 /// The file in a VM directory holding the lab's mark.

@@ -126,6 +126,10 @@ fn two_labs_share_one_vm() -> Result<(), Failed> {
         )?,
     }
     eprintln!("its QEMU: {}", exe.display());
+    ensure(
+        st["qemu"] == exe.to_string_lossy().as_ref(),
+        format!("`vm status` says its QEMU is {}, not {exe:?}", st["qemu"]),
+    )?;
 
     // Two labs at once: the agent takes both requests side by side.
     let (a, b) = (common::unique("sva"), common::unique("svb"));

@@ -2,6 +2,8 @@
 //! needing that kernel live in instead of booting their own
 //! ([`labctl::vm::shared`]).
 
+use std::path::PathBuf;
+
 use comfy_table::{Table, presets::NOTHING};
 use labctl::vm::{self, shared};
 use serde::Serialize;
@@ -234,6 +236,8 @@ fn stop(kernel: Option<&str>, all: bool, quiet: bool) -> Result {
 struct View {
     release: String,
     pid: Option<u32>,
+    /// The program its QEMU runs (labctl's own or the system's).
+    qemu: Option<PathBuf>,
     health: String,
     ready: bool,
     started: Option<u64>,
@@ -258,6 +262,7 @@ fn status(output: Format) -> Result {
                 Some((rec, health)) => View {
                     release,
                     pid: Some(rec.vm.pid),
+                    qemu: rec.vm.qemu_exe(),
                     ready: health == shared::Health::Ready,
                     health: health.to_string(),
                     started: Some(rec.started),
@@ -266,6 +271,7 @@ fn status(output: Format) -> Result {
                 None => View {
                     release,
                     pid: None,
+                    qemu: None,
                     ready: false,
                     health: "no record (a start was interrupted; `labctl vm stop` removes it)"
                         .into(),
@@ -288,11 +294,16 @@ fn status(output: Format) -> Result {
     }
     let mut t = Table::new();
     t.load_style(NOTHING)
-        .set_header(["KERNEL", "PID", "HEALTH", "LABS"]);
+        .set_header(["KERNEL", "PID", "QEMU", "HEALTH", "LABS"]);
     for v in views {
         t.add_row([
             v.release,
             v.pid.map_or("-".into(), |p| p.to_string()),
+            match &v.qemu {
+                Some(q) if q.starts_with(labctl::vm::qemu::ROOT) => "labctl's".into(),
+                Some(_) => "system's".into(),
+                None => "-".into(),
+            },
             v.health,
             if v.labs.is_empty() {
                 "-".into()
