@@ -35,6 +35,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     if let Some(reason) = reason {
         println!("cargo:warning=eBPF programs not built ({reason}); run ebpf/setup.sh");
+        if !skip {
+            // PATH unchanged, a bpf-linker installed after this build (by
+            // ebpf/setup.sh, into ~/.cargo/bin) would not be noticed and the
+            // placeholder kept: watch the directories it would land in
+            // (cargo compares the newest file in each).
+            for dir in env::split_paths(&env::var_os("PATH").unwrap_or_default()) {
+                if dir.is_absolute() && dir.is_dir() {
+                    println!("cargo:rerun-if-changed={}", dir.display());
+                }
+            }
+        }
         println!("cargo:rustc-env={SKIP_REASON}={reason}");
         // Always the empty placeholder: an object left in OUT_DIR by an
         // earlier build may be stale and must not be embedded.
