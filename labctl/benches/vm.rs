@@ -19,7 +19,14 @@
 //!   most of a VM lab's work under emulation) and the Flannel file's
 //!   up, scenarios and down in it.
 //!
-//! Run: `cargo bench -p labctl --bench vm [-- overhead|shared|idle|qemu]` (all
+//! - `warm`: the guest's tools started from the host's files over 9p
+//!   (`LABCTL_VM_WARM=0`) against moved into guest memory at boot
+//!   (`labctl::vm::warm`, the default), alternating, the same rows.
+//!
+//! `qemu` and `warm` also time the Flannel lab built in the VM by the bash
+//! script `labctl plan -o script` writes (a process per command).
+//!
+//! Run: `cargo bench -p labctl --bench vm [-- overhead|shared|idle|qemu|warm]` (all
 //! without a name; `LABCTL_BENCH_RUNS=N` repeats each, median shown).
 
 use std::path::PathBuf;
@@ -89,32 +96,52 @@ fn main() {
     if wants("qemu") {
         qemu(&kernel, &file);
     }
+    if wants("warm") {
+        let times = alternate(&kernel, &file, [("LABCTL_VM_WARM", "0"), ("", "")]);
+        println!();
+        println!(
+            "the guest's tools from the host's files (LABCTL_VM_WARM=0) against moved into \
+             guest memory at boot, median of {}",
+            runs()
+        );
+        print_rows(["from 9p", "warm", "9p/warm"], times);
+    }
 }
 
-/// The system's QEMU against labctl's, alternating.
-fn qemu(kernel: &str, file: &std::path::Path) {
-    let Some(own) = labctl::vm::qemu::binary() else {
-        println!(
-            "\nqemu: labctl has no QEMU of its own (`labctl vm install-qemu`); nothing to compare"
-        );
-        return;
+/// Per setting (an environment variable for `vm start`, none when
+/// empty), alternating run by run: a shared VM's boot, 20 commands in it
+/// right after, the Flannel file's up, run and down in it, and the same
+/// lab made by its bash script.
+fn alternate(
+    kernel: &str,
+    file: &std::path::Path,
+    settings: [(&str, &str); 2],
+) -> [[Vec<Duration>; 4]; 2] {
+    let stop = || {
+        let _ = labctl()
+            .args(["vm", "stop", "-q", "--kernel", kernel])
+            .output();
     };
-    let runs = runs();
-    // Per QEMU: boot, 20 commands, the Flannel file (up, run, down).
-    let mut times: [[Vec<Duration>; 3]; 2] = Default::default();
-    for _ in 0..runs {
-        for (i, which) in ["system", "own"].into_iter().enumerate() {
-            let stop = || {
-                let _ = labctl()
-                    .args(["vm", "stop", "-q", "--kernel", kernel])
-                    .output();
-            };
+    // The Flannel lab as a bash script of `ip` commands (hundreds of
+    // processes, as the objects trials run in the VM), where the guest
+    // reads it: the host's /tmp.
+    let script = std::env::temp_dir().join(format!("labctl-bench-{}.sh", std::process::id()));
+    let plan = labctl()
+        .args(["plan", "-o", "script", "--name", "bscript"])
+        .arg(file)
+        .output()
+        .expect("labctl plan");
+    assert!(plan.status.success(), "labctl plan -o script failed");
+    std::fs::write(&script, &plan.stdout).expect("write the script");
+    let mut times: [[Vec<Duration>; 4]; 2] = Default::default();
+    for _ in 0..runs() {
+        for (i, (var, value)) in settings.into_iter().enumerate() {
             stop();
-            // The QEMU is chosen at boot; the rest goes into that VM.
+            // Chosen at boot; the rest goes into that VM.
             let mut start = labctl();
             start.args(["vm", "start", "-q", "--kernel", kernel]);
-            if which == "system" {
-                start.env("LABCTL_QEMU", "system");
+            if !var.is_empty() {
+                start.env(var, value);
             }
             times[i][0].push(timed(&mut start));
             let t = Instant::now();
@@ -133,9 +160,57 @@ fn qemu(kernel: &str, file: &std::path::Path) {
             timed(labctl().args(["run", "--name", "bqemu"]).arg(file));
             timed(labctl().args(["down", "-q", "bqemu"]));
             times[i][2].push(t.elapsed());
+            let t = Instant::now();
+            timed(
+                labctl()
+                    .args(["vm", "exec", "--kernel", kernel, "--", "bash"])
+                    .arg(&script),
+            );
+            times[i][3].push(t.elapsed());
+            // Only the script's namespaces are in this VM: a shared VM of
+            // the bench's own, stopped next.
             stop();
         }
     }
+    let _ = std::fs::remove_file(&script);
+    times
+}
+
+/// `alternate`'s rows under `heads` (first, second, their ratio).
+fn print_rows(heads: [&str; 3], times: [[Vec<Duration>; 4]; 2]) {
+    let s = |d: Duration| format!("{:.1} s", d.as_secs_f64());
+    println!(
+        "{:<36} {:>10} {:>10} {:>13}",
+        "", heads[0], heads[1], heads[2]
+    );
+    let [a_times, b_times] = times;
+    let what = [
+        "shared VM boot (vm start)",
+        "20 x vm exec -- ip link show lo",
+        "flannel.yaml up, run, down",
+        "flannel.yaml's plan -o script by bash",
+    ];
+    for (n, w) in what.iter().enumerate() {
+        let (a, b) = (median(a_times[n].clone()), median(b_times[n].clone()));
+        println!(
+            "{w:<36} {:>10} {:>10} {:>12.2}x",
+            s(a),
+            s(b),
+            a.as_secs_f64() / b.as_secs_f64()
+        );
+    }
+}
+
+/// The system's QEMU against labctl's, alternating.
+fn qemu(kernel: &str, file: &std::path::Path) {
+    let Some(own) = labctl::vm::qemu::binary() else {
+        println!(
+            "\nqemu: labctl has no QEMU of its own (`labctl vm install-qemu`); nothing to compare"
+        );
+        return;
+    };
+    let runs = runs();
+    let times = alternate(kernel, file, [("LABCTL_QEMU", "system"), ("", "")]);
     let version = |q: Option<&std::path::Path>| {
         let bin = q.map_or_else(|| PathBuf::from("qemu-system-x86_64"), PathBuf::from);
         Command::new(bin)
@@ -150,32 +225,13 @@ fn qemu(kernel: &str, file: &std::path::Path) {
             })
             .unwrap_or_else(|| "?".into())
     };
-    let s = |d: Duration| format!("{:.1} s", d.as_secs_f64());
     println!();
     println!(
         "QEMU in the VM runtime, median of {runs}: system {} against labctl's {}",
         version(None),
         version(Some(&own))
     );
-    println!(
-        "{:<36} {:>10} {:>10} {:>13}",
-        "", "system", "labctl's", "system/own"
-    );
-    let [sys, own] = times;
-    let what = [
-        "shared VM boot (vm start)",
-        "20 x vm exec -- ip link show lo",
-        "flannel.yaml up, run, down",
-    ];
-    for (n, w) in what.iter().enumerate() {
-        let (a, b) = (median(sys[n].clone()), median(own[n].clone()));
-        println!(
-            "{w:<36} {:>10} {:>10} {:>12.2}x",
-            s(a),
-            s(b),
-            a.as_secs_f64() / b.as_secs_f64()
-        );
-    }
+    print_rows(["system", "labctl's", "system/own"], times);
 }
 
 /// Clock ticks (user and system) used so far by the processes of process

@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 pub mod channel;
 pub mod qemu;
 pub mod shared;
+pub mod warm;
 
 /// Why the VM runtime could not do something.
 #[derive(Debug, thiserror::Error)]
@@ -418,8 +419,15 @@ fn start_in(
     if let Some(ports) = channel::qemu_args(&dir) {
         cmd.arg(format!("--qemu-opts={ports}"));
     }
+    // `LABCTL_VM_WARM=0`: the guest starts every tool from the host's
+    // files (see [`warm`]), for a benchmark's baseline.
+    let cold = if std::env::var("LABCTL_VM_WARM").as_deref() == Ok("0") {
+        " --cold"
+    } else {
+        ""
+    };
     cmd.arg("--exec")
-        .arg(format!("{} __agent {}", exe.display(), dir.display()));
+        .arg(format!("{} __agent {}{cold}", exe.display(), dir.display()));
     cmd.stdin(Stdio::null())
         .stdout(console.try_clone().map_err(io_err("console log"))?)
         .stderr(console);
@@ -710,9 +718,23 @@ pub fn kill_group(pid: u32) {
 
 /// The agent inside the VM: serve requests in `dir` until `dir/shutdown`
 /// appears. Each request runs as its own `labctl` process, so requests run
-/// side by side.
-pub fn agent(dir: &Path) -> io::Result<()> {
+/// side by side. With `warm`, the tools labs run are first moved into the
+/// guest's memory ([`warm`]).
+pub fn agent(dir: &Path, warm: bool) -> io::Result<()> {
     let exe = std::env::current_exe()?;
+    // Beside the first requests: what starts before it is done reads the
+    // host's files as before.
+    if warm {
+        std::thread::spawn(|| {
+            let t = Instant::now();
+            let n = warm::warm();
+            // To the console log.
+            eprintln!(
+                "labctl agent: {n} files of the tools moved into guest memory in {:.2?}",
+                t.elapsed()
+            );
+        });
+    }
     let wake = std::sync::Arc::new(channel::Wake::default());
     for port in channel::guest_ports() {
         let (exe, wake) = (exe.clone(), wake.clone());

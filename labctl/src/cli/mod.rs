@@ -61,6 +61,9 @@ enum Command {
     #[command(name = "__agent", hide = true)]
     Agent {
         dir: PathBuf,
+        /// Leave the tools where they are (see `labctl::vm::warm`).
+        #[arg(long)]
+        cold: bool,
     },
     /// Inside a VM: run a command, for `labctl vm exec`.
     #[command(name = "__exec", hide = true)]
@@ -243,9 +246,8 @@ pub fn main() -> ExitCode {
         Command::Monitor(a) => monitor::run(a),
         Command::Netem(a) => netem::run(a),
         Command::Vm(a) => vm::run(a),
-        Command::Agent { dir } => {
-            labctl::vm::agent(&dir).map_err(|e| Failure::new(Exit::Failed, format!("agent: {e}")))
-        }
+        Command::Agent { dir, cold } => labctl::vm::agent(&dir, !cold)
+            .map_err(|e| Failure::new(Exit::Failed, format!("agent: {e}"))),
         Command::ExecIn { command } => {
             use std::os::unix::process::CommandExt;
             let err = std::process::Command::new(&command[0])
