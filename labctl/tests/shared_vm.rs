@@ -2,7 +2,8 @@
 //! once both go into it, no VM of their own (the agent serves both
 //! requests side by side); `down` of one leaves the other and the VM up;
 //! `labctl vm stop` stops it and leaves nothing: no QEMU, no directory,
-//! no record of the lab that was still inside.
+//! no record of the lab that was still inside. Its agent has moved the
+//! tools into guest memory meanwhile (`labctl::vm::warm`).
 //!
 //! The trial keeps its shared VM and lab records in directories of its
 //! own (`LABCTL_LIB_DIR`, `LABCTL_STATE_DIR`): the shared VM of `./lab
@@ -12,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use common::{ensure, ok, run, text};
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -228,6 +229,33 @@ fn two_labs_share_one_vm() -> Result<(), Failed> {
         format!("run in the shared VM: {}", text(&o)),
     )?;
     ensure(s.qemus().len() == 1, "`run` booted a VM")?;
+
+    // The agent moved the tools into guest memory (labctl::vm::warm) and
+    // said how many files it copied: `ip`, its libraries, the loader and
+    // the shells at least, unless the run asked for the cold VM.
+    if std::env::var("LABCTL_VM_WARM").as_deref() != Ok("0") {
+        let log = s.shared_dir().join("console.log");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let copied = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let n = text.lines().find_map(|l| {
+                l.strip_prefix("labctl agent: ")?
+                    .split_once(" files of the tools moved into guest memory")?
+                    .0
+                    .parse::<usize>()
+                    .ok()
+            });
+            if n.is_some() || Instant::now() > deadline {
+                break n;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        eprintln!("files moved into guest memory: {copied:?}");
+        ensure(
+            copied.is_some_and(|n| n >= 10),
+            format!("the agent moved {copied:?} files into guest memory (see {log:?})"),
+        )?;
+    }
 
     // `vm stop` with a lab still inside: nothing is left.
     ok(s.labctl().args(["vm", "stop", "-q", "--kernel", &kernel]))?;
