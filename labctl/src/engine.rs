@@ -452,7 +452,13 @@ pub fn down(lab: &str, wait: Option<Duration>) -> Result<DownReport, EngineError
     // cannot be named.
     let watch = wait.map(|_| watch(&t.held));
     let let_go = Instant::now();
-    drop(std::mem::take(&mut t.held));
+    // Last first: the kernel cleans the namespaces let go in a batch last
+    // queued first, and each one's cleanup walks the watch's table of ids
+    // (given in `held`'s order) until it finds its own; in this order it
+    // is the first there, not the last.
+    while let Some(ns) = t.held.pop() {
+        drop(ns);
+    }
     left.extend(t.left);
     if !t.errors.is_empty() {
         return Err(EngineError::Teardown(t.errors));

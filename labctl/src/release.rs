@@ -31,6 +31,15 @@
 //! ids see a namespace that something else still holds (a socket closing
 //! in it), which the sentinels alone would report released. 1,011
 //! namespaces: 0.8 s.
+//!
+//! `down` lets go of them in the reverse order of their ids: the kernel
+//! takes a batch last queued first, so each dying namespace's id is then
+//! the first in our table, not the last, and the walk stops there. `perf`
+//! of a 10,011-namespace `down --wait` (2 cores, load about 2): the table
+//! walks under `cleanup_net` were 3.2 % of all samples in the old order
+//! and are gone in the new; released 12.04 and 12.70 s against 12.00 and
+//! 11.20 s, alternating. Giving the ids still walks the table (`perf`:
+//! 2.6 %, before `down` lets go).
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{Down, ensure, fails_with, gate, labctl, ok, run, text, unique};
+use common::{Down, ensure, fails_with, gate, labctl, labctl_here, ok, run, text, unique};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 mod common;
@@ -154,6 +154,49 @@ fn flannel_up_ping_down() -> Result<(), Failed> {
     ensure(
         before == after,
         format!("host changed:\n--- before\n{before}\n--- after\n{after}"),
+    )
+}
+
+/// `down --wait` returns once the kernel has released the lab's
+/// namespaces, and says so; a namespace something else still holds (here
+/// this process, which `down` does not kill: it is the caller) is not
+/// released, and the wait fails saying how many are left.
+fn down_wait_waits_for_the_kernel() -> Result<(), Failed> {
+    let lab = unique("dw");
+    let _guard = Down(lab.clone());
+    ok(labctl_here()
+        .args(["up", "-q", "--name", &lab])
+        .args(flannel()))?;
+    let o = ok(labctl_here().args(["down", "--wait", &lab]))?;
+    let said = String::from_utf8_lossy(&o.stdout);
+    ensure(
+        said.contains("10 namespaces removed and released by the kernel"),
+        format!("`down --wait` said: {said}"),
+    )?;
+    ensure(
+        netns_of(&lab).is_empty(),
+        format!("left: {:?}", netns_of(&lab)),
+    )?;
+
+    let lab = unique("dh");
+    let _guard = Down(lab.clone());
+    ok(labctl_here()
+        .args(["up", "-q", "--name", &lab])
+        .args(flannel()))?;
+    let held = std::fs::File::open(format!("/run/netns/{lab}-centos"))?;
+    let r = labctl::engine::down(&lab, Some(std::time::Duration::from_secs(2)));
+    drop(held);
+    let err = match r {
+        Ok(_) => return Err("`down` with a wait returned though a namespace is held".into()),
+        Err(e) => e.to_string(),
+    };
+    ensure(
+        err.contains("1 of its namespaces still not released"),
+        format!("`down` with a wait said: {err}"),
+    )?;
+    ensure(
+        netns_of(&lab).is_empty(),
+        format!("left: {:?}", netns_of(&lab)),
     )
 }
 
@@ -808,6 +851,9 @@ fn main() {
         Trial::ignorable_test("flannel_up_ping_down", || gate(flannel_up_ping_down)),
         Trial::ignorable_test("served_ports_up_to_down", || gate(served_ports_up_to_down)),
         Trial::ignorable_test("two_labs_at_once", || gate(two_labs_at_once)),
+        Trial::ignorable_test("down_wait_waits_for_the_kernel", || {
+            gate(down_wait_waits_for_the_kernel)
+        }),
         Trial::ignorable_test("run_refuses_a_lab_built_otherwise", || {
             gate(run_refuses_a_lab_built_otherwise)
         }),
