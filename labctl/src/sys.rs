@@ -347,6 +347,16 @@ pub fn pids_in_netns(names: &[&str]) -> Vec<u32> {
     pids_holding(&ns_ids(names))
 }
 
+/// The pids of the processes alive now (those /proc lists; none when it
+/// cannot be read).
+pub fn pids() -> impl Iterator<Item = u32> {
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+}
+
 /// Processes that are in one of the namespaces `ids` (a thread inside) or
 /// hold one open (a descriptor of it, as a process has between opening a
 /// namespace and entering it). Works after the names are gone: a namespace
@@ -356,9 +366,6 @@ pub fn pids_holding(ids: &std::collections::HashSet<NsId>) -> Vec<u32> {
         return Vec::new();
     }
     let me = std::process::id();
-    let Ok(procs) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
     let holds = |dir: PathBuf, sub: Option<&str>| {
         fs::read_dir(dir).is_ok_and(|entries| {
             entries.flatten().any(|e| {
@@ -370,9 +377,7 @@ pub fn pids_holding(ids: &std::collections::HashSet<NsId>) -> Vec<u32> {
             })
         })
     };
-    let mut pids: Vec<u32> = procs
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+    let mut pids: Vec<u32> = pids()
         .filter(|&pid| pid != me)
         .filter(|pid| {
             // Threads and descriptors come and go while we look; a

@@ -287,9 +287,17 @@ pub fn check_tools() -> Result<(), VmError> {
 }
 
 fn in_path(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        || Path::new("/usr/sbin").join(tool).is_file()
+    find_tool(tool).is_some()
+}
+
+/// `tool` in PATH's directories or the sbin and bin ones, as a root shell
+/// finds it.
+pub(crate) fn find_tool(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
 }
 
 /// Whether to ask QEMU for KVM. `LABCTL_KVM=0` never and `LABCTL_KVM=1`
@@ -674,10 +682,7 @@ impl Vm {
         if !self.process_is_ours() {
             return None;
         }
-        fs::read_dir("/proc")
-            .ok()?
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        crate::sys::pids()
             .filter(|&pid| {
                 nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid as i32)))
                     .is_ok_and(|g| g.as_raw() as u32 == self.pid)

@@ -619,10 +619,7 @@ struct Segment {
 /// at each end see it plain). `None` for anything else, or a packet cut
 /// short.
 fn tcp_segment(p: &Packet) -> Option<Segment> {
-    let sliced = match p.link_type {
-        ARPHRD_NONE => SlicedPacket::from_ip(&p.data).ok()?,
-        _ => SlicedPacket::from_ethernet(&p.data).ok()?,
-    };
+    let sliced = sliced(p)?;
     let (src, dst): (IpAddr, IpAddr) = match sliced.net.as_ref()? {
         NetSlice::Ipv4(ip) => (
             ip.header().source_addr().into(),
@@ -951,9 +948,15 @@ pub fn summarize(p: &Packet) -> Option<Flow> {
 /// Like [`summarize`], with UDP to any of `vxlan_ports` decoded as VXLAN
 /// (a lab's devices may use another port: Cilium and Flannel use 8472).
 pub fn summarize_with(p: &Packet, vxlan_ports: &[u16]) -> Option<Flow> {
+    flow_of(&sliced(p)?, vxlan_ports)
+}
+
+/// A captured packet's headers, from IP on a link without an Ethernet
+/// header (`ARPHRD_NONE`: tun and similar), else from Ethernet.
+fn sliced(p: &Packet) -> Option<SlicedPacket<'_>> {
     match p.link_type {
-        ARPHRD_NONE => flow_of(&SlicedPacket::from_ip(&p.data).ok()?, vxlan_ports),
-        _ => ethernet_with(&p.data, vxlan_ports),
+        ARPHRD_NONE => SlicedPacket::from_ip(&p.data).ok(),
+        _ => SlicedPacket::from_ethernet(&p.data).ok(),
     }
 }
 

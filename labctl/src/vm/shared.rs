@@ -372,23 +372,19 @@ fn stop_locked(release: &str) -> Vec<String> {
 
 /// The `vng` process started for directory `dir`, if one runs.
 fn vng_of(dir: &Path) -> Option<u32> {
-    fs::read_dir("/proc")
-        .ok()?
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .find(|&pid| {
-            Vm {
-                dir: dir.to_path_buf(),
-                pid,
-                kernel: Kernel {
-                    release: String::new(),
-                    vmlinuz: PathBuf::new(),
-                    modules: PathBuf::new(),
-                },
-                shared: true,
-            }
-            .process_is_ours()
-        })
+    crate::sys::pids().find(|&pid| {
+        Vm {
+            dir: dir.to_path_buf(),
+            pid,
+            kernel: Kernel {
+                release: String::new(),
+                vmlinuz: PathBuf::new(),
+                modules: PathBuf::new(),
+            },
+            shared: true,
+        }
+        .process_is_ours()
+    })
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@
 //! Only files on an overlay are touched (the host's files stay as they
 //! were: the overlay's upper layer is guest memory); a copy is the guest's
 //! until the VM stops, so a tool the host upgrades meanwhile is still the
-//! old one inside. Written by hand: a `which`, an `ldd` read and a
+//! old one inside. Written by hand: a PATH lookup, an `ldd` read and a
 //! `utimensat`, nothing a crate would add to.
 
 use std::collections::BTreeSet;
@@ -41,22 +41,13 @@ const OVERLAYFS_MAGIC: u32 = 0x794c_7630;
 
 /// Copy the tools' files into the guest's overlays; returns how many were.
 pub fn warm() -> usize {
-    let path = std::env::var("PATH").unwrap_or_default();
-    let bins: Vec<PathBuf> = TOOLS.iter().filter_map(|t| which(t, &path)).collect();
+    let bins: Vec<PathBuf> = TOOLS.iter().filter_map(|t| super::find_tool(t)).collect();
     let mut files: BTreeSet<PathBuf> = bins.iter().cloned().collect();
     files.extend(ALSO.iter().map(PathBuf::from));
     if let Ok(o) = Command::new("ldd").args(&bins).output() {
         files.extend(ldd_paths(&String::from_utf8_lossy(&o.stdout)));
     }
     files.iter().filter(|f| copy_up(f)).count()
-}
-
-/// `tool` in `path`'s directories or the sbin ones, like a shell finds it.
-fn which(tool: &str, path: &str) -> Option<PathBuf> {
-    std::env::split_paths(path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .map(|d| d.join(tool))
-        .find(|p| p.is_file())
 }
 
 /// The absolute paths in `ldd`'s output: each library's (`NAME => PATH
