@@ -4,6 +4,8 @@
 # seed corpus fuzz/corpus/load is only read); a crash, hang or OOM leaves
 # its input in fuzz/artifacts/load and makes this script fail.
 #   fuzz/run.sh 120
+# `fuzz/run.sh --build` only builds the fuzz target (./lab test builds
+# everything before it starts the tests).
 set -euo pipefail
 
 seconds="${1:-60}"
@@ -15,6 +17,10 @@ fi
 if ! cargo +nightly --version >/dev/null 2>&1; then
     echo "fuzz/run.sh: needs the nightly toolchain (rustup toolchain install nightly)" >&2
     exit 1
+fi
+
+if [ "$seconds" = --build ]; then
+    exec cargo +nightly fuzz build load
 fi
 
 mkdir -p work/load
