@@ -42,10 +42,10 @@ use serde::{Deserialize, Serialize};
 use super::{Reply, VmError};
 
 /// How many sessions a VM serves at once. A shared VM serves every lab in
-/// it: with four, `./lab test`'s two lanes of test binaries (a `labctl
-/// run` per topology file and the objects trials' one long run beside
-/// the host binaries' VM labs) took all of them, and a `labctl status`
-/// waited its 30 s for a port and listed its lab's namespaces as `?`.
+/// it: with four, the test binaries run two at a time (a `labctl run`
+/// per topology file and the objects trials' one long run beside other
+/// binaries' VM labs) took all of them, and a `labctl status` waited its
+/// 30 s for a port and listed its lab's namespaces as `?`.
 pub const PORTS: usize = 8;
 
 /// The first bytes of every frame.
