@@ -162,11 +162,17 @@ fn flannel_up_ping_down() -> Result<(), Failed> {
 /// this process, which `down` does not kill: it is the caller) is not
 /// released, and the wait fails saying how many are left.
 fn down_wait_waits_for_the_kernel() -> Result<(), Failed> {
-    let lab = unique("dw");
-    let _guard = Down(lab.clone());
-    ok(labctl_here()
-        .args(["up", "-q", "--name", &lab])
-        .args(flannel()))?;
+    // The Flannel lab under a name of its own, taken down however the
+    // trial ends.
+    let up = |prefix: &str| -> Result<(String, Down), Failed> {
+        let lab = unique(prefix);
+        let guard = Down(lab.clone());
+        ok(labctl_here()
+            .args(["up", "-q", "--name", &lab])
+            .args(flannel()))?;
+        Ok((lab, guard))
+    };
+    let (lab, _guard) = up("dw")?;
     let o = ok(labctl_here().args(["down", "--wait", &lab]))?;
     let said = String::from_utf8_lossy(&o.stdout);
     ensure(
@@ -178,11 +184,7 @@ fn down_wait_waits_for_the_kernel() -> Result<(), Failed> {
         format!("left: {:?}", netns_of(&lab)),
     )?;
 
-    let lab = unique("dh");
-    let _guard = Down(lab.clone());
-    ok(labctl_here()
-        .args(["up", "-q", "--name", &lab])
-        .args(flannel()))?;
+    let (lab, _guard) = up("dh")?;
     let held = std::fs::File::open(format!("/run/netns/{lab}-centos"))?;
     let r = labctl::engine::down(&lab, Some(std::time::Duration::from_secs(2)));
     drop(held);
