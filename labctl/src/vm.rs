@@ -49,10 +49,19 @@ pub enum VmError {
     Io { what: String, source: io::Error },
     #[error("{what} failed: {detail}")]
     Command { what: String, detail: String },
-    #[error("the VM did not come up within {secs} s; its console is in {log}")]
-    BootTimeout { secs: u64, log: PathBuf },
-    #[error("the VM stopped (console: {log})")]
-    Gone { log: PathBuf },
+    #[error("the VM did not come up within {secs} s; its console is in {log}{last}")]
+    BootTimeout {
+        secs: u64,
+        log: PathBuf,
+        /// The console's last lines ([`console_tail`]), or empty.
+        last: String,
+    },
+    #[error("the VM stopped (console: {log}){last}")]
+    Gone {
+        log: PathBuf,
+        /// The console's last lines ([`console_tail`]), or empty.
+        last: String,
+    },
     #[error(
         "the VM's agent did not take the request within {secs} s (the VM is hung or still booting; console: {log})"
     )]
@@ -462,12 +471,39 @@ fn start_in(
         &exe,
     )
     .map_err(io_err("copy labctl for the VM"))?;
+    // A boot that dies before its agent is up is tried once more, said
+    // on stderr with the console's last lines: a QEMU or guest that fails
+    // now and then under emulation costs a user one more boot, not the
+    // run. A second death is the error.
+    let mut attempt = 1;
+    loop {
+        let vm = spawn(&dir, kernel, &exe)?;
+        on_spawn(&vm)?;
+        match wait_ready(&vm, kept_log) {
+            Err(VmError::Gone { last, .. }) if attempt < BOOT_ATTEMPTS => {
+                eprintln!("labctl: the VM stopped while it booted; booting it again{last}");
+                // Its QEMU too, should `vng` have gone without it.
+                kill_group(vm.pid);
+                attempt += 1;
+            }
+            r => return r.map(|()| vm),
+        }
+    }
+}
+
+/// How many times [`start_in`] boots a VM whose QEMU stops before its
+/// agent is up.
+const BOOT_ATTEMPTS: u32 = 2;
+
+/// Start `vng` for the VM in `dir` (labctl's copy at `exe`), its console
+/// to `dir/console.log` (a new file).
+fn spawn(dir: &Path, kernel: &Kernel, exe: &Path) -> Result<Vm, VmError> {
     let log = dir.join("console.log");
     let console = fs::File::create(&log).map_err(io_err("create the console log"))?;
     let mut cmd = vng(&kernel.release);
     // `down` recognises its VM by this argument before it signals the pid.
     cmd.arg(format!("--rwdir={}", dir.display()));
-    if let Some(ports) = channel::qemu_args(&dir) {
+    if let Some(ports) = channel::qemu_args(dir) {
         cmd.arg(format!("--qemu-opts={ports}"));
     }
     // `LABCTL_VM_WARM=0`: the guest starts every tool from the host's
@@ -488,31 +524,88 @@ fn start_in(
     cmd.process_group(0);
     let child = cmd.spawn().map_err(io_err("start vng"))?;
     let vm = Vm {
-        dir,
+        dir: dir.to_path_buf(),
         pid: child.id(),
         kernel: kernel.clone(),
         shared: false,
     };
     // The child is reaped by whoever waits for the pid later (`stop`).
     std::mem::forget(child);
-    on_spawn(&vm)?;
+    Ok(vm)
+}
+
+/// Wait for `vm`'s agent to say it is ready; the errors name `kept_log`,
+/// where the caller keeps the console when it stops the VM.
+fn wait_ready(vm: &Vm, kept_log: &Path) -> Result<(), VmError> {
     let ready = vm.dir.join("ready");
     let log = kept_log.to_path_buf();
     let limit = Duration::from_secs(180);
     let t = Instant::now();
     while !ready.exists() {
+        // The console is still in the directory: the caller moves it to
+        // `log` when it stops the VM.
+        let last = || console_tail(&vm.dir.join("console.log"));
         if !alive(vm.pid) {
-            return Err(VmError::Gone { log });
+            return Err(VmError::Gone { log, last: last() });
         }
         if t.elapsed() > limit {
             return Err(VmError::BootTimeout {
                 secs: limit.as_secs(),
                 log,
+                last: last(),
             });
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Ok(vm)
+    Ok(())
+}
+
+/// How many of the console's last lines a VM error quotes.
+const TAIL_LINES: usize = 12;
+
+/// The last [`TAIL_LINES`] lines of the console log at `path`, each on a
+/// line of its own after a heading, for an error that says the VM stopped
+/// or hung: a boot that fails in CI says why in the one message the user
+/// sees, before the directory with the log is gone. Empty when the log is
+/// missing or empty. At most the last 4 KiB are read; control characters
+/// (the guest's terminal escapes) are shown escaped.
+pub fn console_tail(path: &Path) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(4096)));
+    let mut buf = Vec::new();
+    let _ = f.take(4096).read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            l.chars()
+                .flat_map(|c| match c {
+                    '\t' => vec![' '],
+                    c if c.is_control() => c.escape_default().collect(),
+                    c => vec![c],
+                })
+                .collect()
+        })
+        .collect();
+    // A first line cut by the 4 KiB window is dropped, unless it is all.
+    let skip = usize::from(len > 4096 && lines.len() > 1);
+    let keep = &lines[skip..];
+    let keep = &keep[keep.len().saturating_sub(TAIL_LINES)..];
+    if keep.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("\n  its console's last lines:");
+    for l in keep {
+        out.push_str("\n    ");
+        out.push_str(l);
+    }
+    out
 }
 
 fn alive(pid: u32) -> bool {
@@ -613,8 +706,10 @@ impl Vm {
         let pickup = agent_wait();
         while !rc.exists() {
             if !alive(self.pid) {
+                let log = self.dir.join("console.log");
                 return Err(VmError::Gone {
-                    log: self.dir.join("console.log"),
+                    last: console_tail(&log),
+                    log,
                 });
             }
             if posted.exists() && t.elapsed() > pickup {
@@ -868,6 +963,40 @@ fn serve_one(exe: &Path, dir: &Path, id: &str, taken: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stopped_vm_quotes_its_consoles_last_lines() {
+        let dir = std::env::temp_dir().join(format!("labctl-tail-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("console.log");
+        assert_eq!(console_tail(&log), "", "no log, no quote");
+        fs::write(&log, "\n\n").unwrap();
+        assert_eq!(console_tail(&log), "", "blank lines are not quoted");
+        let mut text = String::new();
+        for n in 0..400 {
+            text.push_str(&format!("[ {n}.000000] line {n}\r\n"));
+        }
+        text.push_str("Kernel panic - \x1b[1mnot syncing\x1b[0m\n");
+        fs::write(&log, &text).unwrap();
+        let tail = console_tail(&log);
+        let lines: Vec<&str> = tail.strip_prefix('\n').expect("own line").lines().collect();
+        assert_eq!(lines[0], "  its console's last lines:");
+        assert_eq!(lines.len(), 1 + TAIL_LINES, "{tail}");
+        assert_eq!(lines[1], "    [ 389.000000] line 389");
+        assert_eq!(
+            lines[TAIL_LINES], "    Kernel panic - \\u{1b}[1mnot syncing\\u{1b}[0m",
+            "the terminal's escapes are shown, not sent"
+        );
+        let e = VmError::Gone {
+            log: log.clone(),
+            last: tail,
+        };
+        assert!(e.to_string().starts_with(&format!(
+            "the VM stopped (console: {})\n  its console's last lines:",
+            log.display()
+        )));
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn every_vm_keeps_unused_drivers_and_only_those_from_loading() {

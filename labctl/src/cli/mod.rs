@@ -505,6 +505,7 @@ mod tests {
         );
         let gone = VmError::Gone {
             log: "/x/console.log".into(),
+            last: String::new(),
         };
         assert_eq!(code(EngineError::Vm(gone)), 1);
         assert_eq!(

@@ -413,6 +413,7 @@ pub fn run(
     };
     let gone = || VmError::Gone {
         log: log.to_path_buf(),
+        last: super::console_tail(log),
     };
     let t = Instant::now();
     let session = session_id();
