@@ -395,7 +395,8 @@ fn bond_vlan_plan_is_ordered_as_the_kernel_requires() {
         &s.action,
         Action::AddVeth(veth::AddVeth { controller: Some(c), .. }) if c.name == "bond0"
     )));
-    let script = p.to_script();
+    // The commands, one a step (the script batches some of them).
+    let script = p.to_commands();
     for line in [
         "ip -n bond-vlan-server link add bond0 index 2 address 02:00:00:00:00:10 type bond mode active-backup miimon 100",
         "ip -n bond-vlan-server link set eth0 down && ip -n bond-vlan-server link set eth0 master bond0 && ip -n bond-vlan-server link set eth0 up",

@@ -162,6 +162,7 @@ fn run_script_showing(dir: &Path, script: &str, show: &str) -> Result<ScriptRun,
             other => return Err(format!("unknown log record {other:?}").into()),
         }
     }
+    let calls = expand_batches(calls)?;
     let mut left: Vec<String> = std::fs::read_dir(&work)?
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -173,6 +174,60 @@ fn run_script_showing(dir: &Path, script: &str, show: &str) -> Result<ScriptRun,
         calls,
         left,
     })
+}
+
+/// Each `ip -n NS -batch -` call as the `ip -n NS WORDS...` calls its
+/// lines are, split as iproute2 splits a batch line (`makeargs` after
+/// `getcmdline`): a `#` ends the line, words part at blanks, a word that
+/// starts with `'` or `"` runs to the next one of those; blank lines are
+/// skipped. An unterminated quote is an error, as it is to `ip`.
+fn expand_batches(calls: Vec<Call>) -> Result<Vec<Call>, Failed> {
+    let mut out = Vec::new();
+    for call in calls {
+        let (program, args) = (call.program.as_str(), call.args.as_slice());
+        let [n, ns, batch, dash] = args else {
+            out.push(call);
+            continue;
+        };
+        if program != "ip" || n != "-n" || batch != "-batch" || dash != "-" {
+            out.push(call);
+            continue;
+        }
+        let body = call
+            .stdin
+            .as_deref()
+            .ok_or("`ip -batch -` without its stdin")?;
+        for line in body.lines() {
+            let line = line.split('#').next().unwrap_or_default();
+            let mut words = vec!["-n".to_string(), ns.clone()];
+            let mut rest = line;
+            loop {
+                rest = rest.trim_start_matches([' ', '\t', '\r']);
+                let Some(first) = rest.chars().next() else {
+                    break;
+                };
+                if first == '\'' || first == '"' {
+                    let end = rest[1..]
+                        .find(first)
+                        .ok_or_else(|| format!("unterminated quote in batch line {line:?}"))?;
+                    words.push(rest[1..1 + end].to_string());
+                    rest = &rest[end + 2..];
+                } else {
+                    let end = rest.find([' ', '\t', '\r']).unwrap_or(rest.len());
+                    words.push(rest[..end].to_string());
+                    rest = &rest[end..];
+                }
+            }
+            if words.len() > 2 {
+                out.push(Call {
+                    program: "ip".into(),
+                    args: words,
+                    stdin: None,
+                });
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The words a topology could smuggle into a plan: a command substitution

@@ -55,7 +55,7 @@ impl Nftables {
 /// A heredoc delimiter that is no line of `body`: `EOF`, else `EOF1`,
 /// `EOF2`, ... A line of the body equal to the delimiter would end the
 /// heredoc there and the lines after it would run as commands.
-fn heredoc_delimiter(body: &str) -> String {
+pub(crate) fn heredoc_delimiter(body: &str) -> String {
     let taken = |d: &str| body.lines().any(|l| l.trim_end() == d);
     let mut delimiter = "EOF".to_string();
     let mut n = 0;
