@@ -568,12 +568,21 @@ const TAIL_LINES: usize = 12;
 /// or hung: a boot that fails in CI says why in the one message the user
 /// sees, before the directory with the log is gone. Empty when the log is
 /// missing or empty. At most the last 4 KiB are read; control characters
-/// (the guest's terminal escapes) are shown escaped.
+/// (the guest's terminal escapes) are shown escaped. The guest can write
+/// the VM's directory: a symlink there is not followed (nor read).
 pub fn console_tail(path: &Path) -> String {
     use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = fs::File::open(path) else {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(mut f) = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)
+    else {
         return String::new();
     };
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
+        return String::new();
+    }
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let _ = f.seek(SeekFrom::Start(len.saturating_sub(4096)));
     let mut buf = Vec::new();
@@ -991,6 +1000,14 @@ mod tests {
             log: log.clone(),
             last: tail,
         };
+        // Written by the guest's side too: a symlink or a FIFO there is
+        // not read.
+        let link = dir.join("link.log");
+        std::os::unix::fs::symlink(&log, &link).unwrap();
+        assert_eq!(console_tail(&link), "");
+        let fifo = dir.join("fifo.log");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert_eq!(console_tail(&fifo), "");
         assert!(e.to_string().starts_with(&format!(
             "the VM stopped (console: {})\n  its console's last lines:",
             log.display()
