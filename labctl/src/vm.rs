@@ -572,17 +572,9 @@ const TAIL_LINES: usize = 12;
 /// the VM's directory: a symlink there is not followed (nor read).
 pub fn console_tail(path: &Path) -> String {
     use std::io::{Read, Seek, SeekFrom};
-    use std::os::unix::fs::OpenOptionsExt;
-    let Ok(mut f) = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-        .open(path)
-    else {
+    let Ok(mut f) = open_in_vm_dir(path, false) else {
         return String::new();
     };
-    if !f.metadata().is_ok_and(|m| m.is_file()) {
-        return String::new();
-    }
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let _ = f.seek(SeekFrom::Start(len.saturating_sub(4096)));
     let mut buf = Vec::new();
@@ -615,6 +607,44 @@ pub fn console_tail(path: &Path) -> String {
         out.push_str(l);
     }
     out
+}
+
+/// Open a file in a VM's directory, which the guest writes too: never
+/// through a symlink (a link the guest left would aim the host's root at
+/// a host file), never waiting on a FIFO, and only a regular file.
+/// `write` creates or truncates it.
+fn open_in_vm_dir(path: &Path, write: bool) -> io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = fs::OpenOptions::new();
+    if write {
+        o.write(true).create(true).truncate(true).mode(0o644);
+    } else {
+        o.read(true);
+    }
+    let f = o
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
+    Ok(f)
+}
+
+/// [`fs::write`] into a VM's directory ([`open_in_vm_dir`]).
+fn write_in_vm_dir(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    open_in_vm_dir(path, true)?.write_all(bytes)
+}
+
+/// [`fs::read`] from a VM's directory ([`open_in_vm_dir`]).
+fn read_in_vm_dir(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    open_in_vm_dir(path, false)?.read_to_end(&mut out)?;
+    Ok(out)
 }
 
 fn alive(pid: u32) -> bool {
@@ -703,7 +733,7 @@ impl Vm {
             argv: argv.to_vec(),
         })
         .expect("request is JSON");
-        fs::write(&tmp, req).map_err(io_err("write a VM request"))?;
+        write_in_vm_dir(&tmp, &req).map_err(io_err("write a VM request"))?;
         let posted = self.dir.join(format!("{id}.req"));
         fs::rename(&tmp, &posted).map_err(io_err("post a VM request"))?;
         // The ports' lock files go there: only into a directory of ours.
@@ -737,7 +767,8 @@ impl Vm {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let read = |ext: &str| fs::read(self.dir.join(format!("{id}.{ext}"))).unwrap_or_default();
+        let read =
+            |ext: &str| read_in_vm_dir(&self.dir.join(format!("{id}.{ext}"))).unwrap_or_default();
         let code = String::from_utf8_lossy(&read("rc"))
             .trim()
             .parse()
@@ -755,8 +786,8 @@ impl Vm {
 
     /// The kernel release the agent reported.
     pub fn release(&self) -> String {
-        fs::read_to_string(self.dir.join("ready"))
-            .map(|s| s.trim().to_string())
+        read_in_vm_dir(&self.dir.join("ready"))
+            .map(|s| String::from_utf8_lossy(&s).trim().to_string())
             .unwrap_or_else(|_| self.kernel.release.clone())
     }
 
@@ -773,7 +804,7 @@ impl Vm {
         let dir_ours = dir_is_ours(&self.dir, Some(mark));
         let proc_ours = self.process_is_ours();
         if dir_ours {
-            let _ = fs::write(self.dir.join("shutdown"), "");
+            let _ = write_in_vm_dir(&self.dir.join("shutdown"), b"");
         }
         if proc_ours {
             let t = Instant::now();
@@ -1000,18 +1031,44 @@ mod tests {
             log: log.clone(),
             last: tail,
         };
-        // Written by the guest's side too: a symlink or a FIFO there is
-        // not read.
+        assert!(e.to_string().starts_with(&format!(
+            "the VM stopped (console: {})\n  its console's last lines:",
+            log.display()
+        )));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The guest writes the VM's directory too: what it leaves there (a
+    /// symlink to a host file, a FIFO) is never read, written through or
+    /// waited on by the host.
+    #[test]
+    fn the_vm_directory_is_used_only_through_regular_files() {
+        let dir = std::env::temp_dir().join(format!("labctl-vmdir-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("console.log");
+        fs::write(&log, "a line\n").unwrap();
         let link = dir.join("link.log");
         std::os::unix::fs::symlink(&log, &link).unwrap();
         assert_eq!(console_tail(&link), "");
         let fifo = dir.join("fifo.log");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
         assert_eq!(console_tail(&fifo), "");
-        assert!(e.to_string().starts_with(&format!(
-            "the VM stopped (console: {})\n  its console's last lines:",
-            log.display()
-        )));
+        // Nor is one written through: the host file behind it is intact.
+        let target = dir.join("host-file");
+        fs::write(&target, "keep").unwrap();
+        let planted = dir.join("shutdown");
+        std::os::unix::fs::symlink(&target, &planted).unwrap();
+        assert!(write_in_vm_dir(&planted, b"").is_err());
+        assert!(read_in_vm_dir(&planted).is_err());
+        assert_eq!(fs::read_to_string(&target).unwrap(), "keep");
+        assert!(
+            write_in_vm_dir(&fifo, b"x").is_err(),
+            "no reader: not waited for"
+        );
+        assert!(read_in_vm_dir(&fifo).is_err());
+        let plain = dir.join("x.rc");
+        write_in_vm_dir(&plain, b"0").unwrap();
+        assert_eq!(read_in_vm_dir(&plain).unwrap(), b"0");
         fs::remove_dir_all(&dir).unwrap();
     }
 
