@@ -640,7 +640,7 @@ fn write_in_vm_dir(path: &Path, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// [`fs::read`] from a VM's directory ([`open_in_vm_dir`]).
-fn read_in_vm_dir(path: &Path) -> io::Result<Vec<u8>> {
+pub(crate) fn read_in_vm_dir(path: &Path) -> io::Result<Vec<u8>> {
     use std::io::Read;
     let mut out = Vec::new();
     open_in_vm_dir(path, false)?.read_to_end(&mut out)?;
@@ -882,13 +882,11 @@ fn dir_is_ours(dir: &Path, mark: Option<&str>) -> bool {
     if !fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
         return false;
     }
-    let owner = dir.join(OWNER_FILE);
-    if !fs::symlink_metadata(&owner).is_ok_and(|m| m.is_file()) {
-        return false;
-    }
-    fs::read_to_string(&owner).is_ok_and(|text| match mark {
-        Some(mark) => text == mark,
-        None => text.starts_with("labctl:"),
+    // The guest can write the directory: a regular file, read without
+    // following a link or waiting on a FIFO swapped in meanwhile.
+    read_in_vm_dir(&dir.join(OWNER_FILE)).is_ok_and(|text| match mark {
+        Some(mark) => text == mark.as_bytes(),
+        None => text.starts_with(b"labctl:"),
     })
 }
 
@@ -1069,6 +1067,16 @@ mod tests {
         let plain = dir.join("x.rc");
         write_in_vm_dir(&plain, b"0").unwrap();
         assert_eq!(read_in_vm_dir(&plain).unwrap(), b"0");
+        // The mark that says the directory is labctl's: a link to a file
+        // that says so is not it.
+        let marked = dir.join("marked");
+        fs::create_dir_all(&marked).unwrap();
+        fs::write(dir.join("mark"), "labctl:x").unwrap();
+        std::os::unix::fs::symlink(dir.join("mark"), marked.join(OWNER_FILE)).unwrap();
+        assert!(!dir_is_ours(&marked, None));
+        fs::remove_file(marked.join(OWNER_FILE)).unwrap();
+        fs::write(marked.join(OWNER_FILE), "labctl:x").unwrap();
+        assert!(dir_is_ours(&marked, Some("labctl:x")) && !dir_is_ours(&marked, Some("labctl:y")));
         fs::remove_dir_all(&dir).unwrap();
     }
 

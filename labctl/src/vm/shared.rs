@@ -160,11 +160,8 @@ pub fn judge(rec: &Shared, release: &str, seen: &Seen) -> Health {
 
 /// The record in `dir`, when it is a plain file that parses.
 fn read_record(dir: &Path) -> Option<Shared> {
-    let path = dir.join(RECORD);
-    if !fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
-        return None;
-    }
-    serde_json::from_slice(&fs::read(path).ok()?).ok()
+    // A regular file only, never through a link (see `read_in_vm_dir`).
+    serde_json::from_slice(&super::read_in_vm_dir(&dir.join(RECORD)).ok()?).ok()
 }
 
 /// The shared VM of kernel `release` and its health, when it has a record.
