@@ -11,7 +11,9 @@
 //! [`NetnsGuard`]; a socket stays in the namespace it was made in, so it may
 //! be used after the thread leaves. Ping uses a raw ICMP socket: the
 //! unprivileged ICMP datagram socket is off in a fresh namespace
-//! (`net.ipv4.ping_group_range` is "1 0").
+//! (`net.ipv4.ping_group_range` is "1 0"). Clients and servers run on one
+//! CPU ([`sys::pin_traffic_thread`]), so their segments are never reordered
+//! between two CPUs' queues.
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -195,6 +197,8 @@ fn readable(fd: impl AsFd) -> bool {
 }
 
 fn serve_tcp(listener: TcpListener, ctx: Ctx) {
+    // Its connections' threads are spawned here and stay on its CPU too.
+    sys::pin_traffic_thread();
     let ctx = Arc::new(ctx);
     let _ = listener.set_nonblocking(true);
     let mut conns: Vec<JoinHandle<()>> = Vec::new();
@@ -274,6 +278,7 @@ fn looks_like_http(start: &[u8]) -> bool {
 }
 
 fn serve_udp(socket: UdpSocket, ctx: Ctx) {
+    sys::pin_traffic_thread();
     let _ = socket.set_read_timeout(Some(TICK));
     let mut buf = vec![0u8; 65536];
     while !ctx.stopping() {
@@ -425,7 +430,13 @@ pub enum Failure {
 /// Run one probe from inside `netns`, like `ip netns exec NETNS ping|curl|nc`.
 /// Never blocks longer than about `attempts * timeout`.
 pub fn run_client(netns: &str, req: &Request) -> Outcome {
-    match sys::in_netns(netns, || attempts(req)) {
+    // On the servers' CPU: see `sys::pin_traffic_thread`. The thread is
+    // this probe's own and ends with it.
+    let probe = || {
+        sys::pin_traffic_thread();
+        attempts(req)
+    };
+    match sys::in_netns(netns, probe) {
         Ok(outcome) => outcome,
         Err(e) => Outcome {
             attempts: 0,

@@ -213,6 +213,16 @@ fn tcp_refused_served_and_http_body() {
     );
     assert_eq!(ok.served_by.as_deref(), Some(ns.name(1)));
     assert_eq!(ok.client_seen, Some(http_local));
+    // The server has served: its thread runs on one CPU, as the clients do
+    // (`labctl::sys::pin_traffic_thread`).
+    let servers_cpus = server_threads_cpus();
+    assert!(!servers_cpus.is_empty());
+    for (thread, cpus) in servers_cpus {
+        assert!(
+            !cpus.contains(['-', ',']),
+            "{thread} may run on CPUs {cpus}"
+        );
+    }
 
     // The accept loop records before the connection thread runs; give the
     // plain connect a moment in case the close raced the accept.
@@ -224,6 +234,29 @@ fn tcp_refused_served_and_http_body() {
     assert!(seen.contains(&local), "{seen:?} lacks {local}");
     assert!(seen.contains(&http_local), "{seen:?} lacks {http_local}");
     servers.stop();
+}
+
+/// Each server thread of this process (`labctl-tcp-*`, `labctl-udp-*`)
+/// and the CPUs it may run on, as /proc lists them (`0`, `0-1`, `0,2`).
+fn server_threads_cpus() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_string())
+        };
+        if let (Some(thread), Some(cpus)) = (field("Name:"), field("Cpus_allowed_list:")) {
+            if thread.starts_with("labctl-tcp-") || thread.starts_with("labctl-udp-") {
+                out.push((thread, cpus));
+            }
+        }
+    }
+    out
 }
 
 /// A TCP client returns once the server has closed too: a capture stopped
