@@ -250,10 +250,10 @@ fn server_threads_cpus() -> Vec<(String, String)> {
                 .find_map(|l| l.strip_prefix(name))
                 .map(|v| v.trim().to_string())
         };
-        if let (Some(thread), Some(cpus)) = (field("Name:"), field("Cpus_allowed_list:")) {
-            if thread.starts_with("labctl-tcp-") || thread.starts_with("labctl-udp-") {
-                out.push((thread, cpus));
-            }
+        if let (Some(thread), Some(cpus)) = (field("Name:"), field("Cpus_allowed_list:"))
+            && (thread.starts_with("labctl-tcp-") || thread.starts_with("labctl-udp-"))
+        {
+            out.push((thread, cpus));
         }
     }
     out
