@@ -206,14 +206,11 @@ pub fn up(
         });
     }
     preflight(lab)?;
-    if !lab.services.is_empty() {
+    let modules = plan.modules();
+    if !modules.is_empty() {
         // IPVS and br_netfilter: the probe loads their modules (nothing
         // else would load br_netfilter) and sees them built in too.
-        use crate::features::{Feature, missing_message, probe};
-        let modules = [Feature::Ipvs, Feature::BrNetfilter]
-            .into_iter()
-            .filter(|f| *f != Feature::Ipvs || lab.uses_ipvs())
-            .collect();
+        use crate::features::{missing_message, probe};
         let probes = probe(&modules).map_err(|e| EngineError::Modules(e.to_string()))?;
         let missing: Vec<_> = probes.iter().filter(|p| !p.present).collect();
         if !missing.is_empty() {

@@ -48,6 +48,26 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The kernel modules to load before the steps run, which nothing
+    /// loads on demand for them: `br_netfilter` when a step writes one of
+    /// its `net.bridge.*` sysctls (an `ip` request loads veth, bridge or
+    /// vxlan by itself; a write under /proc/sys/net/bridge cannot), and
+    /// IPVS when a namespace gets an IPVS table (`ipvsadm` would load it,
+    /// but the probe says plainly when the kernel has none). `up` probes
+    /// and loads these ([`crate::features::probe`]) and the script starts
+    /// by loading `br_netfilter` ([`Plan::to_script`]): one rule for both.
+    pub fn modules(&self) -> std::collections::BTreeSet<crate::features::Feature> {
+        use crate::features::Feature;
+        self.steps
+            .iter()
+            .filter_map(|step| match &step.action {
+                Action::Sysctl(s) if s.key.starts_with("net.bridge.") => Some(Feature::BrNetfilter),
+                Action::IpvsTable(_) => Some(Feature::Ipvs),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The steps of one phase.
     pub fn phase(&self, phase: Phase) -> impl Iterator<Item = &Step> {
         self.steps.iter().filter(move |s| s.phase == phase)
