@@ -639,13 +639,34 @@ fn write_in_vm_dir(path: &Path, bytes: &[u8]) -> io::Result<()> {
     open_in_vm_dir(path, true)?.write_all(bytes)
 }
 
-/// [`fs::read`] from a VM's directory ([`open_in_vm_dir`]).
-pub(crate) fn read_in_vm_dir(path: &Path) -> io::Result<Vec<u8>> {
+/// [`fs::read`] from a VM's directory ([`open_in_vm_dir`]), at most
+/// `limit` bytes: the guest decides how big a file there is, so a file
+/// over it is an error, not memory the host hands out on the guest's say.
+pub(crate) fn read_in_vm_dir(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
     use std::io::Read;
     let mut out = Vec::new();
-    open_in_vm_dir(path, false)?.read_to_end(&mut out)?;
+    open_in_vm_dir(path, false)?
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut out)?;
+    if out.len() as u64 > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is over {limit} bytes", path.display()),
+        ));
+    }
     Ok(out)
 }
+
+/// The most [`read_in_vm_dir`] takes of a file of labctl's own making in a
+/// VM's directory (the owner mark, `ready`, a shared VM's record, a
+/// reply's exit code): each a line or a small JSON object.
+pub(crate) const SMALL_FILE: u64 = 64 << 10;
+
+/// The most [`Vm::call`] takes of a command's standard output or error
+/// in the VM: 256 MiB, about twenty times the largest output labctl
+/// makes for the largest lab it builds (`plan -o json` of 10,000 pods on
+/// 10 nodes is 13 MB, its text 7 MB), and still memory a host can hold.
+pub(crate) const REPLY_LIMIT: u64 = 256 << 20;
 
 fn alive(pid: u32) -> bool {
     // Reap it if it ended (it is our child when we started it).
@@ -767,26 +788,38 @@ impl Vm {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let read =
-            |ext: &str| read_in_vm_dir(&self.dir.join(format!("{id}.{ext}"))).unwrap_or_default();
-        let code = String::from_utf8_lossy(&read("rc"))
-            .trim()
-            .parse()
-            .unwrap_or(1);
-        let reply = Reply {
-            code,
-            stdout: read("out"),
-            stderr: read("err"),
+        // A missing file is no output; one over its limit is an error
+        // (see [`REPLY_LIMIT`]).
+        let read = |ext: &str, limit: u64| match read_in_vm_dir(
+            &self.dir.join(format!("{id}.{ext}")),
+            limit,
+        ) {
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => Err(VmError::Io {
+                what: format!("read the reply to `labctl {}`", argv.join(" ")),
+                source: e,
+            }),
+            r => Ok(r.unwrap_or_default()),
         };
+        let reply = (|| {
+            let code = String::from_utf8_lossy(&read("rc", SMALL_FILE)?)
+                .trim()
+                .parse()
+                .unwrap_or(1);
+            Ok(Reply {
+                code,
+                stdout: read("out", REPLY_LIMIT)?,
+                stderr: read("err", REPLY_LIMIT)?,
+            })
+        })();
         for ext in ["out", "err", "rc"] {
             let _ = fs::remove_file(self.dir.join(format!("{id}.{ext}")));
         }
-        Ok(reply)
+        reply
     }
 
     /// The kernel release the agent reported.
     pub fn release(&self) -> String {
-        read_in_vm_dir(&self.dir.join("ready"))
+        read_in_vm_dir(&self.dir.join("ready"), SMALL_FILE)
             .map(|s| String::from_utf8_lossy(&s).trim().to_string())
             .unwrap_or_else(|_| self.kernel.release.clone())
     }
@@ -884,7 +917,7 @@ fn dir_is_ours(dir: &Path, mark: Option<&str>) -> bool {
     }
     // The guest can write the directory: a regular file, read without
     // following a link or waiting on a FIFO swapped in meanwhile.
-    read_in_vm_dir(&dir.join(OWNER_FILE)).is_ok_and(|text| match mark {
+    read_in_vm_dir(&dir.join(OWNER_FILE), SMALL_FILE).is_ok_and(|text| match mark {
         Some(mark) => text == mark.as_bytes(),
         None => text.starts_with(b"labctl:"),
     })
@@ -1057,16 +1090,22 @@ mod tests {
         let planted = dir.join("shutdown");
         std::os::unix::fs::symlink(&target, &planted).unwrap();
         assert!(write_in_vm_dir(&planted, b"").is_err());
-        assert!(read_in_vm_dir(&planted).is_err());
+        assert!(read_in_vm_dir(&planted, SMALL_FILE).is_err());
         assert_eq!(fs::read_to_string(&target).unwrap(), "keep");
         assert!(
             write_in_vm_dir(&fifo, b"x").is_err(),
             "no reader: not waited for"
         );
-        assert!(read_in_vm_dir(&fifo).is_err());
+        assert!(read_in_vm_dir(&fifo, SMALL_FILE).is_err());
         let plain = dir.join("x.rc");
         write_in_vm_dir(&plain, b"0").unwrap();
-        assert_eq!(read_in_vm_dir(&plain).unwrap(), b"0");
+        assert_eq!(read_in_vm_dir(&plain, SMALL_FILE).unwrap(), b"0");
+        // A file over its limit is an error, one at it is read whole.
+        write_in_vm_dir(&plain, b"0123").unwrap();
+        assert_eq!(read_in_vm_dir(&plain, 4).unwrap(), b"0123");
+        let e = read_in_vm_dir(&plain, 3).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        assert!(e.to_string().contains("is over 3 bytes"), "{e}");
         // The mark that says the directory is labctl's: a link to a file
         // that says so is not it.
         let marked = dir.join("marked");

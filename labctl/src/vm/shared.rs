@@ -161,7 +161,7 @@ pub fn judge(rec: &Shared, release: &str, seen: &Seen) -> Health {
 /// The record in `dir`, when it is a plain file that parses.
 fn read_record(dir: &Path) -> Option<Shared> {
     // A regular file only, never through a link (see `read_in_vm_dir`).
-    serde_json::from_slice(&super::read_in_vm_dir(&dir.join(RECORD)).ok()?).ok()
+    serde_json::from_slice(&super::read_in_vm_dir(&dir.join(RECORD), super::SMALL_FILE).ok()?).ok()
 }
 
 /// The shared VM of kernel `release` and its health, when it has a record.
