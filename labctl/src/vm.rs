@@ -1099,13 +1099,22 @@ pub fn agent(dir: &Path, warm: bool) -> io::Result<()> {
 /// serial port would carry. Only in a virtme-ng guest (its PID 1 is
 /// `virtme-ng-init`): `__agent` run anywhere else changes nothing.
 fn quiet_console() {
-    let init = fs::read_to_string("/proc/1/comm").unwrap_or_default();
+    quiet_console_at(
+        Path::new("/proc/1/comm"),
+        Path::new("/proc/sys/kernel/printk"),
+    );
+}
+
+/// [`quiet_console`] with PID 1's name read from `init` and the console
+/// level written to `printk`.
+fn quiet_console_at(init: &Path, printk: &Path) {
+    let init = fs::read_to_string(init).unwrap_or_default();
     if init.trim() != "virtme-ng-init" {
         return;
     }
     // The first of the four numbers is the console's level; writing one
     // number sets that alone.
-    if let Err(e) = fs::write("/proc/sys/kernel/printk", "4") {
+    if let Err(e) = fs::write(printk, "4") {
         eprintln!("labctl agent: the console stays verbose: {e}");
     }
 }
@@ -1238,6 +1247,30 @@ mod tests {
             detail: "no".into(),
         };
         assert_eq!(said(other), None);
+    }
+
+    /// The agent's console setting is the guest's: where PID 1 is not
+    /// virtme-ng's init (the host running these tests: its own
+    /// /proc/1/comm) nothing is written; in a guest the level becomes 4.
+    #[test]
+    fn the_console_level_is_set_only_in_a_guest() {
+        let dir = std::env::temp_dir().join(format!("labctl-printk-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let printk = dir.join("printk");
+        fs::write(&printk, "7\t4\t1\t7\n").unwrap();
+        let host_init = Path::new("/proc/1/comm");
+        assert_ne!(
+            fs::read_to_string(host_init).unwrap().trim(),
+            "virtme-ng-init",
+            "the unit tests run on a host"
+        );
+        quiet_console_at(host_init, &printk);
+        assert_eq!(fs::read_to_string(&printk).unwrap(), "7\t4\t1\t7\n");
+        let guest_init = dir.join("comm");
+        fs::write(&guest_init, "virtme-ng-init\n").unwrap();
+        quiet_console_at(&guest_init, &printk);
+        assert_eq!(fs::read_to_string(&printk).unwrap(), "4");
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
