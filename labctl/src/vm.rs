@@ -1168,6 +1168,14 @@ fn serve_one(exe: &Path, dir: &Path, id: &str, taken: &Path) {
 mod tests {
     use super::*;
 
+    /// A new directory of this test process's own under the temporary
+    /// directory, for test `name`'s files.
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("labctl-{name}-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
     /// A stall report is found in what the console gained since the last
     /// look, also when a look's end cuts it in two; text already seen is
     /// not found again, and a log begun anew (the next boot) is read from
@@ -1175,8 +1183,7 @@ mod tests {
     #[test]
     fn a_stall_on_the_console_is_seen_once_as_it_is_printed() {
         use std::io::Write;
-        let dir = std::env::temp_dir().join(format!("labctl-scan-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
+        let dir = scratch("scan");
         let log = dir.join("console.log");
         let mut scan = ConsoleScan::default();
         assert!(!scan.finds(&log, BOOT_STALLS), "no log yet");
@@ -1254,8 +1261,7 @@ mod tests {
     /// /proc/1/comm) nothing is written; in a guest the level becomes 4.
     #[test]
     fn the_console_level_is_set_only_in_a_guest() {
-        let dir = std::env::temp_dir().join(format!("labctl-printk-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
+        let dir = scratch("printk");
         let printk = dir.join("printk");
         fs::write(&printk, "7\t4\t1\t7\n").unwrap();
         let host_init = Path::new("/proc/1/comm");
@@ -1275,8 +1281,7 @@ mod tests {
 
     #[test]
     fn a_stopped_vm_quotes_its_consoles_last_lines() {
-        let dir = std::env::temp_dir().join(format!("labctl-tail-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
+        let dir = scratch("tail");
         let log = dir.join("console.log");
         assert_eq!(console_tail(&log), "", "no log, no quote");
         fs::write(&log, "\n\n").unwrap();
@@ -1312,8 +1317,7 @@ mod tests {
     /// waited on by the host.
     #[test]
     fn the_vm_directory_is_used_only_through_regular_files() {
-        let dir = std::env::temp_dir().join(format!("labctl-vmdir-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
+        let dir = scratch("vmdir");
         let log = dir.join("console.log");
         fs::write(&log, "a line\n").unwrap();
         let link = dir.join("link.log");
