@@ -534,13 +534,14 @@ const BOOT_STALLS: &[&str] = &["detected stall", "BUG: soft lockup"];
 const BOOT_LIMIT: Duration = Duration::from_secs(180);
 
 /// Start `vng` for the VM in `dir` (labctl's copy at `exe`), its console
-/// to `dir/console.log` (a new file, each write at its end: what QEMU and
-/// anyone else add stays, none over another's).
+/// to `dir/console.log`: made anew, never through a link a guest of an
+/// earlier boot left there. (QEMU opens it again by its own path,
+/// `/proc/self/fd/2`, truncating it and writing at its own offset.)
 fn spawn(dir: &Path, kernel: &Kernel, exe: &Path) -> Result<Vm, VmError> {
     let log = dir.join("console.log");
     let _ = fs::remove_file(&log);
     let console = fs::OpenOptions::new()
-        .append(true)
+        .write(true)
         .create_new(true)
         .open(&log)
         .map_err(io_err("create the console log"))?;

@@ -113,32 +113,39 @@ fn two_labs_share_one_vm() -> Result<(), Failed> {
     let kernel = kernel()?;
     let s = Scratch::new(&kernel)?;
     let t = Instant::now();
-    // The first boot's console gets an RCU stall report as soon as its
-    // QEMU shows, the line a guest stuck under emulation prints: `vm
-    // start` stops that boot, boots once more, says so with the console's
-    // last lines, and is up.
-    let start = s
+    // The first boot's console gets an RCU stall report once its guest's
+    // init is running, the line a guest stuck under emulation prints:
+    // `vm start` stops that boot, boots once more, says so with the
+    // console's last lines, and is up. QEMU writes the console at its
+    // own offset (it opens the file itself, truncating it), so a line
+    // put after its end can be written over: the report is put there
+    // again every 50 ms for as long as that boot's QEMU runs.
+    let mut start = s
         .labctl()
         .args(["vm", "start", "-q", "--kernel", &kernel])
         .stderr(std::process::Stdio::piped())
         .spawn()?;
+    let console = s.shared_dir().join("console.log");
     let first = loop {
-        if let Some(&pid) = s.qemus().first() {
+        let init =
+            std::fs::read_to_string(&console).is_ok_and(|text| text.contains("virtme-ng-init: "));
+        if let (true, Some(&pid)) = (init, s.qemus().first()) {
             break pid;
         }
         ensure(
-            t.elapsed() < Duration::from_secs(60),
-            "no QEMU within a minute of `vm start`",
+            t.elapsed() < Duration::from_secs(120) && start.try_wait()?.is_none(),
+            "no guest init on the console within two minutes of `vm start`",
         )?;
         std::thread::sleep(Duration::from_millis(20));
     };
-    {
+    while s.qemus().contains(&first) && start.try_wait()?.is_none() {
         use std::io::Write;
-        let mut console = std::fs::OpenOptions::new()
-            .append(true)
-            .open(s.shared_dir().join("console.log"))?;
-        console
-            .write_all(b"[   23.394802] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n")?;
+        if let Ok(mut log) = std::fs::OpenOptions::new().append(true).open(&console) {
+            let _ = log.write_all(
+                b"[   23.394802] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n",
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
     let o = start.wait_with_output()?;
     let said = String::from_utf8_lossy(&o.stderr);
