@@ -487,15 +487,18 @@ fn start_in(
         let vm = spawn(&dir, kernel, &exe)?;
         on_spawn(&vm)?;
         let last_attempt = attempt == BOOT_ATTEMPTS;
-        match wait_ready(&vm, kept_log, !last_attempt) {
-            Err(e) if !last_attempt && retry_said(&e).is_some() => {
-                let (why, last) = retry_said(&e).unwrap_or_default();
+        let err = match wait_ready(&vm, kept_log, !last_attempt) {
+            Ok(()) => return Ok(vm),
+            Err(e) => e,
+        };
+        match retry_said(&err).filter(|_| !last_attempt) {
+            Some((why, last)) => {
                 eprintln!("labctl: {why}; booting it again{last}");
                 // Its QEMU too, should `vng` have gone without it.
                 kill_group(vm.pid);
                 attempt += 1;
             }
-            r => return r.map(|()| vm),
+            None => return Err(err),
         }
     }
 }
