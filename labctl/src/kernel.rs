@@ -69,6 +69,7 @@ pub mod route;
 pub mod step;
 pub mod sysctl;
 pub mod tc;
+pub mod timewait;
 pub mod veth;
 pub mod vlan;
 pub mod vxlan;
@@ -575,6 +576,7 @@ impl Kernel for Netlink {
             Action::DelNeighbour(a) => a.apply(self, step).await,
             Action::ForgetNeighbours(a) => a.apply(self, step).await,
             Action::FlushConntrack(a) => a.apply(self, step).await,
+            Action::ForgetTimeWait(a) => a.apply(self, step).await,
             Action::AddFdb(a) => a.apply(self, step).await,
             Action::DelFdb(a) => a.apply(self, step).await,
             Action::Clsact(a) => a.apply(self, step).await,

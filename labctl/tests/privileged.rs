@@ -847,6 +847,131 @@ fn flush_conntrack_empties_the_table() -> Result<(), Failed> {
     ensure(before == host_snapshot(), "flushing changed the host")
 }
 
+/// A scenario's TIME_WAIT reset in namespaces of its own: a server in one
+/// closes a connection from the other first, which leaves it in
+/// TIME_WAIT; the step through the netlink executor closes it and
+/// nothing else (the listener and an open connection stay). The step's
+/// text (`ss -K`) run by bash does the same. The host is untouched.
+fn forget_time_wait_closes_only_time_wait() -> Result<(), Failed> {
+    use labctl::kernel::Kernel;
+    use labctl::kernel::timewait::ForgetTimeWait;
+    use labctl::plan::{Action, NsSpec, Phase, Step};
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+
+    /// Deletes the namespaces however the trial ends.
+    struct Gone(Vec<String>);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            for ns in &self.0 {
+                let _ = Command::new("ip").args(["netns", "delete", ns]).output();
+            }
+        }
+    }
+
+    let before = host_snapshot();
+    let (a, b) = (unique("twa"), unique("twb"));
+    labctl::sys::prepare_run_dir()?;
+    let rt = labctl::engine::runtime()?;
+    let mut kernel = labctl::kernel::Netlink::new(format!("{a}-mark"));
+    let spec = |name: &str| NsSpec {
+        name: name.to_string(),
+        entity: name.to_string(),
+        role: labctl_topology::Role::Host,
+    };
+    let _gone = Gone(vec![a.clone(), b.clone()]);
+    rt.block_on(async { kernel.create_namespaces(&[spec(&a), spec(&b)]) })
+        .map_err(|e| format!("create {a}, {b}: {e:?}"))?;
+    let ip = |ns: &str, args: &str| -> Result<(), Failed> {
+        ok(Command::new("ip")
+            .args(["-n", ns])
+            .args(args.split_whitespace()))
+        .map(|_| ())
+    };
+    ip(&a, &format!("link add d0 type veth peer name d1 netns {b}"))?;
+    ip(&a, "addr add 192.0.2.1/24 dev d0")?;
+    ip(&b, "addr add 192.0.2.2/24 dev d1")?;
+    ip(&a, "link set d0 up")?;
+    ip(&b, "link set d1 up")?;
+    for ns in [&a, &b] {
+        let pending = labctl::kernel::wait_links_ready_in(ns, labctl::kernel::SETTLE_LIMIT)
+            .map_err(|e| format!("{ns}: {e}"))?;
+        ensure(
+            pending.is_empty(),
+            format!("{ns}: links not ready: {pending:?}"),
+        )?;
+    }
+    // Sockets keep the namespace they were made in.
+    let listener = labctl::sys::in_netns(&b, || TcpListener::bind("192.0.2.2:8080"))??;
+    let connect = || -> Result<TcpStream, Failed> {
+        Ok(labctl::sys::in_netns(&a, || {
+            TcpStream::connect("192.0.2.2:8080")
+        })??)
+    };
+    // The number of b's IPv4 TCP sockets in `state`, as ss counts them.
+    let count = |state: &str| -> Result<usize, Failed> {
+        let o = ok(Command::new("ip").args([
+            "netns", "exec", &b, "ss", "-H", "-4", "-t", "-n", "state", state,
+        ]))?;
+        Ok(String::from_utf8_lossy(&o.stdout).lines().count())
+    };
+    // One connection open throughout; the listener stays too.
+    let _open = (connect()?, listener.accept()?.0);
+    let fill = || -> Result<(), Failed> {
+        let mut client = connect()?;
+        let (server, _) = listener.accept()?;
+        // The server closes first; the client answers its FIN with its own.
+        drop(server);
+        client.read_to_end(&mut Vec::new())?;
+        let _ = client.write_all(b"");
+        drop(client);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while count("time-wait")? == 0 {
+            ensure(
+                std::time::Instant::now() < deadline,
+                "the server's end never reached TIME_WAIT",
+            )?;
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Ok(())
+    };
+    let left = || -> Result<(usize, usize, usize), Failed> {
+        Ok((
+            count("time-wait")?,
+            count("established")?,
+            count("listening")?,
+        ))
+    };
+    let step = Step {
+        phase: Phase::Changes,
+        netns: b.clone(),
+        action: Action::ForgetTimeWait(ForgetTimeWait),
+    };
+    fill()?;
+    ensure(left()? == (1, 1, 1), format!("before: {:?}", left()?))?;
+    rt.block_on(kernel.run(&step))?;
+    ensure(
+        left()? == (0, 1, 1),
+        format!(
+            "{step}\nthrough netlink left {:?} (time-wait, established, listening)",
+            left()?
+        ),
+    )?;
+    fill()?;
+    ok(Command::new("bash").args(["-c", &step.to_string()]))?;
+    ensure(
+        left()? == (0, 1, 1),
+        format!(
+            "{step}\nrun by bash left {:?} (time-wait, established, listening)",
+            left()?
+        ),
+    )?;
+    drop(kernel);
+    drop(rt);
+    drop(_gone);
+    ensure(before == host_snapshot(), "closing changed the host")
+}
+
 fn main() {
     let args = Arguments::from_args();
     let mut trials = vec![
@@ -873,6 +998,9 @@ fn main() {
         }),
         Trial::ignorable_test("flush_conntrack_empties_the_table", || {
             gate(flush_conntrack_empties_the_table)
+        }),
+        Trial::ignorable_test("forget_time_wait_closes_only_time_wait", || {
+            gate(forget_time_wait_closes_only_time_wait)
         }),
         Trial::ignorable_test("vm_lab_up_exec_down", || gate(vm_lab_up_exec_down)),
         Trial::ignorable_test("vm_killed_up_then_down", || gate(vm_killed_up_then_down)),

@@ -773,22 +773,25 @@ fn forget_neighbours_passes_hostile_namespaces_intact() -> Result<(), Failed> {
     Ok(())
 }
 
-/// A scenario's conntrack flush as the text labctl reports for it, run by
-/// bash under the fakes with every hostile namespace: `ip netns exec`
-/// gets the namespace as one word and conntrack-tools' words after it,
-/// and nothing else runs.
-fn flush_conntrack_passes_hostile_namespaces_intact() -> Result<(), Failed> {
-    use labctl::kernel::conntrack::FlushConntrack;
+/// A step of one program run inside the namespace (`ip netns exec NS
+/// WORDS...`), as the text labctl reports for it, run by bash under the
+/// fakes with every hostile namespace: `ip netns exec` gets the namespace
+/// as one word and `words` after it, and nothing else runs.
+fn netns_exec_passes_hostile_namespaces_intact(
+    what: &str,
+    action: Action,
+    words: &[&str],
+) -> Result<(), Failed> {
     let mut script = String::from("set -e\n");
     for h in HOSTILE {
         let step = Step {
             phase: Phase::Changes,
             netns: format!("lab-{h}"),
-            action: Action::FlushConntrack(FlushConntrack),
+            action: action.clone(),
         };
         script.push_str(&format!("{step}\n"));
     }
-    let dir = TempDir::new("flush")?;
+    let dir = TempDir::new(what)?;
     let run = run_script(&dir.0, &script)?;
     run.clean(&script)?;
     let show = || run.describe(&script);
@@ -796,7 +799,7 @@ fn flush_conntrack_passes_hostile_namespaces_intact() -> Result<(), Failed> {
         .iter()
         .map(|h| {
             let ns = format!("lab-{h}");
-            argv(&["netns", "exec", &ns, "conntrack", "-F", "-f", "ipv4"])
+            argv(&[&["netns", "exec", &ns][..], words].concat())
         })
         .collect();
     let calls: Vec<&Vec<String>> = run.calls.iter().map(|c| &c.args).collect();
@@ -804,6 +807,28 @@ fn flush_conntrack_passes_hostile_namespaces_intact() -> Result<(), Failed> {
         return Err(format!("calls differ from {expected:#?}: {}", show()).into());
     }
     Ok(())
+}
+
+/// A scenario's conntrack flush: conntrack-tools' words after the
+/// namespace.
+fn flush_conntrack_passes_hostile_namespaces_intact() -> Result<(), Failed> {
+    use labctl::kernel::conntrack::FlushConntrack;
+    netns_exec_passes_hostile_namespaces_intact(
+        "flush",
+        Action::FlushConntrack(FlushConntrack),
+        &["conntrack", "-F", "-f", "ipv4"],
+    )
+}
+
+/// A scenario's TIME_WAIT reset: iproute2's `ss -K` words after the
+/// namespace.
+fn forget_time_wait_passes_hostile_namespaces_intact() -> Result<(), Failed> {
+    use labctl::kernel::timewait::ForgetTimeWait;
+    netns_exec_passes_hostile_namespaces_intact(
+        "timewait",
+        Action::ForgetTimeWait(ForgetTimeWait),
+        &["ss", "-K", "-4", "-t", "state", "time-wait"],
+    )
 }
 
 /// The real Flannel plan (services on: IPVS tables and nftables rulesets
@@ -948,6 +973,10 @@ fn main() {
         Trial::test(
             "flush_conntrack_passes_hostile_namespaces_intact",
             flush_conntrack_passes_hostile_namespaces_intact,
+        ),
+        Trial::test(
+            "forget_time_wait_passes_hostile_namespaces_intact",
+            forget_time_wait_passes_hostile_namespaces_intact,
         ),
         Trial::test("flannel_script_runs", flannel_script_runs),
         Trial::ignorable_test("flannel_services_off_passes", move || match place {

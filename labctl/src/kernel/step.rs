@@ -137,6 +137,9 @@ pub enum Action {
     /// The namespace's IPv4 conntrack table emptied (a scenario's reset
     /// before its traffic; [`crate::kernel::conntrack`]).
     FlushConntrack(crate::kernel::conntrack::FlushConntrack),
+    /// The namespace's IPv4 TCP sockets in TIME_WAIT closed (a scenario's
+    /// reset before its traffic; [`crate::kernel::timewait`]).
+    ForgetTimeWait(crate::kernel::timewait::ForgetTimeWait),
     /// Every filter of a hook deleted (a scenario's change;
     /// [`crate::kernel::tc`]).
     DelTcFilters(crate::kernel::tc::DelTcFilters),

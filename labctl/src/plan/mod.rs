@@ -138,6 +138,7 @@ impl fmt::Display for Step {
             Action::DelNeighbour(a) => a.command(&ns, f),
             Action::ForgetNeighbours(a) => a.command(&ns, f),
             Action::FlushConntrack(a) => a.command(&ns, f),
+            Action::ForgetTimeWait(a) => a.command(&ns, f),
             Action::DelFdb(a) => a.command(&ns, f),
             Action::TcMirred(a) => a.command(&ns, f),
             Action::BpfLoad(a) => a.command(&ns, f),
@@ -530,6 +531,21 @@ mod tests {
         assert_eq!(
             step("a'b c", flush()),
             "ip netns exec 'a'\\''b c' conntrack -F -f ipv4"
+        );
+    }
+
+    /// Closing a namespace's TIME_WAIT connections: iproute2's `ss -K`
+    /// inside the namespace, which is one word.
+    #[test]
+    fn forget_time_wait_text_quotes_its_namespace() {
+        let forget = || Action::ForgetTimeWait(crate::kernel::timewait::ForgetTimeWait);
+        assert_eq!(
+            step(PWN, forget()),
+            "ip netns exec '$(touch /tmp/pwned)' ss -K -4 -t state time-wait"
+        );
+        assert_eq!(
+            step("a'b c", forget()),
+            "ip netns exec 'a'\\''b c' ss -K -4 -t state time-wait"
         );
     }
 
