@@ -119,7 +119,8 @@ pub struct RunOptions<'a> {
 /// Run one scenario on a lab that is up (`lab` is its topology).
 ///
 /// Every namespace first forgets the neighbours earlier scenarios taught
-/// it (see [`crate::kernel::neigh::ForgetNeighbours`]). In a lab with
+/// it (see [`crate::kernel::neigh::ForgetNeighbours`]) and the TCP
+/// connections they left in TIME_WAIT ([`crate::kernel::timewait`]). In a lab with
 /// services, the services are programmed afresh with the scenario's
 /// changes and pins (and then the conntrack tables emptied, see
 /// [`crate::kernel::conntrack::FlushConntrack`]), so every scenario
@@ -152,11 +153,12 @@ pub fn run(
         .map(|n| (n.entity.clone(), n.name.clone()))
         .collect();
     let overrides = services::Overrides::of(sc);
-    // What earlier scenarios taught the neighbour tables forgotten, and
-    // the services and the eBPF load balancer's maps programmed afresh
-    // with the scenario's changes and pins (remembered flows emptied), in
-    // one batch of steps through the executor `up` uses; then, once they
-    // are, the conntrack tables where services live emptied.
+    // What earlier scenarios taught the neighbour tables forgotten (and
+    // the connections they left in TIME_WAIT closed), and the services
+    // and the eBPF load balancer's maps programmed afresh with the
+    // scenario's changes and pins (remembered flows emptied), in one
+    // batch of steps through the executor `up` uses; then, once they are,
+    // the conntrack tables where services live emptied.
     let program_error = |source| ScenarioError::Program {
         scenario: sc.name.clone(),
         source,
@@ -555,8 +557,8 @@ pub fn run(
 }
 
 /// The steps a scenario runs before its traffic, through the executor
-/// `up` uses: every namespace's learned neighbours forgotten
-/// ([`forget_steps`]), and the services and eBPF maps programmed under `o`
+/// `up` uses: every namespace's learned neighbours and TIME_WAIT
+/// connections forgotten ([`forget_steps`]), and the services and eBPF maps programmed under `o`
 /// ([`program_steps`]) or, when an earlier scenario left them as the
 /// topology says (`kept`), only what traffic changed in them reset
 /// ([`reset_steps`]). They touch different tables, so they run together,
@@ -602,12 +604,15 @@ fn flush_steps(record: &LabState, lab: &Lab) -> Vec<crate::plan::Step> {
 /// What earlier scenarios taught the neighbour tables (and the requests
 /// they left queued) forgotten in each of the lab's namespaces, so each
 /// scenario starts as if run alone; the entries the topology declares
-/// there stay ([`crate::kernel::neigh::ForgetNeighbours`]).
+/// there stay ([`crate::kernel::neigh::ForgetNeighbours`]). And the TCP
+/// connections earlier scenarios left in TIME_WAIT closed there: a client
+/// reusing an ephemeral port would otherwise meet one at a server it
+/// reached by another address ([`crate::kernel::timewait`]).
 fn forget_steps(record: &LabState, lab: &Lab) -> Vec<crate::plan::Step> {
     record
         .namespaces
         .iter()
-        .map(|ns| {
+        .flat_map(|ns| {
             let keep = lab
                 .objects
                 .neighbours
@@ -615,13 +620,19 @@ fn forget_steps(record: &LabState, lab: &Lab) -> Vec<crate::plan::Step> {
                 .filter(|n| lab.netns(&n.netns) == ns.name)
                 .map(|n| n.address)
                 .collect();
-            crate::plan::Step {
+            let step = |action| crate::plan::Step {
                 phase: crate::plan::Phase::Changes,
                 netns: ns.name.clone(),
-                action: crate::plan::Action::ForgetNeighbours(
+                action,
+            };
+            [
+                step(crate::plan::Action::ForgetNeighbours(
                     crate::kernel::neigh::ForgetNeighbours { keep },
-                ),
-            }
+                )),
+                step(crate::plan::Action::ForgetTimeWait(
+                    crate::kernel::timewait::ForgetTimeWait,
+                )),
+            ]
         })
         .collect()
 }
@@ -865,8 +876,8 @@ scenarios:
 
     /// A scenario's set-up, run through the executor on the recording
     /// fake: one ForgetNeighbours per namespace of the lab, keeping what
-    /// the topology declares there, whether the services are programmed
-    /// afresh or only reset.
+    /// the topology declares there, and one ForgetTimeWait, whether the
+    /// services are programmed afresh or only reset.
     #[test]
     fn set_up_forgets_each_namespace_s_neighbours_through_the_executor() {
         let lab = labctl_topology::load_str("t.yaml", LAB, &BTreeMap::new()).unwrap();
@@ -880,9 +891,15 @@ scenarios:
             assert!(flush.is_empty(), "{flush:#?}");
             rt.block_on(engine::run_steps(&kernel, &reset, &engine::Quiet))
                 .unwrap();
-            let forgotten: Vec<(String, Vec<Ipv4Addr>)> = kernel
-                .sent
-                .take()
+            let sent = kernel.sent.take();
+            let closed: Vec<&str> = sent
+                .iter()
+                .filter(|s| matches!(s.action, Action::ForgetTimeWait(_)))
+                .inspect(|s| assert_eq!(s.phase, crate::plan::Phase::Changes))
+                .map(|s| s.netns.as_str())
+                .collect();
+            assert_eq!(closed, ["fg-a", "fg-b"], "kept: {kept}");
+            let forgotten: Vec<(String, Vec<Ipv4Addr>)> = sent
                 .into_iter()
                 .filter_map(|s: Step| match s.action {
                     Action::ForgetNeighbours(ForgetNeighbours { keep }) => {
@@ -905,6 +922,10 @@ scenarios:
             );
             let log = kernel.log.take();
             assert!(log.contains(&"ip -n fg-a -4 neigh flush all".to_string()));
+            for ns in ["fg-a", "fg-b"] {
+                let text = format!("ip netns exec {ns} ss -K -4 -t state time-wait");
+                assert!(log.contains(&text), "{text} in {log:#?}");
+            }
             assert!(
                 log.iter()
                     .any(|l| l.starts_with("ip -n fg-b -4 neigh show ")
