@@ -120,9 +120,9 @@ pub struct RunOptions<'a> {
 ///
 /// Every namespace first forgets the neighbours earlier scenarios taught
 /// it (see [`crate::kernel::neigh::ForgetNeighbours`]) and the TCP
-/// connections they left in TIME_WAIT ([`crate::kernel::timewait`]). In a lab with
-/// services, the services are programmed afresh with the scenario's
-/// changes and pins (and then the conntrack tables emptied, see
+/// connections they left in TIME_WAIT ([`crate::kernel::timewait`]). In
+/// a lab with services, the services are programmed afresh with the
+/// scenario's changes and pins (and then the conntrack tables emptied, see
 /// [`crate::kernel::conntrack::FlushConntrack`]), so every scenario
 /// starts from the same state whatever ran before it. With
 /// [`RunOptions::programmed`] saying an earlier scenario left them as the
@@ -558,13 +558,13 @@ pub fn run(
 
 /// The steps a scenario runs before its traffic, through the executor
 /// `up` uses: every namespace's learned neighbours and TIME_WAIT
-/// connections forgotten ([`forget_steps`]), and the services and eBPF maps programmed under `o`
-/// ([`program_steps`]) or, when an earlier scenario left them as the
-/// topology says (`kept`), only what traffic changed in them reset
-/// ([`reset_steps`]). They touch different tables, so they run together,
-/// in the first batch. The second, run once the first has succeeded as
-/// the flush always followed the programming, empties the conntrack
-/// tables where services live ([`flush_steps`]).
+/// connections forgotten ([`forget_steps`]), and the services and eBPF
+/// maps programmed under `o` ([`program_steps`]) or, when an earlier
+/// scenario left them as the topology says (`kept`), only what traffic
+/// changed in them reset ([`reset_steps`]). They touch different tables,
+/// so they run together, in the first batch. The second, run once the
+/// first has succeeded as the flush always followed the programming,
+/// empties the conntrack tables where services live ([`flush_steps`]).
 fn set_up_steps(
     record: &LabState,
     lab: &Lab,
