@@ -50,6 +50,30 @@ impl Wire for Replay {
     }
 }
 
+/// A bound netlink socket of `protocol` (`netlink_sys::protocols`) in the
+/// current thread's namespace.
+pub(crate) fn socket(protocol: isize) -> io::Result<netlink_sys::Socket> {
+    let mut socket = netlink_sys::Socket::new(protocol)?;
+    socket.bind_auto()?;
+    Ok(socket)
+}
+
+/// For unit tests: the kernel's `NLMSG_ERROR` answer to `request` (its
+/// sequence number `seq`) carrying `errno` (0: the acknowledgement),
+/// quoting the request's header.
+#[cfg(test)]
+pub(crate) fn error_answer(seq: u32, errno: i32, request: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend(36u32.to_ne_bytes());
+    out.extend(2u16.to_ne_bytes()); // NLMSG_ERROR
+    out.extend(0u16.to_ne_bytes());
+    out.extend(seq.to_ne_bytes());
+    out.extend(0u32.to_ne_bytes());
+    out.extend(errno.to_ne_bytes());
+    out.extend(&request[..16]);
+    out
+}
+
 /// Frame one request: the netlink header (`flags`, sequence number `seq`)
 /// around `inner`, its length filled in.
 pub(crate) fn frame<I>(seq: u32, flags: u16, inner: I) -> Vec<u8>

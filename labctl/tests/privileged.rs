@@ -735,6 +735,64 @@ fn forget_neighbours_leaves_only_what_was_not_learned() -> Result<(), Failed> {
     ensure(before == host_snapshot(), "forgetting changed the host")
 }
 
+/// Two namespaces of a trial's own, `a` (192.0.2.1 on d0) and `b`
+/// (192.0.2.2 on d1) joined by a veth pair whose ends are up and ready,
+/// made through the netlink executor; deleted however the trial ends.
+struct VethPair {
+    a: String,
+    b: String,
+    kernel: labctl::kernel::Netlink,
+    rt: tokio::runtime::Runtime,
+}
+
+impl VethPair {
+    fn new(tag_a: &str, tag_b: &str) -> Result<VethPair, Failed> {
+        use labctl::kernel::Kernel;
+        use labctl::plan::NsSpec;
+        let (a, b) = (unique(tag_a), unique(tag_b));
+        labctl::sys::prepare_run_dir()?;
+        let rt = labctl::engine::runtime()?;
+        let mut kernel = labctl::kernel::Netlink::new(format!("{a}-mark"));
+        let spec = |name: &str| NsSpec {
+            name: name.to_string(),
+            entity: name.to_string(),
+            role: labctl_topology::Role::Host,
+        };
+        rt.block_on(async { kernel.create_namespaces(&[spec(&a), spec(&b)]) })
+            .map_err(|e| format!("create {a}, {b}: {e:?}"))?;
+        let pair = VethPair { a, b, kernel, rt };
+        let ip = |ns: &str, args: &str| -> Result<(), Failed> {
+            ok(Command::new("ip")
+                .args(["-n", ns])
+                .args(args.split_whitespace()))
+            .map(|_| ())
+        };
+        let (a, b) = (&pair.a, &pair.b);
+        ip(a, &format!("link add d0 type veth peer name d1 netns {b}"))?;
+        ip(a, "addr add 192.0.2.1/24 dev d0")?;
+        ip(b, "addr add 192.0.2.2/24 dev d1")?;
+        ip(a, "link set d0 up")?;
+        ip(b, "link set d1 up")?;
+        for ns in [a, b] {
+            let pending = labctl::kernel::wait_links_ready_in(ns, labctl::kernel::SETTLE_LIMIT)
+                .map_err(|e| format!("{ns}: {e}"))?;
+            ensure(
+                pending.is_empty(),
+                format!("{ns}: links not ready: {pending:?}"),
+            )?;
+        }
+        Ok(pair)
+    }
+}
+
+impl Drop for VethPair {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "delete", ns]).output();
+        }
+    }
+}
+
 /// A scenario's conntrack flush in namespaces of its own: a ping from one
 /// to the other over a veth pair between them leaves an ICMP entry in the
 /// table of the one that tracks connections (an nftables rule using `ct`
@@ -745,50 +803,11 @@ fn flush_conntrack_empties_the_table() -> Result<(), Failed> {
     use labctl::kernel::Kernel;
     use labctl::kernel::conntrack::FlushConntrack;
     use labctl::observe::conntrack;
-    use labctl::plan::{Action, NsSpec, Phase, Step};
-
-    /// Deletes the namespaces however the trial ends.
-    struct Gone(Vec<String>);
-    impl Drop for Gone {
-        fn drop(&mut self) {
-            for ns in &self.0 {
-                let _ = Command::new("ip").args(["netns", "delete", ns]).output();
-            }
-        }
-    }
+    use labctl::plan::{Action, Phase, Step};
 
     let before = host_snapshot();
-    let (a, b) = (unique("cta"), unique("ctb"));
-    labctl::sys::prepare_run_dir()?;
-    let rt = labctl::engine::runtime()?;
-    let mut kernel = labctl::kernel::Netlink::new(format!("{a}-mark"));
-    let spec = |name: &str| NsSpec {
-        name: name.to_string(),
-        entity: name.to_string(),
-        role: labctl_topology::Role::Host,
-    };
-    let _gone = Gone(vec![a.clone(), b.clone()]);
-    rt.block_on(async { kernel.create_namespaces(&[spec(&a), spec(&b)]) })
-        .map_err(|e| format!("create {a}, {b}: {e:?}"))?;
-    let ip = |ns: &str, args: &str| -> Result<(), Failed> {
-        ok(Command::new("ip")
-            .args(["-n", ns])
-            .args(args.split_whitespace()))
-        .map(|_| ())
-    };
-    ip(&a, &format!("link add d0 type veth peer name d1 netns {b}"))?;
-    ip(&a, "addr add 192.0.2.1/24 dev d0")?;
-    ip(&b, "addr add 192.0.2.2/24 dev d1")?;
-    ip(&a, "link set d0 up")?;
-    ip(&b, "link set d1 up")?;
-    for ns in [&a, &b] {
-        let pending = labctl::kernel::wait_links_ready_in(ns, labctl::kernel::SETTLE_LIMIT)
-            .map_err(|e| format!("{ns}: {e}"))?;
-        ensure(
-            pending.is_empty(),
-            format!("{ns}: links not ready: {pending:?}"),
-        )?;
-    }
+    let pair = VethPair::new("cta", "ctb")?;
+    let (a, b, rt) = (pair.a.clone(), pair.b.clone(), &pair.rt);
     labctl::kernel::nft::apply(
         &a,
         "table ip t {\n chain c {\n type filter hook prerouting priority 0;\n \
@@ -821,7 +840,7 @@ fn flush_conntrack_empties_the_table() -> Result<(), Failed> {
         action: Action::FlushConntrack(FlushConntrack),
     };
     fill()?;
-    rt.block_on(kernel.run(&step))?;
+    rt.block_on(pair.kernel.run(&step))?;
     let left = conntrack::dump_in(&a)?;
     ensure(
         left.is_empty(),
@@ -841,9 +860,7 @@ fn flush_conntrack_empties_the_table() -> Result<(), Failed> {
     } else {
         eprintln!("flush_conntrack: no conntrack-tools here; its text not run");
     }
-    drop(kernel);
-    drop(rt);
-    drop(_gone);
+    drop(pair);
     ensure(before == host_snapshot(), "flushing changed the host")
 }
 
@@ -855,52 +872,13 @@ fn flush_conntrack_empties_the_table() -> Result<(), Failed> {
 fn forget_time_wait_closes_only_time_wait() -> Result<(), Failed> {
     use labctl::kernel::Kernel;
     use labctl::kernel::timewait::ForgetTimeWait;
-    use labctl::plan::{Action, NsSpec, Phase, Step};
+    use labctl::plan::{Action, Phase, Step};
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
 
-    /// Deletes the namespaces however the trial ends.
-    struct Gone(Vec<String>);
-    impl Drop for Gone {
-        fn drop(&mut self) {
-            for ns in &self.0 {
-                let _ = Command::new("ip").args(["netns", "delete", ns]).output();
-            }
-        }
-    }
-
     let before = host_snapshot();
-    let (a, b) = (unique("twa"), unique("twb"));
-    labctl::sys::prepare_run_dir()?;
-    let rt = labctl::engine::runtime()?;
-    let mut kernel = labctl::kernel::Netlink::new(format!("{a}-mark"));
-    let spec = |name: &str| NsSpec {
-        name: name.to_string(),
-        entity: name.to_string(),
-        role: labctl_topology::Role::Host,
-    };
-    let _gone = Gone(vec![a.clone(), b.clone()]);
-    rt.block_on(async { kernel.create_namespaces(&[spec(&a), spec(&b)]) })
-        .map_err(|e| format!("create {a}, {b}: {e:?}"))?;
-    let ip = |ns: &str, args: &str| -> Result<(), Failed> {
-        ok(Command::new("ip")
-            .args(["-n", ns])
-            .args(args.split_whitespace()))
-        .map(|_| ())
-    };
-    ip(&a, &format!("link add d0 type veth peer name d1 netns {b}"))?;
-    ip(&a, "addr add 192.0.2.1/24 dev d0")?;
-    ip(&b, "addr add 192.0.2.2/24 dev d1")?;
-    ip(&a, "link set d0 up")?;
-    ip(&b, "link set d1 up")?;
-    for ns in [&a, &b] {
-        let pending = labctl::kernel::wait_links_ready_in(ns, labctl::kernel::SETTLE_LIMIT)
-            .map_err(|e| format!("{ns}: {e}"))?;
-        ensure(
-            pending.is_empty(),
-            format!("{ns}: links not ready: {pending:?}"),
-        )?;
-    }
+    let pair = VethPair::new("twa", "twb")?;
+    let (a, b, rt) = (pair.a.clone(), pair.b.clone(), &pair.rt);
     // Sockets keep the namespace they were made in.
     let listener = labctl::sys::in_netns(&b, || TcpListener::bind("192.0.2.2:8080"))??;
     let connect = || -> Result<TcpStream, Failed> {
@@ -949,7 +927,7 @@ fn forget_time_wait_closes_only_time_wait() -> Result<(), Failed> {
     };
     fill()?;
     ensure(left()? == (1, 1, 1), format!("before: {:?}", left()?))?;
-    rt.block_on(kernel.run(&step))?;
+    rt.block_on(pair.kernel.run(&step))?;
     ensure(
         left()? == (0, 1, 1),
         format!(
@@ -966,9 +944,7 @@ fn forget_time_wait_closes_only_time_wait() -> Result<(), Failed> {
             left()?
         ),
     )?;
-    drop(kernel);
-    drop(rt);
-    drop(_gone);
+    drop(pair);
     ensure(before == host_snapshot(), "closing changed the host")
 }
 

@@ -119,9 +119,7 @@ pub(crate) fn is_unavailable(errno: i32) -> bool {
 
 /// A bound `NETLINK_NETFILTER` socket in the current thread's namespace.
 pub(crate) fn socket() -> io::Result<netlink_sys::Socket> {
-    let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_NETFILTER)?;
-    socket.bind_auto()?;
-    Ok(socket)
+    wire::socket(netlink_sys::protocols::NETLINK_NETFILTER)
 }
 
 #[cfg(test)]
@@ -133,15 +131,7 @@ mod tests {
     /// An `NLMSG_ERROR` answer to request `seq` carrying `errno` (0: the
     /// acknowledgement).
     fn answer(seq: u32, errno: i32) -> Vec<u8> {
-        let mut out = Vec::new();
-        out.extend(36u32.to_ne_bytes());
-        out.extend(2u16.to_ne_bytes()); // NLMSG_ERROR
-        out.extend(0u16.to_ne_bytes());
-        out.extend(seq.to_ne_bytes());
-        out.extend(0u32.to_ne_bytes());
-        out.extend(errno.to_ne_bytes());
-        out.extend(&flush_request(seq)[..16]);
-        out
+        crate::wire::error_answer(seq, errno, &flush_request(seq))
     }
 
     #[test]

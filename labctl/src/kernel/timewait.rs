@@ -186,9 +186,7 @@ fn destroy_request(seq: u32, id: SocketId) -> Vec<u8> {
 
 /// A bound `NETLINK_SOCK_DIAG` socket in the current thread's namespace.
 fn socket() -> io::Result<netlink_sys::Socket> {
-    let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_SOCK_DIAG)?;
-    socket.bind_auto()?;
-    Ok(socket)
+    wire::socket(netlink_sys::protocols::NETLINK_SOCK_DIAG)
 }
 
 #[cfg(test)]
@@ -205,15 +203,7 @@ mod tests {
     /// An `NLMSG_ERROR` answer to request `seq` carrying `errno` (0: the
     /// acknowledgement), quoting the request's header.
     fn answer(seq: u32, errno: i32) -> Vec<u8> {
-        let mut out = Vec::new();
-        out.extend(36u32.to_ne_bytes());
-        out.extend(2u16.to_ne_bytes()); // NLMSG_ERROR
-        out.extend(0u16.to_ne_bytes());
-        out.extend(seq.to_ne_bytes());
-        out.extend(0u32.to_ne_bytes());
-        out.extend(errno.to_ne_bytes());
-        out.extend(&dump_request(seq)[..16]);
-        out
+        wire::error_answer(seq, errno, &dump_request(seq))
     }
 
     /// `NLMSG_DONE` ending the dump `seq`.
