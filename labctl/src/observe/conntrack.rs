@@ -325,6 +325,11 @@ fn push_tuple(line: &mut String, t: &Tuple, redact: bool) {
 ///
 /// `tcp 6 src=172.23.96.23 dst=192.168.13.23 sport=* dport=80
 /// src=172.23.96.163 dst=172.23.96.23 sport=80 dport=*`
+///
+/// Redacted lines that read the same are one: how many ephemeral ports a
+/// flow went through changes with timing (a VXLAN tunnel's UDP source
+/// port follows the inner packet's hash, and a TCP retransmission after a
+/// timeout picks a new hash for its socket: one more tunnel entry).
 pub fn format(entries: &[Entry], redact: bool) -> Vec<String> {
     let mut lines: Vec<String> = entries
         .iter()
@@ -347,6 +352,9 @@ pub fn format(entries: &[Entry], redact: bool) -> Vec<String> {
         })
         .collect();
     lines.sort();
+    if redact {
+        lines.dedup();
+    }
     lines
 }
 
@@ -585,6 +593,21 @@ mod tests {
                  src=10.0.0.1 dst=172.23.96.23 sport=61000 dport=32767",
             ]
         );
+    }
+
+    /// Two entries of one flow that differ only in an ephemeral port (a
+    /// tunnel's source port after a retransmission) are one redacted line
+    /// and two plain ones.
+    #[test]
+    fn redacted_lines_that_read_the_same_are_one() {
+        let first = dnat_entry();
+        let mut second = dnat_entry();
+        second.original.sport = Some(50001);
+        second.reply.dport = Some(50001);
+        let both = [first, second];
+        assert_eq!(format(&both, true), format(&both[..1], true));
+        assert_eq!(format(&both, true).len(), 1);
+        assert_eq!(format(&both, false).len(), 2);
     }
 
     #[test]
